@@ -1,0 +1,44 @@
+# The one source of commands. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/activate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: install
+install: $(BIN)/activate ## Create .venv and install the project with its dev tools
+
+.PHONY: fmt
+fmt: install ## Format the code
+	$(BIN)/ruff format api operator runner_image tests bench
+	$(BIN)/ruff check --fix api operator runner_image tests bench
+
+.PHONY: lint
+lint: install ## Lint with ruff
+	$(BIN)/ruff check api operator runner_image tests bench
+
+.PHONY: typecheck
+typecheck: install ## Type-check with mypy (strict)
+	$(BIN)/mypy
+
+.PHONY: crds
+crds: install ## Regenerate crds/ from the pydantic models
+	PYTHONPATH=api $(PY) -m agentrun_api.crd > crds/agentruns.agentrun.dev.yaml
+
+.PHONY: test
+test: install ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)
+	$(BIN)/pytest
+
+.PHONY: check
+check: lint typecheck test ## Lint, type-check and test: what CI runs

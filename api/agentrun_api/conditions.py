@@ -1,0 +1,43 @@
+"""Condition types and reasons, defined once (after the Job and cert-manager conventions).
+
+`kubectl wait --for=condition=Complete agentrun/X` waits for success; `--for=condition=Failed` for
+any unsuccessful end (the reason says which: TimedOut, Cancelled, TokenBudgetExceeded, ...).
+"""
+
+from typing import Final
+
+# Condition types.
+ACCEPTED: Final = "Accepted"  # the spec parsed and the run's children exist
+RUNNING: Final = "Running"  # a runner pod is working on the run
+SUSPENDED: Final = "Suspended"  # spec.suspend paused the run
+COMPLETE: Final = "Complete"  # the run succeeded (terminal)
+FAILED: Final = "Failed"  # the run ended without success (terminal); the reason says how
+BUDGET_FITS: Final = "BudgetFits"  # the worst-case timeout arithmetic fits maxExecutionTime
+NOTIFIED: Final = "Notified"  # the completion webhook was delivered
+
+# Reasons (CamelCase, as Kubernetes conventions ask).
+REASON_CREATED: Final = "ChildrenCreated"
+REASON_INVALID_SPEC: Final = "InvalidSpec"
+REASON_SECRET_NOT_FOUND: Final = "SecretNotFound"
+REASON_STORAGE_CLASS_NOT_FOUND: Final = "StorageClassNotFound"
+REASON_PENDING: Final = "Pending"
+REASON_STARTED: Final = "RunnerStarted"
+REASON_RESUMED: Final = "Resumed"
+REASON_SUSPENDED: Final = "SuspendRequested"
+REASON_SUCCEEDED: Final = "Succeeded"
+REASON_MAX_ITERATIONS: Final = "MaxIterationsReached"
+REASON_TIMED_OUT: Final = "MaxExecutionTimeExceeded"
+REASON_DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
+REASON_CANCELLED: Final = "Cancelled"
+REASON_TOKEN_BUDGET: Final = "TokenBudgetExceeded"
+REASON_THROTTLE_TIMEOUT: Final = "ThrottleQueueTimeout"
+REASON_MODEL_ERROR: Final = "ModelRequestFailed"
+REASON_MODEL_REJECTED: Final = "ModelRequestRejected"
+REASON_BACKOFF_LIMIT: Final = "BackoffLimitExceeded"
+REASON_NO_PROGRESS: Final = "ProgressDeadlineExceeded"
+REASON_RUNNER_LOST: Final = "RunnerLost"
+REASON_CHECKPOINT_ERROR: Final = "CheckpointError"
+REASON_BUDGET_FITS: Final = "WorstCaseFits"
+REASON_BUDGET_EXCEEDS: Final = "WorstCaseExceedsMaxExecutionTime"
+REASON_DELIVERED: Final = "WebhookDelivered"
+REASON_DELIVERY_FAILED: Final = "WebhookDeliveryFailed"

@@ -1,0 +1,135 @@
+"""The contract between the operator and the runner, defined once and tested from both sides.
+
+Config in:  the operator renders a ``RunnerConfig`` as JSON into the ConfigMap ``<run>-runner-config``,
+            mounted read-only at ``CONFIG_MOUNT_PATH``; secrets arrive only as env vars from Secret refs.
+Progress out: the runner writes a ``ProgressReport`` as JSON under ``PROGRESS_KEY`` of the ConfigMap
+            ``<run>-progress`` (at most once per ``progressIntervalSeconds``, and at once for a terminal
+            outcome); the operator watches those ConfigMaps and mirrors them into the AgentRun status.
+Exit codes: 0 means the run reached an outcome that is recorded in the progress report; anything
+            else is a crash the Job replaces (resuming from the checkpoint), except ``EXIT_INVALID_CONFIG``
+            which the Job's pod failure policy turns into a failed Job at once.
+
+The runner never writes the AgentRun, so the operator is the status's only writer and the user's
+spec is never touched.
+"""
+
+import enum
+from datetime import datetime
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from agentrun_api.spec import AgentRunSpec
+from agentrun_api.status import CheckpointInfo, QueueWait, Usage
+
+CONFIG_MOUNT_PATH: Final = "/etc/agentrun"
+CONFIG_FILE: Final = "run.json"
+CONFIG_ENV: Final = "AGENTRUN_CONFIG"  # path of the config file; the Job sets it to the mounted file
+API_KEY_ENV: Final = "OPENAI_API_KEY"  # the official SDK reads this name
+STREAM_TOKEN_ENV: Final = "AGENTRUN_STREAM_TOKEN"
+POD_NAME_ENV: Final = "POD_NAME"
+PROGRESS_KEY: Final = "progress.json"
+STREAM_TOKEN_KEY: Final = "token"
+CHECKPOINT_MOUNT_PATH: Final = "/var/lib/agentrun/checkpoint"  # PVC store
+WORKSPACE_PATH: Final = "/var/lib/agentrun/workspace"  # emptyDir; its files are part of the checkpoint
+STREAM_PORT: Final = 8080
+STREAM_PORT_NAME: Final = "stream"
+
+EXIT_OUTCOME_RECORDED: Final = 0
+EXIT_INVALID_CONFIG: Final = 3
+
+# The ConfigMap checkpoint store: a ConfigMap holds at most 1 MiB, so state is spread over
+# append-only segment ConfigMaps named <run>-ckpt-<n>. The cap keeps the runner's RBAC a finite
+# list of names; past it the runner fails with CheckpointError and says to use the PVC store.
+CONFIGMAP_SEGMENT_LIMIT_BYTES: Final = 900 * 1024  # headroom under 1 MiB for keys and metadata
+CONFIGMAP_MAX_SEGMENTS: Final = 36  # 36 x 900 KiB, about 32 MiB of checkpoint state
+
+
+def runner_config_name(run: str) -> str:
+    return f"{run}-runner-config"
+
+
+def progress_name(run: str) -> str:
+    return f"{run}-progress"
+
+
+def checkpoint_segment_name(run: str, index: int) -> str:
+    return f"{run}-ckpt-{index}"
+
+
+def stream_token_secret_name(run: str) -> str:
+    return f"{run}-stream-token"
+
+
+class ContractModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class RunIdentity(ContractModel):
+    namespace: str
+    name: str
+    uid: str  # idempotency keys are {uid}:{step}:{call index}, so a recreated run never reuses one
+
+
+class CheckpointLocation(ContractModel):
+    store: Literal["ConfigMap", "PersistentVolumeClaim"]
+    # ConfigMap store: segment names are checkpoint_segment_name(run, n) for n < max_segments.
+    max_segments: int = CONFIGMAP_MAX_SEGMENTS
+    # PVC store: where the claim is mounted in the runner container.
+    mount_path: str = CHECKPOINT_MOUNT_PATH
+
+
+class RunnerConfig(ContractModel):
+    """Everything the runner needs besides secrets; rendered by the operator, read by the runner."""
+
+    run: RunIdentity
+    spec: AgentRunSpec
+    checkpoint: CheckpointLocation
+    workspace_path: str = WORKSPACE_PATH
+    stream_port: int = STREAM_PORT
+    # Seconds between progress reports; the operator's status writes are bounded separately.
+    progress_interval_seconds: float = Field(default=2.0, gt=0)
+    # The runner stops itself this long before maxExecutionTime runs out, so it can checkpoint and
+    # record TimedOut before the Job's activeDeadlineSeconds kills it.
+    soft_deadline_margin_seconds: float = Field(default=10.0, ge=0)
+    # Throttle pool server (cluster-wide pools); None means the runner's own in-process limiter.
+    permit_server_url: str | None = None
+
+
+class Outcome(enum.StrEnum):
+    """How a run ended, as the runner saw it. The operator maps each to a phase and reason."""
+
+    SUCCEEDED = "Succeeded"
+    MAX_ITERATIONS = "MaxIterationsReached"
+    TIMED_OUT = "TimedOut"
+    TOKEN_BUDGET_EXCEEDED = "TokenBudgetExceeded"
+    THROTTLE_QUEUE_TIMEOUT = "ThrottleQueueTimeout"
+    MODEL_REJECTED = "ModelRequestRejected"  # a 4xx no retry can fix: bad key, unknown model
+    MODEL_FAILED = "ModelRequestFailed"  # retries exhausted on 429/5xx/timeouts
+    CHECKPOINT_ERROR = "CheckpointError"
+    CANCELLED = "Cancelled"
+
+
+class ResultRef(ContractModel):
+    summary: str = Field(max_length=2048)
+    ref: str  # where the full result is stored: "configmap/<name>#result" or "pvc/<claim>/<path>"
+    bytes: int = Field(ge=0)
+
+
+class ProgressReport(ContractModel):
+    """What the runner tells the operator. Each report replaces the previous one."""
+
+    run_uid: str
+    pod: str
+    iteration: int = Field(ge=0)
+    message: str = Field(default="", max_length=1024)
+    usage: Usage = Field(default_factory=Usage)
+    queue_wait: QueueWait = Field(default_factory=QueueWait)
+    last_checkpoint: CheckpointInfo | None = None
+    elapsed_seconds: float = Field(default=0, ge=0)
+    resumed_from_iteration: int | None = None  # set by a runner that loaded a checkpoint at start
+    started_at: datetime | None = None
+    reported_at: datetime
+    outcome: Outcome | None = None  # set once, after the result is persisted
+    result: ResultRef | None = None

@@ -1,0 +1,194 @@
+"""Generate the AgentRun CustomResourceDefinition from the pydantic models.
+
+The models are the single source of the schema: `make crds` writes `crds/agentruns.agentrun.dev.yaml`
+from here and a test fails when the committed file differs. Pydantic's JSON Schema is turned into a
+Kubernetes structural schema: references inlined, nullable unions collapsed (an optional field is an
+absent field), titles dropped, CEL rules kept in ``x-kubernetes-validations``.
+"""
+
+import sys
+from typing import Any
+
+import yaml
+
+from agentrun_api import constants
+from agentrun_api.spec import MUTABLE_SPEC_FIELDS, AgentRunSpec
+from agentrun_api.status import AgentRunStatus
+
+# Keywords a structural schema may carry that pydantic also emits; everything else is dropped.
+_KEPT_KEYWORDS = frozenset(
+    {
+        "type",
+        "description",
+        "default",
+        "enum",
+        "format",
+        "pattern",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minLength",
+        "maxLength",
+        "minItems",
+        "maxItems",
+        "minProperties",
+        "maxProperties",
+        "required",
+        "x-kubernetes-validations",
+    }
+)
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the run stands."},
+    {
+        "name": "Progress",
+        "type": "string",
+        "jsonPath": ".status.progress",
+        "description": "Iterations done of maxIterations.",
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp", "description": "Time since creation."},
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1, "description": "Model name."},
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1, "description": "Last message."},
+]
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:
+        target = dict(defs[node["$ref"].rsplit("/", 1)[-1]])
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    if "anyOf" in node:
+        # Optional[X] arrives as anyOf [X, null]: the field is simply optional in Kubernetes.
+        choices = [c for c in node["anyOf"] if c.get("type") != "null"]
+        if len(choices) != 1:
+            raise ValueError(f"unions other than Optional cannot be expressed structurally: {node}")
+        merged = {**node, **choices[0]}
+        del merged["anyOf"]
+        merged.pop("default", None) if node.get("default") is None else None
+        return _structural(merged, defs)
+    if "allOf" in node and len(node["allOf"]) == 1:
+        merged = {**node, **node["allOf"][0]}
+        del merged["allOf"]
+        return _structural(merged, defs)
+    if "const" in node:
+        node = {**node, "enum": [node["const"]]}
+    out: dict[str, Any] = {k: v for k, v in node.items() if k in _KEPT_KEYWORDS}
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    if node.get("type") == "object" or "properties" in node:
+        out["type"] = "object"
+        if "properties" in node:
+            out["properties"] = {name: _structural(sub, defs) for name, sub in node["properties"].items()}
+        additional = node.get("additionalProperties")
+        if isinstance(additional, dict):
+            out["additionalProperties"] = _structural(additional, defs)
+    if node.get("type") == "array":
+        out["items"] = _structural(node["items"], defs)
+    if out.get("default") is None:
+        out.pop("default", None)
+    if out.get("type") == "object" and out.get("default") == {}:
+        # An empty default for a nested object lets the API server fill in its own defaults.
+        out["default"] = {}
+    return out
+
+
+def _schema_of(model: type, mode: str) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode=mode)  # type: ignore[attr-defined]
+    return _structural(raw, raw.get("$defs", {}))
+
+
+def _add_immutability(spec_schema: dict[str, Any]) -> None:
+    """Make every run-defining field immutable; only suspend and cancel may change after creation.
+
+    A per-field transition rule names the field in the error; a spec-level rule catches an optional
+    field being added or removed, which per-field rules cannot see.
+    """
+    optional: list[str] = []
+    for name, prop in spec_schema["properties"].items():
+        if name in MUTABLE_SPEC_FIELDS:
+            continue
+        prop.setdefault("x-kubernetes-validations", []).append(
+            {"rule": "self == oldSelf", "message": f"{name} is immutable; create a new AgentRun to change it"}
+        )
+        if name not in spec_schema.get("required", []) and "default" not in prop:
+            optional.append(name)
+    if optional:
+        rule = " && ".join(f"has(self.{n}) == has(oldSelf.{n})" for n in optional)
+        spec_schema.setdefault("x-kubernetes-validations", []).append(
+            {
+                "rule": rule,
+                "message": f"{', '.join(optional)} cannot be added or removed after creation",
+            }
+        )
+
+
+def build_crd() -> dict[str, Any]:
+    spec_schema = _schema_of(AgentRunSpec, "validation")
+    spec_schema["description"] = AgentRunSpec.__doc__
+    _add_immutability(spec_schema)
+    status_schema = _schema_of(AgentRunStatus, "serialization")
+    status_schema["description"] = AgentRunStatus.__doc__
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": constants.CRD_NAME,
+            "labels": {constants.LABEL_PART_OF: constants.PART_OF},
+        },
+        "spec": {
+            "group": constants.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": constants.KIND,
+                "listKind": f"{constants.KIND}List",
+                "plural": constants.PLURAL,
+                "singular": constants.SINGULAR,
+                "shortNames": list(constants.SHORT_NAMES),
+                "categories": list(constants.CATEGORIES),
+            },
+            "versions": [
+                {
+                    "name": constants.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "An AgentRun runs one AI agent task to completion as a Job: checkpointed after "
+                            "every step, resumed after pod loss, bounded by its time, iteration and token budgets.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": "APIVersion of this object: agentrun.dev/v1alpha1.",
+                                },
+                                "kind": {"type": "string", "description": "Kind of this object: AgentRun."},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes repeated sub-schemas out in full: anchors and aliases confuse readers of a CRD."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def render_crd() -> str:
+    header = "# Generated from api/agentrun_api by `make crds`. Do not edit by hand.\n"
+    return header + yaml.dump(build_crd(), Dumper=_NoAliasDumper, sort_keys=False, width=120)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_crd())

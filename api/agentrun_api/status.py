@@ -1,0 +1,147 @@
+"""The AgentRun status: what the operator observed. Written only by the operator, through /status.
+
+Facts are fields; state changes are conditions (Kubernetes API conventions). The phase is a summary
+for people and printer columns; the terminal phases never change again.
+"""
+
+import enum
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class Phase(enum.StrEnum):
+    """Where a run stands."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    TIMED_OUT = "TimedOut"
+    CANCELLED = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_PHASES
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.TIMED_OUT, Phase.CANCELLED})
+
+
+class IllegalTransitionError(ValueError):
+    """A phase change that would break the rule that an ended run stays ended."""
+
+
+def next_phase(current: Phase | None, desired: Phase) -> Phase:
+    """The phase to record: a terminal phase is final; anything else may move anywhere."""
+    if current is not None and current.terminal and desired != current:
+        raise IllegalTransitionError(f"the run already ended as {current.value}; it cannot become {desired.value}")
+    return desired
+
+
+class StatusModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Condition(StatusModel):
+    """A condition as in metav1.Condition."""
+
+    type: str = Field(max_length=316, description="Type of condition in CamelCase, for example Complete.")
+    status: str = Field(description="True, False or Unknown.", pattern=r"^(True|False|Unknown)$")
+    reason: str = Field(max_length=1024, description="Machine-readable reason in CamelCase for the last transition.")
+    message: str = Field(default="", max_length=32_768, description="Human-readable details of the last transition.")
+    last_transition_time: datetime = Field(description="When the status last changed.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The spec generation the condition was set for."
+    )
+
+
+class CheckpointInfo(StatusModel):
+    """The last checkpoint the runner wrote."""
+
+    iteration: int = Field(ge=0, description="Iteration the checkpoint was written at.")
+    time: datetime = Field(description="When it was written.")
+    bytes: int = Field(ge=0, description="Bytes that checkpoint write added.")
+    total_bytes: int | None = Field(default=None, ge=0, description="Bytes of checkpoint state in all.")
+
+
+class Usage(StatusModel):
+    """Tokens used by all model calls so far."""
+
+    prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens.")
+    completion_tokens: int = Field(default=0, ge=0, description="Completion tokens.")
+    total_tokens: int = Field(default=0, ge=0, description="Prompt plus completion tokens.")
+
+
+class QueueWait(StatusModel):
+    """Time model calls spent waiting for a throttle permit."""
+
+    last_seconds: float = Field(default=0, ge=0, description="Wait of the most recent call.")
+    max_seconds: float = Field(default=0, ge=0, description="Longest wait so far.")
+    total_seconds: float = Field(default=0, ge=0, description="Sum of all waits.")
+
+
+class Result(StatusModel):
+    """A short summary of the outcome; the full output lives in the checkpoint store."""
+
+    summary: str = Field(default="", max_length=2048, description="The first part of the final answer.")
+    ref: str = Field(
+        default="", max_length=1024, description="Where the full result is stored, for example configmap/<name>#result."
+    )
+    bytes: int = Field(default=0, ge=0, description="Size of the full result.")
+
+
+class Budget(StatusModel):
+    """The timeout arithmetic the operator did for this run."""
+
+    worst_case_seconds: int = Field(ge=0, description="maxIterations x (queue wait + request timeout), plus tool time.")
+    max_execution_seconds: int = Field(ge=0, description="The run's maxExecutionTime in seconds.")
+    fits: bool = Field(description="Whether the worst case fits maxExecutionTime.")
+    active_deadline_seconds: int = Field(
+        ge=0, description="The Job's hard deadline behind the runner's own soft deadline."
+    )
+
+
+class Notification(StatusModel):
+    """Delivery of the completion webhook, kept apart from the run's own phase."""
+
+    event_id: str = Field(default="", max_length=128, description="Id sent with the payload, stable across retries.")
+    delivered: bool = Field(default=False, description="Whether a 2xx answer was received.")
+    attempts: int = Field(default=0, ge=0, description="Attempts made.")
+    last_attempt_time: datetime | None = Field(default=None, description="When the last attempt was made.")
+    last_error: str = Field(default="", max_length=1024, description="Why the last attempt failed.")
+
+
+class AgentRunStatus(StatusModel):
+    """The observed state of an AgentRun."""
+
+    phase: Phase | None = Field(
+        default=None, description="Pending, Running, Suspended, Succeeded, Failed, TimedOut or Cancelled."
+    )
+    reason: str = Field(default="", max_length=256, description="Why the run is in its phase, in CamelCase.")
+    message: str = Field(default="", max_length=1024, description="The last thing worth telling a person.")
+    iteration: int = Field(default=0, ge=0, description="Reasoning loops completed.")
+    progress: str = Field(default="", max_length=64, description="iteration/maxIterations, for the PROGRESS column.")
+    start_time: datetime | None = Field(default=None, description="When the first runner pod started working.")
+    completion_time: datetime | None = Field(default=None, description="When the run ended.")
+    elapsed_seconds: int = Field(default=0, ge=0, description="Execution time used, counted across restarts.")
+    restarts: int = Field(
+        default=0, ge=0, description="Runner pods replaced so far; each resumed from the last checkpoint."
+    )
+    last_checkpoint: CheckpointInfo | None = Field(default=None, description="The last checkpoint written.")
+    usage: Usage = Field(default_factory=Usage, description="Tokens used so far.")
+    queue_wait: QueueWait = Field(default_factory=QueueWait, description="Throttle queue waits.")
+    result: Result | None = Field(default=None, description="Outcome summary and where the full result lives.")
+    stream_url: str = Field(
+        default="",
+        alias="streamURL",
+        max_length=2048,
+        description="Where to follow the run's events (Server-Sent Events).",
+    )
+    job_name: str = Field(default="", max_length=253, description="The Job running the runner.")
+    budget: Budget | None = Field(default=None, description="The timeout arithmetic for this run.")
+    notification: Notification | None = Field(default=None, description="Completion webhook delivery.")
+    conditions: list[Condition] = Field(default_factory=list, description="Latest observations of the run's state.")
+    observed_generation: int = Field(default=0, ge=0, description="The spec generation the status reflects.")
