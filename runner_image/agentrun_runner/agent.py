@@ -166,7 +166,7 @@ class Agent:
         max_tokens = self._spec.model.max_output_tokens
         if self._spec.token_budget is not None:
             left = self._spec.token_budget - counters.total_tokens
-            max_tokens = min(max_tokens, left) if max_tokens is not None else None
+            max_tokens = left if max_tokens is None else min(max_tokens, left)
         answer = await self._model.complete(
             self.state.messages,
             self._toolbox.definitions(),

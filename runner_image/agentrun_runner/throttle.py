@@ -8,7 +8,6 @@ permit server replaces it without touching the loop.
 import asyncio
 import collections
 import contextlib
-import time
 from typing import Protocol
 
 
@@ -24,6 +23,11 @@ class Limiter(Protocol):
     def penalize(self, retry_after_seconds: float) -> None:
         """A 429 with Retry-After was seen: slow every caller of this limiter for that long."""
         ...
+
+
+def _now() -> float:
+    # The loop's clock (monotonic), so tests can run the limiter on a virtual-time loop.
+    return asyncio.get_running_loop().time()
 
 
 class QueueTimeoutError(Exception):
@@ -72,25 +76,25 @@ class InProcessLimiter:
         return self._depth
 
     async def acquire(self, *, max_wait_seconds: float) -> tuple[Permit, float]:
-        started = time.monotonic()
+        started = _now()
         self._depth += 1
         try:
             async with asyncio.timeout(max(max_wait_seconds, 0.0)):
                 async with self._turn:
                     await self._wait_for_capacity()
         except TimeoutError:
-            raise QueueTimeoutError(depth=self._depth, waited_seconds=time.monotonic() - started) from None
+            raise QueueTimeoutError(depth=self._depth, waited_seconds=_now() - started) from None
         finally:
             self._depth -= 1
-        return _InProcessPermit(self), time.monotonic() - started
+        return _InProcessPermit(self), _now() - started
 
     def penalize(self, retry_after_seconds: float) -> None:
-        self._penalty_until = max(self._penalty_until, time.monotonic() + max(retry_after_seconds, 0.0))
+        self._penalty_until = max(self._penalty_until, _now() + max(retry_after_seconds, 0.0))
 
     async def _wait_for_capacity(self) -> None:
         async with self._capacity:
             while True:
-                now = time.monotonic()
+                now = _now()
                 while self._starts and self._starts[0] <= now - self.WINDOW_SECONDS:
                     self._starts.popleft()
                 delay = self._penalty_until - now

@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,10 @@ from aiohttp import web
 
 from agentrun_api.contract import CheckpointLocation, ProgressReport, RunIdentity, RunnerConfig
 from agentrun_api.spec import AgentRunSpec
+from agentrun_runner import __main__ as runner_main
+from agentrun_runner.checkpoint import PvcStore
+from agentrun_runner.settings import RunnerSettings
+from agentrun_runner.state import RunState
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STREAM_TOKEN = "test-stream-token"
@@ -163,6 +168,48 @@ class RunnerProcess:
         return "\n".join(self.log)
 
 
+@dataclass(frozen=True)
+class InProcessRun:
+    exit_code: int
+    progress: ProgressReport
+    state: RunState
+
+
+async def run_in_process(config: RunnerConfig, tmp_path: Path, **settings: Any) -> InProcessRun:
+    """Run the runner's main coroutine in this event loop (PVC store, file progress sink).
+
+    The subprocess form is the container's real entrypoint; this form keeps limit tests fast."""
+    values: dict[str, Any] = {
+        "progress_file": str(tmp_path / "progress.json"),
+        "sse_linger_seconds": 0.0,
+        "retry_base_seconds": 0.02,
+        "stream_host": "127.0.0.1",
+    }
+    values.update(settings)
+    saved = {name: os.environ.get(name) for name in ("OPENAI_API_KEY", "AGENTRUN_STREAM_TOKEN")}
+    os.environ["OPENAI_API_KEY"] = API_KEY
+    os.environ["AGENTRUN_STREAM_TOKEN"] = STREAM_TOKEN
+    try:
+        code = await runner_main.run(config, RunnerSettings(**values))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return InProcessRun(exit_code=code, progress=read_progress(tmp_path), state=await load_state(config))
+
+
+async def load_state(config: RunnerConfig) -> RunState:
+    """The state a runner would resume from (PVC store)."""
+    loaded = await PvcStore(Path(config.checkpoint.mount_path), "test").load()
+    assert loaded.problem is None, loaded.problem
+    state = RunState()
+    for record in loaded.records:
+        state.apply(record)
+    return state
+
+
 def read_progress(tmp_path: Path) -> ProgressReport:
     return ProgressReport.model_validate_json((tmp_path / "progress.json").read_text())
 
@@ -170,10 +217,17 @@ def read_progress(tmp_path: Path) -> ProgressReport:
 class ToolServer:
     """The far side of http_fetch: executes each Idempotency-Key once and replays it after.
 
-    ``executions`` counts real executions per key; ``deliveries`` counts every request per key.
+    ``executions`` counts real executions per key; ``deliveries`` counts every request per key;
+    ``max_in_flight`` is the most requests it held at once. Paths: ``/slow/<seconds>`` answers
+    late; ``/together/<name>`` waits until ``rendezvous`` requests are in flight (or 5 s), which
+    only concurrent callers can reach.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rendezvous: int = 2) -> None:
+        self.rendezvous = rendezvous
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._arrived = asyncio.Condition()
         self.executions: collections.Counter[str] = collections.Counter()
         self.deliveries: collections.Counter[str] = collections.Counter()
         self.requests_without_key = 0
@@ -203,6 +257,21 @@ class ToolServer:
             self.requests_without_key += 1
             return web.Response(status=400, text="Idempotency-Key required")
         self.deliveries[key] += 1
+        path = request.match_info["path"]
+        async with self._arrived:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._arrived.notify_all()
+        try:
+            if path.startswith("slow/"):
+                await asyncio.sleep(float(path.removeprefix("slow/")))
+            elif path.startswith("together/"):
+                async with self._arrived:
+                    await asyncio.wait_for(
+                        self._arrived.wait_for(lambda: self.max_in_flight >= self.rendezvous), timeout=5
+                    )
+        finally:
+            self.in_flight -= 1
         if key not in self._answers:
             self.executions[key] += 1
             self._answers[key] = f"source {request.match_info['path']}: fetched once under {key}"
