@@ -150,6 +150,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     reporter.start()
+    log.info("run %s/%s: starting at iteration %d", config.run.namespace, config.run.name, state.counters.step)
     try:
         if problem is not None:
             # Never start over silently: say what was dropped and where the run resumes.

@@ -20,7 +20,8 @@ from aiohttp import web
 from agentrun_api.contract import CheckpointLocation, ProgressReport, RunIdentity, RunnerConfig
 from agentrun_api.spec import AgentRunSpec
 from agentrun_runner import __main__ as runner_main
-from agentrun_runner.checkpoint import PvcStore
+from agentrun_runner.checkpoint import ConfigMapStore, PvcStore
+from agentrun_runner.kube import ConfigMaps, load_api_client
 from agentrun_runner.settings import RunnerSettings
 from agentrun_runner.state import RunState
 
@@ -208,6 +209,39 @@ async def load_state(config: RunnerConfig) -> RunState:
     for record in loaded.records:
         state.apply(record)
     return state
+
+
+def write_kubeconfig(server_url: str, path: Path, namespace: str = "default") -> Path:
+    """A kubeconfig pointing at a test API server (token auth, plain HTTP on loopback)."""
+    path.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: test, cluster: {{server: '{server_url.rstrip('/')}'}}}}]\n"
+        "users: [{name: test, user: {token: test-token}}]\n"
+        f"contexts: [{{name: test, context: {{cluster: test, user: test, namespace: {namespace}}}}}]\n"
+        "current-context: test\n"
+    )
+    return path
+
+
+async def load_configmap_state(config: RunnerConfig, kubeconfig: Path) -> tuple[RunState, str | None]:
+    """The state a runner would resume from (ConfigMap store), and the problem the store reported."""
+    saved = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    try:
+        configmaps = ConfigMaps(load_api_client(), config.run.namespace)
+    finally:
+        if saved is None:
+            os.environ.pop("KUBECONFIG")
+        else:
+            os.environ["KUBECONFIG"] = saved
+    try:
+        loaded = await ConfigMapStore(configmaps, config.run.name, max_segments=config.checkpoint.max_segments).load()
+    finally:
+        configmaps.close()
+    state = RunState()
+    for record in loaded.records:
+        state.apply(record)
+    return state, loaded.problem
 
 
 def read_progress(tmp_path: Path) -> ProgressReport:
