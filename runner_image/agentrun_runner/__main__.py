@@ -110,7 +110,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
             break
     workspace = Workspace(Path(config.workspace_path), state.note_file_written, settings.max_read_file_bytes)
     workspace.restore(state.files)
-    events = EventLog(state.events)
+    events = EventLog(state.events, ceiling=state.counters.event_id_ceiling, reserve=settings.event_id_reserve)
     resumed_from = state.counters.step if state.records else None
 
     reporter = ProgressReporter(sink, config.progress_interval_seconds)

@@ -43,6 +43,12 @@ class RunEnd:
     result: str | None = None
 
 
+def _log_failure(future: "asyncio.Future[None]") -> None:
+    if not future.cancelled() and future.exception() is not None:
+        # The loop's own next checkpoint fails the same way and ends the run with CheckpointError.
+        log.error("checkpoint to reserve event ids failed: %s", future.exception())
+
+
 class Clock:
     """Execution time used by the run: what earlier pods used plus this pod's time."""
 
@@ -83,6 +89,7 @@ class Agent:
         self._call_timeout = parse_duration(self._spec.tools.call_timeout)
         self._checkpoint_lock = asyncio.Lock()
         self._writing: asyncio.Future[None] | None = None
+        self._reserving: asyncio.Future[None] | None = None
         self._last_checkpoint: CheckpointInfo | None = None
         self._message = ""
         if state.counters.started_at is None:
@@ -95,7 +102,15 @@ class Agent:
 
     async def run(self) -> RunEnd:
         """Run to an outcome and record it (result first, then the outcome)."""
+        self.events.on_low_headroom = self._reserve_event_ids
+        if not self.state.messages:
+            self.state.messages = [
+                {"role": "system", "content": self._spec.instructions},
+                {"role": "user", "content": self._spec.input},
+            ]
         try:
+            # Persist this pod's start (and its event id reservation) before anything is shown.
+            await self.checkpoint()
             end = await self._loop()
         except CheckpointError as error:
             end = RunEnd(Outcome.CHECKPOINT_ERROR, str(error))
@@ -104,11 +119,6 @@ class Agent:
 
     async def _loop(self) -> RunEnd:
         state = self.state
-        if not state.messages:
-            state.messages = [
-                {"role": "system", "content": self._spec.instructions},
-                {"role": "user", "content": self._spec.input},
-            ]
         while True:
             last = state.messages[-1]
             if last["role"] == "assistant":
@@ -239,11 +249,17 @@ class Agent:
         async with self._checkpoint_lock:
             await self._settle()
             self.state.counters.elapsed_seconds = self.clock.elapsed()
+            self.state.counters.event_id_ceiling = self.events.next_ceiling()
             record = self.state.delta(list(self.events.events))
             # Shielded: a SIGTERM that cancels the loop must not cut a record in half, and the next
             # record (suspend's) must know this one was written.
             self._writing = asyncio.ensure_future(self._write(record))
             await asyncio.shield(self._writing)
+
+    def _reserve_event_ids(self) -> None:
+        if self._reserving is None or self._reserving.done():
+            self._reserving = asyncio.ensure_future(self.checkpoint())
+            self._reserving.add_done_callback(_log_failure)
 
     async def _settle(self) -> None:
         """Wait for a write that a cancellation left running."""
@@ -254,6 +270,7 @@ class Agent:
         counters = self.state.counters
         written = await self._store.append(record)
         self.state.mark_saved(record)
+        self.events.raise_ceiling(record["counters"]["event_id_ceiling"])
         self._last_checkpoint = CheckpointInfo(
             iteration=counters.step, time=datetime.now(UTC), bytes=written, total_bytes=self._store.total_bytes
         )

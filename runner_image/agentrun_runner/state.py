@@ -44,6 +44,7 @@ class Counters:
     queue_wait_last: float = 0.0
     queue_wait_max: float = 0.0
     queue_wait_total: float = 0.0
+    event_id_ceiling: int = 0  # ids up to here may have been shown; a resumed pod numbers above
     started_at: str | None = None
     outcome: str | None = None
     outcome_message: str = ""
