@@ -17,9 +17,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def validating_http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with EmulatedApiServer([AGENTRUN_CRD], admission_factory=TinyAdmission.from_crd) as server:
-        async with aiohttp.ClientSession(base_url=server.url + "/") as session:
-            yield session
+    server = EmulatedApiServer([AGENTRUN_CRD], admission_factory=TinyAdmission.from_crd)
+    async with server, aiohttp.ClientSession(base_url=server.url + "/") as session:
+        yield session
 
 
 async def test_create_rejected_by_the_validator_is_422_invalid_with_causes(

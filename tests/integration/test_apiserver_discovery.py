@@ -120,7 +120,7 @@ async def test_subject_access_review_is_answered_from_the_policy(
         return allowed, "reads only" if allowed else "no writes for you"
 
     apiserver.handler.authorization_policy = policy
-    review = {
+    review: dict[str, Any] = {
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SubjectAccessReview",
         "spec": {

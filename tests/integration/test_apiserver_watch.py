@@ -117,17 +117,15 @@ async def test_bookmarks_are_sent_when_allowed(http: aiohttp.ClientSession) -> N
 
 
 async def test_too_old_resource_version_gets_410_gone() -> None:
-    async with EmulatedApiServer(settings=ApiServerSettings(history_limit=3), admission_factory=None) as server:
-        async with aiohttp.ClientSession(base_url=server.url + "/") as http:
-            first = await (await http.post(CONFIGMAPS.lstrip("/"), json={"metadata": {"name": "first"}})).json()
-            for name in ("b", "c", "d", "e"):
-                await http.post(CONFIGMAPS.lstrip("/"), json={"metadata": {"name": name}})
-            async with watch(
-                http, CONFIGMAPS.lstrip("/"), resourceVersion=first["metadata"]["resourceVersion"]
-            ) as stream:
-                event = await stream.next()
-                with pytest.raises(EOFError):
-                    await stream.next()
+    server = EmulatedApiServer(settings=ApiServerSettings(history_limit=3), admission_factory=None)
+    async with server, aiohttp.ClientSession(base_url=server.url + "/") as http:
+        first = await (await http.post(CONFIGMAPS.lstrip("/"), json={"metadata": {"name": "first"}})).json()
+        for name in ("b", "c", "d", "e"):
+            await http.post(CONFIGMAPS.lstrip("/"), json={"metadata": {"name": name}})
+        async with watch(http, CONFIGMAPS.lstrip("/"), resourceVersion=first["metadata"]["resourceVersion"]) as stream:
+            event = await stream.next()
+            with pytest.raises(EOFError):
+                await stream.next()
     assert event["type"] == "ERROR"
     assert (event["object"]["code"], event["object"]["reason"]) == (410, "Expired")
     assert "too old resource version" in event["object"]["message"]
