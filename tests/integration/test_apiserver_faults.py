@@ -91,3 +91,15 @@ async def test_every_request_is_recorded_with_verb_kind_and_subresource(
     assert apiserver.requests.by_kind() == {"AgentRun": 5, "ConfigMap": 1}
     assert apiserver.requests.by_verb()["patch"] == 1
     assert "AgentRun" in apiserver.requests.summary()
+
+
+async def test_requests_within_a_time_window_are_counted_by_kind(
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
+) -> None:
+    await http.get(CONFIGMAPS.lstrip("/"))
+    start = time.time()
+    await http.post(AGENTRUNS.lstrip("/"), json=agentrun("run"))
+    await http.get(AGENTRUNS.lstrip("/") + "/run")
+    window = apiserver.requests.between(start)
+    assert window.by_kind_and_verb() == {("AgentRun", "create"): 1, ("AgentRun", "get"): 1}
+    assert apiserver.requests.count(kind="ConfigMap", verb="list") == 1

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -24,6 +25,8 @@ class RequestRecord:
     name: str = ""
     code: int = 0
     user_agent: str = ""
+    # Wall-clock time of arrival (time.time()), to count the requests within one run's life.
+    at: float = field(default_factory=time.time)
 
 
 class RequestLog:
@@ -43,6 +46,12 @@ class RequestLog:
 
     def clear(self) -> None:
         self.records.clear()
+
+    def between(self, start: float, end: float | None = None) -> RequestLog:
+        """The requests that arrived in [start, end] (wall-clock seconds), as a log of their own."""
+        window = RequestLog()
+        window.records = [r for r in self.records if r.at >= start and (end is None or r.at <= end)]
+        return window
 
     def count(
         self,

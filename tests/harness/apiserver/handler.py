@@ -391,7 +391,10 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         try:
             while True:
                 wake_at = min(deadline, next_bookmark) if bookmarks else deadline
-                event = await self._next_event(watcher, dropped, wake_at - loop.time())
+                # Wake at least every second to notice a client that went away (aiohttp does not cancel handlers).
+                event = await self._next_event(watcher, dropped, min(wake_at - loop.time(), 1.0))
+                if raw.transport is None or raw.transport.is_closing():
+                    return response
                 if dropped.is_set():
                     # A dropped connection, as when an apiserver or load balancer dies: no clean end of stream.
                     if raw.transport is not None:

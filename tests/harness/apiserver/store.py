@@ -560,12 +560,12 @@ class Store:
             raise errors.bad_request("the request body must be a JSON object")
         obj = copy.deepcopy(dict(body))
         kind, api_version = obj.get("kind"), obj.get("apiVersion")
-        if (kind and kind != rt.kind) or (api_version and api_version.split("/")[0] not in (rt.group, rt.version)):
+        if api_version and api_version != rt.api_version:
             raise errors.bad_request(
                 f"the API version in the data ({api_version}) does not match the expected API version ({rt.api_version})"
-                if api_version and api_version != rt.api_version
-                else f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})"
             )
+        if kind and kind != rt.kind:
+            raise errors.bad_request(f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})")
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
         if not isinstance(obj.get("metadata", {}), Mapping):
             raise errors.bad_request("metadata must be an object")
