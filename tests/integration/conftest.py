@@ -77,9 +77,9 @@ class TinyAdmission:
 
     def admit_status(self, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
         status = obj.get("status") or {}
-        if "iterations" in status and (not isinstance(status["iterations"], int) or status["iterations"] < 0):
+        if "iteration" in status and (not isinstance(status["iteration"], int) or status["iteration"] < 0):
             raise TinyAdmissionError(
-                self.kind, obj["metadata"]["name"], [FieldError("status.iterations", "must be >= 0")]
+                self.kind, obj["metadata"]["name"], [FieldError("status.iteration", "must be >= 0")]
             )
         return dict(obj)
 

@@ -71,12 +71,12 @@ async def test_update_is_validated_by_the_admission_hook(validating_http: aiohtt
 async def test_status_writes_go_through_the_status_validator(validating_http: aiohttp.ClientSession) -> None:
     await validating_http.post(AGENTRUNS.lstrip("/"), json=agentrun("run"))
     bad = await validating_http.patch(
-        AGENTRUNS.lstrip("/") + "/run/status", json={"status": {"iterations": -1}}, headers=MERGE
+        AGENTRUNS.lstrip("/") + "/run/status", json={"status": {"iteration": -1}}, headers=MERGE
     )
     assert bad.status == 422
-    assert (await bad.json())["details"]["causes"][0]["field"] == "status.iterations"
+    assert (await bad.json())["details"]["causes"][0]["field"] == "status.iteration"
     good = await validating_http.patch(
-        AGENTRUNS.lstrip("/") + "/run/status", json={"status": {"iterations": 2}}, headers=MERGE
+        AGENTRUNS.lstrip("/") + "/run/status", json={"status": {"iteration": 2}}, headers=MERGE
     )
     assert good.status == 200
 

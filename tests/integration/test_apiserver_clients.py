@@ -139,7 +139,7 @@ async def test_kopf_operator_receives_create_update_and_delete(
             ):
                 break
             await asyncio.sleep(0.05)
-        store.patch(rt, "default", "run", "application/merge-patch+json", {"spec": {"maxIterations": 9}})
+        store.patch(rt, "default", "run", "application/merge-patch+json", {"spec": {"suspend": True}})
         assert await asyncio.wait_for(seen.get(), 10) == ("update", "run")
         store.delete(rt, "default", "run")
         assert await asyncio.wait_for(seen.get(), 10) == ("delete", "run")

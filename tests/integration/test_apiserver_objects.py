@@ -237,12 +237,12 @@ async def test_spec_patch_never_touches_status(http: aiohttp.ClientSession) -> N
     patched = await (
         await http.patch(
             AGENTRUNS.lstrip("/") + "/one",
-            json={"spec": {"maxIterations": 6}, "status": {"phase": "Forged"}},
+            json={"spec": {"suspend": True}, "status": {"phase": "Forged"}},
             headers=MERGE,
         )
     ).json()
     assert patched["status"] == {"phase": "Running"}
-    assert patched["spec"]["maxIterations"] == 6
+    assert patched["spec"]["suspend"] is True
 
 
 async def test_create_ignores_status_when_a_status_subresource_exists(http: aiohttp.ClientSession) -> None:
@@ -263,7 +263,7 @@ async def test_generation_bumps_on_spec_changes_only(http: aiohttp.ClientSession
     ).json()
     assert with_status["metadata"]["generation"] == 1
     respecced = await (
-        await http.patch(AGENTRUNS.lstrip("/") + "/one", json={"spec": {"maxIterations": 7}}, headers=MERGE)
+        await http.patch(AGENTRUNS.lstrip("/") + "/one", json={"spec": {"suspend": True}}, headers=MERGE)
     ).json()
     assert respecced["metadata"]["generation"] == 2
     assert int(respecced["metadata"]["resourceVersion"]) > int(with_status["metadata"]["resourceVersion"])
