@@ -244,13 +244,13 @@ def parse_go_duration_nanos(text: str) -> int:
     if rest == "0":
         return 0
     if not rest:
-        raise ValueError(text)
+        raise ValueError(f"time: invalid duration {json.dumps(text)}")
     total = 0
     position = 0
     while position < len(rest):
         match = _GO_DURATION.match(rest, position)
         if match is None or match.group(1) in ("", "."):
-            raise ValueError(text)
+            raise ValueError(f"time: invalid duration {json.dumps(text)}")
         total += round(float(match.group(1)) * _GO_DURATION_UNITS[match.group(2)])
         position = match.end()
     return sign * total
@@ -340,6 +340,8 @@ def _cel_error_text(error: CELEvalError) -> str:
     missing = re.match(r"no such member in mapping: '(.*)'", text)
     if missing:
         return f"no such key: {missing.group(1)}"
+    if text == "modulus or divide by zero":
+        return "division by zero"
     return text
 
 
