@@ -57,6 +57,8 @@ def test_every_example_is_admitted_and_its_defaulted_spec_parses_as_the_model(pa
     admitted = ADMISSION.admit(load(path))
 
     spec = AgentRunSpec.model_validate(admitted["spec"])
+    # The CRD's defaults are the model's: the stored spec is exactly what the operator's model holds.
+    assert spec.model_dump(by_alias=True, mode="json", exclude_none=True) == admitted["spec"]
     assert spec.model.name == "gpt-4.1-mini"
     assert spec.max_iterations <= 10
     assert spec.model.api_key_secret_ref is not None
@@ -218,6 +220,19 @@ def test_defaults_are_applied_before_validation() -> None:
         False,
     )
     assert (admitted["spec"]["suspend"], admitted["spec"]["cancel"]) == (False, False)
+    # default: {} creates the absent object, then its own fields default.
+    assert admitted["spec"]["throttle"] == {
+        "enabled": False,
+        "pool": "default",
+        "maxConcurrentRequests": 4,
+        "requestsPerMinute": 60,
+        "maxSecondsToWaitInQueue": 60,
+    }
+    assert admitted["spec"]["runner"] == {
+        "resources": {"requests": {}, "limits": {}},
+        "nodeSelector": {},
+        "tolerations": [],
+    }
     # The checkpoint rule sees the defaulted store: a PVC size with no store named is refused.
     obj = with_spec(load(EXAMPLES_DIR / "minimal.yaml"), checkpoint={"size": "1Gi"})
     assert rejection(obj).errors == [
@@ -423,7 +438,10 @@ def test_each_run_defining_field_is_immutable(change: dict[str, Any], field: str
 
 def test_adding_an_optional_field_after_create_is_refused() -> None:
     old = created()
-    assert "tokenBudget, throttle" in str(rejection(with_spec(old, tokenBudget=5000), old))
+    assert [str(e) for e in rejection(with_spec(old, tokenBudget=5000), old).errors] == [
+        'spec: Invalid value: "object": tokenBudget, completionWebhook, ttlSecondsAfterFinished '
+        "cannot be added or removed after creation"
+    ]
 
 
 def test_suspend_may_be_set_and_cleared_after_create() -> None:
@@ -598,7 +616,8 @@ def test_specs_within_the_bounds_are_admitted_and_one_field_out_of_bounds_is_ref
 ) -> None:
     obj = {"apiVersion": "agentrun.dev/v1alpha1", "kind": "AgentRun", "metadata": {"name": "p"}, "spec": spec}
     admitted = ADMISSION.admit(obj)
-    AgentRunSpec.model_validate(admitted["spec"])
+    model = AgentRunSpec.model_validate(admitted["spec"])
+    assert model.model_dump(by_alias=True, mode="json", exclude_none=True) == admitted["spec"]
 
     path, low, high = which
     broken = copy.deepcopy(obj)
