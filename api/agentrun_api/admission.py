@@ -19,9 +19,10 @@ Semantics followed (and why they matter):
 - With the status subresource, the main resource ignores status (dropped at create, kept from the old
   object at update); `CrdAdmission.admit_status` is the /status path, which changes only status.
 
-Not emulated: validation ratcheting of unchanged invalid values, CEL cost budgets, ``listType`` map/set
-correlation of list items for transition rules, ``messageExpression`` and ``x-kubernetes-*`` extensions
-other than ``x-kubernetes-validations``, ``nullable`` and ``x-kubernetes-preserve-unknown-fields``.
+Not emulated: validation ratcheting of unchanged invalid values, CEL cost budgets and compile-time type
+checking, ``listType`` map/set correlation of list items for transition rules, ``messageExpression``,
+``x-kubernetes-int-or-string`` and ``x-kubernetes-embedded-resource``, and ``nullable`` beyond keeping
+a null (the AgentRun schema uses none of these).
 """
 
 import copy
@@ -211,7 +212,11 @@ class AdmissionError(ValueError):
                 "group": self.group,
                 "kind": self.kind,
                 "causes": [
-                    {"reason": _CAUSE_REASONS.get(e.type, "FieldValueInvalid"), "message": e.body, "field": e.path}
+                    {
+                        "reason": _CAUSE_REASONS.get(e.type, "FieldValueInvalid"),
+                        "message": e.body,
+                        "field": e.path or "<nil>",
+                    }
                     for e in self.errors
                 ],
             }
@@ -401,23 +406,25 @@ class _Findings:
 
 
 def _unknown_fields(value: object, schema: Mapping[str, Any], path: str, prune: bool) -> Iterator[str]:
-    """Paths of fields the schema does not know; with prune, also remove them. Nulls of fields are
-    dropped here too: the API server prunes a null before defaulting, so the default applies."""
-    if isinstance(value, dict) and schema.get("type", "object") == "object":
-        properties = schema.get("properties")
+    """Paths of fields the schema does not know; with prune, also remove them. A structural schema knows
+    its properties, or any key with ``additionalProperties``; ``x-kubernetes-preserve-unknown-fields``
+    keeps the rest. A null of a non-nullable field is dropped too: the API server prunes it before
+    defaulting, so the field's default applies."""
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
         additional = schema.get("additionalProperties")
+        keeps_unknown = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
         for key in list(value):
-            if value[key] is None and not schema.get("nullable"):
+            sub = properties.get(key, additional if isinstance(additional, dict) else None)
+            if sub is None:
+                if not keeps_unknown:
+                    yield _child(path, key)
+                    if prune:
+                        del value[key]
+            elif value[key] is None and not sub.get("nullable"):
                 del value[key]
-                continue
-            if properties is not None and key in properties:
-                yield from _unknown_fields(value[key], properties[key], _child(path, key), prune)
-            elif isinstance(additional, dict):
-                yield from _unknown_fields(value[key], additional, _child(path, key), prune)
-            elif properties is not None or additional is False:
-                yield _child(path, key)
-                if prune:
-                    del value[key]
+            else:
+                yield from _unknown_fields(value[key], sub, _child(path, key), prune)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for position, item in enumerate(value):
             yield from _unknown_fields(item, schema["items"], _index(path, position), prune)
@@ -643,6 +650,16 @@ class CrdAdmission:
         self.version = version
         self.status_subresource = status_subresource
         self._cel = _CelValidator(schema)
+        # apiVersion and kind are always kept; metadata is decoded by its Go type (ObjectMeta), not the schema.
+        self._decoding_schema = {
+            **schema,
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                **schema.get("properties", {}),
+                "metadata": {"x-kubernetes-preserve-unknown-fields": True},
+            },
+        }
 
     @classmethod
     def from_crd(cls, crd: Mapping[str, Any], version: str | None = None) -> "CrdAdmission":
@@ -697,31 +714,20 @@ class CrdAdmission:
         return new
 
     def _decode(self, obj: dict[str, Any], strict: bool, *, scope: str | None) -> None:
-        """Strict decoding or pruning of unknown fields; nulls of fields are dropped either way."""
-        properties = self.schema.get("properties", {})
-        unknown: list[str] = []
-        for key in list(obj):
-            if scope is not None and key != scope:
-                continue
-            if key in ("apiVersion", "kind"):
-                continue
-            if key == "metadata":
-                if isinstance(obj[key], dict):
-                    extra = [k for k in obj[key] if k not in _OBJECT_META_FIELDS]
-                    unknown += [f"metadata.{k}" for k in extra]
-                    for k in extra if not strict else []:
-                        del obj[key][k]
-                continue
-            if obj[key] is None:
-                del obj[key]
-            elif key in properties:
-                unknown += _unknown_fields(obj[key], properties[key], key, prune=not strict)
-            else:
-                unknown.append(key)
-                if not strict:
-                    del obj[key]
+        """Strict decoding (unknown fields are an error) or pruning, of the whole object or of one part."""
+        if scope is None:
+            unknown = list(_unknown_fields(obj, self._decoding_schema, "", prune=not strict))
+            metadata = obj.get("metadata")
+            if isinstance(metadata, dict):
+                extra = [key for key in metadata if key not in _OBJECT_META_FIELDS]
+                unknown += [f"metadata.{key}" for key in extra]
+                for key in extra if not strict else ():
+                    del metadata[key]
+        else:
+            part_schema = self.schema.get("properties", {}).get(scope, {})
+            unknown = list(_unknown_fields(obj.get(scope), part_schema, scope, prune=not strict))
         if strict and unknown:
-            raise self._error([FieldError(p, UNKNOWN_FIELD) for p in unknown], obj)
+            raise self._error([FieldError(path, UNKNOWN_FIELD) for path in sorted(unknown)], obj)
 
     def _run_cel(self, value: object, old: object, schema: Mapping[str, Any], path: str, found: _Findings) -> None:
         """The CEL rules, unless a blocking error means the object is not what the rules expect."""

@@ -184,7 +184,7 @@ def test_unknown_fields_fail_strict_decoding_before_any_validation() -> None:
     assert error.code == 400
     assert str(error) == (
         'AgentRun in version "v1alpha1" cannot be handled as a AgentRun: strict decoding error: '
-        'unknown field "metadata.labelz", unknown field "spec.model.temprature", unknown field "spec.foo"'
+        'unknown field "metadata.labelz", unknown field "spec.foo", unknown field "spec.model.temprature"'
     )
 
 
@@ -288,6 +288,8 @@ SMALL_CRD: dict[str, Any] = {
                                             "x-kubernetes-validations": [{"rule": "self == oldSelf"}],
                                         },
                                     },
+                                    "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                                    "closed": {"type": "object"},
                                     "divisor": {
                                         "type": "integer",
                                         "x-kubernetes-validations": [{"rule": "10 / self > 1"}],
@@ -309,6 +311,18 @@ def test_object_default_lets_children_default_and_number_fields_are_doubles_in_c
     admitted = widgets.admit({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {}})
 
     assert admitted["spec"] == {"size": {"ratio": 1, "count": 3}}
+
+
+def test_preserve_unknown_fields_keeps_what_a_structural_schema_would_prune() -> None:
+    widgets = CrdAdmission.from_crd(SMALL_CRD)
+    obj = {"metadata": {"name": "w"}, "spec": {"free": {"any": {"thing": 1}}, "closed": {"gone": True}}}
+
+    admitted = widgets.admit(obj, strict=False)
+
+    assert admitted["spec"]["free"] == {"any": {"thing": 1}}
+    assert admitted["spec"]["closed"] == {}
+    with pytest.raises(AdmissionError, match="strict decoding error"):
+        widgets.admit(obj)
 
 
 def test_transition_rules_run_only_where_an_old_value_exists() -> None:
