@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -80,3 +81,9 @@ def test_the_crd_serves_one_storage_version_with_the_status_subresource() -> Non
     assert (version["name"], version["served"], version["storage"]) == (constants.VERSION, True, True)
     assert version["subresources"] == {"status": {}}
     assert crd["spec"]["scope"] == "Namespaced"
+
+
+def test_the_crd_is_a_valid_custom_resource_definition_for_kubernetes() -> None:
+    # kubernetes-validate checks the manifest against the API's own OpenAPI schema for the CRD kind.
+    validated_as = kubernetes_validate.validate(build_crd(), kubernetes_validate.latest_version(), strict=True)
+    assert kubernetes_validate.latest_version().startswith(validated_as)
