@@ -325,6 +325,19 @@ def test_preserve_unknown_fields_keeps_what_a_structural_schema_would_prune() ->
         widgets.admit(obj)
 
 
+def test_a_crd_without_rules_reports_no_skipped_rules() -> None:
+    crd = copy.deepcopy(SMALL_CRD)
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for name in ("size", "labels", "divisor"):
+        del spec_schema["properties"][name]
+    spec_schema["required"] = ["free"]
+
+    with pytest.raises(AdmissionError) as caught:
+        CrdAdmission.from_crd(crd).admit({"metadata": {"name": "w"}, "spec": {}})
+
+    assert str(caught.value) == 'Widget.example.com "w" is invalid: spec.free: Required value'
+
+
 def test_transition_rules_run_only_where_an_old_value_exists() -> None:
     widgets = CrdAdmission.from_crd(SMALL_CRD)
     old = widgets.admit({"metadata": {"name": "w"}, "spec": {"size": {"count": 5}, "labels": {"a": "1"}}})
@@ -556,6 +569,21 @@ def test_status_is_validated_against_the_status_schema() -> None:
         'status.usage.totalTokens: Invalid value: "string": status.usage.totalTokens in body must be of type integer: "string"'
         in messages
     )
+
+
+def test_status_times_must_be_rfc3339() -> None:
+    old = created()
+    ADMISSION.admit_status({"status": {"startTime": "2026-01-01T00:00:00.123456+02:00"}}, old)
+
+    with pytest.raises(AdmissionError) as caught:
+        ADMISSION.admit_status({"status": {"startTime": "yesterday", "completionTime": "2026-13-01T00:00:00Z"}}, old)
+
+    assert [str(e) for e in caught.value.errors] == [
+        'status.startTime: Invalid value: "yesterday": status.startTime in body must be of type date-time: "yesterday"',
+        'status.completionTime: Invalid value: "2026-13-01T00:00:00Z": status.completionTime in body must be of '
+        'type date-time: "2026-13-01T00:00:00Z"',
+        CEL_SKIPPED,
+    ]
 
 
 def test_unknown_status_fields_fail_strict_decoding() -> None:
