@@ -31,7 +31,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -511,16 +511,17 @@ def _is_date_time(text: str) -> bool:
 
 
 def _validate_number(value: float, schema: Mapping[str, Any], path: str, found: _Findings) -> None:
-    checks: list[tuple[str, Callable[[float, float], bool], str]] = [
-        ("minimum", (lambda v, b: v > b) if schema.get("exclusiveMinimum") else (lambda v, b: v >= b),
-         "greater than" if schema.get("exclusiveMinimum") else "greater than or equal to"),
-        ("maximum", (lambda v, b: v < b) if schema.get("exclusiveMaximum") else (lambda v, b: v <= b),
-         "less than" if schema.get("exclusiveMaximum") else "less than or equal to"),
-    ]  # fmt: skip
-    for keyword, holds, words in checks:
-        if keyword in schema and not holds(value, schema[keyword]):
-            bound = go_value(float(schema[keyword]))
-            found.add(FieldError(path, INVALID, f"{path} in body should be {words} {bound}", value))
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if low is not None:
+        exclusive = bool(schema.get("exclusiveMinimum"))
+        if value < low or (exclusive and value == low):
+            words = "greater than" if exclusive else "greater than or equal to"
+            found.add(FieldError(path, INVALID, f"{path} in body should be {words} {go_value(float(low))}", value))
+    if high is not None:
+        exclusive = bool(schema.get("exclusiveMaximum"))
+        if value > high or (exclusive and value == high):
+            words = "less than" if exclusive else "less than or equal to"
+            found.add(FieldError(path, INVALID, f"{path} in body should be {words} {go_value(float(high))}", value))
     if "multipleOf" in schema and (value / schema["multipleOf"]) % 1 != 0:
         bound = go_value(float(schema["multipleOf"]))
         found.add(FieldError(path, INVALID, f"{path} in body should be a multiple of {bound}", value))
@@ -628,10 +629,12 @@ class _CelValidator:
 
 def _validate_metadata(metadata: object, old_metadata: object, found: _Findings) -> None:
     """The light ObjectMeta checks: a name (or generateName), a DNS subdomain, unchanged on update."""
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict):
-        found.add(
-            FieldError("metadata", INVALID, 'metadata in body must be of type object: "null"', "null"), blocking=True
-        )
+        actual = _json_type(metadata)
+        detail = f'metadata in body must be of type object: "{actual}"'
+        found.add(FieldError("metadata", INVALID, detail, actual), blocking=True)
         return
     name = metadata.get("name")
     if not name:

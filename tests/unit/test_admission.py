@@ -415,6 +415,33 @@ def test_integer_and_number_are_told_apart() -> None:
     ]
 
 
+def number_crd(schema: dict[str, Any]) -> CrdAdmission:
+    crd = copy.deepcopy(SMALL_CRD)
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] = {
+        "type": "object",
+        "properties": {"n": schema},
+    }
+    return CrdAdmission.from_crd(crd)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "spec.n: Invalid value: 0: spec.n in body should be greater than 0"),
+        (0.3, "spec.n: Invalid value: 0.3: spec.n in body should be a multiple of 0.25"),
+        (1.25, "spec.n: Invalid value: 1.25: spec.n in body should be less than or equal to 1"),
+    ],
+)
+def test_exclusive_bounds_and_multiples_are_checked(value: float, message: str) -> None:
+    numbers = number_crd({"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1, "multipleOf": 0.25})
+    numbers.admit({"metadata": {"name": "w"}, "spec": {"n": 0.75}})
+
+    with pytest.raises(AdmissionError) as caught:
+        numbers.admit({"metadata": {"name": "w"}, "spec": {"n": value}})
+
+    assert [str(e) for e in caught.value.errors] == [message]
+
+
 # --- metadata ------------------------------------------------------------------------------------------
 
 
@@ -424,6 +451,11 @@ def test_metadata_name_is_required_and_must_be_a_dns_subdomain() -> None:
     assert "metadata.name: Required value: name or generateName is required" in str(rejection(nameless))
 
     ADMISSION.admit({**nameless, "metadata": {"generateName": "run-"}})
+    del nameless["metadata"]
+    assert [str(e) for e in rejection(nameless).errors] == [
+        "metadata.name: Required value: name or generateName is required",
+        CEL_SKIPPED,
+    ]
 
     upper = load(EXAMPLES_DIR / "minimal.yaml")
     upper["metadata"]["name"] = "Q3"
