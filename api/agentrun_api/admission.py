@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, overload
 
 import celpy
 from celpy import celtypes
@@ -707,6 +707,7 @@ class CrdAdmission:
         field error. With the status subresource, status changes are ignored here (see `admit_status`).
         """
         new = copy.deepcopy(dict(obj))
+        old = self._as_read(old)
         if self.status_subresource:
             new.pop("status", None)
             if old is not None and "status" in old:
@@ -723,7 +724,8 @@ class CrdAdmission:
     def admit_status(self, obj: Mapping[str, Any], old: Mapping[str, Any], *, strict: bool = True) -> dict[str, Any]:
         """A write to the /status subresource: everything but status stays as in ``old``; only the
         status is decoded, defaulted and validated."""
-        new = copy.deepcopy(dict(old))
+        old = self._as_read(old)
+        new = copy.deepcopy(old)
         new.pop("status", None)
         if obj.get("status") is not None:
             new["status"] = copy.deepcopy(obj["status"])
@@ -737,6 +739,18 @@ class CrdAdmission:
             self._run_cel(new["status"], old.get("status", _ABSENT), status_schema, "status", found)
         self._raise_if_any(found, new)
         return new
+
+    @overload
+    def _as_read(self, stored: Mapping[str, Any]) -> dict[str, Any]: ...
+    @overload
+    def _as_read(self, stored: None) -> None: ...
+    def _as_read(self, stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The old object as the API server reads it from storage: defaulted by the current schema."""
+        if stored is None:
+            return None
+        read = copy.deepcopy(dict(stored))
+        _apply_defaults(read, self.schema)
+        return read
 
     def _decode(self, obj: dict[str, Any], strict: bool, *, scope: str | None) -> None:
         """Strict decoding (unknown fields are an error) or pruning, of the whole object or of one part."""

@@ -524,6 +524,18 @@ def test_transition_rules_do_not_run_at_create() -> None:
     assert created()["spec"]["cancel"] is False
 
 
+def test_an_old_object_stored_without_defaults_is_compared_as_read_with_them() -> None:
+    # Stored before a default existed: the API server defaults on read, so an update that now carries
+    # the default is no change to an immutable field.
+    stored = created()
+    del stored["spec"]["throttle"]
+    del stored["spec"]["model"]["requestTimeout"]
+
+    updated = ADMISSION.admit(with_spec(created(), suspend=True), stored)
+
+    assert updated["spec"]["throttle"]["pool"] == "default"
+
+
 def test_renaming_is_refused() -> None:
     old = created()
     renamed = copy.deepcopy(old)
