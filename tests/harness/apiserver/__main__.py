@@ -8,6 +8,7 @@ import contextlib
 import signal
 from pathlib import Path
 
+from tests.harness.apiserver.admission import crd_admission
 from tests.harness.apiserver.server import ApiServerSettings, EmulatedApiServer
 
 DEFAULT_CRDS = ("crds/agentruns.agentrun.dev.yaml",)
@@ -35,9 +36,8 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with EmulatedApiServer(
-        crds, settings=settings, admission_factory=None if args.no_admission else "default"
-    ) as server:
+    admission = None if args.no_admission else crd_admission
+    async with EmulatedApiServer(crds, settings=settings, admission_factory=admission) as server:
         print(server.url, flush=True)
         print(f"kubeconfig: {server.kubeconfig_path}", flush=True)
         await stop.wait()

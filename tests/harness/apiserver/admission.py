@@ -9,32 +9,27 @@ from typing import Any, Protocol
 class CustomResourceAdmission(Protocol):
     """What the apiextensions server does to a custom resource before storing it.
 
-    `admit` validates and defaults the whole object (spec, metadata) on create (`old is None`) and update;
-    `admit_status` does the same for a write to the status subresource. Both return the object to store, or raise
-    an exception whose `str()` is the apiserver's message and whose `.errors` lists field errors (see `field_causes`).
-    `strict` is `?fieldValidation=Strict`: unknown fields are errors, not silently pruned.
+    `admit` decodes, defaults and validates the whole object on create (`old is None`) and update; `admit_status`
+    does the same for a write to the status subresource. Both return the object to store, or raise an exception
+    with `.errors` (field errors) whose `str()` is the apiserver's message; when it also has `to_status()`, that
+    Status is answered as is (422 Invalid, or 400 BadRequest for strict decoding). `strict` is
+    `?fieldValidation=Strict`: unknown fields are errors instead of being pruned.
     """
 
-    def admit(
-        self, obj: Mapping[str, Any], old: Mapping[str, Any] | None, *, strict: bool = False
-    ) -> dict[str, Any]: ...
+    def admit(self, obj: Mapping[str, Any], old: Mapping[str, Any] | None, *, strict: bool) -> dict[str, Any]: ...
 
-    def admit_status(self, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]: ...
+    def admit_status(self, obj: Mapping[str, Any], old: Mapping[str, Any], *, strict: bool) -> dict[str, Any]: ...
 
 
 # Builds the admission of one CRD; returns None when the CRD is served without validation.
 AdmissionFactory = Callable[[Mapping[str, Any]], CustomResourceAdmission | None]
 
 
-def default_admission_factory() -> AdmissionFactory | None:
-    """The project's real CRD admission (`agentrun_api.admission.CrdAdmission`), or None while that module does not
-    exist yet (custom resources are then stored unvalidated)."""
-    try:
-        from agentrun_api.admission import CrdAdmission  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    factory: AdmissionFactory = CrdAdmission.from_crd
-    return factory
+def crd_admission(crd: Mapping[str, Any]) -> CustomResourceAdmission:
+    """The project's CRD admission (the default): schema decoding and pruning, defaults, OpenAPI validation and CEL."""
+    from agentrun_api.admission import CrdAdmission
+
+    return CrdAdmission.from_crd(crd)
 
 
 def _attribute(error: object, *names: str) -> str:

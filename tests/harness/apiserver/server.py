@@ -14,7 +14,7 @@ import kmock
 import yaml
 
 from tests.harness.apiserver.accounting import RequestLog
-from tests.harness.apiserver.admission import AdmissionFactory, default_admission_factory
+from tests.harness.apiserver.admission import AdmissionFactory, crd_admission
 from tests.harness.apiserver.faults import Faults
 from tests.harness.apiserver.handler import ApiServerHandler, AuthorizationPolicy, HandlerSettings, allow_all
 from tests.harness.apiserver.resources import Registry, builtin_types, kopf_peering_crds
@@ -79,16 +79,16 @@ class EmulatedApiServer:
         crd_paths: Iterable[str | Path] = (),
         *,
         settings: ApiServerSettings | None = None,
-        admission_factory: AdmissionFactory | str | None = "default",
+        admission_factory: AdmissionFactory | None = crd_admission,
         authorization_policy: AuthorizationPolicy = allow_all,
     ) -> None:
         self.settings = settings or ApiServerSettings()
         self.registry = Registry()
         for rt in builtin_types():
             self.registry.add(rt)
-        factory = default_admission_factory() if admission_factory == "default" else admission_factory
-        assert not isinstance(factory, str)
-        self.store = Store(self.registry, history_limit=self.settings.history_limit, admission_factory=factory)
+        self.store = Store(
+            self.registry, history_limit=self.settings.history_limit, admission_factory=admission_factory
+        )
         self.faults = Faults()
         self.requests = RequestLog()
         self.handler = ApiServerHandler(

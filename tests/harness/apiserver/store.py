@@ -519,12 +519,23 @@ class Store:
         if admission is None:
             return obj
         try:
-            admitted = admission.admit_status(obj, old) if status else admission.admit(obj, old, strict=strict)
+            if status:
+                assert old is not None
+                admitted = admission.admit_status(obj, old, strict=strict)
+            else:
+                admitted = admission.admit(obj, old, strict=strict)
         except errors.ApiError:
             raise
         except Exception as exc:
             if not hasattr(exc, "errors"):
                 raise
+            to_status = getattr(exc, "to_status", None)
+            if callable(to_status):
+                # The admission renders the apiserver's own Status (422 Invalid, or 400 for strict decoding).
+                body = to_status()
+                raise errors.ApiError(
+                    body["code"], body["reason"], body["message"], details=body.get("details")
+                ) from exc
             name = obj.get("metadata", {}).get("name", "")
             raise errors.invalid(rt.group, rt.kind, name, field_causes(exc), summary=_summary(exc)) from exc
         return copy.deepcopy(dict(admitted))
