@@ -13,8 +13,8 @@ import kubernetes
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
-from tests.harness.apiserver import EmulatedApiServer
+from tests.conftest import AGENTRUN_CRD, REPO_ROOT
+from tests.harness.apiserver import EmulatedApiServer, ThreadedApiServer
 from tests.integration.conftest import agentrun
 
 pytestmark = pytest.mark.integration
@@ -226,3 +226,14 @@ async def test_kubectl_apply_of_a_bad_manifest_is_rejected_naming_the_field(
     assert expectation(manifest, "expect") in err
     assert expectation(manifest, "field") in err
     assert apiserver.store.all_of("AgentRun") == []
+
+
+def test_threaded_server_serves_synchronous_clients() -> None:
+    with ThreadedApiServer([AGENTRUN_CRD]) as server:
+        with kube_client(server.server) as api_client:
+            custom = kubernetes.client.CustomObjectsApi(api_client)
+            custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, agentrun("sync"))
+            listed: Any = custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)
+        names = server.call(lambda s: [obj["metadata"]["name"] for obj in s.store.all_of("AgentRun")])
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["sync"]
+    assert names == ["sync"]

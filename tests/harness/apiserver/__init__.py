@@ -3,7 +3,13 @@
 from tests.harness.apiserver.accounting import RequestLog, RequestRecord
 from tests.harness.apiserver.errors import ApiError
 from tests.harness.apiserver.faults import Fault, Faults
-from tests.harness.apiserver.server import ApiServerSettings, EmulatedApiServer, kubeconfig, load_crds
+from tests.harness.apiserver.server import (
+    ApiServerSettings,
+    EmulatedApiServer,
+    ThreadedApiServer,
+    kubeconfig,
+    load_crds,
+)
 from tests.harness.apiserver.store import Store
 
 __all__ = [
@@ -15,6 +21,7 @@ __all__ = [
     "RequestLog",
     "RequestRecord",
     "Store",
+    "ThreadedApiServer",
     "kubeconfig",
     "load_crds",
 ]

@@ -157,10 +157,10 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
     per-kind differences of merge keys (a Service's ports are keyed by port+protocol in k8s, here by containerPort
     when present, else replaced).
     """
-    return _smp(target, patch, field="")
+    return _smp(target, patch)
 
 
-def _smp(target: Any, patch: Any, field: str) -> Any:
+def _smp(target: Any, patch: Any) -> Any:
     if not isinstance(patch, Mapping):
         return copy.deepcopy(patch)
     if patch.get("$patch") == "replace":
@@ -178,11 +178,11 @@ def _smp(target: Any, patch: Any, field: str) -> Any:
         if value is None:
             result.pop(key, None)
         elif isinstance(value, list) and key in _MERGE_KEYS and isinstance(result.get(key), list):
-            result[key] = _merge_keyed_list(result[key], value, _MERGE_KEYS[key], key)
+            result[key] = _merge_keyed_list(result[key], value, _MERGE_KEYS[key])
         elif isinstance(value, list) and key in _MERGED_PRIMITIVE_LISTS and isinstance(result.get(key), list):
             result[key] = list(result[key]) + [item for item in value if item not in result[key]]
         else:
-            merged = _smp(result.get(key), value, key)
+            merged = _smp(result.get(key), value)
             if merged is None:
                 result.pop(key, None)
             else:
@@ -190,7 +190,7 @@ def _smp(target: Any, patch: Any, field: str) -> Any:
     return result
 
 
-def _merge_keyed_list(current: list[Any], patch: list[Any], merge_key: str, field: str) -> list[Any]:
+def _merge_keyed_list(current: list[Any], patch: list[Any], merge_key: str) -> list[Any]:
     if not all(isinstance(item, Mapping) and merge_key in item for item in patch):
         return copy.deepcopy(patch)
     merged = [copy.deepcopy(item) for item in current]
@@ -205,5 +205,5 @@ def _merge_keyed_list(current: list[Any], patch: list[Any], merge_key: str, fiel
         elif index is None:
             merged.append({k: copy.deepcopy(v) for k, v in item.items() if not k.startswith("$")})
         else:
-            merged[index] = _smp(merged[index], item, field)
+            merged[index] = _smp(merged[index], item)
     return merged

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -39,9 +39,8 @@ class ResourceType:
     printer_columns: tuple[PrinterColumn, ...] = ()
     # The CRD this type comes from (None for built-ins); its schema drives admission.
     crd: Mapping[str, Any] | None = None
-    # Kept in memory only, never stored (SubjectAccessReview, TokenReview).
+    # Answered, never stored (SubjectAccessReview).
     virtual: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def api_version(self) -> str:

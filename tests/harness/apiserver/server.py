@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import kmock
 import yaml
@@ -20,6 +21,7 @@ from tests.harness.apiserver.handler import ApiServerHandler, AuthorizationPolic
 from tests.harness.apiserver.resources import Registry, builtin_types, kopf_peering_crds
 from tests.harness.apiserver.store import Store
 
+T = TypeVar("T")
 TOKEN = "emulated-apiserver-token"  # a fixed, meaningless test credential written into the kubeconfig
 
 
@@ -151,3 +153,61 @@ class EmulatedApiServer:
             if self._tmpdir is not None:
                 self._tmpdir.cleanup()
                 self._tmpdir = None
+
+
+class ThreadedApiServer:
+    """The emulated apiserver on its own event loop in a background thread, for synchronous tests and tools.
+
+    `with ThreadedApiServer(crd_paths) as server:` gives `.url` and `.kubeconfig_path`; `server.call(fn)` runs
+    `fn(apiserver)` on the server's loop (the store is not thread-safe) and returns its result.
+    """
+
+    def __init__(self, crd_paths: Iterable[str | Path] = (), **kwargs: Any) -> None:
+        self._factory: Callable[[], EmulatedApiServer] = lambda: EmulatedApiServer(crd_paths, **kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="emulated-apiserver", daemon=True)
+        self._server: EmulatedApiServer | None = None
+
+    def __enter__(self) -> ThreadedApiServer:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        return self
+
+    async def _start(self) -> EmulatedApiServer:
+        server = self._factory()
+        return await server.__aenter__()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._server is not None:
+                asyncio.run_coroutine_threadsafe(self._server.__aexit__(None, None, None), self._loop).result(
+                    timeout=30
+                )
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop.close()
+
+    @property
+    def server(self) -> EmulatedApiServer:
+        if self._server is None:
+            raise RuntimeError("the emulated apiserver is not running")
+        return self._server
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        return self.server.kubeconfig_path
+
+    def call(self, fn: Callable[[EmulatedApiServer], T]) -> T:
+        """Run `fn(server)` on the server's loop, e.g. `server.call(lambda s: s.store.all_of("Job"))`."""
+
+        async def run() -> T:
+            return fn(self.server)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
