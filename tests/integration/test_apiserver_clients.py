@@ -154,6 +154,7 @@ async def test_kopf_operator_receives_create_update_and_delete(
         await asyncio.wait_for(operator, 10)
     errors = [r for r in operator_log.records if r.levelno >= logging.ERROR]
     assert errors == []
+    assert [r.path for r in apiserver.requests if r.code >= 500] == []
 
 
 async def kubectl(server: EmulatedApiServer, tmp_path: Path, *args: str) -> tuple[int, str, str]:

@@ -306,3 +306,38 @@ async def test_store_helpers_see_what_http_clients_wrote(
     assert stored is not None
     assert stored["spec"]["maxIterations"] == 5
     assert [obj["metadata"]["name"] for obj in apiserver.store.all_of("AgentRun")] == ["one"]
+
+
+BUILT_IN_PATHS = [
+    ("api/v1/namespaces/default/configmaps", "ConfigMap"),
+    ("api/v1/namespaces/default/secrets", "Secret"),
+    ("api/v1/namespaces/default/serviceaccounts", "ServiceAccount"),
+    ("api/v1/namespaces/default/services", "Service"),
+    ("api/v1/namespaces/default/pods", "Pod"),
+    ("api/v1/namespaces/default/events", "Event"),
+    ("api/v1/namespaces/default/persistentvolumeclaims", "PersistentVolumeClaim"),
+    ("apis/events.k8s.io/v1/namespaces/default/events", "Event"),
+    ("apis/batch/v1/namespaces/default/jobs", "Job"),
+    ("apis/rbac.authorization.k8s.io/v1/namespaces/default/roles", "Role"),
+    ("apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings", "RoleBinding"),
+    ("apis/rbac.authorization.k8s.io/v1/clusterroles", "ClusterRole"),
+    ("apis/coordination.k8s.io/v1/namespaces/default/leases", "Lease"),
+    ("apis/storage.k8s.io/v1/storageclasses", "StorageClass"),
+    ("apis/kopf.dev/v1/namespaces/default/kopfpeerings", "KopfPeering"),
+    ("apis/kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"), BUILT_IN_PATHS, ids=[f"{p.split('/')[-1]}-{p.split('/')[1]}" for p, _ in BUILT_IN_PATHS]
+)
+async def test_built_in_kinds_are_served_with_their_list_kind(
+    http: aiohttp.ClientSession, path: str, kind: str
+) -> None:
+    created = await http.post(path, json={"metadata": {"name": "x"}})
+    assert created.status == 201, await created.text()
+    assert (await created.json())["kind"] == kind
+    listing = await (await http.get(path)).json()
+    assert listing["kind"] == f"{kind}List"
+    assert [item["metadata"]["name"] for item in listing["items"]] == ["x"]
+    assert (await http.delete(f"{path}/x")).status == 200
