@@ -139,3 +139,14 @@ async def test_dropped_watch_streams_end_abruptly(apiserver: EmulatedApiServer, 
         with pytest.raises((EOFError, aiohttp.ClientPayloadError)):
             await stream.next()
     assert apiserver.faults.open_watches == []
+
+
+async def test_table_watch_sends_one_row_tables_as_kubectl_get_watch_asks(http: aiohttp.ClientSession) -> None:
+    table_accept = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}
+    params = {"watch": "true", "resourceVersion": "1"}
+    async with http.get(AGENTRUNS.lstrip("/"), params=params, headers=table_accept) as response:
+        await http.post(AGENTRUNS.lstrip("/"), json=agentrun("run"))
+        event = await Stream(response).next()
+    assert event["type"] == "ADDED"
+    assert event["object"]["kind"] == "Table"
+    assert [row["cells"][0] for row in event["object"]["rows"]] == ["run"]

@@ -369,7 +369,8 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         resourceVersion gets one ERROR event carrying a 410 Expired Status, as the apiserver sends it."""
         labels = parse_label_selector(query.get("labelSelector"))
         fields = parse_field_selector(query.get("fieldSelector"))
-        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        content_type = TABLE_CONTENT_TYPE if wants_table(raw.headers.get("Accept", "")) else "application/json"
+        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": content_type})
         try:
             watcher = self.store.open_watch(
                 rt, route.namespace, labels, fields, query.get("resourceVersion"), name=route.name
@@ -386,6 +387,7 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else self.settings.max_watch_seconds
         deadline = loop.time() + timeout
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        as_table = wants_table(raw.headers.get("Accept", ""))
         next_bookmark = loop.time() + self.settings.bookmark_interval_seconds
         await response.prepare(raw)
         try:
@@ -401,7 +403,11 @@ class ApiServerHandler(kmock.KubernetesScaffold):
                         raw.transport.close()
                     return response
                 if event is not None:
-                    await response.write(json.dumps({"type": event.type, "object": event.object}).encode() + b"\n")
+                    obj = event.object
+                    if as_table:
+                        # `kubectl get -w`: each event carries a one-row Table of the object.
+                        obj = render_table(rt, [obj], obj["metadata"]["resourceVersion"])
+                    await response.write(json.dumps({"type": event.type, "object": obj}).encode() + b"\n")
                     continue
                 now = loop.time()
                 if bookmarks and now >= next_bookmark:
