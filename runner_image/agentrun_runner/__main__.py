@@ -32,7 +32,7 @@ from agentrun_api.durations import parse_duration
 from agentrun_runner.agent import Agent
 from agentrun_runner.checkpoint import CheckpointError, CheckpointStore, ConfigMapStore, PvcStore
 from agentrun_runner.events import EventLog
-from agentrun_runner.kube import ConfigMaps, KubeError, load_api_client
+from agentrun_runner.kube import ConfigMaps, KubeError, load_configuration
 from agentrun_runner.model import ModelClient
 from agentrun_runner.progress import ConfigMapProgressSink, FileProgressSink, ProgressReporter, ProgressSink
 from agentrun_runner.settings import RunnerSettings
@@ -85,7 +85,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
         raise ConfigProblemError(f"streaming is enabled but {STREAM_TOKEN_ENV} is not set (Secret <run>-stream-token)")
     configmaps: ConfigMaps | None = None
     if config.checkpoint.store == "ConfigMap" or not settings.progress_file:
-        configmaps = ConfigMaps(load_api_client(), config.run.namespace)
+        configmaps = ConfigMaps(load_configuration(), config.run.namespace)
     store: CheckpointStore
     if config.checkpoint.store == "ConfigMap":
         assert configmaps is not None
@@ -194,7 +194,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
         await model.close()
         await store.close()
         if configmaps is not None:
-            configmaps.close()
+            await configmaps.close()
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from agentrun_api.contract import CheckpointLocation, ProgressReport, RunIdentit
 from agentrun_api.spec import AgentRunSpec
 from agentrun_runner import __main__ as runner_main
 from agentrun_runner.checkpoint import ConfigMapStore, PvcStore
-from agentrun_runner.kube import ConfigMaps, load_api_client
+from agentrun_runner.kube import ConfigMaps, load_configuration
 from agentrun_runner.settings import RunnerSettings
 from agentrun_runner.state import RunState
 
@@ -228,7 +228,7 @@ async def load_configmap_state(config: RunnerConfig, kubeconfig: Path) -> tuple[
     saved = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(kubeconfig)
     try:
-        configmaps = ConfigMaps(load_api_client(), config.run.namespace)
+        configmaps = ConfigMaps(load_configuration(), config.run.namespace)
     finally:
         if saved is None:
             os.environ.pop("KUBECONFIG")
@@ -237,7 +237,7 @@ async def load_configmap_state(config: RunnerConfig, kubeconfig: Path) -> tuple[
     try:
         loaded = await ConfigMapStore(configmaps, config.run.name, max_segments=config.checkpoint.max_segments).load()
     finally:
-        configmaps.close()
+        await configmaps.close()
     state = RunState()
     for record in loaded.records:
         state.apply(record)

@@ -14,7 +14,7 @@ import pytest
 
 from agentrun_api.contract import CONFIGMAP_SEGMENT_LIMIT_BYTES, EXIT_OUTCOME_RECORDED, Outcome
 from agentrun_runner.checkpoint import CheckpointError, ConfigMapStore, PvcStore
-from agentrun_runner.kube import ConfigMaps, load_api_client
+from agentrun_runner.kube import ConfigMaps, load_configuration
 from tests.harness.model_server import Answer, ModelServer, by_turn, call
 from tests.harness.runner import make_config, make_spec, read_progress, run_in_process, write_kubeconfig
 
@@ -111,11 +111,11 @@ async def configmaps(tmp_path: Path) -> AsyncIterator[tuple[ConfigMaps, kmock.Ku
     async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
         os.environ["KUBECONFIG"] = str(write_kubeconfig(str(emulator.url), tmp_path / "kubeconfig"))
         try:
-            client = ConfigMaps(load_api_client(), "default")
+            client = ConfigMaps(load_configuration(), "default")
         finally:
             os.environ.pop("KUBECONFIG")
         yield client, emulator
-        client.close()
+        await client.close()
 
 
 def patch_bodies(emulator: kmock.KubernetesEmulator) -> list[int]:
