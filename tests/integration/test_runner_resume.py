@@ -9,16 +9,16 @@ import asyncio
 import random
 import shutil
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import kmock
 import pytest
 
 from agentrun_api.contract import EXIT_OUTCOME_RECORDED, PROGRESS_KEY, Outcome, ProgressReport, RunnerConfig
 from agentrun_runner.state import RunState
+from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.model_server import Answer, ModelServer, by_turn, call, research_script
 from tests.harness.runner import (
     RunnerProcess,
@@ -30,7 +30,6 @@ from tests.harness.runner import (
     read_progress,
     run_in_process,
     runner_env,
-    write_kubeconfig,
 )
 
 pytestmark = pytest.mark.integration
@@ -131,16 +130,10 @@ async def test_resumes_after_sigkill_to_the_same_end_with_no_tool_call_repeated_
     assert progress.resumed_from_iteration is not None
 
 
-@pytest.fixture
-async def api_server() -> AsyncIterator[kmock.KubernetesEmulator]:
-    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
-        yield emulator
-
-
 async def test_resumes_after_sigkill_to_the_same_end_with_configmap_store(
-    tmp_path: Path, api_server: kmock.KubernetesEmulator
+    tmp_path: Path, apiserver: EmulatedApiServer
 ) -> None:
-    kubeconfig = write_kubeconfig(str(api_server.url), tmp_path / "kubeconfig")
+    kubeconfig = apiserver.kubeconfig_path
     async with ToolServer() as tools:
         urls = [tools.url("source/a"), tools.url("source/b")]
         async with ModelServer(research_script(urls, delay=0.25)) as model:
@@ -165,7 +158,8 @@ async def test_resumes_after_sigkill_to_the_same_end_with_configmap_store(
     assert final_view(resumed) == final_view(reference)
     assert all(count == 1 for count in tools.executions.values())
     assert_no_logged_call_repeated(kills, deliveries)
-    objects = {key[2]: obj for key, obj in api_server.objects.items()}
+    configmaps = apiserver.registry.find("configmaps")
+    objects = {name: apiserver.store.get(configmaps, "default", name) for name in ("demo-progress", "demo-ckpt-0")}
     progress = ProgressReport.model_validate_json(objects["demo-progress"]["data"][PROGRESS_KEY])
     assert progress.outcome is Outcome.SUCCEEDED
     assert progress.result is not None
