@@ -98,7 +98,8 @@ async def configmap_run(model: ModelServer, iterations: int) -> dict[int, list[f
             finally:
                 ConfigMaps.put_data = original  # type: ignore[method-assign]
                 os.environ.pop("KUBECONFIG")
-            segments = [name for name in (f"demo-ckpt-{n}" for n in range(36)) if _exists(apiserver, name)]
+            found = (apiserver.store.try_get("ConfigMap", "default", f"demo-ckpt-{n}") for n in range(36))
+            segments = [obj["metadata"]["name"] for obj in found if obj is not None]
     print(f"ConfigMap store: {len(segments)} segment(s) used: {', '.join(segments)}")
     return sizes
 
