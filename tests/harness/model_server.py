@@ -70,6 +70,7 @@ class ChatRequest:
     headers: dict[str, str]
     index: int  # 0-based count of requests before this one
     received_at: float  # time.monotonic()
+    size: int  # bytes of the request body
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -137,8 +138,8 @@ SCRIPTS: dict[str, Callable[[], Script]] = {
 
 
 def _usage(request: ChatRequest, completion_text: str) -> dict[str, int]:
-    # Deterministic stand-in for tokenization: about four characters a token.
-    prompt = sum(len(json.dumps(m)) for m in request.messages) // 4 + 1
+    # Deterministic stand-in for tokenization: about four bytes of request a token.
+    prompt = request.size // 4 + 1
     completion = len(completion_text) // 4 + 1
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -181,9 +182,14 @@ class ModelServer:
         await self.stop()
 
     async def _chat(self, http: web.Request) -> web.StreamResponse:
-        body = await http.json()
+        received_at = time.monotonic()
+        raw = await http.read()
         request = ChatRequest(
-            body=body, headers=dict(http.headers), index=len(self.requests), received_at=time.monotonic()
+            body=json.loads(raw),
+            headers=dict(http.headers),
+            index=len(self.requests),
+            received_at=received_at,
+            size=len(raw),
         )
         self.requests.append(request)
         reply = self.script(request)
@@ -196,7 +202,7 @@ class ModelServer:
             headers = {"Retry-After": reply.retry_after} if reply.retry_after is not None else {}
             error = {"error": {"message": reply.message, "type": "scripted", "code": str(reply.status)}}
             return web.json_response(error, status=reply.status, headers=headers)
-        if body.get("stream"):
+        if request.body.get("stream"):
             return await self._stream(http, request, reply)
         return web.json_response(self._completion(request, reply))
 
