@@ -40,5 +40,9 @@ crds: install ## Regenerate crds/ from the pydantic models
 test: install ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)
 	$(BIN)/pytest
 
+.PHONY: bench-runner
+bench-runner: install ## Runner loop overhead and checkpoint write sizes over a 500-iteration run
+	$(PY) bench/runner_overhead.py --iterations 500
+
 .PHONY: check
 check: lint typecheck test ## Lint, type-check and test: what CI runs

@@ -11,7 +11,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 
 from agentrun_api.contract import EXIT_INVALID_CONFIG, EXIT_OUTCOME_RECORDED
 from tests.harness.model_server import Answer, ModelServer, by_turn, call
-from tests.harness.runner import STREAM_TOKEN, RunnerProcess, make_config, make_spec, runner_env
+from tests.harness.runner import API_KEY, STREAM_TOKEN, RunnerProcess, make_config, make_spec, runner_env
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +104,7 @@ async def test_runner_stream_rejects_missing_and_wrong_tokens(tmp_path: Path) ->
     assert missing.status_code == 401
     assert wrong.status_code == 401
     assert STREAM_TOKEN not in process.output
+    assert API_KEY not in process.output
 
 
 async def test_runner_refuses_to_stream_without_a_token(tmp_path: Path) -> None:
