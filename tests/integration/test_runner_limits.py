@@ -188,3 +188,15 @@ async def test_streamed_answers_are_assembled_and_counted(tmp_path: Path) -> Non
     assert "".join(tokens).split() == ["Let", "me", "write.", "All", "done", "now."]
     assert run.progress.usage.completion_tokens > 0
     assert run.state.messages[-1] == {"role": "assistant", "content": "All done now. "}
+
+
+async def test_a_large_result_is_stored_whole_and_only_summarized_in_progress(tmp_path: Path) -> None:
+    answer = "".join(f"line {n}: findings\n" for n in range(5000))
+    async with ModelServer(by_turn([Answer(answer)])) as model:
+        run = await run_in_process(make_config(make_spec(model.base_url), tmp_path), tmp_path)
+
+    assert run.progress.result is not None
+    assert run.progress.result.summary == answer[:2048]
+    assert run.progress.result.bytes == len(answer.encode())
+    assert (tmp_path / "checkpoint" / "result.txt").read_text() == answer
+    assert len((tmp_path / "progress.json").read_text()) < 4096
