@@ -42,7 +42,7 @@ class ModelFailedError(Exception):
 
 
 class BudgetExhaustedError(Exception):
-    """The run's deadline arrived before or during the call."""
+    """The run's deadline arrived before or during the call; the message says when ("during a model call")."""
 
 
 class ThrottleTimeoutError(Exception):
@@ -130,7 +130,7 @@ class ModelClient:
         last_problem = ""
         for attempt in range(attempts):
             if remaining() <= 0:
-                raise BudgetExhaustedError("the run's time budget ran out before a model call")
+                raise BudgetExhaustedError("before a model call")
             delay: float | None = None
             try:
                 return await self._attempt(messages, tools, remaining, on_token, on_queue_wait, max_tokens)
@@ -179,9 +179,7 @@ class ModelClient:
             except QueueTimeoutError as error:
                 on_queue_wait(error.waited_seconds)
                 if budget < self._max_queue_wait:
-                    raise BudgetExhaustedError(
-                        f"the run's time budget ran out waiting for a throttle permit ({error.depth} queued)"
-                    ) from None
+                    raise BudgetExhaustedError(f"waiting for a throttle permit (queue depth {error.depth})") from None
                 raise ThrottleTimeoutError(
                     f"waited {error.waited_seconds:.1f}s for a throttle permit (throttle.maxSecondsToWaitInQueue="
                     f"{self._max_queue_wait:g}); queue depth {error.depth}"
@@ -190,14 +188,14 @@ class ModelClient:
         try:
             budget = remaining()
             if budget <= 0:
-                raise BudgetExhaustedError("the run's time budget ran out before a model call")
+                raise BudgetExhaustedError("before a model call")
             outer = min(self._request_timeout, budget)
             try:
                 async with asyncio.timeout(outer):
                     return await self._call(messages, tools, on_token, max_tokens)
             except TimeoutError:
                 if outer < self._request_timeout:
-                    raise BudgetExhaustedError("the run's time budget ran out during a model call") from None
+                    raise BudgetExhaustedError("during a model call") from None
                 raise
         finally:
             if permit is not None:

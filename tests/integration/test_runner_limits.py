@@ -200,3 +200,17 @@ async def test_a_large_result_is_stored_whole_and_only_summarized_in_progress(tm
     assert run.progress.result.bytes == len(answer.encode())
     assert (tmp_path / "checkpoint" / "result.txt").read_text() == answer
     assert len((tmp_path / "progress.json").read_text()) < 4096
+
+
+async def test_a_queue_wait_longer_than_the_budget_ends_the_run_timed_out(tmp_path: Path) -> None:
+    async with ModelServer(FOREVER_TOOLS) as model:
+        spec = make_spec(
+            model.base_url,
+            maxExecutionTime="2s",
+            throttle={"enabled": True, "requestsPerMinute": 1, "maxSecondsToWaitInQueue": 600},
+        )
+        run = await run_in_process(make_config(spec, tmp_path), tmp_path)
+
+    assert run.progress.outcome is Outcome.TIMED_OUT
+    assert "ran out waiting for a throttle permit (queue depth 1)" in run.progress.message
+    assert len(model.requests) == 1
