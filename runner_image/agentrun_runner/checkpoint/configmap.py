@@ -50,10 +50,6 @@ class ConfigMapStore:
     def total_bytes(self) -> int:
         return self._total
 
-    @property
-    def segments_used(self) -> int:
-        return self._segment + 1
-
     async def load(self) -> Loaded:
         segments: list[dict[str, str]] = []
         try:
