@@ -66,9 +66,9 @@ class ThrottlePoolStatus(StatusModel):
         default=None,
         description="Set while a 429 with Retry-After from the provider pauses the whole pool: when grants resume.",
     )
-    accepting_since: datetime | None = Field(
-        default=None,
-        description="When the pool began granting; the first lease period after the operator starts or the pool "
-        "is declared grants nothing, so permits held from before a restart are accounted for first.",
+    accepting: bool = Field(
+        default=False,
+        description="Whether the pool grants permits. It grants none during its first lease period after the "
+        "operator starts or the pool is declared, so permits held from before a restart are counted first.",
     )
     observed_generation: int = Field(default=0, ge=0, description="The spec generation the permit server enforces.")
