@@ -29,7 +29,7 @@ class PermitSettings:
     credential_cache_seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
+        if not 0 <= self.port < 65536:  # 0: any free port (tests)
             raise ValueError(f"AGENTRUN_PERMIT_PORT must be a TCP port (1-65535), got {self.port}")
         for name, value in (
             ("AGENTRUN_PERMIT_LEASE_SECONDS", self.lease_seconds),
