@@ -10,6 +10,7 @@ import random
 import socket
 
 import pytest
+from prometheus_client import REGISTRY
 
 from agentrun_operator.permits.pool import PoolLimits
 from agentrun_runner.throttle_remote import QueueTimeoutError, RemoteLimiter
@@ -32,6 +33,11 @@ def server_url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+def queue_waits_observed() -> float:
+    labels = {"pool": f"{NAMESPACE}/{POOL}"}
+    return REGISTRY.get_sample_value("agentrun_queue_wait_seconds_count", labels) or 0.0
+
+
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
 
@@ -42,6 +48,7 @@ async def test_twenty_runs_share_two_in_flight_and_sixty_per_minute_fairly() -> 
     latencies = random.Random(6)
     model = ScriptedModel(latency=lambda _: latencies.uniform(0.5, 3.0), clock=loop_time)
     limits = PoolLimits(max_in_flight=2, requests_per_minute=60)
+    observed_before = queue_waits_observed()
     async with permit_server(runs, limits, lease_seconds=LEASE) as server, model.serve() as model_url:
         started = loop_time()
         result = await run_scenario(
@@ -63,6 +70,7 @@ async def test_twenty_runs_share_two_in_flight_and_sixty_per_minute_fairly() -> 
     shares = result.shares()
     assert set(shares) == set(runs)
     assert result.fairness_spread() <= 0.2, shares
+    assert queue_waits_observed() - observed_before == len(result.grants)  # one histogram sample per call
 
 
 async def test_a_provider_429_slows_every_run_of_the_pool() -> None:

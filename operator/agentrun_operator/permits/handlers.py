@@ -44,8 +44,9 @@ def status_from_snapshot(snapshot: PoolSnapshot, *, generation: int, now: dateti
     """The status fields to write for a pool, as JSON; whole seconds, so an idle pool's status is stable."""
     throttled_until = None
     if snapshot.paused_for_seconds > 0:
-        until = now.replace(microsecond=0) + timedelta(seconds=int(snapshot.paused_for_seconds) + 1)
-        throttled_until = until
+        # Rounded up to the whole second, so writes a moment apart agree on the same end.
+        exact = now + timedelta(seconds=snapshot.paused_for_seconds)
+        throttled_until = exact.replace(microsecond=0) + timedelta(seconds=1 if exact.microsecond else 0)
     status = throttlepool.ThrottlePoolStatus(
         in_flight=snapshot.in_flight,
         queue_depth=snapshot.queue_depth,
