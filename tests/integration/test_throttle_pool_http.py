@@ -196,3 +196,33 @@ async def test_after_a_permit_server_restart_held_permits_are_adopted_and_waitin
         assert loop_time() > restarted_at + LEASE
         for limiter in limiters.values():
             await limiter.aclose()
+
+
+async def test_a_retry_after_seen_by_the_run_holds_its_calls_even_when_the_server_never_hears_of_it() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    limiter = limiter_for("saw-429", server_url(port))
+    limiter.penalize(100)
+    asked_at = loop_time()
+    with pytest.raises(QueueTimeoutError, match="Retry-After"):
+        await limiter.acquire(max_wait_seconds=30)
+    assert loop_time() - asked_at == pytest.approx(30, abs=0.1)
+    await limiter.aclose()
+
+
+async def test_tokens_reported_on_release_hold_back_the_next_call_of_any_run() -> None:
+    limits = PoolLimits(max_in_flight=5, requests_per_minute=6000, tokens_per_minute=6000)  # 100 tokens a second
+    async with permit_server(["big", "small"], limits, lease_seconds=LEASE) as server:
+        url = server_url(server.port)
+        big, small = limiter_for("big", url), limiter_for("small", url)
+        permit, _ = await big.acquire(max_wait_seconds=60)
+        permit.record_tokens(1100)
+        await permit.release()
+        released_at = loop_time()
+        next_permit, _ = await small.acquire(max_wait_seconds=60)
+        # One second of tokens was in the bucket; the other 1000 take 10 s to earn back.
+        assert loop_time() - released_at == pytest.approx(10, abs=0.1)
+        await next_permit.release()
+        await big.aclose()
+        await small.aclose()

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 _NAME = DNS_LABEL_PATTERN.strip("^$")
 _POOL_ROUTE = f"/pools/{{namespace:{_NAME}}}/{{pool:{_NAME}}}"
+_TOKEN_COUNT = re.compile(r"[0-9]{1,12}")
 
 
 class PoolRegistry:
@@ -147,7 +149,7 @@ class _Handlers:
             return authorized
         run, pool = authorized
         raw = request.query.get(protocol.TOKENS_USED_PARAM, "")
-        if raw and not raw.isdigit():
+        if raw and not _TOKEN_COUNT.fullmatch(raw):
             return _refusal(400, "BadRequest", f"{protocol.TOKENS_USED_PARAM} must be a whole number of tokens")
         pool.release(run, request.match_info["lease"], tokens_used=int(raw) if raw else None)
         return web.Response(status=204)
