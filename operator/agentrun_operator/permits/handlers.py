@@ -5,6 +5,8 @@ startup handler starts the permit server (settings from the environment, see ``P
 The handlers only route; the decisions live in ``limits_from_spec`` and ``status_from_snapshot``.
 """
 
+import math
+import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -19,8 +21,10 @@ from agentrun_operator.permits.pool import PoolLimits, PoolSnapshot
 from agentrun_operator.permits.server import PermitServer, start_permit_server
 from agentrun_operator.permits.settings import PermitSettings
 
-SETTINGS = PermitSettings.from_env()
 _RESOURCE = (constants.GROUP, constants.VERSION, throttlepool.PLURAL)
+# How often each pool's status is looked at; it is written only when it changed and at most once per
+# AGENTRUN_POOL_STATUS_INTERVAL_SECONDS, so the tick itself costs no API call.
+STATUS_TICK_SECONDS = 1.0
 
 
 def limits_from_spec(spec: Mapping[str, Any]) -> PoolLimits:
@@ -68,14 +72,17 @@ def _server(memo: Any) -> PermitServer:
 async def start_permits(memo: Any, **_: Any) -> None:
     from kubernetes import client, config
 
+    settings = PermitSettings.from_env()
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
+        # Read KUBECONFIG now: the library reads it once, at import.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
     verifier = StreamTokenVerifier(
-        client.CoreV1Api(), cache_seconds=SETTINGS.credential_cache_seconds, clock=time.monotonic
+        client.CoreV1Api(), cache_seconds=settings.credential_cache_seconds, clock=time.monotonic
     )
-    memo.permit_server = await start_permit_server(SETTINGS, verifier)
+    memo.permit_settings = settings
+    memo.permit_server = await start_permit_server(settings, verifier)
 
 
 @kopf.on.cleanup()
@@ -103,7 +110,7 @@ def forget_deleted_pool(type: str, namespace: str | None, name: str, memo: Any, 
         _server(memo).registry.remove(namespace, name)
 
 
-@kopf.timer(*_RESOURCE, interval=SETTINGS.status_interval_seconds)
+@kopf.timer(*_RESOURCE, interval=STATUS_TICK_SECONDS)
 def report_pool_status(
     namespace: str | None,
     name: str,
@@ -113,11 +120,15 @@ def report_pool_status(
     memo: Any,
     **_: Any,
 ) -> None:
-    if namespace is None:
-        return
-    snapshot = _server(memo).registry.snapshot(namespace, name)
-    if snapshot is None:
+    snapshot = _server(memo).registry.snapshot(namespace, name) if namespace is not None else None
+    now = time.monotonic()
+    # memo is this pool's own copy of the operator memo: the last write time is per pool.
+    if (
+        snapshot is None
+        or now < memo.get("pool_status_written_at", -math.inf) + memo.permit_settings.status_interval_seconds
+    ):
         return
     fresh = status_from_snapshot(snapshot, generation=int(meta.get("generation") or 0), now=datetime.now(UTC))
     if any(status.get(key) != value for key, value in fresh.items()):
         patch.status.update(fresh)
+        memo.pool_status_written_at = now
