@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from agentrun_api import crd, throttlepool
+from agentrun_api.admission import AdmissionError, CrdAdmission
 from agentrun_operator.permits.handlers import limits_from_spec, status_from_snapshot
 from agentrun_operator.permits.pool import PoolLimits, PoolSnapshot
 from agentrun_operator.permits.settings import PermitSettings
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "crds" / "throttlepools.agentrun.dev.yaml"
+EXAMPLE = REPO / "examples" / "throttlepool.yaml"
 
 
 def openapi_schema() -> dict[str, Any]:
@@ -97,6 +99,29 @@ def test_a_bad_pool_is_refused_by_schema_and_operator_naming_the_field(spec: dic
         jsonschema.validate(pool_object(spec), openapi_schema())
     with pytest.raises(ValueError, match=rf"spec\.{field}"):
         limits_from_spec(spec)
+
+
+def test_the_example_pool_is_admitted_with_defaults_and_parses() -> None:
+    admission = CrdAdmission.from_crd(crd.build_throttlepool_crd())
+    admitted = admission.admit(yaml.safe_load(EXAMPLE.read_text()), None, strict=True)
+    assert admitted["spec"]["burstRequests"] == 1  # the default, filled in by the API server
+    assert limits_from_spec(admitted["spec"]).max_in_flight == 4
+
+
+def test_the_api_server_refuses_a_pool_without_limits_naming_the_field() -> None:
+    admission = CrdAdmission.from_crd(crd.build_throttlepool_crd())
+    with pytest.raises(AdmissionError, match=r"spec\.requestsPerMinute"):
+        admission.admit(pool_object({"maxRequestsInFlight": 2}), None, strict=True)
+
+
+def test_a_status_write_of_the_operator_is_admitted() -> None:
+    admission = CrdAdmission.from_crd(crd.build_throttlepool_crd())
+    stored = admission.admit(yaml.safe_load(EXAMPLE.read_text()), None, strict=True)
+    written = {
+        **stored,
+        "status": status_from_snapshot(snapshot(paused_for_seconds=3), generation=1, now=datetime.now(UTC)),
+    }
+    assert admission.admit_status(written, stored, strict=True)["status"]["queueDepth"] == 7
 
 
 def test_the_spec_model_is_frozen_and_rejects_unknown_fields() -> None:
