@@ -262,3 +262,20 @@ async def test_new_limits_apply_to_calls_already_waiting() -> None:
     pool.reconfigure(PoolLimits(max_in_flight=2, requests_per_minute=6000))
     granted = await waiter
     assert granted.lease.granted_at == pytest.approx(holder.lease.granted_at + 1, abs=0.02)
+
+
+async def test_a_call_that_gave_up_does_not_cost_its_run_a_turn() -> None:
+    pool = make_pool(max_in_flight=1)
+    holder = await take(pool, "holder")
+    with pytest.raises(QueueTimeoutError):
+        await take(pool, "unlucky", max_wait=1)
+    unlucky = asyncio.create_task(take(pool, "unlucky"))  # asks again at once, before the other run
+    await asyncio.sleep(1)
+    other = asyncio.create_task(take(pool, "other"))
+    await asyncio.sleep(1)
+    pool.release("holder", holder.lease.lease_id, tokens_used=None)
+    # Both are in the same round, so arrival order decides: the timed-out call left no debt behind.
+    first = await unlucky
+    assert not other.done()
+    pool.release("unlucky", first.lease.lease_id, tokens_used=None)
+    await other

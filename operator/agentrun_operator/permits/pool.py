@@ -182,13 +182,11 @@ class Pool:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 self.release(run, waiter.future.result().lease_id, tokens_used=None)
             elif not waiter.gone:
-                self._forget_waiter(waiter)
-                waiter.future.cancel()
+                self._withdraw(waiter)
             raise
         if not waiter.future.done():
             depth = self.queue_depth
-            self._forget_waiter(waiter)
-            waiter.future.cancel()
+            self._withdraw(waiter)
             raise QueueTimeoutError(
                 waited_seconds=self._clock() - enqueued_at, queue_depth=depth, in_flight=len(self._leases)
             )
@@ -341,6 +339,13 @@ class Pool:
         self._grant_times.append(now)
         self._trim_grant_times(now)
         waiter.future.set_result(lease)
+
+    def _withdraw(self, waiter: _Waiter) -> None:
+        """A call leaves the queue unserved; its run does not lose its turn for it."""
+        self._forget_waiter(waiter)
+        waiter.future.cancel()
+        if self._run_finish.get(waiter.run) == waiter.start_tag + 1:
+            self._run_finish[waiter.run] = waiter.start_tag
 
     def _forget_waiter(self, waiter: _Waiter) -> None:
         if waiter.gone:
