@@ -6,6 +6,7 @@ import asyncio
 import base64
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,12 @@ import pytest
 from kubernetes.config import kube_config
 
 from agentrun_operator.permits import handlers  # noqa: F401 - the import registers the ThrottlePool handlers
+from agentrun_operator.permits.handlers import status_from_snapshot
+from agentrun_operator.permits.pool import PoolSnapshot
 from agentrun_operator.permits.server import PermitServer
 from agentrun_runner.throttle_remote import RemoteLimiter
 from tests.harness.apiserver import ApiServerSettings, EmulatedApiServer
+from tests.integration.test_apiserver_clients import kubectl
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +120,37 @@ async def test_a_declared_pool_grants_permits_and_shows_them_in_its_status(monke
 
 def _status_writes(apiserver: EmulatedApiServer) -> int:
     return apiserver.requests.count(verb="patch", resource="throttlepools", subresource="status")
+
+
+async def test_kubectl_get_throttlepools_shows_in_flight_queue_and_rate(
+    apiserver: EmulatedApiServer, tmp_path: Path
+) -> None:
+    code, out, err = await kubectl(apiserver, tmp_path, "apply", "-f", str(REPO / "examples" / "throttlepool.yaml"))
+    assert code == 0, err
+    live = status_from_snapshot(
+        PoolSnapshot(
+            in_flight=4,
+            queue_depth=23,
+            waiting_runs=9,
+            granted_last_minute=58,
+            paused_for_seconds=0,
+            opens_in_seconds=0,
+            leases_expired_total=0,
+        ),
+        generation=1,
+        now=datetime.now(UTC),
+    )
+    pools = apiserver.store.resource("throttlepools")
+    status = {key: value for key, value in live.items() if value is not None}
+    apiserver.store.patch(
+        pools, "default", "shared-openai", "application/merge-patch+json", {"status": status}, subresource="status"
+    )
+    code, out, err = await kubectl(apiserver, tmp_path, "get", "throttlepools")
+    assert code == 0, err
+    header, row = out.splitlines()
+    assert header.split() == ["NAME", "IN-FLIGHT", "QUEUED", "RATE", "AGE"]
+    assert row.split()[:4] == ["shared-openai", "4", "23", "58"]
+    code, out, err = await kubectl(apiserver, tmp_path, "get", "tp", "-o", "wide")
+    assert code == 0, err
+    assert out.splitlines()[0].split() == ["NAME", "IN-FLIGHT", "QUEUED", "RATE", "AGE", "MAX-IN-FLIGHT", "RPM"]
+    assert out.splitlines()[1].split()[5:] == ["4", "60"]
