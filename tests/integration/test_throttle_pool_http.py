@@ -226,3 +226,26 @@ async def test_tokens_reported_on_release_hold_back_the_next_call_of_any_run() -
         await next_permit.release()
         await big.aclose()
         await small.aclose()
+
+
+async def test_a_run_that_stops_waiting_leaves_the_queue_at_once() -> None:
+    async with permit_server(
+        ["holder", "quitter"], PoolLimits(max_in_flight=1, requests_per_minute=60), lease_seconds=LEASE
+    ) as server:
+        url = server_url(server.port)
+        holder, quitter = limiter_for("holder", url), limiter_for("quitter", url)
+        permit, _ = await holder.acquire(max_wait_seconds=60)
+        waiting = asyncio.create_task(quitter.acquire(max_wait_seconds=600))
+        await asyncio.sleep(1)
+        snapshot = server.registry.snapshot(NAMESPACE, POOL)
+        assert snapshot is not None
+        assert snapshot.queue_depth == 1
+        waiting.cancel()  # the run is cancelled or suspended: its long-poll connection closes
+        await asyncio.gather(waiting, return_exceptions=True)
+        await asyncio.sleep(1)
+        snapshot = server.registry.snapshot(NAMESPACE, POOL)
+        assert snapshot is not None
+        assert snapshot.queue_depth == 0
+        await permit.release()
+        for limiter in (holder, quitter):
+            await limiter.aclose()
