@@ -64,6 +64,8 @@ class RemotePermit:
         self._lease_seconds = lease_seconds
         self._tokens_used: int | None = None
         self._renewal = asyncio.get_running_loop().create_task(self._keep_alive(), name=f"renew-lease-{lease_id[:8]}")
+        limiter._renewals.add(self._renewal)
+        self._renewal.add_done_callback(limiter._renewals.discard)
         self.lost = False  # the server no longer knew the lease when it was renewed
 
     def record_tokens(self, tokens: int) -> None:
@@ -114,7 +116,8 @@ class RemoteLimiter:
         self._session = session
         self._owns_session = session is None
         self._paused_until = 0.0
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()  # penalty reports in flight
+        self._renewals: set[asyncio.Task[None]] = set()  # lease keep-alives of permits not yet released
 
     @classmethod
     def for_run(cls, config: RunnerConfig, token: str) -> "RemoteLimiter":
@@ -186,6 +189,11 @@ class RemoteLimiter:
 
     async def aclose(self) -> None:
         for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # Permits never released stop being renewed and expire on the server within one lease period.
+        for task in list(self._renewals):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._owns_session and self._session is not None:

@@ -249,3 +249,25 @@ async def test_a_run_that_stops_waiting_leaves_the_queue_at_once() -> None:
         await permit.release()
         for limiter in (holder, quitter):
             await limiter.aclose()
+
+
+async def test_a_client_that_never_releases_its_permit_loses_it_after_one_lease_period() -> None:
+    async with permit_server(
+        ["forgetful", "next"], PoolLimits(max_in_flight=1, requests_per_minute=60), lease_seconds=LEASE
+    ) as server:
+        url = server_url(server.port)
+        forgetful, following = limiter_for("forgetful", url), limiter_for("next", url)
+        await forgetful.acquire(max_wait_seconds=60)
+        await asyncio.sleep(3 * LEASE)  # renewed in the background while the client lives
+        snapshot = server.registry.snapshot(NAMESPACE, POOL)
+        assert snapshot is not None
+        assert (snapshot.in_flight, snapshot.leases_expired_total) == (1, 0)
+        await forgetful.aclose()  # gone without releasing
+        stopped_at = loop_time()
+        permit, _ = await following.acquire(max_wait_seconds=60)
+        assert loop_time() - stopped_at <= LEASE
+        snapshot = server.registry.snapshot(NAMESPACE, POOL)
+        assert snapshot is not None
+        assert snapshot.leases_expired_total == 1
+        await permit.release()
+        await following.aclose()
