@@ -143,3 +143,21 @@ async def test_pod_log_serves_the_recorded_text(apiserver: EmulatedApiServer, ht
     assert await (await http.get("api/v1/namespaces/default/pods/p/log")).text() == "one\ntwo\nthree\n"
     assert await (await http.get("api/v1/namespaces/default/pods/p/log", params={"tailLines": "1"})).text() == "three\n"
     assert (await http.get("api/v1/namespaces/default/pods/ghost/log")).status == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "nonexistent",
+        "api/v2",
+        "apis/nothing.example.com",
+        "api/v1/nothings",
+        "apis/batch/v1/namespaces/default/jobs/j/scale",
+    ],
+)
+async def test_unknown_urls_are_404_not_found_statuses(http: aiohttp.ClientSession, path: str) -> None:
+    response = await http.get(path)
+    status = await response.json()
+    assert response.status == 404
+    assert (status["kind"], status["reason"]) == ("Status", "NotFound")
+    assert status["message"].startswith("the server could not find the requested resource")

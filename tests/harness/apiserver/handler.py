@@ -180,7 +180,10 @@ class ApiServerHandler(kmock.KubernetesScaffold):
             if document is None:
                 raise errors.resource_not_found(path)
             return _json(document)
-        response: aiohttp.web.StreamResponse = await super()._handle(request)
+        try:
+            response: aiohttp.web.StreamResponse = await super()._handle(request)
+        except kmock.KubernetesError as exc:
+            raise errors.resource_not_found(path) from exc
         return response
 
     async def _serve_root(self, request: kmock.Request) -> dict[str, Any]:
@@ -200,7 +203,7 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         return discovery.api_group_list(self.registry)
 
     async def _serve_group(self, request: kmock.Request) -> dict[str, Any]:
-        group = (request.resource.group if request.resource else None) or ""
+        group = request.url.path.strip("/").split("/")[1]
         document = discovery.api_group(self.registry, group)
         if document is None:
             raise errors.resource_not_found(f"/apis/{group}")
