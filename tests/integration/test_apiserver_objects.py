@@ -341,3 +341,17 @@ async def test_built_in_kinds_are_served_with_their_list_kind(
     assert listing["kind"] == f"{kind}List"
     assert [item["metadata"]["name"] for item in listing["items"]] == ["x"]
     assert (await http.delete(f"{path}/x")).status == 200
+
+
+async def test_dry_run_validates_and_answers_without_storing(http: aiohttp.ClientSession) -> None:
+    dry = await http.post(AGENTRUNS.lstrip("/"), params={"dryRun": "All"}, json=agentrun("dry"))
+    answered = await dry.json()
+    assert dry.status == 201
+    assert answered["spec"]["model"]["baseURL"]  # defaulted as it would be stored
+    assert (await http.get(AGENTRUNS.lstrip("/") + "/dry")).status == 404
+    refused = await http.post(AGENTRUNS.lstrip("/"), params={"dryRun": "All"}, json=agentrun("dry", maxIterations=0))
+    assert refused.status == 422
+    created = await (await http.post(CONFIGMAPS.lstrip("/"), json={"metadata": {"name": "cm"}})).json()
+    await http.patch(CONFIGMAPS.lstrip("/") + "/cm", params={"dryRun": "All"}, json={"data": {"a": "1"}}, headers=MERGE)
+    assert (await http.delete(CONFIGMAPS.lstrip("/") + "/cm", params={"dryRun": "All"})).status == 200
+    assert await (await http.get(CONFIGMAPS.lstrip("/") + "/cm")).json() == created

@@ -242,8 +242,9 @@ class ApiServerHandler(kmock.KubernetesScaffold):
     ) -> aiohttp.web.StreamResponse:
         verb = record.verb
         rt = self._resource_type(route, verb)
-        if query.get("dryRun"):
-            raise errors.bad_request("dryRun is not supported by the emulated apiserver")
+        dry_run = query.get("dryRun") == "All"
+        if query.get("dryRun") not in (None, "All"):
+            raise errors.bad_request(f'Invalid value: "{query["dryRun"]}": supported values: "All"')
         strict = query.get("fieldValidation", "").lower() == "strict"
         accept = raw.headers.get("Accept", "")
         if rt.virtual:
@@ -282,12 +283,19 @@ class ApiServerHandler(kmock.KubernetesScaffold):
                 raise errors.method_not_allowed(
                     f"the server does not allow this method on the requested resource ({route.subresource})"
                 )
-            return _json(self.store.create(rt, route.namespace, await _body(raw), strict=strict), 201)
+            created = self.store.create(rt, route.namespace, await _body(raw), strict=strict, dry_run=dry_run)
+            return _json(created, 201)
         if verb == "update":
             assert route.name is not None
             return _json(
                 self.store.update(
-                    rt, route.namespace, route.name, await _body(raw), subresource=route.subresource, strict=strict
+                    rt,
+                    route.namespace,
+                    route.name,
+                    await _body(raw),
+                    subresource=route.subresource,
+                    strict=strict,
+                    dry_run=dry_run,
                 )
             )
         if verb == "patch":
@@ -301,6 +309,7 @@ class ApiServerHandler(kmock.KubernetesScaffold):
                 await _body(raw),
                 subresource=route.subresource,
                 strict=strict,
+                dry_run=dry_run,
             )
             return _json(obj)
         if verb in ("delete", "deletecollection"):
@@ -309,6 +318,8 @@ class ApiServerHandler(kmock.KubernetesScaffold):
                 if option in query:
                     options[option] = query[option]
             if verb == "deletecollection":
+                if dry_run:
+                    raise errors.bad_request("dryRun of deletecollection is not emulated")
                 deleted = self.store.delete_collection(
                     rt,
                     route.namespace,
@@ -325,7 +336,7 @@ class ApiServerHandler(kmock.KubernetesScaffold):
                     }
                 )
             assert route.name is not None
-            obj, gone = self.store.delete(rt, route.namespace, route.name, options)
+            obj, gone = self.store.delete(rt, route.namespace, route.name, options, dry_run=dry_run)
             return _json(obj, 200 if gone else 202)
         raise errors.method_not_allowed(
             f"the server does not allow this method on the requested resource ({raw.method})"
@@ -456,7 +467,7 @@ class ApiServerHandler(kmock.KubernetesScaffold):
 async def _body(raw: aiohttp.web.BaseRequest, default: Any = None) -> Any:
     content_type = raw.headers.get("Content-Type", "")
     if "protobuf" in content_type or "cbor" in content_type:
-        # JSON only: an apiserver without these serializers answers 415, and client-go then resends as JSON.
+        # JSON (and YAML) only: kubectl's typed creates, which send protobuf, therefore get 415.
         raise errors.unsupported_media_type(content_type, ["application/json", "application/yaml"])
     text = await raw.text()
     if not text.strip():

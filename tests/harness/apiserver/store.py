@@ -163,9 +163,16 @@ class Store:
     # ----- writing -----
 
     def create(
-        self, rt: ResourceType, namespace: str | None, body: Mapping[str, Any], *, strict: bool = False
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        body: Mapping[str, Any],
+        *,
+        strict: bool = False,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
-        """CREATE: names (`generateName`), namespace checks, system metadata, defaults, admission, then store."""
+        """CREATE: names (`generateName`), namespace checks, system metadata, defaults, admission, then store
+        (not with `dry_run`: the object is returned as it would be stored, without a resourceVersion)."""
         obj = self._checked_body(rt, body)
         metadata = obj.setdefault("metadata", {})
         if rt.namespaced:
@@ -222,6 +229,8 @@ class Store:
         obj = self._admit(rt, obj, None, strict=strict, status=False)
         if rt.kind == "CustomResourceDefinition":
             self._prepare_crd(obj)
+        if dry_run:
+            return self._present(rt, obj)
         self.revision += 1
         obj["metadata"]["resourceVersion"] = str(self.revision)
         self.objects[key] = obj
@@ -239,6 +248,7 @@ class Store:
         *,
         subresource: str | None = None,
         strict: bool = False,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """UPDATE (PUT): optimistic concurrency on metadata.resourceVersion (409 Conflict when stale)."""
         new = self._checked_body(rt, body)
@@ -256,7 +266,7 @@ class Store:
                 name,
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
-        return self._write(rt, old, new, subresource=subresource, strict=strict)
+        return self._write(rt, old, new, subresource=subresource, strict=strict, dry_run=dry_run)
 
     def patch(
         self,
@@ -268,6 +278,7 @@ class Store:
         *,
         subresource: str | None = None,
         strict: bool = False,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """PATCH with merge, JSON or (built-ins only) strategic merge patch; a resourceVersion in the patch is a
         precondition, as in the apiserver."""
@@ -299,14 +310,20 @@ class Store:
                 name,
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
-        return self._write(rt, old, new, subresource=subresource, strict=strict)
+        return self._write(rt, old, new, subresource=subresource, strict=strict, dry_run=dry_run)
 
     def delete(
-        self, rt: ResourceType, namespace: str | None, name: str, options: Mapping[str, Any] | None = None
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
     ) -> tuple[dict[str, Any], bool]:
         """DELETE: graceful when finalizers remain (deletionTimestamp set, object kept), otherwise immediate; the
         propagation policy (Background default, Foreground, Orphan) decides what happens to dependents.
-        Returns the object and whether it is gone."""
+        Returns the object and whether it is gone (with `dry_run`: would be gone; nothing changes)."""
         options = options or {}
         old = self._existing(rt, namespace, name)
         preconditions = options.get("preconditions") or {}
@@ -321,6 +338,8 @@ class Store:
             raise errors.conflict(
                 rt.group, rt.plural, name, "Precondition failed: ResourceVersion in precondition does not match"
             )
+        if dry_run:
+            return self._present(rt, old), not (old["metadata"].get("finalizers") or rt.kind == "Namespace")
         policy = options.get("propagationPolicy") or ("Orphan" if options.get("orphanDependents") else "Background")
         if policy == "Orphan":
             self._orphan_dependents(old["metadata"]["uid"])
@@ -395,7 +414,14 @@ class Store:
     # ----- internals: writing -----
 
     def _write(
-        self, rt: ResourceType, old: dict[str, Any], new: dict[str, Any], *, subresource: str | None, strict: bool
+        self,
+        rt: ResourceType,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        *,
+        subresource: str | None,
+        strict: bool,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """The shared update path of PUT and PATCH: status/spec split, system metadata, generation, finalizers."""
         if subresource not in (None, "status"):
@@ -449,6 +475,8 @@ class Store:
         if rt.kind == "CustomResourceDefinition":
             self._prepare_crd(candidate)
         metadata = candidate["metadata"]
+        if dry_run:
+            return self._present(rt, candidate)
         if metadata.get("deletionTimestamp") and not metadata.get("finalizers"):
             # The last finalizer is gone from an object being deleted: the update completes the deletion.
             self._remove(rt, candidate)
