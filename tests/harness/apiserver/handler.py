@@ -84,6 +84,8 @@ class HandlerSettings:
     bookmark_interval_seconds: float = 1.0
     # Upper bound of a watch without timeoutSeconds, in seconds (the apiserver's --min-request-timeout is 1800).
     max_watch_seconds: float = 1800.0
+    # How often a followed pod log (`kubectl logs -f`) looks for new text, in seconds.
+    log_poll_seconds: float = 0.1
 
 
 def _json(body: Any, status: int = 200, content_type: str = "application/json") -> aiohttp.web.Response:
@@ -250,6 +252,8 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         if rt.virtual:
             return self._serve_review(rt, await _body(raw))
         if route.subresource == "log":
+            if query.get("follow") in ("true", "1"):
+                return await self._follow_log(raw, rt, route)
             return self._serve_log(rt, route, query)
         if verb == "watch":
             return await self._serve_watch(raw, rt, route, query, record)
@@ -362,7 +366,7 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         return _json(review, 201)
 
     def _serve_log(self, rt: ResourceType, route: Route, query: Mapping[str, str]) -> aiohttp.web.StreamResponse:
-        """pods/log: the text a kubelet would return (from `pod_logs`); `tailLines` honoured, `follow` not."""
+        """pods/log: the text a kubelet would return (from `pod_logs`), `tailLines` honoured."""
         assert route.name is not None
         self.store.get(rt, route.namespace, route.name)
         text = self.pod_logs.get((route.namespace or "", route.name), "")
@@ -370,6 +374,29 @@ class ApiServerHandler(kmock.KubernetesScaffold):
             lines = text.splitlines(keepends=True)
             text = "".join(lines[-int(query["tailLines"]) :]) if int(query["tailLines"]) > 0 else ""
         return aiohttp.web.Response(text=text, content_type="text/plain")
+
+    async def _follow_log(
+        self, raw: aiohttp.web.BaseRequest, rt: ResourceType, route: Route
+    ) -> aiohttp.web.StreamResponse:
+        """pods/log?follow=true (`kubectl logs -f`): the text so far, then what is appended, until the pod has
+        finished (phase Succeeded or Failed) or is gone."""
+        assert route.name is not None
+        self.store.get(rt, route.namespace, route.name)
+        key = (route.namespace or "", route.name)
+        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+        await response.prepare(raw)
+        sent = 0
+        while raw.transport is not None and not raw.transport.is_closing():
+            text = self.pod_logs.get(key, "")
+            if len(text) > sent:
+                await response.write(text[sent:].encode())
+                sent = len(text)
+            pod = self.store.try_get("pods", route.namespace, route.name)
+            if pod is None or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                break
+            await asyncio.sleep(self.settings.log_poll_seconds)
+        await response.write_eof()
+        return response
 
     async def _serve_watch(
         self,
