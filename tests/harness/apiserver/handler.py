@@ -219,12 +219,6 @@ class ApiServerHandler(kmock.KubernetesScaffold):
             raise errors.resource_not_found(f"/apis/{group}/{version}")
         return document
 
-    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
-        if isinstance(exc, errors.ApiError):
-            return _json(exc.status(), exc.code)
-        response: aiohttp.web.StreamResponse = await super()._render_error(exc)
-        return response
-
     # ----- resources -----
 
     def _resource_type(self, route: Route, verb: str) -> ResourceType:
