@@ -13,7 +13,7 @@ import aiohttp.web
 import attrs
 import kmock
 
-from tests.harness.apiserver import discovery, errors, openapi
+from tests.harness.apiserver import discovery, errors, openapi, protobuf
 from tests.harness.apiserver.accounting import RequestLog, RequestRecord
 from tests.harness.apiserver.faults import Faults
 from tests.harness.apiserver.resources import Registry, ResourceType
@@ -487,8 +487,9 @@ class ApiServerHandler(kmock.KubernetesScaffold):
 
 async def _body(raw: aiohttp.web.BaseRequest, default: Any = None) -> Any:
     content_type = raw.headers.get("Content-Type", "")
-    if "protobuf" in content_type or "cbor" in content_type:
-        # JSON (and YAML) only: kubectl's typed creates, which send protobuf, therefore get 415.
+    if "protobuf" in content_type:
+        return protobuf.decode(await raw.read())
+    if "cbor" in content_type:
         raise errors.unsupported_media_type(content_type, ["application/json", "application/yaml"])
     text = await raw.text()
     if not text.strip():
