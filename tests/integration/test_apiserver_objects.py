@@ -355,3 +355,22 @@ async def test_dry_run_validates_and_answers_without_storing(http: aiohttp.Clien
     await http.patch(CONFIGMAPS.lstrip("/") + "/cm", params={"dryRun": "All"}, json={"data": {"a": "1"}}, headers=MERGE)
     assert (await http.delete(CONFIGMAPS.lstrip("/") + "/cm", params={"dryRun": "All"})).status == 200
     assert await (await http.get(CONFIGMAPS.lstrip("/") + "/cm")).json() == created
+
+
+async def test_list_pages_with_limit_and_continue(http: aiohttp.ClientSession) -> None:
+    for name in ("a", "b", "c", "d", "e"):
+        await http.post(CONFIGMAPS.lstrip("/"), json={"metadata": {"name": name}})
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        params = {"limit": "2", **({"continue": token} if token else {})}
+        page = await (await http.get(CONFIGMAPS.lstrip("/"), params=params)).json()
+        seen += [item["metadata"]["name"] for item in page["items"]]
+        pages += 1
+        token = page["metadata"].get("continue", "")
+        if not token:
+            break
+        assert page["metadata"]["remainingItemCount"] == 5 - len(seen)
+    assert seen == ["a", "b", "c", "d", "e"]
+    assert pages == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import Callable, Mapping
@@ -86,6 +87,32 @@ class HandlerSettings:
     max_watch_seconds: float = 1800.0
     # How often a followed pod log (`kubectl logs -f`) looks for new text, in seconds.
     log_poll_seconds: float = 0.1
+
+
+def paginate(
+    items: list[dict[str, Any]], version: str, limit: str | None, token: str | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`limit` and `continue`: a page of a list sorted by namespace/name, with a token naming where the next page
+    starts. Unlike the apiserver, later pages show the current state, not the first page's snapshot."""
+    metadata: dict[str, Any] = {"resourceVersion": version}
+    if token:
+        try:
+            start = json.loads(base64.urlsafe_b64decode(token.encode()))["start"]
+        except (ValueError, KeyError, TypeError):
+            raise errors.bad_request("continue key is not valid") from None
+        items = [item for item in items if _position(item) > start]
+    count = int(limit) if limit and limit.isdigit() else 0
+    if count and len(items) > count:
+        remaining = len(items) - count
+        items = items[:count]
+        next_token = {"start": _position(items[-1])}
+        metadata["continue"] = base64.urlsafe_b64encode(json.dumps(next_token).encode()).decode()
+        metadata["remainingItemCount"] = remaining
+    return items, metadata
+
+
+def _position(item: Mapping[str, Any]) -> str:
+    return f"{item['metadata'].get('namespace', '')}/{item['metadata']['name']}"
 
 
 def _json(body: Any, status: int = 200, content_type: str = "application/json") -> aiohttp.web.Response:
@@ -258,15 +285,13 @@ class ApiServerHandler(kmock.KubernetesScaffold):
                 parse_label_selector(query.get("labelSelector")),
                 parse_field_selector(query.get("fieldSelector")),
             )
+            items, list_metadata = paginate(items, version, query.get("limit"), query.get("continue"))
             if wants_table(accept):
-                return _json(render_table(rt, items, version), content_type=TABLE_CONTENT_TYPE)
+                table = render_table(rt, items, list_metadata["resourceVersion"])
+                table["metadata"] = list_metadata
+                return _json(table, content_type=TABLE_CONTENT_TYPE)
             return _json(
-                {
-                    "kind": rt.list_kind,
-                    "apiVersion": rt.api_version,
-                    "metadata": {"resourceVersion": version},
-                    "items": items,
-                }
+                {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": list_metadata, "items": items}
             )
         if verb == "get":
             assert route.name is not None
@@ -364,9 +389,9 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         assert route.name is not None
         self.store.get(rt, route.namespace, route.name)
         text = self.pod_logs.get((route.namespace or "", route.name), "")
-        if query.get("tailLines"):
-            lines = text.splitlines(keepends=True)
-            text = "".join(lines[-int(query["tailLines"]) :]) if int(query["tailLines"]) > 0 else ""
+        tail = query.get("tailLines", "")
+        if tail.isdigit():
+            text = "".join(text.splitlines(keepends=True)[-int(tail) :]) if int(tail) > 0 else ""
         return aiohttp.web.Response(text=text, content_type="text/plain")
 
     async def _follow_log(
