@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
+from typing import Any
+
 import aiohttp
 import pytest
 
@@ -374,3 +378,41 @@ async def test_list_pages_with_limit_and_continue(http: aiohttp.ClientSession) -
         assert page["metadata"]["remainingItemCount"] == 5 - len(seen)
     assert seen == ["a", "b", "c", "d", "e"]
     assert pages == 3
+
+
+def large_json(body: dict[str, Any]) -> io.BytesIO:
+    """A large JSON body as a stream (aiohttp warns about large raw bodies)."""
+    return io.BytesIO(json.dumps(body).encode())
+
+
+async def test_config_map_over_one_mebibyte_is_422_too_long(http: aiohttp.ClientSession) -> None:
+    too_big = {"metadata": {"name": "big"}, "data": {"ckpt": "x" * (1024 * 1024)}}
+    response = await http.post(
+        CONFIGMAPS.lstrip("/"), data=large_json(too_big), headers={"Content-Type": "application/json"}
+    )
+    status = await response.json()
+    assert response.status == 422
+    assert "Too long: must have at most 1048576 bytes" in status["message"]
+    fitting = {"metadata": {"name": "fits"}, "data": {"ckpt": "x" * 1_000_000}}
+    fits = await http.post(
+        CONFIGMAPS.lstrip("/"), data=large_json(fitting), headers={"Content-Type": "application/json"}
+    )
+    assert fits.status == 201
+    assert (await fits.json())["metadata"]["name"] == "fits"
+
+
+async def test_annotations_over_256_kib_are_422_too_long(http: aiohttp.ClientSession) -> None:
+    body = {"metadata": {"name": "cm", "annotations": {"big": "x" * (256 * 1024)}}}
+    response = await http.post(
+        CONFIGMAPS.lstrip("/"), data=large_json(body), headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 422
+    assert (await response.json())["details"]["causes"][0]["field"] == "metadata.annotations"
+
+
+async def test_secret_data_must_be_base64(http: aiohttp.ClientSession) -> None:
+    bad = await http.post(
+        "api/v1/namespaces/default/secrets", json={"metadata": {"name": "s"}, "data": {"token": "not base64!"}}
+    )
+    assert bad.status == 400
+    assert "illegal base64 data" in (await bad.json())["message"]

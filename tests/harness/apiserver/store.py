@@ -39,6 +39,8 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the apiserver's SimpleNameGenerator alphabet (no vowels)
 FOREGROUND_FINALIZER = "foregroundDeletion"
 ORPHAN_FINALIZER = "orphan"
+MAX_ANNOTATIONS_BYTES = 256 * 1024  # metadata.annotations, keys and values together (TotalAnnotationSizeLimitB)
+MAX_PAYLOAD_BYTES = 1024 * 1024  # ConfigMap data+binaryData, Secret data (corev1.MaxSecretSize)
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
@@ -226,6 +228,7 @@ class Store:
             # Status is owned by the status subresource: a create cannot set it.
             obj.pop("status", None)
         self._apply_builtin_defaults(rt, obj)
+        self._check_limits(rt, obj)
         obj = self._admit(rt, obj, None, strict=strict, status=False)
         if rt.kind == "CustomResourceDefinition":
             self._prepare_crd(obj)
@@ -466,6 +469,7 @@ class Store:
         candidate["metadata"]["resourceVersion"] = old_metadata["resourceVersion"]
         if rt.kind == "Secret":
             self._apply_builtin_defaults(rt, candidate)
+        self._check_limits(rt, candidate)
         candidate = self._admit(rt, candidate, old, strict=strict, status=subresource == "status")
         if candidate == old:
             # A no-op write is not a change: same resourceVersion, no watch event (as the apiserver does).
@@ -641,6 +645,41 @@ class Store:
                 name,
                 f"unable to create new content in namespace {namespace} because it is being terminated",
             )
+
+    def _check_limits(self, rt: ResourceType, obj: Mapping[str, Any]) -> None:
+        """Size and encoding limits of the apiserver's validation: annotations at most 256 KiB in total, ConfigMap
+        and Secret payloads at most 1 MiB, Secret `data` and ConfigMap `binaryData` valid base64."""
+        name = obj["metadata"].get("name", "")
+        annotations = obj["metadata"].get("annotations") or {}
+        if sum(len(k) + len(str(v)) for k, v in annotations.items()) > MAX_ANNOTATIONS_BYTES:
+            cause = {
+                "reason": "FieldValueTooLong",
+                "message": f"Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes",
+                "field": "metadata.annotations",
+            }
+            raise errors.invalid(rt.group, rt.kind, name, [cause])
+        if rt.kind not in ("ConfigMap", "Secret") or rt.group:
+            return
+        encoded = {"Secret": ("data",), "ConfigMap": ("binaryData",)}[rt.kind]
+        total = 0
+        for field_name in ("data", "binaryData"):
+            for key, value in (obj.get(field_name) or {}).items():
+                if field_name in encoded:
+                    try:
+                        total += len(key) + len(base64.b64decode(str(value), validate=True))
+                    except ValueError:
+                        raise errors.bad_request(
+                            f'{rt.kind} in version "v1" cannot be handled as a {rt.kind}: illegal base64 data in {field_name}.{key}'
+                        ) from None
+                else:
+                    total += len(key) + len(str(value).encode())
+        if total > MAX_PAYLOAD_BYTES:
+            cause = {
+                "reason": "FieldValueTooLong",
+                "message": f"Too long: must have at most {MAX_PAYLOAD_BYTES} bytes",
+                "field": "data",
+            }
+            raise errors.invalid(rt.group, rt.kind, name, [cause])
 
     def _apply_builtin_defaults(self, rt: ResourceType, obj: dict[str, Any]) -> None:
         """The few defaults of built-in kinds that controllers and clients rely on."""
