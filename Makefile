@@ -19,6 +19,14 @@ $(BIN)/activate: pyproject.toml
 .PHONY: install
 install: $(BIN)/activate ## Create .venv and install the project with its dev tools
 
+CRD_VALIDATORS := tests/crd_schemas/node_modules/.package-lock.json
+$(CRD_VALIDATORS): tests/crd_schemas/package.json tests/crd_schemas/package-lock.json
+	npm ci --prefix tests/crd_schemas --no-audit --no-fund --loglevel=error
+	touch $@
+
+.PHONY: crd-validators
+crd-validators: $(CRD_VALIDATORS) ## Install the published third-party CRD schemas the tests validate against (npm)
+
 .PHONY: fmt
 fmt: install ## Format the code
 	$(BIN)/ruff format api operator runner_image tests bench
@@ -37,7 +45,7 @@ crds: install ## Regenerate crds/ from the pydantic models
 	PYTHONPATH=api $(PY) -m agentrun_api.crd > crds/agentruns.agentrun.dev.yaml
 
 .PHONY: test
-test: install ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)
+test: install crd-validators ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)
 	$(BIN)/pytest
 
 .PHONY: check
