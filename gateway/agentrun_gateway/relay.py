@@ -1,0 +1,222 @@
+"""Relaying one run's events from its runner to one reader, across runner restarts.
+
+The reader's position is the id of the last event written to it. Every (re)attach to the runner asks
+for the events after that id (``Last-Event-ID``) and drops any id at or below it, so a reader sees
+each event exactly once and in order, however often the runner's pod is replaced. While the runner
+is away the reader receives heartbeats only.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+
+from agentrun_gateway import metrics
+from agentrun_gateway.auth import StreamTokens, TtlCache
+from agentrun_gateway.kube import KubeApi, RunInfo
+from agentrun_gateway.settings import GatewaySettings
+from agentrun_gateway.sse import HEARTBEAT, SSE_HEADERS, SseEvent, SseParser, final_event
+
+log = logging.getLogger(__name__)
+
+FINISHED = "finished"
+
+
+class EventArchive(Protocol):
+    """Where an ended run's events are read once its runner is gone (the runner's checkpoint)."""
+
+    async def events_after(self, namespace: str, run: str, last_id: int) -> list[SseEvent] | None:
+        """Events with an id above ``last_id``, oldest first; None when this archive holds nothing for the run."""
+        ...
+
+
+class ClientGoneError(Exception):
+    """The reader disconnected."""
+
+
+class ClientStream:
+    """The reader's side: writes are serialized, and a heartbeat goes out whenever nothing else did."""
+
+    def __init__(self, request: web.Request, heartbeat_seconds: float) -> None:
+        self._request = request
+        self._heartbeat = heartbeat_seconds
+        self._lock = asyncio.Lock()
+        self._last_write = time.monotonic()
+        self._heartbeats: asyncio.Task[None] | None = None
+        self.response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        self.prepared = False
+        self.gone = False
+
+    async def open(self) -> None:
+        if self.prepared:
+            return
+        self.prepared = True
+        try:
+            await self.response.prepare(self._request)
+        except (ConnectionError, aiohttp.ClientConnectionResetError) as error:
+            self.gone = True
+            raise ClientGoneError from error
+        self._heartbeats = asyncio.create_task(self._beat())
+
+    async def send(self, chunk: bytes) -> None:
+        if self.gone:
+            raise ClientGoneError
+        async with self._lock:
+            try:
+                await self.response.write(chunk)
+            except (ConnectionError, aiohttp.ClientConnectionResetError) as error:
+                self.gone = True
+                raise ClientGoneError from error
+            self._last_write = time.monotonic()
+
+    async def _beat(self) -> None:
+        while not self.gone:
+            await asyncio.sleep(max(self._last_write + self._heartbeat - time.monotonic(), 0.0))
+            if time.monotonic() - self._last_write >= self._heartbeat:
+                try:
+                    await self.send(HEARTBEAT)
+                except ClientGoneError:
+                    return
+
+    async def close(self) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            await asyncio.gather(self._heartbeats, return_exceptions=True)
+
+
+@dataclass
+class _Attach:
+    last_id: int
+    finished: bool = False
+    relayed: int = 0
+
+
+class RunDirectory:
+    """AgentRun lookups (phase, heartbeat), cached briefly so many readers do not multiply API calls."""
+
+    def __init__(self, kube: KubeApi, ttl: float) -> None:
+        self._kube = kube
+        self._cache: TtlCache[tuple[str, str], RunInfo] = TtlCache(ttl)
+
+    async def get(self, namespace: str, run: str) -> RunInfo | None:
+        key = (namespace, run)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        info = await self._kube.run_info(namespace, run)
+        if info is not None:
+            self._cache.put(key, info)
+        return info
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        upstream: aiohttp.ClientSession,
+        runs: RunDirectory,
+        tokens: StreamTokens,
+        archive: EventArchive | None,
+    ) -> None:
+        self._settings = settings
+        self._upstream = upstream
+        self._runs = runs
+        self._tokens = tokens
+        self._archive = archive
+
+    async def follow(self, namespace: str, run: str, last_id: int, client: ClientStream, info: RunInfo) -> None:
+        """Relay until the run's ``finished`` event, the end of the run, or the reader leaving.
+
+        A reader that reconnects after it saw the end gets nothing (the handler answers 204, which
+        tells an EventSource to stop reconnecting)."""
+        settings = self._settings
+        delay = settings.reattach_initial_delay_seconds
+        if not info.ended:
+            await client.open()
+        try:
+            while True:
+                idle = (
+                    settings.ended_drain_seconds if info.ended else settings.upstream_idle_for(info.heartbeat_seconds)
+                )
+                attach = await self._attach(namespace, run, last_id, client, idle)
+                last_id = attach.last_id
+                if attach.finished:
+                    return
+                if info.ended:
+                    await self._finish_ended(namespace, run, last_id, client, info)
+                    return
+                if attach.relayed:
+                    delay = settings.reattach_initial_delay_seconds
+                metrics.REATTACHES.inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, settings.reattach_max_delay_seconds)
+                refreshed = await self._runs.get(namespace, run)
+                if refreshed is None:
+                    await client.send(final_event({"reason": "RunDeleted"}).encode())
+                    return
+                info = refreshed
+        except ClientGoneError:
+            return
+
+    async def _attach(self, namespace: str, run: str, last_id: int, client: ClientStream, idle: float) -> _Attach:
+        result = _Attach(last_id)
+        token = await self._tokens.get(namespace, run)
+        if token is None:
+            return result
+        url = self._settings.upstream_url.format(namespace=namespace, name=run)
+        headers = {"Authorization": f"Bearer {token}", "Last-Event-ID": str(last_id), "Accept": "text/event-stream"}
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self._settings.upstream_connect_timeout_seconds, sock_read=None
+        )
+        try:
+            async with self._upstream.get(url, headers=headers, timeout=timeout) as response:
+                if response.status == 401:
+                    self._tokens.forget(namespace, run)
+                if response.status != 200:
+                    log.info("runner of %s/%s answered HTTP %d; re-attaching", namespace, run, response.status)
+                    return result
+                parser = SseParser()
+                while True:
+                    chunk = await asyncio.wait_for(response.content.readany(), idle)
+                    if not chunk:
+                        return result  # the runner closed the stream (pod stopping, reader queue overflow)
+                    for event in parser.feed(chunk):
+                        if event.id is None or event.id <= result.last_id:
+                            continue  # already relayed: a restarted runner replays from its checkpoint
+                        await client.open()
+                        await client.send(event.encode())
+                        metrics.EVENTS_RELAYED.inc()
+                        result.last_id = event.id
+                        result.relayed += 1
+                        if event.event == FINISHED:
+                            result.finished = True
+                            return result
+        except TimeoutError:
+            log.info("runner of %s/%s silent for %.0f s; re-attaching", namespace, run, idle)
+        except (aiohttp.ClientError, OSError) as error:
+            log.debug("runner of %s/%s unreachable: %s", namespace, run, error)
+        return result
+
+    async def _finish_ended(self, namespace: str, run: str, last_id: int, client: ClientStream, info: RunInfo) -> None:
+        """The run ended and its runner has nothing more: replay from the archive, then close."""
+        replay = "complete"
+        events = await self._archive.events_after(namespace, run, last_id) if self._archive else None
+        if events is None:
+            replay = "unavailable" if last_id == 0 else "partial"
+        for event in events or ():
+            if event.id is None or event.id <= last_id:
+                continue
+            await client.open()
+            await client.send(event.encode())
+            last_id = event.id
+            if event.event == FINISHED:
+                return
+        if not client.prepared and last_id > 0:
+            return  # a reader reconnecting after the end: nothing new (the handler answers 204)
+        await client.open()
+        phase = info.phase.value if info.phase else None
+        await client.send(final_event({"phase": phase, "reason": "RunEnded", "replay": replay}).encode())

@@ -1,0 +1,343 @@
+"""The stream gateway over real HTTP: a fake runner on loopback, kmock as the Kubernetes API, and
+httpx-sse as the reader. The runner and the gateway are killed and restarted mid-stream."""
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import kmock
+import pytest
+from aiohttp import web
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from agentrun_gateway.server import create_app, create_runner
+from agentrun_gateway.settings import GatewaySettings
+from tests.harness.fake_stream_runner import FakeStreamRunner
+
+pytestmark = pytest.mark.integration
+
+NAMESPACE = "team"
+RUN = "r1"
+STREAM_TOKEN = "s3cret-stream-token"
+ALICE_TOKEN = "alice-kubernetes-token"  # may get agentruns in team
+BOB_TOKEN = "bob-kubernetes-token"  # authenticated, no RBAC on agentruns
+AGENTRUNS = "agentrun.dev/v1alpha1/agentruns"
+
+
+def _agentrun(phase: str, heartbeat: str = "1s") -> dict[str, Any]:
+    return {
+        "apiVersion": "agentrun.dev/v1alpha1",
+        "kind": "AgentRun",
+        "metadata": {"name": RUN, "namespace": NAMESPACE},
+        "spec": {"streaming": {"heartbeatInterval": heartbeat}},
+        "status": {"phase": phase},
+    }
+
+
+def _token_review(request: kmock.Request) -> dict[str, Any]:
+    """The API server's authenticator: two known users."""
+    users = {ALICE_TOKEN: "alice", BOB_TOKEN: "bob"}
+    user = users.get(request.data["spec"]["token"])
+    status: dict[str, Any] = {"authenticated": user is not None}
+    if user:
+        status["user"] = {"username": user, "groups": ["system:authenticated"]}
+    return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status}
+
+
+def _access_review(request: kmock.Request) -> dict[str, Any]:
+    """The API server's RBAC authorizer: alice may get agentruns in team, nobody else may."""
+    spec = request.data["spec"]
+    attributes = spec["resourceAttributes"]
+    allowed = (
+        spec["user"] == "alice"
+        and attributes == {**attributes, "namespace": NAMESPACE, "verb": "get", "group": "agentrun.dev"}
+        and attributes["resource"] == "agentruns"
+    )
+    return {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "status": {"allowed": allowed}}
+
+
+class ReviewingEmulator(kmock.KubernetesEmulator):
+    """TokenReviews and SubjectAccessReviews are answered and never stored, as by the real API server
+    (kmock's emulator would store the first one and answer 409 Conflict to the next)."""
+
+    async def _handle(self, request: kmock.Request) -> web.StreamResponse:
+        if request.resource is not None and request.resource.plural in {"tokenreviews", "subjectaccessreviews"}:
+            return await kmock.KubernetesScaffold._handle(self, request)
+        return await super()._handle(request)
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[kmock.KubernetesEmulator]:
+    async with ReviewingEmulator() as emulator, kmock.Server(emulator):
+        emulator.resources["v1/secrets"] = {}
+        emulator.resources[AGENTRUNS] = {}
+        emulator.objects["v1/secrets", NAMESPACE, f"{RUN}-stream-token"] = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{RUN}-stream-token", "namespace": NAMESPACE},
+            "data": {"token": base64.b64encode(STREAM_TOKEN.encode()).decode()},
+        }
+        emulator.objects[AGENTRUNS, NAMESPACE, RUN] = _agentrun("Running")
+        emulator["post /apis/authentication.k8s.io/v1/tokenreviews"] << _token_review
+        emulator["post /apis/authorization.k8s.io/v1/subjectaccessreviews"] << _access_review
+        yield emulator
+
+
+def _set_phase(kube: kmock.KubernetesEmulator, phase: str) -> None:
+    kube.objects[AGENTRUNS, NAMESPACE, RUN] = _agentrun(phase)
+
+
+@pytest.fixture
+async def runner() -> AsyncIterator[FakeStreamRunner]:
+    fake = FakeStreamRunner(STREAM_TOKEN, heartbeat_seconds=0.5)
+    await fake.start()
+    yield fake
+    await fake.kill()
+
+
+class Gateway:
+    """The gateway served in-process on a loopback port; restart() serves again on the same port."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/runs/{NAMESPACE}/{RUN}/events"
+
+    async def start(self) -> None:
+        self._runner = create_runner(create_app(self.settings), self.settings)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+
+@pytest.fixture
+async def gateway(kube: kmock.KubernetesEmulator, runner: FakeStreamRunner) -> AsyncIterator[Gateway]:
+    settings = GatewaySettings(
+        host="127.0.0.1",
+        port=0,
+        upstream_url=f"http://127.0.0.1:{runner.port}/events?run={{namespace}}/{{name}}",
+        kube_api_url=str(kube.url),
+        kube_token_file="",
+        kube_ca_file="",
+        reattach_initial_delay_seconds=0.05,
+        reattach_max_delay_seconds=0.2,
+        ended_drain_seconds=0.3,
+        run_cache_seconds=0.05,
+        shutdown_timeout_seconds=0.1,
+    )
+    served = Gateway(settings)
+    await served.start()
+    yield served
+    await served.stop()
+
+
+async def _follow(
+    client: httpx.AsyncClient,
+    url: str,
+    received: list[ServerSentEvent],
+    token: str = STREAM_TOKEN,
+    last_id: str | None = None,
+    deadline_seconds: float = 20.0,
+) -> int:
+    """Read like a browser's EventSource: reconnect after any cut with Last-Event-ID, stop at
+    `finished` or HTTP 204. Returns how many times it connected."""
+    connects = 0
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        headers = {"Authorization": f"Bearer {token}"}
+        if last_id is not None:
+            headers["Last-Event-ID"] = last_id
+        connects += 1
+        try:
+            async with aconnect_sse(client, "GET", url, headers=headers) as source:
+                if source.response.status_code == 204:
+                    return connects
+                assert source.response.status_code == 200, source.response.status_code
+                assert source.response.headers["X-Accel-Buffering"] == "no"
+                assert source.response.headers["Cache-Control"] == "no-cache"
+                async for event in source.aiter_sse():
+                    received.append(event)
+                    if event.id:
+                        last_id = event.id
+                    if event.event == "finished":
+                        return connects
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no `finished` within {deadline_seconds} s; got {len(received)} events")
+
+
+def _as_log(events: list[ServerSentEvent]) -> list[tuple[int, str, Any]]:
+    return [(int(e.id), e.event, json.loads(e.data)) for e in events]
+
+
+def _upstream_log(runner: FakeStreamRunner) -> list[tuple[int, str, Any]]:
+    return [(e.id, e.type, e.data) for e in runner.log]
+
+
+async def _wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_reader_gets_the_exact_log_across_two_runner_kills_and_a_gateway_restart(
+    gateway: Gateway, runner: FakeStreamRunner
+) -> None:
+    received: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
+        reader = asyncio.create_task(_follow(client, gateway.url, received))
+
+        async def emit(count: int) -> None:
+            for _ in range(count):
+                await runner.emit("token", {"text": f"t{len(runner.log) + 1}"})
+                await asyncio.sleep(0.002)
+
+        await emit(30)
+        await _wait_for(lambda: len(received) >= 20)
+        await runner.kill()  # the runner's pod dies mid-stream
+        await emit(10)  # a replacement pod resumes and emits from its checkpoint
+        await asyncio.sleep(0.2)
+        await runner.start()
+        await emit(30)
+        await _wait_for(lambda: len(received) >= 60)
+        await runner.kill()
+        await asyncio.sleep(0.2)
+        await runner.start()
+        await emit(20)
+        await _wait_for(lambda: len(received) >= 80)
+        await gateway.restart()  # the client reconnects with Last-Event-ID
+        await emit(20)
+        await runner.emit("finished", {"phase": "Succeeded"})
+        connects = await asyncio.wait_for(reader, 20)
+
+    assert _as_log(received) == _upstream_log(runner)
+    assert connects >= 2  # the gateway restart cost the client one reconnect
+    assert runner.connections >= 4  # the gateway re-attached after each runner kill and its own restart
+
+
+async def test_hundred_concurrent_readers_each_get_the_whole_log(gateway: Gateway, runner: FakeStreamRunner) -> None:
+    for index in range(20):
+        await runner.emit("iteration", {"n": index})
+    logs: list[list[ServerSentEvent]] = [[] for _ in range(100)]
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(15.0), limits=limits) as client:
+        readers = [asyncio.create_task(_follow(client, gateway.url, log)) for log in logs]
+        await _wait_for(lambda: all(len(log) >= 20 for log in logs), timeout=20)
+        for index in range(20):
+            await runner.emit("token", {"n": index})
+        await runner.emit("finished", {"phase": "Succeeded"})
+        await asyncio.wait_for(asyncio.gather(*readers), 20)
+    expected = _upstream_log(runner)
+    assert all(_as_log(log) == expected for log in logs)
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (None, 401),
+        ("Bearer wrong-token", 401),
+        (f"Basic {STREAM_TOKEN}", 401),
+        (f"Bearer {BOB_TOKEN}", 403),
+    ],
+    ids=["no-token", "wrong-token", "not-bearer", "kubernetes-user-without-rbac"],
+)
+async def test_readers_without_a_valid_token_or_rbac_are_refused(
+    gateway: Gateway, authorization: str | None, status: int
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    async with httpx.AsyncClient() as client:
+        response = await client.get(gateway.url, headers=headers)
+    assert response.status_code == status
+    assert STREAM_TOKEN not in response.text
+
+
+async def test_kubernetes_user_allowed_by_rbac_reads_the_stream(
+    gateway: Gateway, runner: FakeStreamRunner, kube: kmock.KubernetesEmulator
+) -> None:
+    await runner.emit("iteration", {"n": 1})
+    await runner.emit("finished", {"phase": "Succeeded"})
+    received: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        await _follow(client, gateway.url, received, token=ALICE_TOKEN)
+        missing = await client.get(
+            gateway.url.replace(f"/{RUN}/", "/absent/"), headers={"Authorization": f"Bearer {ALICE_TOKEN}"}
+        )
+    assert _as_log(received) == _upstream_log(runner)
+    assert missing.status_code == 404
+
+
+async def test_reader_joining_after_the_end_gets_the_full_replay_then_204(
+    gateway: Gateway, runner: FakeStreamRunner, kube: kmock.KubernetesEmulator
+) -> None:
+    for index in range(15):
+        await runner.emit("token", {"n": index})
+    await runner.emit("finished", {"phase": "Succeeded"})
+    _set_phase(kube, "Succeeded")
+    received: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        await _follow(client, gateway.url, received)
+        again = await client.get(
+            gateway.url, headers={"Authorization": f"Bearer {STREAM_TOKEN}", "Last-Event-ID": str(len(runner.log))}
+        )
+    assert _as_log(received) == _upstream_log(runner)
+    assert again.status_code == 204  # tells an EventSource to stop reconnecting
+
+
+async def test_run_that_ends_while_its_runner_is_gone_closes_with_a_final_event(
+    gateway: Gateway, runner: FakeStreamRunner, kube: kmock.KubernetesEmulator
+) -> None:
+    for index in range(5):
+        await runner.emit("token", {"n": index})
+    received: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        reader = asyncio.create_task(_follow(client, gateway.url, received))
+        await _wait_for(lambda: len(received) == 5)
+        await runner.kill()  # the pod fails and no replacement comes
+        _set_phase(kube, "Failed")
+        await asyncio.wait_for(reader, 10)
+    assert _as_log(received[:-1]) == _upstream_log(runner)
+    final = received[-1]
+    assert final.event == "finished"  # the gateway's own, without an id (the reader's position stays at 5)
+    assert json.loads(final.data) == {"phase": "Failed", "reason": "RunEnded", "replay": "partial"}
+
+
+async def test_idle_reader_gets_a_heartbeat_every_interval_while_the_runner_is_away(
+    gateway: Gateway, runner: FakeStreamRunner
+) -> None:
+    await runner.kill()  # nothing upstream: the gateway keeps re-attaching, the reader sees heartbeats only
+    heartbeat_times: list[float] = []
+    other_lines: list[str] = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        headers = {"Authorization": f"Bearer {STREAM_TOKEN}"}
+        async with client.stream("GET", gateway.url, headers=headers) as response:
+            assert response.status_code == 200
+            opened = time.monotonic()
+            async for line in response.aiter_lines():
+                if line.startswith(":"):
+                    heartbeat_times.append(time.monotonic())
+                elif line:
+                    other_lines.append(line)
+                if len(heartbeat_times) == 3:
+                    break
+    gaps = [later - earlier for earlier, later in zip([opened, *heartbeat_times], heartbeat_times, strict=False)]
+    assert other_lines == []
+    assert max(gaps) <= 1.0 + 0.5  # heartbeatInterval 1s, with slack for a loaded machine
