@@ -1,10 +1,12 @@
 """Who may read a run's stream: the holder of its stream token, or a Kubernetes user allowed to get it."""
 
+import asyncio
 import enum
 import hashlib
 import hmac
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from agentrun_gateway.kube import KubeApi
@@ -48,19 +50,46 @@ class TtlCache(Generic[K, V]):
         self._items.pop(key, None)
 
 
+class SingleFlight(Generic[K, V]):
+    """Concurrent lookups of one key share one call: a hundred readers reconnecting at once after a
+    gateway restart cost the API server one request per run, not a hundred."""
+
+    def __init__(self) -> None:
+        self._running: dict[K, asyncio.Future[V]] = {}
+
+    async def run(self, key: K, call: Callable[[], Awaitable[V]]) -> V:
+        running = self._running.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._running[key] = future
+        try:
+            value = await call()
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # marks it retrieved when no one else waits
+            raise
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            del self._running[key]
+
+
 class StreamTokens:
     """The runs' stream tokens, read from their Secrets and cached briefly (they are also the runner's token)."""
 
     def __init__(self, kube: KubeApi, ttl: float) -> None:
         self._kube = kube
         self._cache: TtlCache[tuple[str, str], str | None] = TtlCache(ttl)
+        self._flights: SingleFlight[tuple[str, str], str | None] = SingleFlight()
 
     async def get(self, namespace: str, run: str) -> str | None:
         key = (namespace, run)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        token = await self._kube.stream_token(namespace, run)
+        token = await self._flights.run(key, lambda: self._kube.stream_token(namespace, run))
         if token is not None:  # a missing Secret is not cached: the operator may be creating it right now
             self._cache.put(key, token)
         return token

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from agentrun_gateway import metrics
-from agentrun_gateway.auth import StreamTokens, TtlCache
+from agentrun_gateway.auth import SingleFlight, StreamTokens, TtlCache
 from agentrun_gateway.kube import KubeApi, RunInfo
 from agentrun_gateway.settings import GatewaySettings
 from agentrun_gateway.sse import HEARTBEAT, SSE_HEADERS, SseEvent, SseParser, final_event
@@ -101,13 +101,14 @@ class RunDirectory:
     def __init__(self, kube: KubeApi, ttl: float) -> None:
         self._kube = kube
         self._cache: TtlCache[tuple[str, str], RunInfo] = TtlCache(ttl)
+        self._flights: SingleFlight[tuple[str, str], RunInfo | None] = SingleFlight()
 
     async def get(self, namespace: str, run: str) -> RunInfo | None:
         key = (namespace, run)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        info = await self._kube.run_info(namespace, run)
+        info = await self._flights.run(key, lambda: self._kube.run_info(namespace, run))
         if info is not None:
             self._cache.put(key, info)
         return info
