@@ -50,3 +50,7 @@ test: install crd-validators ## Run the whole test suite (unit, integration, e2e
 
 .PHONY: check
 check: lint typecheck test ## Lint, type-check and test: what CI runs
+
+.PHONY: bench-gateway
+bench-gateway: install ## Measure the stream gateway's relay lag and memory with 100 readers on one run
+	$(PY) bench/gateway_fanout.py --readers 100

@@ -4,8 +4,13 @@ httpx-sse as the reader. The runner and the gateway are killed and restarted mid
 import asyncio
 import base64
 import json
+import os
+import signal
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +31,7 @@ STREAM_TOKEN = "s3cret-stream-token"
 ALICE_TOKEN = "alice-kubernetes-token"  # may get agentruns in team
 BOB_TOKEN = "bob-kubernetes-token"  # authenticated, no RBAC on agentruns
 AGENTRUNS = "agentrun.dev/v1alpha1/agentruns"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _agentrun(phase: str, heartbeat: str = "1s") -> dict[str, Any]:
@@ -341,3 +347,52 @@ async def test_idle_reader_gets_a_heartbeat_every_interval_while_the_runner_is_a
     gaps = [later - earlier for earlier, later in zip([opened, *heartbeat_times], heartbeat_times, strict=False)]
     assert other_lines == []
     assert max(gaps) <= 1.0 + 0.5  # heartbeatInterval 1s, with slack for a loaded machine
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_python_m_agentrun_gateway_serves_and_stops_on_sigterm(
+    kube: kmock.KubernetesEmulator, runner: FakeStreamRunner
+) -> None:
+    await runner.emit("finished", {"phase": "Succeeded"})
+    port = _free_port()
+    env = {
+        **os.environ,
+        "AGENTRUN_GATEWAY_HOST": "127.0.0.1",
+        "AGENTRUN_GATEWAY_PORT": str(port),
+        "AGENTRUN_GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{runner.port}/events?run={{namespace}}/{{name}}",
+        "AGENTRUN_GATEWAY_KUBE_API_URL": str(kube.url),
+        "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": "",
+        "AGENTRUN_GATEWAY_KUBE_CA_FILE": "",
+        "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "gateway")),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentrun_gateway", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        received: list[ServerSentEvent] = []
+        async with httpx.AsyncClient(timeout=5) as client:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    health = await client.get(f"http://127.0.0.1:{port}/healthz")
+                    break
+                except httpx.ConnectError:
+                    assert time.monotonic() < deadline, "the gateway did not start listening"
+                    await asyncio.sleep(0.1)
+            assert health.text == "ok"
+            await _follow(client, f"http://127.0.0.1:{port}/runs/{NAMESPACE}/{RUN}/events", received)
+        assert _as_log(received) == _upstream_log(runner)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.stderr is not None
+    assert STREAM_TOKEN not in (await process.stderr.read()).decode()
