@@ -37,6 +37,9 @@ class FakeStreamRunner:
         self.log: list[LoggedEvent] = []
         self.port = 0
         self.connections = 0  # requests served, across restarts
+        # When set, the stream starts after this id whatever Last-Event-ID says, as a replacement pod
+        # that replays from its last checkpoint would: the reader must drop what it already has.
+        self.replay_from: int | None = None
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
 
@@ -72,6 +75,8 @@ class FakeStreamRunner:
             return web.json_response({"error": "bad token"}, status=401)
         self.connections += 1
         last_id = int(request.headers.get("Last-Event-ID") or 0)
+        if self.replay_from is not None:
+            last_id = min(last_id, self.replay_from)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )

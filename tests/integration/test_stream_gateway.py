@@ -240,6 +240,26 @@ async def test_reader_gets_the_exact_log_across_two_runner_kills_and_a_gateway_r
     assert runner.connections >= 4  # the gateway re-attached after each runner kill and its own restart
 
 
+async def test_events_a_restarted_runner_replays_from_its_checkpoint_are_not_repeated(
+    gateway: Gateway, runner: FakeStreamRunner
+) -> None:
+    received: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
+        reader = asyncio.create_task(_follow(client, gateway.url, received))
+        for index in range(30):
+            await runner.emit("token", {"n": index})
+        await _wait_for(lambda: len(received) == 30)
+        await runner.kill()
+        runner.replay_from = 10  # the new pod's checkpoint is 20 events behind the reader
+        await runner.start()
+        for index in range(30, 40):
+            await runner.emit("token", {"n": index})
+        await runner.emit("finished", {"phase": "Succeeded"})
+        await asyncio.wait_for(reader, 10)
+    assert _as_log(received) == _upstream_log(runner)
+    assert runner.connections >= 2
+
+
 async def test_hundred_concurrent_readers_each_get_the_whole_log(gateway: Gateway, runner: FakeStreamRunner) -> None:
     for index in range(20):
         await runner.emit("iteration", {"n": index})
