@@ -260,6 +260,37 @@ async def test_events_a_restarted_runner_replays_from_its_checkpoint_are_not_rep
     assert runner.connections >= 2
 
 
+async def test_relay_recovers_when_the_runs_stream_token_is_replaced(
+    gateway: Gateway, runner: FakeStreamRunner, kube: kmock.KubernetesEmulator
+) -> None:
+    received: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
+        reader = asyncio.create_task(_follow(client, gateway.url, received, token=ALICE_TOKEN))
+        for index in range(5):
+            await runner.emit("token", {"n": index})
+        await _wait_for(lambda: len(received) == 5)
+        await runner.kill()
+        runner.token = "rotated-token"  # a recreated Secret; the gateway still caches the old token
+        kube.objects["v1/secrets", NAMESPACE, f"{RUN}-stream-token"] = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{RUN}-stream-token", "namespace": NAMESPACE},
+            "data": {"token": base64.b64encode(b"rotated-token").decode()},
+        }
+        await runner.start()
+        await runner.emit("finished", {"phase": "Succeeded"})
+        await asyncio.wait_for(reader, 10)
+    assert _as_log(received) == _upstream_log(runner)
+
+
+async def test_kubernetes_api_outage_answers_503(gateway: Gateway, kube: kmock.KubernetesEmulator) -> None:
+    kube["get /api/v1/namespaces/team/secrets/r1-stream-token"] << 500
+    async with httpx.AsyncClient() as client:
+        response = await client.get(gateway.url, headers={"Authorization": f"Bearer {STREAM_TOKEN}"})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"
+
+
 async def test_hundred_concurrent_readers_each_get_the_whole_log(gateway: Gateway, runner: FakeStreamRunner) -> None:
     for index in range(20):
         await runner.emit("iteration", {"n": index})
