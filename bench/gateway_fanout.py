@@ -49,10 +49,11 @@ def _rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-async def _reader(session: aiohttp.ClientSession, url: str, lags: list[float]) -> int:
+async def _reader(session: aiohttp.ClientSession, url: str, lags: list[float], connected: list[int]) -> int:
     received = 0
     async with session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
         assert response.status == 200, response.status
+        connected.append(1)
         buffer = b""
         async for chunk in response.content.iter_any():
             now = time.monotonic()
@@ -113,10 +114,11 @@ async def main(readers: int, events: int, rate: float) -> dict[str, Any]:
                         await asyncio.sleep(0.1)
                 rss_idle = _rss_mib(gateway.pid)
                 lags: list[float] = []
-                tasks = [asyncio.create_task(_reader(session, url, lags)) for _ in range(readers)]
+                connected: list[int] = []
+                tasks = [asyncio.create_task(_reader(session, url, lags, connected)) for _ in range(readers)]
                 await runner.emit("iteration", {"warmup": True})
-                for _ in range(600):  # wait up to 30 s for every reader to be attached upstream
-                    if runner.connections >= readers:
+                for _ in range(600):  # wait up to 30 s for every reader to be connected
+                    if len(connected) >= readers:
                         break
                     await asyncio.sleep(0.05)
                 rss_peak = 0.0
@@ -138,6 +140,7 @@ async def main(readers: int, events: int, rate: float) -> dict[str, Any]:
         "events": events,
         "rate_per_second": rate,
         "every_reader_got_every_event": all(count == events for count in counts),
+        "upstream_connections": runner.connections,
         "lag_ms_p50": round(statistics.median(lags) * 1000, 2),
         "lag_ms_p99": round(lags[int(len(lags) * 0.99) - 1] * 1000, 2),
         "lag_ms_max": round(lags[-1] * 1000, 2),

@@ -69,7 +69,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
     client = ClientStream(request, info.heartbeat_seconds)
     metrics.READERS.inc()
     try:
-        await parts.relay.follow(namespace, run, last_id, client, info)
+        await parts.relay.serve(namespace, run, last_id, client, info)
     except KubeApiError as error:
         log.warning("Kubernetes API unavailable during a relay: %s", error)  # the client resumes elsewhere
     finally:
@@ -117,6 +117,7 @@ async def _start(app: web.Application) -> None:
 
 async def _stop(app: web.Application) -> None:
     parts = app[PARTS]
+    await parts.relay.close()
     await asyncio.gather(parts.kube_session.close(), parts.upstream_session.close())
 
 

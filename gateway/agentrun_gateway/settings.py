@@ -60,6 +60,9 @@ class GatewaySettings:
     """How long an AgentRun's phase and heartbeat interval are reused (bounds API load under many readers)."""
     ended_drain_seconds: float = 2.0
     """After the run ended: how long to wait for the runner's replay before concluding it has no more events."""
+    feed_memory_events: int = 4096
+    """Events of a running run kept in memory for the readers sharing its upstream connection; a reader
+    resuming from an older position gets a connection of its own."""
     default_heartbeat_seconds: float = 15.0
     """Heartbeat interval for a run whose spec does not say (the API's default)."""
     shutdown_timeout_seconds: float = 2.0

@@ -133,9 +133,8 @@ class Gateway:
         await self.start()
 
 
-@pytest.fixture
-async def gateway(kube: kmock.KubernetesEmulator, runner: FakeStreamRunner) -> AsyncIterator[Gateway]:
-    settings = GatewaySettings(
+def _test_settings(kube: kmock.KubernetesEmulator, runner: FakeStreamRunner, **overrides: Any) -> GatewaySettings:
+    return GatewaySettings(
         host="127.0.0.1",
         port=0,
         upstream_url=f"http://127.0.0.1:{runner.port}/events?run={{namespace}}/{{name}}",
@@ -147,8 +146,13 @@ async def gateway(kube: kmock.KubernetesEmulator, runner: FakeStreamRunner) -> A
         ended_drain_seconds=0.3,
         run_cache_seconds=0.05,
         shutdown_timeout_seconds=0.1,
+        **overrides,
     )
-    served = Gateway(settings)
+
+
+@pytest.fixture
+async def gateway(kube: kmock.KubernetesEmulator, runner: FakeStreamRunner) -> AsyncIterator[Gateway]:
+    served = Gateway(_test_settings(kube, runner))
     await served.start()
     yield served
     await served.stop()
@@ -291,6 +295,30 @@ async def test_kubernetes_api_outage_answers_503(gateway: Gateway, kube: kmock.K
     assert response.headers["Retry-After"] == "2"
 
 
+async def test_reader_resuming_from_before_the_shared_feed_memory_is_served_on_its_own(
+    kube: kmock.KubernetesEmulator, runner: FakeStreamRunner
+) -> None:
+    gateway = Gateway(_test_settings(kube, runner, feed_memory_events=5))
+    await gateway.start()
+    try:
+        first: list[ServerSentEvent] = []
+        late: list[ServerSentEvent] = []
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
+            first_reader = asyncio.create_task(_follow(client, gateway.url, first))
+            for index in range(30):  # paced, so the first reader never lags behind the feed's memory
+                await runner.emit("token", {"n": index})
+                await _wait_for(lambda: len(first) == len(runner.log))
+            late_reader = asyncio.create_task(_follow(client, gateway.url, late, last_id="2"))
+            await _wait_for(lambda: len(late) == 28)
+            await runner.emit("finished", {"phase": "Succeeded"})
+            await asyncio.wait_for(asyncio.gather(first_reader, late_reader), 10)
+    finally:
+        await gateway.stop()
+    assert _as_log(first) == _upstream_log(runner)
+    assert _as_log(late) == _upstream_log(runner)[2:]
+    assert runner.connections == 2  # the shared feed, and the late reader's own
+
+
 async def test_hundred_concurrent_readers_each_get_the_whole_log(gateway: Gateway, runner: FakeStreamRunner) -> None:
     for index in range(20):
         await runner.emit("iteration", {"n": index})
@@ -305,6 +333,7 @@ async def test_hundred_concurrent_readers_each_get_the_whole_log(gateway: Gatewa
         await asyncio.wait_for(asyncio.gather(*readers), 20)
     expected = _upstream_log(runner)
     assert all(_as_log(log) == expected for log in logs)
+    assert runner.connections == 1  # the readers share one upstream connection
 
 
 @pytest.mark.parametrize(
