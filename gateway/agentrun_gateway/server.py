@@ -140,6 +140,9 @@ def create_runner(app: web.Application, settings: GatewaySettings) -> web.AppRun
         app,
         handle_signals=False,
         access_log=None,
+        # A reader that disconnects cancels its handler at once, so an idle run's relay does not
+        # linger until the next write fails (and a shared feed stops with its last reader).
+        handler_cancellation=True,
         keepalive_timeout=settings.keep_alive_seconds,
         shutdown_timeout=settings.shutdown_timeout_seconds,
     )

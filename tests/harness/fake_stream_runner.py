@@ -37,6 +37,7 @@ class FakeStreamRunner:
         self.log: list[LoggedEvent] = []
         self.port = 0
         self.connections = 0  # requests served, across restarts
+        self.open_streams = 0  # streams being served right now
         # When set, the stream starts after this id whatever Last-Event-ID says, as a replacement pod
         # that replays from its last checkpoint would: the reader must drop what it already has.
         self.replay_from: int | None = None
@@ -81,8 +82,12 @@ class FakeStreamRunner:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         await response.prepare(request)
-        with contextlib.suppress(ConnectionError):  # the reader (the gateway) went away
-            await self._stream(response, last_id)
+        self.open_streams += 1
+        try:
+            with contextlib.suppress(ConnectionError):  # the reader (the gateway) went away
+                await self._stream(response, last_id)
+        finally:
+            self.open_streams -= 1
         return response
 
     def _beyond(self, last_id: int) -> Callable[[], bool]:

@@ -18,6 +18,7 @@ import kmock
 import pytest
 from aiohttp import web
 from httpx_sse import ServerSentEvent, aconnect_sse
+from prometheus_client import REGISTRY
 
 from agentrun_gateway.server import create_app, create_runner
 from agentrun_gateway.settings import GatewaySettings
@@ -317,6 +318,20 @@ async def test_reader_resuming_from_before_the_shared_feed_memory_is_served_on_i
     assert _as_log(first) == _upstream_log(runner)
     assert _as_log(late) == _upstream_log(runner)[2:]
     assert runner.connections == 2  # the shared feed, and the late reader's own
+
+
+async def test_reader_leaving_an_idle_run_releases_its_upstream_connection(
+    gateway: Gateway, runner: FakeStreamRunner
+) -> None:
+    baseline = REGISTRY.get_sample_value("agentrun_gateway_readers") or 0.0
+    headers = {"Authorization": f"Bearer {STREAM_TOKEN}"}
+    async with httpx.AsyncClient(timeout=10) as client, client.stream("GET", gateway.url, headers=headers) as response:
+        assert response.status_code == 200
+        await _wait_for(lambda: runner.open_streams == 1)
+        assert REGISTRY.get_sample_value("agentrun_gateway_readers") == baseline + 1
+    # the reader hung up on a run with nothing to say: no write to it would notice soon
+    await _wait_for(lambda: runner.open_streams == 0, timeout=5)
+    await _wait_for(lambda: REGISTRY.get_sample_value("agentrun_gateway_readers") == baseline, timeout=5)
 
 
 async def test_hundred_concurrent_readers_each_get_the_whole_log(gateway: Gateway, runner: FakeStreamRunner) -> None:
