@@ -181,7 +181,7 @@ class RunFeed:
     def _beyond(self, position: int) -> Callable[[], bool]:
         return lambda: self.last_id > position or self.done
 
-    async def read(self, position: int, client: ClientStream) -> tuple[int, bool]:
+    async def read(self, position: int, client: EventSink) -> tuple[int, bool]:
         """Deliver to ``client`` from ``position`` on. Returns the new position and whether the stream is
         complete; False means the reader fell behind the feed's memory and must continue on its own."""
         while True:

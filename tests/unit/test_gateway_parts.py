@@ -3,8 +3,11 @@
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentrun_gateway.auth import SingleFlight, TtlCache
+from agentrun_gateway.relay import RunFeed
 from agentrun_gateway.settings import GatewaySettings, SettingsError, keep_alive_behind
 from agentrun_gateway.sse import SseEvent, SseParser, final_event
 
@@ -89,3 +92,54 @@ async def test_single_flight_shares_one_call_between_concurrent_callers() -> Non
     release.set()
     assert await asyncio.gather(*waiters) == ["value"] * 50
     assert calls == 1
+
+
+class _CollectingSink:
+    prepared = True
+
+    def __init__(self, yields_per_event: int) -> None:
+        self.events: list[SseEvent] = []
+        self._yields = yields_per_event
+
+    async def open(self) -> None:
+        return None
+
+    async def deliver(self, event: SseEvent) -> None:
+        self.events.append(event)
+        for _ in range(self._yields):  # a slow reader: the feed moves on meanwhile
+            await asyncio.sleep(0)
+
+
+@given(
+    start=st.integers(min_value=0, max_value=5),
+    readers=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=40), st.integers(min_value=0, max_value=4)), min_size=1, max_size=5
+    ),
+    memory=st.integers(min_value=1, max_value=50),
+)
+def test_feed_readers_get_every_event_after_their_position_once_or_are_told_to_continue_alone(
+    start: int, readers: list[tuple[int, int]], memory: int
+) -> None:
+    positions = [position for position, _ in readers]
+
+    async def scenario() -> None:
+        feed = RunFeed(start, memory)
+        total = 40
+        sinks = [_CollectingSink(yields) for _, yields in readers]
+        tasks = [asyncio.create_task(feed.read(max(p, start), s)) for p, s in zip(positions, sinks, strict=True)]
+        for event_id in range(start + 1, total + 1):
+            await feed.deliver(SseEvent(event_id, "finished" if event_id == total else "token", str(event_id)))
+            await asyncio.sleep(0)
+        await feed.close()
+        results = await asyncio.gather(*tasks)
+        for position, sink, (reached, complete) in zip(positions, sinks, results, strict=True):
+            ids = [e.id for e in sink.events]
+            first = max(position, start) + 1
+            assert ids == list(range(first, first + len(ids)))  # in order, no gap, no repeat
+            if complete:
+                assert reached == total
+                assert ids[-1:] == [total] or first > total
+            else:
+                assert reached == (ids[-1] if ids else max(position, start))  # continues alone from here
+
+    asyncio.run(scenario())
