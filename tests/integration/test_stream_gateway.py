@@ -1,5 +1,6 @@
-"""The stream gateway over real HTTP: a fake runner on loopback, kmock as the Kubernetes API, and
-httpx-sse as the reader. The runner and the gateway are killed and restarted mid-stream."""
+"""The stream gateway over real HTTP: a fake runner on loopback, the emulated Kubernetes API server
+(with TokenReview and RBAC policies), and httpx-sse as the reader. The runner and the gateway are
+killed and restarted mid-stream."""
 
 import asyncio
 import base64
@@ -9,12 +10,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
-import kmock
 import pytest
 from aiohttp import web
 from httpx_sse import ServerSentEvent, aconnect_sse
@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from agentrun_gateway.server import create_app, create_runner
 from agentrun_gateway.settings import GatewaySettings
+from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.fake_stream_runner import FakeStreamRunner
 
 pytestmark = pytest.mark.integration
@@ -31,71 +32,70 @@ RUN = "r1"
 STREAM_TOKEN = "s3cret-stream-token"
 ALICE_TOKEN = "alice-kubernetes-token"  # may get agentruns in team
 BOB_TOKEN = "bob-kubernetes-token"  # authenticated, no RBAC on agentruns
-AGENTRUNS = "agentrun.dev/v1alpha1/agentruns"
+MERGE_PATCH = "application/merge-patch+json"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _agentrun(phase: str, heartbeat: str = "1s") -> dict[str, Any]:
+def _agentrun(heartbeat: str = "1s") -> dict[str, Any]:
     return {
         "apiVersion": "agentrun.dev/v1alpha1",
         "kind": "AgentRun",
         "metadata": {"name": RUN, "namespace": NAMESPACE},
-        "spec": {"streaming": {"heartbeatInterval": heartbeat}},
-        "status": {"phase": phase},
+        "spec": {
+            "instructions": "You relay.",
+            "input": "Stream something.",
+            "model": {"name": "test-model"},
+            "maxExecutionTime": "1h",
+            "maxIterations": 10,
+            "streaming": {"heartbeatInterval": heartbeat},
+        },
     }
 
 
-def _token_review(request: kmock.Request) -> dict[str, Any]:
+def _stream_token_secret(token: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{RUN}-stream-token", "namespace": NAMESPACE},
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
+
+
+def _authenticate(token: str) -> dict[str, Any] | None:
     """The API server's authenticator: two known users."""
-    users = {ALICE_TOKEN: "alice", BOB_TOKEN: "bob"}
-    user = users.get(request.data["spec"]["token"])
-    status: dict[str, Any] = {"authenticated": user is not None}
-    if user:
-        status["user"] = {"username": user, "groups": ["system:authenticated"]}
-    return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status}
+    user = {ALICE_TOKEN: "alice", BOB_TOKEN: "bob"}.get(token)
+    return {"username": user, "groups": ["system:authenticated"]} if user else None
 
 
-def _access_review(request: kmock.Request) -> dict[str, Any]:
+def _authorize(spec: Mapping[str, Any]) -> tuple[bool, str]:
     """The API server's RBAC authorizer: alice may get agentruns in team, nobody else may."""
-    spec = request.data["spec"]
     attributes = spec["resourceAttributes"]
-    allowed = (
-        spec["user"] == "alice"
-        and attributes == {**attributes, "namespace": NAMESPACE, "verb": "get", "group": "agentrun.dev"}
-        and attributes["resource"] == "agentruns"
-    )
-    return {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "status": {"allowed": allowed}}
-
-
-class ReviewingEmulator(kmock.KubernetesEmulator):
-    """TokenReviews and SubjectAccessReviews are answered and never stored, as by the real API server
-    (kmock's emulator would store the first one and answer 409 Conflict to the next)."""
-
-    async def _handle(self, request: kmock.Request) -> web.StreamResponse:
-        if request.resource is not None and request.resource.plural in {"tokenreviews", "subjectaccessreviews"}:
-            return await kmock.KubernetesScaffold._handle(self, request)
-        return await super()._handle(request)
+    allowed = spec["user"] == "alice" and (
+        attributes["namespace"],
+        attributes["verb"],
+        attributes["group"],
+        attributes["resource"],
+    ) == (NAMESPACE, "get", "agentrun.dev", "agentruns")
+    return allowed, "RBAC: alice reads agentruns in team" if allowed else "RBAC: no rule"
 
 
 @pytest.fixture
-async def kube() -> AsyncIterator[kmock.KubernetesEmulator]:
-    async with ReviewingEmulator() as emulator, kmock.Server(emulator):
-        emulator.resources["v1/secrets"] = {}
-        emulator.resources[AGENTRUNS] = {}
-        emulator.objects["v1/secrets", NAMESPACE, f"{RUN}-stream-token"] = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": f"{RUN}-stream-token", "namespace": NAMESPACE},
-            "data": {"token": base64.b64encode(STREAM_TOKEN.encode()).decode()},
-        }
-        emulator.objects[AGENTRUNS, NAMESPACE, RUN] = _agentrun("Running")
-        emulator["post /apis/authentication.k8s.io/v1/tokenreviews"] << _token_review
-        emulator["post /apis/authorization.k8s.io/v1/subjectaccessreviews"] << _access_review
-        yield emulator
+async def kube(apiserver: EmulatedApiServer) -> EmulatedApiServer:
+    store = apiserver.store
+    store.create(store.resource("namespaces"), None, {"metadata": {"name": NAMESPACE}})
+    store.create(store.resource("secrets"), NAMESPACE, _stream_token_secret(STREAM_TOKEN))
+    store.create(store.resource("agentruns"), NAMESPACE, _agentrun())
+    _set_phase(apiserver, "Running")
+    apiserver.handler.authentication_policy = _authenticate
+    apiserver.handler.authorization_policy = _authorize
+    return apiserver
 
 
-def _set_phase(kube: kmock.KubernetesEmulator, phase: str) -> None:
-    kube.objects[AGENTRUNS, NAMESPACE, RUN] = _agentrun(phase)
+def _set_phase(kube: EmulatedApiServer, phase: str) -> None:
+    store = kube.store
+    store.patch(
+        store.resource("agentruns"), NAMESPACE, RUN, MERGE_PATCH, {"status": {"phase": phase}}, subresource="status"
+    )
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ class Gateway:
         await self.start()
 
 
-def _test_settings(kube: kmock.KubernetesEmulator, runner: FakeStreamRunner, **overrides: Any) -> GatewaySettings:
+def _test_settings(kube: EmulatedApiServer, runner: FakeStreamRunner, **overrides: Any) -> GatewaySettings:
     return GatewaySettings(
         host="127.0.0.1",
         port=0,
@@ -152,7 +152,7 @@ def _test_settings(kube: kmock.KubernetesEmulator, runner: FakeStreamRunner, **o
 
 
 @pytest.fixture
-async def gateway(kube: kmock.KubernetesEmulator, runner: FakeStreamRunner) -> AsyncIterator[Gateway]:
+async def gateway(kube: EmulatedApiServer, runner: FakeStreamRunner) -> AsyncIterator[Gateway]:
     served = Gateway(_test_settings(kube, runner))
     await served.start()
     yield served
@@ -266,7 +266,7 @@ async def test_events_a_restarted_runner_replays_from_its_checkpoint_are_not_rep
 
 
 async def test_relay_recovers_when_the_runs_stream_token_is_replaced(
-    gateway: Gateway, runner: FakeStreamRunner, kube: kmock.KubernetesEmulator
+    gateway: Gateway, runner: FakeStreamRunner, kube: EmulatedApiServer
 ) -> None:
     received: list[ServerSentEvent] = []
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
@@ -276,20 +276,16 @@ async def test_relay_recovers_when_the_runs_stream_token_is_replaced(
         await _wait_for(lambda: len(received) == 5)
         await runner.kill()
         runner.token = "rotated-token"  # a recreated Secret; the gateway still caches the old token
-        kube.objects["v1/secrets", NAMESPACE, f"{RUN}-stream-token"] = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": f"{RUN}-stream-token", "namespace": NAMESPACE},
-            "data": {"token": base64.b64encode(b"rotated-token").decode()},
-        }
+        secrets = kube.store.resource("secrets")
+        kube.store.patch(secrets, NAMESPACE, f"{RUN}-stream-token", MERGE_PATCH, _stream_token_secret("rotated-token"))
         await runner.start()
         await runner.emit("finished", {"phase": "Succeeded"})
         await asyncio.wait_for(reader, 10)
     assert _as_log(received) == _upstream_log(runner)
 
 
-async def test_kubernetes_api_outage_answers_503(gateway: Gateway, kube: kmock.KubernetesEmulator) -> None:
-    kube["get /api/v1/namespaces/team/secrets/r1-stream-token"] << 500
+async def test_kubernetes_api_outage_answers_503(gateway: Gateway, kube: EmulatedApiServer) -> None:
+    kube.faults.inject(500, count=1, match=lambda request: request.kind == "Secret")
     async with httpx.AsyncClient() as client:
         response = await client.get(gateway.url, headers={"Authorization": f"Bearer {STREAM_TOKEN}"})
     assert response.status_code == 503
@@ -297,7 +293,7 @@ async def test_kubernetes_api_outage_answers_503(gateway: Gateway, kube: kmock.K
 
 
 async def test_reader_resuming_from_before_the_shared_feed_memory_is_served_on_its_own(
-    kube: kmock.KubernetesEmulator, runner: FakeStreamRunner
+    kube: EmulatedApiServer, runner: FakeStreamRunner
 ) -> None:
     gateway = Gateway(_test_settings(kube, runner, feed_memory_events=5))
     await gateway.start()
@@ -372,7 +368,7 @@ async def test_readers_without_a_valid_token_or_rbac_are_refused(
 
 
 async def test_kubernetes_user_allowed_by_rbac_reads_the_stream(
-    gateway: Gateway, runner: FakeStreamRunner, kube: kmock.KubernetesEmulator
+    gateway: Gateway, runner: FakeStreamRunner, kube: EmulatedApiServer
 ) -> None:
     await runner.emit("iteration", {"n": 1})
     await runner.emit("finished", {"phase": "Succeeded"})
@@ -387,7 +383,7 @@ async def test_kubernetes_user_allowed_by_rbac_reads_the_stream(
 
 
 async def test_reader_joining_after_the_end_gets_the_full_replay_then_204(
-    gateway: Gateway, runner: FakeStreamRunner, kube: kmock.KubernetesEmulator
+    gateway: Gateway, runner: FakeStreamRunner, kube: EmulatedApiServer
 ) -> None:
     for index in range(15):
         await runner.emit("token", {"n": index})
@@ -404,7 +400,7 @@ async def test_reader_joining_after_the_end_gets_the_full_replay_then_204(
 
 
 async def test_run_that_ends_while_its_runner_is_gone_closes_with_a_final_event(
-    gateway: Gateway, runner: FakeStreamRunner, kube: kmock.KubernetesEmulator
+    gateway: Gateway, runner: FakeStreamRunner, kube: EmulatedApiServer
 ) -> None:
     for index in range(5):
         await runner.emit("token", {"n": index})
@@ -452,7 +448,7 @@ def _free_port() -> int:
 
 
 async def test_python_m_agentrun_gateway_serves_and_stops_on_sigterm(
-    kube: kmock.KubernetesEmulator, runner: FakeStreamRunner
+    kube: EmulatedApiServer, runner: FakeStreamRunner
 ) -> None:
     await runner.emit("finished", {"phase": "Succeeded"})
     port = _free_port()
