@@ -1,6 +1,6 @@
 """Relay lag and memory of the stream gateway with many readers on one run.
 
-Starts an emulated Kubernetes API (kmock) and a fake runner in this process, the gateway as its
+Starts the emulated Kubernetes API server and a fake runner in this process, the gateway as its
 own process (`python -m agentrun_gateway`, so its memory is measured alone), and READERS SSE readers.
 The runner emits EVENTS events at RATE per second, each stamped with its emit time; every reader
 records when each event arrived. Prints p50/p99/max relay lag over all readers and the gateway's
@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import kmock
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), *(str(ROOT / part) for part in ("api", "operator", "gateway"))]
 
+from tests.harness.apiserver import EmulatedApiServer  # noqa: E402
 from tests.harness.fake_stream_runner import FakeStreamRunner  # noqa: E402
 
 TOKEN = "bench-stream-token"
@@ -73,18 +73,26 @@ async def _reader(session: aiohttp.ClientSession, url: str, lags: list[float], c
 
 
 async def main(readers: int, events: int, rate: float) -> dict[str, Any]:
-    async with kmock.KubernetesEmulator() as kube, kmock.Server(kube):
-        kube.resources["v1/secrets"] = {}
-        kube.resources["agentrun.dev/v1alpha1/agentruns"] = {}
-        kube.objects["v1/secrets", NAMESPACE, f"{RUN}-stream-token"] = {
-            "metadata": {"name": f"{RUN}-stream-token", "namespace": NAMESPACE},
-            "data": {"token": base64.b64encode(TOKEN.encode()).decode()},
+    async with EmulatedApiServer([ROOT / "crds" / "agentruns.agentrun.dev.yaml"]) as kube:
+        store = kube.store
+        store.create(store.resource("namespaces"), None, {"metadata": {"name": NAMESPACE}})
+        store.create(
+            store.resource("secrets"),
+            NAMESPACE,
+            {"metadata": {"name": f"{RUN}-stream-token"}, "data": {"token": base64.b64encode(TOKEN.encode()).decode()}},
+        )
+        spec = {
+            "instructions": "Benchmark.",
+            "input": "Stream.",
+            "model": {"name": "bench"},
+            "maxExecutionTime": "1h",
+            "maxIterations": 10,
         }
-        kube.objects["agentrun.dev/v1alpha1/agentruns", NAMESPACE, RUN] = {
-            "metadata": {"name": RUN, "namespace": NAMESPACE},
-            "spec": {"streaming": {"heartbeatInterval": "15s"}},
-            "status": {"phase": "Running"},
-        }
+        store.create(store.resource("agentruns"), NAMESPACE, {"metadata": {"name": RUN}, "spec": spec})
+        patch = {"status": {"phase": "Running"}}
+        store.patch(
+            store.resource("agentruns"), NAMESPACE, RUN, "application/merge-patch+json", patch, subresource="status"
+        )
         runner = FakeStreamRunner(TOKEN, heartbeat_seconds=15)
         await runner.start()
         port = _free_port()
