@@ -39,6 +39,7 @@ from agentrun_runner.settings import RunnerSettings
 from agentrun_runner.state import RunState
 from agentrun_runner.stream import StreamServer
 from agentrun_runner.throttle import InProcessLimiter, Limiter
+from agentrun_runner.throttle_remote import RemoteLimiter
 from agentrun_runner.tools import Toolbox, Workspace
 
 log = logging.getLogger("agentrun_runner")
@@ -65,14 +66,14 @@ def load_config(path: Path) -> RunnerConfig:
         raise ConfigProblemError(f"runner config {path} is invalid: {problems}") from None
 
 
-def build_limiter(config: RunnerConfig) -> Limiter | None:
-    """The throttle in front of model calls: None when the run has no throttle."""
+def build_limiter(config: RunnerConfig, stream_token: str) -> Limiter | None:
+    """The throttle in front of model calls: None when the run has no throttle; the cluster-wide
+    pool's client when the operator named a permit server; else the run's own in-process limiter."""
     throttle = config.spec.throttle
     if not throttle.enabled:
         return None
     if config.permit_server_url:
-        # The seam for cluster-wide pools: a pool client implementing Limiter goes here.
-        log.warning("no pool client in this runner; throttling in-process with the run's own limits")
+        return RemoteLimiter.for_run(config, stream_token)
     return InProcessLimiter(
         max_concurrent=throttle.max_concurrent_requests, requests_per_minute=throttle.requests_per_minute
     )
@@ -114,10 +115,11 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
     resumed_from = state.counters.step if state.records else None
 
     reporter = ProgressReporter(sink, config.progress_interval_seconds)
+    limiter = build_limiter(config, stream_token)
     model = ModelClient(
         spec.model,
         api_key=os.environ.get(API_KEY_ENV),
-        limiter=build_limiter(config),
+        limiter=limiter,
         max_queue_wait_seconds=float(spec.throttle.max_seconds_to_wait_in_queue),
         settings=settings,
     )
@@ -192,6 +194,8 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
             await server.stop()
         await toolbox.close()
         await model.close()
+        if isinstance(limiter, RemoteLimiter):
+            await limiter.aclose()
         await store.close()
         if configmaps is not None:
             await configmaps.close()

@@ -174,15 +174,16 @@ class ModelClient:
         permit = None
         if self._limiter is not None:
             budget = remaining()
+            loop = asyncio.get_running_loop()
+            asked_at = loop.time()
             try:
                 permit, waited = await self._limiter.acquire(max_wait_seconds=min(self._max_queue_wait, budget))
             except QueueTimeoutError as error:
-                on_queue_wait(error.waited_seconds)
+                on_queue_wait(loop.time() - asked_at)
                 if budget < self._max_queue_wait:
-                    raise BudgetExhaustedError(f"waiting for a throttle permit (queue depth {error.depth})") from None
+                    raise BudgetExhaustedError(f"waiting for a throttle permit ({error})") from None
                 raise ThrottleTimeoutError(
-                    f"waited {error.waited_seconds:.1f}s for a throttle permit (throttle.maxSecondsToWaitInQueue="
-                    f"{self._max_queue_wait:g}); queue depth {error.depth}"
+                    f"{error} (throttle.maxSecondsToWaitInQueue={self._max_queue_wait:g})"
                 ) from None
             on_queue_wait(waited)
         try:

@@ -31,12 +31,12 @@ def _now() -> float:
 
 
 class QueueTimeoutError(Exception):
-    """No permit within the allowed wait."""
+    """No permit within the allowed wait; the message says why, ``depth`` how many calls were queued
+    (None when the limiter cannot tell, as a pool client cut off from its server)."""
 
-    def __init__(self, *, depth: int, waited_seconds: float) -> None:
-        super().__init__(f"no throttle permit after {waited_seconds:.1f}s; {depth} request(s) were queued")
+    def __init__(self, message: str = "", *, depth: int | None = None) -> None:
+        super().__init__(message or f"no throttle permit within the queue budget; queue depth {depth}")
         self.depth = depth
-        self.waited_seconds = waited_seconds
 
 
 class _InProcessPermit:
@@ -83,7 +83,10 @@ class InProcessLimiter:
                 async with self._turn:
                     await self._wait_for_capacity()
         except TimeoutError:
-            raise QueueTimeoutError(depth=self._depth, waited_seconds=_now() - started) from None
+            waited = _now() - started
+            raise QueueTimeoutError(
+                f"no throttle permit after {waited:.1f}s; queue depth {self._depth}", depth=self._depth
+            ) from None
         finally:
             self._depth -= 1
         return _InProcessPermit(self), _now() - started

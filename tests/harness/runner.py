@@ -176,7 +176,9 @@ class InProcessRun:
     state: RunState
 
 
-async def run_in_process(config: RunnerConfig, tmp_path: Path, **settings: Any) -> InProcessRun:
+async def run_in_process(
+    config: RunnerConfig, tmp_path: Path, *, stream_token: str = STREAM_TOKEN, **settings: Any
+) -> InProcessRun:
     """Run the runner's main coroutine in this event loop (PVC store, file progress sink).
 
     The subprocess form is the container's real entrypoint; this form keeps limit tests fast."""
@@ -189,7 +191,7 @@ async def run_in_process(config: RunnerConfig, tmp_path: Path, **settings: Any) 
     values.update(settings)
     saved = {name: os.environ.get(name) for name in ("OPENAI_API_KEY", "AGENTRUN_STREAM_TOKEN")}
     os.environ["OPENAI_API_KEY"] = API_KEY
-    os.environ["AGENTRUN_STREAM_TOKEN"] = STREAM_TOKEN
+    os.environ["AGENTRUN_STREAM_TOKEN"] = stream_token
     try:
         code = await runner_main.run(config, RunnerSettings(**values))
     finally:

@@ -80,7 +80,7 @@ async def test_queue_timeout_reports_the_queue_depth() -> None:
     errors = [r for r in results if isinstance(r, QueueTimeoutError)]
     assert len(errors) == 3
     assert [e.depth for e in errors] == [3, 2, 1]
-    assert "3 request(s) were queued" in str(errors[0])
+    assert "queue depth 3" in str(errors[0])
     assert limiter.queue_depth == 0
 
 
