@@ -157,6 +157,8 @@ def _mirror_progress(status: AgentRunStatus, observed: Observed, ctx: RunContext
             status.message = report.message
         if report.started_at is not None and (status.start_time is None or report.started_at < status.start_time):
             status.start_time = report.started_at
+    elif observed.progress is not None and observed.progress.error:
+        status.message = observed.progress.error
     status.progress = f"{status.iteration}/{ctx.spec.max_iterations}"
     return report
 
