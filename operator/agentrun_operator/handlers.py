@@ -49,6 +49,16 @@ async def start(
     settings.posting.level = logging.INFO
     settings.peering.standalone = True
     settings.watching.server_timeout = 300
+    # Filter on the server: the operator watches only its own runners' pods, Jobs and progress
+    # ConfigMaps, not every pod and ConfigMap of the cluster.
+    selectors = settings.watching.label_selectors
+    selectors["batch/v1", "jobs"] = (
+        f"{constants.LABEL_MANAGED_BY}={constants.MANAGED_BY},{constants.LABEL_ROLE}={ROLE_RUNNER}"
+    )
+    selectors["v1", "pods"] = f"{constants.LABEL_RUN},{constants.LABEL_ROLE}={ROLE_RUNNER}"
+    selectors["v1", "configmaps"] = (
+        f"{constants.LABEL_MANAGED_BY}={constants.MANAGED_BY},{constants.LABEL_ROLE}={ROLE_PROGRESS}"
+    )
     info = kopf.login_with_kubeconfig(settings=settings) or kopf.login_with_service_account(settings=settings)
     if info is None:
         raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod with a service account")
@@ -143,8 +153,8 @@ async def supervise_run(
         body,
         _context(memo),
         logger,
-        jobs=lookup(runner_jobs),
-        pods=lookup(runner_pods),
-        progress=lookup(progress_reports),
+        jobs=lookup(indexes["runner_jobs"]),
+        pods=lookup(indexes["runner_pods"]),
+        progress=lookup(indexes["progress_reports"]),
     )
     await supervisor.run(stopped)

@@ -1,0 +1,53 @@
+"""The real operator against the emulated API server: a run from creation to its end."""
+
+import pytest
+
+from agentrun_api import conditions as c
+from agentrun_api import constants
+from tests.harness.apiserver import EmulatedApiServer
+from tests.integration.operator_harness import Cluster, eventually, run_manifest, running_operator
+
+pytestmark = pytest.mark.integration
+
+
+async def test_new_run_gets_every_child_and_goes_pending_running_succeeded(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    cluster.add_api_key_secret()
+    async with running_operator(apiserver):
+        cluster.create(run_manifest())
+        await eventually(lambda: cluster.status().get("phase") == "Pending", message="phase Pending")
+        job = await eventually(lambda: cluster.get("Job", "q3-runner"), message="the Job")
+        for kind, name in [
+            ("ServiceAccount", "q3-runner"),
+            ("Role", "q3-runner"),
+            ("RoleBinding", "q3-runner"),
+            ("ConfigMap", "q3-runner-config"),
+            ("ConfigMap", "q3-progress"),
+            ("Secret", "q3-stream-token"),
+            ("Service", "q3-stream"),
+        ]:
+            child = cluster.get(kind, name)
+            assert child is not None, f"{kind}/{name} missing"
+            assert child["metadata"]["ownerReferences"][0]["uid"] == cluster.run()["metadata"]["uid"]
+        assert job["spec"]["activeDeadlineSeconds"] == 1800 + 60
+
+        pod = cluster.start_pod()
+        await eventually(lambda: cluster.status().get("phase") == "Running", message="phase Running")
+        cluster.report(iteration=3, usage={"promptTokens": 10, "completionTokens": 5, "totalTokens": 15})
+        await eventually(lambda: cluster.status().get("progress") == "3/50", message="progress 3/50")
+        cluster.report(
+            iteration=4,
+            pod=pod,
+            outcome="Succeeded",
+            result={"summary": "Vendor B wins", "ref": "configmap/q3-ckpt-0#result", "bytes": 13},
+        )
+        await eventually(lambda: cluster.status().get("phase") == "Succeeded", message="phase Succeeded")
+        status = cluster.status()
+        assert status["result"]["summary"] == "Vendor B wins"
+        complete = cluster.condition(c.COMPLETE)
+        assert complete is not None
+        assert complete["status"] == "True"
+        assert status["observedGeneration"] == 1
+        assert "kopf" not in status
+        annotations = cluster.run()["metadata"].get("annotations", {})
+        assert any(key.startswith(constants.GROUP) for key in annotations)
