@@ -20,7 +20,7 @@ from agentrun_operator.children import ROLE_PROGRESS, ROLE_RUNNER
 from agentrun_operator.kube import KubeClient
 from agentrun_operator.metrics import Metrics, start_metrics_server
 from agentrun_operator.observations import JobObservation, PodObservation, ProgressObservation
-from agentrun_operator.reconcile import OperatorContext, Supervisor, admit
+from agentrun_operator.reconcile import OperatorContext, Supervisor, admit, utcnow
 from agentrun_operator.settings import OperatorSettings
 
 AGENTRUNS = (constants.GROUP, constants.VERSION, constants.PLURAL)
@@ -64,7 +64,11 @@ async def start(
         raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod with a service account")
     metrics = Metrics.create()
     memo.agentrun = OperatorContext(
-        settings=config, kube=KubeClient(info), metrics=metrics, http=aiohttp.ClientSession()
+        settings=config,
+        kube=KubeClient(info),
+        metrics=metrics,
+        http=aiohttp.ClientSession(),
+        clock=getattr(memo, "clock", None) or utcnow,
     )
     memo.connection = info
     if config.metrics_port:

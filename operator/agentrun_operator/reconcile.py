@@ -59,6 +59,8 @@ class OperatorContext:
     kube: KubeClient
     metrics: Metrics
     http: aiohttp.ClientSession  # for webhooks
+    # The time every decision is made at; tests pass a clock they can move forward.
+    clock: Callable[[], datetime] = utcnow
     wakes: dict[RunKey, asyncio.Event] = dataclasses.field(default_factory=dict)
     phases: dict[RunKey, Phase] = dataclasses.field(default_factory=dict)
 
@@ -146,7 +148,7 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
     if current.phase is not None and current.phase.terminal:
         return  # an ended run keeps what it has; its TTL may have removed the Job on purpose
     generation = int(body.get("metadata", {}).get("generation") or 0)
-    now = utcnow()
+    now = op.clock()
     status = current.model_copy(deep=True)
     status.observed_generation = generation
     try:
@@ -294,7 +296,7 @@ class Supervisor:
             spec = parse_spec(self.body)
         except InvalidSpecError:
             return None  # admission recorded it as Failed
-        settings, now = self.op.settings, utcnow()
+        settings, now = self.op.settings, self.op.clock()
         ctx = RunContext(
             owner=self.owner,
             generation=int(self.body.get("metadata", {}).get("generation") or 0),
@@ -392,7 +394,7 @@ class Supervisor:
         )
         if note.delivered or note.attempts >= hook.max_attempts:
             return None
-        now = utcnow()
+        now = self.op.clock()
         if note.last_attempt_time is not None:
             due = note.last_attempt_time + timedelta(
                 seconds=webhook.backoff_seconds(

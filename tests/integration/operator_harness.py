@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import kopf
@@ -79,10 +79,29 @@ class OperatorProcess:
             await self.task
 
 
-async def start_operator(apiserver: EmulatedApiServer, settings: OperatorSettings = FAST) -> OperatorProcess:
+class ShiftableClock:
+    """The operator's clock, which a test moves forward instead of waiting out a deadline."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.offset)
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "ShiftableClock":
+        # kopf copies its memo; the copies must share the one clock the test moves.
+        return self
+
+
+async def start_operator(
+    apiserver: EmulatedApiServer, settings: OperatorSettings = FAST, clock: ShiftableClock | None = None
+) -> OperatorProcess:
     os.environ["KUBECONFIG"] = str(apiserver.kubeconfig_path)
     stop_flag, ready_flag = asyncio.Event(), asyncio.Event()
-    memo = kopf.Memo(operator_settings=settings)
+    memo = kopf.Memo(operator_settings=settings, clock=clock)
     task = asyncio.create_task(
         kopf.operator(
             registry=kopf.get_default_registry(),
@@ -99,9 +118,9 @@ async def start_operator(apiserver: EmulatedApiServer, settings: OperatorSetting
 
 @contextlib.asynccontextmanager
 async def running_operator(
-    apiserver: EmulatedApiServer, settings: OperatorSettings = FAST
+    apiserver: EmulatedApiServer, settings: OperatorSettings = FAST, clock: ShiftableClock | None = None
 ) -> AsyncIterator[OperatorProcess]:
-    process = await start_operator(apiserver, settings)
+    process = await start_operator(apiserver, settings, clock)
     try:
         yield process
     finally:
@@ -140,6 +159,18 @@ class Cluster:
 
     def condition(self, kind: str, name: str = "q3") -> dict[str, Any] | None:
         return next((c for c in self.status(name).get("conditions", []) if c["type"] == kind), None)
+
+    def events(self, run: str = "q3") -> list[dict[str, Any]]:
+        """Events about the run, oldest first, as `kubectl describe` lists them."""
+        return [
+            e
+            for e in self.store.all_of("Event", NAMESPACE)
+            if e.get("involvedObject", {}).get("name") == run
+            and e.get("involvedObject", {}).get("kind") == constants.KIND
+        ]
+
+    def event_reasons(self, run: str = "q3") -> list[str]:
+        return [e.get("reason", "") for e in self.events(run)]
 
     def add_api_key_secret(self) -> None:
         self.create(
