@@ -17,7 +17,7 @@ import kopf
 
 from agentrun_api import constants
 from agentrun_operator.children import ROLE_PROGRESS, ROLE_RUNNER
-from agentrun_operator.kube import KubeClient
+from agentrun_operator.kube import ApiError, KubeClient
 from agentrun_operator.metrics import Metrics, start_metrics_server
 from agentrun_operator.observations import JobObservation, PodObservation, ProgressObservation
 from agentrun_operator.reconcile import OperatorContext, Supervisor, admit, utcnow
@@ -131,16 +131,21 @@ def run_changed(type: str, namespace: str | None, name: str, memo: Any, **_: Any
 @kopf.on.resume(*AGENTRUNS)
 @kopf.on.create(*AGENTRUNS)
 async def admit_run(body: kopf.Body, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
+    op = _context(memo)
     try:
-        await admit(body, _context(memo), logger)
+        await admit(body, op, logger)
     except (kopf.PermanentError, kopf.TemporaryError):
         raise
-    except Exception:
-        _context(memo).metrics.reconcile_errors_total.labels(handler="admit").inc()
-        raise
+    except ApiError as error:
+        # Overload (429) and server errors pass: retry soon, as the API server asked if it did.
+        op.metrics.reconcile_errors_total.labels(handler="admit").inc()
+        raise kopf.TemporaryError(str(error), delay=error.retry_after or op.settings.retry_delay_seconds) from error
+    except (aiohttp.ClientError, TimeoutError) as error:
+        op.metrics.reconcile_errors_total.labels(handler="admit").inc()
+        raise kopf.TemporaryError(f"API server unreachable: {error}", delay=op.settings.retry_delay_seconds) from error
 
 
-@kopf.daemon(*AGENTRUNS, cancellation_timeout=10)
+@kopf.daemon(*AGENTRUNS, cancellation_timeout=10, backoff=5)
 async def supervise_run(
     body: kopf.Body,
     memo: Any,

@@ -46,11 +46,12 @@ KINDS: Final[Mapping[str, Kind]] = {
 class ApiError(Exception):
     """The API server answered with an error status."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after  # seconds, from a 429's Retry-After header
 
     @property
     def not_found(self) -> bool:
@@ -95,11 +96,15 @@ class KubeClient:
         ) as response:
             text = await response.text()
             if response.status >= 400:
+                retry_after = response.headers.get("Retry-After", "")
+                wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
                 try:
                     detail = json.loads(text)
-                    raise ApiError(response.status, str(detail.get("reason", "")), str(detail.get("message", text)))
                 except ValueError:
-                    raise ApiError(response.status, response.reason or "", text[:500]) from None
+                    raise ApiError(response.status, response.reason or "", text[:500], retry_after=wait) from None
+                raise ApiError(
+                    response.status, str(detail.get("reason", "")), str(detail.get("message", text)), retry_after=wait
+                )
             parsed: dict[str, Any] = json.loads(text) if text else {}
             return parsed
 

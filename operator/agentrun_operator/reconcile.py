@@ -277,7 +277,8 @@ class Supervisor:
                 except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                     self.op.metrics.reconcile_errors_total.labels(handler="supervise").inc()
                     self.logger.warning("supervising the run failed, retrying: %s", error)
-                    sleep = min(self.op.settings.supervise_interval_seconds, 2.0)
+                    retry_after = error.retry_after if isinstance(error, ApiError) else None
+                    sleep = retry_after or min(self.op.settings.supervise_interval_seconds, 2.0)
                 if sleep is None:
                     return
                 await self._sleep(wake, sleep)

@@ -1,5 +1,7 @@
 """The real operator against the emulated API server: a run from creation to its end."""
 
+import json
+
 import pytest
 
 from agentrun_api import conditions as c
@@ -33,7 +35,11 @@ async def test_new_run_gets_every_child_and_goes_pending_running_succeeded(apise
 
         pod = cluster.start_pod()
         await eventually(lambda: cluster.status().get("phase") == "Running", message="phase Running")
-        cluster.report(iteration=3, usage={"promptTokens": 10, "completionTokens": 5, "totalTokens": 15})
+        cluster.report(
+            iteration=3,
+            usage={"promptTokens": 10, "completionTokens": 5, "totalTokens": 15},
+            lastCheckpoint={"iteration": 3, "time": "2026-01-01T00:00:00Z", "bytes": 512},
+        )
         await eventually(lambda: cluster.status().get("progress") == "3/50", message="progress 3/50")
         cluster.report(
             iteration=4,
@@ -51,3 +57,25 @@ async def test_new_run_gets_every_child_and_goes_pending_running_succeeded(apise
         assert "kopf" not in status
         annotations = cluster.run()["metadata"].get("annotations", {})
         assert any(key.startswith(constants.GROUP) for key in annotations)
+        await eventually(
+            lambda: (
+                {c.REASON_CREATED, c.REASON_STARTED, "Checkpointed", c.REASON_SUCCEEDED} <= set(cluster.event_reasons())
+            ),
+            message="the lifecycle Events",
+        )
+
+
+async def test_api_key_never_leaves_its_secret(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    cluster.add_api_key_secret()
+    async with running_operator(apiserver):
+        cluster.create(run_manifest())
+        await eventually(lambda: cluster.get("Job", "q3-runner"))
+        pod = cluster.start_pod()
+        cluster.report(iteration=1, pod=pod, outcome="Succeeded")
+        await eventually(lambda: cluster.status().get("phase") == "Succeeded")
+        await eventually(lambda: len(cluster.events()) >= 3)
+    key = "sk-test-not-real"
+    for kind in ("ConfigMap", "Event", "AgentRun", "Job", "Service", "Role"):
+        for obj in cluster.store.all_of(kind, "default"):
+            assert key not in json.dumps(obj), f"the API key leaked into {kind}/{obj['metadata']['name']}"

@@ -112,7 +112,7 @@ async def test_silent_runner_is_restarted_then_the_run_fails_progress_deadline_e
         await eventually(lambda: cluster.status().get("iteration") == 2)
         clock.advance(61)
         await eventually(lambda: cluster.get("Pod", pod) is None, message="the silent pod deleted")
-        assert c.REASON_NO_PROGRESS in cluster.event_reasons()
+        await eventually(lambda: c.REASON_NO_PROGRESS in cluster.event_reasons())
         # The Job controller counts the replaced pod and starts another, which stays silent too.
         cluster.patch("Job", "q3-runner", {"status": {"failed": 1, "active": 0}}, status=True)
         second = cluster.start_pod(suffix="b")
@@ -175,7 +175,7 @@ async def test_suspend_pauses_resume_continues_and_cancel_ends_cancelled(apiserv
         await eventually(lambda: cluster.status().get("phase") == "Pending")
         cluster.start_pod(suffix="b")
         await eventually(lambda: cluster.status().get("phase") == "Running")
-        assert {c.REASON_SUSPENDED, c.REASON_RESUMED} <= set(cluster.event_reasons())
+        await eventually(lambda: {c.REASON_SUSPENDED, c.REASON_RESUMED} <= set(cluster.event_reasons()))
 
         cluster.patch("AgentRun", "q3", {"spec": {"cancel": True}})
         await eventually(lambda: phase_and_reason(cluster) == ("Cancelled", c.REASON_CANCELLED))
