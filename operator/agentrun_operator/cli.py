@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import yaml
 
 from agentrun_api import constants
+from agentrun_api.admission import AdmissionError, load_agentrun_admission
 from agentrun_operator.children import RunOwner, build_children
 from agentrun_operator.parsing import InvalidSpecError, parse_spec
 from agentrun_operator.settings import OperatorSettings, SettingsError
@@ -50,7 +51,12 @@ def render_run(run: dict[str, Any], settings: OperatorSettings, *, namespace: st
     if not meta.get("name"):
         raise RenderError("metadata.name: required")
     try:
-        spec = parse_spec(run)
+        # What the API server would do first (schema, defaults, CEL rules), with its wording; then
+        # the operator's own parsing of what was admitted.
+        admitted = load_agentrun_admission().admit(run)
+        spec = parse_spec(admitted)
+    except AdmissionError as error:
+        raise RenderError(str(error)) from None
     except InvalidSpecError as error:
         raise RenderError(f"AgentRun {meta['name']}: {error}") from None
     owner = RunOwner(
