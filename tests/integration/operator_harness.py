@@ -255,3 +255,34 @@ async def eventually(check: Callable[[], T], *, timeout: float = 10.0, message: 
             return last
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {message or check}; last value: {last!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPace:
+    """How a simulated runner reports: iterations, seconds between reports."""
+
+    iterations: int = 50
+    report_every_seconds: float = 0.05
+
+
+async def simulate_run_life(apiserver: EmulatedApiServer, cluster: Cluster, pace: RunPace) -> None:
+    """One run's whole life as the operator sees it: created, pod started, `pace.iterations` progress
+    reports (each with a checkpoint), the outcome, then deletion of the run."""
+    cluster.create(run_manifest(maxIterations=pace.iterations))
+    await eventually(lambda: cluster.get("Job", "q3-runner"), message="the Job")
+    pod = cluster.start_pod()
+    await eventually(lambda: cluster.status().get("phase") == "Running", message="Running")
+    for iteration in range(1, pace.iterations + 1):
+        cluster.report(
+            iteration=iteration,
+            pod=pod,
+            usage={"promptTokens": 100 * iteration, "completionTokens": 20 * iteration, "totalTokens": 120 * iteration},
+            lastCheckpoint={"iteration": iteration, "time": now_iso(), "bytes": 1024},
+        )
+        await asyncio.sleep(pace.report_every_seconds)
+    cluster.report(iteration=pace.iterations, pod=pod, outcome="Succeeded")
+    await eventually(lambda: cluster.status().get("phase") == "Succeeded", message="Succeeded")
+    await eventually(lambda: cluster.status().get("iteration") == pace.iterations, message="the last iteration")
+    await asyncio.sleep(0.5)  # let the last Events go out
+    cluster.delete(constants.KIND, "q3")
+    await eventually(lambda: cluster.get(constants.KIND, "q3") is None, message="the run deleted")
