@@ -308,9 +308,13 @@ def decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Deci
         )
 
     running_pod = next((pod for pod in pods if pod.running), None)
+    # The runner's own message (or why its report is unreadable) beats a generic one.
+    reported = bool(report and report.message) or bool(observed.progress and observed.progress.error)
     if running_pod is not None:
         status.phase = next_phase(current.phase, Phase.RUNNING)
         status.reason = c.REASON_STARTED
+        if not reported:
+            status.message = f"runner pod {running_pod.name} is running"
         set_condition(
             status,
             c.RUNNING,
@@ -323,6 +327,10 @@ def decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Deci
     else:
         status.phase = next_phase(current.phase, Phase.PENDING)
         status.reason = c.REASON_RESUMED if current.phase == Phase.SUSPENDED else c.REASON_PENDING
+        if not reported:
+            status.message = "waiting for a runner pod" + (
+                "; it resumes from the checkpoint" if status.iteration or status.restarts else ""
+            )
         set_condition(
             status, c.RUNNING, False, c.REASON_PENDING, "waiting for a runner pod", now=now, generation=ctx.generation
         )
