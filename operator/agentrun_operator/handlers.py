@@ -145,7 +145,7 @@ async def admit_run(body: kopf.Body, memo: Any, logger: logging.Logger | logging
         raise kopf.TemporaryError(f"API server unreachable: {error}", delay=op.settings.retry_delay_seconds) from error
 
 
-@kopf.daemon(*AGENTRUNS, cancellation_timeout=10, backoff=5)
+@kopf.daemon(*AGENTRUNS, cancellation_backoff=5, cancellation_timeout=10, backoff=5)
 async def supervise_run(
     body: kopf.Body,
     memo: Any,

@@ -5,7 +5,6 @@ them out against the API server, writes the status at a bounded rate and posts t
 """
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import secrets
@@ -267,7 +266,7 @@ class Supervisor:
         wake = self.op.wakes.setdefault(self.key, asyncio.Event())
         try:
             while not stopped and not self.accepted():
-                await self._sleep(wake, self.op.settings.supervise_interval_seconds)
+                await self._sleep(wake, stopped, self.op.settings.supervise_interval_seconds)
             self.status = read_status(self.body)
             accepted = condition_of(self.status, c.ACCEPTED)
             self.clock_reset_at = accepted.last_transition_time if accepted is not None else None
@@ -281,14 +280,24 @@ class Supervisor:
                     sleep = retry_after or min(self.op.settings.supervise_interval_seconds, 2.0)
                 if sleep is None:
                     return
-                await self._sleep(wake, sleep)
+                await self._sleep(wake, stopped, sleep)
         finally:
             self.op.wakes.pop(self.key, None)
 
     @staticmethod
-    async def _sleep(wake: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=max(seconds, 0.01))
+    async def _sleep(wake: asyncio.Event, stopped: Any, seconds: float) -> None:
+        """Until a child changes, kopf stops the daemon, or the time is up, whichever comes first."""
+
+        async def stopping() -> None:
+            await stopped.wait()
+
+        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopping())]
+        try:
+            await asyncio.wait(waiters, timeout=max(seconds, 0.01), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
         wake.clear()
 
     async def step(self) -> float | None:

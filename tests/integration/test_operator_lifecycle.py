@@ -32,6 +32,21 @@ async def test_new_run_gets_every_child_and_goes_pending_running_succeeded(apise
             assert child is not None, f"{kind}/{name} missing"
             assert child["metadata"]["ownerReferences"][0]["uid"] == cluster.run()["metadata"]["uid"]
         assert job["spec"]["activeDeadlineSeconds"] == 1800 + 60
+        assert job["spec"]["backoffLimit"] == 3
+        assert [r["action"] for r in job["spec"]["podFailurePolicy"]["rules"]] == ["FailJob", "Ignore"]
+        pod_spec = job["spec"]["template"]["spec"]
+        assert pod_spec["restartPolicy"] == "Never"
+        assert pod_spec["serviceAccountName"] == "q3-runner"
+        container = pod_spec["containers"][0]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        env = {e["name"]: e for e in container["env"]}
+        assert env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "openai", "key": "api-key"}
+        role = cluster.get("Role", "q3-runner")
+        assert role is not None
+        assert {r for rule in role["rules"] for r in rule["resources"]} == {"configmaps"}
+        config = cluster.get("ConfigMap", "q3-runner-config")
+        assert config is not None
+        assert '"uid":"' + cluster.run()["metadata"]["uid"] + '"' in config["data"]["run.json"]
 
         pod = cluster.start_pod()
         await eventually(lambda: cluster.status().get("phase") == "Running", message="phase Running")
