@@ -19,6 +19,8 @@ from agentrun_operator.children import RunOwner, job_name, stream_service_name
 from agentrun_operator.observations import JobObservation, Observed
 from agentrun_operator.settings import OperatorSettings
 
+# Checkpointed Events per run, besides the first checkpoint (the status always shows the latest).
+CHECKPOINT_EVENTS_PER_RUN = 10
 # Share of spec.tokenBudget past which the user is warned once.
 TOKEN_BUDGET_WARNING_SHARE = 0.8
 
@@ -409,6 +411,15 @@ def write_urgency(old: AgentRunStatus, new: AgentRunStatus) -> Urgency:
     return Urgency.PROGRESS
 
 
+def _checkpoint_milestone(old: int, new: int, spec: AgentRunSpec) -> bool:
+    """The first checkpoint, then one per tenth of maxIterations: a run of any length tells
+    `kubectl describe` about a dozen checkpoints, not one Event per iteration."""
+    if new <= old:
+        return False
+    step = max(1, spec.max_iterations // CHECKPOINT_EVENTS_PER_RUN)
+    return old < 0 or new // step > old // step or new >= spec.max_iterations
+
+
 def transition_events(old: AgentRunStatus, new: AgentRunStatus, spec: AgentRunSpec) -> list[EventNote]:
     """The Events a written status change is worth, each said once."""
     events: list[EventNote] = []
@@ -427,7 +438,7 @@ def transition_events(old: AgentRunStatus, new: AgentRunStatus, spec: AgentRunSp
             kind = "Normal" if new.phase == Phase.SUCCEEDED else "Warning"
             events.append(EventNote(kind, new.reason, f"run ended {new.phase.value}: {new.message}"))
     old_ckpt = old.last_checkpoint.iteration if old.last_checkpoint else -1
-    if new.last_checkpoint is not None and new.last_checkpoint.iteration > old_ckpt:
+    if new.last_checkpoint is not None and _checkpoint_milestone(old_ckpt, new.last_checkpoint.iteration, spec):
         events.append(
             EventNote(
                 "Normal",

@@ -8,7 +8,7 @@ import pytest
 from agentrun_api import conditions as c
 from agentrun_api import contract
 from agentrun_api.spec import AgentRunSpec
-from agentrun_api.status import AgentRunStatus, Condition, Phase
+from agentrun_api.status import AgentRunStatus, CheckpointInfo, Condition, Phase
 from agentrun_operator.children import RunOwner
 from agentrun_operator.observations import JobObservation, Observed, PodObservation, ProgressObservation
 from agentrun_operator.settings import OperatorSettings
@@ -323,3 +323,20 @@ def test_unreadable_progress_report_names_the_problem_without_echoing_it() -> No
         accepted_status(Phase.RUNNING), observed(job_object(active=1), [pod_object()], broken), ctx(5)
     ).status
     assert status.message == broken.error
+
+
+def test_checkpoint_events_are_the_first_and_then_one_per_tenth_of_the_run() -> None:
+    spec = spec_of(maxIterations=100)
+    base = accepted_status(Phase.RUNNING)
+
+    def at_checkpoint(iteration: int) -> AgentRunStatus:
+        return base.model_copy(
+            update={"last_checkpoint": CheckpointInfo(iteration=iteration, time=T0, bytes=1)} if iteration >= 0 else {}
+        )
+
+    announced = [
+        n
+        for n in range(0, 101)
+        if [e.reason for e in transition_events(at_checkpoint(n - 1), at_checkpoint(n), spec)] == ["Checkpointed"]
+    ]
+    assert announced == [0, *range(10, 101, 10)]
