@@ -1,0 +1,102 @@
+"""The executor as kubelet: a Job's pod gets its command, env and volumes as a real container would."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.executor_env import executor_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def env(tmp_path: Path):
+    async with executor_env(tmp_path) as running:
+        yield running
+
+
+async def test_successful_pod_completes_the_job_with_kubernetes_status(env):
+    await env.job("ok", "print('hello from the pod')")
+
+    complete = await env.job_condition("ok", "Complete")
+    job = await env.get_job("ok")
+    assert complete["reason"] == "CompletionsReached"
+    assert [c["type"] for c in job["status"]["conditions"]] == ["SuccessCriteriaMet", "Complete"]
+    assert job["status"]["succeeded"] == 1
+    assert job["status"]["failed"] == 0
+    assert job["status"]["active"] == 0
+    assert job["status"]["startTime"] <= job["status"]["completionTime"]
+    [pod] = await env.pods("ok")
+    assert pod["status"]["phase"] == "Succeeded"
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 0
+    assert terminated["reason"] == "Completed"
+    assert pod["metadata"]["name"].startswith("ok-")
+    assert len(pod["metadata"]["name"]) == len("ok-") + 5
+    assert pod["metadata"]["labels"]["batch.kubernetes.io/job-name"] == "ok"
+    assert pod["metadata"]["labels"]["job-name"] == "ok"
+    [owner] = pod["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("Job", "ok", True)
+    assert "batch.kubernetes.io/job-tracking" not in (pod["metadata"].get("finalizers") or [])
+    assert env.executor.read_log("default", pod["metadata"]["name"]) == "hello from the pod\n"
+
+
+async def test_env_resolves_values_secrets_config_maps_and_pod_fields(env):
+    await env.secret("creds", {"api-key": "s3cret", "user": "ann"})
+    await env.config_map("settings", {"MODE": "fast", "LEVEL": "3"})
+    script = """
+        import json, os
+        names = ["PLAIN", "EXPANDED", "API_KEY", "MODE_FROM_REF", "CFG_MODE", "CFG_LEVEL", "POD", "NS", "KUBECONFIG", "OPTIONAL"]
+        print(json.dumps({name: os.environ.get(name) for name in names}))
+    """
+    container = {
+        "env": [
+            {"name": "PLAIN", "value": "v1"},
+            {"name": "EXPANDED", "value": "$(PLAIN)-and-$(CFG_MODE)-$$(PLAIN)"},
+            {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "api-key"}}},
+            {"name": "MODE_FROM_REF", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "MODE"}}},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "OPTIONAL", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": True}}},
+        ],
+        "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
+    }
+    await env.job("envs", script, container=container)
+
+    await env.job_condition("envs", "Complete")
+    [pod] = await env.pods("envs")
+    seen = json.loads(env.executor.read_log("default", pod["metadata"]["name"]))
+    assert seen == {
+        "PLAIN": "v1",
+        "EXPANDED": "v1-and-fast-$(PLAIN)",
+        "API_KEY": "s3cret",
+        "MODE_FROM_REF": "fast",
+        "CFG_MODE": "fast",
+        "CFG_LEVEL": "3",
+        "POD": pod["metadata"]["name"],
+        "NS": "default",
+        "KUBECONFIG": env.executor.kubeconfig,
+        "OPTIONAL": None,
+    }
+
+
+async def test_missing_secret_keeps_pod_pending_with_create_container_config_error_until_it_exists(env):
+    container = {"env": [{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "later", "key": "k"}}}]}
+    await env.job("waits", "import os; print(os.environ['KEY'])", container=container)
+
+    async def waiting_reason():
+        for pod in await env.pods("waits"):
+            statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+            waiting = (statuses[0].get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") == "CreateContainerConfigError":
+                return pod
+        return None
+
+    pod = await env.eventually(waiting_reason, "CreateContainerConfigError")
+    assert pod["status"]["phase"] == "Pending"
+    assert 'secret "later" not found' in pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+
+    await env.secret("later", {"k": "arrived"})
+    await env.job_condition("waits", "Complete")
+    assert env.executor.read_log("default", pod["metadata"]["name"]) == "arrived\n"
