@@ -12,14 +12,20 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from kmock import KubernetesEmulator, Server
+from kmock import KubernetesEmulator, ResourceInfo, Server
 
 from tests.harness.executor import ExecutorSettings, LocalJobExecutor, MountNamespaceUnavailableError
 from tests.harness.executor.jobs import JOB_NAME_LABEL
 from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
 
 NAMESPACE = "default"
-RESOURCES = ["v1/pods", "v1/secrets", "v1/configmaps", "v1/persistentvolumeclaims", "batch/v1/jobs"]
+RESOURCES = {
+    "v1/pods": "Pod",
+    "v1/secrets": "Secret",
+    "v1/configmaps": "ConfigMap",
+    "v1/persistentvolumeclaims": "PersistentVolumeClaim",
+    "batch/v1/jobs": "Job",
+}
 T = TypeVar("T")
 
 
@@ -40,8 +46,8 @@ def write_kubeconfig(path: Path, server_url: str) -> Path:
 async def api_server(tmp_path: Path) -> AsyncIterator[Path]:
     """An API server over real HTTP on 127.0.0.1; yields its kubeconfig path."""
     async with KubernetesEmulator() as emulator, Server(emulator) as server:
-        for resource in RESOURCES:
-            emulator.resources[resource] = {}
+        for resource, kind in RESOURCES.items():
+            emulator.resources[resource] = ResourceInfo(namespaced=True, kind=kind)
         yield write_kubeconfig(tmp_path / "kubeconfig", str(server.url).rstrip("/"))
 
 
@@ -117,22 +123,19 @@ class ExecutorEnv:
 
         return await self.eventually(probe, f"job {name} condition {type_}", timeout)
 
-    async def running_pod(self, job: str, *, exclude: frozenset[str] = frozenset(), timeout: float = 10.0) -> str:
-        """The name of a Running pod of the job (not one of exclude)."""
+    async def running_pod(self, job: str, *, says: str = "started", timeout: float = 10.0) -> str:
+        """The name of a Running pod of the job whose output contains `says` (its script got going)."""
 
         async def probe() -> str | None:
             for pod in await self.pods(job):
-                if (pod.get("status") or {}).get("phase") == "Running" and pod["metadata"]["name"] not in exclude:
-                    return str(pod["metadata"]["name"])
+                name = str(pod["metadata"]["name"])
+                if (pod.get("status") or {}).get("phase") == "Running" and says in self.executor.read_log(
+                    self.namespace, name
+                ):
+                    return name
             return None
 
-        return await self.eventually(probe, f"a running pod of job {job}", timeout)
-
-
-def python_file(tmp_path: Path, name: str, source: str) -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(source))
-    return str(path)
+        return await self.eventually(probe, f"a running pod of job {job} that printed {says!r}", timeout)
 
 
 @contextlib.asynccontextmanager

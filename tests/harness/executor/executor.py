@@ -104,6 +104,7 @@ class LocalJobExecutor:
         self._wake = asyncio.Event()
         self._next_timer: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self.reconcile_errors: list[BaseException] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -122,9 +123,11 @@ class LocalJobExecutor:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        # The flag as well as cancel(): a library may turn a cancellation into its own exception.
+        self._closing = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.wait(self._tasks, timeout=self.settings.kill_timeout_seconds)
         await asyncio.gather(*(runtime.kill_now() for runtime in self._runtimes.values()), return_exceptions=True)
         if self._kube is not None:
             await self._kube.__aexit__(None, None, None)
@@ -177,7 +180,7 @@ class LocalJobExecutor:
     # -- loops ---------------------------------------------------------------------------------
 
     async def _watch(self, path: str) -> None:
-        while True:
+        while not self._closing:
             try:
                 async for _event in self.kube.watch(path):
                     self._wake.set()
@@ -190,7 +193,7 @@ class LocalJobExecutor:
 
     async def _reconcile_forever(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closing:
             self._wake.clear()
             self._next_timer = None
             try:
