@@ -194,6 +194,15 @@ class LocalCluster:
     timings: OperatorTimings = field(default_factory=OperatorTimings)
     operator_env: Mapping[str, str] = field(default_factory=dict)
     """Extra operator env vars, over the timings."""
+    runner_env: Mapping[str, str] = field(
+        default_factory=lambda: {
+            # Runner pods end 1 s after their outcome, not 30 s (the stream's linger for reconnecting readers).
+            "AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "1",
+            # Pods have no network of their own: their stream servers listen on loopback only.
+            "AGENTRUN_RUNNER_STREAM_HOST": "127.0.0.1",
+        }
+    )
+    """Env every container gets from the executor (the runner reads AGENTRUN_RUNNER_* settings)."""
     executor_settings: ExecutorSettings | None = None
     start_operator: bool = True
 
@@ -227,8 +236,9 @@ class LocalCluster:
         await self._ensure_namespace()
         self.model = await self._start_model()
         base_env = dict(ExecutorSettings().base_env)
-        base_env.update({"PYTHONPATH": _python_path(), "AGENTRUN_RUNNER_STREAM_HOST": "127.0.0.1"})
-        settings = self.executor_settings or ExecutorSettings(base_env=base_env)
+        base_env.update({"PYTHONPATH": _python_path(), **self.runner_env})
+        shared = (*ExecutorSettings().shared_host_paths, *(str(root) for root in SOURCE_ROOTS))
+        settings = self.executor_settings or ExecutorSettings(base_env=base_env, shared_host_paths=shared)
         self.executor = await self._stack.enter_async_context(
             LocalJobExecutor(
                 self.kubeconfig_path, self.namespace, state_dir=self.state_dir / "executor", settings=settings

@@ -48,7 +48,9 @@ async def test_env_resolves_values_secrets_config_maps_and_pod_fields(env):
     script = """
         import json, os
         names = ["PLAIN", "EXPANDED", "API_KEY", "MODE_FROM_REF", "CFG_MODE", "CFG_LEVEL", "POD", "NS", "KUBECONFIG", "OPTIONAL"]
-        print(json.dumps({name: os.environ.get(name) for name in names}))
+        seen = {name: os.environ.get(name) for name in names}
+        seen["kubeconfig_text"] = open(os.environ["KUBECONFIG"]).read()
+        print(json.dumps(seen))
     """
     container = {
         "env": [
@@ -76,8 +78,9 @@ async def test_env_resolves_values_secrets_config_maps_and_pod_fields(env):
         "CFG_LEVEL": "3",
         "POD": pod["metadata"]["name"],
         "NS": "default",
-        "KUBECONFIG": env.executor.kubeconfig,
+        "KUBECONFIG": "/var/run/secrets/local-executor/kubeconfig",
         "OPTIONAL": None,
+        "kubeconfig_text": Path(env.executor.kubeconfig).read_text(),
     }
 
 

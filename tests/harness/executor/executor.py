@@ -39,7 +39,15 @@ from tests.harness.executor.jobs import (
     wanted_active,
 )
 from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
-from tests.harness.executor.pods import LAUNCHER, UNSHARE, PodRuntime, condition, now_rfc3339
+from tests.harness.executor.pods import (
+    CREDENTIALS_MOUNT_PATH,
+    KUBECONFIG_FILE,
+    LAUNCHER,
+    UNSHARE,
+    PodRuntime,
+    condition,
+    now_rfc3339,
+)
 from tests.harness.executor.settings import ExecutorSettings
 
 logger = logging.getLogger(__name__)
@@ -97,6 +105,7 @@ class LocalJobExecutor:
         self.state_dir = Path(state_dir)
         self.settings = settings or ExecutorSettings()
         self._kube: KubeClient | None = None
+        self._credentials_dir = self.state_dir / "credentials"
         self._runtimes: dict[tuple[str, str], PodRuntime] = {}
         self._suspension_stops: set[tuple[str, str]] = set()  # pods ended by suspension: no failure
         self._final_deletes: set[tuple[str, str]] = set()
@@ -112,6 +121,10 @@ class LocalJobExecutor:
     async def __aenter__(self) -> Self:
         await asyncio.to_thread(check_mount_namespaces)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Containers read the kubeconfig from a copy mounted at a fixed path (see CREDENTIALS_MOUNT_PATH).
+        self._credentials_dir.mkdir(exist_ok=True)
+        (self._credentials_dir / KUBECONFIG_FILE).write_text(Path(self.kubeconfig).read_text())
+        Path(CREDENTIALS_MOUNT_PATH).mkdir(parents=True, exist_ok=True)
         self._kube = await KubeClient(self.kubeconfig).__aenter__()
         self._tasks = [
             asyncio.create_task(self._watch(namespaced_path("batch/v1", "jobs", self.namespace)), name="watch jobs"),
@@ -229,7 +242,7 @@ class LocalJobExecutor:
             kube=self.kube,
             pod=pod,
             state_dir=self.state_dir,
-            kubeconfig=self.kubeconfig,
+            credentials_dir=self._credentials_dir,
             settings=self.settings,
             notify=self.poke,
         )

@@ -21,6 +21,7 @@ from tests.harness.executor.containers import (
     ContainerCommandError,
     ContainerConfigError,
     ContainerLaunch,
+    Mount,
     PodEnvironment,
     VolumeSetupError,
     container_argv,
@@ -36,6 +37,10 @@ logger = logging.getLogger(__name__)
 LAUNCHER = Path(__file__).with_name("launcher.py")
 UNSHARE = ["unshare", "--mount", "--propagation", "private", "--"]
 LOCAL_IP = "127.0.0.1"  # every pod shares the host's loopback: there is no pod network
+# Where a container finds the executor's kubeconfig: the stand-in for the service account mount
+# (/var/run/secrets/kubernetes.io/serviceaccount), at a fixed path no volume of the pod covers.
+CREDENTIALS_MOUNT_PATH = "/var/run/secrets/local-executor"
+KUBECONFIG_FILE = "kubeconfig"
 
 
 def now_rfc3339() -> str:
@@ -65,7 +70,7 @@ class PodRuntime:
         kube: KubeClient,
         pod: JsonObject,
         state_dir: Path,
-        kubeconfig: str,
+        credentials_dir: Path,
         settings: ExecutorSettings,
         notify: Callable[[], None],
     ) -> None:
@@ -74,7 +79,7 @@ class PodRuntime:
         self._pod = pod
         self._spec: JsonObject = pod.get("spec") or {}
         self._kube = kube
-        self._kubeconfig = kubeconfig
+        self._credentials_dir = credentials_dir
         self._settings = settings
         self._notify = notify
         self.pod_dir = state_dir / "pods" / self.namespace / self.name
@@ -193,7 +198,7 @@ class PodRuntime:
         launches: list[ContainerLaunch] = []
         for container in [*(self._spec.get("initContainers") or []), self._spec["containers"][0]]:
             env = dict(self._settings.base_env)
-            env.update({"HOSTNAME": self.name, "KUBECONFIG": self._kubeconfig})
+            env.update({"HOSTNAME": self.name, "KUBECONFIG": f"{CREDENTIALS_MOUNT_PATH}/{KUBECONFIG_FILE}"})
             env.update(await container_env(container, source))
             launches.append(
                 ContainerLaunch(
@@ -201,7 +206,10 @@ class PodRuntime:
                     argv=container_argv(container, env, self._settings.image_commands),
                     env=env,
                     working_dir=container.get("workingDir"),
-                    mounts=container_mounts(container, volumes),
+                    mounts=[
+                        *container_mounts(container, volumes),
+                        Mount(self._credentials_dir, CREDENTIALS_MOUNT_PATH, read_only=True),
+                    ],
                 )
             )
         return launches[:-1], launches[-1]
@@ -298,6 +306,7 @@ class PodRuntime:
                     "mounts": [
                         {"source": str(m.source), "target": m.target, "readOnly": m.read_only} for m in launch.mounts
                     ],
+                    "sharedPaths": list(self._settings.shared_host_paths),
                     "workingDir": launch.working_dir,
                     "argv": launch.argv,
                     "env": launch.env,

@@ -1,6 +1,7 @@
 """Settings of the local Job executor."""
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -36,6 +37,11 @@ class ExecutorSettings:
     base_env: Mapping[str, str] = field(default_factory=_host_base_env)
     """Environment every container starts from before the pod's env (default: PATH, HOME and locale of
     this process), the stand-in for an image's ENV."""
+
+    shared_host_paths: tuple[str, ...] = tuple(dict.fromkeys((sys.prefix, sys.base_prefix)))
+    """Host directories every container sees at their own path even where a volume covers them (an
+    emptyDir on /tmp over a checkout in /tmp, say): the stand-in for an image's own files. Default: this
+    Python's installation; add the source roots a container runs from."""
 
     node_name: str = "local-executor"
     """spec.nodeName given to the pods this executor runs."""
