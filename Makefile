@@ -42,3 +42,7 @@ test: install ## Run the whole test suite (unit, integration, e2e; cluster tests
 
 .PHONY: check
 check: lint typecheck test ## Lint, type-check and test: what CI runs
+
+.PHONY: local-cluster
+local-cluster: install ## Run the whole path here (emulated API server, operator, Job executor, model) until Ctrl-C
+	$(PY) -m tests.harness.local_cluster --state-dir .local-cluster

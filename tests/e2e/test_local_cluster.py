@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-# Until the emulated API server, the operator and the model server are merged alongside the executor.
-for _part in ("tests.harness.apiserver", "tests.harness.model_server", "agentrun_operator.handlers"):
+# Until the operator and the model server are merged alongside the executor.
+for _part in ("tests.harness.model_server", "agentrun_operator.handlers"):
     pytest.importorskip(_part, reason=f"{_part} is not on this branch yet")
 
 from tests.harness.executor import MountNamespaceUnavailableError  # noqa: E402

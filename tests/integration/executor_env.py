@@ -14,6 +14,7 @@ import pytest
 import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 
+from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.executor import ExecutorSettings, LocalJobExecutor, MountNamespaceUnavailableError
 from tests.harness.executor.jobs import JOB_NAME_LABEL
 from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
@@ -43,8 +44,17 @@ def write_kubeconfig(path: Path, server_url: str) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def api_server(tmp_path: Path) -> AsyncIterator[Path]:
-    """An API server over real HTTP on 127.0.0.1; yields its kubeconfig path."""
+async def api_server(tmp_path: Path, backend: str) -> AsyncIterator[Path]:
+    """An API server over real HTTP on 127.0.0.1; yields its kubeconfig path.
+
+    "emulator" is the project's emulated kube-apiserver; "kmock" is kmock's naive object store (no
+    uids, selectors or status subresource), which shows the executor needs nothing beyond plain REST.
+    """
+    if backend == "emulator":
+        async with EmulatedApiServer() as apiserver:
+            yield apiserver.kubeconfig_path
+        assert not apiserver.handler.internal_errors, apiserver.handler.internal_errors
+        return
     async with KubernetesEmulator() as emulator, Server(emulator) as server:
         for resource, kind in RESOURCES.items():
             emulator.resources[resource] = ResourceInfo(namespaced=True, kind=kind)
@@ -139,8 +149,10 @@ class ExecutorEnv:
 
 
 @contextlib.asynccontextmanager
-async def executor_env(tmp_path: Path, settings: ExecutorSettings | None = None) -> AsyncIterator[ExecutorEnv]:
-    async with api_server(tmp_path) as kubeconfig:
+async def executor_env(
+    tmp_path: Path, *, backend: str = "emulator", settings: ExecutorSettings | None = None
+) -> AsyncIterator[ExecutorEnv]:
+    async with api_server(tmp_path, backend) as kubeconfig:
         try:
             executor = LocalJobExecutor(kubeconfig, NAMESPACE, state_dir=tmp_path / "state", settings=settings)
             await executor.__aenter__()

@@ -10,9 +10,9 @@ from tests.integration.executor_env import executor_env
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def env(tmp_path: Path):
-    async with executor_env(tmp_path) as running:
+@pytest.fixture(params=["emulator", "kmock"])
+async def env(tmp_path: Path, request: pytest.FixtureRequest):
+    async with executor_env(tmp_path, backend=request.param) as running:
         yield running
 
 

@@ -262,8 +262,11 @@ class LocalJobExecutor:
                 continue
             if metadata.get("deletionTimestamp"):
                 if not runtime.finished.is_set():
-                    grace = metadata.get("deletionGracePeriodSeconds")
-                    runtime.terminate(runtime.default_grace_seconds() if grace is None else float(grace), "Deleted")
+                    # A real API server copies the grace period into deletionGracePeriodSeconds; an
+                    # emulator without pod graceful deletion writes 0, so 0 means the pod's own period
+                    # here (a force delete is therefore graceful too; see README).
+                    grace = float(metadata.get("deletionGracePeriodSeconds") or 0)
+                    runtime.terminate(grace if grace > 0 else runtime.default_grace_seconds(), "Deleted")
                 elif key not in self._final_deletes and pod_is_terminal(pod):
                     # Kubelet's last word on a deleted pod: remove it now that its containers are gone.
                     self._final_deletes.add(key)
