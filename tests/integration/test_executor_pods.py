@@ -103,3 +103,60 @@ async def test_missing_secret_keeps_pod_pending_with_create_container_config_err
     await env.secret("later", {"k": "arrived"})
     await env.job_condition("waits", "Complete")
     assert env.executor.read_log("default", pod["metadata"]["name"]) == "arrived\n"
+
+
+async def test_init_containers_run_first_and_share_the_pods_volumes(env):
+    pod = {
+        "volumes": [{"name": "shared", "emptyDir": {}}],
+        "initContainers": [
+            {
+                "name": "prepare",
+                "image": "python:3",
+                "command": ["python", "-c", "open('/var/lib/agentrun/workspace/ready', 'w').write('prepared')"],
+                "volumeMounts": [{"name": "shared", "mountPath": "/var/lib/agentrun/workspace"}],
+            }
+        ],
+    }
+    container = {"volumeMounts": [{"name": "shared", "mountPath": "/var/lib/agentrun/workspace"}]}
+    await env.job("inits", "print(open('/var/lib/agentrun/workspace/ready').read())", pod=pod, container=container)
+
+    await env.job_condition("inits", "Complete")
+    [created] = await env.pods("inits")
+    assert env.executor.read_log("default", created["metadata"]["name"]) == "prepared\n"
+    [init_status] = created["status"]["initContainerStatuses"]
+    assert init_status["state"]["terminated"]["exitCode"] == 0
+
+
+async def test_failed_init_container_fails_the_pod_without_starting_the_main_container(env):
+    pod = {
+        "initContainers": [{"name": "prepare", "image": "python:3", "command": ["python", "-c", "raise SystemExit(4)"]}]
+    }
+    await env.job("badinit", "print('main ran')", pod=pod)
+
+    await env.job_condition("badinit", "Failed")
+    [created] = await env.pods("badinit")
+    assert created["status"]["phase"] == "Failed"
+    assert created["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 4
+    assert env.executor.read_log("default", created["metadata"]["name"]) == ""
+
+
+async def test_running_pod_counts_as_active_and_ready_in_the_job_status(env):
+    await env.job("busy", "import time; print('started', flush=True); time.sleep(30)")
+    pod = await env.running_pod("busy")
+
+    async def counted():
+        status = (await env.get_job("busy")).get("status") or {}
+        return status if (status.get("active"), status.get("ready")) == (1, 1) else None
+
+    status = await env.eventually(counted, "active 1 and ready 1")
+    assert status["startTime"]
+    assert not status.get("conditions")
+    [created] = await env.pods("busy")
+    assert created["metadata"]["name"] == pod
+    assert created["status"]["podIP"] == "127.0.0.1"
+    assert {c["type"]: c["status"] for c in created["status"]["conditions"]} == {
+        "PodScheduled": "True",
+        "Initialized": "True",
+        "ContainersReady": "True",
+        "Ready": "True",
+    }
