@@ -128,3 +128,23 @@ async def test_run_resumes_from_its_checkpoint_after_the_runner_pod_is_sigkilled
     assert cluster.executor.runtime("default", first["metadata"]["name"]).exit_code == 137
     second_log = cluster.executor.read_log("default", (await runner_pods(kube, "q2"))[-1]["metadata"]["name"])
     assert second_log  # the replacement ran the runner again
+
+
+async def test_run_completes_when_the_operator_is_restarted_in_the_middle(cluster, kube):
+    await kube.create(AGENTRUNS, agent_run("q3", cluster))
+
+    async def running():
+        status = await run_status(kube, "q3")
+        return status if status.get("phase") == "Running" else None
+
+    await wait_for(running, "run q3 to be Running")
+    await cluster.operator.restart(crash=True)
+
+    async def ended():
+        status = await run_status(kube, "q3")
+        return status if status.get("phase") in ("Succeeded", "Failed", "TimedOut") else None
+
+    status = await wait_for(ended, "run q3 to end")
+    assert status["phase"] == "Succeeded", status
+    assert cluster.operator.starts == 2
+    assert len(await runner_pods(kube, "q3")) == 1  # the new operator adopted the Job, no second runner
