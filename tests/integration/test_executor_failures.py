@@ -195,3 +195,13 @@ async def _finished(runtime):
 
 async def _no_pods(env, job):
     return not await env.pods(job)
+
+
+async def test_finished_job_is_deleted_after_its_ttl_with_its_pods(env):
+    await env.job("shortlived", "print('done')", ttlSecondsAfterFinished=0)
+
+    async def gone():
+        return await env.kube.get(env.path("batch/v1", "jobs", "shortlived")) is None
+
+    await env.eventually(gone, "the finished job to be deleted")
+    await env.eventually(lambda: _no_pods(env, "shortlived"), "its pod to be collected")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.executor import ExecutorSettings
 from tests.integration.executor_env import executor_env
 
 pytestmark = pytest.mark.integration
@@ -160,3 +161,47 @@ async def test_running_pod_counts_as_active_and_ready_in_the_job_status(env):
         "ContainersReady": "True",
         "Ready": "True",
     }
+
+
+async def test_missing_config_map_volume_keeps_the_pod_container_creating(env):
+    pod = {"volumes": [{"name": "config", "configMap": {"name": "absent"}}]}
+    container = {"volumeMounts": [{"name": "config", "mountPath": "/etc/agentrun"}]}
+    await env.job("novolume", "print('never')", pod=pod, container=container)
+
+    async def waiting():
+        for created in await env.pods("novolume"):
+            statuses = (created.get("status") or {}).get("containerStatuses") or [{}]
+            reason = ((statuses[0].get("state") or {}).get("waiting") or {}).get("reason")
+            if reason == "ContainerCreating" and "not found" in statuses[0]["state"]["waiting"].get("message", ""):
+                return created
+        return None
+
+    created = await env.eventually(waiting, "ContainerCreating with the missing ConfigMap named")
+    assert created["status"]["phase"] == "Pending"
+    assert 'configmap "absent" not found' in created["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+
+
+async def test_container_without_command_runs_its_images_mapped_command_or_waits_with_create_container_error(tmp_path):
+    settings = ExecutorSettings(
+        image_commands={"example.org/tools/hello": ["python", "-c", "import sys; print(sys.argv[1])"]}
+    )
+    async with executor_env(tmp_path, settings=settings) as env:
+        await env.job(
+            "mapped", "", container={"command": None, "image": "example.org/tools/hello:1.2", "args": ["from args"]}
+        )
+        await env.job("unmapped", "", container={"command": None, "image": "example.org/other:3"})
+
+        await env.job_condition("mapped", "Complete")
+        [created] = await env.pods("mapped")
+        assert env.executor.read_log("default", created["metadata"]["name"]) == "from args\n"
+
+        async def waiting():
+            for pod in await env.pods("unmapped"):
+                statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+                state = (statuses[0].get("state") or {}).get("waiting") or {}
+                if state.get("reason") == "CreateContainerError":
+                    return state
+            return None
+
+        state = await env.eventually(waiting, "CreateContainerError for an image without a mapped command")
+        assert "example.org/other" in state["message"]
