@@ -149,18 +149,27 @@ class ExecutorEnv:
 
 
 @contextlib.asynccontextmanager
+async def executor_on(
+    kubeconfig: Path, tmp_path: Path, settings: ExecutorSettings | None = None
+) -> AsyncIterator[ExecutorEnv]:
+    """A running executor against the API server of kubeconfig; skips the test where mounts are not permitted."""
+    try:
+        executor = LocalJobExecutor(kubeconfig, NAMESPACE, state_dir=tmp_path / "state", settings=settings)
+        await executor.__aenter__()
+    except MountNamespaceUnavailableError as error:
+        pytest.skip(str(error))
+    try:
+        async with KubeClient(str(kubeconfig)) as kube:
+            yield ExecutorEnv(kube, executor)
+    finally:
+        await executor.__aexit__(*sys.exc_info())
+
+
+@contextlib.asynccontextmanager
 async def executor_env(
     tmp_path: Path, *, backend: str = "emulator", settings: ExecutorSettings | None = None
 ) -> AsyncIterator[ExecutorEnv]:
-    async with api_server(tmp_path, backend) as kubeconfig:
-        try:
-            executor = LocalJobExecutor(kubeconfig, NAMESPACE, state_dir=tmp_path / "state", settings=settings)
-            await executor.__aenter__()
-        except MountNamespaceUnavailableError as error:
-            pytest.skip(str(error))
-        try:
-            async with KubeClient(str(kubeconfig)) as kube:
-                yield ExecutorEnv(kube, executor)
-        finally:
-            await executor.__aexit__(*sys.exc_info())
-        assert not executor.reconcile_errors, executor.reconcile_errors
+    async with api_server(tmp_path, backend) as kubeconfig, executor_on(kubeconfig, tmp_path, settings) as env:
+        yield env
+        errors = env.executor.reconcile_errors
+    assert not errors, errors

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.executor_env import executor_env
+from tests.harness.apiserver import EmulatedApiServer
+from tests.integration.executor_env import executor_env, executor_on
 
 pytestmark = pytest.mark.integration
 
@@ -205,3 +206,15 @@ async def test_finished_job_is_deleted_after_its_ttl_with_its_pods(env):
 
     await env.eventually(gone, "the finished job to be deleted")
     await env.eventually(lambda: _no_pods(env, "shortlived"), "its pod to be collected")
+
+
+async def test_pod_status_writes_are_retried_through_api_server_errors(tmp_path):
+    async with EmulatedApiServer() as apiserver, executor_on(apiserver.kubeconfig_path, tmp_path) as env:
+        apiserver.faults.inject(500, count=4, match=lambda r: r.kind == "Pod" and r.subresource == "status")
+        await env.job("bumpy", "print('through the errors')")
+
+        await env.job_condition("bumpy", "Complete")
+        [pod] = await env.pods("bumpy")
+        assert pod["status"]["phase"] == "Succeeded"
+        failed = [r for r in apiserver.requests if r.kind == "Pod" and r.subresource == "status" and r.code == 500]
+        assert len(failed) == 4

@@ -256,6 +256,12 @@ class LocalJobExecutor:
             present.add(key)
             metadata = pod["metadata"]
             runtime = self._runtimes.get(key)
+            if (
+                runtime is not None
+                and runtime.finished.is_set()
+                and metadata.get("uid") != runtime.pod["metadata"].get("uid")
+            ):
+                runtime = None  # a new pod under an old name (different uid): run it too
             if runtime is None:
                 if not pod_is_terminal(pod) and not metadata.get("deletionTimestamp"):
                     self._start_pod(pod)

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from tests.harness.executor.containers import (
     ContainerCommandError,
     ContainerConfigError,
@@ -29,7 +31,7 @@ from tests.harness.executor.containers import (
     container_mounts,
     prepare_volumes,
 )
-from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
+from tests.harness.executor.kube import ApiError, JsonObject, KubeClient, namespaced_path
 from tests.harness.executor.settings import ExecutorSettings
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ LOCAL_IP = "127.0.0.1"  # every pod shares the host's loopback: there is no pod 
 # (/var/run/secrets/kubernetes.io/serviceaccount), at a fixed path no volume of the pod covers.
 CREDENTIALS_MOUNT_PATH = "/var/run/secrets/local-executor"
 KUBECONFIG_FILE = "kubeconfig"
+STATUS_WRITE_ATTEMPTS = 20  # about 15 s of retries at most
 
 
 def now_rfc3339() -> str:
@@ -164,10 +167,21 @@ class PodRuntime:
         return status
 
     async def _write_status(self) -> None:
-        try:
-            await self._kube.merge_patch(self._path + "/status", {"status": self._status()})
-        except Exception:
-            logger.exception("pod %s/%s: status write failed", self.namespace, self.name)
+        """Write the whole status, retrying API errors as kubelet's status manager does (each write
+        carries the full state, so a retry is safe); a pod that is gone needs no status."""
+        delay = 0.05
+        for _attempt in range(STATUS_WRITE_ATTEMPTS):
+            try:
+                await self._kube.merge_patch(self._path + "/status", {"status": self._status()})
+                break
+            except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+                logger.warning("pod %s/%s: status write failed, retrying: %s", self.namespace, self.name, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        else:
+            logger.error(
+                "pod %s/%s: status not written after %d attempts", self.namespace, self.name, STATUS_WRITE_ATTEMPTS
+            )
         self._notify()
 
     def _set_ready(self, ready: bool, reason: str = "") -> None:
