@@ -10,7 +10,7 @@ The API server is the project's emulator with the CRD from ``crds/``; the operat
 process (``python -m agentrun_operator``) with short intervals; runner pods run the working tree's
 ``python -m agentrun_runner`` under the executor, and their logs are served at ``pods/<pod>/log``.
 The model is the scripted OpenAI-compatible server unless both ``OPENAI_API_KEY`` and
-``OPENAI_BASE_URL`` are set, in which case runs use that real endpoint.
+``OPENAI_BASE_URL`` are set, in which case runs use that real endpoint (model ``OPENAI_MODEL``).
 
 One command: ``python -m tests.harness.local_cluster --state-dir DIR`` starts everything, prints the
 kubeconfig path and model URL, and runs until interrupted (``make local-cluster``).
@@ -34,7 +34,7 @@ import aiohttp
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.executor import ExecutorSettings, LocalJobExecutor
 from tests.harness.executor.kube import ApiError, KubeClient, namespaced_path
-from tests.harness.model_server import ModelServer, Script, research_script
+from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, research_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_PATHS = sorted((REPO_ROOT / "crds").glob("*.yaml"))
@@ -60,6 +60,7 @@ class ModelEndpoint:
 
     base_url: str
     api_key: str
+    model: str  # the model name runs ask for (OPENAI_MODEL for a real endpoint, default gpt-4.1-mini)
     real: bool  # a real endpoint from OPENAI_BASE_URL/OPENAI_API_KEY, not the scripted server
 
 
@@ -268,9 +269,9 @@ class LocalCluster:
     async def _start_model(self) -> ModelEndpoint:
         real_key, real_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
         if real_key and real_url:
-            return ModelEndpoint(real_url, real_key, real=True)
+            return ModelEndpoint(real_url, real_key, os.environ.get("OPENAI_MODEL", "gpt-4.1-mini"), real=True)
         self.model_server = await self._stack.enter_async_context(ModelServer(self.model_script or research_script()))
-        return ModelEndpoint(self.model_server.base_url, SCRIPTED_API_KEY, real=False)
+        return ModelEndpoint(self.model_server.base_url, SCRIPTED_API_KEY, DEFAULT_MODEL, real=False)
 
     async def create_model_secret(self, name: str = "model-api-key", key: str = "api-key") -> None:
         """The Secret a run's spec.model.apiKeySecretRef points at, holding the model's API key."""
