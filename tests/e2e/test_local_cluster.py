@@ -155,3 +155,31 @@ async def test_run_completes_when_the_operator_is_restarted_in_the_middle(cluste
     assert status["phase"] == "Succeeded", status
     assert cluster.operator.starts == 2
     assert len(await runner_pods(kube, "q3")) == 1  # the new operator adopted the Job, no second runner
+
+
+async def test_evicted_runner_resumes_without_using_up_a_restart(cluster, kube):
+    needs_scripted_model(cluster)
+    await kube.create(AGENTRUNS, agent_run("q4", cluster, retries={"maxRestarts": 0}))
+
+    async def checkpointed():
+        status = await run_status(kube, "q4")
+        return status if (status.get("lastCheckpoint") or {}).get("iteration", 0) >= 2 else None
+
+    await wait_for(checkpointed, "a checkpoint at iteration 2")
+    [first] = await runner_pods(kube, "q4")
+    await cluster.executor.evict("default", first["metadata"]["name"])
+
+    async def ended():
+        status = await run_status(kube, "q4")
+        return status if status.get("phase") in ("Succeeded", "Failed", "TimedOut") else None
+
+    status = await wait_for(ended, "run q4 to end")
+    assert status["phase"] == "Succeeded", status  # maxRestarts 0, yet the eviction did not fail the run
+    job = await kube.get(namespaced_path("batch/v1", "jobs", "default", "q4-runner"))
+    assert job is not None
+    assert job["status"]["failed"] == 0
+    evicted, replacement = cluster.executor.job_runtimes("default", "q4-runner")
+    assert evicted.name == first["metadata"]["name"]
+    assert evicted.exit_code is not None
+    await asyncio.wait_for(replacement.finished.wait(), 10)
+    assert replacement.exit_code == 0
