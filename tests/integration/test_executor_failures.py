@@ -1,11 +1,13 @@
 """The executor as Job controller: failures, backoff, pod failure policy, deadlines, suspension, chaos."""
 
+import asyncio
 import signal
 from pathlib import Path
 
 import pytest
 
 from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.executor import ExecutorSettings
 from tests.integration.executor_env import executor_env, executor_on
 
 pytestmark = pytest.mark.integration
@@ -218,3 +220,24 @@ async def test_pod_status_writes_are_retried_through_api_server_errors(tmp_path)
         assert pod["status"]["phase"] == "Succeeded"
         failed = [r for r in apiserver.requests if r.kind == "Pod" and r.subresource == "status" and r.code == 500]
         assert len(failed) == 4
+
+
+async def test_replacement_pods_wait_out_the_exponential_backoff(tmp_path):
+    async with executor_env(tmp_path, settings=ExecutorSettings(pod_backoff_base_seconds=0.5)) as env:
+        await env.job("backoff", "raise SystemExit(1)", backoffLimit=2)
+
+        async def started(count: int) -> bool:
+            return len(env.executor.job_runtimes("default", "backoff")) >= count
+
+        loop = asyncio.get_running_loop()
+        waits = []
+        for attempt in (1, 2):
+            await env.eventually(lambda n=attempt: started(n), f"pod {attempt}")
+            await env.executor.job_runtimes("default", "backoff")[attempt - 1].finished.wait()
+            failed_at = loop.time()
+            await env.eventually(lambda n=attempt + 1: started(n), f"pod {attempt + 1}")
+            waits.append(loop.time() - failed_at)
+
+        await env.job_condition("backoff", "Failed")
+        assert waits[0] >= 0.45  # base x 2^0 after the first failure
+        assert waits[1] >= 0.95  # base x 2^1 after the second

@@ -109,7 +109,7 @@ class LocalJobExecutor:
         self._runtimes: dict[tuple[str, str], PodRuntime] = {}
         self._suspension_stops: set[tuple[str, str]] = set()  # pods ended by suspension: no failure
         self._final_deletes: set[tuple[str, str]] = set()
-        self._last_failure: dict[tuple[str, str], tuple[int, float]] = {}
+        self._last_failure_at: dict[tuple[str, str], float] = {}  # loop time of a Job's last counted failure
         self._wake = asyncio.Event()
         self._next_timer: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -380,7 +380,7 @@ class LocalJobExecutor:
             if action == "Ignore":
                 continue
             failed += 1
-            self._last_failure[key] = (failed, asyncio.get_running_loop().time())
+            self._last_failure_at[key] = asyncio.get_running_loop().time()
             if action == "FailJob" and failure_target is None:
                 failure_target = ("PodFailurePolicy", message)
 
@@ -455,11 +455,10 @@ class LocalJobExecutor:
         missing = wanted_active(job, succeeded) - len(active) - waiting_for
         if missing <= 0:
             return 0
-        last = self._last_failure.get(_key(job))
-        if last is not None and failed > 0 and self.settings.pod_backoff_base_seconds > 0:
-            delay = self.settings.pod_backoff_base_seconds * 2 ** (failed - 1) - (
-                asyncio.get_running_loop().time() - last[1]
-            )
+        last_failure_at = self._last_failure_at.get(_key(job))
+        if last_failure_at is not None and failed > 0 and self.settings.pod_backoff_base_seconds > 0:
+            since = asyncio.get_running_loop().time() - last_failure_at
+            delay = self.settings.pod_backoff_base_seconds * 2 ** (failed - 1) - since
             if delay > 0:
                 self._timer(delay)
                 return 0

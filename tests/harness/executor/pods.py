@@ -97,11 +97,9 @@ class PodRuntime:
         self._grace_seconds: float | None = None
         self.stop_reason: str | None = None
         self.process: asyncio.subprocess.Process | None = None
-        self.container: str | None = None  # the container whose process runs now
         self.exit_code: int | None = None  # the main container's last exit code
         self.restart_count = 0
         self.phase = "Pending"
-        self.ready = False
         self.finished = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -136,9 +134,6 @@ class PodRuntime:
     async def add_condition(self, type_: str, reason: str, message: str) -> None:
         self._conditions[type_] = condition(type_, True, reason, message)
         await self._write_status()
-
-    async def wait_stopped(self) -> None:
-        await self.finished.wait()
 
     async def kill_now(self) -> None:
         """Executor shutdown: no grace."""
@@ -185,7 +180,6 @@ class PodRuntime:
         self._notify()
 
     def _set_ready(self, ready: bool, reason: str = "") -> None:
-        self.ready = ready
         for type_ in ("ContainersReady", "Ready"):
             self._conditions[type_] = condition(type_, ready, reason)
 
@@ -341,7 +335,6 @@ class PodRuntime:
                 cwd=self.pod_dir,
                 env=launch.env,
             )
-        self.container = launch.name
         container_id = f"local://{self.process.pid}"
         if main:
             self.phase = "Running"
