@@ -32,7 +32,7 @@ from typing import Self
 import aiohttp
 
 from tests.harness.apiserver import EmulatedApiServer
-from tests.harness.executor import ExecutorSettings, LocalJobExecutor
+from tests.harness.executor import ExecutorPodLogs, ExecutorSettings, LocalJobExecutor
 from tests.harness.executor.kube import ApiError, KubeClient, namespaced_path
 from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, research_script
 
@@ -170,20 +170,6 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-class ExecutorPodLogs(dict[tuple[str, str], str]):
-    """The emulator's pods/log source, read from the executor's container log files."""
-
-    def __init__(self, executor: LocalJobExecutor) -> None:
-        super().__init__()
-        self._executor = executor
-
-    def get(self, key: tuple[str, str], default: str = "") -> str:  # type: ignore[override]
-        try:
-            return self._executor.read_log(*key)
-        except LookupError:
-            return super().get(key, default)
-
-
 @dataclass
 class LocalCluster:
     """Everything a run needs, on one machine. See the module docstring."""
@@ -245,7 +231,8 @@ class LocalCluster:
                 self.kubeconfig_path, self.namespace, state_dir=self.state_dir / "executor", settings=settings
             )
         )
-        self.apiserver.handler.pod_logs = ExecutorPodLogs(self.executor)
+        # The hook is typed as a dict but only read with .get(): a live view of the log files serves it.
+        self.apiserver.handler.pod_logs = ExecutorPodLogs(self.executor)  # type: ignore[assignment]
         env = {
             **ExecutorSettings().base_env,
             "PYTHONPATH": _python_path(),

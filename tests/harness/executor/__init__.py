@@ -4,10 +4,12 @@ Test tooling, not the product; see README.md in this package for what it does an
 """
 
 from tests.harness.executor.executor import LocalJobExecutor, MountNamespaceUnavailableError, check_mount_namespaces
+from tests.harness.executor.logs import ExecutorPodLogs
 from tests.harness.executor.pods import PodRuntime
 from tests.harness.executor.settings import ExecutorSettings
 
 __all__ = [
+    "ExecutorPodLogs",
     "ExecutorSettings",
     "LocalJobExecutor",
     "MountNamespaceUnavailableError",

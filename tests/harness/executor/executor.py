@@ -163,6 +163,10 @@ class LocalJobExecutor:
         except KeyError:
             raise LookupError(f"the executor runs no pod {namespace}/{pod}") from None
 
+    def pod_keys(self) -> list[tuple[str, str]]:
+        """(namespace, name) of every pod this executor has run."""
+        return list(self._runtimes)
+
     def job_runtimes(self, namespace: str, job: str) -> list[PodRuntime]:
         """The pods this executor ran for a Job, oldest first."""
         return [
