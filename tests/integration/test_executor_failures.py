@@ -100,7 +100,8 @@ async def test_eviction_adds_disruption_target_and_an_ignore_rule_does_not_count
 
 async def test_active_deadline_sends_sigterm_then_sigkill_after_the_grace_period(env):
     stubborn = SLEEPER.replace("os.kill(os.getpid(), signal.SIGTERM)", "pass  # ignore it")
-    await env.job("slow", stubborn, activeDeadlineSeconds=1, pod={"terminationGracePeriodSeconds": 1})
+    # 3 s: time for the script to install its SIGTERM handler even on a loaded machine.
+    await env.job("slow", stubborn, activeDeadlineSeconds=3, pod={"terminationGracePeriodSeconds": 1})
     pod = await env.running_pod("slow")
 
     failed = await env.job_condition("slow", "Failed")
