@@ -64,7 +64,7 @@ def needs_scripted_model(cluster: LocalCluster) -> None:
         pytest.skip("needs the scripted model's slow, multi-step answers; a real endpoint (OPENAI_BASE_URL) is set")
 
 
-async def wait_for(probe, what: str, timeout: float = 25.0):
+async def wait_for(probe, what: str, timeout: float = 45.0):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last = None
