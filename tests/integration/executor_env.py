@@ -150,11 +150,12 @@ class ExecutorEnv:
 
 @contextlib.asynccontextmanager
 async def executor_on(
-    kubeconfig: Path, tmp_path: Path, settings: ExecutorSettings | None = None
+    kubeconfig: Path, tmp_path: Path, settings: ExecutorSettings | None = None, *, namespace: str | None = NAMESPACE
 ) -> AsyncIterator[ExecutorEnv]:
-    """A running executor against the API server of kubeconfig; skips the test where mounts are not permitted."""
+    """A running executor against the API server of kubeconfig (watching one namespace, or all when None);
+    skips the test where mounts are not permitted."""
     try:
-        executor = LocalJobExecutor(kubeconfig, NAMESPACE, state_dir=tmp_path / "state", settings=settings)
+        executor = LocalJobExecutor(kubeconfig, namespace, state_dir=tmp_path / "state", settings=settings)
         await executor.__aenter__()
     except MountNamespaceUnavailableError as error:
         pytest.skip(str(error))

@@ -232,3 +232,25 @@ async def test_kubectl_logs_shows_the_container_output_through_the_api_server(tm
         out, err = await asyncio.wait_for(process.communicate(), 20)
         assert process.returncode == 0, err.decode()
         assert out.decode() == "line one\nline two\n"
+
+
+async def test_executor_without_a_namespace_runs_jobs_of_every_namespace(tmp_path):
+    async with (
+        EmulatedApiServer() as apiserver,
+        executor_on(apiserver.kubeconfig_path, tmp_path, namespace=None) as env,
+    ):
+        await env.kube.create(
+            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-b"}}
+        )
+        for namespace in ("default", "team-b"):
+            env.namespace = namespace
+            await env.job(
+                "everywhere",
+                "import os; print(os.environ['NS'])",
+                container={"env": [{"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]},
+            )
+        for namespace in ("default", "team-b"):
+            env.namespace = namespace
+            await env.job_condition("everywhere", "Complete")
+            [pod] = await env.pods("everywhere")
+            assert env.executor.read_log(namespace, pod["metadata"]["name"]) == f"{namespace}\n"
