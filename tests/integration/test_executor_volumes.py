@@ -31,6 +31,7 @@ RESTARTING_SCRIPT = """
         "workspace_was_empty": not any(workspace.iterdir()),
         "host_tmp_visible": os.path.exists(os.environ["HOST_FILE"]),
         "tmp_entries": os.listdir("/tmp"),
+        "cwd": os.getcwd(),
     }
     (workspace / "scratch").write_text("left behind")
     try:
@@ -59,6 +60,7 @@ async def test_volumes_appear_at_mount_paths_and_only_the_claim_survives_pod_res
         ]
     }
     container = {
+        "workingDir": "/var/lib/agentrun/workspace",
         "env": [{"name": "HOST_FILE", "value": str(host_file)}],
         "volumeMounts": [
             {"name": "config", "mountPath": "/etc/agentrun", "readOnly": True},
@@ -84,6 +86,7 @@ async def test_volumes_appear_at_mount_paths_and_only_the_claim_survives_pod_res
         assert seen["host_tmp_visible"] is False
         assert seen["tmp_entries"] == []
         assert seen["config_writable"] is False
+        assert seen["cwd"] == "/var/lib/agentrun/workspace"
     job = await env.get_job("vols")
     assert (job["status"]["failed"], job["status"]["succeeded"]) == (2, 1)
     assert host_file.read_text() == "the host's /tmp is not the pod's"
