@@ -92,3 +92,41 @@ async def test_volumes_appear_at_mount_paths_and_only_the_claim_survives_pod_res
     assert host_file.read_text() == "the host's /tmp is not the pod's"
     claim = await env.kube.get(env.path("v1", "persistentvolumeclaims", "ckpt"))
     assert claim["status"]["phase"] == "Bound"
+
+
+async def test_sub_path_mounts_a_single_file_and_nested_mounts_stack(env):
+    await env.config_map("cfg", {"run.json": '{"a": 1}', "other": "x"})
+    await env.claim("data")
+    pod = {
+        "volumes": [
+            {"name": "cfg", "configMap": {"name": "cfg"}},
+            {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
+            {"name": "scratch", "emptyDir": {}},
+        ]
+    }
+    container = {
+        "volumeMounts": [
+            {"name": "cfg", "mountPath": "/etc/agentrun-single/run.json", "subPath": "run.json"},
+            {"name": "data", "mountPath": "/var/lib/agentrun-nested"},
+            {"name": "scratch", "mountPath": "/var/lib/agentrun-nested/scratch"},
+        ]
+    }
+    script = """
+        import json, os
+        print(json.dumps({
+            "single": open("/etc/agentrun-single/run.json").read(),
+            "siblings": sorted(os.listdir("/etc/agentrun-single")),
+            "nested": sorted(os.listdir("/var/lib/agentrun-nested")),
+        }))
+        open("/var/lib/agentrun-nested/scratch/tmp", "w").write("scratch")
+        open("/var/lib/agentrun-nested/kept", "w").write("claim")
+    """
+    await env.job("subpaths", script, pod=pod, container=container)
+
+    await env.job_condition("subpaths", "Complete")
+    [created] = await env.pods("subpaths")
+    seen = json.loads(env.executor.read_log("default", created["metadata"]["name"]))
+    assert seen == {"single": '{"a": 1}', "siblings": ["run.json"], "nested": ["scratch"]}
+    claim_dir = env.executor.state_dir / "claims" / "default" / "data"
+    assert (claim_dir / "kept").read_text() == "claim"
+    assert not (claim_dir / "scratch" / "tmp").exists()  # that file went to the emptyDir on top
