@@ -35,6 +35,7 @@ typecheck: install ## Type-check with mypy (strict)
 .PHONY: crds
 crds: install ## Regenerate crds/ from the pydantic models
 	PYTHONPATH=api $(PY) -m agentrun_api.crd > crds/agentruns.agentrun.dev.yaml
+	PYTHONPATH=api $(PY) -m agentrun_api.crd --all crds
 
 .PHONY: test
 test: install ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)
