@@ -8,14 +8,13 @@ from typing import Any
 
 import pytest
 
-# Until the operator and the model server are merged alongside the executor.
-for _part in ("tests.harness.model_server", "agentrun_operator.handlers"):
-    pytest.importorskip(_part, reason=f"{_part} is not on this branch yet")
+# Until the operator is merged alongside the executor.
+pytest.importorskip("agentrun_operator.handlers", reason="the operator is not on this branch yet")
 
-from tests.harness.executor import MountNamespaceUnavailableError  # noqa: E402
-from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path  # noqa: E402
-from tests.harness.local_cluster import LocalCluster  # noqa: E402
-from tests.harness.model_server import research_script  # noqa: E402
+from tests.harness.executor import MountNamespaceUnavailableError
+from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
+from tests.harness.local_cluster import LocalCluster
+from tests.harness.model_server import research_script
 
 pytestmark = pytest.mark.e2e
 
