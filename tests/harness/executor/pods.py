@@ -7,6 +7,7 @@ process sees the files a real container would see, at the same paths.
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -38,12 +39,18 @@ logger = logging.getLogger(__name__)
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
 UNSHARE = ["unshare", "--mount", "--propagation", "private", "--"]
-LOCAL_IP = "127.0.0.1"  # every pod shares the host's loopback: there is no pod network
+LOCAL_IP = "127.0.0.1"  # the host, and every pod unless distinct_pod_ips: there is no pod network
 # Where a container finds the executor's kubeconfig: the stand-in for the service account mount
 # (/var/run/secrets/kubernetes.io/serviceaccount), at a fixed path no volume of the pod covers.
 CREDENTIALS_MOUNT_PATH = "/var/run/secrets/local-executor"
 KUBECONFIG_FILE = "kubeconfig"
 STATUS_WRITE_ATTEMPTS = 20  # about 15 s of retries at most
+
+
+def distinct_loopback_ip(pod_uid: str) -> str:
+    """An address in 127.0.0.0/8 derived from the pod, never 127.0.0.1 (second octet >= 1)."""
+    digest = hashlib.sha256(pod_uid.encode()).digest()
+    return f"127.{1 + digest[0] % 254}.{digest[1]}.{1 + digest[2] % 254}"
 
 
 def now_rfc3339() -> str:
@@ -102,6 +109,8 @@ class PodRuntime:
         self.phase = "Pending"
         self.finished = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        identity = pod["metadata"].get("uid") or f"{self.namespace}/{self.name}"
+        self.ip = distinct_loopback_ip(identity) if settings.distinct_pod_ips else LOCAL_IP
 
     # -- control -------------------------------------------------------------------------------
 
@@ -157,8 +166,8 @@ class PodRuntime:
         if self._init_statuses:
             status["initContainerStatuses"] = self._init_statuses
         if self.phase == "Running":
-            status["podIP"] = LOCAL_IP
-            status["podIPs"] = [{"ip": LOCAL_IP}]
+            status["podIP"] = self.ip
+            status["podIPs"] = [{"ip": self.ip}]
         return status
 
     async def _write_status(self) -> None:
@@ -207,6 +216,7 @@ class PodRuntime:
         for container in [*(self._spec.get("initContainers") or []), self._spec["containers"][0]]:
             env = dict(self._settings.base_env)
             env.update({"HOSTNAME": self.name, "KUBECONFIG": f"{CREDENTIALS_MOUNT_PATH}/{KUBECONFIG_FILE}"})
+            env.update(dict.fromkeys(self._settings.pod_ip_env_names, self.ip))
             env.update(await container_env(container, source))
             launches.append(
                 ContainerLaunch(
