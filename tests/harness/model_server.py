@@ -130,8 +130,30 @@ def research_script(fetch_urls: Sequence[str] = (), delay: float = 0.0) -> Scrip
     return by_turn(turns)
 
 
+def stepwise_script(steps: int = 10, delay: float = 0.0) -> Script:
+    """An agent that answers at exactly its ``steps``-th model call (e.g. maxIterations, so PROGRESS
+    reaches N/N): it lists its files, then alternately writes and reads back notes, writes a report, and
+    answers. By turn, so a resumed runner gets the answers the lost pod would have had."""
+    tool_turns: list[Reply] = [Answer(tool_calls=[call("list_files")], delay=delay)]
+    for step in range(1, steps - 2):
+        if step % 2:
+            notes = "# Notes\n" + "".join(f"- finding {n}\n" for n in range(1, step // 2 + 2))
+            tool_turns.append(Answer(tool_calls=[call("write_file", path="notes.md", content=notes)], delay=delay))
+        else:
+            tool_turns.append(Answer(tool_calls=[call("read_file", path="notes.md")], delay=delay))
+    report = "# Report\nJobs run batch work to completion, retry failed pods, and clean up after a TTL.\n"
+    tool_turns.append(Answer(tool_calls=[call("write_file", path="report.md", content=report)], delay=delay))
+    answer = Answer(
+        content="Three uses of Kubernetes Jobs: database migrations before a release; nightly batch reports; "
+        "one-off data backfills that must finish even if a node fails.",
+        delay=delay,
+    )
+    return by_turn([*tool_turns[: steps - 1], answer])
+
+
 SCRIPTS: dict[str, Callable[[], Script]] = {
     "research": research_script,
+    "stepwise": stepwise_script,
     "answer": lambda: by_turn([Answer("Done.")]),
     "forever-tools": lambda: by_turn([Answer(tool_calls=[call("list_files")])]),
 }
