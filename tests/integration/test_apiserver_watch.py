@@ -61,6 +61,29 @@ async def test_watch_without_resource_version_starts_with_the_current_state(http
         assert first["object"]["kind"] == "AgentRun"
 
 
+async def test_watch_list_sends_the_current_state_then_the_initial_events_end_bookmark(
+    http: aiohttp.ClientSession,
+) -> None:
+    # client-go's WatchList (kubectl wait): state as ADDED, then a bookmark marking its end, then live events.
+    await http.post(CONFIGMAPS.lstrip("/"), json={"metadata": {"name": "before"}})
+    listing = await (await http.get(CONFIGMAPS.lstrip("/"))).json()
+    params = {
+        "sendInitialEvents": "true",
+        "resourceVersionMatch": "NotOlderThan",
+        "allowWatchBookmarks": "true",
+        "resourceVersion": listing["metadata"]["resourceVersion"],
+    }
+    async with watch(http, CONFIGMAPS.lstrip("/"), **params) as stream:
+        added, end = await stream.next(), await stream.next()
+        await http.post(CONFIGMAPS.lstrip("/"), json={"metadata": {"name": "after"}})
+        later = await stream.next()
+    assert (added["type"], added["object"]["metadata"]["name"]) == ("ADDED", "before")
+    assert end["type"] == "BOOKMARK"
+    assert end["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+    assert int(end["object"]["metadata"]["resourceVersion"]) >= int(listing["metadata"]["resourceVersion"])
+    assert (later["type"], later["object"]["metadata"]["name"]) == ("ADDED", "after")
+
+
 async def test_watch_from_a_resource_version_replays_only_later_events(http: aiohttp.ClientSession) -> None:
     await http.post(CONFIGMAPS.lstrip("/"), json={"metadata": {"name": "before"}})
     listing = await (await http.get(CONFIGMAPS.lstrip("/"))).json()

@@ -449,9 +449,17 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         fields = parse_field_selector(query.get("fieldSelector"))
         content_type = TABLE_CONTENT_TYPE if wants_table(raw.headers.get("Accept", "")) else "application/json"
         response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": content_type})
+        # A watch-list (client-go's WatchList, kubectl >= 1.35 for `wait`): the current state as ADDED events,
+        # then a BOOKMARK annotated k8s.io/initial-events-end, which the client waits for before it trusts its cache.
+        send_initial = query.get("sendInitialEvents") in ("true", "1")
         try:
             watcher = self.store.open_watch(
-                rt, route.namespace, labels, fields, query.get("resourceVersion"), name=route.name
+                rt,
+                route.namespace,
+                labels,
+                fields,
+                None if send_initial else query.get("resourceVersion"),
+                name=route.name,
             )
         except errors.ApiError as exc:
             if exc.code != 410:
@@ -460,6 +468,7 @@ class ApiServerHandler(kmock.KubernetesScaffold):
             await response.write(json.dumps({"type": "ERROR", "object": exc.status()}).encode() + b"\n")
             await response.write_eof()
             return response
+        initial_left = watcher.queue.qsize() if send_initial else -1  # open_watch queued exactly the initial state
         dropped = self.faults.watch_opened(record)
         loop = asyncio.get_running_loop()
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else self.settings.max_watch_seconds
@@ -470,6 +479,17 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         await response.prepare(raw)
         try:
             while True:
+                if initial_left == 0:
+                    end_of_initial = {
+                        "kind": rt.kind,
+                        "apiVersion": rt.api_version,
+                        "metadata": {
+                            "resourceVersion": str(self.store.revision),
+                            "annotations": {"k8s.io/initial-events-end": "true"},
+                        },
+                    }
+                    await response.write(json.dumps({"type": "BOOKMARK", "object": end_of_initial}).encode() + b"\n")
+                    initial_left = -1
                 wake_at = min(deadline, next_bookmark) if bookmarks else deadline
                 # Wake at least every second to notice a client that went away (aiohttp does not cancel handlers).
                 event = await self._next_event(watcher, dropped, min(wake_at - loop.time(), 1.0))
@@ -486,6 +506,8 @@ class ApiServerHandler(kmock.KubernetesScaffold):
                         # `kubectl get -w`: each event carries a one-row Table of the object.
                         obj = render_table(rt, [obj], obj["metadata"]["resourceVersion"])
                     await response.write(json.dumps({"type": event.type, "object": obj}).encode() + b"\n")
+                    if initial_left > 0:
+                        initial_left -= 1
                     continue
                 now = loop.time()
                 if bookmarks and now >= next_bookmark:
