@@ -9,7 +9,10 @@ KIND: Final = "AgentRun"
 PLURAL: Final = "agentruns"
 SINGULAR: Final = "agentrun"
 SHORT_NAMES: Final = ("ar",)
-CATEGORIES: Final = ("agentrun", "all-agents")
+# kubectl expands a category before it looks up a resource name, so no category may equal a kind's name:
+# a category "agentrun" made `kubectl get agentrun <name>` mean AgentRuns and ThrottlePools ("you must
+# specify only one resource").
+CATEGORIES: Final = ("all-agents",)
 CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 
 # Recommended labels: https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/

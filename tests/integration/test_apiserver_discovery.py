@@ -48,7 +48,7 @@ async def test_group_discovery_lists_the_operators_groups(http: aiohttp.ClientSe
     assert "jobs/status" in jobs
     agentruns = {r["name"]: r for r in (await (await http.get("apis/agentrun.dev/v1alpha1")).json())["resources"]}
     assert agentruns["agentruns"]["shortNames"] == ["ar"]
-    assert agentruns["agentruns"]["categories"] == ["agentrun", "all-agents"]
+    assert agentruns["agentruns"]["categories"] == ["all-agents"]
     assert (await http.get("apis/nothing.example.com/v1")).status == 404
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from agentrun_api import constants
 from agentrun_api.admission import CrdAdmission, load_agentrun_admission
-from agentrun_api.crd import build_crd, render_crd
+from agentrun_api.crd import build_crd, build_throttlepool_crd, render_crd
 
 pytestmark = pytest.mark.unit
 
@@ -73,6 +73,20 @@ def test_printer_columns_show_phase_progress_and_age_with_model_and_message_on_w
     assert wide == [("MODEL", ".spec.model.name"), ("MESSAGE", ".status.message")]
     assert next(c for c in columns if c["name"] == "Age")["type"] == "date"
     assert all(c.get("description") for c in columns)
+
+
+def test_no_category_shadows_a_resource_name_kubectl_would_resolve() -> None:
+    # kubectl expands categories first: a category named like a kind turns `kubectl get agentrun x` into a
+    # get of several kinds, which kubectl refuses.
+    names: set[str] = set()
+    for crd in (build_crd(), build_throttlepool_crd()):
+        crd_names = crd["spec"]["names"]
+        names |= {crd_names["plural"], crd_names["singular"], crd_names["kind"].lower(), *crd_names["shortNames"]}
+    categories = {
+        category for crd in (build_crd(), build_throttlepool_crd()) for category in crd["spec"]["names"]["categories"]
+    }
+    assert categories
+    assert not categories & names
 
 
 def test_the_crd_serves_one_storage_version_with_the_status_subresource() -> None:
