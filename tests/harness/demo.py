@@ -1,0 +1,472 @@
+"""`make demo`: one AgentRun from examples/, from Pending to Succeeded, killed and resumed on the way.
+
+    python -m tests.harness.demo
+
+Starts a LocalCluster (emulated API server, the real operator, the local Job executor, the scripted
+model unless OPENAI_API_KEY and OPENAI_BASE_URL are set), applies examples/secret.yaml and
+examples/minimal.yaml with the real kubectl, shows `kubectl get agentruns -w` as it runs, SIGKILLs the
+runner in the middle, shows the replacement resuming from its checkpoint, then prints the status, the
+Events, the result and the run's event stream (read over SSE from the runner, with Last-Event-ID across
+the kill). Exit 0 when the run succeeded; 1 with one clear message when something did not work.
+"""
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import yaml
+from httpx_sse import SSEError, aconnect_sse
+
+from agentrun_api.contract import STREAM_PORT
+from tests.harness.executor import MountNamespaceUnavailableError, check_mount_namespaces
+from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
+from tests.harness.local_cluster import REPO_ROOT, LocalCluster
+from tests.harness.model_server import stepwise_script
+
+RUN = "minimal"
+NAMESPACE = "default"
+EXAMPLES = REPO_ROOT / "examples"
+STEPS = 10
+"""Model calls the scripted agent makes: minimal.yaml's maxIterations, so PROGRESS reaches 10/10."""
+ANSWER_DELAY_SECONDS = 1.5
+"""Seconds the scripted model takes per answer: slow enough to watch, 10 answers in about 15 s."""
+KILL_AT_ITERATION = 4
+"""The runner is SIGKILLed once a checkpoint at this iteration exists."""
+STEP_TIMEOUT_SECONDS = 40.0
+"""Longest wait for any one thing the demo expects (a checkpoint, a pod, the end of the run)."""
+WATCH_PREFIX = "  watch  | "
+STREAM_PREFIX = "  stream | "
+TERMINAL_PHASES = ("Succeeded", "Failed", "TimedOut", "Cancelled")
+
+T = TypeVar("T")
+
+
+class DemoError(Exception):
+    """An expected failure: the demo says what went wrong (and what to do) in one message and exits 1."""
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def section(title: str) -> None:
+    say(f"\n== {title} " + "=" * max(3, 96 - len(title)))
+
+
+def banner(cluster_model_real: bool | None) -> None:
+    model = (
+        "a real OpenAI-compatible endpoint (OPENAI_BASE_URL)"
+        if cluster_model_real
+        else "the model: a scripted OpenAI-compatible server on 127.0.0.1 (10 answers, 1.5 s each)"
+    )
+    say("agentrun-operator demo: examples/minimal.yaml from Pending to Succeeded, with a runner killed on the way")
+    say()
+    say("  REAL      the operator (kopf, `python -m agentrun_operator`), the runner (`python -m agentrun_runner`")
+    say("            on the official openai SDK), kubectl, and HTTP between all of them on 127.0.0.1")
+    if cluster_model_real:
+        say("            the model: a real endpoint (OPENAI_BASE_URL)")
+    say("  EMULATED  the Kubernetes API server (tests/harness/apiserver), the Job controller and kubelet")
+    say("            (tests/harness/executor: pods are local processes in their own mount namespaces)")
+    if not cluster_model_real:
+        say(f"            {model}")
+
+
+def kubectl_binary() -> Path:
+    beside = Path(sys.executable).with_name("kubectl")
+    if beside.exists():
+        return beside
+    found = shutil.which("kubectl")
+    if found is None:
+        raise DemoError("kubectl was not found next to this Python or on PATH; `make install` installs it into .venv")
+    return Path(found)
+
+
+@dataclass
+class Kubectl:
+    """The real kubectl against the local cluster's kubeconfig; every command is printed before it runs."""
+
+    binary: Path
+    kubeconfig: Path
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    async def run(self, *args: str, stdin: bytes | None = None, shown_as: str = "", show_output: bool = True) -> str:
+        say(f"  $ {shown_as or 'kubectl ' + ' '.join(args)}")
+        process = await asyncio.create_subprocess_exec(
+            str(self.binary),
+            *args,
+            env=self._env(),
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(process.communicate(stdin), STEP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise DemoError(f"`kubectl {' '.join(args)}` did not finish within {STEP_TIMEOUT_SECONDS:.0f}s") from None
+        text = out.decode(errors="replace")
+        if show_output:
+            for line in text.rstrip("\n").splitlines():
+                say(f"    {line}")
+        if process.returncode != 0:
+            raise DemoError(f"`kubectl {' '.join(args)}` exited {process.returncode}: {err.decode().strip()}")
+        return text
+
+
+@dataclass
+class Watch:
+    """`kubectl get agentruns -w` as a child process, its lines streamed to the terminal as they come."""
+
+    kubectl: Kubectl
+    lines: list[str] = field(default_factory=list)
+    _process: asyncio.subprocess.Process | None = None
+    _pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        say("  $ kubectl get agentruns -w        (keeps running; its lines are prefixed `watch |`)")
+        self._process = await asyncio.create_subprocess_exec(
+            str(self.kubectl.binary),
+            "get",
+            "agentruns",
+            "-w",
+            env=self.kubectl._env(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        self._pump = asyncio.create_task(self._stream(self._process))
+
+    async def _stream(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            say(WATCH_PREFIX + line)
+
+    def phases(self) -> list[str]:
+        """The PHASE column of every row so far, repeats of the same phase folded."""
+        seen: list[str] = []
+        for line in self.lines:
+            cells = line.split()
+            phase = cells[1] if len(cells) >= 2 and cells[0] == RUN else ""
+            if phase in ("Pending", "Running", "Suspended", *TERMINAL_PHASES) and (not seen or seen[-1] != phase):
+                seen.append(phase)
+        return seen
+
+    async def stop(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._process.wait(), 5)
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
+        if self._pump is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._pump, 5)
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    id: int
+    event: str
+    data: str
+    pod: str
+
+
+async def wait_for(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STEP_TIMEOUT_SECONDS
+    while loop.time() < deadline:
+        found = await probe()
+        if found is not None:
+            return found
+        await asyncio.sleep(0.1)
+    raise DemoError(f"timed out after {STEP_TIMEOUT_SECONDS:.0f}s waiting for {what}")
+
+
+class Demo:
+    def __init__(self, cluster: LocalCluster, kube: KubeClient, kubectl: Kubectl) -> None:
+        self.cluster = cluster
+        self.kube = kube
+        self.kubectl = kubectl
+        self.stream_events: list[StreamEvent] = []
+
+    async def status(self) -> JsonObject:
+        run = await self.kube.get(namespaced_path("agentrun.dev/v1alpha1", "agentruns", NAMESPACE, RUN))
+        if run is None:
+            raise DemoError(f"the AgentRun {RUN} disappeared")
+        status: JsonObject = run.get("status") or {}
+        return status
+
+    async def runner_pods(self) -> list[JsonObject]:
+        selector = f"?labelSelector=batch.kubernetes.io/job-name%3D{RUN}-runner"
+        pods = await self.kube.list(namespaced_path("v1", "pods", NAMESPACE) + selector)
+        return sorted(pods, key=lambda pod: str(pod["metadata"].get("creationTimestamp", "")))
+
+    async def run_events(self) -> list[JsonObject]:
+        events = await self.kube.list(namespaced_path("v1", "events", NAMESPACE))
+        return [e for e in events if (e.get("involvedObject") or {}).get("name") == RUN]
+
+    async def apply_examples(self) -> None:
+        model = self.cluster.model
+        manifest = yaml.safe_load((EXAMPLES / f"{RUN}.yaml").read_text())
+        manifest["spec"]["model"]["baseURL"] = model.base_url
+        if model.real:
+            manifest["spec"]["model"]["name"] = model.model
+            say("  The API key comes from OPENAI_API_KEY (on kubectl's stdin, never printed or in argv):")
+            await self.kubectl.run(
+                "create", "secret", "generic", "openai-api-key", "--from-file=api-key=/dev/stdin",
+                stdin=model.api_key.encode(),
+            )  # fmt: skip
+        else:
+            await self.kubectl.run("apply", "-f", str((EXAMPLES / "secret.yaml").relative_to(REPO_ROOT)))
+        say(f"  examples/{RUN}.yaml is applied as it is, but for one field set on the way in (the file is not edited):")
+        say(f"    spec.model.baseURL: {model.base_url}    # the example calls the public API by default")
+        if model.real:
+            say(f"    spec.model.name: {model.model}    # OPENAI_MODEL")
+        await self.kubectl.run(
+            "apply",
+            "-f",
+            "-",
+            stdin=yaml.safe_dump(manifest, sort_keys=False).encode(),
+            shown_as=f"kubectl apply -f -    # stdin: examples/{RUN}.yaml with spec.model.baseURL set",
+        )
+
+    async def kill_runner_mid_run(self) -> str | None:
+        """SIGKILL the runner once a checkpoint at KILL_AT_ITERATION exists; the killed pod's name."""
+
+        async def checkpointed() -> JsonObject | None:
+            status = await self.status()
+            if status.get("phase") in TERMINAL_PHASES:
+                return status
+            return status if (status.get("lastCheckpoint") or {}).get("iteration", 0) >= KILL_AT_ITERATION else None
+
+        status = await wait_for(checkpointed, f"a checkpoint at iteration {KILL_AT_ITERATION}")
+        if status.get("phase") in TERMINAL_PHASES:
+            say(f"  (the run ended {status['phase']} before iteration {KILL_AT_ITERATION}: nothing to kill)")
+            return None
+        running = [p for p in await self.runner_pods() if p["status"].get("phase") == "Running"]
+        if not running:
+            raise DemoError("no Running runner pod to kill")
+        pod: str = running[-1]["metadata"]["name"]
+        runtime = self.cluster.executor.runtime(NAMESPACE, pod)
+        pid = runtime.process.pid if runtime.process is not None else "?"
+        say(
+            f"\n  chaos: SIGKILL to runner pod {pod} (pid {pid}), checkpointed at iteration "
+            f"{status['lastCheckpoint']['iteration']}: no SIGTERM, no chance to save anything"
+        )
+        self.cluster.executor.kill_pod_process(NAMESPACE, pod)
+        return pod
+
+    async def show_resume(self, killed: str) -> None:
+        async def replacement() -> JsonObject | None:
+            pods = await self.runner_pods()
+            fresh = [p for p in pods if p["metadata"]["name"] != killed and p["status"].get("phase") == "Running"]
+            return fresh[-1] if fresh else None
+
+        exit_code = await wait_for(
+            lambda: _async_value(self.cluster.executor.runtime(NAMESPACE, killed).exit_code), "the killed pod to end"
+        )
+        say(f"  pod {killed} ended with exit code {exit_code} (128 + SIGKILL)")
+        pod = await wait_for(replacement, "a replacement runner pod")
+        say(f"  the Job started a replacement pod: {pod['metadata']['name']}")
+
+        async def resumed() -> JsonObject | None:
+            found = [e for e in await self.run_events() if e.get("reason") == "Resumed"]
+            return found[-1] if found else None
+
+        event = await wait_for(resumed, "the Resumed Event")
+        say(f"  Event {event['reason']}: {event['message']}")
+
+    async def wait_for_end(self) -> JsonObject:
+        async def ended() -> JsonObject | None:
+            status = await self.status()
+            return status if status.get("phase") in TERMINAL_PHASES else None
+
+        status = await wait_for(ended, f"the run {RUN} to end")
+        if status["phase"] != "Succeeded":
+            raise DemoError(f"the run ended {status['phase']} ({status.get('reason')}): {status.get('message')}")
+        return status
+
+    async def follow_stream(self) -> None:
+        """Read the run's SSE stream from its runner pod; after a pod loss, reconnect to the replacement
+        with Last-Event-ID, as the stream gateway does, until the `finished` event."""
+
+        async def token() -> str | None:
+            secret = await self.kube.get(namespaced_path("v1", "secrets", NAMESPACE, f"{RUN}-stream-token"))
+            return base64.b64decode(secret["data"]["token"]).decode() if secret else None
+
+        bearer = await wait_for(token, f"the Secret {RUN}-stream-token")
+        last_id: int | None = None
+        lost: str | None = None
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=60.0)) as client:
+            while True:
+                pods = [p for p in await self.runner_pods() if p["status"].get("phase") == "Running"]
+                if not pods or not pods[-1]["status"].get("podIP") or pods[-1]["metadata"]["name"] == lost:
+                    await asyncio.sleep(0.1)
+                    continue
+                pod = pods[-1]["metadata"]["name"]
+                url = f"http://{pods[-1]['status']['podIP']}:{STREAM_PORT}/events"
+                headers = {"Authorization": f"Bearer {bearer}"}
+                if last_id is not None:
+                    headers["Last-Event-ID"] = str(last_id)
+                try:
+                    async with aconnect_sse(client, "GET", url, headers=headers) as source:
+                        if source.response.status_code == 401:
+                            raise DemoError(f"the runner's stream refused the token of {RUN}-stream-token (401)")
+                        resumed = f" with Last-Event-ID: {last_id}" if last_id is not None else ""
+                        say(f"{STREAM_PREFIX}connected to {url} (pod {pod}){resumed}")
+                        async for sse in source.aiter_sse():
+                            if not sse.id:
+                                continue
+                            last_id = int(sse.id)
+                            self.stream_events.append(StreamEvent(last_id, sse.event, sse.data, pod))
+                            if sse.event == "finished":
+                                say(f"{STREAM_PREFIX}`finished` received (id {last_id}); stream closed")
+                                return
+                except (httpx.TransportError, SSEError):
+                    pass  # not listening yet, or the pod died: find the current pod again
+                if self.stream_events and self.stream_events[-1].pod == pod and lost != pod:
+                    lost = pod
+                    say(
+                        f"{STREAM_PREFIX}connection to pod {pod} lost after event id {last_id}; waiting for the next pod"
+                    )
+                await asyncio.sleep(0.1)
+
+    async def show_outcome(self, status: JsonObject) -> None:
+        section("The run's status, conditions and Events")
+        await self.kubectl.run("get", "agentruns")
+        await self.kubectl.run("wait", "--for=condition=Complete", f"agentrun/{RUN}", "--timeout=30s")
+        full = await self.kubectl.run(
+            "get", "agentrun", RUN, "-o", "yaml", shown_as=f"kubectl get agentrun {RUN} -o yaml    # its status:", show_output=False
+        )  # fmt: skip
+        in_status = False
+        for line in full.splitlines():
+            in_status = in_status or line.startswith("status:")
+            if in_status:
+                say(f"    {line}")
+        await self.kubectl.run(
+            "get",
+            "events",
+            f"--field-selector=involvedObject.name={RUN}",
+            "--sort-by=.metadata.creationTimestamp",
+            "-o",
+            "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
+        )
+
+        section("The result")
+        result = status.get("result") or {}
+        say(f"  status.result.summary: {result.get('summary', '')}")
+        say(f"  status.result.ref:     {result.get('ref', '')} ({result.get('bytes', 0)} bytes)")
+        ref = str(result.get("ref", ""))
+        if ref.startswith("configmap/") and "#" in ref:
+            name, key = ref.removeprefix("configmap/").split("#", 1)
+            say("  The full result, from the checkpoint store:")
+            await self.kubectl.run("get", "configmap", name, "-o", f"jsonpath={{.data.{key}}}")
+        say()
+
+        section("The stream's events (SSE from the runner pods, ids only increase across the kill)")
+        for event in self.stream_events:
+            say(f"  id: {event.id:<6} event: {event.event:<12} pod: {event.pod}  data: {_short(event.data)}")
+
+
+def _short(data: str, limit: int = 70) -> str:
+    with contextlib.suppress(ValueError):
+        data = json.dumps(json.loads(data), separators=(",", ":"))
+    return data if len(data) <= limit else data[: limit - 3] + "..."
+
+
+async def _async_value(value: T | None) -> T | None:
+    return value
+
+
+async def demo(state_dir: Path) -> None:
+    started = time.monotonic()
+    binary = kubectl_binary()
+    try:
+        await asyncio.to_thread(check_mount_namespaces)
+    except MountNamespaceUnavailableError as error:
+        raise DemoError(
+            f"{error}.\nThe demo runs runner pods as local processes in private mount namespaces, which needs "
+            "root (or CAP_SYS_ADMIN) and util-linux `unshare`: run it as root, e.g. `sudo make demo`, or in a "
+            "container started with --privileged."
+        ) from None
+
+    section("Starting the local cluster")
+    script = stepwise_script(STEPS, delay=ANSWER_DELAY_SECONDS)
+    async with LocalCluster(state_dir, namespace=NAMESPACE, model_script=script) as cluster:
+        say(f"  emulated API server  {cluster.apiserver.url}  (KUBECONFIG={cluster.kubeconfig_path})")
+        say(f"  operator             pid {cluster.operator.process.pid if cluster.operator.process else '?'}")
+        say(f"  model                {cluster.model.base_url} ({'real' if cluster.model.real else 'scripted'})")
+        kubectl = Kubectl(binary, cluster.kubeconfig_path)
+        watch = Watch(kubectl)
+        async with KubeClient(str(cluster.kubeconfig_path)) as kube:
+            run = Demo(cluster, kube, kubectl)
+            try:
+                section("Applying the example with kubectl, and watching it")
+                await watch.start()
+                await run.apply_examples()
+                stream = asyncio.create_task(run.follow_stream())
+                killed = await run.kill_runner_mid_run()
+                if killed is not None:
+                    await run.show_resume(killed)
+                status = await run.wait_for_end()
+                await asyncio.wait_for(stream, STEP_TIMEOUT_SECONDS)
+                # The watch's own Succeeded row, before the watch stops.
+                await wait_for(
+                    lambda: _async_value("Succeeded" in watch.phases() or None), "the watch to show Succeeded"
+                )
+            finally:
+                await watch.stop()
+                if "stream" in locals() and not stream.done():
+                    stream.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await stream
+            await run.show_outcome(status)
+            pods = [pod["metadata"]["name"] for pod in await run.runner_pods()]
+        section("Summary")
+        ids = [event.id for event in run.stream_events]
+        say(f"  phases seen by kubectl get agentruns -w: {' -> '.join(watch.phases())}")
+        say(f"  runner pods: {', '.join(pods)}")
+        say(f"  restarts: {status.get('restarts', 0)}; stream events: {len(ids)}, ids {ids[0]}..{ids[-1]}")
+        say(f"  emulated: the API server, the Job controller and kubelet{'' if cluster.model.real else ', the model'}")
+        say("  stopping the operator, the executor's pods, the API server and the model server")
+    say(
+        f"\nDemo finished in {time.monotonic() - started:.1f}s: {RUN} Succeeded after a SIGKILL, resumed from its checkpoint."
+    )
+
+
+def main() -> int:
+    banner(bool(os.environ.get("OPENAI_API_KEY") and os.environ.get("OPENAI_BASE_URL")))
+    state_dir = Path(tempfile.mkdtemp(prefix="agentrun-demo-"))
+    try:
+        asyncio.run(demo(state_dir))
+    except DemoError as error:
+        say(f"\ndemo FAILED: {error}")
+        say(f"logs kept in {state_dir} (operator.log, executor/logs/)")
+        return 1
+    except KeyboardInterrupt:
+        say(f"\ndemo interrupted; logs kept in {state_dir}")
+        return 130
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
