@@ -32,7 +32,7 @@ from httpx_sse import SSEError, aconnect_sse
 from agentrun_api.contract import STREAM_PORT
 from tests.harness.executor import MountNamespaceUnavailableError, check_mount_namespaces
 from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
-from tests.harness.local_cluster import REPO_ROOT, LocalCluster
+from tests.harness.local_cluster import REPO_ROOT, LocalCluster, ModelEndpoint
 from tests.harness.model_server import stepwise_script
 
 RUN = "minimal"
@@ -51,6 +51,15 @@ STREAM_PREFIX = "  stream | "
 TERMINAL_PHASES = ("Succeeded", "Failed", "TimedOut", "Cancelled")
 
 T = TypeVar("T")
+
+
+def point_at_model(manifest: JsonObject, model: ModelEndpoint) -> JsonObject:
+    """An example AgentRun as applied here: the same, but for spec.model.baseURL (the examples call the public
+    API) and, for a real endpoint, spec.model.name (OPENAI_MODEL). The file itself stays as it is."""
+    spec_model = {**manifest["spec"]["model"], "baseURL": model.base_url}
+    if model.real:
+        spec_model["name"] = model.model
+    return {**manifest, "spec": {**manifest["spec"], "model": spec_model}}
 
 
 class DemoError(Exception):
@@ -225,10 +234,8 @@ class Demo:
 
     async def apply_examples(self) -> None:
         model = self.cluster.model
-        manifest = yaml.safe_load((EXAMPLES / f"{RUN}.yaml").read_text())
-        manifest["spec"]["model"]["baseURL"] = model.base_url
+        manifest = point_at_model(yaml.safe_load((EXAMPLES / f"{RUN}.yaml").read_text()), model)
         if model.real:
-            manifest["spec"]["model"]["name"] = model.model
             say("  The API key comes from OPENAI_API_KEY (on kubectl's stdin, never printed or in argv):")
             await self.kubectl.run(
                 "create", "secret", "generic", "openai-api-key", "--from-file=api-key=/dev/stdin",
