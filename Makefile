@@ -36,9 +36,16 @@ typecheck: install ## Type-check with mypy (strict)
 crds: install ## Regenerate crds/ from the pydantic models
 	PYTHONPATH=api $(PY) -m agentrun_api.crd > crds/agentruns.agentrun.dev.yaml
 
+.PHONY: chart-sync
+chart-sync: install ## Copy crds/ and the operator's RBAC rules into the Helm chart (tests fail when they differ)
+	cp crds/agentruns.agentrun.dev.yaml helm/agentrun-operator/files/crds/agentruns.agentrun.dev.yaml
+	PYTHONPATH=api:operator $(PY) -m agentrun_operator.permissions > helm/agentrun-operator/files/operator-rbac-rules.yaml
+
 .PHONY: test
 test: install ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)
 	$(BIN)/pytest
 
 .PHONY: check
 check: lint typecheck test ## Lint, type-check and test: what CI runs
+
+include mk/cluster.mk
