@@ -7,9 +7,11 @@ absent field), titles dropped, CEL rules kept in ``x-kubernetes-validations``.
 """
 
 import sys
-from typing import Any
+from typing import Any, get_args
 
 import yaml
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 
 from agentrun_api import constants
 from agentrun_api.spec import MUTABLE_SPEC_FIELDS, AgentRunSpec
@@ -93,9 +95,34 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _schema_of(model: type, mode: str) -> dict[str, Any]:
-    raw = model.model_json_schema(by_alias=True, mode=mode)  # type: ignore[attr-defined]
-    return _structural(raw, raw.get("$defs", {}))
+def _schema_of(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode=mode)
+    schema = _structural(raw, raw.get("$defs", {}))
+    _add_empty_defaults(model, schema)
+    return schema
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _add_empty_defaults(model: type[BaseModel], schema: dict[str, Any]) -> None:
+    """Give fields with a ``default_factory`` the empty default the factory makes (pydantic leaves it out of
+    JSON Schema): with ``default: {}`` the API server creates the object, then fills in its children's
+    defaults, so a stored AgentRun shows every default, as the operator's model sees it."""
+    for name, info in model.model_fields.items():
+        prop = schema.get("properties", {}).get(info.alias or name)
+        if prop is None:
+            continue
+        if info.default_factory is not None and "default" not in prop:
+            made = info.default_factory()  # type: ignore[call-arg]
+            prop["default"] = [] if isinstance(made, list) else {}
+        nested = _nested_model(info.annotation)
+        if nested is not None:
+            _add_empty_defaults(nested, prop["items"] if prop.get("type") == "array" else prop)
 
 
 def _add_immutability(spec_schema: dict[str, Any]) -> None:

@@ -1,0 +1,78 @@
+"""The pydantic models: they refuse what admission refuses, and their helpers keep their promises."""
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from agentrun_api.durations import format_duration, parse_duration
+from agentrun_api.spec import AgentRunSpec
+from agentrun_api.status import TERMINAL_PHASES, IllegalTransitionError, Phase, next_phase
+from tests.unit.example_manifests import BadExample, agentrun_examples, bad_examples, load
+
+pytestmark = pytest.mark.unit
+
+
+def pydantic_errors(error: ValidationError) -> list[str]:
+    """Each error as "loc: message", loc in the wire's camelCase, as the operator reports it."""
+    return [f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()]
+
+
+@pytest.mark.parametrize("path", agentrun_examples(), ids=lambda p: p.stem)
+def test_the_model_accepts_every_example_spec_as_written(path: Path) -> None:
+    spec = AgentRunSpec.model_validate(load(path)["spec"])
+    assert spec.max_iterations == load(path)["spec"]["maxIterations"]
+
+
+@pytest.mark.parametrize("bad", bad_examples(), ids=lambda b: b.id)
+def test_the_model_refuses_every_bad_example_naming_the_field(bad: BadExample) -> None:
+    with pytest.raises(ValidationError) as caught:
+        AgentRunSpec.model_validate(bad.manifest["spec"])
+
+    rendered = pydantic_errors(caught.value)
+    assert any(bad.model_error in line for line in rendered), rendered
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400), ("250ms", 0.25)],
+)
+def test_parse_duration_reads_kubernetes_style_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["-5m", "5d", "ten", "", "1h 30m", "5"])
+def test_parse_duration_refuses_other_forms_naming_the_accepted_ones(text: str) -> None:
+    with pytest.raises(ValueError, match='a duration such as "90s"'):
+        parse_duration(text)
+
+
+@settings(max_examples=100)
+@given(st.integers(min_value=1, max_value=10 * 24 * 3600))
+def test_format_duration_round_trips_through_parse_duration(seconds: int) -> None:
+    text = format_duration(seconds)
+    assert parse_duration(text) == seconds
+    assert format_duration(parse_duration(text)) == text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (59, "59s"), (60, "1m"), (5400, "1h30m"), (90061, "25h1m1s")])
+def test_format_duration_writes_the_shortest_spelling(seconds: int, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("ended", sorted(TERMINAL_PHASES))
+@pytest.mark.parametrize("desired", list(Phase))
+def test_next_phase_keeps_an_ended_run_ended(ended: Phase, desired: Phase) -> None:
+    if desired == ended:
+        assert next_phase(ended, desired) is ended
+    else:
+        with pytest.raises(IllegalTransitionError, match=f"already ended as {ended.value}"):
+            next_phase(ended, desired)
+
+
+@pytest.mark.parametrize("current", [None, *sorted(set(Phase) - TERMINAL_PHASES)])
+@pytest.mark.parametrize("desired", list(Phase))
+def test_next_phase_lets_a_live_run_move_anywhere(current: Phase | None, desired: Phase) -> None:
+    assert next_phase(current, desired) is desired
