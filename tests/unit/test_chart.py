@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from agentrun_api import constants
+from agentrun_api.admission import CrdAdmission
 from agentrun_api.spec import AgentRunSpec
 from tests.harness.chart import (
     CHART_DIR,
@@ -301,6 +302,9 @@ def test_notes_tell_how_to_apply_and_watch_a_first_run_that_the_api_accepts() ->
     run = yaml.safe_load(manifest.group(1))
     assert run["apiVersion"] == constants.API_VERSION
     assert run["kind"] == constants.KIND
+    # What the API server would do with it: the chart's CRD schema with its CEL rules, strict decoding.
+    crd = find(render_objects(), "CustomResourceDefinition", constants.CRD_NAME)
+    CrdAdmission.from_crd(crd).admit(run)
     AgentRunSpec.model_validate(run["spec"])
 
 
