@@ -7,6 +7,7 @@ user's own spec fields, never status. Every failure is one line on stderr naming
 
 import argparse
 import base64
+import functools
 import json
 import sys
 import time
@@ -41,27 +42,39 @@ class PluginError(Exception):
     """A failure the user can act on; printed as one line, without a traceback."""
 
 
-@dataclass(frozen=True)
 class Target:
-    """The cluster connection and the namespace the command works in."""
+    """The cluster connection and the namespace a command works in, connected on first use (as kubectl does:
+    the kubeconfig from the flag, KUBECONFIG or ~/.kube/config, a context, a namespace), so a command that
+    needs no API server (stream with --url and --token) needs no kubeconfig either."""
 
-    api: client.ApiClient
-    namespace: str
+    def __init__(self, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+        self._kubeconfig = kubeconfig
+        self._context = context
+        self._namespace = namespace
 
+    @functools.cached_property
+    def _connection(self) -> tuple[client.ApiClient, str]:
+        try:
+            contexts, current = config.list_kube_config_contexts(config_file=self._kubeconfig)  # type: ignore[no-untyped-call]
+            chosen = next((c for c in contexts if c["name"] == self._context), None) if self._context else current
+            if chosen is None:
+                raise PluginError(
+                    f"context {self._context!r} is not in the kubeconfig; `kubectl config get-contexts` lists them"
+                )
+            api = config.new_client_from_config(config_file=self._kubeconfig, context=chosen["name"])  # type: ignore[no-untyped-call]
+        except config.ConfigException as error:
+            raise PluginError(f"cannot load the kubeconfig: {error}") from None
+        except OSError as error:
+            raise PluginError(f"cannot read the kubeconfig: {error}") from None
+        return api, self._namespace or chosen["context"].get("namespace") or "default"
 
-def connect(kubeconfig: str | None, context: str | None, namespace: str | None) -> Target:
-    """Connect as kubectl would: the kubeconfig (flag, KUBECONFIG or ~/.kube/config), a context, a namespace."""
-    try:
-        contexts, current = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        chosen = next((c for c in contexts if c["name"] == context), None) if context else current
-        if chosen is None:
-            raise PluginError(f"context {context!r} is not in the kubeconfig; `kubectl config get-contexts` lists them")
-        api = config.new_client_from_config(config_file=kubeconfig, context=chosen["name"])  # type: ignore[no-untyped-call]
-    except config.ConfigException as error:
-        raise PluginError(f"cannot load the kubeconfig: {error}") from None
-    except OSError as error:
-        raise PluginError(f"cannot read the kubeconfig: {error}") from None
-    return Target(api=api, namespace=namespace or chosen["context"].get("namespace") or "default")
+    @property
+    def api(self) -> client.ApiClient:
+        return self._connection[0]
+
+    @property
+    def namespace(self) -> str:
+        return self._connection[1]
 
 
 def api_error(error: ApiException, what: str, namespace: str) -> PluginError:
@@ -569,8 +582,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     output = out or sys.stdout
     try:
-        target = connect(args.kubeconfig, args.context, args.namespace)
-        code: int = args.handler(target, args, output)
+        code: int = args.handler(Target(args.kubeconfig, args.context, args.namespace), args, output)
         return code
     except PluginError as error:
         sys.stderr.write(f"error: {error}\n")

@@ -254,3 +254,12 @@ def test_unknown_context_names_the_fix(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert kubectl_plugin.main(["--kubeconfig", str(kubeconfig), "--context", "b", "logs", "q3"]) == 1
     assert "context 'b' is not in the kubeconfig" in capsys.readouterr().err
+
+
+def test_stream_with_url_and_token_needs_no_kubeconfig(
+    sse_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere.yaml"
+    args = ["--kubeconfig", str(missing), "stream", "q3", "--url", sse_server, "--token", "t"]
+    assert kubectl_plugin.main(args) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == '[3] finished {"phase": "Succeeded"}'
