@@ -1,12 +1,10 @@
 """kubectl-agentrun without a cluster: the SSE client against a real loopback server, and the formatting."""
 
-import http.server
 import io
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -25,6 +23,7 @@ from agentrun_operator.kubectl_plugin import (
     parse_result_ref,
     pod_header,
 )
+from tests.harness.sse_server import SseServer
 
 pytestmark = pytest.mark.unit
 
@@ -60,79 +59,49 @@ def test_format_event_puts_one_event_on_one_line() -> None:
     assert format_event(SseEvent(id=None, event="token", data="a\nb")) == "[-] token a\n    b"
 
 
-class SseHandler(http.server.BaseHTTPRequestHandler):
-    """A runner-like SSE endpoint: the first connection drops after two events, the next resumes after the id."""
-
-    requests: ClassVar[list[dict[str, str]]] = []
-    status_code: ClassVar[int] = 200
-
-    def do_GET(self) -> None:
-        SseHandler.requests.append(dict(self.headers.items()))
-        if SseHandler.status_code != 200:
-            self.send_response(SseHandler.status_code)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        after = int(self.headers.get("Last-Event-ID", "0"))
-        if after < 2:
-            body = "retry: 10\n\n: hello\n\nid: 1\nevent: iteration\ndata: one\n\nid: 2\nevent: checkpoint\r\ndata: two\r\n\r\n"
-        else:
-            body = f'id: {after + 1}\nevent: finished\ndata: {{"phase": "Succeeded"}}\n\n'
-        self.wfile.write(body.encode())
-        self.wfile.flush()
-        self.close_connection = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the test asserts on what the client printed."""
+EVENTS = [("iteration", "one"), ("checkpoint", "two"), ("finished", '{"phase": "Succeeded"}')]
 
 
 @pytest.fixture
-def sse_server() -> Iterator[str]:
-    SseHandler.requests = []
-    SseHandler.status_code = 200
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SseHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/runs/agents/q3/events"
-    finally:
-        server.shutdown()
-        server.server_close()
+def sse() -> Iterator[SseServer]:
+    """Drops the first connection after two events, as a runner pod replaced mid-run would."""
+    with SseServer(EVENTS, drop_first_after=2, retry_ms=10) as server:
+        yield server
 
 
-def test_stream_reconnects_with_last_event_id_and_stops_at_finished(sse_server: str) -> None:
+@pytest.fixture
+def sse_server(sse: SseServer) -> str:
+    return sse.url
+
+
+def test_stream_reconnects_with_last_event_id_and_stops_at_finished(sse: SseServer) -> None:
     out = io.StringIO()
     waits: list[float] = []
-    code = follow_stream(sse_server, "s3cret", out, sleep=waits.append)
+    code = follow_stream(sse.url, "s3cret", out, sleep=waits.append)
     assert code == 0
     assert out.getvalue().splitlines() == [
         "[1] iteration one",
         "[2] checkpoint two",
         '[3] finished {"phase": "Succeeded"}',
     ]
-    first, second = SseHandler.requests
+    first, second = sse.requests
     assert first["Authorization"] == "Bearer s3cret"
     assert "Last-Event-ID" not in first
     assert second["Last-Event-ID"] == "2"
     assert waits == [0.01]  # the server's retry: field, in seconds
 
 
-def test_stream_resumes_after_a_given_event_id(sse_server: str) -> None:
+def test_stream_resumes_after_a_given_event_id(sse: SseServer) -> None:
     out = io.StringIO()
-    follow_stream(sse_server, None, out, last_event_id="5", sleep=lambda _: None)
-    assert out.getvalue() == '[6] finished {"phase": "Succeeded"}\n'
-    assert SseHandler.requests[0]["Last-Event-ID"] == "5"
-    assert "Authorization" not in SseHandler.requests[0]
+    follow_stream(sse.url, None, out, last_event_id="2", sleep=lambda _: None)
+    assert out.getvalue() == '[3] finished {"phase": "Succeeded"}\n'
+    assert sse.requests[0]["Last-Event-ID"] == "2"
+    assert "Authorization" not in sse.requests[0]
 
 
-def test_stream_refused_token_is_a_clear_error(sse_server: str) -> None:
-    SseHandler.status_code = 403
-    with pytest.raises(PluginError, match=r"refused the token.*--token"):
-        follow_stream(sse_server, "wrong", io.StringIO(), sleep=lambda _: None)
+def test_stream_refused_token_is_a_clear_error() -> None:
+    with SseServer(EVENTS, status=403) as refusing, pytest.raises(PluginError, match=r"refused the token.*--token"):
+        follow_stream(refusing.url, "wrong", io.StringIO(), sleep=lambda _: None)
 
 
 def test_stream_gives_up_after_reconnects_without_progress() -> None:
