@@ -133,8 +133,10 @@ def pod_header(pod: RunnerPod) -> str:
 
 
 def oldest_first(pods: Iterable[RunnerPod]) -> list[RunnerPod]:
-    """Each replaced pod resumed where the one before it stopped, so creation order is the run's order."""
-    return sorted(pods, key=lambda pod: (pod.created, pod.name))
+    """Each replaced pod resumed where the one before it stopped, so creation order is the run's order; creation
+    times have whole seconds only, so the start time breaks a tie (a pod not started yet comes last)."""
+    never = datetime.max.replace(tzinfo=UTC)
+    return sorted(pods, key=lambda pod: (pod.created, pod.started or never, pod.name))
 
 
 def runner_pods(target: Target, run: str) -> list[RunnerPod]:
@@ -427,12 +429,14 @@ def patch_spec(target: Target, run: str, spec_fields: dict[str, bool]) -> dict[s
     return cast(dict[str, Any], patched)
 
 
-def steering_command(spec_fields: dict[str, bool], done: str) -> Callable[[Target, argparse.Namespace, TextIO], int]:
+def steering_command(
+    spec_fields: dict[str, bool], verb: str, done: str
+) -> Callable[[Target, argparse.Namespace, TextIO], int]:
     def command(target: Target, args: argparse.Namespace, out: TextIO) -> int:
         run = get_run(target, args.run)
         phase = (run.get("status") or {}).get("phase")
         if phase in ("Succeeded", "Failed", "TimedOut", "Cancelled"):
-            raise PluginError(f"agentrun {args.run} already ended as {phase}; nothing to {done.split()[0]}")
+            raise PluginError(f"agentrun {args.run} already ended as {phase}; nothing to {verb}")
         patch_spec(target, args.run, spec_fields)
         out.write(f"{constants.SINGULAR}.{constants.GROUP}/{args.run} {done}\n")
         return EXIT_OK
@@ -562,17 +566,17 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "suspend",
         "pause the run: it checkpoints and stops (spec.suspend=true)",
-        steering_command({"suspend": True}, "suspended"),
+        steering_command({"suspend": True}, "suspend", "suspended"),
     )
     add(
         "resume",
         "resume a suspended run from its checkpoint (spec.suspend=false)",
-        steering_command({"suspend": False}, "resumed"),
+        steering_command({"suspend": False}, "resume", "resumed"),
     )
     add(
         "cancel",
         "stop the run for good; it ends Cancelled (spec.cancel=true)",
-        steering_command({"cancel": True}, "cancelled"),
+        steering_command({"cancel": True}, "cancel", "cancelled"),
     )
     add("budget", "print the run's timeout budget: each timer, its value and what the run needs", command_budget)
     return parser

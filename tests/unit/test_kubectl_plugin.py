@@ -199,6 +199,13 @@ def test_logs_come_oldest_pod_first_with_a_header() -> None:
     later = RunnerPod("q3-runner-b", t0.replace(minute=5), t0.replace(minute=5), "Running", restarted=False)
     first = RunnerPod("q3-runner-a", t0, t0, "Failed", restarted=True)
     assert [p.name for p in oldest_first([later, first])] == ["q3-runner-a", "q3-runner-b"]
+    # Created in the same second: the start time decides, and a pod not started yet comes last.
+    same_second = [
+        RunnerPod("q3-runner-c", t0, None, "Pending", restarted=False),
+        RunnerPod("q3-runner-z", t0, t0.replace(second=1), "Failed", restarted=False),
+        RunnerPod("q3-runner-y", t0, t0.replace(second=30), "Running", restarted=False),
+    ]
+    assert [p.name for p in oldest_first(same_second)] == ["q3-runner-z", "q3-runner-y", "q3-runner-c"]
     assert pod_header(first) == "==> pod q3-runner-a (started 2026-01-01T12:00:00+00:00, Failed) <=="
 
 
