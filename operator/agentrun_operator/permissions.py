@@ -48,7 +48,7 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     Rule(
         "agentrun.dev",
         ("agentruns",),
-        ("get", "list", "watch", "patch"),
+        ("list", "watch", "patch"),
         cluster_scoped=False,
         why="kopf watches AgentRuns and patches their metadata (finalizer, its progress annotations); never spec",
     ),
@@ -64,13 +64,13 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("jobs",),
         ("create", "get", "list", "watch", "patch", "delete"),
         cluster_scoped=False,
-        why="each run's Job <run>-runner: created, watched for its outcome, patched to suspend, deleted when a "
-        "run is cancelled or past ttlSecondsAfterFinished",
+        why="each run's Job <run>-runner: created (get adopts it after a 409), watched for its outcome, patched to "
+        "suspend, deleted when a run is cancelled or past ttlSecondsAfterFinished",
     ),
     Rule(
         "",
         ("pods",),
-        ("get", "list", "watch", "delete"),
+        ("list", "watch", "delete"),
         cluster_scoped=False,
         why="runner pods are watched to count restarts; a pod past its progressDeadline is deleted so the Job "
         "replaces it",
@@ -78,40 +78,41 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     Rule(
         "",
         ("configmaps",),
-        ("create", "get", "list", "watch", "update", "patch", "delete"),
+        ("create", "get", "list", "watch", "update", "patch"),
         cluster_scoped=False,
-        why="the run's config, progress and checkpoint ConfigMaps; progress ConfigMaps are watched; update and "
-        "patch are also what the runner's Role grants on its own ConfigMaps, which the operator must hold to grant",
+        why="the run's config and progress ConfigMaps are created (get adopts after a 409) and progress ConfigMaps "
+        "watched; update and patch because the runner's Role grants them on its own ConfigMaps, and a Role may "
+        "only grant what its creator holds",
     ),
     Rule(
         "",
         ("secrets",),
-        ("create", "get", "delete"),
+        ("create", "get"),
         cluster_scoped=False,
-        why="create and delete the run's <run>-stream-token Secret; get to check that the API-key Secret exists "
-        "(no list or watch: the operator never enumerates Secrets)",
+        why="create the run's <run>-stream-token Secret; get reads the API-key Secret's existence and adopts the "
+        "token Secret after a 409 (no list or watch: the operator never enumerates Secrets)",
     ),
     Rule(
         "",
         ("serviceaccounts", "services", "persistentvolumeclaims"),
-        ("create", "get", "patch", "delete"),
+        ("create", "get"),
         cluster_scoped=False,
-        why="the runner's ServiceAccount, the <run>-stream Service and the PVC checkpoint store, adopted by name",
+        why="the runner's ServiceAccount, the <run>-stream Service and the PVC checkpoint store; get adopts after a "
+        "409; owner references let the garbage collector delete them with the run",
     ),
     Rule(
         "rbac.authorization.k8s.io",
         ("roles", "rolebindings"),
-        ("create", "get", "patch", "delete"),
+        ("create", "get"),
         cluster_scoped=False,
-        why="the runner's least-privilege Role and RoleBinding <run>-runner",
+        why="the runner's least-privilege Role and RoleBinding <run>-runner; get adopts after a 409",
     ),
     Rule(
         "",
         ("events",),
-        ("create", "patch"),
+        ("create",),
         cluster_scoped=False,
-        why="Events on AgentRuns (kopf's handler events and the operator's budget warnings); patch updates the "
-        "count of a repeated Event",
+        why="Events on AgentRuns: kopf's handler events and the operator's (budget warnings, restarts, outcome)",
     ),
     Rule(
         "storage.k8s.io",
@@ -119,13 +120,6 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("get",),
         cluster_scoped=True,
         why="check that a PVC checkpoint store's storageClassName exists before creating the claim",
-    ),
-    Rule(
-        "authorization.k8s.io",
-        ("subjectaccessreviews",),
-        ("create",),
-        cluster_scoped=True,
-        why="the stream gateway asks the API server whether a reader may get the AgentRun it wants to follow",
     ),
     Rule(
         "apiextensions.k8s.io",

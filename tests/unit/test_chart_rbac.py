@@ -40,7 +40,7 @@ def test_every_rule_says_why_and_grants_no_wildcard_or_escalation() -> None:
 
 def test_secrets_can_be_neither_listed_nor_watched() -> None:
     (secrets,) = [rule for rule in permissions.OPERATOR_RULES if "secrets" in rule.resources]
-    assert set(secrets.verbs) == {"create", "get", "delete"}
+    assert set(secrets.verbs) == {"create", "get"}
 
 
 def test_operator_holds_every_configmap_verb_a_runner_role_may_grant() -> None:
@@ -73,7 +73,7 @@ def test_namespaced_install_grants_namespaced_rules_in_a_role_and_only_cluster_r
     cluster_role = find(objects, "ClusterRole")
     assert cluster_role["rules"] == policy_rules([r for r in expected if r.cluster_scoped])
     granted = {res for rule in cluster_role["rules"] for res in rule["resources"]}
-    assert granted == {"storageclasses", "subjectaccessreviews", "customresourcedefinitions"}
+    assert granted == {"storageclasses", "customresourcedefinitions"}
 
 
 @pytest.mark.parametrize("scenario", ["default", "namespaced"])
