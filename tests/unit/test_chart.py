@@ -151,20 +151,35 @@ def test_every_value_is_in_the_schema_documented_in_values_yaml_and_in_the_readm
             assert key in schema_node["properties"], f"{path} is missing from values.schema.json"
             sub = schema_node["properties"][key]
             is_open_map = sub.get("type") == "object" and "properties" not in sub
-            if isinstance(value, dict) and value and not is_open_map and path != "resources":
+            if isinstance(value, dict) and value and not is_open_map and key != "resources":
                 documented += walk(value, sub, f"{path}.")
             else:
                 documented.append(path)
         return documented
 
     leaves = walk(yaml.safe_load(values_text), schema, "")
-    lines = values_text.splitlines()
+    comments = comments_above_keys(values_text)
     for path in leaves:
-        key = path.rsplit(".", 1)[-1]
-        index = next(i for i, line in enumerate(lines) if re.match(rf"^\s*{re.escape(key)}:", line))
-        above = lines[index - 1].strip() if index else ""
-        assert above.startswith("#"), f"{path} has no comment above it in values.yaml"
+        assert comments.get(path), f"{path} has no comment above it in values.yaml"
         assert f"`{path}`" in readme, f"{path} is missing from the README's values table"
+
+
+def comments_above_keys(text: str) -> dict[str, str]:
+    """Dotted key path -> the comment lines right above the key in a YAML file indented by two spaces."""
+    found: dict[str, str] = {}
+    stack: list[str] = []
+    comment: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment.append(stripped.lstrip("#- ").strip())
+            continue
+        key = re.match(r"^( *)([A-Za-z][\w-]*):", line)
+        if key:
+            stack = [*stack[: len(key.group(1)) // 2], key.group(2)]
+            found[".".join(stack)] = " ".join(comment)
+        comment = []
+    return found
 
 
 def test_the_chart_crd_is_the_repository_crd() -> None:
