@@ -233,11 +233,13 @@ def stream_lines(response: httpx.Response) -> Iterator[str]:
     pending = ""
     for chunk in response.iter_text():
         pending += chunk
-        lines = pending.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        pending = lines.pop()
+        # A CR at the end of a chunk may be the first half of a CRLF: decide once the next chunk is here.
+        held = "\r" if pending.endswith("\r") else ""
+        lines = pending.removesuffix(held).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        pending = lines.pop() + held
         yield from lines
     if pending:
-        yield pending
+        yield pending.removesuffix("\r")
 
 
 def follow_stream(
@@ -248,7 +250,6 @@ def follow_stream(
     last_event_id: str | None = None,
     max_reconnects: int = DEFAULT_MAX_RECONNECTS,
     sleep: Callable[[float], None] = time.sleep,
-    transport: httpx.BaseTransport | None = None,
 ) -> int:
     """Print a run's events until `finished`; reconnect with Last-Event-ID whenever the connection drops."""
     parser = SseParser()
@@ -258,7 +259,7 @@ def follow_stream(
     if token:
         headers["Authorization"] = f"Bearer {token}"
     timeout = httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT_SECONDS)
-    with httpx.Client(timeout=timeout, transport=transport) as http:
+    with httpx.Client(timeout=timeout) as http:
         while True:
             if parser.last_event_id is not None:
                 headers["Last-Event-ID"] = parser.last_event_id

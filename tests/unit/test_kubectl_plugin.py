@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from agentrun_operator import kubectl_plugin
@@ -22,6 +23,7 @@ from agentrun_operator.kubectl_plugin import (
     oldest_first,
     parse_result_ref,
     pod_header,
+    stream_lines,
 )
 from tests.harness.sse_server import SseServer
 
@@ -50,6 +52,22 @@ def test_sse_parser_defaults_the_type_and_reads_retry_in_milliseconds() -> None:
     events, parser = parse("retry: 2500\ndata:x\n\n")
     assert events == [SseEvent(id=None, event="message", data="x")]
     assert parser.retry_seconds == 2.5
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"data: a\r\n\r\ndata: b\r\n\r\n"],
+        [b"data: a\r", b"\n\r", b"\ndata: b\r\n", b"\r\n"],  # CRLF split across chunks
+        [b"data: a\r\rdata: b\r\r"],  # bare CR line ends
+        [b"data: a\n\ndata: b\n\n"],
+    ],
+)
+def test_stream_lines_handle_every_line_ending_across_chunk_boundaries(chunks: list[bytes]) -> None:
+    response = httpx.Response(200, content=iter(chunks))
+    parser = SseParser()
+    events = [event for line in stream_lines(response) if (event := parser.feed(line)) is not None]
+    assert [event.data for event in events] == ["a", "b"]
 
 
 def test_format_event_puts_one_event_on_one_line() -> None:
