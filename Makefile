@@ -35,6 +35,7 @@ typecheck: install ## Type-check with mypy (strict)
 .PHONY: crds
 crds: install ## Regenerate crds/ from the pydantic models
 	PYTHONPATH=api $(PY) -m agentrun_api.crd > crds/agentruns.agentrun.dev.yaml
+	PYTHONPATH=api $(PY) -m agentrun_api.crd --all crds
 
 .PHONY: chart-sync
 chart-sync: install ## Copy crds/ and the operator's RBAC rules into the Helm chart (tests fail when they differ)

@@ -1,19 +1,20 @@
-"""Generate the AgentRun CustomResourceDefinition from the pydantic models.
+"""Generate the AgentRun and ThrottlePool CustomResourceDefinitions from the pydantic models.
 
 The models are the single source of the schema: `make crds` writes `crds/agentruns.agentrun.dev.yaml`
-from here and a test fails when the committed file differs. Pydantic's JSON Schema is turned into a
-Kubernetes structural schema: references inlined, nullable unions collapsed (an optional field is an
+and `crds/throttlepools.agentrun.dev.yaml` from here and a test fails when a committed file differs.
+Pydantic's JSON Schema is turned into a Kubernetes structural schema: references inlined, nullable unions collapsed (an optional field is an
 absent field), titles dropped, CEL rules kept in ``x-kubernetes-validations``.
 """
 
 import sys
+from pathlib import Path
 from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from agentrun_api import constants
+from agentrun_api import constants, throttlepool
 from agentrun_api.spec import MUTABLE_SPEC_FIELDS, AgentRunSpec
 from agentrun_api.status import AgentRunStatus
 
@@ -205,6 +206,94 @@ def build_crd() -> dict[str, Any]:
     }
 
 
+THROTTLEPOOL_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {
+        "name": "In-Flight",
+        "type": "integer",
+        "jsonPath": ".status.inFlight",
+        "description": "Model calls holding a permit.",
+    },
+    {"name": "Queued", "type": "integer", "jsonPath": ".status.queueDepth", "description": "Calls waiting."},
+    {
+        "name": "Rate",
+        "type": "integer",
+        "jsonPath": ".status.grantedLastMinute",
+        "description": "Permits granted in the last minute.",
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp", "description": "Time since creation."},
+    {
+        "name": "Max-In-Flight",
+        "type": "integer",
+        "jsonPath": ".spec.maxRequestsInFlight",
+        "priority": 1,
+        "description": "Limit on calls in flight.",
+    },
+    {
+        "name": "RPM",
+        "type": "integer",
+        "jsonPath": ".spec.requestsPerMinute",
+        "priority": 1,
+        "description": "Limit on calls started per minute.",
+    },
+]
+
+
+def build_throttlepool_crd() -> dict[str, Any]:
+    """The ThrottlePool CRD: namespaced, because runs sharing a pool share an API key Secret in their namespace."""
+    spec_schema = _schema_of(throttlepool.ThrottlePoolSpec, "validation")
+    spec_schema["description"] = throttlepool.ThrottlePoolSpec.__doc__
+    status_schema = _schema_of(throttlepool.ThrottlePoolStatus, "serialization")
+    status_schema["description"] = throttlepool.ThrottlePoolStatus.__doc__
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": throttlepool.CRD_NAME,
+            "labels": {constants.LABEL_PART_OF: constants.PART_OF},
+        },
+        "spec": {
+            "group": constants.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": throttlepool.KIND,
+                "listKind": f"{throttlepool.KIND}List",
+                "plural": throttlepool.PLURAL,
+                "singular": throttlepool.SINGULAR,
+                "shortNames": list(throttlepool.SHORT_NAMES),
+                "categories": list(constants.CATEGORIES),
+            },
+            "versions": [
+                {
+                    "name": constants.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": THROTTLEPOOL_PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A ThrottlePool is one provider budget (calls in flight, calls and tokens "
+                            "per minute) shared by every AgentRun in its namespace that names it in "
+                            "spec.throttle.pool; the operator grants each model call a permit from it.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": "APIVersion of this object: agentrun.dev/v1alpha1.",
+                                },
+                                "kind": {"type": "string", "description": "Kind of this object: ThrottlePool."},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
 class _NoAliasDumper(yaml.SafeDumper):
     """Writes repeated sub-schemas out in full: anchors and aliases confuse readers of a CRD."""
 
@@ -212,10 +301,36 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
+_HEADER = "# Generated from api/agentrun_api by `make crds`. Do not edit by hand.\n"
+
+
+def _render(crd: dict[str, Any]) -> str:
+    return _HEADER + yaml.dump(crd, Dumper=_NoAliasDumper, sort_keys=False, width=120)
+
+
 def render_crd() -> str:
-    header = "# Generated from api/agentrun_api by `make crds`. Do not edit by hand.\n"
-    return header + yaml.dump(build_crd(), Dumper=_NoAliasDumper, sort_keys=False, width=120)
+    return _render(build_crd())
+
+
+def render_throttlepool_crd() -> str:
+    return _render(build_throttlepool_crd())
+
+
+def write_all(directory: Path) -> list[Path]:
+    """Write every CRD into directory, one file each, named after the CRD."""
+    written = []
+    for crd in (build_crd(), build_throttlepool_crd()):
+        path = directory / f"{crd['metadata']['name']}.yaml"
+        path.write_text(_render(crd))
+        written.append(path)
+    return written
 
 
 if __name__ == "__main__":
-    sys.stdout.write(render_crd())
+    # `python -m agentrun_api.crd` prints the AgentRun CRD; `--all DIR` writes every CRD into DIR.
+    if sys.argv[1:2] == ["--all"] and len(sys.argv) == 3:
+        write_all(Path(sys.argv[2]))
+    elif len(sys.argv) == 1:
+        sys.stdout.write(render_crd())
+    else:
+        sys.exit("usage: python -m agentrun_api.crd [--all DIR]")

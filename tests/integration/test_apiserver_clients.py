@@ -269,3 +269,25 @@ def test_threaded_server_serves_synchronous_clients() -> None:
         names = server.call(lambda s: [obj["metadata"]["name"] for obj in s.store.all_of("AgentRun")])
     assert [item["metadata"]["name"] for item in listed["items"]] == ["sync"]
     assert names == ["sync"]
+
+
+async def test_kubectl_imperative_creates_are_decoded_from_protobuf(
+    apiserver: EmulatedApiServer, tmp_path: Path
+) -> None:
+    for args in (
+        ("create", "namespace", "demo"),
+        ("create", "secret", "generic", "openai-api-key", "--from-literal=api-key=sk-test", "-n", "demo"),
+        ("create", "configmap", "settings", "--from-literal=mode=fast", "-n", "demo"),
+        ("create", "serviceaccount", "robot", "-n", "demo"),
+    ):
+        code, _, err = await kubectl(apiserver, tmp_path, *args)
+        assert code == 0, err
+    store = apiserver.store
+    secret = store.try_get("Secret", "demo", "openai-api-key")
+    assert secret is not None
+    assert secret["data"] == {"api-key": "c2stdGVzdA=="}
+    assert secret["type"] == "Opaque"
+    config_map = store.try_get("ConfigMap", "demo", "settings")
+    assert config_map is not None
+    assert config_map["data"] == {"mode": "fast"}
+    assert store.try_get("ServiceAccount", "demo", "robot") is not None

@@ -170,4 +170,7 @@ async def test_deleting_a_crd_deletes_its_custom_resources_and_stops_serving_the
     assert response.status == 200
     assert apiserver.store.objects.get(("agentrun.dev", "agentruns", "default", "run")) is None
     assert (await http.get(AGENTRUNS.lstrip("/"))).status == 404
-    assert (await http.get("apis/agentrun.dev/v1alpha1")).status == 404
+    # The group version stays served for the ThrottlePool CRD of the same group, without agentruns.
+    group_version = await http.get("apis/agentrun.dev/v1alpha1")
+    assert group_version.status == 200
+    assert [r["name"] for r in (await group_version.json())["resources"]] == ["throttlepools", "throttlepools/status"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -143,3 +144,36 @@ async def test_pod_log_serves_the_recorded_text(apiserver: EmulatedApiServer, ht
     assert await (await http.get("api/v1/namespaces/default/pods/p/log")).text() == "one\ntwo\nthree\n"
     assert await (await http.get("api/v1/namespaces/default/pods/p/log", params={"tailLines": "1"})).text() == "three\n"
     assert (await http.get("api/v1/namespaces/default/pods/ghost/log")).status == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "nonexistent",
+        "api/v2",
+        "apis/nothing.example.com",
+        "api/v1/nothings",
+        "apis/batch/v1/namespaces/default/jobs/j/scale",
+    ],
+)
+async def test_unknown_urls_are_404_not_found_statuses(http: aiohttp.ClientSession, path: str) -> None:
+    response = await http.get(path)
+    status = await response.json()
+    assert response.status == 404
+    assert (status["kind"], status["reason"]) == ("Status", "NotFound")
+    assert status["message"].startswith("the server could not find the requested resource")
+
+
+async def test_followed_pod_log_streams_appended_text_until_the_pod_finishes(
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
+) -> None:
+    await http.post("api/v1/namespaces/default/pods", json={"metadata": {"name": "p"}, "spec": {"containers": []}})
+    apiserver.pod_logs[("default", "p")] = "first\n"
+    async with http.get("api/v1/namespaces/default/pods/p/log", params={"follow": "true"}) as response:
+        assert await asyncio.wait_for(response.content.readline(), 2) == b"first\n"
+        apiserver.pod_logs[("default", "p")] += "second\n"
+        assert await asyncio.wait_for(response.content.readline(), 2) == b"second\n"
+        await http.patch(
+            "api/v1/namespaces/default/pods/p/status", json={"status": {"phase": "Succeeded"}}, headers=MERGE
+        )
+        assert await asyncio.wait_for(response.content.read(), 2) == b""

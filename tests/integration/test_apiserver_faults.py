@@ -102,4 +102,5 @@ async def test_requests_within_a_time_window_are_counted_by_kind(
     await http.get(AGENTRUNS.lstrip("/") + "/run")
     window = apiserver.requests.between(start)
     assert window.by_kind_and_verb() == {("AgentRun", "create"): 1, ("AgentRun", "get"): 1}
+    assert len(window.where(lambda r: r.user_agent.startswith("Python/"))) == 2
     assert apiserver.requests.count(kind="ConfigMap", verb="list") == 1

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
+from typing import Any
+
 import aiohttp
 import pytest
 
@@ -341,3 +345,74 @@ async def test_built_in_kinds_are_served_with_their_list_kind(
     assert listing["kind"] == f"{kind}List"
     assert [item["metadata"]["name"] for item in listing["items"]] == ["x"]
     assert (await http.delete(f"{path}/x")).status == 200
+
+
+async def test_dry_run_validates_and_answers_without_storing(http: aiohttp.ClientSession) -> None:
+    dry = await http.post(AGENTRUNS.lstrip("/"), params={"dryRun": "All"}, json=agentrun("dry"))
+    answered = await dry.json()
+    assert dry.status == 201
+    assert answered["spec"]["model"]["baseURL"]  # defaulted as it would be stored
+    assert (await http.get(AGENTRUNS.lstrip("/") + "/dry")).status == 404
+    refused = await http.post(AGENTRUNS.lstrip("/"), params={"dryRun": "All"}, json=agentrun("dry", maxIterations=0))
+    assert refused.status == 422
+    created = await (await http.post(CONFIGMAPS.lstrip("/"), json={"metadata": {"name": "cm"}})).json()
+    await http.patch(CONFIGMAPS.lstrip("/") + "/cm", params={"dryRun": "All"}, json={"data": {"a": "1"}}, headers=MERGE)
+    assert (await http.delete(CONFIGMAPS.lstrip("/") + "/cm", params={"dryRun": "All"})).status == 200
+    assert await (await http.get(CONFIGMAPS.lstrip("/") + "/cm")).json() == created
+
+
+async def test_list_pages_with_limit_and_continue(http: aiohttp.ClientSession) -> None:
+    for name in ("a", "b", "c", "d", "e"):
+        await http.post(CONFIGMAPS.lstrip("/"), json={"metadata": {"name": name}})
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        params = {"limit": "2", **({"continue": token} if token else {})}
+        page = await (await http.get(CONFIGMAPS.lstrip("/"), params=params)).json()
+        seen += [item["metadata"]["name"] for item in page["items"]]
+        pages += 1
+        token = page["metadata"].get("continue", "")
+        if not token:
+            break
+        assert page["metadata"]["remainingItemCount"] == 5 - len(seen)
+    assert seen == ["a", "b", "c", "d", "e"]
+    assert pages == 3
+
+
+def large_json(body: dict[str, Any]) -> io.BytesIO:
+    """A large JSON body as a stream (aiohttp warns about large raw bodies)."""
+    return io.BytesIO(json.dumps(body).encode())
+
+
+async def test_config_map_over_one_mebibyte_is_422_too_long(http: aiohttp.ClientSession) -> None:
+    too_big = {"metadata": {"name": "big"}, "data": {"ckpt": "x" * (1024 * 1024)}}
+    response = await http.post(
+        CONFIGMAPS.lstrip("/"), data=large_json(too_big), headers={"Content-Type": "application/json"}
+    )
+    status = await response.json()
+    assert response.status == 422
+    assert "Too long: must have at most 1048576 bytes" in status["message"]
+    fitting = {"metadata": {"name": "fits"}, "data": {"ckpt": "x" * 1_000_000}}
+    fits = await http.post(
+        CONFIGMAPS.lstrip("/"), data=large_json(fitting), headers={"Content-Type": "application/json"}
+    )
+    assert fits.status == 201
+    assert (await fits.json())["metadata"]["name"] == "fits"
+
+
+async def test_annotations_over_256_kib_are_422_too_long(http: aiohttp.ClientSession) -> None:
+    body = {"metadata": {"name": "cm", "annotations": {"big": "x" * (256 * 1024)}}}
+    response = await http.post(
+        CONFIGMAPS.lstrip("/"), data=large_json(body), headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 422
+    assert (await response.json())["details"]["causes"][0]["field"] == "metadata.annotations"
+
+
+async def test_secret_data_must_be_base64(http: aiohttp.ClientSession) -> None:
+    bad = await http.post(
+        "api/v1/namespaces/default/secrets", json={"metadata": {"name": "s"}, "data": {"token": "not base64!"}}
+    )
+    assert bad.status == 400
+    assert "illegal base64 data" in (await bad.json())["message"]

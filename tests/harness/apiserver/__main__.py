@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.harness.apiserver.admission import crd_admission
 from tests.harness.apiserver.server import ApiServerSettings, EmulatedApiServer
 
-DEFAULT_CRDS = ("crds/agentruns.agentrun.dev.yaml",)
+DEFAULT_CRDS = ("crds/agentruns.agentrun.dev.yaml", "crds/throttlepools.agentrun.dev.yaml")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

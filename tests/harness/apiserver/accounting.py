@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -47,11 +47,15 @@ class RequestLog:
     def clear(self) -> None:
         self.records.clear()
 
+    def where(self, predicate: Callable[[RequestRecord], bool]) -> RequestLog:
+        """The requests matching `predicate`, as a log of their own (e.g. the operator's: by user agent)."""
+        selected = RequestLog()
+        selected.records = [r for r in self.records if predicate(r)]
+        return selected
+
     def between(self, start: float, end: float | None = None) -> RequestLog:
         """The requests that arrived in [start, end] (wall-clock seconds), as a log of their own."""
-        window = RequestLog()
-        window.records = [r for r in self.records if r.at >= start and (end is None or r.at <= end)]
-        return window
+        return self.where(lambda r: r.at >= start and (end is None or r.at <= end))
 
     def count(
         self,

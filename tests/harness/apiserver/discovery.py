@@ -80,7 +80,7 @@ def _entry(rt: ResourceType, subresource: str | None) -> dict[str, Any]:
 def api_resource_list(registry: Registry, group: str, version: str) -> dict[str, Any] | None:
     """`/api/v1` or `/apis/<group>/<version>`: kinds, verbs, short names, categories, scope and subresources."""
     types = [rt for rt in registry if rt.group == group and rt.version == version]
-    if not types and group:
+    if not types:
         return None
     resources = []
     for rt in sorted(types, key=lambda t: t.plural):

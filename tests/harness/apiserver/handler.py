@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import Callable, Mapping
@@ -13,7 +14,7 @@ import aiohttp.web
 import attrs
 import kmock
 
-from tests.harness.apiserver import discovery, errors, openapi
+from tests.harness.apiserver import discovery, errors, openapi, protobuf
 from tests.harness.apiserver.accounting import RequestLog, RequestRecord
 from tests.harness.apiserver.faults import Faults
 from tests.harness.apiserver.resources import Registry, ResourceType
@@ -84,6 +85,34 @@ class HandlerSettings:
     bookmark_interval_seconds: float = 1.0
     # Upper bound of a watch without timeoutSeconds, in seconds (the apiserver's --min-request-timeout is 1800).
     max_watch_seconds: float = 1800.0
+    # How often a followed pod log (`kubectl logs -f`) looks for new text, in seconds.
+    log_poll_seconds: float = 0.1
+
+
+def paginate(
+    items: list[dict[str, Any]], version: str, limit: str | None, token: str | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`limit` and `continue`: a page of a list sorted by namespace/name, with a token naming where the next page
+    starts. Unlike the apiserver, later pages show the current state, not the first page's snapshot."""
+    metadata: dict[str, Any] = {"resourceVersion": version}
+    if token:
+        try:
+            start = json.loads(base64.urlsafe_b64decode(token.encode()))["start"]
+        except (ValueError, KeyError, TypeError):
+            raise errors.bad_request("continue key is not valid") from None
+        items = [item for item in items if _position(item) > start]
+    count = int(limit) if limit and limit.isdigit() else 0
+    if count and len(items) > count:
+        remaining = len(items) - count
+        items = items[:count]
+        next_token = {"start": _position(items[-1])}
+        metadata["continue"] = base64.urlsafe_b64encode(json.dumps(next_token).encode()).decode()
+        metadata["remainingItemCount"] = remaining
+    return items, metadata
+
+
+def _position(item: Mapping[str, Any]) -> str:
+    return f"{item['metadata'].get('namespace', '')}/{item['metadata']['name']}"
 
 
 def _json(body: Any, status: int = 200, content_type: str = "application/json") -> aiohttp.web.Response:
@@ -180,7 +209,10 @@ class ApiServerHandler(kmock.KubernetesScaffold):
             if document is None:
                 raise errors.resource_not_found(path)
             return _json(document)
-        response: aiohttp.web.StreamResponse = await super()._handle(request)
+        try:
+            response: aiohttp.web.StreamResponse = await super()._handle(request)
+        except kmock.KubernetesError as exc:
+            raise errors.resource_not_found(path) from exc
         return response
 
     async def _serve_root(self, request: kmock.Request) -> dict[str, Any]:
@@ -200,7 +232,7 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         return discovery.api_group_list(self.registry)
 
     async def _serve_group(self, request: kmock.Request) -> dict[str, Any]:
-        group = (request.resource.group if request.resource else None) or ""
+        group = request.url.path.strip("/").split("/")[1]
         document = discovery.api_group(self.registry, group)
         if document is None:
             raise errors.resource_not_found(f"/apis/{group}")
@@ -213,12 +245,6 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         if document is None:
             raise errors.resource_not_found(f"/apis/{group}/{version}")
         return document
-
-    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
-        if isinstance(exc, errors.ApiError):
-            return _json(exc.status(), exc.code)
-        response: aiohttp.web.StreamResponse = await super()._render_error(exc)
-        return response
 
     # ----- resources -----
 
@@ -239,13 +265,16 @@ class ApiServerHandler(kmock.KubernetesScaffold):
     ) -> aiohttp.web.StreamResponse:
         verb = record.verb
         rt = self._resource_type(route, verb)
-        if query.get("dryRun"):
-            raise errors.bad_request("dryRun is not supported by the emulated apiserver")
+        dry_run = query.get("dryRun") == "All"
+        if query.get("dryRun") not in (None, "All"):
+            raise errors.bad_request(f'Invalid value: "{query["dryRun"]}": supported values: "All"')
         strict = query.get("fieldValidation", "").lower() == "strict"
         accept = raw.headers.get("Accept", "")
         if rt.virtual:
             return self._serve_review(rt, await _body(raw))
         if route.subresource == "log":
+            if query.get("follow") in ("true", "1"):
+                return await self._follow_log(raw, rt, route)
             return self._serve_log(rt, route, query)
         if verb == "watch":
             return await self._serve_watch(raw, rt, route, query, record)
@@ -256,15 +285,13 @@ class ApiServerHandler(kmock.KubernetesScaffold):
                 parse_label_selector(query.get("labelSelector")),
                 parse_field_selector(query.get("fieldSelector")),
             )
+            items, list_metadata = paginate(items, version, query.get("limit"), query.get("continue"))
             if wants_table(accept):
-                return _json(render_table(rt, items, version), content_type=TABLE_CONTENT_TYPE)
+                table = render_table(rt, items, list_metadata["resourceVersion"])
+                table["metadata"] = list_metadata
+                return _json(table, content_type=TABLE_CONTENT_TYPE)
             return _json(
-                {
-                    "kind": rt.list_kind,
-                    "apiVersion": rt.api_version,
-                    "metadata": {"resourceVersion": version},
-                    "items": items,
-                }
+                {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": list_metadata, "items": items}
             )
         if verb == "get":
             assert route.name is not None
@@ -279,12 +306,19 @@ class ApiServerHandler(kmock.KubernetesScaffold):
                 raise errors.method_not_allowed(
                     f"the server does not allow this method on the requested resource ({route.subresource})"
                 )
-            return _json(self.store.create(rt, route.namespace, await _body(raw), strict=strict), 201)
+            created = self.store.create(rt, route.namespace, await _body(raw), strict=strict, dry_run=dry_run)
+            return _json(created, 201)
         if verb == "update":
             assert route.name is not None
             return _json(
                 self.store.update(
-                    rt, route.namespace, route.name, await _body(raw), subresource=route.subresource, strict=strict
+                    rt,
+                    route.namespace,
+                    route.name,
+                    await _body(raw),
+                    subresource=route.subresource,
+                    strict=strict,
+                    dry_run=dry_run,
                 )
             )
         if verb == "patch":
@@ -298,6 +332,7 @@ class ApiServerHandler(kmock.KubernetesScaffold):
                 await _body(raw),
                 subresource=route.subresource,
                 strict=strict,
+                dry_run=dry_run,
             )
             return _json(obj)
         if verb in ("delete", "deletecollection"):
@@ -306,6 +341,8 @@ class ApiServerHandler(kmock.KubernetesScaffold):
                 if option in query:
                     options[option] = query[option]
             if verb == "deletecollection":
+                if dry_run:
+                    raise errors.bad_request("dryRun of deletecollection is not emulated")
                 deleted = self.store.delete_collection(
                     rt,
                     route.namespace,
@@ -322,7 +359,7 @@ class ApiServerHandler(kmock.KubernetesScaffold):
                     }
                 )
             assert route.name is not None
-            obj, gone = self.store.delete(rt, route.namespace, route.name, options)
+            obj, gone = self.store.delete(rt, route.namespace, route.name, options, dry_run=dry_run)
             return _json(obj, 200 if gone else 202)
         raise errors.method_not_allowed(
             f"the server does not allow this method on the requested resource ({raw.method})"
@@ -348,14 +385,37 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         return _json(review, 201)
 
     def _serve_log(self, rt: ResourceType, route: Route, query: Mapping[str, str]) -> aiohttp.web.StreamResponse:
-        """pods/log: the text a kubelet would return (from `pod_logs`); `tailLines` honoured, `follow` not."""
+        """pods/log: the text a kubelet would return (from `pod_logs`), `tailLines` honoured."""
         assert route.name is not None
         self.store.get(rt, route.namespace, route.name)
         text = self.pod_logs.get((route.namespace or "", route.name), "")
-        if query.get("tailLines"):
-            lines = text.splitlines(keepends=True)
-            text = "".join(lines[-int(query["tailLines"]) :]) if int(query["tailLines"]) > 0 else ""
+        tail = query.get("tailLines", "")
+        if tail.isdigit():
+            text = "".join(text.splitlines(keepends=True)[-int(tail) :]) if int(tail) > 0 else ""
         return aiohttp.web.Response(text=text, content_type="text/plain")
+
+    async def _follow_log(
+        self, raw: aiohttp.web.BaseRequest, rt: ResourceType, route: Route
+    ) -> aiohttp.web.StreamResponse:
+        """pods/log?follow=true (`kubectl logs -f`): the text so far, then what is appended, until the pod has
+        finished (phase Succeeded or Failed) or is gone."""
+        assert route.name is not None
+        self.store.get(rt, route.namespace, route.name)
+        key = (route.namespace or "", route.name)
+        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+        await response.prepare(raw)
+        sent = 0
+        while raw.transport is not None and not raw.transport.is_closing():
+            text = self.pod_logs.get(key, "")
+            if len(text) > sent:
+                await response.write(text[sent:].encode())
+                sent = len(text)
+            pod = self.store.try_get("pods", route.namespace, route.name)
+            if pod is None or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                break
+            await asyncio.sleep(self.settings.log_poll_seconds)
+        await response.write_eof()
+        return response
 
     async def _serve_watch(
         self,
@@ -452,8 +512,9 @@ class ApiServerHandler(kmock.KubernetesScaffold):
 
 async def _body(raw: aiohttp.web.BaseRequest, default: Any = None) -> Any:
     content_type = raw.headers.get("Content-Type", "")
-    if "protobuf" in content_type or "cbor" in content_type:
-        # JSON only: an apiserver without these serializers answers 415, and client-go then resends as JSON.
+    if "protobuf" in content_type:
+        return protobuf.decode(await raw.read())
+    if "cbor" in content_type:
         raise errors.unsupported_media_type(content_type, ["application/json", "application/yaml"])
     text = await raw.text()
     if not text.strip():

@@ -11,6 +11,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import aiohttp.test_utils
+import aiohttp.web
 import kmock
 import yaml
 
@@ -44,6 +46,25 @@ class ApiServerSettings:
     # Where the kubeconfig is written; None makes a temporary directory removed on exit.
     kubeconfig_path: Path | None = None
     handler: HandlerSettings = field(default_factory=HandlerSettings)
+
+
+MAX_REQUEST_BYTES = 3 * 1024 * 1024  # the apiserver's request body limit (aiohttp's default is 1 MiB)
+
+
+def _request_factory(
+    message: Any, payload: Any, protocol: Any, writer: Any, task: asyncio.Task[None]
+) -> aiohttp.web.BaseRequest:
+    return aiohttp.web.BaseRequest(
+        message, payload, protocol, writer, task, asyncio.get_running_loop(), client_max_size=MAX_REQUEST_BYTES
+    )
+
+
+class _ApiServerTestServer(aiohttp.test_utils.RawTestServer):
+    """kmock's HTTP server class, taking request bodies as large as the apiserver does."""
+
+    async def _make_runner(self, debug: bool = True, **kwargs: Any) -> aiohttp.web.ServerRunner:
+        server = aiohttp.web.Server(self._handler, debug=debug, request_factory=_request_factory, **kwargs)
+        return aiohttp.web.ServerRunner(server, debug=debug, **kwargs)
 
 
 def load_crds(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -128,7 +149,9 @@ class EmulatedApiServer:
 
     async def __aenter__(self) -> EmulatedApiServer:
         await self.handler.__aenter__()
-        self._server = kmock.Server(self.handler, host="127.0.0.1", port=self.settings.port or None)
+        self._server = kmock.Server(
+            self.handler, host="127.0.0.1", port=self.settings.port or None, server_cls=_ApiServerTestServer
+        )
         await self._server.__aenter__()
         if self.settings.kubeconfig_path is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="emulated-apiserver-")

@@ -39,6 +39,8 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the apiserver's SimpleNameGenerator alphabet (no vowels)
 FOREGROUND_FINALIZER = "foregroundDeletion"
 ORPHAN_FINALIZER = "orphan"
+MAX_ANNOTATIONS_BYTES = 256 * 1024  # metadata.annotations, keys and values together (TotalAnnotationSizeLimitB)
+MAX_PAYLOAD_BYTES = 1024 * 1024  # ConfigMap data+binaryData, Secret data (corev1.MaxSecretSize)
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
@@ -163,9 +165,16 @@ class Store:
     # ----- writing -----
 
     def create(
-        self, rt: ResourceType, namespace: str | None, body: Mapping[str, Any], *, strict: bool = False
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        body: Mapping[str, Any],
+        *,
+        strict: bool = False,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
-        """CREATE: names (`generateName`), namespace checks, system metadata, defaults, admission, then store."""
+        """CREATE: names (`generateName`), namespace checks, system metadata, defaults, admission, then store
+        (not with `dry_run`: the object is returned as it would be stored, without a resourceVersion)."""
         obj = self._checked_body(rt, body)
         metadata = obj.setdefault("metadata", {})
         if rt.namespaced:
@@ -219,9 +228,12 @@ class Store:
             # Status is owned by the status subresource: a create cannot set it.
             obj.pop("status", None)
         self._apply_builtin_defaults(rt, obj)
+        self._check_limits(rt, obj)
         obj = self._admit(rt, obj, None, strict=strict, status=False)
         if rt.kind == "CustomResourceDefinition":
             self._prepare_crd(obj)
+        if dry_run:
+            return self._present(rt, obj)
         self.revision += 1
         obj["metadata"]["resourceVersion"] = str(self.revision)
         self.objects[key] = obj
@@ -239,6 +251,7 @@ class Store:
         *,
         subresource: str | None = None,
         strict: bool = False,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """UPDATE (PUT): optimistic concurrency on metadata.resourceVersion (409 Conflict when stale)."""
         new = self._checked_body(rt, body)
@@ -256,7 +269,7 @@ class Store:
                 name,
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
-        return self._write(rt, old, new, subresource=subresource, strict=strict)
+        return self._write(rt, old, new, subresource=subresource, strict=strict, dry_run=dry_run)
 
     def patch(
         self,
@@ -268,6 +281,7 @@ class Store:
         *,
         subresource: str | None = None,
         strict: bool = False,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """PATCH with merge, JSON or (built-ins only) strategic merge patch; a resourceVersion in the patch is a
         precondition, as in the apiserver."""
@@ -299,14 +313,20 @@ class Store:
                 name,
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
-        return self._write(rt, old, new, subresource=subresource, strict=strict)
+        return self._write(rt, old, new, subresource=subresource, strict=strict, dry_run=dry_run)
 
     def delete(
-        self, rt: ResourceType, namespace: str | None, name: str, options: Mapping[str, Any] | None = None
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
     ) -> tuple[dict[str, Any], bool]:
         """DELETE: graceful when finalizers remain (deletionTimestamp set, object kept), otherwise immediate; the
         propagation policy (Background default, Foreground, Orphan) decides what happens to dependents.
-        Returns the object and whether it is gone."""
+        Returns the object and whether it is gone (with `dry_run`: would be gone; nothing changes)."""
         options = options or {}
         old = self._existing(rt, namespace, name)
         preconditions = options.get("preconditions") or {}
@@ -321,6 +341,8 @@ class Store:
             raise errors.conflict(
                 rt.group, rt.plural, name, "Precondition failed: ResourceVersion in precondition does not match"
             )
+        if dry_run:
+            return self._present(rt, old), not (old["metadata"].get("finalizers") or rt.kind == "Namespace")
         policy = options.get("propagationPolicy") or ("Orphan" if options.get("orphanDependents") else "Background")
         if policy == "Orphan":
             self._orphan_dependents(old["metadata"]["uid"])
@@ -395,7 +417,14 @@ class Store:
     # ----- internals: writing -----
 
     def _write(
-        self, rt: ResourceType, old: dict[str, Any], new: dict[str, Any], *, subresource: str | None, strict: bool
+        self,
+        rt: ResourceType,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        *,
+        subresource: str | None,
+        strict: bool,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """The shared update path of PUT and PATCH: status/spec split, system metadata, generation, finalizers."""
         if subresource not in (None, "status"):
@@ -440,6 +469,7 @@ class Store:
         candidate["metadata"]["resourceVersion"] = old_metadata["resourceVersion"]
         if rt.kind == "Secret":
             self._apply_builtin_defaults(rt, candidate)
+        self._check_limits(rt, candidate)
         candidate = self._admit(rt, candidate, old, strict=strict, status=subresource == "status")
         if candidate == old:
             # A no-op write is not a change: same resourceVersion, no watch event (as the apiserver does).
@@ -449,6 +479,8 @@ class Store:
         if rt.kind == "CustomResourceDefinition":
             self._prepare_crd(candidate)
         metadata = candidate["metadata"]
+        if dry_run:
+            return self._present(rt, candidate)
         if metadata.get("deletionTimestamp") and not metadata.get("finalizers"):
             # The last finalizer is gone from an object being deleted: the update completes the deletion.
             self._remove(rt, candidate)
@@ -613,6 +645,41 @@ class Store:
                 name,
                 f"unable to create new content in namespace {namespace} because it is being terminated",
             )
+
+    def _check_limits(self, rt: ResourceType, obj: Mapping[str, Any]) -> None:
+        """Size and encoding limits of the apiserver's validation: annotations at most 256 KiB in total, ConfigMap
+        and Secret payloads at most 1 MiB, Secret `data` and ConfigMap `binaryData` valid base64."""
+        name = obj["metadata"].get("name", "")
+        annotations = obj["metadata"].get("annotations") or {}
+        if sum(len(k) + len(str(v)) for k, v in annotations.items()) > MAX_ANNOTATIONS_BYTES:
+            cause = {
+                "reason": "FieldValueTooLong",
+                "message": f"Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes",
+                "field": "metadata.annotations",
+            }
+            raise errors.invalid(rt.group, rt.kind, name, [cause])
+        if rt.kind not in ("ConfigMap", "Secret") or rt.group:
+            return
+        encoded = {"Secret": ("data",), "ConfigMap": ("binaryData",)}[rt.kind]
+        total = 0
+        for field_name in ("data", "binaryData"):
+            for key, value in (obj.get(field_name) or {}).items():
+                if field_name in encoded:
+                    try:
+                        total += len(key) + len(base64.b64decode(str(value), validate=True))
+                    except ValueError:
+                        raise errors.bad_request(
+                            f'{rt.kind} in version "v1" cannot be handled as a {rt.kind}: illegal base64 data in {field_name}.{key}'
+                        ) from None
+                else:
+                    total += len(key) + len(str(value).encode())
+        if total > MAX_PAYLOAD_BYTES:
+            cause = {
+                "reason": "FieldValueTooLong",
+                "message": f"Too long: must have at most {MAX_PAYLOAD_BYTES} bytes",
+                "field": "data",
+            }
+            raise errors.invalid(rt.group, rt.kind, name, [cause])
 
     def _apply_builtin_defaults(self, rt: ResourceType, obj: dict[str, Any]) -> None:
         """The few defaults of built-in kinds that controllers and clients rely on."""

@@ -1,0 +1,77 @@
+"""The permit protocol between a runner and the operator's permit server, defined once for both sides.
+
+Every model call of a run in a ThrottlePool first obtains a permit over HTTP:
+
+``POST /pools/<namespace>/<pool>/permits`` (body ``PermitRequest``) long-polls until a permit is
+    granted (201, ``PermitGrant``) or the wait budget is spent (429, ``PermitRefusal`` with
+    reason ``QueueTimeout`` and the queue depth at that moment).
+``PUT .../permits/<lease>`` renews a lease (200) or reports it gone (404); the client renews every
+    ``leaseSeconds / 3`` while its call runs, so a runner killed while holding a permit returns it
+    within one lease period.
+``DELETE .../permits/<lease>?tokensUsed=N`` releases it (204), charging the call's tokens.
+``POST .../penalties`` (body ``PenaltyReport``) reports a provider 429 with Retry-After (202).
+
+Each request carries the run's own credential: ``Authorization: Bearer <stream token>`` (the Secret
+``<run>-stream-token`` the runner already receives as ``AGENTRUN_STREAM_TOKEN``) and the run's name in
+``RUN_HEADER``; the server checks the token against that Secret in the pool's namespace, so a run can
+only draw from pools of its own namespace.
+"""
+
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+RUN_HEADER: Final = "X-AgentRun-Run"
+TOKENS_USED_PARAM: Final = "tokensUsed"
+# Longest single wait a client may ask for; the same bound as spec.throttle.maxSecondsToWaitInQueue.
+MAX_WAIT_SECONDS: Final = 86_400.0
+
+
+def pool_path(namespace: str, pool: str) -> str:
+    return f"/pools/{namespace}/{pool}"
+
+
+def permits_path(namespace: str, pool: str) -> str:
+    return f"{pool_path(namespace, pool)}/permits"
+
+
+def lease_path(namespace: str, pool: str, lease_id: str) -> str:
+    return f"{permits_path(namespace, pool)}/{lease_id}"
+
+
+def penalties_path(namespace: str, pool: str) -> str:
+    return f"{pool_path(namespace, pool)}/penalties"
+
+
+class PermitMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class PermitRequest(PermitMessage):
+    request_id: str = Field(
+        min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="Same id on every retry of one call."
+    )
+    max_wait_seconds: float = Field(ge=0, le=MAX_WAIT_SECONDS, description="Wait budget left for this call.")
+    waited_seconds: float = Field(
+        default=0.0, ge=0, le=MAX_WAIT_SECONDS, description="Already waited (before a reconnect): keeps the place."
+    )
+
+
+class PermitGrant(PermitMessage):
+    lease_id: str
+    lease_seconds: float = Field(gt=0)
+    waited_seconds: float = Field(ge=0)
+
+
+class PermitRefusal(PermitMessage):
+    reason: Literal[
+        "QueueTimeout", "PoolNotFound", "Unauthorized", "BadRequest", "Superseded", "Unavailable", "LeaseNotFound"
+    ]
+    message: str
+    queue_depth: int | None = None
+    in_flight: int | None = None
+
+
+class PenaltyReport(PermitMessage):
+    retry_after_seconds: float = Field(ge=0, le=MAX_WAIT_SECONDS)

@@ -1,0 +1,273 @@
+"""Throttle pools end to end over real HTTP on loopback: the permit server, RemoteLimiter clients, and a
+scripted OpenAI-compatible model endpoint called with the openai SDK.
+
+The event loop's clock is fast-forwarded (looptime): a pool of 60 calls per minute is exercised for
+minutes of loop time in about a second, and every timestamp is exact, because looptime advances loop
+time only when nothing (no socket, no callback) is ready."""
+
+import asyncio
+import random
+import socket
+
+import pytest
+from prometheus_client import REGISTRY
+
+from agentrun_operator.permits.pool import PoolLimits
+from agentrun_runner.throttle_remote import QueueTimeoutError, RemoteLimiter
+from tests.harness.throttle import (
+    NAMESPACE,
+    POOL,
+    ScriptedModel,
+    limiter_for,
+    max_starts_in_window,
+    permit_server,
+    run_scenario,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.looptime]
+
+LEASE = 10.0
+
+
+def server_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def queue_waits_observed() -> float:
+    labels = {"pool": f"{NAMESPACE}/{POOL}"}
+    return REGISTRY.get_sample_value("agentrun_queue_wait_seconds_count", labels) or 0.0
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def test_twenty_runs_share_two_in_flight_and_sixty_per_minute_fairly() -> None:
+    runs = [f"run-{i:02d}" for i in range(20)]
+    greedy = set(runs[:5])  # five runs make three tool-driven model calls at once
+    latencies = random.Random(6)
+    model = ScriptedModel(latency=lambda _: latencies.uniform(0.5, 3.0), clock=loop_time)
+    limits = PoolLimits(max_in_flight=2, requests_per_minute=60)
+    observed_before = queue_waits_observed()
+    async with permit_server(runs, limits, lease_seconds=LEASE) as server, model.serve() as model_url:
+        started = loop_time()
+        result = await run_scenario(
+            permit_url=server_url(server.port),
+            model_url=model_url,
+            runs=runs,
+            parallel_calls=lambda run: 3 if run in greedy else 1,
+            queue_budget_seconds=120,
+            opened_at=started + LEASE,
+            stop_at=started + LEASE + 240,
+        )
+    assert result.timeouts == []
+    assert max(result.waits) <= 120
+    assert model.peak_in_flight == 2
+    arrivals = [at for at, _ in model.arrivals]
+    assert len(arrivals) == len(result.grants) > 150
+    assert max_starts_in_window(arrivals, 60) <= 60
+    assert max_starts_in_window(arrivals, 10) <= 10
+    shares = result.shares()
+    assert set(shares) == set(runs)
+    assert result.fairness_spread() <= 0.2, shares
+    assert queue_waits_observed() - observed_before == len(result.grants)  # one histogram sample per call
+
+
+async def test_a_provider_429_slows_every_run_of_the_pool() -> None:
+    runs = ["saw-429", "other"]
+    model = ScriptedModel(latency=lambda _: 0.1, clock=loop_time, rate_limited_calls=frozenset({0}))
+    limits = PoolLimits(max_in_flight=5, requests_per_minute=600)
+    async with permit_server(runs, limits, lease_seconds=LEASE) as server, model.serve() as model_url:
+        await asyncio.sleep(LEASE)
+        result = await run_scenario(
+            permit_url=server_url(server.port),
+            model_url=model_url,
+            runs=runs,
+            parallel_calls=lambda run: 1,
+            queue_budget_seconds=120,
+            opened_at=loop_time(),
+            stop_at=loop_time() + 5,
+        )
+    first_429_at = model.arrivals[0][0]
+    later = [(at, run) for at, run in model.arrivals[1:]]
+    # The run that did not see the 429 was held back too: nobody called the model during Retry-After.
+    assert {run for _, run in later} == set(runs)
+    assert not [at for at, _ in later if first_429_at < at < first_429_at + model.retry_after_seconds]
+    assert result.timeouts == []
+
+
+async def test_a_call_past_its_queue_budget_fails_with_the_queue_depth() -> None:
+    runs = ["holder", "waiter-1", "waiter-2", "late"]
+    async with permit_server(runs, PoolLimits(max_in_flight=1, requests_per_minute=60), lease_seconds=LEASE) as server:
+        url = server_url(server.port)
+        limiters = {run: limiter_for(run, url) for run in runs}
+        permit, _ = await limiters["holder"].acquire(max_wait_seconds=60)
+        waiting = [asyncio.create_task(limiters[run].acquire(max_wait_seconds=600)) for run in ("waiter-1", "waiter-2")]
+        await asyncio.sleep(1)
+        asked_at = loop_time()
+        with pytest.raises(QueueTimeoutError) as caught:
+            await limiters["late"].acquire(max_wait_seconds=30)
+        assert loop_time() - asked_at == pytest.approx(30, abs=0.1)
+        assert caught.value.depth == 3
+        assert f"pool {NAMESPACE}/{POOL} within 30s: 3 calls were waiting and 1 in flight" in str(caught.value)
+        await permit.release()
+        for task in waiting:
+            granted, _ = await task
+            await granted.release()
+        for limiter in limiters.values():
+            await limiter.aclose()
+
+
+async def test_an_unreachable_permit_server_fails_the_call_within_its_budget_without_calling_the_model() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    limiter = limiter_for("lonely", server_url(port))
+    asked_at = loop_time()
+    with pytest.raises(QueueTimeoutError) as caught:
+        await limiter.acquire(max_wait_seconds=45)
+    await limiter.aclose()
+    assert loop_time() - asked_at == pytest.approx(45, abs=0.1)
+    assert caught.value.depth is None
+    assert "permit server" in str(caught.value)
+    assert "unreachable" in str(caught.value)
+
+
+async def test_a_run_with_a_wrong_credential_gets_no_permit() -> None:
+    async with permit_server(
+        ["honest"], PoolLimits(max_in_flight=1, requests_per_minute=60), lease_seconds=LEASE
+    ) as server:
+        impostor = RemoteLimiter(
+            server_url=server_url(server.port), namespace=NAMESPACE, pool=POOL, run="honest", token="guessed"
+        )
+        with pytest.raises(QueueTimeoutError) as caught:
+            await impostor.acquire(max_wait_seconds=20)
+        await impostor.aclose()
+        assert "Unauthorized" in str(caught.value)
+        assert server.registry.snapshot(NAMESPACE, POOL).in_flight == 0  # type: ignore[union-attr]
+
+
+async def test_a_pool_that_does_not_exist_is_named_in_the_failure() -> None:
+    async with permit_server(
+        ["run"], PoolLimits(max_in_flight=1, requests_per_minute=60), lease_seconds=LEASE
+    ) as server:
+        limiter = RemoteLimiter(
+            server_url=server_url(server.port), namespace=NAMESPACE, pool="typo", run="run", token="stream-token-of-run"
+        )
+        with pytest.raises(QueueTimeoutError) as caught:
+            await limiter.acquire(max_wait_seconds=20)
+        await limiter.aclose()
+        assert "no ThrottlePool 'typo' in namespace 'team-a'" in str(caught.value)
+
+
+async def test_after_a_permit_server_restart_held_permits_are_adopted_and_waiting_calls_keep_their_order() -> None:
+    runs = ["holder", "first", "second", "third"]
+    limits = PoolLimits(max_in_flight=1, requests_per_minute=600)
+    order: list[str] = []
+    async with permit_server(runs, limits, lease_seconds=LEASE) as before:
+        port = before.port
+        url = server_url(port)
+        limiters = {run: limiter_for(run, url) for run in runs}
+        held, _ = await limiters["holder"].acquire(max_wait_seconds=60)
+
+        async def call(run: str) -> None:
+            permit, _ = await limiters[run].acquire(max_wait_seconds=300)
+            order.append(run)
+            await permit.release()
+
+        waiting = []
+        for run in ("first", "second", "third"):
+            waiting.append(asyncio.create_task(call(run)))
+            await asyncio.sleep(1)
+    # The operator is gone for a few seconds; clients retry, the holder keeps renewing.
+    await asyncio.sleep(3)
+    restarted_at = loop_time()
+    async with permit_server(runs, limits, lease_seconds=LEASE, port=port) as after:
+        await asyncio.sleep(LEASE / 2)
+        snapshot = after.registry.snapshot(NAMESPACE, POOL)
+        assert snapshot is not None
+        assert snapshot.in_flight == 1  # the permit granted before the restart, adopted on renewal
+        assert snapshot.queue_depth == 3
+        await asyncio.sleep(LEASE)
+        assert order == []  # still held: the new server does not grant past the limit
+        await held.release()
+        await asyncio.gather(*waiting)
+        assert order == ["first", "second", "third"]
+        assert loop_time() > restarted_at + LEASE
+        for limiter in limiters.values():
+            await limiter.aclose()
+
+
+async def test_a_retry_after_seen_by_the_run_holds_its_calls_even_when_the_server_never_hears_of_it() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    limiter = limiter_for("saw-429", server_url(port))
+    limiter.penalize(100)
+    asked_at = loop_time()
+    with pytest.raises(QueueTimeoutError, match="Retry-After"):
+        await limiter.acquire(max_wait_seconds=30)
+    assert loop_time() - asked_at == pytest.approx(30, abs=0.1)
+    await limiter.aclose()
+
+
+async def test_tokens_reported_on_release_hold_back_the_next_call_of_any_run() -> None:
+    limits = PoolLimits(max_in_flight=5, requests_per_minute=6000, tokens_per_minute=6000)  # 100 tokens a second
+    async with permit_server(["big", "small"], limits, lease_seconds=LEASE) as server:
+        url = server_url(server.port)
+        big, small = limiter_for("big", url), limiter_for("small", url)
+        permit, _ = await big.acquire(max_wait_seconds=60)
+        permit.record_tokens(1100)
+        await permit.release()
+        released_at = loop_time()
+        next_permit, _ = await small.acquire(max_wait_seconds=60)
+        # One second of tokens was in the bucket; the other 1000 take 10 s to earn back.
+        assert loop_time() - released_at == pytest.approx(10, abs=0.1)
+        await next_permit.release()
+        await big.aclose()
+        await small.aclose()
+
+
+async def test_a_run_that_stops_waiting_leaves_the_queue_at_once() -> None:
+    async with permit_server(
+        ["holder", "quitter"], PoolLimits(max_in_flight=1, requests_per_minute=60), lease_seconds=LEASE
+    ) as server:
+        url = server_url(server.port)
+        holder, quitter = limiter_for("holder", url), limiter_for("quitter", url)
+        permit, _ = await holder.acquire(max_wait_seconds=60)
+        waiting = asyncio.create_task(quitter.acquire(max_wait_seconds=600))
+        await asyncio.sleep(1)
+        snapshot = server.registry.snapshot(NAMESPACE, POOL)
+        assert snapshot is not None
+        assert snapshot.queue_depth == 1
+        waiting.cancel()  # the run is cancelled or suspended: its long-poll connection closes
+        await asyncio.gather(waiting, return_exceptions=True)
+        await asyncio.sleep(1)
+        snapshot = server.registry.snapshot(NAMESPACE, POOL)
+        assert snapshot is not None
+        assert snapshot.queue_depth == 0
+        await permit.release()
+        for limiter in (holder, quitter):
+            await limiter.aclose()
+
+
+async def test_a_client_that_never_releases_its_permit_loses_it_after_one_lease_period() -> None:
+    async with permit_server(
+        ["forgetful", "next"], PoolLimits(max_in_flight=1, requests_per_minute=60), lease_seconds=LEASE
+    ) as server:
+        url = server_url(server.port)
+        forgetful, following = limiter_for("forgetful", url), limiter_for("next", url)
+        await forgetful.acquire(max_wait_seconds=60)
+        await asyncio.sleep(3 * LEASE)  # renewed in the background while the client lives
+        snapshot = server.registry.snapshot(NAMESPACE, POOL)
+        assert snapshot is not None
+        assert (snapshot.in_flight, snapshot.leases_expired_total) == (1, 0)
+        await forgetful.aclose()  # gone without releasing
+        stopped_at = loop_time()
+        permit, _ = await following.acquire(max_wait_seconds=60)
+        assert loop_time() - stopped_at <= LEASE
+        snapshot = server.registry.snapshot(NAMESPACE, POOL)
+        assert snapshot is not None
+        assert snapshot.leases_expired_total == 1
+        await permit.release()
+        await following.aclose()

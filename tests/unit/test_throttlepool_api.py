@@ -1,0 +1,197 @@
+"""The ThrottlePool API: models, the generated CRD, and the operator's translation of spec and status."""
+
+import functools
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from agentrun_api import crd, throttlepool
+from agentrun_api.admission import AdmissionError, CrdAdmission
+from agentrun_operator.permits.handlers import limits_from_spec, status_from_snapshot
+from agentrun_operator.permits.pool import PoolLimits, PoolSnapshot
+from agentrun_operator.permits.settings import PermitSettings
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+COMMITTED = REPO / "crds" / "throttlepools.agentrun.dev.yaml"
+EXAMPLE = REPO / "examples" / "throttlepool.yaml"
+
+
+def openapi_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = crd.build_throttlepool_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+@functools.cache
+def admission() -> CrdAdmission:
+    """The API server's validation of ThrottlePools: schema, defaults, pruning, as from the generated CRD."""
+    return CrdAdmission.from_crd(crd.build_throttlepool_crd())
+
+
+def pool_object(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "agentrun.dev/v1alpha1",
+        "kind": "ThrottlePool",
+        "metadata": {"name": "openai-org", "namespace": "team-a"},
+        "spec": spec,
+    }
+
+
+def snapshot(**overrides: Any) -> PoolSnapshot:
+    values: dict[str, Any] = {
+        "in_flight": 2,
+        "queue_depth": 7,
+        "waiting_runs": 4,
+        "granted_last_minute": 58,
+        "paused_for_seconds": 0.0,
+        "opens_in_seconds": 0.0,
+        "leases_expired_total": 0,
+    }
+    return PoolSnapshot(**{**values, **overrides})
+
+
+def test_the_committed_crd_is_the_generated_one() -> None:
+    assert COMMITTED.read_text() == crd.render_throttlepool_crd(), "run `make crds` and commit the result"
+
+
+def test_writing_all_crds_writes_both_definitions(tmp_path: Path) -> None:
+    written = crd.write_all(tmp_path)
+    assert sorted(path.name for path in written) == ["agentruns.agentrun.dev.yaml", "throttlepools.agentrun.dev.yaml"]
+    assert (tmp_path / "agentruns.agentrun.dev.yaml").read_text() == crd.render_crd()
+    assert (tmp_path / "throttlepools.agentrun.dev.yaml").read_text() == COMMITTED.read_text()
+
+
+def test_the_crd_is_a_valid_namespaced_custom_resource_definition() -> None:
+    document = yaml.safe_load(COMMITTED.read_text())
+    kubernetes_validate.validate(document, "1.37", strict=True)
+    assert document["spec"]["scope"] == "Namespaced"
+    assert document["spec"]["names"]["plural"] == "throttlepools"
+    assert document["spec"]["versions"][0]["subresources"] == {"status": {}}
+
+
+def test_printer_columns_show_live_status_fields() -> None:
+    columns = {c["name"].upper(): c for c in crd.THROTTLEPOOL_PRINTER_COLUMNS if "priority" not in c}
+    assert list(columns) == ["IN-FLIGHT", "QUEUED", "RATE", "AGE"]
+    status_fields = set(openapi_schema()["properties"]["status"]["properties"])
+    for column in columns.values():
+        if column["jsonPath"].startswith(".status."):
+            assert column["jsonPath"].removeprefix(".status.") in status_fields
+
+
+def test_a_pool_with_limits_is_accepted_by_the_schema() -> None:
+    spec = {"maxRequestsInFlight": 8, "requestsPerMinute": 500, "tokensPerMinute": 200_000}
+    admission().admit(pool_object(spec), None, strict=True)
+    parsed = throttlepool.ThrottlePoolSpec.model_validate(spec)
+    assert (parsed.max_requests_in_flight, parsed.burst_requests, parsed.tokens_per_minute) == (8, 1, 200_000)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"requestsPerMinute": 60}, "maxRequestsInFlight"),
+        ({"maxRequestsInFlight": 0, "requestsPerMinute": 60}, "maxRequestsInFlight"),
+        ({"maxRequestsInFlight": 2, "requestsPerMinute": 60, "burstRequests": 0}, "burstRequests"),
+        ({"maxRequestsInFlight": 2, "requestsPerMinute": 60, "tokensPerMinute": 0}, "tokensPerMinute"),
+    ],
+)
+def test_a_bad_pool_is_refused_by_schema_and_operator_naming_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(AdmissionError, match=rf"spec\.{field}"):
+        admission().admit(pool_object(spec), None, strict=True)
+    with pytest.raises(ValueError, match=rf"spec\.{field}"):
+        limits_from_spec(spec)
+
+
+def test_the_example_pool_is_admitted_with_defaults_and_parses() -> None:
+    admitted = admission().admit(yaml.safe_load(EXAMPLE.read_text()), None, strict=True)
+    assert admitted["spec"]["burstRequests"] == 1  # the default, filled in by the API server
+    assert limits_from_spec(admitted["spec"]).max_in_flight == 4
+
+
+def test_the_api_server_refuses_a_pool_without_limits_naming_the_field() -> None:
+    with pytest.raises(AdmissionError, match=r"spec\.requestsPerMinute"):
+        admission().admit(pool_object({"maxRequestsInFlight": 2}), None, strict=True)
+
+
+def test_a_status_write_of_the_operator_is_admitted() -> None:
+    stored = admission().admit(yaml.safe_load(EXAMPLE.read_text()), None, strict=True)
+    written = {
+        **stored,
+        "status": status_from_snapshot(snapshot(paused_for_seconds=3), generation=1, now=datetime.now(UTC)),
+    }
+    assert admission().admit_status(written, stored, strict=True)["status"]["queueDepth"] == 7
+
+
+def test_the_spec_model_is_frozen_and_rejects_unknown_fields() -> None:
+    parsed = throttlepool.ThrottlePoolSpec.model_validate({"maxRequestsInFlight": 1, "requestsPerMinute": 1})
+    with pytest.raises(ValidationError):
+        parsed.requests_per_minute = 2  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        throttlepool.ThrottlePoolSpec.model_validate({"maxRequestsInFlight": 1, "requestsPerMinute": 1, "rpm": 5})
+
+
+def test_limits_come_from_the_spec() -> None:
+    spec = {"maxRequestsInFlight": 3, "requestsPerMinute": 90, "burstRequests": 2, "tokensPerMinute": 1000}
+    assert limits_from_spec(spec) == PoolLimits(
+        max_in_flight=3, requests_per_minute=90, burst=2, tokens_per_minute=1000
+    )
+
+
+def test_status_reports_the_live_figures_in_camel_case() -> None:
+    status = status_from_snapshot(snapshot(), generation=3, now=datetime(2026, 1, 1, tzinfo=UTC))
+    assert status == {
+        "inFlight": 2,
+        "queueDepth": 7,
+        "waitingRuns": 4,
+        "grantedLastMinute": 58,
+        "throttledUntil": None,
+        "accepting": True,
+        "observedGeneration": 3,
+    }
+    stored = admission().admit(pool_object({"maxRequestsInFlight": 1, "requestsPerMinute": 1}), None, strict=True)
+    written = {**stored, "status": {k: v for k, v in status.items() if v is not None}}
+    assert admission().admit_status(written, stored, strict=True)["status"]["grantedLastMinute"] == 58
+
+
+def test_status_says_when_a_provider_penalty_ends_and_whether_the_pool_grants_yet() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, 400_000, tzinfo=UTC)
+    status = status_from_snapshot(snapshot(paused_for_seconds=29.3, opens_in_seconds=4.0), generation=1, now=now)
+    assert status["throttledUntil"] == "2026-01-01T12:00:30Z"
+    assert status["accepting"] is False
+
+
+def test_status_of_an_unchanged_pool_is_identical_between_writes() -> None:
+    # Writes are skipped when nothing changed; sub-second jitter must not count as a change.
+    first = status_from_snapshot(
+        snapshot(paused_for_seconds=10.2), generation=1, now=datetime(2026, 1, 1, 0, 0, 0, 100_000, tzinfo=UTC)
+    )
+    second = status_from_snapshot(
+        snapshot(paused_for_seconds=9.9), generation=1, now=datetime(2026, 1, 1, 0, 0, 0, 400_000, tzinfo=UTC)
+    )
+    assert first == second
+
+
+def test_settings_come_from_the_environment() -> None:
+    settings = PermitSettings.from_env({"AGENTRUN_PERMIT_PORT": "9000", "AGENTRUN_PERMIT_LEASE_SECONDS": "20"})
+    assert (settings.port, settings.lease_seconds, settings.status_interval_seconds) == (9000, 20.0, 5.0)
+    assert PermitSettings.from_env({}) == PermitSettings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AGENTRUN_PERMIT_PORT", "http"),
+        ("AGENTRUN_PERMIT_PORT", "70000"),
+        ("AGENTRUN_PERMIT_LEASE_SECONDS", "soon"),
+        ("AGENTRUN_PERMIT_LEASE_SECONDS", "0"),
+        ("AGENTRUN_POOL_STATUS_INTERVAL_SECONDS", "-1"),
+    ],
+)
+def test_bad_settings_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ValueError, match=variable):
+        PermitSettings.from_env({variable: value})
