@@ -39,7 +39,8 @@ crds: install ## Regenerate crds/ from the pydantic models
 
 .PHONY: chart-sync
 chart-sync: install ## Copy crds/ and the operator's RBAC rules into the Helm chart (tests fail when they differ)
-	cp crds/agentruns.agentrun.dev.yaml helm/agentrun-operator/files/crds/agentruns.agentrun.dev.yaml
+	rm -f helm/agentrun-operator/files/crds/*.yaml
+	cp crds/*.yaml helm/agentrun-operator/files/crds/
 	PYTHONPATH=api:operator $(PY) -m agentrun_operator.permissions > helm/agentrun-operator/files/operator-rbac-rules.yaml
 
 .PHONY: test

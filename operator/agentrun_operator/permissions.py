@@ -60,6 +60,21 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         why="the operator is the only writer of status, through the status subresource",
     ),
     Rule(
+        "agentrun.dev",
+        ("throttlepools",),
+        ("list", "watch", "patch"),
+        cluster_scoped=False,
+        why="kopf watches ThrottlePools to configure the permit server's pools and patches their metadata "
+        "(its progress annotations)",
+    ),
+    Rule(
+        "agentrun.dev",
+        ("throttlepools/status",),
+        ("patch",),
+        cluster_scoped=False,
+        why="the pools' live status (in flight, queued, rate) for `kubectl get throttlepools`",
+    ),
+    Rule(
         "batch",
         ("jobs",),
         ("create", "get", "list", "watch", "patch", "delete"),
@@ -89,8 +104,9 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("secrets",),
         ("create", "get"),
         cluster_scoped=False,
-        why="create the run's <run>-stream-token Secret; get reads the API-key Secret's existence and adopts the "
-        "token Secret after a 409 (no list or watch: the operator never enumerates Secrets)",
+        why="create the run's <run>-stream-token Secret; get reads the API-key Secret's existence, adopts the "
+        "token Secret after a 409, and checks a runner's token at the permit server (no list or watch: the "
+        "operator never enumerates Secrets)",
     ),
     Rule(
         "",

@@ -1,6 +1,7 @@
 """The Helm chart, rendered by the real Helm engine and checked by Kubernetes' own OpenAPI schemas."""
 
 import re
+from pathlib import Path
 from typing import Any
 
 import helm_python
@@ -42,6 +43,8 @@ OPERATOR_SETTINGS_ENV = {
     "AGENTRUN_LOG_FORMAT",
     "AGENTRUN_STREAM_BASE_URL",
     "AGENTRUN_DEADLINE_GRACE_SECONDS",
+    # The ThrottlePool permit server's port (agentrun_operator.permits.settings).
+    "AGENTRUN_PERMIT_PORT",
     # Not in the brief's list: the name of the peering object the chart creates (see templates/peering.yaml).
     "AGENTRUN_PEERING_NAME",
 }
@@ -182,24 +185,32 @@ def comments_above_keys(text: str) -> dict[str, str]:
     return found
 
 
-def test_the_chart_crd_is_the_repository_crd() -> None:
-    """One source: files/crds/ is a byte-for-byte copy of crds/ (`make chart-sync` refreshes it)."""
-    source = (REPO_ROOT / "crds" / "agentruns.agentrun.dev.yaml").read_bytes()
-    copy = (CHART_DIR / "files" / "crds" / "agentruns.agentrun.dev.yaml").read_bytes()
-    assert copy == source, "run `make chart-sync`"
+REPOSITORY_CRDS = sorted((REPO_ROOT / "crds").glob("*.yaml"))
 
 
-def test_crd_is_rendered_with_its_schema_intact_and_kept_on_uninstall() -> None:
-    source = yaml.safe_load((REPO_ROOT / "crds" / "agentruns.agentrun.dev.yaml").read_text())
-    crd = find(render_objects(), "CustomResourceDefinition", constants.CRD_NAME)
-    assert crd["spec"] == source["spec"]
+def test_the_chart_crds_are_the_repository_crds() -> None:
+    """One source: files/crds/ holds byte-for-byte copies of crds/ (`make chart-sync` refreshes them)."""
+    copies = sorted((CHART_DIR / "files" / "crds").glob("*.yaml"))
+    assert [p.name for p in copies] == [p.name for p in REPOSITORY_CRDS], "run `make chart-sync`"
+    for source, copy in zip(REPOSITORY_CRDS, copies, strict=True):
+        assert copy.read_bytes() == source.read_bytes(), f"{copy.name} differs from crds/: run `make chart-sync`"
+
+
+@pytest.mark.parametrize("source", REPOSITORY_CRDS, ids=lambda p: p.stem)
+def test_crd_is_rendered_with_its_schema_intact_and_kept_on_uninstall(source: Path) -> None:
+    expected = yaml.safe_load(source.read_text())
+    crd = find(render_objects(), "CustomResourceDefinition", expected["metadata"]["name"])
+    assert crd["spec"] == expected["spec"]
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["metadata"]["labels"]["app.kubernetes.io/instance"] == "agentrun-operator"
 
 
-def test_crd_is_deleted_on_uninstall_when_keep_is_off() -> None:
-    crd = find(render_objects({"crds": {"enabled": True, "keep": False}}), "CustomResourceDefinition")
-    assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+def test_crds_are_deleted_on_uninstall_when_keep_is_off() -> None:
+    objects = render_objects({"crds": {"enabled": True, "keep": False}})
+    crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+    assert len(crds) == len(REPOSITORY_CRDS)
+    for crd in crds:
+        assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
 
 
 def test_crds_off_renders_no_agentrun_crd() -> None:
@@ -216,7 +227,11 @@ def test_operator_deployment_is_one_recreated_peered_replica_with_a_kopf_livenes
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"metrics": int(env["AGENTRUN_METRICS_PORT"]), "health": int(env["AGENTRUN_HEALTH_PORT"])}
+    assert ports == {
+        "metrics": int(env["AGENTRUN_METRICS_PORT"]),
+        "health": int(env["AGENTRUN_HEALTH_PORT"]),
+        "permits": int(env["AGENTRUN_PERMIT_PORT"]),
+    }
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     peering = find(objects, "ClusterKopfPeering")
     assert env["AGENTRUN_PEERING_NAME"] == peering["metadata"]["name"]
@@ -273,7 +288,7 @@ def test_more_than_one_replica_without_peering_is_refused() -> None:
 def test_monitoring_scenario_scrapes_the_metrics_port() -> None:
     objects = render_objects(SCENARIOS["monitoring"])
     monitor = find(objects, "ServiceMonitor")
-    service = find(objects, "Service")
+    service = find(objects, "Service", "agentrun-operator-metrics")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
@@ -292,7 +307,7 @@ def test_podmonitor_scenario_selects_the_operator_pods() -> None:
     pod_labels = find(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
-    assert "Service" not in kinds(objects)
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "Service"] == ["agentrun-operator-permits"]
 
 
 def test_service_and_pod_monitors_together_are_refused() -> None:
@@ -327,3 +342,11 @@ def test_notes_follow_the_watched_namespace() -> None:
     text = notes(SCENARIOS["namespaced"])
     assert "kubectl -n agents get agentruns -w" in text
     assert "AgentRuns in namespace agents only" in text
+
+
+def test_permit_server_service_reaches_the_operator_pods() -> None:
+    objects = render_objects()
+    service = find(objects, "Service", "agentrun-operator-permits")
+    assert service["spec"]["ports"] == [{"name": "permits", "port": 8090, "targetPort": "permits", "protocol": "TCP"}]
+    pod_labels = find(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()

@@ -94,4 +94,5 @@ def test_operator_image_user_and_ports_match_the_chart() -> None:
     assert {int(port) for port in exposed.split()} == {
         values["operator"]["metricsPort"],
         values["operator"]["healthPort"],
+        values["operator"]["permitPort"],
     }
