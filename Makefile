@@ -19,14 +19,22 @@ $(BIN)/activate: pyproject.toml
 .PHONY: install
 install: $(BIN)/activate ## Create .venv and install the project with its dev tools
 
+CRD_VALIDATORS := tests/crd_schemas/node_modules/.package-lock.json
+$(CRD_VALIDATORS): tests/crd_schemas/package.json tests/crd_schemas/package-lock.json
+	npm ci --prefix tests/crd_schemas --no-audit --no-fund --loglevel=error
+	touch $@
+
+.PHONY: crd-validators
+crd-validators: $(CRD_VALIDATORS) ## Install the published third-party CRD schemas the tests validate against (npm)
+
 .PHONY: fmt
 fmt: install ## Format the code
-	$(BIN)/ruff format api operator runner_image tests bench
-	$(BIN)/ruff check --fix api operator runner_image tests bench
+	$(BIN)/ruff format api operator runner_image gateway tests bench
+	$(BIN)/ruff check --fix api operator runner_image gateway tests bench
 
 .PHONY: lint
 lint: install ## Lint with ruff
-	$(BIN)/ruff check api operator runner_image tests bench
+	$(BIN)/ruff check api operator runner_image gateway tests bench
 
 .PHONY: typecheck
 typecheck: install ## Type-check with mypy (strict)
@@ -44,10 +52,14 @@ chart-sync: install ## Copy crds/ and the operator's RBAC rules into the Helm ch
 	PYTHONPATH=api:operator $(PY) -m agentrun_operator.permissions > helm/agentrun-operator/files/operator-rbac-rules.yaml
 
 .PHONY: test
-test: install ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)
+test: install crd-validators ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)
 	$(BIN)/pytest
 
 .PHONY: check
 check: lint typecheck test ## Lint, type-check and test: what CI runs
+
+.PHONY: bench-gateway
+bench-gateway: install ## Measure the stream gateway's relay lag and memory with 100 readers on one run
+	$(PY) bench/gateway_fanout.py --readers 100
 
 include mk/cluster.mk

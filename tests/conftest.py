@@ -1,9 +1,12 @@
-"""Fixtures shared by every test layer."""
+"""Fixtures and hooks shared by every test layer."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,3 +24,22 @@ async def apiserver() -> AsyncIterator[EmulatedApiServer]:
     async with EmulatedApiServer([AGENTRUN_CRD, THROTTLEPOOL_CRD]) as server:
         yield server
     assert not server.handler.internal_errors, server.handler.internal_errors
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
+    """Give each synchronous test an event loop of its own and close it afterwards.
+
+    looptime's plugin asks the event loop policy for the current loop in every test, synchronous ones
+    too; on Python 3.11 that creates a loop nobody closes, and its unclosed sockets surface later as
+    unraisable-exception warnings in whichever test is running, which fail the suite (warnings are errors).
+    """
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        return (yield)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return (yield)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

@@ -24,12 +24,19 @@ from tests.harness.apiserver.tables import render_table, wants_table
 
 # Answers a SubjectAccessReview spec: (allowed, reason).
 AuthorizationPolicy = Callable[[Mapping[str, Any]], tuple[bool, str]]
+# Answers a TokenReview: the user info ({"username", "uid", "groups"}) a bearer token belongs to, or None.
+AuthenticationPolicy = Callable[[str], Mapping[str, Any] | None]
 TABLE_CONTENT_TYPE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 
 
 def allow_all(spec: Mapping[str, Any]) -> tuple[bool, str]:
     """The default authorization policy: everything is allowed (as for a cluster-admin)."""
     return True, "allowed by the emulated apiserver's default policy"
+
+
+def no_tokens(token: str) -> Mapping[str, Any] | None:
+    """The default authentication policy for TokenReviews: no token is known."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,7 @@ class ApiServerHandler(kmock.KubernetesScaffold):
     log: RequestLog = attrs.field(factory=RequestLog)
     settings: HandlerSettings = attrs.field(factory=HandlerSettings)
     authorization_policy: AuthorizationPolicy = allow_all
+    authentication_policy: AuthenticationPolicy = no_tokens
     # Pod logs served at pods/<name>/log, keyed by (namespace, pod name); the e2e Job executor writes them.
     pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict)
     # Unexpected exceptions while serving (bugs of the emulator, not API errors); tests assert it stays empty.
@@ -366,10 +374,20 @@ class ApiServerHandler(kmock.KubernetesScaffold):
         )
 
     def _serve_review(self, rt: ResourceType, body: Any) -> aiohttp.web.StreamResponse:
-        """SubjectAccessReview / SelfSubjectAccessReview: answered by the configurable policy, never stored."""
+        """SubjectAccessReview / SelfSubjectAccessReview / TokenReview: answered by the configurable policies,
+        never stored (the apiserver's authorizer and authenticator answer them)."""
         if not isinstance(body, Mapping) or not isinstance(body.get("spec"), Mapping):
             raise errors.bad_request(f"a {rt.kind} needs a spec")
         spec = dict(body["spec"])
+        if rt.kind == "TokenReview":
+            user = self.authentication_policy(str(spec.get("token", "")))
+            status: dict[str, Any] = {"authenticated": user is not None}
+            if user is not None:
+                status["user"] = dict(user)
+            # The apiserver does not echo the token back.
+            return _json(
+                {"apiVersion": rt.api_version, "kind": rt.kind, "metadata": {}, "spec": {}, "status": status}, 201
+            )
         if rt.kind == "SelfSubjectAccessReview":
             spec.setdefault("user", "emulated-user")
         allowed, reason = self.authorization_policy(spec)

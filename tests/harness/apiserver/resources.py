@@ -39,7 +39,7 @@ class ResourceType:
     printer_columns: tuple[PrinterColumn, ...] = ()
     # The CRD this type comes from (None for built-ins); its schema drives admission.
     crd: Mapping[str, Any] | None = None
-    # Answered, never stored (SubjectAccessReview).
+    # Answered, never stored (SubjectAccessReview, TokenReview).
     virtual: bool = False
 
     @property
@@ -121,6 +121,15 @@ def builtin_types() -> list[ResourceType]:
             False,
             short=["crd", "crds"],
             subresources=["status"],
+        ),
+        _builtin(
+            "authentication.k8s.io",
+            "v1",
+            "tokenreviews",
+            "TokenReview",
+            False,
+            verbs=["create"],
+            virtual=True,
         ),
         _builtin(
             "authorization.k8s.io",

@@ -1,0 +1,148 @@
+"""The stream gateway's HTTP server: GET /runs/<namespace>/<name>/events, /healthz, /metrics."""
+
+import asyncio
+import logging
+import re
+import ssl
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agentrun_gateway import metrics
+from agentrun_gateway.auth import Authenticator, Decision, StreamTokens
+from agentrun_gateway.kube import KubeApi, KubeApiError
+from agentrun_gateway.relay import ClientStream, EventArchive, Relay, RunDirectory
+from agentrun_gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+@dataclass
+class _Parts:
+    kube_session: aiohttp.ClientSession
+    upstream_session: aiohttp.ClientSession
+    auth: Authenticator
+    runs: RunDirectory
+    relay: Relay
+
+
+PARTS = web.AppKey("parts", _Parts)
+SETTINGS = web.AppKey("settings", GatewaySettings)
+ARCHIVE = web.AppKey("archive", EventArchive)
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+async def _events(request: web.Request) -> web.StreamResponse:
+    namespace, run = request.match_info["namespace"], request.match_info["name"]
+    if not DNS_LABEL.match(namespace) or not DNS_SUBDOMAIN.match(run):
+        return _error(400, "namespace and run name must be Kubernetes object names")
+    raw_last = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or "0"
+    if not raw_last.isdigit():
+        return _error(400, f"Last-Event-ID {raw_last[:32]!r} is not an event id (a non-negative integer)")
+    last_id = int(raw_last)
+    parts = request.app[PARTS]
+    try:
+        decision = await parts.auth.decide(namespace, run, request.headers.get("Authorization"))
+        info = await parts.runs.get(namespace, run) if decision is Decision.ALLOWED else None
+    except KubeApiError as error:
+        log.warning("Kubernetes API unavailable: %s", error)
+        return _error(503, "the Kubernetes API is unavailable; retry shortly", **{"Retry-After": "2"})
+    if decision is Decision.UNAUTHENTICATED:
+        metrics.AUTH_REJECTIONS.labels("unauthenticated").inc()
+        return _error(
+            401, "send the run's stream token or a Kubernetes token as a Bearer token", **{"WWW-Authenticate": "Bearer"}
+        )
+    if decision is Decision.FORBIDDEN:
+        metrics.AUTH_REJECTIONS.labels("forbidden").inc()
+        return _error(403, f"this identity may not get agentruns/{run} in namespace {namespace}")
+    if info is None:
+        return _error(404, f"no AgentRun {run} in namespace {namespace}")
+
+    client = ClientStream(request, info.heartbeat_seconds)
+    metrics.READERS.inc()
+    try:
+        await parts.relay.serve(namespace, run, last_id, client, info)
+    except KubeApiError as error:
+        log.warning("Kubernetes API unavailable during a relay: %s", error)  # the client resumes elsewhere
+    finally:
+        metrics.READERS.dec()
+        await client.close()
+    if not client.prepared:
+        return web.Response(status=204)  # the run ended and the reader has seen all of it: stop reconnecting
+    return client.response
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _kube_ssl(settings: GatewaySettings) -> ssl.SSLContext | bool:
+    if not settings.kube_api_url.startswith("https://"):
+        return False
+    if not settings.kube_ca_file:
+        return False
+    return ssl.create_default_context(cafile=settings.kube_ca_file)
+
+
+async def _start(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    kube_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=_kube_ssl(settings)), timeout=aiohttp.ClientTimeout(total=10)
+    )
+    # No connection cap: each reader holds one upstream stream; the pool's idle time sits below the
+    # runner's keep-alive (see stream_timeouts.runner_server_timeouts).
+    upstream_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=settings.upstream_pool_idle_seconds)
+    )
+    kube = KubeApi(kube_session, settings.kube_api_url, settings.kube_token_file, settings.default_heartbeat_seconds)
+    tokens = StreamTokens(kube, settings.auth_cache_seconds)
+    runs = RunDirectory(kube, settings.run_cache_seconds)
+    relay = Relay(settings, upstream_session, runs, tokens, app.get(ARCHIVE))
+    app[PARTS] = _Parts(
+        kube_session, upstream_session, Authenticator(kube, tokens, settings.auth_cache_seconds), runs, relay
+    )
+
+
+async def _stop(app: web.Application) -> None:
+    parts = app[PARTS]
+    await parts.relay.close()
+    await asyncio.gather(parts.kube_session.close(), parts.upstream_session.close())
+
+
+def create_app(settings: GatewaySettings, archive: EventArchive | None = None) -> web.Application:
+    app = web.Application()
+    app[SETTINGS] = settings
+    if archive is not None:
+        app[ARCHIVE] = archive
+    app.router.add_get("/runs/{namespace}/{name}/events", _events)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    app.on_startup.append(_start)
+    app.on_cleanup.append(_stop)
+    return app
+
+
+def create_runner(app: web.Application, settings: GatewaySettings) -> web.AppRunner:
+    """An AppRunner with the keep-alive and shutdown timeouts from the settings."""
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        # A reader that disconnects cancels its handler at once, so an idle run's relay does not
+        # linger until the next write fails (and a shared feed stops with its last reader).
+        handler_cancellation=True,
+        keepalive_timeout=settings.keep_alive_seconds,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
+    )

@@ -1,0 +1,109 @@
+"""The stream gateway's settings, read from environment variables (one documented field each)."""
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, get_args
+
+from agentrun_api.contract import STREAM_PORT
+from agentrun_api.spec import IngressController
+from agentrun_operator.stream_timeouts import StreamBudget, render_stream_route
+from agentrun_operator.stream_timeouts.budget import GATEWAY_UPSTREAM_POOL_IDLE_SECONDS, UPSTREAM_IDLE_HEARTBEATS
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+ENV_PREFIX = "AGENTRUN_GATEWAY_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the gateway cannot use; the message names it and the fix."""
+
+
+def keep_alive_behind(controller: IngressController) -> float:
+    """The keep-alive Part A's arithmetic gives for the proxy in front of the gateway."""
+    return float(render_stream_route(controller, StreamBudget.longest_allowed()).gateway_timeouts.keep_alive_seconds)
+
+
+def _in_cluster_api_url() -> str:
+    host = os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    host = f"[{host}]" if ":" in host else host
+    return f"https://{host}:{port}"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Each field is read from ``AGENTRUN_GATEWAY_<FIELD NAME IN UPPER CASE>`` when set."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a pod serves on all its interfaces
+    """Address to listen on."""
+    port: int = 8080
+    """Port to listen on (the chart's Service targets it as port "http")."""
+    upstream_url: str = "http://{name}-stream.{namespace}.svc:" + str(STREAM_PORT) + "/events"
+    """Runner stream URL pattern; ``{namespace}`` and ``{name}`` are filled in. Tests point it at 127.0.0.1."""
+    controller: IngressController = "ingress-nginx"
+    """The ingress or gateway controller in front of the gateway; sets the default keep-alive."""
+    keep_alive_seconds: float = 0.0
+    """Idle seconds before an idle keep-alive client connection is closed; 0 derives it from ``controller``
+    (the proxy's pooled idle time plus a margin, so the proxy always closes first: no 502 race)."""
+    upstream_idle_seconds: float = 0.0
+    """Seconds without a byte from the runner before re-attaching; 0 means 3 heartbeat intervals of the run."""
+    upstream_pool_idle_seconds: float = float(GATEWAY_UPSTREAM_POOL_IDLE_SECONDS)
+    """Seconds an idle connection to a runner stays pooled; the runner's keep-alive is set above it."""
+    upstream_connect_timeout_seconds: float = 5.0
+    """Timeout of connecting to a runner and receiving its response headers."""
+    reattach_initial_delay_seconds: float = 0.2
+    """First wait before re-attaching to a runner that went away; doubles up to the maximum."""
+    reattach_max_delay_seconds: float = 5.0
+    """Longest wait between re-attach attempts (a pod replacement takes seconds to minutes)."""
+    auth_cache_seconds: float = 10.0
+    """How long a stream token or an RBAC decision is reused before the API server is asked again."""
+    run_cache_seconds: float = 2.0
+    """How long an AgentRun's phase and heartbeat interval are reused (bounds API load under many readers)."""
+    ended_drain_seconds: float = 2.0
+    """After the run ended: how long to wait for the runner's replay before concluding it has no more events."""
+    feed_memory_events: int = 4096
+    """Events of a running run kept in memory for the readers sharing its upstream connection; a reader
+    resuming from an older position gets a connection of its own."""
+    default_heartbeat_seconds: float = 15.0
+    """Heartbeat interval for a run whose spec does not say (the API's default)."""
+    shutdown_timeout_seconds: float = 2.0
+    """On SIGTERM, how long open streams get before they are cut (clients resume on another replica)."""
+    kube_api_url: str = ""
+    """Kubernetes API server URL; empty means in-cluster (KUBERNETES_SERVICE_HOST/PORT)."""
+    kube_token_file: str = f"{SERVICE_ACCOUNT_DIR}/token"
+    """The gateway's own service account token (re-read periodically: projected tokens rotate)."""
+    kube_ca_file: str = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
+    """CA bundle of the API server; empty disables verification (tests on plain HTTP only)."""
+
+    def __post_init__(self) -> None:
+        if self.controller not in get_args(IngressController):
+            raise SettingsError(
+                f"{ENV_PREFIX}CONTROLLER={self.controller!r} is not a known controller; use one of "
+                + ", ".join(get_args(IngressController))
+            )
+        if "{namespace}" not in self.upstream_url or "{name}" not in self.upstream_url:
+            raise SettingsError(f"{ENV_PREFIX}UPSTREAM_URL must contain {{namespace}} and {{name}}")
+        if self.keep_alive_seconds <= 0:
+            object.__setattr__(self, "keep_alive_seconds", keep_alive_behind(self.controller))
+        if not self.kube_api_url:
+            object.__setattr__(self, "kube_api_url", _in_cluster_api_url())
+
+    def upstream_idle_for(self, heartbeat_seconds: float) -> float:
+        if self.upstream_idle_seconds > 0:
+            return self.upstream_idle_seconds
+        return UPSTREAM_IDLE_HEARTBEATS * heartbeat_seconds
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "GatewaySettings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            key = ENV_PREFIX + spec.name.upper()
+            if key not in env:
+                continue
+            raw = env[key]
+            kind = type(spec.default)
+            try:
+                values[spec.name] = kind(raw) if kind in (int, float) else raw
+            except ValueError:
+                raise SettingsError(f"{key}={raw!r} is not a valid {kind.__name__}") from None
+        return cls(**values)

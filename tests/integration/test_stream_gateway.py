@@ -1,0 +1,489 @@
+"""The stream gateway over real HTTP: a fake runner on loopback, the emulated Kubernetes API server
+(with TokenReview and RBAC policies), and httpx-sse as the reader. The runner and the gateway are
+killed and restarted mid-stream."""
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from httpx_sse import ServerSentEvent, aconnect_sse
+from prometheus_client import REGISTRY
+
+from agentrun_gateway.server import create_app, create_runner
+from agentrun_gateway.settings import GatewaySettings
+from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.fake_stream_runner import FakeStreamRunner
+
+pytestmark = pytest.mark.integration
+
+NAMESPACE = "team"
+RUN = "r1"
+STREAM_TOKEN = "s3cret-stream-token"
+ALICE_TOKEN = "alice-kubernetes-token"  # may get agentruns in team
+BOB_TOKEN = "bob-kubernetes-token"  # authenticated, no RBAC on agentruns
+MERGE_PATCH = "application/merge-patch+json"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _agentrun(heartbeat: str = "1s") -> dict[str, Any]:
+    return {
+        "apiVersion": "agentrun.dev/v1alpha1",
+        "kind": "AgentRun",
+        "metadata": {"name": RUN, "namespace": NAMESPACE},
+        "spec": {
+            "instructions": "You relay.",
+            "input": "Stream something.",
+            "model": {"name": "test-model"},
+            "maxExecutionTime": "1h",
+            "maxIterations": 10,
+            "streaming": {"heartbeatInterval": heartbeat},
+        },
+    }
+
+
+def _stream_token_secret(token: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{RUN}-stream-token", "namespace": NAMESPACE},
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
+
+
+def _authenticate(token: str) -> dict[str, Any] | None:
+    """The API server's authenticator: two known users."""
+    user = {ALICE_TOKEN: "alice", BOB_TOKEN: "bob"}.get(token)
+    return {"username": user, "groups": ["system:authenticated"]} if user else None
+
+
+def _authorize(spec: Mapping[str, Any]) -> tuple[bool, str]:
+    """The API server's RBAC authorizer: alice may get agentruns in team, nobody else may."""
+    attributes = spec["resourceAttributes"]
+    allowed = spec["user"] == "alice" and (
+        attributes["namespace"],
+        attributes["verb"],
+        attributes["group"],
+        attributes["resource"],
+    ) == (NAMESPACE, "get", "agentrun.dev", "agentruns")
+    return allowed, "RBAC: alice reads agentruns in team" if allowed else "RBAC: no rule"
+
+
+@pytest.fixture
+async def kube(apiserver: EmulatedApiServer) -> EmulatedApiServer:
+    store = apiserver.store
+    store.create(store.resource("namespaces"), None, {"metadata": {"name": NAMESPACE}})
+    store.create(store.resource("secrets"), NAMESPACE, _stream_token_secret(STREAM_TOKEN))
+    store.create(store.resource("agentruns"), NAMESPACE, _agentrun())
+    _set_phase(apiserver, "Running")
+    apiserver.handler.authentication_policy = _authenticate
+    apiserver.handler.authorization_policy = _authorize
+    return apiserver
+
+
+def _set_phase(kube: EmulatedApiServer, phase: str) -> None:
+    store = kube.store
+    store.patch(
+        store.resource("agentruns"), NAMESPACE, RUN, MERGE_PATCH, {"status": {"phase": phase}}, subresource="status"
+    )
+
+
+@pytest.fixture
+async def runner() -> AsyncIterator[FakeStreamRunner]:
+    fake = FakeStreamRunner(STREAM_TOKEN, heartbeat_seconds=0.5)
+    await fake.start()
+    yield fake
+    await fake.kill()
+
+
+class Gateway:
+    """The gateway served in-process on a loopback port; restart() serves again on the same port."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/runs/{NAMESPACE}/{RUN}/events"
+
+    async def start(self) -> None:
+        self._runner = create_runner(create_app(self.settings), self.settings)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+
+def _test_settings(kube: EmulatedApiServer, runner: FakeStreamRunner, **overrides: Any) -> GatewaySettings:
+    return GatewaySettings(
+        host="127.0.0.1",
+        port=0,
+        upstream_url=f"http://127.0.0.1:{runner.port}/events?run={{namespace}}/{{name}}",
+        kube_api_url=str(kube.url),
+        kube_token_file="",
+        kube_ca_file="",
+        reattach_initial_delay_seconds=0.05,
+        reattach_max_delay_seconds=0.2,
+        ended_drain_seconds=0.3,
+        run_cache_seconds=0.05,
+        shutdown_timeout_seconds=0.1,
+        **overrides,
+    )
+
+
+@pytest.fixture
+async def gateway(kube: EmulatedApiServer, runner: FakeStreamRunner) -> AsyncIterator[Gateway]:
+    served = Gateway(_test_settings(kube, runner))
+    await served.start()
+    yield served
+    await served.stop()
+
+
+async def _follow(
+    client: httpx.AsyncClient,
+    url: str,
+    received: list[ServerSentEvent],
+    token: str = STREAM_TOKEN,
+    last_id: str | None = None,
+    deadline_seconds: float = 20.0,
+) -> int:
+    """Read like a browser's EventSource: reconnect after any cut with Last-Event-ID, stop at
+    `finished` or HTTP 204. Returns how many times it connected."""
+    connects = 0
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        headers = {"Authorization": f"Bearer {token}"}
+        if last_id is not None:
+            headers["Last-Event-ID"] = last_id
+        connects += 1
+        try:
+            async with aconnect_sse(client, "GET", url, headers=headers) as source:
+                if source.response.status_code == 204:
+                    return connects
+                assert source.response.status_code == 200, source.response.status_code
+                assert source.response.headers["X-Accel-Buffering"] == "no"
+                assert source.response.headers["Cache-Control"] == "no-cache"
+                async for event in source.aiter_sse():
+                    received.append(event)
+                    if event.id:
+                        last_id = event.id
+                    if event.event == "finished":
+                        return connects
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no `finished` within {deadline_seconds} s; got {len(received)} events")
+
+
+def _as_log(events: list[ServerSentEvent]) -> list[tuple[int, str, Any]]:
+    return [(int(e.id), e.event, json.loads(e.data)) for e in events]
+
+
+def _upstream_log(runner: FakeStreamRunner) -> list[tuple[int, str, Any]]:
+    return [(e.id, e.type, e.data) for e in runner.log]
+
+
+async def _wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_reader_gets_the_exact_log_across_two_runner_kills_and_a_gateway_restart(
+    gateway: Gateway, runner: FakeStreamRunner
+) -> None:
+    received: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
+        reader = asyncio.create_task(_follow(client, gateway.url, received))
+
+        async def emit(count: int) -> None:
+            for _ in range(count):
+                await runner.emit("token", {"text": f"t{len(runner.log) + 1}"})
+                await asyncio.sleep(0.002)
+
+        await emit(30)
+        await _wait_for(lambda: len(received) >= 20)
+        await runner.kill()  # the runner's pod dies mid-stream
+        await emit(10)  # a replacement pod resumes and emits from its checkpoint
+        await asyncio.sleep(0.2)
+        await runner.start()
+        await emit(30)
+        await _wait_for(lambda: len(received) >= 60)
+        await runner.kill()
+        await asyncio.sleep(0.2)
+        await runner.start()
+        await emit(20)
+        await _wait_for(lambda: len(received) >= 80)
+        await gateway.restart()  # the client reconnects with Last-Event-ID
+        await emit(20)
+        await runner.emit("finished", {"phase": "Succeeded"})
+        connects = await asyncio.wait_for(reader, 20)
+
+    assert _as_log(received) == _upstream_log(runner)
+    assert connects >= 2  # the gateway restart cost the client one reconnect
+    assert runner.connections >= 4  # the gateway re-attached after each runner kill and its own restart
+
+
+async def test_events_a_restarted_runner_replays_from_its_checkpoint_are_not_repeated(
+    gateway: Gateway, runner: FakeStreamRunner
+) -> None:
+    received: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
+        reader = asyncio.create_task(_follow(client, gateway.url, received))
+        for index in range(30):
+            await runner.emit("token", {"n": index})
+        await _wait_for(lambda: len(received) == 30)
+        await runner.kill()
+        runner.replay_from = 10  # the new pod's checkpoint is 20 events behind the reader
+        await runner.start()
+        for index in range(30, 40):
+            await runner.emit("token", {"n": index})
+        await runner.emit("finished", {"phase": "Succeeded"})
+        await asyncio.wait_for(reader, 10)
+    assert _as_log(received) == _upstream_log(runner)
+    assert runner.connections >= 2
+
+
+async def test_relay_recovers_when_the_runs_stream_token_is_replaced(
+    gateway: Gateway, runner: FakeStreamRunner, kube: EmulatedApiServer
+) -> None:
+    received: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
+        reader = asyncio.create_task(_follow(client, gateway.url, received, token=ALICE_TOKEN))
+        for index in range(5):
+            await runner.emit("token", {"n": index})
+        await _wait_for(lambda: len(received) == 5)
+        await runner.kill()
+        runner.token = "rotated-token"  # a recreated Secret; the gateway still caches the old token
+        secrets = kube.store.resource("secrets")
+        kube.store.patch(secrets, NAMESPACE, f"{RUN}-stream-token", MERGE_PATCH, _stream_token_secret("rotated-token"))
+        await runner.start()
+        await runner.emit("finished", {"phase": "Succeeded"})
+        await asyncio.wait_for(reader, 10)
+    assert _as_log(received) == _upstream_log(runner)
+
+
+async def test_kubernetes_api_outage_answers_503(gateway: Gateway, kube: EmulatedApiServer) -> None:
+    kube.faults.inject(500, count=1, match=lambda request: request.kind == "Secret")
+    async with httpx.AsyncClient() as client:
+        response = await client.get(gateway.url, headers={"Authorization": f"Bearer {STREAM_TOKEN}"})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"
+
+
+async def test_reader_resuming_from_before_the_shared_feed_memory_is_served_on_its_own(
+    kube: EmulatedApiServer, runner: FakeStreamRunner
+) -> None:
+    gateway = Gateway(_test_settings(kube, runner, feed_memory_events=5))
+    await gateway.start()
+    try:
+        first: list[ServerSentEvent] = []
+        late: list[ServerSentEvent] = []
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
+            first_reader = asyncio.create_task(_follow(client, gateway.url, first))
+            for index in range(30):  # paced, so the first reader never lags behind the feed's memory
+                await runner.emit("token", {"n": index})
+                await _wait_for(lambda: len(first) == len(runner.log))
+            late_reader = asyncio.create_task(_follow(client, gateway.url, late, last_id="2"))
+            await _wait_for(lambda: len(late) == 28)
+            await runner.emit("finished", {"phase": "Succeeded"})
+            await asyncio.wait_for(asyncio.gather(first_reader, late_reader), 10)
+    finally:
+        await gateway.stop()
+    assert _as_log(first) == _upstream_log(runner)
+    assert _as_log(late) == _upstream_log(runner)[2:]
+    assert runner.connections == 2  # the shared feed, and the late reader's own
+
+
+async def test_reader_leaving_an_idle_run_releases_its_upstream_connection(
+    gateway: Gateway, runner: FakeStreamRunner
+) -> None:
+    baseline = REGISTRY.get_sample_value("agentrun_gateway_readers") or 0.0
+    headers = {"Authorization": f"Bearer {STREAM_TOKEN}"}
+    async with httpx.AsyncClient(timeout=10) as client, client.stream("GET", gateway.url, headers=headers) as response:
+        assert response.status_code == 200
+        await _wait_for(lambda: runner.open_streams == 1)
+        assert REGISTRY.get_sample_value("agentrun_gateway_readers") == baseline + 1
+    # the reader hung up on a run with nothing to say: no write to it would notice soon
+    await _wait_for(lambda: runner.open_streams == 0, timeout=5)
+    await _wait_for(lambda: REGISTRY.get_sample_value("agentrun_gateway_readers") == baseline, timeout=5)
+
+
+async def test_hundred_concurrent_readers_each_get_the_whole_log(gateway: Gateway, runner: FakeStreamRunner) -> None:
+    for index in range(20):
+        await runner.emit("iteration", {"n": index})
+    logs: list[list[ServerSentEvent]] = [[] for _ in range(100)]
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(15.0), limits=limits) as client:
+        readers = [asyncio.create_task(_follow(client, gateway.url, log)) for log in logs]
+        await _wait_for(lambda: all(len(log) >= 20 for log in logs), timeout=20)
+        for index in range(20):
+            await runner.emit("token", {"n": index})
+        await runner.emit("finished", {"phase": "Succeeded"})
+        await asyncio.wait_for(asyncio.gather(*readers), 20)
+    expected = _upstream_log(runner)
+    assert all(_as_log(log) == expected for log in logs)
+    assert runner.connections == 1  # the readers share one upstream connection
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (None, 401),
+        ("Bearer wrong-token", 401),
+        (f"Basic {STREAM_TOKEN}", 401),
+        (f"Bearer {BOB_TOKEN}", 403),
+    ],
+    ids=["no-token", "wrong-token", "not-bearer", "kubernetes-user-without-rbac"],
+)
+async def test_readers_without_a_valid_token_or_rbac_are_refused(
+    gateway: Gateway, authorization: str | None, status: int
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    async with httpx.AsyncClient() as client:
+        response = await client.get(gateway.url, headers=headers)
+    assert response.status_code == status
+    assert STREAM_TOKEN not in response.text
+
+
+async def test_kubernetes_user_allowed_by_rbac_reads_the_stream(
+    gateway: Gateway, runner: FakeStreamRunner, kube: EmulatedApiServer
+) -> None:
+    await runner.emit("iteration", {"n": 1})
+    await runner.emit("finished", {"phase": "Succeeded"})
+    received: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        await _follow(client, gateway.url, received, token=ALICE_TOKEN)
+        missing = await client.get(
+            gateway.url.replace(f"/{RUN}/", "/absent/"), headers={"Authorization": f"Bearer {ALICE_TOKEN}"}
+        )
+    assert _as_log(received) == _upstream_log(runner)
+    assert missing.status_code == 404
+
+
+async def test_reader_joining_after_the_end_gets_the_full_replay_then_204(
+    gateway: Gateway, runner: FakeStreamRunner, kube: EmulatedApiServer
+) -> None:
+    for index in range(15):
+        await runner.emit("token", {"n": index})
+    await runner.emit("finished", {"phase": "Succeeded"})
+    _set_phase(kube, "Succeeded")
+    received: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        await _follow(client, gateway.url, received)
+        again = await client.get(
+            gateway.url, headers={"Authorization": f"Bearer {STREAM_TOKEN}", "Last-Event-ID": str(len(runner.log))}
+        )
+    assert _as_log(received) == _upstream_log(runner)
+    assert again.status_code == 204  # tells an EventSource to stop reconnecting
+
+
+async def test_run_that_ends_while_its_runner_is_gone_closes_with_a_final_event(
+    gateway: Gateway, runner: FakeStreamRunner, kube: EmulatedApiServer
+) -> None:
+    for index in range(5):
+        await runner.emit("token", {"n": index})
+    received: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        reader = asyncio.create_task(_follow(client, gateway.url, received))
+        await _wait_for(lambda: len(received) == 5)
+        await runner.kill()  # the pod fails and no replacement comes
+        _set_phase(kube, "Failed")
+        await asyncio.wait_for(reader, 10)
+    assert _as_log(received[:-1]) == _upstream_log(runner)
+    final = received[-1]
+    assert final.event == "finished"  # the gateway's own, without an id (the reader's position stays at 5)
+    assert json.loads(final.data) == {"phase": "Failed", "reason": "RunEnded", "replay": "partial"}
+
+
+async def test_idle_reader_gets_a_heartbeat_every_interval_while_the_runner_is_away(
+    gateway: Gateway, runner: FakeStreamRunner
+) -> None:
+    await runner.kill()  # nothing upstream: the gateway keeps re-attaching, the reader sees heartbeats only
+    heartbeat_times: list[float] = []
+    other_lines: list[str] = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        headers = {"Authorization": f"Bearer {STREAM_TOKEN}"}
+        async with client.stream("GET", gateway.url, headers=headers) as response:
+            assert response.status_code == 200
+            opened = time.monotonic()
+            async for line in response.aiter_lines():
+                if line.startswith(":"):
+                    heartbeat_times.append(time.monotonic())
+                elif line:
+                    other_lines.append(line)
+                if len(heartbeat_times) == 3:
+                    break
+    gaps = [later - earlier for earlier, later in zip([opened, *heartbeat_times], heartbeat_times, strict=False)]
+    assert other_lines == []
+    assert max(gaps) <= 1.0 + 0.5  # heartbeatInterval 1s, with slack for a loaded machine
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_python_m_agentrun_gateway_serves_and_stops_on_sigterm(
+    kube: EmulatedApiServer, runner: FakeStreamRunner
+) -> None:
+    await runner.emit("finished", {"phase": "Succeeded"})
+    port = _free_port()
+    env = {
+        **os.environ,
+        "AGENTRUN_GATEWAY_HOST": "127.0.0.1",
+        "AGENTRUN_GATEWAY_PORT": str(port),
+        "AGENTRUN_GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{runner.port}/events?run={{namespace}}/{{name}}",
+        "AGENTRUN_GATEWAY_KUBE_API_URL": str(kube.url),
+        "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": "",
+        "AGENTRUN_GATEWAY_KUBE_CA_FILE": "",
+        "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "gateway")),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentrun_gateway", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        received: list[ServerSentEvent] = []
+        async with httpx.AsyncClient(timeout=5) as client:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    health = await client.get(f"http://127.0.0.1:{port}/healthz")
+                    break
+                except httpx.ConnectError:
+                    assert time.monotonic() < deadline, "the gateway did not start listening"
+                    await asyncio.sleep(0.1)
+            assert health.text == "ok"
+            await _follow(client, f"http://127.0.0.1:{port}/runs/{NAMESPACE}/{RUN}/events", received)
+        assert _as_log(received) == _upstream_log(runner)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.stderr is not None
+    assert STREAM_TOKEN not in (await process.stderr.read()).decode()

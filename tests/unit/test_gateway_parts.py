@@ -1,0 +1,145 @@
+"""The stream gateway's pure parts: SSE parsing and encoding, settings, caches."""
+
+import asyncio
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agentrun_gateway.auth import SingleFlight, TtlCache
+from agentrun_gateway.relay import RunFeed
+from agentrun_gateway.settings import GatewaySettings, SettingsError, keep_alive_behind
+from agentrun_gateway.sse import SseEvent, SseParser, final_event
+
+pytestmark = pytest.mark.unit
+
+
+def test_parser_reassembles_events_split_anywhere_and_skips_comments() -> None:
+    wire = (
+        b': heartbeat\n\nid: 7\nevent: token\ndata: {"a":1}\n\nid: 8\r\nevent: finished\r\ndata: x\r\ndata: y\r\n\r\n'
+    )
+    for split in range(1, len(wire)):
+        parser = SseParser()
+        events = parser.feed(wire[:split]) + parser.feed(wire[split:])
+        assert events == [SseEvent(7, "token", '{"a":1}'), SseEvent(8, "finished", "x\ny")]
+
+
+def test_encoded_event_parses_back_to_itself() -> None:
+    event = SseEvent(12, "tool_result", "line one\nline two")
+    assert SseParser().feed(event.encode()) == [event]
+
+
+def test_final_event_has_no_id_so_the_reader_keeps_its_position() -> None:
+    encoded = final_event({"phase": "Failed"}).encode()
+    assert b"id:" not in encoded
+    assert SseParser().feed(encoded) == [SseEvent(None, "finished", '{"phase":"Failed"}')]
+
+
+def test_non_numeric_ids_are_not_taken_as_positions() -> None:
+    assert SseParser().feed(b"id: abc\nevent: token\ndata: 1\n\n") == [SseEvent(None, "token", "1")]
+
+
+def test_settings_read_the_environment_and_derive_the_keep_alive_from_the_controller() -> None:
+    settings = GatewaySettings.from_env(
+        {
+            "AGENTRUN_GATEWAY_PORT": "9000",
+            "AGENTRUN_GATEWAY_CONTROLLER": "gke-ingress",
+            "AGENTRUN_GATEWAY_KUBE_API_URL": "https://10.0.0.1:443",
+        }
+    )
+    assert settings.port == 9000
+    assert settings.keep_alive_seconds == 620  # Google keeps backend connections 600 s
+    assert keep_alive_behind("ingress-nginx") == 80
+    assert settings.upstream_idle_for(15) == 45
+    assert settings.upstream_url == "http://{name}-stream.{namespace}.svc:8080/events"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AGENTRUN_GATEWAY_PORT": "eighty"}, "AGENTRUN_GATEWAY_PORT='eighty' is not a valid int"),
+        ({"AGENTRUN_GATEWAY_CONTROLLER": "nginx"}, "is not a known controller"),
+        ({"AGENTRUN_GATEWAY_UPSTREAM_URL": "http://runner/events"}, "must contain {namespace} and {name}"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        GatewaySettings.from_env({"AGENTRUN_GATEWAY_KUBE_API_URL": "https://x", **env})
+
+
+def test_ttl_cache_evicts_the_least_recently_used_beyond_its_bound() -> None:
+    cache: TtlCache[str, int] = TtlCache(ttl=60, max_entries=2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1
+    cache.put("c", 3)
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3)
+
+
+async def test_single_flight_shares_one_call_between_concurrent_callers() -> None:
+    calls = 0
+    release = asyncio.Event()
+
+    async def lookup() -> str:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return "value"
+
+    flights: SingleFlight[str, str] = SingleFlight()
+    waiters = [asyncio.create_task(flights.run("key", lookup)) for _ in range(50)]
+    await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*waiters) == ["value"] * 50
+    assert calls == 1
+
+
+class _CollectingSink:
+    prepared = True
+
+    def __init__(self, yields_per_event: int) -> None:
+        self.events: list[SseEvent] = []
+        self._yields = yields_per_event
+
+    async def open(self) -> None:
+        return None
+
+    async def deliver(self, event: SseEvent) -> None:
+        self.events.append(event)
+        for _ in range(self._yields):  # a slow reader: the feed moves on meanwhile
+            await asyncio.sleep(0)
+
+
+@given(
+    start=st.integers(min_value=0, max_value=5),
+    readers=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=40), st.integers(min_value=0, max_value=4)), min_size=1, max_size=5
+    ),
+    memory=st.integers(min_value=1, max_value=50),
+)
+def test_feed_readers_get_every_event_after_their_position_once_or_are_told_to_continue_alone(
+    start: int, readers: list[tuple[int, int]], memory: int
+) -> None:
+    positions = [position for position, _ in readers]
+
+    async def scenario() -> None:
+        feed = RunFeed(start, memory)
+        total = 40
+        sinks = [_CollectingSink(yields) for _, yields in readers]
+        tasks = [asyncio.create_task(feed.read(max(p, start), s)) for p, s in zip(positions, sinks, strict=True)]
+        for event_id in range(start + 1, total + 1):
+            await feed.deliver(SseEvent(event_id, "finished" if event_id == total else "token", str(event_id)))
+            await asyncio.sleep(0)
+        await feed.close()
+        results = await asyncio.gather(*tasks)
+        for position, sink, (reached, complete) in zip(positions, sinks, results, strict=True):
+            ids = [e.id for e in sink.events]
+            first = max(position, start) + 1
+            assert ids == list(range(first, first + len(ids)))  # in order, no gap, no repeat
+            if complete:
+                assert reached == total
+                assert ids[-1:] == [total] or first > total
+            else:
+                assert reached == (ids[-1] if ids else max(position, start))  # continues alone from here
+
+    asyncio.run(scenario())
