@@ -46,10 +46,11 @@ crds: install ## Regenerate crds/ from the pydantic models
 	PYTHONPATH=api $(PY) -m agentrun_api.crd --all crds
 
 .PHONY: chart-sync
-chart-sync: install ## Copy crds/ and the operator's RBAC rules into the Helm chart (tests fail when they differ)
+chart-sync: install ## Copy crds/, the RBAC rules and the stream routes into the Helm chart (tests fail when they differ)
 	rm -f helm/agentrun-operator/files/crds/*.yaml
 	cp crds/*.yaml helm/agentrun-operator/files/crds/
-	PYTHONPATH=api:operator $(PY) -m agentrun_operator.permissions > helm/agentrun-operator/files/operator-rbac-rules.yaml
+	PYTHONPATH=api:operator $(PY) -m agentrun_operator.permissions > helm/agentrun-operator/files/rbac-rules.yaml
+	PYTHONPATH=api:operator $(PY) -m agentrun_operator.chart_routes > helm/agentrun-operator/files/stream-routes.yaml
 
 .PHONY: test
 test: install crd-validators ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)

@@ -11,8 +11,10 @@ KIND_CLUSTER ?= agentrun
 IMAGE_TAG ?= dev
 OPERATOR_REPOSITORY ?= agentrun-operator
 RUNNER_REPOSITORY ?= agentrun-runner
+GATEWAY_REPOSITORY ?= agentrun-stream-gateway
 OPERATOR_IMAGE := $(OPERATOR_REPOSITORY):$(IMAGE_TAG)
 RUNNER_IMAGE := $(RUNNER_REPOSITORY):$(IMAGE_TAG)
+GATEWAY_IMAGE := $(GATEWAY_REPOSITORY):$(IMAGE_TAG)
 RELEASE_NAMESPACE ?= agentrun-system
 
 .PHONY: kind-up
@@ -20,13 +22,14 @@ kind-up: ## Create the kind cluster kind-$(KIND_CLUSTER)
 	$(KIND) create cluster --name $(KIND_CLUSTER) --wait 120s
 
 .PHONY: images
-images: ## Build the operator and runner images
+images: ## Build the operator, runner and stream gateway images
 	$(DOCKER) build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
 	$(DOCKER) build -f runner_image/Dockerfile -t $(RUNNER_IMAGE) .
+	$(DOCKER) build -f gateway/Dockerfile -t $(GATEWAY_IMAGE) .
 
 .PHONY: kind-load
 kind-load: ## Load the images into the kind cluster's nodes
-	$(KIND) load docker-image $(OPERATOR_IMAGE) $(RUNNER_IMAGE) --name $(KIND_CLUSTER)
+	$(KIND) load docker-image $(OPERATOR_IMAGE) $(RUNNER_IMAGE) $(GATEWAY_IMAGE) --name $(KIND_CLUSTER)
 
 .PHONY: deploy
 deploy: ## Install the chart into the kind cluster with the local images

@@ -14,15 +14,18 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO, cast
+from typing import Any, TextIO, cast, get_args
 
 import httpx
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from agentrun_api import constants, contract
 from agentrun_api.durations import format_duration, parse_duration
+from agentrun_api.spec import AgentRunSpec, IngressController
+from agentrun_operator.stream_timeouts import Hop, StreamBudget, format_chain_table, stream_chain
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -525,14 +528,31 @@ def format_table(headers: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
     )
 
 
+def stream_path(run: dict[str, Any], controller: IngressController | None) -> tuple[IngressController, list[Hop]]:
+    """The timers between a reader and the runner for this run's budget, behind the given controller (default:
+    the run's own spec.streaming.ingress.controller, else ingress-nginx)."""
+    try:
+        spec = AgentRunSpec.model_validate(run.get("spec") or {})
+    except ValidationError as error:
+        raise PluginError(
+            f"cannot read the spec of agentrun {run['metadata']['name']}: {error.errors()[0]['msg']}"
+        ) from None
+    chosen = controller or (spec.streaming.ingress.controller if spec.streaming.ingress else "ingress-nginx")
+    return chosen, stream_chain(chosen, StreamBudget.from_spec(spec))
+
+
 def command_budget(target: Target, args: argparse.Namespace, out: TextIO) -> int:
-    rows = budget_rows(get_run(target, args.run))
+    run = get_run(target, args.run)
+    rows = budget_rows(run)
     out.write(
         format_table(
             ("HOP", "TIMER", "SET", "NEEDED", "OK"),
             ((r.hop, r.timer, r.value_set, r.value_needed, r.verdict) for r in rows),
         )
     )
+    controller, hops = stream_path(run, args.controller)
+    out.write(f"\nstream path, reader to runner, behind {controller} (--controller to choose another):\n")
+    out.write(format_chain_table(hops))
     return EXIT_OK
 
 
@@ -579,7 +599,14 @@ def build_parser() -> argparse.ArgumentParser:
         "stop the run for good; it ends Cancelled (spec.cancel=true)",
         steering_command({"cancel": True}, "cancel", "cancelled"),
     )
-    add("budget", "print the run's timeout budget: each timer, its value and what the run needs", command_budget)
+    budget = add(
+        "budget", "print the run's timeout budget: each timer, its value and what the run needs", command_budget
+    )
+    budget.add_argument(
+        "--controller",
+        choices=get_args(IngressController),
+        help="ingress or gateway controller in front of the stream (default: the run's, else ingress-nginx)",
+    )
     return parser
 
 

@@ -1,7 +1,7 @@
 """What the operator may do in the cluster: the one list its RBAC is made from, each rule with its reason.
 
 The Helm chart renders its ClusterRole (or, with ``watchNamespace``, a Role plus a small ClusterRole
-for cluster-scoped reads) from ``helm/agentrun-operator/files/operator-rbac-rules.yaml``, which
+for cluster-scoped reads) from ``helm/agentrun-operator/files/rbac-rules.yaml``, which
 ``make chart-sync`` writes from this module; a test fails when the two differ, and another renders the
 chart and checks that its RBAC holds exactly these rules and no wildcard.
 
@@ -163,17 +163,49 @@ OPERATOR_RULES: tuple[Rule, ...] = (
 )
 
 
-def rules_for(mode: Mode) -> list[Rule]:
+# The stream gateway (chart value gateway.enabled) runs under its own ServiceAccount with these rules.
+GATEWAY_RULES: tuple[Rule, ...] = (
+    Rule(
+        "agentrun.dev",
+        ("agentruns",),
+        ("get",),
+        cluster_scoped=False,
+        why="the gateway reads a run's phase and heartbeat interval before relaying its stream",
+    ),
+    Rule(
+        "",
+        ("secrets",),
+        ("get",),
+        cluster_scoped=False,
+        why="the gateway checks a reader's bearer token against the run's <run>-stream-token Secret",
+    ),
+    Rule(
+        "authentication.k8s.io",
+        ("tokenreviews",),
+        ("create",),
+        cluster_scoped=True,
+        why="a reader may instead present a Kubernetes token; the gateway asks the API server whose it is",
+    ),
+    Rule(
+        "authorization.k8s.io",
+        ("subjectaccessreviews",),
+        ("create",),
+        cluster_scoped=True,
+        why="and then whether that identity may get the AgentRun it wants to follow",
+    ),
+)
+
+
+def rules_for(mode: Mode, rules: tuple[Rule, ...] = OPERATOR_RULES) -> list[Rule]:
     """The rules an installation in this watch mode needs."""
     if mode is Mode.ALWAYS:
         raise ValueError("an installation is either CLUSTERWIDE or NAMESPACED")
-    return [rule for rule in OPERATOR_RULES if rule.mode in (Mode.ALWAYS, mode)]
+    return [rule for rule in rules if rule.mode in (Mode.ALWAYS, mode)]
 
 
-def chart_rules() -> dict[str, Any]:
-    """The chart's rules file: what goes into each Role kind in each watch mode."""
-    clusterwide = rules_for(Mode.CLUSTERWIDE)
-    namespaced = rules_for(Mode.NAMESPACED)
+def _by_mode(rules: tuple[Rule, ...]) -> dict[str, Any]:
+    clusterwide = rules_for(Mode.CLUSTERWIDE, rules)
+    namespaced = rules_for(Mode.NAMESPACED, rules)
     return {
         "clusterwide": {"clusterRole": [rule.as_policy_rule() for rule in clusterwide]},
         "namespaced": {
@@ -181,6 +213,11 @@ def chart_rules() -> dict[str, Any]:
             "clusterRole": [rule.as_policy_rule() for rule in namespaced if rule.cluster_scoped],
         },
     }
+
+
+def chart_rules() -> dict[str, Any]:
+    """The chart's rules file: what goes into each Role kind in each watch mode, for each component."""
+    return {"operator": _by_mode(OPERATOR_RULES), "gateway": _by_mode(GATEWAY_RULES)}
 
 
 def render_chart_rules() -> str:

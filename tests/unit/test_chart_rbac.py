@@ -26,12 +26,12 @@ def rbac_objects(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_chart_rules_file_is_generated_from_the_permissions_module() -> None:
-    on_disk = (CHART_DIR / "files" / "operator-rbac-rules.yaml").read_text()
+    on_disk = (CHART_DIR / "files" / "rbac-rules.yaml").read_text()
     assert on_disk == permissions.render_chart_rules(), "run `make chart-sync`"
 
 
 def test_every_rule_says_why_and_grants_no_wildcard_or_escalation() -> None:
-    for rule in permissions.OPERATOR_RULES:
+    for rule in permissions.OPERATOR_RULES + permissions.GATEWAY_RULES:
         assert len(rule.why) > 20, rule
         assert "*" not in rule.api_group, rule
         assert all("*" not in r for r in rule.resources), rule
@@ -41,6 +41,8 @@ def test_every_rule_says_why_and_grants_no_wildcard_or_escalation() -> None:
 def test_secrets_can_be_neither_listed_nor_watched() -> None:
     (secrets,) = [rule for rule in permissions.OPERATOR_RULES if "secrets" in rule.resources]
     assert set(secrets.verbs) == {"create", "get"}
+    (gateway_secrets,) = [rule for rule in permissions.GATEWAY_RULES if "secrets" in rule.resources]
+    assert set(gateway_secrets.verbs) == {"get"}
 
 
 def test_operator_holds_every_configmap_verb_a_runner_role_may_grant() -> None:
@@ -111,5 +113,28 @@ def test_rbac_can_be_left_to_the_cluster_admin() -> None:
 
 def test_rules_file_is_plain_rbac_yaml() -> None:
     """What the chart reads with fromYaml: the same structure permissions.chart_rules() returns."""
-    loaded = yaml.safe_load((CHART_DIR / "files" / "operator-rbac-rules.yaml").read_text())
+    loaded = yaml.safe_load((CHART_DIR / "files" / "rbac-rules.yaml").read_text())
     assert loaded == permissions.chart_rules()
+
+
+def test_gateway_gets_its_own_least_privilege_rbac() -> None:
+    values = {"gateway": {"enabled": True, "route": {"host": "agents.example.com"}}}
+    objects = rbac_objects(values)
+    gateway_role = find(objects, "ClusterRole", "agentrun-operator-stream-gateway")
+    assert gateway_role["rules"] == policy_rules(permissions.rules_for(Mode.CLUSTERWIDE, permissions.GATEWAY_RULES))
+    binding = find(objects, "ClusterRoleBinding", "agentrun-operator-stream-gateway")
+    assert binding["subjects"][0]["name"] == "agentrun-operator-stream-gateway"
+    # The operator's own role is unchanged by the gateway.
+    assert find(objects, "ClusterRole", "agentrun-operator")["rules"] == policy_rules(
+        permissions.rules_for(Mode.CLUSTERWIDE)
+    )
+
+
+def test_namespaced_gateway_reads_secrets_only_in_the_watched_namespace() -> None:
+    values = {"watchNamespace": "agents", "gateway": {"enabled": True, "route": {"host": "agents.example.com"}}}
+    objects = rbac_objects(values)
+    role = find(objects, "Role", "agentrun-operator-stream-gateway")
+    assert role["metadata"]["namespace"] == "agents"
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"agentruns", "secrets"}
+    cluster_role = find(objects, "ClusterRole", "agentrun-operator-stream-gateway")
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"tokenreviews", "subjectaccessreviews"}

@@ -24,7 +24,9 @@ from agentrun_operator.kubectl_plugin import (
     parse_result_ref,
     pod_header,
     stream_lines,
+    stream_path,
 )
+from agentrun_operator.stream_timeouts import StreamBudget, format_chain_table, stream_chain
 from tests.harness.sse_server import SseServer
 
 pytestmark = pytest.mark.unit
@@ -257,3 +259,37 @@ def test_stream_with_url_and_token_needs_no_kubeconfig(
     args = ["--kubeconfig", str(missing), "stream", "q3", "--url", sse_server, "--token", "t"]
     assert kubectl_plugin.main(args) == 0
     assert capsys.readouterr().out.splitlines()[-1] == '[3] finished {"phase": "Succeeded"}'
+
+
+def full_run(**spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "q3"},
+        "spec": {
+            "instructions": "Be brief.",
+            "input": "Hi",
+            "model": {"name": "m"},
+            "maxExecutionTime": "2h",
+            "maxIterations": 10,
+            **spec,
+        },
+    }
+
+
+def test_stream_path_is_the_chain_stream_timeouts_computes_for_the_runs_budget() -> None:
+    controller, hops = stream_path(full_run(), None)
+    assert controller == "ingress-nginx"
+    assert hops == stream_chain(
+        "ingress-nginx", StreamBudget(max_execution_seconds=7200, heartbeat_interval_seconds=15)
+    )
+    assert format_chain_table(hops).startswith("HOP")
+
+
+def test_stream_path_follows_the_runs_own_controller_unless_told_otherwise() -> None:
+    run = full_run(streaming={"ingress": {"controller": "traefik", "host": "agents.example.com"}})
+    assert stream_path(run, None)[0] == "traefik"
+    assert stream_path(run, "contour")[0] == "contour"
+
+
+def test_stream_path_of_an_unreadable_spec_is_a_clear_error() -> None:
+    with pytest.raises(PluginError, match="cannot read the spec of agentrun q3"):
+        stream_path({"metadata": {"name": "q3"}, "spec": {"maxIterations": 0}}, None)

@@ -25,13 +25,24 @@ release name already contains the chart name. Truncated to 63 characters (a DNS 
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Labels on every object of the release. */}}
-{{- define "agentrun-operator.labels" -}}
+{{/* Labels on every object of the release besides the selector labels. */}}
+{{- define "agentrun-operator.commonLabels" -}}
 helm.sh/chart: {{ include "agentrun-operator.chart" . }}
-{{ include "agentrun-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: agentrun-operator
+{{- end }}
+
+{{/* Labels of the operator's objects (and of the release's shared ones, such as the CRD). */}}
+{{- define "agentrun-operator.labels" -}}
+{{ include "agentrun-operator.selectorLabels" . }}
+{{ include "agentrun-operator.commonLabels" . }}
+{{- end }}
+
+{{/* Labels of the stream gateway's objects. */}}
+{{- define "agentrun-operator.gatewayLabels" -}}
+{{ include "agentrun-operator.gatewaySelectorLabels" . }}
+{{ include "agentrun-operator.commonLabels" . }}
 {{- end }}
 
 {{/* Labels that select the operator's pods; never change them in an upgrade (Deployment selectors are immutable). */}}
@@ -39,6 +50,18 @@ app.kubernetes.io/part-of: agentrun-operator
 app.kubernetes.io/name: {{ include "agentrun-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* Labels that select the stream gateway's pods. */}}
+{{- define "agentrun-operator.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "agentrun-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: stream-gateway
+{{- end }}
+
+{{/* The stream gateway's name: its Deployment, Service, ServiceAccount, RBAC and route objects. */}}
+{{- define "agentrun-operator.gatewayName" -}}
+{{- printf "%s-stream-gateway" (include "agentrun-operator.fullname" . | trunc 48 | trimSuffix "-") }}
 {{- end }}
 
 {{/* The operator's ServiceAccount name. */}}
@@ -64,4 +87,13 @@ app.kubernetes.io/component: operator
 {{/* The namespace of the operator's AgentRuns' RBAC and peering object: watchNamespace, else the release's. */}}
 {{- define "agentrun-operator.watchNamespaceOrRelease" -}}
 {{- default .Release.Namespace .Values.watchNamespace }}
+{{- end }}
+
+{{/* The public base URL of run streams: operator.streamBaseURL, else the stream gateway route's host, else empty. */}}
+{{- define "agentrun-operator.streamBaseURL" -}}
+{{- if .Values.operator.streamBaseURL }}
+{{- .Values.operator.streamBaseURL }}
+{{- else if and .Values.gateway.enabled .Values.gateway.route.enabled .Values.gateway.route.host }}
+{{- printf "%s://%s" (ternary "https" "http" (ne .Values.gateway.route.tlsSecretName "")) .Values.gateway.route.host }}
+{{- end }}
 {{- end }}
