@@ -223,11 +223,17 @@ async def test_budget_prints_the_table_from_status(
     await call(session, "POST", RUNS, agentrun("q3"))
     budget = {"worstCaseSeconds": 12000, "maxExecutionSeconds": 1800, "fits": False, "activeDeadlineSeconds": 1860}
     await set_status(session, "q3", {"phase": "Running", "budget": budget})
-    code, out, _ = await plugin(apiserver, "budget", "q3")
+    code, out, _ = await plugin(apiserver, "budget", "q3", "--controller", "gke-ingress")
     assert code == 0
-    header, run_row, deadline_row, call_row = out.splitlines()
+    own, chain = out.split("\n\n")
+    header, run_row, deadline_row, call_row = own.splitlines()
     assert header.split() == ["HOP", "TIMER", "SET", "NEEDED", "OK"]
     assert run_row.split()[-1] == "WARN"
     assert "3h20m worst case" in run_row
     assert deadline_row.split()[-1] == "OK"
     assert "2m" in call_row
+    title, chain_header, *hops = chain.splitlines()
+    assert title.startswith("stream path, reader to runner, behind gke-ingress")
+    assert chain_header.split()[:2] == ["HOP", "TIMER"]
+    # GKE's BackendConfig timeoutSec is a whole-response timer: it must cover the run's 30 minutes.
+    assert any("timeoutSec" in hop for hop in hops)
