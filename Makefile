@@ -56,6 +56,10 @@ chart-sync: install ## Copy crds/, the RBAC rules and the stream routes into the
 test: install crd-validators ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)
 	$(BIN)/pytest
 
+.PHONY: bench-runner
+bench-runner: install ## Runner loop overhead and checkpoint write sizes over a 500-iteration run
+	$(PY) bench/runner_overhead.py --iterations 500
+
 .PHONY: check
 check: lint typecheck test ## Lint, type-check and test: what CI runs
 

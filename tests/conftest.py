@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,11 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]
     looptime's plugin asks the event loop policy for the current loop in every test, synchronous ones
     too; on Python 3.11 that creates a loop nobody closes, and its unclosed sockets surface later as
     unraisable-exception warnings in whichever test is running, which fail the suite (warnings are errors).
+    Async tests are recognised by pytest-asyncio's marker (auto mode adds it): by this hook their
+    function is already pytest-asyncio's synchronous wrapper, and a loop set here would hide
+    looptime's own loop from the test.
     """
-    if inspect.iscoroutinefunction(pyfuncitem.obj):
+    if pyfuncitem.get_closest_marker("asyncio") is not None:
         return (yield)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

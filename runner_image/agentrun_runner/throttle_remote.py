@@ -10,41 +10,18 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import Final, Protocol
+from typing import Final
 
 import aiohttp
 from pydantic import ValidationError
 
 from agentrun_api import permits as protocol
 from agentrun_api.contract import RunnerConfig
+from agentrun_runner.throttle import QueueTimeoutError
+
+__all__ = ["QueueTimeoutError", "RemoteLimiter", "RemotePermit"]
 
 logger = logging.getLogger(__name__)
-
-# Until the runner's own throttle module (agentrun_runner.throttle) lands, the interface every
-# limiter implements is stated here; it is the one fixed in the project brief.
-
-
-class Permit(Protocol):
-    async def release(self) -> None: ...
-
-
-class Limiter(Protocol):
-    async def acquire(self, *, max_wait_seconds: float) -> tuple[Permit, float]:
-        """Wait for a permit; returns it and the seconds waited. Raises QueueTimeoutError past max_wait."""
-        ...
-
-    def penalize(self, retry_after_seconds: float) -> None:
-        """A 429 with Retry-After was seen: slow every caller of this limiter for that long."""
-        ...
-
-
-class QueueTimeoutError(Exception):
-    """No permit within the queue budget; the run fails with reason ThrottleQueueTimeout."""
-
-    def __init__(self, message: str = "", *, depth: int | None = None) -> None:
-        super().__init__(message or f"no throttle permit within the queue budget; {depth} calls were waiting")
-        self.depth = depth  # calls waiting in the pool at that moment; None when the server could not say
-
 
 # Extra seconds an HTTP request may take beyond the wait it asked for, for the answer to travel.
 ANSWER_GRACE_SECONDS: Final = 5.0

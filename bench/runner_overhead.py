@@ -1,0 +1,140 @@
+"""Runner overhead and checkpoint write sizes over a long run.
+
+    python bench/runner_overhead.py [--iterations 500]
+
+Runs the real runner loop (in this process) against the scripted model server, which answers at
+once with one tool call per turn, so every second of an iteration is the runner's own work
+(HTTP and the openai SDK included). Reports:
+  * per-iteration time around iterations 10, 100 and 500 (mean of the 10 iterations up to each);
+  * bytes of each checkpoint write around those iterations, for the PVC store (frame sizes in the
+    log file) and the ConfigMap store (merge-patch bodies sent to the project's emulated API
+    server over HTTP). Flat numbers mean writes are proportional to what is new, not to history.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "api"), str(ROOT / "runner_image"), str(ROOT)]
+
+from tests.harness.apiserver import EmulatedApiServer  # noqa: E402
+from tests.harness.model_server import Answer, ModelServer, by_turn, call  # noqa: E402
+from tests.harness.runner import API_KEY, make_config, make_spec  # noqa: E402
+
+from agentrun_api.contract import RunnerConfig  # noqa: E402
+from agentrun_runner import __main__ as runner_main  # noqa: E402
+from agentrun_runner.checkpoint import CorruptRecordError, decode_record  # noqa: E402
+from agentrun_runner.kube import ConfigMaps  # noqa: E402
+from agentrun_runner.settings import RunnerSettings  # noqa: E402
+
+MARKS = (10, 100, 500)
+
+
+def settings(tmp: Path) -> RunnerSettings:
+    return RunnerSettings(progress_file=str(tmp / "progress.json"), sse_linger_seconds=0, stream_host="127.0.0.1")
+
+
+def long_run_config(model_url: str, tmp: Path, iterations: int, store: str) -> RunnerConfig:
+    spec = make_spec(model_url, maxIterations=iterations, maxExecutionTime="2h")
+    return make_config(spec, tmp, store=store, progress_interval_seconds=2.0)
+
+
+def window(values_by_iteration: dict[int, list[float]], mark: int) -> list[float]:
+    return [v for i in range(max(mark - 9, 1), mark + 1) for v in values_by_iteration.get(i, [])]
+
+
+async def pvc_run(model: ModelServer, iterations: int) -> tuple[dict[int, float], dict[int, list[float]]]:
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        config = long_run_config(model.base_url, tmp, iterations, "PersistentVolumeClaim")
+        model.requests.clear()
+        code = await runner_main.run(config, settings(tmp))
+        assert code == 0, code
+        starts = [r.received_at for r in model.requests]
+        per_iteration = {i: starts[i] - starts[i - 1] for i in range(1, len(starts))}
+        log = (tmp / "checkpoint" / "checkpoint.log").read_bytes()
+        sizes: dict[int, list[float]] = {}
+        offset = 0
+        while offset < len(log):
+            length = int(log[offset : offset + 10])
+            end = offset + 77 + length
+            record = decode_record(log[offset:end])
+            sizes.setdefault(record["counters"]["step"], []).append(end - offset)
+            offset = end
+        return per_iteration, sizes
+
+
+async def configmap_run(model: ModelServer, iterations: int) -> dict[int, list[float]]:
+    sizes: dict[int, list[float]] = {}
+    step = [0]
+    original = ConfigMaps.put_data
+
+    async def measured(self: ConfigMaps, name: str, data: dict[str, str], labels: dict[str, str]) -> None:
+        if "-ckpt-" in name:
+            for value in data.values():
+                with contextlib.suppress(CorruptRecordError, UnicodeEncodeError):  # a part of a split record
+                    step[0] = decode_record(value.encode("ascii"))["counters"]["step"]
+            sizes.setdefault(step[0], []).append(len(json.dumps({"data": data})))
+        await original(self, name, data, labels)
+
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        async with EmulatedApiServer() as apiserver:
+            os.environ["KUBECONFIG"] = str(apiserver.kubeconfig_path)
+            ConfigMaps.put_data = measured  # type: ignore[method-assign]
+            try:
+                config = long_run_config(model.base_url, tmp, iterations, "ConfigMap")
+                code = await runner_main.run(config, dataclasses.replace(settings(tmp), progress_file=""))
+                assert code == 0, code
+            finally:
+                ConfigMaps.put_data = original  # type: ignore[method-assign]
+                os.environ.pop("KUBECONFIG")
+            found = (apiserver.store.try_get("ConfigMap", "default", f"demo-ckpt-{n}") for n in range(36))
+            segments = [obj["metadata"]["name"] for obj in found if obj is not None]
+    print(f"ConfigMap store: {len(segments)} segment(s) used: {', '.join(segments)}")
+    return sizes
+
+
+def describe(values: list[float], unit: str, scale: float = 1.0) -> str:
+    if not values:
+        return "n/a"
+    return (
+        f"mean {statistics.mean(values) * scale:8.2f} {unit}  max {max(values) * scale:8.2f} {unit}  (n={len(values)})"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=500)
+    args = parser.parse_args()
+    os.environ["OPENAI_API_KEY"] = API_KEY
+    marks = [m for m in MARKS if m <= args.iterations]
+    script = by_turn([Answer(tool_calls=[call("list_files")])])  # never a final answer: runs to maxIterations
+    async with ModelServer(script) as model:
+        started = time.monotonic()
+        per_iteration, pvc_sizes = await pvc_run(model, args.iterations)
+        print(f"PVC run: {args.iterations} iterations in {time.monotonic() - started:.1f}s")
+        cm_sizes = await configmap_run(model, args.iterations)
+    as_lists = {i: [v] for i, v in per_iteration.items()}
+    print("\nper-iteration time (model answers at once; HTTP + SDK + tools + 3 checkpoints per iteration)")
+    for mark in marks:
+        print(f"  iterations {max(mark - 9, 1):>3}-{mark:<3}: {describe(window(as_lists, mark), 'ms', 1000)}")
+    print("\nbytes per checkpoint write, PVC store (record frames appended to the log)")
+    for mark in marks:
+        print(f"  iterations {max(mark - 9, 1):>3}-{mark:<3}: {describe(window(pvc_sizes, mark), 'B')}")
+    print("\nbytes per checkpoint write, ConfigMap store (merge-patch bodies)")
+    for mark in marks:
+        print(f"  iterations {max(mark - 9, 1):>3}-{mark:<3}: {describe(window(cm_sizes, mark), 'B')}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

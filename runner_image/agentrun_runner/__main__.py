@@ -1,0 +1,227 @@
+"""Entrypoint of the runner container: ``python -m agentrun_runner``.
+
+Reads the RunnerConfig from the file named by AGENTRUN_CONFIG, loads the last good checkpoint,
+serves the event stream and runs the agent loop to an outcome. Exit codes: 0 when the outcome is
+recorded; 3 (EXIT_INVALID_CONFIG) for a config that can never work; 143 after SIGTERM (state
+checkpointed, no outcome: the next pod resumes); 1 for a crash (the Job replaces the pod).
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from agentrun_api.contract import (
+    API_KEY_ENV,
+    CONFIG_ENV,
+    CONFIG_FILE,
+    CONFIG_MOUNT_PATH,
+    EXIT_INVALID_CONFIG,
+    EXIT_OUTCOME_RECORDED,
+    POD_NAME_ENV,
+    STREAM_TOKEN_ENV,
+    RunnerConfig,
+)
+from agentrun_api.durations import parse_duration
+from agentrun_runner.agent import Agent
+from agentrun_runner.checkpoint import CheckpointError, CheckpointStore, ConfigMapStore, PvcStore
+from agentrun_runner.events import EventLog
+from agentrun_runner.kube import ConfigMaps, KubeError, load_configuration
+from agentrun_runner.model import ModelClient
+from agentrun_runner.progress import ConfigMapProgressSink, FileProgressSink, ProgressReporter, ProgressSink
+from agentrun_runner.settings import RunnerSettings
+from agentrun_runner.state import RunState
+from agentrun_runner.stream import StreamServer
+from agentrun_runner.throttle import InProcessLimiter, Limiter
+from agentrun_runner.throttle_remote import RemoteLimiter
+from agentrun_runner.tools import Toolbox, Workspace
+
+log = logging.getLogger("agentrun_runner")
+
+EXIT_SIGTERM = 143  # 128 + SIGTERM: stopped on request, resumable; not an outcome
+EXIT_CRASH = 1
+
+
+class ConfigProblemError(Exception):
+    """The config or the environment can never work; the message says what to fix."""
+
+
+def load_config(path: Path) -> RunnerConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigProblemError(f"cannot read the runner config {path} (set {CONFIG_ENV}): {error.strerror}") from None
+    try:
+        return RunnerConfig.model_validate_json(text)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or '(root)'}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigProblemError(f"runner config {path} is invalid: {problems}") from None
+
+
+def build_limiter(config: RunnerConfig, stream_token: str) -> Limiter | None:
+    """The throttle in front of model calls: None when the run has no throttle; the cluster-wide
+    pool's client when the operator named a permit server; else the run's own in-process limiter."""
+    throttle = config.spec.throttle
+    if not throttle.enabled:
+        return None
+    if config.permit_server_url:
+        return RemoteLimiter.for_run(config, stream_token)
+    return InProcessLimiter(
+        max_concurrent=throttle.max_concurrent_requests, requests_per_minute=throttle.requests_per_minute
+    )
+
+
+async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
+    spec = config.spec
+    stream_token = os.environ.get(STREAM_TOKEN_ENV, "")
+    if spec.streaming.enabled and not stream_token:
+        raise ConfigProblemError(f"streaming is enabled but {STREAM_TOKEN_ENV} is not set (Secret <run>-stream-token)")
+    configmaps: ConfigMaps | None = None
+    if config.checkpoint.store == "ConfigMap" or not settings.progress_file:
+        configmaps = ConfigMaps(load_configuration(), config.run.namespace)
+    store: CheckpointStore
+    if config.checkpoint.store == "ConfigMap":
+        assert configmaps is not None
+        store = ConfigMapStore(configmaps, config.run.name, max_segments=config.checkpoint.max_segments)
+    else:
+        store = PvcStore(Path(config.checkpoint.mount_path), f"{config.run.name}-ckpt")
+    sink: ProgressSink
+    if settings.progress_file:
+        sink = FileProgressSink(Path(settings.progress_file))
+    else:
+        assert configmaps is not None
+        sink = ConfigMapProgressSink(configmaps, config.run.name)
+
+    loaded = await store.load()
+    state = RunState()
+    problem = loaded.problem
+    for record in loaded.records:
+        try:
+            state.apply(record)
+        except (ValueError, KeyError, TypeError) as error:
+            problem = f"checkpoint record {state.records} does not fit the state before it ({error})"
+            break
+    workspace = Workspace(Path(config.workspace_path), state.note_file_written, settings.max_read_file_bytes)
+    workspace.restore(state.files)
+    events = EventLog(state.events, ceiling=state.counters.event_id_ceiling, reserve=settings.event_id_reserve)
+    resumed_from = state.counters.step if state.records else None
+
+    reporter = ProgressReporter(sink, config.progress_interval_seconds)
+    limiter = build_limiter(config, stream_token)
+    model = ModelClient(
+        spec.model,
+        api_key=os.environ.get(API_KEY_ENV),
+        limiter=limiter,
+        max_queue_wait_seconds=float(spec.throttle.max_seconds_to_wait_in_queue),
+        settings=settings,
+    )
+    toolbox = Toolbox(spec.tools, workspace, settings)
+    agent = Agent(
+        config,
+        state=state,
+        events=events,
+        store=store,
+        reporter=reporter,
+        model=model,
+        toolbox=toolbox,
+        pod=os.environ.get(POD_NAME_ENV) or socket.gethostname(),
+        resumed_from_iteration=resumed_from,
+    )
+    server: StreamServer | None = None
+    if spec.streaming.enabled:
+        server = StreamServer(
+            events,
+            token=stream_token,
+            heartbeat_seconds=parse_duration(spec.streaming.heartbeat_interval),
+            client_queue_size=settings.sse_client_queue_size,
+            host=settings.stream_host,
+            port=config.stream_port,
+        )
+        await server.start()
+        log.info("serving the event stream on port %d", server.port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    reporter.start()
+    log.info("run %s/%s: starting at iteration %d", config.run.namespace, config.run.name, state.counters.step)
+    try:
+        if problem is not None:
+            # Never start over silently: say what was dropped and where the run resumes.
+            message = f"{problem}; resuming from the last good checkpoint (iteration {state.counters.step})"
+            log.warning("%s", message)
+            events.emit("checkpoint", {"fallback": True, "problem": problem, "iteration": state.counters.step})
+            agent.announce(message)
+        elif resumed_from is not None:
+            log.info("resuming from iteration %d", resumed_from)
+            agent.announce(f"resumed from the checkpoint at iteration {resumed_from}")
+
+        if state.counters.outcome is not None:
+            # A pod that dies between recording the outcome and exiting: report it again and stop.
+            agent.announce(state.counters.outcome_message)
+            await reporter.write_now(agent.report(agent.result_ref()))
+        else:
+            loop_task = asyncio.create_task(agent.run(), name="agent-loop")
+            stop_task = asyncio.create_task(stop.wait())
+            await asyncio.wait([loop_task, stop_task], return_when=asyncio.FIRST_COMPLETED)
+            if not loop_task.done():
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop_task
+                await agent.suspend()
+                log.info("stopped on SIGTERM at iteration %d; state checkpointed", state.counters.step)
+                return EXIT_SIGTERM
+            stop_task.cancel()
+            end = loop_task.result()
+            log.info("run ended: %s: %s", end.outcome.value, end.message)
+        if server is not None:
+            # Linger so readers that are reconnecting still get the replay and `finished`.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=settings.sse_linger_seconds)
+        return EXIT_OUTCOME_RECORDED
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        await reporter.stop()
+        if server is not None:
+            await server.stop()
+        await toolbox.close()
+        await model.close()
+        if isinstance(limiter, RemoteLimiter):
+            await limiter.aclose()
+        await store.close()
+        if configmaps is not None:
+            await configmaps.close()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per HTTP request of the SDK is noise next to the runner's own progress lines.
+    for noisy in ("httpx", "httpx2", "openai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        settings = RunnerSettings.from_env()
+        config = load_config(Path(os.environ.get(CONFIG_ENV) or f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE}"))
+        code = asyncio.run(run(config, settings))
+    except ConfigProblemError as problem:
+        log.error("%s", problem)
+        sys.exit(EXIT_INVALID_CONFIG)
+    except ValueError as problem:  # a bad AGENTRUN_RUNNER_* setting
+        log.error("%s", problem)
+        sys.exit(EXIT_INVALID_CONFIG)
+    except (CheckpointError, KubeError) as error:
+        # Could not even load the state or report: the Job replaces the pod and it tries again.
+        log.error("%s", error)
+        sys.exit(EXIT_CRASH)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

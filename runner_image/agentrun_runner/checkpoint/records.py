@@ -1,0 +1,60 @@
+"""Framing of checkpoint records: each record carries its length and SHA-256, so a truncated or
+altered record is detected instead of being half-applied.
+
+Frame: ``<length, 10 digits> <sha256 hex>\\n<payload>\\n`` where the payload is ASCII JSON. ASCII
+(non-ASCII escaped) keeps characters and bytes equal, so a ConfigMap value can be split anywhere.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+HEADER_BYTES = 10 + 1 + 64 + 1
+
+
+class CorruptRecordError(ValueError):
+    """A record whose frame, length or checksum is wrong."""
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    payload = json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return b"%010d %s\n%s\n" % (len(payload), hashlib.sha256(payload).hexdigest().encode("ascii"), payload)
+
+
+def decode_record(frame: bytes) -> dict[str, Any]:
+    """Decode exactly one frame."""
+    record, end = decode_next(frame, 0)
+    if end != len(frame):
+        raise CorruptRecordError(f"{len(frame) - end} unexpected bytes after the record")
+    return record
+
+
+def decode_next(buffer: bytes, offset: int) -> tuple[dict[str, Any], int]:
+    """Decode the frame starting at ``offset``; returns the record and the offset after it."""
+    header = buffer[offset : offset + HEADER_BYTES]
+    if len(header) < HEADER_BYTES or header[10:11] != b" " or header[-1:] != b"\n" or not header[:10].isdigit():
+        raise CorruptRecordError("truncated or malformed record header")
+    length = int(header[:10])
+    start = offset + HEADER_BYTES
+    payload = buffer[start : start + length]
+    if len(payload) < length or buffer[start + length : start + length + 1] != b"\n":
+        raise CorruptRecordError(f"record truncated: {len(payload)} of {length} bytes")
+    if hashlib.sha256(payload).hexdigest().encode("ascii") != header[11:75]:
+        raise CorruptRecordError("record checksum mismatch")
+    try:
+        record = json.loads(payload)
+    except ValueError as error:
+        raise CorruptRecordError(f"record is not JSON: {error}") from None
+    if not isinstance(record, dict):
+        raise CorruptRecordError("record is not a JSON object")
+    return record, start + length + 1
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a store found: the good records in order and, if it stopped early, why."""
+
+    records: list[dict[str, Any]]
+    problem: str | None = None  # set when a corrupt or partial record was found and dropped
+    total_bytes: int = 0

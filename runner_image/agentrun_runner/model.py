@@ -1,0 +1,276 @@
+"""One model call: throttle permit, the official SDK, an outer deadline, and our own retries.
+
+The SDK's retries are off (``max_retries=0``) so that Retry-After, the backoff and the run's
+remaining budget are decided here: no attempt, wait or backoff may run past the run's deadline.
+"""
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from agentrun_api.durations import parse_duration
+from agentrun_api.spec import ModelSpec
+from agentrun_runner.settings import RunnerSettings
+from agentrun_runner.state import Message
+from agentrun_runner.throttle import Limiter, QueueTimeoutError
+
+# Statuses a retry can fix (rate limits, overload, a server hiccup); any other 4xx is final.
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+# Placeholder for endpoints that need no key (a local vLLM or Ollama): the SDK insists on one.
+NO_API_KEY = "no-key"
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    message: Message
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ModelRejectedError(Exception):
+    """A 4xx no retry can fix (bad key, unknown model, bad request)."""
+
+
+class ModelFailedError(Exception):
+    """Retries ran out on 429, 5xx, timeouts or connection errors."""
+
+
+class BudgetExhaustedError(Exception):
+    """The run's deadline arrived before or during the call; the message says when ("during a model call")."""
+
+
+class ThrottleTimeoutError(Exception):
+    """No throttle permit within maxSecondsToWaitInQueue."""
+
+
+class _MalformedAnswerError(Exception):
+    """A 2xx answer without a choice: worth another attempt."""
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Retry-After (seconds or an HTTP date) or retry-after-ms, as seconds; None when absent."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(float(milliseconds) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _rejection_message(spec: ModelSpec, error: openai.APIStatusError) -> str:
+    status = error.status_code
+    if status == 401:
+        hint = (
+            "the API key was refused: check the Secret named in model.apiKeySecretRef"
+            if spec.api_key_secret_ref
+            else "the endpoint wants an API key: set model.apiKeySecretRef"
+        )
+    elif status == 403:
+        hint = "the API key may not use this model or endpoint"
+    elif status == 404:
+        hint = f"the endpoint does not know model {spec.name!r} (or model.baseURL is wrong: {spec.base_url})"
+    else:
+        hint = "the endpoint refused the request; a retry cannot fix it"
+    return f"model endpoint answered {status}: {hint}"
+
+
+class ModelClient:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        api_key: str | None,
+        limiter: Limiter | None,
+        max_queue_wait_seconds: float,
+        settings: RunnerSettings,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._spec = spec
+        self._request_timeout = parse_duration(spec.request_timeout)
+        self._client = openai.AsyncOpenAI(
+            base_url=spec.base_url, api_key=api_key or NO_API_KEY, max_retries=0, timeout=self._request_timeout
+        )
+        self._limiter = limiter
+        self._max_queue_wait = max_queue_wait_seconds
+        self._settings = settings
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def complete(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]],
+        *,
+        remaining: Callable[[], float],
+        on_token: Callable[[str], None] | None,
+        on_queue_wait: Callable[[float], None],
+        max_tokens: int | None,
+    ) -> ModelAnswer:
+        attempts = self._spec.max_retries + 1
+        last_problem = ""
+        for attempt in range(attempts):
+            if remaining() <= 0:
+                raise BudgetExhaustedError("before a model call")
+            delay: float | None = None
+            try:
+                return await self._attempt(messages, tools, remaining, on_token, on_queue_wait, max_tokens)
+            except openai.APIStatusError as error:
+                if error.status_code < 500 and error.status_code not in RETRYABLE_STATUSES:
+                    raise ModelRejectedError(_rejection_message(self._spec, error)) from None
+                last_problem = f"HTTP {error.status_code}"
+                delay = retry_after_seconds(error.response.headers)
+                if error.status_code == 429 and delay is not None and self._limiter is not None:
+                    self._limiter.penalize(delay)
+            except TimeoutError:
+                last_problem = f"no answer within model.requestTimeout ({self._spec.request_timeout})"
+            except (openai.APIConnectionError, _MalformedAnswerError) as error:
+                # The SDK's own timeout (APITimeoutError) is a connection error too.
+                last_problem = f"{type(error).__name__}: {error}"
+            if attempt + 1 == attempts:
+                break
+            backoff = self._backoff(attempt)
+            wait = max(backoff, delay) if delay is not None else backoff
+            if wait >= remaining():
+                raise ModelFailedError(
+                    f"model call failed ({last_problem}) and the next retry in {wait:.1f}s would pass "
+                    f"the run's time budget ({max(remaining(), 0):.1f}s left)"
+                )
+            await asyncio.sleep(wait)
+        raise ModelFailedError(f"model call failed after {attempts} attempt(s): {last_problem}")
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self._settings.retry_base_seconds * 2**attempt, self._settings.retry_max_backoff_seconds)
+        return self._rng.uniform(ceiling / 2, ceiling)  # jitter spreads the retries of many runs
+
+    async def _attempt(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]],
+        remaining: Callable[[], float],
+        on_token: Callable[[str], None] | None,
+        on_queue_wait: Callable[[float], None],
+        max_tokens: int | None,
+    ) -> ModelAnswer:
+        permit = None
+        if self._limiter is not None:
+            budget = remaining()
+            loop = asyncio.get_running_loop()
+            asked_at = loop.time()
+            try:
+                permit, waited = await self._limiter.acquire(max_wait_seconds=min(self._max_queue_wait, budget))
+            except QueueTimeoutError as error:
+                on_queue_wait(loop.time() - asked_at)
+                if budget < self._max_queue_wait:
+                    raise BudgetExhaustedError(f"waiting for a throttle permit ({error})") from None
+                raise ThrottleTimeoutError(
+                    f"{error} (throttle.maxSecondsToWaitInQueue={self._max_queue_wait:g})"
+                ) from None
+            on_queue_wait(waited)
+        try:
+            budget = remaining()
+            if budget <= 0:
+                raise BudgetExhaustedError("before a model call")
+            outer = min(self._request_timeout, budget)
+            try:
+                async with asyncio.timeout(outer):
+                    return await self._call(messages, tools, on_token, max_tokens)
+            except TimeoutError:
+                if outer < self._request_timeout:
+                    raise BudgetExhaustedError("during a model call") from None
+                raise
+        finally:
+            if permit is not None:
+                await permit.release()
+
+    async def _call(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]],
+        on_token: Callable[[str], None] | None,
+        max_tokens: int | None,
+    ) -> ModelAnswer:
+        # The SDK re-walks every message against its typed schema on each call, on the event loop:
+        # about a millisecond per message, most of an iteration once a run holds hundreds. The
+        # messages are already in wire form, so they travel as extra_body, which is sent as is.
+        options: dict[str, Any] = {"model": self._spec.name, "messages": [], "extra_body": {"messages": messages}}
+        if tools:
+            options["tools"] = tools
+        if self._spec.temperature is not None:
+            options["temperature"] = self._spec.temperature
+        if max_tokens is not None:
+            options["max_tokens"] = max_tokens
+        if not self._spec.stream:
+            response = await self._client.chat.completions.create(**options)
+            if not response.choices:
+                raise _MalformedAnswerError("the endpoint answered without choices")
+            reply = response.choices[0].message
+            message: Message = {"role": "assistant", "content": reply.content}
+            calls = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in reply.tool_calls or []
+                if c.type == "function"
+            ]
+            if calls:
+                message["tool_calls"] = calls
+            usage = response.usage
+            return ModelAnswer(
+                message=message,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+            )
+
+        stream = await self._client.chat.completions.create(
+            **options, stream=True, stream_options={"include_usage": True}
+        )
+        content: list[str] = []
+        slots: dict[int, dict[str, Any]] = {}
+        prompt_tokens = completion_tokens = 0
+        async for chunk in stream:
+            if chunk.usage is not None:
+                prompt_tokens = chunk.usage.prompt_tokens
+                completion_tokens = chunk.usage.completion_tokens
+            for choice in chunk.choices:
+                delta = choice.delta
+                if delta.content:
+                    content.append(delta.content)
+                    if on_token is not None:
+                        on_token(delta.content)
+                for piece in delta.tool_calls or []:
+                    slot = slots.setdefault(
+                        piece.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+                    )
+                    if piece.id:
+                        slot["id"] = piece.id
+                    if piece.function is not None:
+                        if piece.function.name:
+                            slot["function"]["name"] = piece.function.name
+                        if piece.function.arguments:
+                            slot["function"]["arguments"] += piece.function.arguments
+        message = {"role": "assistant", "content": "".join(content) if content else None}
+        if slots:
+            message["tool_calls"] = [slots[index] for index in sorted(slots)]
+        return ModelAnswer(message=message, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)

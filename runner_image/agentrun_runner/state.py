@@ -1,0 +1,118 @@
+"""The run's state, and the delta records a checkpoint store appends.
+
+A record holds only what changed since the previous record (new messages, new tool-call log
+entries, new events, workspace files written) plus a few small counters, so a checkpoint write is
+proportional to what is new, not to the run's history. Folding the records in order rebuilds the state.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentrun_runner.events import Event
+
+Message = dict[str, Any]
+
+
+@dataclass
+class ToolCallRecord:
+    """One executed tool call; its output is reused on resume instead of running the call again."""
+
+    key: str  # idempotency key {run uid}:{step}:{call index}
+    name: str
+    arguments: str
+    output: str
+    ok: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "name": self.name, "arguments": self.arguments, "output": self.output, "ok": self.ok}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "ToolCallRecord":
+        return cls(
+            key=raw["key"], name=raw["name"], arguments=raw["arguments"], output=raw["output"], ok=bool(raw["ok"])
+        )
+
+
+@dataclass
+class Counters:
+    """Small values every record carries whole."""
+
+    step: int = 0  # model calls answered
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    elapsed_seconds: float = 0.0  # execution time used, across restarts
+    queue_wait_last: float = 0.0
+    queue_wait_max: float = 0.0
+    queue_wait_total: float = 0.0
+    event_id_ceiling: int = 0  # ids up to here may have been shown; a resumed pod numbers above
+    started_at: str | None = None
+    outcome: str | None = None
+    outcome_message: str = ""
+    result_ref: str | None = None
+    result_bytes: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class RunState:
+    messages: list[Message] = field(default_factory=list)
+    tool_log: dict[str, ToolCallRecord] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # workspace path -> text
+    counters: Counters = field(default_factory=Counters)
+    records: int = 0  # records folded in; the next record's sequence number
+    result: str | None = None
+    # What the last record covered; everything past these marks goes into the next delta.
+    _saved_messages: int = 0
+    _saved_events: int = 0
+    _saved_tools: set[str] = field(default_factory=set)
+    _dirty_files: set[str] = field(default_factory=set)
+    _saved_result: bool = False
+
+    def note_file_written(self, path: str, text: str) -> None:
+        self.files[path] = text
+        self._dirty_files.add(path)
+
+    def delta(self, events: list[Event]) -> dict[str, Any]:
+        """The next record: what changed since the last one. ``mark_saved`` once it is written."""
+        return {
+            "seq": self.records,
+            "messagesFrom": self._saved_messages,
+            "messages": self.messages[self._saved_messages :],
+            "tools": [r.to_json() for key, r in self.tool_log.items() if key not in self._saved_tools],
+            "events": [e.to_json() for e in events[self._saved_events :]],
+            "files": {path: self.files[path] for path in sorted(self._dirty_files)},
+            "counters": vars(self.counters).copy(),
+            "result": None if self._saved_result else self.result,
+        }
+
+    def mark_saved(self, record: dict[str, Any]) -> None:
+        self.records = record["seq"] + 1
+        self._saved_messages = record["messagesFrom"] + len(record["messages"])
+        self._saved_events += len(record["events"])
+        self._saved_tools.update(t["key"] for t in record["tools"])
+        self._dirty_files.difference_update(record["files"])
+        self._saved_result = self._saved_result or record["result"] is not None
+
+    def apply(self, record: dict[str, Any]) -> None:
+        """Fold one loaded record into the state; raises ValueError when it does not follow on."""
+        if record.get("seq") != self.records:
+            raise ValueError(f"record {record.get('seq')} does not follow record {self.records - 1}")
+        if record["messagesFrom"] != len(self.messages):
+            raise ValueError(
+                f"record {record['seq']} starts at message {record['messagesFrom']}, not {len(self.messages)}"
+            )
+        self.messages.extend(record["messages"])
+        for raw in record["tools"]:
+            tool = ToolCallRecord.from_json(raw)
+            self.tool_log[tool.key] = tool
+        self.events.extend(Event.from_json(raw) for raw in record["events"])
+        self.files.update(record["files"])
+        self.counters = Counters(**record["counters"])
+        if record.get("result") is not None:
+            self.result = record["result"]
+        self.mark_saved(record)
+        self._saved_events = len(self.events)

@@ -1,0 +1,297 @@
+"""A scripted OpenAI-compatible chat completions server for tests, benches and demos.
+
+Real HTTP (aiohttp on 127.0.0.1, port 0 by default), so the client side is the real ``openai``
+SDK. Each request to ``POST /v1/chat/completions`` is answered by a *script*: a function from the
+request to a reply. Replies: ``Answer`` (text and/or tool calls, optionally slow), ``Failure``
+(an HTTP error, optionally with Retry-After) and ``Hang`` (never answers). Streaming requests
+(``"stream": true``) get SSE chunks, with a usage chunk when ``stream_options.include_usage`` is set.
+
+    async with ModelServer(by_turn([Answer(tool_calls=[call("list_files")]), Answer("done")])) as server:
+        client = AsyncOpenAI(base_url=server.base_url, api_key="k")
+
+Scripts that pick the reply by the conversation (``by_turn``) answer a repeated request the same
+way, which is what a resumed runner needs; ``in_order`` picks by request count.
+
+CLI: ``python -m tests.harness.model_server --port 0 --script research`` prints the base URL.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+DEFAULT_MODEL = "scripted-model"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+def call(name: str, **arguments: Any) -> ToolCall:
+    return ToolCall(name, arguments)
+
+
+@dataclass(frozen=True)
+class Answer:
+    content: str | None = None
+    tool_calls: Sequence[ToolCall] = ()
+    delay: float = 0.0  # seconds before the answer (or before the first chunk when streaming)
+    chunk_delay: float = 0.0  # seconds between streamed chunks
+
+
+@dataclass(frozen=True)
+class Failure:
+    status: int
+    retry_after: str | None = None  # value of the Retry-After header
+    message: str = "scripted failure"
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Accept the request and never answer (until the server stops)."""
+
+
+Reply = Answer | Failure | Hang
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    body: dict[str, Any]
+    headers: dict[str, str]
+    index: int  # 0-based count of requests before this one
+    received_at: float  # time.monotonic()
+    size: int  # bytes of the request body
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list(self.body.get("messages", []))
+
+    @property
+    def turn(self) -> int:
+        """Assistant messages already in the conversation: 0 for the first model call of a run."""
+        return sum(1 for m in self.messages if m.get("role") == "assistant")
+
+
+Script = Callable[[ChatRequest], Reply]
+
+
+def in_order(replies: Sequence[Reply], *, then: Reply | None = None) -> Script:
+    """The n-th request gets the n-th reply; past the end, ``then`` (default: the last reply)."""
+
+    def script(request: ChatRequest) -> Reply:
+        if request.index < len(replies):
+            return replies[request.index]
+        return then if then is not None else replies[-1]
+
+    return script
+
+
+def by_turn(replies: Sequence[Reply], *, then: Reply | None = None) -> Script:
+    """Reply by the conversation's turn (assistant messages so far), so a repeated request gets the same answer."""
+
+    def script(request: ChatRequest) -> Reply:
+        if request.turn < len(replies):
+            return replies[request.turn]
+        return then if then is not None else replies[-1]
+
+    return script
+
+
+def research_script(fetch_urls: Sequence[str] = (), delay: float = 0.0) -> Script:
+    """The demo agent: fetch sources (in parallel), take notes, write a report, answer."""
+    turns: list[Reply] = [Answer(tool_calls=[call("list_files")], delay=delay)]
+    if fetch_urls:
+        turns.append(Answer(tool_calls=[call("http_fetch", url=url) for url in fetch_urls], delay=delay))
+    turns += [
+        Answer(
+            content="Taking notes first.",
+            tool_calls=[call("write_file", path="notes.md", content="# Notes\n- three vendors compared\n")],
+            delay=delay,
+        ),
+        Answer(tool_calls=[call("read_file", path="notes.md")], delay=delay),
+        Answer(
+            tool_calls=[
+                call("write_file", path="report.md", content="# Report\nVendor B is cheapest; vendor A is fastest.\n")
+            ],
+            delay=delay,
+        ),
+        Answer(content="The report is in report.md: vendor B is cheapest, vendor A is fastest.", delay=delay),
+    ]
+    return by_turn(turns)
+
+
+SCRIPTS: dict[str, Callable[[], Script]] = {
+    "research": research_script,
+    "answer": lambda: by_turn([Answer("Done.")]),
+    "forever-tools": lambda: by_turn([Answer(tool_calls=[call("list_files")])]),
+}
+
+
+def _usage(request: ChatRequest, completion_text: str) -> dict[str, int]:
+    # Deterministic stand-in for tokenization: about four bytes of request a token.
+    prompt = request.size // 4 + 1
+    completion = len(completion_text) // 4 + 1
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class ModelServer:
+    """The server; ``requests`` records every chat request in arrival order."""
+
+    def __init__(self, script: Script, *, port: int = 0, model: str = DEFAULT_MODEL) -> None:
+        self.script = script
+        self.model = model
+        self.requests: list[ChatRequest] = []
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> "ModelServer":
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self._port).start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> "ModelServer":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _chat(self, http: web.Request) -> web.StreamResponse:
+        received_at = time.monotonic()
+        raw = await http.read()
+        request = ChatRequest(
+            body=json.loads(raw),
+            headers=dict(http.headers),
+            index=len(self.requests),
+            received_at=received_at,
+            size=len(raw),
+        )
+        self.requests.append(request)
+        reply = self.script(request)
+        if isinstance(reply, Hang):
+            await self._stopping.wait()
+            raise web.HTTPServiceUnavailable()
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if isinstance(reply, Failure):
+            headers = {"Retry-After": reply.retry_after} if reply.retry_after is not None else {}
+            error = {"error": {"message": reply.message, "type": "scripted", "code": str(reply.status)}}
+            return web.json_response(error, status=reply.status, headers=headers)
+        if request.body.get("stream"):
+            return await self._stream(http, request, reply)
+        return web.json_response(self._completion(request, reply))
+
+    def _tool_calls(self, request: ChatRequest, reply: Answer) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": f"call_{request.turn}_{index}",
+                "type": "function",
+                "function": {"name": tc.name, "arguments": json.dumps(tc.arguments, sort_keys=True)},
+            }
+            for index, tc in enumerate(reply.tool_calls)
+        ]
+
+    def _completion(self, request: ChatRequest, reply: Answer) -> dict[str, Any]:
+        calls = self._tool_calls(request, reply)
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if calls:
+            message["tool_calls"] = calls
+        text = (reply.content or "") + "".join(c["function"]["arguments"] for c in calls)
+        return {
+            "id": f"chatcmpl-{request.index}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+            "usage": _usage(request, text),
+        }
+
+    async def _stream(self, http: web.Request, request: ChatRequest, reply: Answer) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(http)
+        base = {"id": f"chatcmpl-{request.index}", "object": "chat.completion.chunk", "created": 0, "model": self.model}
+
+        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
+
+        await send({"role": "assistant", "content": ""})
+        for word in (reply.content or "").split(" ") if reply.content else []:
+            await send({"content": word + " "})
+        calls = self._tool_calls(request, reply)
+        for index, tool_call in enumerate(calls):
+            function = tool_call["function"]
+            await send(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": tool_call["id"],
+                            "type": "function",
+                            "function": {"name": function["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            arguments = function["arguments"]
+            for start in range(0, len(arguments), 16):
+                await send({"tool_calls": [{"index": index, "function": {"arguments": arguments[start : start + 16]}}]})
+        await send({}, "tool_calls" if calls else "stop")
+        if (request.body.get("stream_options") or {}).get("include_usage"):
+            text = (reply.content or "") + "".join(c["function"]["arguments"] for c in calls)
+            usage_chunk = {**base, "choices": [], "usage": _usage(request, text)}
+            await response.write(f"data: {json.dumps(usage_chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+async def _serve(port: int, script_name: str) -> None:
+    server = await ModelServer(SCRIPTS[script_name](), port=port).start()
+    print(server.base_url, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Scripted OpenAI-compatible chat completions server.")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--script", choices=sorted(SCRIPTS), default="research", help="the scripted agent")
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.port, args.script))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""A run whose config names a permit server takes its model-call permits from the cluster-wide pool
+(the RemoteLimiter behind the runner's Limiter interface), and a pool that stays full ends the run
+with ThrottleQueueTimeout."""
+
+from pathlib import Path
+
+import pytest
+
+from agentrun_api.contract import Outcome, RunnerConfig
+from agentrun_operator.permits.pool import PoolLimits
+from tests.harness.model_server import Answer, ModelServer, by_turn, call
+from tests.harness.runner import STREAM_TOKEN, make_config, make_spec, run_in_process
+from tests.harness.throttle import NAMESPACE, POOL, limiter_for, permit_server, token_of
+
+pytestmark = pytest.mark.integration
+
+RUN = "pooled"
+
+
+def pooled_config(model_url: str, server_url: str, tmp_path: Path, wait: int) -> RunnerConfig:
+    spec = make_spec(
+        model_url, throttle={"enabled": True, "pool": POOL, "maxSecondsToWaitInQueue": wait}, maxIterations=10
+    )
+    config = make_config(spec, tmp_path, name=RUN)
+    run = config.run.model_copy(update={"namespace": NAMESPACE})
+    return config.model_copy(update={"run": run, "permit_server_url": server_url})
+
+
+async def test_model_calls_take_permits_from_the_pool(tmp_path: Path) -> None:
+    script = by_turn([Answer(tool_calls=[call("list_files")]), Answer("done")])
+    async with (
+        permit_server([RUN], PoolLimits(max_in_flight=1, requests_per_minute=600), lease_seconds=1) as server,
+        ModelServer(script) as model,
+    ):
+        config = pooled_config(model.base_url, f"http://127.0.0.1:{server.port}", tmp_path, wait=10)
+        run = await run_in_process(config, tmp_path, stream_token=token_of(RUN))
+        snapshot = server.registry.snapshot(NAMESPACE, POOL)
+
+    assert run.progress.outcome is Outcome.SUCCEEDED
+    assert len(model.requests) == 2
+    assert snapshot is not None
+    assert snapshot.granted_last_minute == 2, "each model call took a permit from the pool"
+    assert snapshot.in_flight == 0, "and gave it back"
+
+
+async def test_a_pool_that_stays_full_ends_the_run_with_queue_timeout(tmp_path: Path) -> None:
+    async with (
+        permit_server([RUN, "holder"], PoolLimits(max_in_flight=1, requests_per_minute=600), lease_seconds=1) as server,
+        ModelServer(by_turn([Answer("never")])) as model,
+    ):
+        holder = limiter_for("holder", f"http://127.0.0.1:{server.port}")
+        permit, _ = await holder.acquire(max_wait_seconds=5)
+        try:
+            config = pooled_config(model.base_url, f"http://127.0.0.1:{server.port}", tmp_path, wait=1)
+            run = await run_in_process(config, tmp_path, stream_token=token_of(RUN))
+        finally:
+            await permit.release()
+            await holder.aclose()
+
+    assert run.progress.outcome is Outcome.THROTTLE_QUEUE_TIMEOUT
+    assert f"pool {NAMESPACE}/{POOL}" in run.progress.message
+    assert "1 calls were waiting" in run.progress.message
+    assert run.progress.queue_wait.max_seconds >= 1.0
+    assert model.requests == []
+    assert STREAM_TOKEN not in run.progress.message

@@ -1,0 +1,57 @@
+"""Progress reports are coalesced to one write per interval, and an outcome is written at once.
+Virtual time (looptime): the intervals cost no real time."""
+
+import asyncio
+import itertools
+from datetime import UTC, datetime
+
+import pytest
+
+from agentrun_api.contract import Outcome, ProgressReport
+from agentrun_runner.progress import ProgressReporter
+
+pytestmark = [pytest.mark.unit, pytest.mark.looptime]
+
+
+class CollectingSink:
+    """A sink that keeps what it was given, with the loop time of each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, ProgressReport]] = []
+
+    async def write(self, report: ProgressReport) -> None:
+        self.writes.append((asyncio.get_running_loop().time(), report))
+
+
+def report(iteration: int, outcome: Outcome | None = None) -> ProgressReport:
+    return ProgressReport(run_uid="u", pod="p", iteration=iteration, reported_at=datetime.now(UTC), outcome=outcome)
+
+
+async def test_reports_are_written_at_most_once_per_interval_and_the_newest_wins() -> None:
+    sink = CollectingSink()
+    reporter = ProgressReporter(sink, interval=2.0)
+    reporter.start()
+    for iteration in range(1, 101):  # one report every 0.1 s for 10 s
+        reporter.submit(report(iteration))
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2.5)
+    await reporter.stop()
+
+    times = [t for t, _ in sink.writes]
+    assert 5 <= len(times) <= 7
+    assert all(later - earlier >= 2.0 for earlier, later in itertools.pairwise(times))
+    assert sink.writes[-1][1].iteration == 100, "the last report is not lost"
+
+
+async def test_an_outcome_is_written_at_once() -> None:
+    sink = CollectingSink()
+    reporter = ProgressReporter(sink, interval=60.0)
+    reporter.start()
+    reporter.submit(report(1))
+    await asyncio.sleep(0.5)
+    started = asyncio.get_running_loop().time()
+    await reporter.write_now(report(2, Outcome.SUCCEEDED))
+    await reporter.stop()
+    assert [r.iteration for _, r in sink.writes] == [1, 2]
+    assert sink.writes[-1][0] == started
+    assert sink.writes[-1][1].outcome is Outcome.SUCCEEDED
