@@ -67,4 +67,8 @@ check: lint typecheck test ## Lint, type-check and test: what CI runs
 bench-gateway: install ## Measure the stream gateway's relay lag and memory with 100 readers on one run
 	$(PY) bench/gateway_fanout.py --readers 100
 
+.PHONY: local-cluster
+local-cluster: install ## Run the whole path here (emulated API server, operator, Job executor, model) until Ctrl-C
+	$(PY) -m tests.harness.local_cluster --state-dir .local-cluster
+
 include mk/cluster.mk

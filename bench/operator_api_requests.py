@@ -1,0 +1,52 @@
+"""Count the API requests the operator makes over one run's whole life, by kind and verb.
+
+Runs the real operator in-process against the emulated API server and plays the runner: a pod that
+reports progress (with a checkpoint) every --report-every seconds for --iterations iterations, then
+succeeds; then the run is deleted. Time is scaled down: the defaults keep production's ratio of the
+runner's report interval to the operator's status interval (2 s : 2 s) at a tenth of the time.
+
+    python bench/operator_api_requests.py --iterations 50 --report-every 0.2 --min-interval 0.2
+"""
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+
+from tests.harness.apiserver import EmulatedApiServer
+from tests.integration.operator_harness import FAST, Cluster, RunPace, running_operator, simulate_run_life
+
+CRD = Path(__file__).resolve().parents[1] / "crds" / "agentruns.agentrun.dev.yaml"
+
+
+async def measure(iterations: int, report_every: float, min_interval: float) -> str:
+    async with EmulatedApiServer([CRD]) as apiserver:
+        cluster = Cluster(apiserver)
+        cluster.add_api_key_secret()
+        settings = dataclasses.replace(FAST, status_min_interval_seconds=min_interval)
+        async with running_operator(apiserver, settings):
+            apiserver.requests.clear()
+            await simulate_run_life(
+                apiserver, cluster, RunPace(iterations=iterations, report_every_seconds=report_every)
+            )
+        status_writes = apiserver.requests.count(verb="patch", kind="AgentRun", subresource="status")
+        return (
+            f"{iterations} iterations, a report every {report_every}s, status writes at most every {min_interval}s\n"
+            f"{apiserver.requests.summary()}\n"
+            f"of the AgentRun patches, to /status: {status_writes}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--report-every", type=float, default=0.2, help="seconds between progress reports")
+    parser.add_argument("--min-interval", type=float, default=0.2, help="AGENTRUN_STATUS_MIN_INTERVAL_SECONDS")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    print(asyncio.run(measure(args.iterations, args.report_every, args.min_interval)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,471 @@
+"""The operator's side effects: admitting a run (creating its children) and supervising it.
+
+The decisions themselves are pure (``status_sync``, ``children``, ``budget``); this module carries
+them out against the API server, writes the status at a bounded rate and posts the Events.
+"""
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import kopf
+import pydantic
+
+from agentrun_api import conditions as c
+from agentrun_api import constants
+from agentrun_api.spec import AgentRunSpec
+from agentrun_api.status import AgentRunStatus, Notification, Phase
+from agentrun_operator import children, webhook
+from agentrun_operator.budget import compute_budget
+from agentrun_operator.kube import ApiError, KubeClient
+from agentrun_operator.metrics import Metrics
+from agentrun_operator.observations import JobObservation, Observed, PodObservation, ProgressObservation
+from agentrun_operator.parsing import InvalidSpecError, parse_spec
+from agentrun_operator.settings import OperatorSettings
+from agentrun_operator.status_sync import (
+    DeleteJob,
+    DeletePod,
+    EventNote,
+    RecreateJob,
+    RunContext,
+    SetJobSuspended,
+    Urgency,
+    condition_of,
+    decide,
+    set_condition,
+    stream_url,
+    transition_events,
+    write_urgency,
+)
+
+RunKey = tuple[str, str]  # (namespace, name)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclasses.dataclass
+class OperatorContext:
+    """What every handler shares, kept in kopf's memo."""
+
+    settings: OperatorSettings
+    kube: KubeClient
+    metrics: Metrics
+    http: aiohttp.ClientSession  # for webhooks
+    # The time every decision is made at; tests pass a clock they can move forward.
+    clock: Callable[[], datetime] = utcnow
+    wakes: dict[RunKey, asyncio.Event] = dataclasses.field(default_factory=dict)
+    phases: dict[RunKey, Phase] = dataclasses.field(default_factory=dict)
+
+    def wake(self, key: RunKey) -> None:
+        event = self.wakes.get(key)
+        if event is not None:
+            event.set()
+
+    def record_phase(self, key: RunKey, phase: Phase | None) -> None:
+        if phase is None:
+            self.phases.pop(key, None)
+        else:
+            self.phases[key] = phase
+        self.metrics.set_phases(self.phases)
+
+
+def read_status(body: Mapping[str, Any]) -> AgentRunStatus:
+    try:
+        return AgentRunStatus.model_validate(body.get("status") or {})
+    except pydantic.ValidationError:
+        # A status this operator did not write (or an older schema): start from nothing.
+        return AgentRunStatus()
+
+
+async def write_status(op: OperatorContext, owner: children.RunOwner, status: AgentRunStatus) -> None:
+    document = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    await op.kube.merge_patch(constants.KIND, owner.namespace, owner.name, {"status": document}, subresource="status")
+    op.metrics.status_writes_total.inc()
+
+
+def post_events(body: kopf.Body, events: Iterable[EventNote]) -> None:
+    for note in events:
+        kopf.event(body, type=note.type, reason=note.reason, message=note.message)
+
+
+async def create_or_adopt(op: OperatorContext, obj: Mapping[str, Any], owner: children.RunOwner) -> bool:
+    """Create the object; when it exists (409), adopt it if it is this run's. Returns True if created."""
+    try:
+        await op.kube.create(obj)
+        return True
+    except ApiError as error:
+        if not error.conflict:
+            raise
+    meta = obj["metadata"]
+    existing = await op.kube.get(obj["kind"], meta["namespace"], meta["name"])
+    owners = {ref.get("uid") for ref in existing.get("metadata", {}).get("ownerReferences") or []}
+    if owner.uid in owners:
+        return False
+    if existing.get("metadata", {}).get("deletionTimestamp"):
+        raise kopf.TemporaryError(f"{obj['kind']} {meta['name']} from an earlier run is being deleted", delay=2)
+    raise kopf.TemporaryError(
+        f"{obj['kind']} {meta['name']} exists and does not belong to this AgentRun; delete or rename it",
+        delay=op.settings.retry_delay_seconds,
+    )
+
+
+async def _missing_prerequisite(
+    op: OperatorContext, owner: children.RunOwner, spec: AgentRunSpec
+) -> tuple[str, str] | None:
+    """A Secret or StorageClass the run needs and cannot have yet: (reason, message to act on)."""
+    ref = spec.model.api_key_secret_ref
+    if ref is not None and await op.kube.read_secret_key(owner.namespace, ref.name, ref.key) is None:
+        return (
+            c.REASON_SECRET_NOT_FOUND,
+            f"spec.model.apiKeySecretRef: Secret {ref.name!r} with key {ref.key!r} not found in namespace "
+            f"{owner.namespace!r}; create it and the run starts",
+        )
+    storage_class = spec.checkpoint.storage_class_name
+    if (
+        spec.checkpoint.store == "PersistentVolumeClaim"
+        and storage_class
+        and not await op.kube.storage_class_exists(storage_class)
+    ):
+        return (
+            c.REASON_STORAGE_CLASS_NOT_FOUND,
+            f"spec.checkpoint.storageClassName: StorageClass {storage_class!r} does not exist; create it or name another",
+        )
+    return None
+
+
+async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """Parse the spec, create (or adopt) the run's children, mark it Accepted. Safe to run again."""
+    owner = children.RunOwner.from_body(body)
+    current = read_status(body)
+    if current.phase is not None and current.phase.terminal:
+        return  # an ended run keeps what it has; its TTL may have removed the Job on purpose
+    generation = int(body.get("metadata", {}).get("generation") or 0)
+    now = op.clock()
+    status = current.model_copy(deep=True)
+    status.observed_generation = generation
+    try:
+        spec = parse_spec(body)
+    except InvalidSpecError as error:
+        message = str(error)[:1024]
+        status.phase = Phase.FAILED
+        status.reason = c.REASON_INVALID_SPEC
+        status.message = message
+        status.completion_time = now
+        set_condition(status, c.ACCEPTED, False, c.REASON_INVALID_SPEC, message, now=now, generation=generation)
+        set_condition(status, c.FAILED, True, c.REASON_INVALID_SPEC, message, now=now, generation=generation)
+        await write_status(op, owner, status)
+        kopf.warn(body, reason=c.REASON_INVALID_SPEC, message=message)
+        op.record_phase((owner.namespace, owner.name), Phase.FAILED)
+        raise kopf.PermanentError(message) from None
+
+    budget = compute_budget(spec, deadline_grace_seconds=op.settings.deadline_grace_seconds)
+    status.budget = budget.to_status()
+    status.job_name = children.job_name(owner.name)
+    status.stream_url = stream_url(owner, spec, op.settings)
+    status.progress = status.progress or f"{status.iteration}/{spec.max_iterations}"
+    status.phase = status.phase or Phase.PENDING
+    status.reason = status.reason or c.REASON_PENDING
+    set_condition(
+        status,
+        c.BUDGET_FITS,
+        budget.fits,
+        c.REASON_BUDGET_FITS if budget.fits else c.REASON_BUDGET_EXCEEDS,
+        budget.explain(),
+        now=now,
+        generation=generation,
+    )
+
+    missing = await _missing_prerequisite(op, owner, spec)
+    if missing is not None:
+        reason, message = missing
+        status.message = message
+        status.reason = reason
+        set_condition(status, c.ACCEPTED, False, reason, message, now=now, generation=generation)
+        if status != current:
+            await write_status(op, owner, status)
+            kopf.warn(body, reason=reason, message=message)
+        raise kopf.TemporaryError(message, delay=op.settings.retry_delay_seconds)
+
+    accepted = condition_of(current, c.ACCEPTED)
+    already_accepted = accepted is not None and accepted.status == "True"
+    objects = children.build_children(owner, spec, op.settings, stream_token=secrets.token_urlsafe(32))
+    created: list[str] = []
+    for obj in objects:
+        if obj["kind"] == "Job" and already_accepted:
+            continue  # a lost Job is the supervisor's to replace, counting the restart
+        if await create_or_adopt(op, obj, owner):
+            created.append(f"{obj['kind']}/{obj['metadata']['name']}")
+
+    if not already_accepted:
+        status.message = "children created; waiting for the runner pod"
+    set_condition(
+        status, c.ACCEPTED, True, c.REASON_CREATED, "the run's Job and companions exist", now=now, generation=generation
+    )
+    if status != current:
+        await write_status(op, owner, status)
+    if created:
+        kopf.info(body, reason=c.REASON_CREATED, message=f"created {', '.join(created)}")
+    if not budget.fits and current.budget is None:
+        kopf.warn(body, reason=c.REASON_BUDGET_EXCEEDS, message=budget.explain())
+    logger.info("run admitted: %s", ", ".join(created) or "all children already existed")
+    op.record_phase((owner.namespace, owner.name), status.phase)
+    op.wake((owner.namespace, owner.name))
+
+
+Lookup = Callable[[RunKey], Iterable[Any]]
+
+
+class Supervisor:
+    """One per run, for the life of the run: mirrors observations into the status and acts on them."""
+
+    def __init__(
+        self,
+        body: kopf.Body,
+        op: OperatorContext,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        *,
+        jobs: Lookup,
+        pods: Lookup,
+        progress: Lookup,
+    ) -> None:
+        self.body = body  # kopf's live view: always the latest seen object
+        self.op = op
+        self.logger = logger
+        self.owner = children.RunOwner.from_body(body)
+        self.key: RunKey = (self.owner.namespace, self.owner.name)
+        self._jobs, self._pods, self._progress = jobs, pods, progress
+        self.status = read_status(body)
+        self.last_write: datetime | None = None
+        self.clock_reset_at: datetime | None = None
+        self.last_report_pod = ""
+        self.ttl_done = False
+        self.deferred_events: list[EventNote] = []
+
+    def observe(self) -> Observed:
+        jobs = [j for j in self._jobs(self.key) if isinstance(j, JobObservation) and not j.deleting]
+        job = max(jobs, key=lambda j: j.created.timestamp() if j.created else 0.0, default=None)
+        if job is None:
+            job = next((j for j in self._jobs(self.key) if isinstance(j, JobObservation)), None)
+        pods = tuple(p for p in self._pods(self.key) if isinstance(p, PodObservation))
+        progress = next((p for p in self._progress(self.key) if isinstance(p, ProgressObservation)), None)
+        return Observed(job=job, pods=pods, progress=progress)
+
+    def accepted(self) -> bool:
+        status = read_status(self.body)
+        cond = condition_of(status, c.ACCEPTED)
+        return (cond is not None and cond.status == "True") or (status.phase is not None and status.phase.terminal)
+
+    async def run(self, stopped: Any) -> None:
+        wake = self.op.wakes.setdefault(self.key, asyncio.Event())
+        try:
+            while not stopped and not self.accepted():
+                await self._sleep(wake, stopped, self.op.settings.supervise_interval_seconds)
+            self.status = read_status(self.body)
+            accepted = condition_of(self.status, c.ACCEPTED)
+            self.clock_reset_at = accepted.last_transition_time if accepted is not None else None
+            while not stopped:
+                try:
+                    sleep = await self.step()
+                except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+                    self.op.metrics.reconcile_errors_total.labels(handler="supervise").inc()
+                    self.logger.warning("supervising the run failed, retrying: %s", error)
+                    retry_after = error.retry_after if isinstance(error, ApiError) else None
+                    sleep = retry_after or min(self.op.settings.supervise_interval_seconds, 2.0)
+                if sleep is None:
+                    return
+                await self._sleep(wake, stopped, sleep)
+        finally:
+            self.op.wakes.pop(self.key, None)
+
+    @staticmethod
+    async def _sleep(wake: asyncio.Event, stopped: Any, seconds: float) -> None:
+        """Until a child changes, kopf stops the daemon, or the time is up, whichever comes first."""
+
+        async def stopping() -> None:
+            await stopped.wait()
+
+        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopping())]
+        try:
+            await asyncio.wait(waiters, timeout=max(seconds, 0.01), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        wake.clear()
+
+    async def step(self) -> float | None:
+        """One look at the run. Returns seconds until the next look, or None when nothing is left to do."""
+        try:
+            spec = parse_spec(self.body)
+        except InvalidSpecError:
+            return None  # admission recorded it as Failed
+        settings, now = self.op.settings, self.op.clock()
+        ctx = RunContext(
+            owner=self.owner,
+            generation=int(self.body.get("metadata", {}).get("generation") or 0),
+            spec=spec,
+            settings=settings,
+            now=now,
+            clock_reset_at=self.clock_reset_at,
+            previous_report_pod=self.last_report_pod,
+            job_deleted_for_ttl=self.ttl_done,
+        )
+        observed = self.observe()
+        decision = decide(self.status, observed, ctx)
+        for action in decision.actions:
+            await self._act(action, spec, now)
+        report = observed.report_for(self.owner.uid)
+        if report is not None and report.pod != self.last_report_pod:
+            if report.resumed_from_iteration is not None:
+                self.op.metrics.resumes_total.inc()
+            self.last_report_pod = report.pod
+        post_events(self.body, decision.events)
+
+        waits = [settings.supervise_interval_seconds]
+        if decision.recheck_after is not None:
+            waits.append(decision.recheck_after)
+        urgency = write_urgency(self.status, decision.status)
+        if urgency is Urgency.PROGRESS and self.last_write is not None:
+            due = self.last_write + timedelta(seconds=settings.status_min_interval_seconds)
+            if now < due:
+                waits.append((due - now).total_seconds())
+                urgency = Urgency.NONE
+        if urgency is not Urgency.NONE:
+            await self._write(decision.status, spec, now)
+
+        if self.status.phase is not None and self.status.phase.terminal:
+            webhook_wait = await self._notify(spec)
+            if webhook_wait is not None:
+                waits.append(webhook_wait)
+            ttl_pending = spec.ttl_seconds_after_finished is not None and not self.ttl_done and observed.job is not None
+            if webhook_wait is None and not ttl_pending and decision.recheck_after is None:
+                return None
+        return min(waits)
+
+    async def _write(self, new: AgentRunStatus, spec: AgentRunSpec, now: datetime) -> None:
+        old = self.status
+        await write_status(self.op, self.owner, new)
+        self.status, self.last_write = new, now
+        post_events(self.body, transition_events(old, new, spec))
+        self.op.record_phase(self.key, new.phase)
+        if new.restarts > old.restarts:
+            self.op.metrics.restarts_total.inc(new.restarts - old.restarts)
+        if new.phase is not None and new.phase.terminal and old.phase != new.phase:
+            started = new.start_time or self.body.get("metadata", {}).get("creationTimestamp")
+            if isinstance(started, datetime) and new.completion_time is not None:
+                self.op.metrics.run_duration_seconds.observe((new.completion_time - started).total_seconds())
+            self.op.metrics.run_iterations.observe(new.iteration)
+            self.op.metrics.queue_wait_seconds.observe(new.queue_wait.max_seconds)
+
+    async def _act(self, action: object, spec: AgentRunSpec, now: datetime) -> None:
+        ns, job = self.owner.namespace, children.job_name(self.owner.name)
+        if isinstance(action, SetJobSuspended):
+            await self.op.kube.merge_patch("Job", ns, job, {"spec": {"suspend": action.suspend}})
+            if not action.suspend:
+                self.clock_reset_at = now
+        elif isinstance(action, DeletePod):
+            await self.op.kube.delete("Pod", ns, action.name)
+            self.clock_reset_at = now
+        elif isinstance(action, RecreateJob):
+            obj = children.adopted(
+                children.build_job(self.owner, spec, self.op.settings, restarts_before=action.restarts_before),
+                self.owner,
+            )
+            try:
+                await self.op.kube.create(obj)
+            except ApiError as error:
+                if not error.conflict:
+                    raise
+            self.clock_reset_at = now
+        elif isinstance(action, DeleteJob):
+            await self.op.kube.delete("Job", ns, job, propagation="Background")
+            self.ttl_done = True
+            kopf.info(
+                self.body,
+                reason="Cleaned",
+                message=f"ttlSecondsAfterFinished passed: deleted Job {job} and its pods; the result stays in status.result",
+            )
+
+    async def _notify(self, spec: AgentRunSpec) -> float | None:
+        """Deliver the completion webhook; returns seconds until the next attempt, or None when done."""
+        hook = spec.completion_webhook
+        if hook is None or self.status.phase is None:
+            return None
+        settings = self.op.settings
+        note = self.status.notification or Notification(
+            event_id=webhook.event_id(self.owner.uid, self.status.phase.value)
+        )
+        if note.delivered or note.attempts >= hook.max_attempts:
+            return None
+        now = self.op.clock()
+        if note.last_attempt_time is not None:
+            due = note.last_attempt_time + timedelta(
+                seconds=webhook.backoff_seconds(
+                    note.attempts, base=settings.webhook_backoff_seconds, cap=settings.webhook_backoff_max_seconds
+                )
+            )
+            if now < due:
+                return (due - now).total_seconds()
+        ref = hook.signing_key_secret_ref
+        key = await self.op.kube.read_secret_key(self.owner.namespace, ref.name, ref.key)
+        if key is None:
+            result = webhook.DeliveryResult(
+                ok=False, error=f"signing key Secret {ref.name!r} (key {ref.key!r}) not found"
+            )
+        else:
+            body = webhook.payload(self.owner.namespace, self.owner.name, self.owner.uid, self.status, note.event_id)
+            result = await webhook.deliver(
+                self.op.http,
+                hook.url,
+                key,
+                body,
+                note.event_id,
+                now=now,
+                timeout_seconds=settings.webhook_timeout_seconds,
+            )
+        note = note.model_copy(
+            update={
+                "attempts": note.attempts + 1,
+                "last_attempt_time": now,
+                "delivered": result.ok,
+                "last_error": result.error,
+            }
+        )
+        new = self.status.model_copy(deep=True)
+        new.notification = note
+        generation = int(self.body.get("metadata", {}).get("generation") or 0)
+        if result.ok:
+            set_condition(
+                new,
+                c.NOTIFIED,
+                True,
+                c.REASON_DELIVERED,
+                f"delivered to the completion webhook on attempt {note.attempts}",
+                now=now,
+                generation=generation,
+            )
+        else:
+            left = hook.max_attempts - note.attempts
+            message = f"attempt {note.attempts} of {hook.max_attempts} failed: {result.error}" + (
+                "" if left else "; giving up"
+            )
+            set_condition(new, c.NOTIFIED, False, c.REASON_DELIVERY_FAILED, message, now=now, generation=generation)
+            if not left:
+                kopf.warn(self.body, reason=c.REASON_DELIVERY_FAILED, message=message)
+        await write_status(self.op, self.owner, new)
+        self.status, self.last_write = new, now
+        if result.ok:
+            kopf.info(self.body, reason=c.REASON_DELIVERED, message="completion webhook delivered")
+            return None
+        if note.attempts >= hook.max_attempts:
+            return None
+        return webhook.backoff_seconds(
+            note.attempts, base=settings.webhook_backoff_seconds, cap=settings.webhook_backoff_max_seconds
+        )

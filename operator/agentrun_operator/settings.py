@@ -1,0 +1,127 @@
+"""Operator settings, read once from environment variables.
+
+Each field documents its variable, unit, default and why it exists. Tests shorten the intervals
+by building an ``OperatorSettings`` directly instead of touching the environment.
+"""
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+DEFAULT_RUNNER_IMAGE = "ghcr.io/agentrun/agentrun-runner:0.1.0"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the operator cannot use; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorSettings:
+    """Everything the operator reads from its environment."""
+
+    # AGENTRUN_WATCH_NAMESPACE: the one namespace to watch; empty watches all namespaces.
+    watch_namespace: str = ""
+    # AGENTRUN_RUNNER_IMAGE: runner image for runs whose spec.runner.image is unset.
+    runner_image: str = DEFAULT_RUNNER_IMAGE
+    # AGENTRUN_STATUS_MIN_INTERVAL_SECONDS (seconds, default 2): least time between two status
+    # writes that only carry progress, however fast the runner iterates; phase changes go out at once.
+    status_min_interval_seconds: float = 2.0
+    # AGENTRUN_PROGRESS_INTERVAL_SECONDS (seconds, default 2): how often the runner reports progress
+    # (rendered into its RunnerConfig).
+    progress_interval_seconds: float = 2.0
+    # AGENTRUN_METRICS_PORT (default 8000): Prometheus /metrics; 0 turns the endpoint off.
+    metrics_port: int = 8000
+    # AGENTRUN_HEALTH_PORT (default 8081): kopf's liveness endpoint /healthz; 0 turns it off.
+    health_port: int = 8081
+    # AGENTRUN_LOG_FORMAT: "text" for people, "json" for log pipelines.
+    log_format: Literal["text", "json"] = "text"
+    # AGENTRUN_STREAM_BASE_URL: public URL of the stream gateway route; status.streamURL is this
+    # plus /runs/<namespace>/<name>/events. Empty leaves streamURL as the in-cluster Service URL.
+    stream_base_url: str = ""
+    # AGENTRUN_DEADLINE_GRACE_SECONDS (seconds, default 60): the Job's activeDeadlineSeconds is
+    # maxExecutionTime plus this, so the runner's own soft deadline always fires first.
+    deadline_grace_seconds: int = 60
+    # AGENTRUN_SUPERVISE_INTERVAL_SECONDS (seconds, default 5): longest sleep of a run's supervisor
+    # between checks of its deadlines when no child changes wake it earlier.
+    supervise_interval_seconds: float = 5.0
+    # AGENTRUN_OUTCOME_GRACE_SECONDS (seconds, default 10): how long a Job that completed may go
+    # without the runner's outcome appearing in its progress report before the run counts as lost.
+    outcome_grace_seconds: float = 10.0
+    # AGENTRUN_WEBHOOK_BACKOFF_SECONDS (seconds, default 2): first delay between webhook attempts;
+    # each later delay doubles, capped by AGENTRUN_WEBHOOK_BACKOFF_MAX_SECONDS (default 300).
+    webhook_backoff_seconds: float = 2.0
+    webhook_backoff_max_seconds: float = 300.0
+    # AGENTRUN_WEBHOOK_TIMEOUT_SECONDS (seconds, default 10): timeout of one webhook POST.
+    webhook_timeout_seconds: float = 10.0
+    # AGENTRUN_RETRY_DELAY_SECONDS (seconds, default 30): delay before retrying a run whose Secret
+    # or StorageClass is missing; the user is told in a condition meanwhile.
+    retry_delay_seconds: float = 30.0
+
+    @property
+    def namespaces(self) -> list[str]:
+        """What kopf watches: one namespace, or all of them."""
+        return [self.watch_namespace] if self.watch_namespace else []
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "OperatorSettings":
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        log_format = env.get("AGENTRUN_LOG_FORMAT", defaults.log_format).strip().lower()
+        if log_format not in ("text", "json"):
+            raise SettingsError(f"AGENTRUN_LOG_FORMAT must be text or json, not {log_format!r}")
+        return cls(
+            watch_namespace=env.get("AGENTRUN_WATCH_NAMESPACE", defaults.watch_namespace).strip(),
+            runner_image=env.get("AGENTRUN_RUNNER_IMAGE", "").strip() or defaults.runner_image,
+            status_min_interval_seconds=_number(
+                env, "AGENTRUN_STATUS_MIN_INTERVAL_SECONDS", defaults.status_min_interval_seconds
+            ),
+            progress_interval_seconds=_number(
+                env, "AGENTRUN_PROGRESS_INTERVAL_SECONDS", defaults.progress_interval_seconds, positive=True
+            ),
+            metrics_port=_port(env, "AGENTRUN_METRICS_PORT", defaults.metrics_port),
+            health_port=_port(env, "AGENTRUN_HEALTH_PORT", defaults.health_port),
+            log_format="json" if log_format == "json" else "text",
+            stream_base_url=env.get("AGENTRUN_STREAM_BASE_URL", "").strip().rstrip("/"),
+            deadline_grace_seconds=int(
+                _number(env, "AGENTRUN_DEADLINE_GRACE_SECONDS", defaults.deadline_grace_seconds)
+            ),
+            supervise_interval_seconds=_number(
+                env, "AGENTRUN_SUPERVISE_INTERVAL_SECONDS", defaults.supervise_interval_seconds, positive=True
+            ),
+            outcome_grace_seconds=_number(env, "AGENTRUN_OUTCOME_GRACE_SECONDS", defaults.outcome_grace_seconds),
+            webhook_backoff_seconds=_number(
+                env, "AGENTRUN_WEBHOOK_BACKOFF_SECONDS", defaults.webhook_backoff_seconds, positive=True
+            ),
+            webhook_backoff_max_seconds=_number(
+                env, "AGENTRUN_WEBHOOK_BACKOFF_MAX_SECONDS", defaults.webhook_backoff_max_seconds, positive=True
+            ),
+            webhook_timeout_seconds=_number(
+                env, "AGENTRUN_WEBHOOK_TIMEOUT_SECONDS", defaults.webhook_timeout_seconds, positive=True
+            ),
+            retry_delay_seconds=_number(
+                env, "AGENTRUN_RETRY_DELAY_SECONDS", defaults.retry_delay_seconds, positive=True
+            ),
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if value < 0 or (positive and value == 0):
+        raise SettingsError(f"{name} must be {'greater than' if positive else 'at least'} 0, not {raw!r}")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) > 65535:
+        raise SettingsError(f"{name} must be a port number from 0 to 65535, not {raw!r}")
+    return int(raw)

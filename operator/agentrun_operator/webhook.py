@@ -1,0 +1,101 @@
+"""The completion webhook: a signed POST once a run has ended, retried with exponential backoff.
+
+Signature: ``X-AgentRun-Signature: sha256=<hex>`` where hex is HMAC-SHA256, keyed with the Secret's
+value, over ``<timestamp>.<body>``; the timestamp goes in ``X-AgentRun-Timestamp`` (Unix seconds) so a
+receiver can reject old deliveries, and ``X-AgentRun-Event-Id`` is the same on every retry of one
+event so a receiver can drop duplicates.
+"""
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+import aiohttp
+
+from agentrun_api import constants
+from agentrun_api.status import AgentRunStatus
+
+SIGNATURE_HEADER: Final = "X-AgentRun-Signature"
+EVENT_ID_HEADER: Final = "X-AgentRun-Event-Id"
+TIMESTAMP_HEADER: Final = "X-AgentRun-Timestamp"
+EVENT_TYPE: Final = "agentrun.finished"
+
+
+def sign(key: bytes, timestamp: int, body: bytes) -> str:
+    """The signature header value for one delivery."""
+    digest = hmac.new(key, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def verify(key: bytes, timestamp: str, body: bytes, signature: str) -> bool:
+    """What a receiver does: recompute and compare in constant time."""
+    return hmac.compare_digest(sign(key, int(timestamp), body), signature)
+
+
+def event_id(run_uid: str, phase: str) -> str:
+    """Stable across retries and operator restarts: one run ends once."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{constants.GROUP}/{run_uid}/{phase}"))
+
+
+def payload(namespace: str, name: str, uid: str, status: AgentRunStatus, the_event_id: str) -> bytes:
+    result = status.result
+    document: dict[str, Any] = {
+        "type": EVENT_TYPE,
+        "id": the_event_id,
+        "run": {"namespace": namespace, "name": name, "uid": uid},
+        "phase": status.phase.value if status.phase else "",
+        "reason": status.reason,
+        "message": status.message,
+        "iteration": status.iteration,
+        "restarts": status.restarts,
+        "usage": status.usage.model_dump(mode="json", by_alias=True),
+        "completionTime": status.completion_time.isoformat() if status.completion_time else None,
+        "result": result.model_dump(mode="json", by_alias=True) if result else None,
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def backoff_seconds(attempt: int, *, base: float, cap: float) -> float:
+    """Delay before attempt number ``attempt + 1``: base, 2 x base, 4 x base ... up to cap."""
+    return float(min(cap, base * (2 ** max(attempt - 1, 0))))
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveryResult:
+    ok: bool
+    error: str = ""
+
+
+async def deliver(
+    session: aiohttp.ClientSession,
+    url: str,
+    key: bytes,
+    body: bytes,
+    the_event_id: str,
+    *,
+    now: datetime,
+    timeout_seconds: float,
+) -> DeliveryResult:
+    """One attempt. Any 2xx is delivered; anything else is an error to retry."""
+    timestamp = int(now.timestamp())
+    headers: Mapping[str, str] = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: sign(key, timestamp, body),
+        EVENT_ID_HEADER: the_event_id,
+        TIMESTAMP_HEADER: str(timestamp),
+        "User-Agent": "agentrun-operator",
+    }
+    try:
+        async with session.post(
+            url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_seconds)
+        ) as response:
+            if 200 <= response.status < 300:
+                return DeliveryResult(ok=True)
+            return DeliveryResult(ok=False, error=f"HTTP {response.status} from the webhook URL")
+    except (aiohttp.ClientError, TimeoutError) as error:
+        return DeliveryResult(ok=False, error=f"{type(error).__name__} posting to the webhook URL")

@@ -1,0 +1,296 @@
+"""The whole path on one machine: emulated API server, the real operator, the local Job executor, a model.
+
+    async with LocalCluster(tmp_path) as cluster:
+        cluster.kubeconfig_path      # for kubectl, the kubernetes client, kopf
+        cluster.model.base_url       # the scripted model server, or a real endpoint (see below)
+        cluster.executor             # LocalJobExecutor: pods as local processes, chaos helpers
+        await cluster.operator.restart()   # or .kill() for a crash; .log() for its output
+
+The API server is the project's emulator with the CRD from ``crds/``; the operator runs as a child
+process (``python -m agentrun_operator``) with short intervals; runner pods run the working tree's
+``python -m agentrun_runner`` under the executor, and their logs are served at ``pods/<pod>/log``.
+The model is the scripted OpenAI-compatible server unless both ``OPENAI_API_KEY`` and
+``OPENAI_BASE_URL`` are set, in which case runs use that real endpoint (model ``OPENAI_MODEL``).
+
+One command: ``python -m tests.harness.local_cluster --state-dir DIR`` starts everything, prints the
+kubeconfig path and model URL, and runs until interrupted (``make local-cluster``).
+"""
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiohttp
+
+from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.executor import ExecutorPodLogs, ExecutorSettings, LocalJobExecutor
+from tests.harness.executor.kube import ApiError, KubeClient, namespaced_path
+from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, research_script
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRD_PATHS = sorted((REPO_ROOT / "crds").glob("*.yaml"))
+SOURCE_ROOTS = [REPO_ROOT / "api", REPO_ROOT / "operator", REPO_ROOT / "runner_image", REPO_ROOT]
+SCRIPTED_API_KEY = "scripted-model-key"  # the scripted server accepts any key; runs still need a Secret
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, for servers that cannot be told to take port 0."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _python_path() -> str:
+    return os.pathsep.join(str(root) for root in SOURCE_ROOTS)
+
+
+@dataclass(frozen=True)
+class ModelEndpoint:
+    """Where runs send model calls."""
+
+    base_url: str
+    api_key: str
+    model: str  # the model name runs ask for (OPENAI_MODEL for a real endpoint, default gpt-4.1-mini)
+    real: bool  # a real endpoint from OPENAI_BASE_URL/OPENAI_API_KEY, not the scripted server
+
+
+@dataclass(frozen=True)
+class OperatorTimings:
+    """Operator settings for a local cluster: every interval short, so tests see changes in seconds."""
+
+    status_min_interval_seconds: float = 0.2
+    """AGENTRUN_STATUS_MIN_INTERVAL_SECONDS (default 0.2; product default 2)."""
+    progress_interval_seconds: float = 0.5
+    """AGENTRUN_PROGRESS_INTERVAL_SECONDS (default 0.5; product default 2)."""
+    supervise_interval_seconds: float = 0.5
+    """AGENTRUN_SUPERVISE_INTERVAL_SECONDS (default 0.5; product default 5)."""
+    outcome_grace_seconds: float = 2.0
+    """AGENTRUN_OUTCOME_GRACE_SECONDS (default 2; product default 10)."""
+    retry_delay_seconds: float = 1.0
+    """AGENTRUN_RETRY_DELAY_SECONDS (default 1; product default 30)."""
+    deadline_grace_seconds: int = 5
+    """AGENTRUN_DEADLINE_GRACE_SECONDS (default 5; product default 60)."""
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AGENTRUN_STATUS_MIN_INTERVAL_SECONDS": str(self.status_min_interval_seconds),
+            "AGENTRUN_PROGRESS_INTERVAL_SECONDS": str(self.progress_interval_seconds),
+            "AGENTRUN_SUPERVISE_INTERVAL_SECONDS": str(self.supervise_interval_seconds),
+            "AGENTRUN_OUTCOME_GRACE_SECONDS": str(self.outcome_grace_seconds),
+            "AGENTRUN_RETRY_DELAY_SECONDS": str(self.retry_delay_seconds),
+            "AGENTRUN_DEADLINE_GRACE_SECONDS": str(self.deadline_grace_seconds),
+        }
+
+
+class OperatorProcess:
+    """The real operator as a child process: start, wait until /healthz answers, stop, kill, restart."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, *, startup_timeout_seconds: float = 30.0) -> None:
+        self.health_port = free_port()
+        self.metrics_port = free_port()
+        self._env = {
+            **env,
+            "AGENTRUN_HEALTH_PORT": str(self.health_port),
+            "AGENTRUN_METRICS_PORT": str(self.metrics_port),
+        }
+        self.log_path = log_path
+        self._startup_timeout = startup_timeout_seconds
+        self.process: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    async def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "agentrun_operator",
+                env=self._env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.starts += 1
+        await self._wait_healthy()
+
+    async def _wait_healthy(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._startup_timeout
+        url = f"http://127.0.0.1:{self.health_port}/healthz"
+        async with aiohttp.ClientSession() as session:
+            while loop.time() < deadline:
+                if self.process is None or self.process.returncode is not None:
+                    raise RuntimeError(f"the operator exited during startup:\n{self.log()[-3000:]}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"the operator did not answer {url} within {self._startup_timeout}s:\n{self.log()[-3000:]}")
+
+    async def stop(self, grace_seconds: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after the grace period, as a Deployment rollout would."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return None if process is None else process.returncode
+        process.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(process.wait(), grace_seconds)
+        except TimeoutError:
+            return await self.kill()
+
+    async def kill(self) -> int | None:
+        """SIGKILL: the operator crashes with no chance to clean up."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return None if process is None else process.returncode
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return await process.wait()
+
+    async def restart(self, *, crash: bool = False) -> None:
+        await (self.kill() if crash else self.stop())
+        await self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class LocalCluster:
+    """Everything a run needs, on one machine. See the module docstring."""
+
+    state_dir: Path
+    namespace: str = "default"
+    model_script: Script | None = None
+    """The scripted model server's script (default: the runner helper's research script)."""
+    timings: OperatorTimings = field(default_factory=OperatorTimings)
+    operator_env: Mapping[str, str] = field(default_factory=dict)
+    """Extra operator env vars, over the timings."""
+    runner_env: Mapping[str, str] = field(
+        default_factory=lambda: {
+            # Runner pods end 1 s after their outcome, not 30 s (the stream's linger for reconnecting readers).
+            "AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "1",
+            # Pods have no network of their own: their stream servers listen on loopback only.
+            "AGENTRUN_RUNNER_STREAM_HOST": "127.0.0.1",
+        }
+    )
+    """Env every container gets from the executor (the runner reads AGENTRUN_RUNNER_* settings)."""
+    executor_settings: ExecutorSettings | None = None
+    start_operator: bool = True
+
+    apiserver: EmulatedApiServer = field(init=False)
+    executor: LocalJobExecutor = field(init=False)
+    operator: OperatorProcess = field(init=False)
+    model: ModelEndpoint = field(init=False)
+    model_server: ModelServer | None = field(init=False, default=None)
+    _stack: contextlib.AsyncExitStack = field(init=False, default_factory=contextlib.AsyncExitStack)
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        return self.apiserver.kubeconfig_path
+
+    async def __aenter__(self) -> Self:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        self.apiserver = await self._stack.enter_async_context(EmulatedApiServer(CRD_PATHS))
+        await self._ensure_namespace()
+        self.model = await self._start_model()
+        base_env = dict(ExecutorSettings().base_env)
+        base_env.update({"PYTHONPATH": _python_path(), **self.runner_env})
+        shared = (*ExecutorSettings().shared_host_paths, *(str(root) for root in SOURCE_ROOTS))
+        settings = self.executor_settings or ExecutorSettings(base_env=base_env, shared_host_paths=shared)
+        self.executor = await self._stack.enter_async_context(
+            LocalJobExecutor(
+                self.kubeconfig_path, self.namespace, state_dir=self.state_dir / "executor", settings=settings
+            )
+        )
+        # The hook is typed as a dict but only read with .get(): a live view of the log files serves it.
+        self.apiserver.handler.pod_logs = ExecutorPodLogs(self.executor)  # type: ignore[assignment]
+        env = {
+            **ExecutorSettings().base_env,
+            "PYTHONPATH": _python_path(),
+            "KUBECONFIG": str(self.kubeconfig_path),
+            "AGENTRUN_WATCH_NAMESPACE": self.namespace,
+            **self.timings.env(),
+            **self.operator_env,
+        }
+        self.operator = OperatorProcess(env, self.state_dir / "operator.log")
+        self._stack.push_async_callback(self.operator.stop)
+        if self.start_operator:
+            await self.operator.start()
+
+    async def _ensure_namespace(self) -> None:
+        async with KubeClient(str(self.kubeconfig_path)) as kube:
+            if await kube.get(f"/api/v1/namespaces/{self.namespace}") is None:
+                body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
+                with contextlib.suppress(ApiError):
+                    await kube.create("/api/v1/namespaces", body)
+
+    async def _start_model(self) -> ModelEndpoint:
+        real_key, real_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
+        if real_key and real_url:
+            return ModelEndpoint(real_url, real_key, os.environ.get("OPENAI_MODEL", "gpt-4.1-mini"), real=True)
+        self.model_server = await self._stack.enter_async_context(ModelServer(self.model_script or research_script()))
+        return ModelEndpoint(self.model_server.base_url, SCRIPTED_API_KEY, DEFAULT_MODEL, real=False)
+
+    async def create_model_secret(self, name: str = "model-api-key", key: str = "api-key") -> None:
+        """The Secret a run's spec.model.apiKeySecretRef points at, holding the model's API key."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "stringData": {key: self.model.api_key},
+        }
+        async with KubeClient(str(self.kubeconfig_path)) as kube:
+            await kube.create(namespaced_path("v1", "secrets", self.namespace), body)
+
+
+async def _serve(state_dir: Path, namespace: str) -> None:
+    async with LocalCluster(state_dir, namespace=namespace) as cluster:
+        print(f"KUBECONFIG={cluster.kubeconfig_path}", flush=True)
+        print(f"model: {cluster.model.base_url} ({'real' if cluster.model.real else 'scripted'})", flush=True)
+        print(f"operator log: {cluster.operator.log_path}; metrics: {cluster.operator.metrics_url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the whole agentrun path on this machine until interrupted.")
+    parser.add_argument("--state-dir", type=Path, required=True, help="where pods, logs and claims live")
+    parser.add_argument("--namespace", default="default")
+    args = parser.parse_args()
+    asyncio.run(_serve(args.state_dir, args.namespace))
+
+
+if __name__ == "__main__":
+    main()

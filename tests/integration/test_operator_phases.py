@@ -1,0 +1,226 @@
+"""Every phase transition, driven by Job and pod status and the runner's progress reports."""
+
+from typing import Any
+
+import pytest
+
+from agentrun_api import conditions as c
+from tests.harness.apiserver import EmulatedApiServer
+from tests.integration.operator_harness import (
+    Cluster,
+    ShiftableClock,
+    eventually,
+    run_manifest,
+    running_operator,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def started(cluster: Cluster, **spec: Any) -> str:
+    cluster.add_api_key_secret()
+    cluster.create(run_manifest(**spec))
+    await eventually(lambda: cluster.get("Job", "q3-runner"), message="the Job")
+    pod = cluster.start_pod()
+    await eventually(lambda: cluster.status().get("phase") == "Running", message="phase Running")
+    return pod
+
+
+def phase_and_reason(cluster: Cluster) -> tuple[str, str]:
+    status = cluster.status()
+    return status.get("phase", ""), status.get("reason", "")
+
+
+async def test_job_deadline_ends_the_run_timed_out(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    async with running_operator(apiserver):
+        await started(cluster)
+        cluster.patch(
+            "Job",
+            "q3-runner",
+            {
+                "status": {
+                    "active": 0,
+                    "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}],
+                }
+            },
+            status=True,
+        )
+        await eventually(lambda: phase_and_reason(cluster) == ("TimedOut", c.REASON_DEADLINE_EXCEEDED))
+        failed = cluster.condition(c.FAILED)
+        assert failed is not None
+        assert (failed["status"], failed["reason"]) == ("True", c.REASON_DEADLINE_EXCEEDED)
+
+
+async def test_crashed_pod_counts_a_restart_and_the_resumed_runner_is_announced(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    async with running_operator(apiserver):
+        pod = await started(cluster)
+        cluster.report(
+            iteration=5, pod=pod, lastCheckpoint={"iteration": 5, "time": "2026-01-01T00:00:00Z", "bytes": 100}
+        )
+        await eventually(lambda: cluster.status().get("iteration") == 5)
+        cluster.fail_pod(pod)
+        await eventually(lambda: cluster.status().get("restarts") == 1, message="one restart")
+        second = cluster.start_pod(suffix="b")
+        cluster.report(iteration=6, pod=second, resumedFromIteration=5)
+        await eventually(lambda: cluster.status().get("iteration") == 6)
+        await eventually(lambda: {"Restarted", c.REASON_RESUMED, "Checkpointed"} <= set(cluster.event_reasons()))
+        assert cluster.status()["phase"] == "Running"
+
+
+async def test_backoff_limit_reached_fails_the_run(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    async with running_operator(apiserver):
+        await started(cluster)
+        cluster.patch(
+            "Job",
+            "q3-runner",
+            {
+                "status": {
+                    "failed": 4,
+                    "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}],
+                }
+            },
+            status=True,
+        )
+        await eventually(lambda: phase_and_reason(cluster) == ("Failed", c.REASON_BACKOFF_LIMIT))
+
+
+async def test_runner_exit_with_invalid_config_fails_the_run_as_invalid_spec(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    async with running_operator(apiserver):
+        pod = await started(cluster)
+        cluster.fail_pod(pod, exit_code=3)
+        cluster.patch(
+            "Job",
+            "q3-runner",
+            {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}},
+            status=True,
+        )
+        await eventually(lambda: phase_and_reason(cluster) == ("Failed", c.REASON_INVALID_SPEC))
+
+
+async def test_silent_runner_is_restarted_then_the_run_fails_progress_deadline_exceeded(
+    apiserver: EmulatedApiServer,
+) -> None:
+    cluster = Cluster(apiserver)
+    clock = ShiftableClock()
+    async with running_operator(apiserver, clock=clock):
+        pod = await started(cluster, progressDeadline="60s", retries={"maxRestarts": 1})
+        cluster.report(iteration=2, pod=pod)
+        await eventually(lambda: cluster.status().get("iteration") == 2)
+        clock.advance(61)
+        await eventually(lambda: cluster.get("Pod", pod) is None, message="the silent pod deleted")
+        await eventually(lambda: c.REASON_NO_PROGRESS in cluster.event_reasons())
+        # The Job controller counts the replaced pod and starts another, which stays silent too.
+        cluster.patch("Job", "q3-runner", {"status": {"failed": 1, "active": 0}}, status=True)
+        second = cluster.start_pod(suffix="b")
+        await eventually(lambda: cluster.status().get("restarts") == 1)
+        assert cluster.get("Pod", second) is not None
+        clock.advance(61)
+        await eventually(lambda: phase_and_reason(cluster) == ("Failed", c.REASON_NO_PROGRESS))
+        job = cluster.get("Job", "q3-runner")
+        assert job is not None
+        assert job["spec"]["suspend"] is True  # the runner was stopped
+
+
+async def test_lost_job_is_recreated_while_restarts_remain(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    clock = ShiftableClock()
+    async with running_operator(apiserver, clock=clock):
+        await started(cluster, retries={"maxRestarts": 1})
+        first_uid = cluster.get("Job", "q3-runner")["metadata"]["uid"]  # type: ignore[index]
+        cluster.delete("Job", "q3-runner")
+        recreated = await eventually(
+            lambda: (
+                (job := cluster.get("Job", "q3-runner")) is not None and job["metadata"]["uid"] != first_uid and job
+            ),
+            message="a new Job",
+        )
+        assert recreated["metadata"]["annotations"]["agentrun.dev/restarts-before"] == "1"
+        await eventually(lambda: cluster.status().get("restarts") == 1)
+        cluster.delete("Job", "q3-runner")
+        await eventually(lambda: phase_and_reason(cluster) == ("Failed", c.REASON_RUNNER_LOST))
+
+
+async def test_operator_stops_a_run_over_its_token_budget_and_keeps_the_result(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    async with running_operator(apiserver):
+        pod = await started(cluster, tokenBudget=1000)
+        cluster.report(
+            iteration=8,
+            pod=pod,
+            usage={"promptTokens": 900, "completionTokens": 300, "totalTokens": 1200},
+            result={"summary": "partial answer", "ref": "configmap/q3-ckpt-0#result", "bytes": 14},
+        )
+        await eventually(lambda: phase_and_reason(cluster) == ("Failed", c.REASON_TOKEN_BUDGET))
+        assert cluster.status()["result"]["summary"] == "partial answer"
+        assert cluster.get("Job", "q3-runner")["spec"]["suspend"] is True  # type: ignore[index]
+
+
+async def test_suspend_pauses_resume_continues_and_cancel_ends_cancelled(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    async with running_operator(apiserver):
+        pod = await started(cluster)
+        cluster.patch("AgentRun", "q3", {"spec": {"suspend": True}})
+        await eventually(lambda: cluster.status().get("phase") == "Suspended")
+        await eventually(lambda: cluster.get("Job", "q3-runner")["spec"]["suspend"] is True)  # type: ignore[index]
+        # The Job controller deletes the suspended Job's pods.
+        cluster.delete("Pod", pod)
+        cluster.patch("Job", "q3-runner", {"status": {"active": 0}}, status=True)
+
+        cluster.patch("AgentRun", "q3", {"spec": {"suspend": False}})
+        await eventually(lambda: cluster.get("Job", "q3-runner")["spec"]["suspend"] is False)  # type: ignore[index]
+        await eventually(lambda: cluster.status().get("phase") == "Pending")
+        cluster.start_pod(suffix="b")
+        await eventually(lambda: cluster.status().get("phase") == "Running")
+        await eventually(lambda: {c.REASON_SUSPENDED, c.REASON_RESUMED} <= set(cluster.event_reasons()))
+
+        cluster.patch("AgentRun", "q3", {"spec": {"cancel": True}})
+        await eventually(lambda: phase_and_reason(cluster) == ("Cancelled", c.REASON_CANCELLED))
+        await eventually(lambda: cluster.get("Job", "q3-runner")["spec"]["suspend"] is True)  # type: ignore[index]
+        failed = cluster.condition(c.FAILED)
+        assert failed is not None
+        assert failed["reason"] == c.REASON_CANCELLED
+
+
+async def test_deleting_the_run_removes_all_its_children(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    async with running_operator(apiserver):
+        pod = await started(cluster)
+        cluster.delete("AgentRun", "q3")
+        await eventually(lambda: cluster.get("AgentRun", "q3") is None, message="the AgentRun gone")
+        for kind, name in [
+            ("Job", "q3-runner"),
+            ("Pod", pod),
+            ("ConfigMap", "q3-runner-config"),
+            ("ConfigMap", "q3-progress"),
+            ("Secret", "q3-stream-token"),
+            ("Role", "q3-runner"),
+            ("Service", "q3-stream"),
+        ]:
+            await eventually(
+                lambda kind=kind, name=name: cluster.get(kind, name) is None, message=f"{kind}/{name} gone"
+            )
+
+
+async def test_ttl_removes_job_and_pods_but_keeps_the_run_and_its_result(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    clock = ShiftableClock()
+    async with running_operator(apiserver, clock=clock):
+        pod = await started(cluster, ttlSecondsAfterFinished=600)
+        cluster.report(
+            iteration=3,
+            pod=pod,
+            outcome="Succeeded",
+            result={"summary": "done", "ref": "configmap/q3-ckpt-0#result", "bytes": 4},
+        )
+        await eventually(lambda: cluster.status().get("phase") == "Succeeded")
+        assert cluster.get("Job", "q3-runner") is not None
+        clock.advance(601)
+        await eventually(lambda: cluster.get("Job", "q3-runner") is None, message="the Job deleted")
+        await eventually(lambda: cluster.get("Pod", pod) is None, message="its pod deleted")
+        assert cluster.status()["phase"] == "Succeeded"
+        assert cluster.status()["result"]["summary"] == "done"
+        assert cluster.get("ConfigMap", "q3-progress") is not None

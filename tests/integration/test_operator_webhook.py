@@ -1,0 +1,145 @@
+"""The completion webhook: delivered after the end, retried with backoff, signed, recorded apart from the phase."""
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from agentrun_api import conditions as c
+from agentrun_operator import webhook
+from tests.harness.apiserver import EmulatedApiServer
+from tests.integration.operator_harness import Cluster, eventually, run_manifest, running_operator
+
+pytestmark = pytest.mark.integration
+
+SIGNING_KEY = b"whsec-integration-test"
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that fails the first `failures` deliveries with 503."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.deliveries: list[dict[str, Any]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.deliveries.append({"headers": dict(request.headers), "body": body})
+        if len(self.deliveries) <= self.failures:
+            return web.Response(status=503)
+        return web.Response(status=204)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    hook = Receiver(failures=2)
+    app = web.Application()
+    app.router.add_post("/hooks/agentrun", hook.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield hook, f"http://127.0.0.1:{port}/hooks/agentrun"
+    finally:
+        await runner.cleanup()
+
+
+async def test_webhook_is_retried_until_delivered_and_every_attempt_is_signed(
+    apiserver: EmulatedApiServer, receiver: tuple[Receiver, str]
+) -> None:
+    hook, url = receiver
+    cluster = Cluster(apiserver)
+    cluster.add_api_key_secret()
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "hook-key"},
+            "stringData": {"key": SIGNING_KEY.decode()},
+        }
+    )
+    async with running_operator(apiserver):
+        cluster.create(
+            run_manifest(
+                completionWebhook={
+                    "url": url,
+                    "signingKeySecretRef": {"name": "hook-key", "key": "key"},
+                    "maxAttempts": 4,
+                }
+            )
+        )
+        await eventually(lambda: cluster.get("Job", "q3-runner"))
+        pod = cluster.start_pod()
+        cluster.report(
+            iteration=4,
+            pod=pod,
+            outcome="Succeeded",
+            result={"summary": "done", "ref": "configmap/q3-ckpt-0#result", "bytes": 4},
+        )
+        await eventually(lambda: (cluster.status().get("notification") or {}).get("delivered"), message="delivered")
+
+    notification = cluster.status()["notification"]
+    assert notification["attempts"] == 3
+    assert cluster.status()["phase"] == "Succeeded"
+    notified = cluster.condition(c.NOTIFIED)
+    assert notified is not None
+    assert (notified["status"], notified["reason"]) == ("True", c.REASON_DELIVERED)
+    assert len(hook.deliveries) == 3
+    event_ids = {d["headers"][webhook.EVENT_ID_HEADER] for d in hook.deliveries}
+    assert event_ids == {notification["eventId"]}
+    for delivery in hook.deliveries:
+        headers = delivery["headers"]
+        assert webhook.verify(
+            SIGNING_KEY, headers[webhook.TIMESTAMP_HEADER], delivery["body"], headers[webhook.SIGNATURE_HEADER]
+        )
+        assert not webhook.verify(
+            b"wrong-key", headers[webhook.TIMESTAMP_HEADER], delivery["body"], headers[webhook.SIGNATURE_HEADER]
+        )
+    document = json.loads(hook.deliveries[-1]["body"])
+    assert (document["phase"], document["run"]["name"], document["result"]["summary"]) == ("Succeeded", "q3", "done")
+    assert SIGNING_KEY.decode() not in json.dumps(cluster.run())
+
+
+async def test_webhook_gives_up_after_max_attempts_without_touching_the_phase(
+    apiserver: EmulatedApiServer, receiver: tuple[Receiver, str]
+) -> None:
+    hook, url = receiver
+    hook.failures = 100
+    cluster = Cluster(apiserver)
+    cluster.add_api_key_secret()
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "hook-key"},
+            "stringData": {"key": SIGNING_KEY.decode()},
+        }
+    )
+    async with running_operator(apiserver):
+        cluster.create(
+            run_manifest(
+                completionWebhook={
+                    "url": url,
+                    "signingKeySecretRef": {"name": "hook-key", "key": "key"},
+                    "maxAttempts": 2,
+                }
+            )
+        )
+        await eventually(lambda: cluster.get("Job", "q3-runner"))
+        pod = cluster.start_pod()
+        cluster.report(iteration=1, pod=pod, outcome="ModelRequestRejected")
+        await eventually(lambda: (cluster.status().get("notification") or {}).get("attempts") == 2)
+        await eventually(lambda: c.REASON_DELIVERY_FAILED in cluster.event_reasons())
+
+    assert len(hook.deliveries) == 2
+    status = cluster.status()
+    assert (status["phase"], status["reason"]) == ("Failed", c.REASON_MODEL_REJECTED)
+    assert status["notification"]["delivered"] is False
+    assert "HTTP 503" in status["notification"]["lastError"]
+    notified = cluster.condition(c.NOTIFIED)
+    assert notified is not None
+    assert notified["status"] == "False"

@@ -1,0 +1,56 @@
+"""OperatorSettings from environment variables: defaults, parsing and errors that name the variable."""
+
+import pytest
+
+from agentrun_operator.settings import DEFAULT_RUNNER_IMAGE, OperatorSettings, SettingsError
+
+pytestmark = pytest.mark.unit
+
+
+def test_empty_environment_gives_the_documented_defaults() -> None:
+    settings = OperatorSettings.from_env({})
+    assert settings == OperatorSettings()
+    assert settings.runner_image == DEFAULT_RUNNER_IMAGE
+    assert (settings.status_min_interval_seconds, settings.progress_interval_seconds) == (2.0, 2.0)
+    assert (settings.metrics_port, settings.health_port, settings.deadline_grace_seconds) == (8000, 8081, 60)
+    assert settings.namespaces == []
+
+
+def test_every_named_variable_is_read() -> None:
+    settings = OperatorSettings.from_env(
+        {
+            "AGENTRUN_WATCH_NAMESPACE": "agents",
+            "AGENTRUN_RUNNER_IMAGE": "registry.example/runner:2",
+            "AGENTRUN_STATUS_MIN_INTERVAL_SECONDS": "0.5",
+            "AGENTRUN_PROGRESS_INTERVAL_SECONDS": "1",
+            "AGENTRUN_METRICS_PORT": "9100",
+            "AGENTRUN_HEALTH_PORT": "0",
+            "AGENTRUN_LOG_FORMAT": "JSON",
+            "AGENTRUN_STREAM_BASE_URL": "https://agents.example.com/",
+            "AGENTRUN_DEADLINE_GRACE_SECONDS": "90",
+        }
+    )
+    assert settings.namespaces == ["agents"]
+    assert settings.runner_image == "registry.example/runner:2"
+    assert settings.status_min_interval_seconds == 0.5
+    assert settings.progress_interval_seconds == 1.0
+    assert (settings.metrics_port, settings.health_port) == (9100, 0)
+    assert settings.log_format == "json"
+    assert settings.stream_base_url == "https://agents.example.com"
+    assert settings.deadline_grace_seconds == 90
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AGENTRUN_STATUS_MIN_INTERVAL_SECONDS", "fast"),
+        ("AGENTRUN_PROGRESS_INTERVAL_SECONDS", "0"),
+        ("AGENTRUN_METRICS_PORT", "70000"),
+        ("AGENTRUN_HEALTH_PORT", "-1"),
+        ("AGENTRUN_LOG_FORMAT", "xml"),
+        ("AGENTRUN_DEADLINE_GRACE_SECONDS", "-5"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        OperatorSettings.from_env({name: value})
