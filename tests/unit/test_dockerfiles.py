@@ -1,5 +1,6 @@
 """The images' Dockerfiles: linted by hadolint, multi-stage, pinned, non-root, with the entrypoints tests run."""
 
+import importlib.util
 import json
 import re
 import shutil
@@ -81,6 +82,7 @@ def test_image_is_multi_stage_on_a_pinned_base_and_runs_as_non_root(dockerfile: 
 def test_operator_entrypoint_is_the_module_tests_run() -> None:
     (entrypoint,) = [arg for op, arg in final_stage(OPERATOR_DOCKERFILE) if op == "ENTRYPOINT"]
     assert json.loads(entrypoint) == ["python", "-m", "agentrun_operator"]
+    assert importlib.util.find_spec("agentrun_operator.__main__") is not None
 
 
 def test_operator_image_user_and_ports_match_the_chart() -> None:

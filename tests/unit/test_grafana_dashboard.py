@@ -1,29 +1,36 @@
 """The Grafana dashboard queries only metrics the operator exports, under the names Prometheus scrapes."""
 
+import dataclasses
 import json
 import re
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from agentrun_operator.metrics import Metrics
 from tests.harness.chart import CHART_DIR, find, render_objects
 
 pytestmark = pytest.mark.unit
 
 DASHBOARD = json.loads((CHART_DIR / "files" / "grafana-dashboard.json").read_text())
 
-# The operator's metrics as the brief fixes them: (name, type, labels). NOTE: once agentrun_operator.metrics is in
-# main, this list is replaced by the families of its registry (Metrics.create().registry).
-OPERATOR_METRICS: list[tuple[str, str, set[str]]] = [
-    ("agentrun_runs", "gauge", {"phase"}),
-    ("agentrun_run_duration_seconds", "histogram", set()),
-    ("agentrun_run_iterations", "histogram", set()),
-    ("agentrun_restarts_total", "counter", set()),
-    ("agentrun_resumes_total", "counter", set()),
-    ("agentrun_reconcile_errors_total", "counter", {"handler"}),
-    ("agentrun_status_writes_total", "counter", set()),
-    ("agentrun_queue_wait_seconds", "histogram", set()),
-]
+
+def exported_metrics() -> list[tuple[str, str, set[str]]]:
+    """(name, type, label names) of every metric the operator's Metrics registers. Label names come from the
+    collector itself (prometheus-client has no public accessor), since a labelled metric has no samples yet."""
+    metrics = Metrics.create()
+    exported = []
+    for field in dataclasses.fields(metrics):
+        collector = getattr(metrics, field.name)
+        if isinstance(collector, CollectorRegistry):
+            continue
+        (family,) = collector.describe()
+        exported.append((family.name, family.type, set(collector._labelnames)))
+    return exported
+
+
+OPERATOR_METRICS = exported_metrics()
 # PromQL words that are not metric names.
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "le", "without", "on", "ignoring"}
 
@@ -36,6 +43,8 @@ def scraped_series(metrics: list[tuple[str, str, set[str]]]) -> dict[str, set[st
             series[f"{name}_bucket"] = labels | {"le"}
             series[f"{name}_sum"] = labels
             series[f"{name}_count"] = labels
+        elif kind == "counter":  # prometheus-client names the family without the _total its samples carry
+            series[f"{name}_total"] = labels
         else:
             series[name] = labels
     return series
