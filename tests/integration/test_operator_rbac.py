@@ -17,7 +17,7 @@ from tests.integration.operator_harness import Cluster, ShiftableClock, eventual
 
 pytestmark = pytest.mark.integration
 
-# Grants this scenario does not reach, and why the operator holds them anyway.
+# Grants this scenario need not reach (retries under load may reach some), and why the operator holds them.
 NOT_REACHED_HERE = {
     ("batch", "jobs", "get"): "adopting a Job after a 409 on create (a second reconcile of the same run)",
     ("", "configmaps", "get"): "adopting a ConfigMap after a 409 on create",
@@ -109,5 +109,4 @@ async def test_runs_need_nothing_beyond_the_clusterwide_rules_and_use_the_rest(a
     grants = {(rule.api_group, resource, verb) for rule in rules for resource in rule.resources for verb in rule.verbs}
     unexplained = sorted(grants - used - set(NOT_REACHED_HERE))
     assert unexplained == [], f"granted, never used, and not explained in NOT_REACHED_HERE: {unexplained}"
-    assert not set(NOT_REACHED_HERE) & used, "an entry of NOT_REACHED_HERE is reached now: drop it from the list"
     assert set(NOT_REACHED_HERE) <= grants, "NOT_REACHED_HERE names a grant the rules no longer hold"
