@@ -78,7 +78,7 @@ def banner(cluster_model_real: bool | None) -> None:
     model = (
         "a real OpenAI-compatible endpoint (OPENAI_BASE_URL)"
         if cluster_model_real
-        else "the model: a scripted OpenAI-compatible server on 127.0.0.1 (10 answers, 1.5 s each)"
+        else f"the model: a scripted OpenAI-compatible server on 127.0.0.1 ({STEPS} answers, {ANSWER_DELAY_SECONDS:g} s each)"
     )
     say("agentrun-operator demo: examples/minimal.yaml from Pending to Succeeded, with a runner killed on the way")
     say()
@@ -110,7 +110,12 @@ class Kubectl:
     kubeconfig: Path
 
     def _env(self) -> dict[str, str]:
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        # This Python's bin directory first, so kubectl finds the project's plugin (kubectl-agentrun) there.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path}
+
+    def has_plugin(self, name: str) -> bool:
+        return shutil.which(f"kubectl-{name}", path=self._env()["PATH"]) is not None
 
     async def run(self, *args: str, stdin: bytes | None = None, shown_as: str = "", show_output: bool = True) -> str:
         say(f"  $ {shown_as or 'kubectl ' + ' '.join(args)}")
@@ -382,7 +387,10 @@ class Demo:
         say(f"  status.result.summary: {result.get('summary', '')}")
         say(f"  status.result.ref:     {result.get('ref', '')} ({result.get('bytes', 0)} bytes)")
         ref = str(result.get("ref", ""))
-        if ref.startswith("configmap/") and "#" in ref:
+        if self.kubectl.has_plugin("agentrun"):
+            say("  The full result, through the project's kubectl plugin (it reads the checkpoint store):")
+            await self.kubectl.run("agentrun", "result", RUN)
+        elif ref.startswith("configmap/") and "#" in ref:
             name, key = ref.removeprefix("configmap/").split("#", 1)
             say("  The full result, from the checkpoint store:")
             await self.kubectl.run("get", "configmap", name, "-o", f"jsonpath={{.data.{key}}}")
@@ -403,18 +411,22 @@ async def _async_value(value: T | None) -> T | None:
     return value
 
 
-async def demo(state_dir: Path) -> None:
-    started = time.monotonic()
+def preflight() -> Path:
+    """What the demo needs from this machine, checked before anything starts; kubectl's path."""
     binary = kubectl_binary()
     try:
-        await asyncio.to_thread(check_mount_namespaces)
+        check_mount_namespaces()
     except MountNamespaceUnavailableError as error:
         raise DemoError(
             f"{error}.\nThe demo runs runner pods as local processes in private mount namespaces, which needs "
             "root (or CAP_SYS_ADMIN) and util-linux `unshare`: run it as root, e.g. `sudo make demo`, or in a "
             "container started with --privileged."
         ) from None
+    return binary
 
+
+async def demo(state_dir: Path, binary: Path) -> None:
+    started = time.monotonic()
     section("Starting the local cluster")
     script = stepwise_script(STEPS, delay=ANSWER_DELAY_SECONDS)
     async with LocalCluster(state_dir, namespace=NAMESPACE, model_script=script) as cluster:
@@ -461,9 +473,14 @@ async def demo(state_dir: Path) -> None:
 
 def main() -> int:
     banner(bool(os.environ.get("OPENAI_API_KEY") and os.environ.get("OPENAI_BASE_URL")))
+    try:
+        binary = preflight()
+    except DemoError as error:
+        say(f"\ndemo FAILED: {error}")
+        return 1
     state_dir = Path(tempfile.mkdtemp(prefix="agentrun-demo-"))
     try:
-        asyncio.run(demo(state_dir))
+        asyncio.run(demo(state_dir, binary))
     except DemoError as error:
         say(f"\ndemo FAILED: {error}")
         say(f"logs kept in {state_dir} (operator.log, executor/logs/)")
