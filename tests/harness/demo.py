@@ -427,6 +427,10 @@ def preflight() -> Path:
 
 async def demo(state_dir: Path, binary: Path) -> None:
     started = time.monotonic()
+    # SIGTERM stops the demo as Ctrl-C does: cancelled, every process it started is stopped on the way out.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     section("Starting the local cluster")
     script = stepwise_script(STEPS, delay=ANSWER_DELAY_SECONDS)
     async with LocalCluster(state_dir, namespace=NAMESPACE, model_script=script) as cluster:
@@ -463,12 +467,12 @@ async def demo(state_dir: Path, binary: Path) -> None:
         ids = [event.id for event in run.stream_events]
         say(f"  phases seen by kubectl get agentruns -w: {' -> '.join(watch.phases())}")
         say(f"  runner pods: {', '.join(pods)}")
-        say(f"  restarts: {status.get('restarts', 0)}; stream events: {len(ids)}, ids {ids[0]}..{ids[-1]}")
+        id_range = f", ids {ids[0]}..{ids[-1]}" if ids else ""
+        say(f"  restarts: {status.get('restarts', 0)}; stream events: {len(ids)}{id_range}")
         say(f"  emulated: the API server, the Job controller and kubelet{'' if cluster.model.real else ', the model'}")
         say("  stopping the operator, the executor's pods, the API server and the model server")
-    say(
-        f"\nDemo finished in {time.monotonic() - started:.1f}s: {RUN} Succeeded after a SIGKILL, resumed from its checkpoint."
-    )
+    how = "after a SIGKILL, resumed from its checkpoint" if killed is not None else "(no kill: it ended first)"
+    say(f"\nDemo finished in {time.monotonic() - started:.1f}s: {RUN} Succeeded {how}.")
 
 
 def main() -> int:
@@ -485,8 +489,8 @@ def main() -> int:
         say(f"\ndemo FAILED: {error}")
         say(f"logs kept in {state_dir} (operator.log, executor/logs/)")
         return 1
-    except KeyboardInterrupt:
-        say(f"\ndemo interrupted; logs kept in {state_dir}")
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say(f"\ndemo interrupted; every process it started is stopped; logs kept in {state_dir}")
         return 130
     shutil.rmtree(state_dir, ignore_errors=True)
     return 0
