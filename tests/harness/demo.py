@@ -74,22 +74,20 @@ def section(title: str) -> None:
     say(f"\n== {title} " + "=" * max(3, 96 - len(title)))
 
 
-def banner(cluster_model_real: bool | None) -> None:
-    model = (
-        "a real OpenAI-compatible endpoint (OPENAI_BASE_URL)"
-        if cluster_model_real
-        else f"the model: a scripted OpenAI-compatible server on 127.0.0.1 ({STEPS} answers, {ANSWER_DELAY_SECONDS:g} s each)"
-    )
+def banner(real_model: bool) -> None:
     say("agentrun-operator demo: examples/minimal.yaml from Pending to Succeeded, with a runner killed on the way")
     say()
     say("  REAL      the operator (kopf, `python -m agentrun_operator`), the runner (`python -m agentrun_runner`")
     say("            on the official openai SDK), kubectl, and HTTP between all of them on 127.0.0.1")
-    if cluster_model_real:
-        say("            the model: a real endpoint (OPENAI_BASE_URL)")
+    if real_model:
+        say("            the model: a real OpenAI-compatible endpoint (OPENAI_BASE_URL, OPENAI_API_KEY)")
     say("  EMULATED  the Kubernetes API server (tests/harness/apiserver), the Job controller and kubelet")
     say("            (tests/harness/executor: pods are local processes in their own mount namespaces)")
-    if not cluster_model_real:
-        say(f"            {model}")
+    if not real_model:
+        say(
+            f"            the model: a scripted OpenAI-compatible server on 127.0.0.1 ({STEPS} answers, "
+            f"{ANSWER_DELAY_SECONDS:g} s each); set OPENAI_API_KEY and OPENAI_BASE_URL for a real one"
+        )
 
 
 def kubectl_binary() -> Path:
@@ -293,7 +291,7 @@ class Demo:
             return fresh[-1] if fresh else None
 
         exit_code = await wait_for(
-            lambda: _async_value(self.cluster.executor.runtime(NAMESPACE, killed).exit_code), "the killed pod to end"
+            lambda: _now(lambda: self.cluster.executor.runtime(NAMESPACE, killed).exit_code), "the killed pod to end"
         )
         say(f"  pod {killed} ended with exit code {exit_code} (128 + SIGKILL)")
         pod = await wait_for(replacement, "a replacement runner pod")
@@ -407,8 +405,9 @@ def _short(data: str, limit: int = 70) -> str:
     return data if len(data) <= limit else data[: limit - 3] + "..."
 
 
-async def _async_value(value: T | None) -> T | None:
-    return value
+async def _now(probe: Callable[[], T | None]) -> T | None:
+    """A synchronous check as wait_for's probe."""
+    return probe()
 
 
 def preflight() -> Path:
@@ -441,6 +440,7 @@ async def demo(state_dir: Path, binary: Path) -> None:
         watch = Watch(kubectl)
         async with KubeClient(str(cluster.kubeconfig_path)) as kube:
             run = Demo(cluster, kube, kubectl)
+            stream: asyncio.Task[None] | None = None
             try:
                 section("Applying the example with kubectl, and watching it")
                 await watch.start()
@@ -450,14 +450,17 @@ async def demo(state_dir: Path, binary: Path) -> None:
                 if killed is not None:
                     await run.show_resume(killed)
                 status = await run.wait_for_end()
-                await asyncio.wait_for(stream, STEP_TIMEOUT_SECONDS)
+                try:
+                    await asyncio.wait_for(stream, STEP_TIMEOUT_SECONDS)
+                except TimeoutError:
+                    raise DemoError("the run's event stream never delivered its `finished` event") from None
                 # The watch's own Succeeded row, before the watch stops.
                 await wait_for(
-                    lambda: _async_value("Succeeded" in watch.phases() or None), "the watch to show Succeeded"
+                    lambda: _now(lambda: "Succeeded" in watch.phases() or None), "the watch to show Succeeded"
                 )
             finally:
                 await watch.stop()
-                if "stream" in locals() and not stream.done():
+                if stream is not None and not stream.done():
                     stream.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await stream
