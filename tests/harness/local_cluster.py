@@ -185,6 +185,7 @@ class LocalCluster:
         default_factory=lambda: {
             # Runner pods end 1 s after their outcome, not 30 s (the stream's linger for reconnecting readers).
             "AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "1",
+            # No AGENTRUN_RUNNER_STREAM_HOST: each runner serves its stream on its own pod IP (POD_IP).
         }
     )
     """Env every container gets from the executor (the runner reads AGENTRUN_RUNNER_* settings)."""
@@ -223,14 +224,7 @@ class LocalCluster:
         base_env = dict(ExecutorSettings().base_env)
         base_env.update({"PYTHONPATH": _python_path(), **self.runner_env})
         shared = (*ExecutorSettings().shared_host_paths, *(str(root) for root in SOURCE_ROOTS))
-        settings = self.executor_settings or ExecutorSettings(
-            base_env=base_env,
-            shared_host_paths=shared,
-            # Each pod gets its own loopback address and its stream server listens there only, so runs
-            # side by side (all on the contract's stream port) do not collide.
-            distinct_pod_ips=True,
-            pod_ip_env_names=("AGENTRUN_RUNNER_STREAM_HOST",),
-        )
+        settings = self.executor_settings or ExecutorSettings(base_env=base_env, shared_host_paths=shared)
         self.executor = await self._stack.enter_async_context(
             LocalJobExecutor(
                 self.kubeconfig_path, self.namespace, state_dir=self.state_dir / "executor", settings=settings

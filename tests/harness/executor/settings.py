@@ -46,14 +46,5 @@ class ExecutorSettings:
     node_name: str = "local-executor"
     """spec.nodeName given to the pods this executor runs."""
 
-    distinct_pod_ips: bool = False
-    """Give every pod its own address in 127.0.0.0/8 as status.podIP (Linux routes the whole block to
-    loopback) instead of 127.0.0.1 for all (default False): then pods that listen on the same port, as
-    every runner's stream does, do not collide, as in a cluster where each pod has its own network."""
-
-    pod_ip_env_names: tuple[str, ...] = ()
-    """Env vars every container gets set to its pod's IP (default none), for processes told by env where
-    to listen (the runner's AGENTRUN_RUNNER_STREAM_HOST); the pod's own env overrides them."""
-
     kill_timeout_seconds: float = 5.0
     """Seconds to wait for a SIGKILLed process to be reaped before giving up on it (default 5)."""
