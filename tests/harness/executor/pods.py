@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import signal
 import sys
 from collections.abc import Callable
@@ -41,8 +42,9 @@ LAUNCHER = Path(__file__).with_name("launcher.py")
 UNSHARE = ["unshare", "--mount", "--propagation", "private", "--"]
 LOCAL_IP = "127.0.0.1"  # the node's address (status.hostIP)
 # Every pod gets an address of its own, as a pod network gives it: 127.0.0.0/8 is loopback as a whole on
-# Linux, so two runners both serving containerPort 8080 on their podIP do not collide.
-_pod_addresses = itertools.count()
+# Linux, so two runners both serving containerPort 8080 on their podIP do not collide. Numbering starts at a
+# random place, so executors of two processes side by side (a demo next to a test run) rarely meet.
+_pod_addresses = itertools.count(random.randrange(250 * 250))
 
 
 def next_pod_ip() -> str:
