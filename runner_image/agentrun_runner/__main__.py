@@ -87,7 +87,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
         raise ConfigProblemError(f"streaming is enabled but {STREAM_TOKEN_ENV} is not set (Secret <run>-stream-token)")
     configmaps: ConfigMaps | None = None
     if config.checkpoint.store == "ConfigMap" or not settings.progress_file:
-        configmaps = ConfigMaps(load_configuration(), config.run.namespace)
+        configmaps = ConfigMaps(load_configuration(), config.run.namespace, owner=config.run)
     store: CheckpointStore
     if config.checkpoint.store == "ConfigMap":
         assert configmaps is not None

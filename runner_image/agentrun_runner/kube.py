@@ -16,6 +16,9 @@ import aiohttp
 from kubernetes import config
 from kubernetes.client import Configuration
 
+from agentrun_api import constants
+from agentrun_api.contract import RunIdentity
+
 MERGE_PATCH = "application/merge-patch+json"
 # Statuses worth another attempt: the API server is busy or restarting.
 _RETRYABLE = frozenset({429, 500, 502, 503, 504})
@@ -52,15 +55,23 @@ def _ssl_context(configuration: Configuration) -> ssl.SSLContext | bool:
     return context
 
 
+def owner_reference(run: RunIdentity) -> dict[str, Any]:
+    """An owner reference to the run's AgentRun. No blockOwnerDeletion: setting it needs rights on the
+    AgentRun's finalizers, which a runner does not have."""
+    return {"apiVersion": constants.API_VERSION, "kind": constants.KIND, "name": run.name, "uid": run.uid}
+
+
 class ConfigMaps:
     """The few ConfigMap operations the runner needs, in one namespace."""
 
-    def __init__(self, configuration: Configuration, namespace: str) -> None:
+    def __init__(self, configuration: Configuration, namespace: str, owner: RunIdentity | None = None) -> None:
         self._configuration = configuration
         self._base = f"{configuration.host.rstrip('/')}/api/v1/namespaces/{quote(namespace)}/configmaps"
         self._ssl = _ssl_context(configuration)
         self._session: aiohttp.ClientSession | None = None
         self.namespace = namespace
+        # ConfigMaps the runner creates belong to its AgentRun, so deleting the run collects them.
+        self._owner_references = [owner_reference(owner)] if owner is not None else []
 
     async def _call(
         self, method: str, name: str | None, body: Any = None, content_type: str = "application/json"
@@ -111,7 +122,10 @@ class ConfigMaps:
 
     async def create(self, name: str, data: dict[str, str], labels: dict[str, str]) -> bool:
         """Create it; False when it exists already."""
-        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": data}
+        metadata: dict[str, Any] = {"name": name, "labels": labels}
+        if self._owner_references:
+            metadata["ownerReferences"] = self._owner_references
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
         status, payload = await self._call("POST", None, body)
         if status == 409:
             return False
