@@ -53,7 +53,7 @@ def agent_run(name: str, cluster: LocalCluster, **spec: Any) -> JsonObject:
     }
 
 
-def fetching_run(name: str, cluster: LocalCluster, tools: ToolServer, **spec: Any) -> JsonObject:
+def fetching_run(name: str, cluster: LocalCluster, **spec: Any) -> JsonObject:
     """An AgentRun whose http_fetch may reach the tool server (on 127.0.0.1), streaming off so that
     several runs' stream servers do not collide on the one loopback port every local pod shares."""
     defaults: dict[str, Any] = {

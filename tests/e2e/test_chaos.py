@@ -47,7 +47,7 @@ RANDOM_KILL_RUNS = 3 * SOAK
 
 async def start_reference_run(cluster: LocalCluster, kube: KubeClient, tools: ToolServer) -> str:
     """An uninterrupted run of the same script, to compare the disturbed runs' conversations with."""
-    created = await kube.create(AGENTRUNS, fetching_run("reference", cluster, tools))
+    created = await kube.create(AGENTRUNS, fetching_run("reference", cluster))
     uid: str = created["metadata"]["uid"]
     return uid
 
@@ -83,7 +83,7 @@ async def test_runs_resume_without_loss_after_sigkills_at_random_points(cluster,
     names = [f"kill-{trial}" for trial in range(RANDOM_KILL_RUNS)]
     uids = {}
     for name in names:
-        uids[name] = (await kube.create(AGENTRUNS, fetching_run(name, cluster, tools)))["metadata"]["uid"]
+        uids[name] = (await kube.create(AGENTRUNS, fetching_run(name, cluster)))["metadata"]["uid"]
     await asyncio.gather(
         *(wait_for_status(kube, name, lambda s: s.get("phase") == "Running", "Running") for name in names)
     )
@@ -124,7 +124,7 @@ async def test_run_completes_once_when_the_operator_crashes_at_several_points(cl
     assert cluster.model_server is not None
     cluster.model_server.script = fetching_script(tools, delay=0.3)
     reference_uid = await start_reference_run(cluster, kube, tools)
-    uid = (await kube.create(AGENTRUNS, fetching_run("crashy", cluster, tools)))["metadata"]["uid"]
+    uid = (await kube.create(AGENTRUNS, fetching_run("crashy", cluster)))["metadata"]["uid"]
     await cluster.operator.restart(crash=True)  # before or while it creates the children
     await wait_for_status(kube, "crashy", lambda s: s.get("phase") == "Running", "Running")
     await cluster.operator.restart(crash=True)  # while the runner works
@@ -146,7 +146,7 @@ async def test_run_resumes_after_its_pod_is_deleted_with_kubectl(cluster, kube, 
     needs_scripted_model(cluster)
     assert cluster.model_server is not None
     cluster.model_server.script = fetching_script(tools, delay=0.3)
-    uid = (await kube.create(AGENTRUNS, fetching_run("deleted", cluster, tools)))["metadata"]["uid"]
+    uid = (await kube.create(AGENTRUNS, fetching_run("deleted", cluster)))["metadata"]["uid"]
     await wait_for_iteration(kube, "deleted", 2)
     [first] = await runner_pods(kube, "deleted")
     code, out, err = await kubectl(cluster, "delete", "pod", first["metadata"]["name"], "--wait=false")
@@ -166,7 +166,7 @@ async def test_run_succeeds_through_api_server_errors_throttling_and_dropped_wat
     needs_scripted_model(cluster)
     assert cluster.model_server is not None
     cluster.model_server.script = fetching_script(tools, delay=0.3)
-    uid = (await kube.create(AGENTRUNS, fetching_run("flaky-api", cluster, tools)))["metadata"]["uid"]
+    uid = (await kube.create(AGENTRUNS, fetching_run("flaky-api", cluster)))["metadata"]["uid"]
     await wait_for_status(kube, "flaky-api", lambda s: s.get("phase") == "Running", "Running")
     faults = cluster.apiserver.faults
     # Writes and lists only: this test's own status reads (GETs) must not use the faults up.
@@ -199,7 +199,7 @@ async def test_run_succeeds_through_model_429_storms_500s_and_a_hang_past_the_re
     cluster.model_server.script = with_model_faults(fetching_script(tools, delay=0.2), "model-faults", faults)
     reference_uid = await start_reference_run(cluster, kube, tools)
     model = {"requestTimeout": "2s", "maxRetries": 4}
-    run = fetching_run("model-faults", cluster, tools)
+    run = fetching_run("model-faults", cluster)
     run["spec"]["model"].update(model)
     uid = (await kube.create(AGENTRUNS, run))["metadata"]["uid"]
 
@@ -229,7 +229,7 @@ async def test_suspended_run_stops_its_runner_and_resumes_where_it_was(cluster, 
     needs_scripted_model(cluster)
     assert cluster.model_server is not None
     cluster.model_server.script = fetching_script(tools, delay=0.4)
-    uid = (await kube.create(AGENTRUNS, fetching_run("pausing", cluster, tools)))["metadata"]["uid"]
+    uid = (await kube.create(AGENTRUNS, fetching_run("pausing", cluster)))["metadata"]["uid"]
     await wait_for_iteration(kube, "pausing", 2)
     await patch_spec(cluster, "pausing", suspend=True)
     suspended = await wait_for_status(kube, "pausing", lambda s: s.get("phase") == "Suspended", "Suspended")
@@ -255,7 +255,7 @@ async def test_cancel_during_a_slow_tool_call_ends_the_run_cancelled(cluster, ku
     needs_scripted_model(cluster)
     assert cluster.model_server is not None
     cluster.model_server.script = research_script(fetch_urls=[tools.url("slow/20")], delay=0.1)
-    await kube.create(AGENTRUNS, fetching_run("cancelled", cluster, tools))
+    await kube.create(AGENTRUNS, fetching_run("cancelled", cluster))
     await wait_for(lambda: _tool_in_flight(tools), "the slow fetch to start", timeout=30)
     code, _, err = await kubectl(
         cluster, "patch", "agentruns", "cancelled", "--type=merge", "-p", '{"spec": {"cancel": true}}'
@@ -279,7 +279,7 @@ async def test_model_call_hanging_past_max_execution_time_ends_the_run_timed_out
     assert cluster.model_server is not None
     cluster.model_server.script = by_turn([Answer(tool_calls=[call("list_files")]), Hang()])
     # The runner keeps a 10 s margin of maxExecutionTime for its last checkpoint: 15 s leaves it 5.
-    run = fetching_run("hung", cluster, tools, maxExecutionTime="15s")
+    run = fetching_run("hung", cluster, maxExecutionTime="15s")
     run["spec"]["model"]["requestTimeout"] = "1h"
     await kube.create(AGENTRUNS, run)
 
