@@ -142,6 +142,12 @@ async def runner_pods(kube: KubeClient, run: str) -> list[JsonObject]:
     ]
 
 
+def assert_result(status: JsonObject) -> None:
+    """A Succeeded run shows its result: the research agent's final answer."""
+    assert status.get("result"), f"no result in the status of a {status.get('phase')} run: {status}"
+    assert status["result"]["summary"] == FINAL_ANSWER
+
+
 def condition(status: JsonObject, kind: str) -> JsonObject | None:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
 

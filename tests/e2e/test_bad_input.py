@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from tests.e2e.runs import (
     AGENTRUNS,
-    FINAL_ANSWER,
     agent_run,
+    assert_result,
     condition,
     kubectl,
     needs_scripted_model,
@@ -111,7 +111,7 @@ async def test_runs_naming_a_missing_secret_or_storage_class_wait_with_a_reason_
 
     good = await wait_for_end(kube, "good")
     assert good["phase"] == "Succeeded", good
-    assert good["result"]["summary"] == FINAL_ANSWER
+    assert_result(good)
     for name in ("no-secret", "no-class"):
         assert await kube.get(namespaced_path("batch/v1", "jobs", "default", f"{name}-runner")) is None
     await assert_operator_healthy(cluster)

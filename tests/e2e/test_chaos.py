@@ -16,8 +16,8 @@ import pytest
 
 from tests.e2e.runs import (
     AGENTRUNS,
-    FINAL_ANSWER,
     assert_each_source_fetched_once,
+    assert_result,
     condition,
     conversation,
     fetching_run,
@@ -103,7 +103,7 @@ async def test_runs_resume_without_loss_after_sigkills_at_random_points(cluster,
         status = await wait_for_end(kube, name)
         assert status["phase"] == "Succeeded", (name, plans[name], status)
         assert status["restarts"] == kills[name], (name, plans[name], status)
-        assert status["result"]["summary"] == FINAL_ANSWER
+        assert_result(status)
         assert_each_source_fetched_once(tools, uids[name])
         await assert_same_conversation_as_reference(cluster, kube, name, uids[name], reference_uid)
     assert sum(kills.values()) >= len(names)
@@ -134,7 +134,7 @@ async def test_run_completes_once_when_the_operator_crashes_at_several_points(cl
     status = await wait_for_end(kube, "crashy")
     assert status["phase"] == "Succeeded", status
     assert status["restarts"] == 0
-    assert status["result"]["summary"] == FINAL_ANSWER
+    assert_result(status)
     assert cluster.operator.starts == 4
     assert len(await runner_pods(kube, "crashy")) == 1  # every new operator adopted the Job
     assert_each_source_fetched_once(tools, uid)
@@ -155,7 +155,7 @@ async def test_run_resumes_after_its_pod_is_deleted_with_kubectl(cluster, kube, 
 
     status = await wait_for_end(kube, "deleted")
     assert status["phase"] == "Succeeded", status
-    assert status["result"]["summary"] == FINAL_ANSWER
+    assert_result(status)
     pods = await runner_pods(kube, "deleted")
     assert [p["metadata"]["name"] for p in pods] != [first["metadata"]["name"]]  # a replacement finished it
     assert status["restarts"] <= 1
@@ -181,7 +181,7 @@ async def test_run_succeeds_through_api_server_errors_throttling_and_dropped_wat
     status = await wait_for_end(kube, "flaky-api")
     assert status["phase"] == "Succeeded", status
     assert status["restarts"] == 0
-    assert status["result"]["summary"] == FINAL_ANSWER
+    assert_result(status)
     assert (errors.hits, throttled.hits) == (6, 6)
     assert dropped >= 2
     assert_each_source_fetched_once(tools, uid)
@@ -206,7 +206,7 @@ async def test_run_succeeds_through_model_429_storms_500s_and_a_hang_past_the_re
     status = await wait_for_end(kube, "model-faults")
     assert status["phase"] == "Succeeded", status
     assert status["restarts"] == 0
-    assert status["result"]["summary"] == FINAL_ANSWER
+    assert_result(status)
     assert_each_source_fetched_once(tools, uid)
     turns = collections.Counter(r.turn for r in requests_of(cluster.model_server, "model-faults"))
     assert turns == {0: 4, 1: 1, 2: 3, 3: 2, 4: 1, 5: 1}, turns  # each fault retried, nothing asked twice else
@@ -243,7 +243,7 @@ async def test_suspended_run_stops_its_runner_and_resumes_where_it_was(cluster, 
     status = await wait_for_end(kube, "pausing")
     assert status["phase"] == "Succeeded", status
     assert status["restarts"] == 0  # a suspension is not a failure
-    assert status["result"]["summary"] == FINAL_ANSWER
+    assert_result(status)
     assert_each_source_fetched_once(tools, uid)
 
 

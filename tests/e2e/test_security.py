@@ -15,8 +15,8 @@ from httpx_sse import aconnect_sse
 from agentrun_api import contract
 from tests.e2e.runs import (
     AGENTRUNS,
-    FINAL_ANSWER,
     assert_each_source_fetched_once,
+    assert_result,
     fetching_run,
     fetching_script,
     needs_scripted_model,
@@ -61,7 +61,7 @@ async def test_no_secret_value_reaches_objects_logs_or_metrics_after_a_full_run(
     uid = (await kube.create(AGENTRUNS, run))["metadata"]["uid"]
     status = await wait_for_end(kube, "leak-check")
     assert status["phase"] == "Succeeded", status
-    assert status["result"]["summary"] == FINAL_ANSWER
+    assert_result(status)
     assert_each_source_fetched_once(tools, uid)
     # The key was really used: the model saw it, so its absence everywhere else means something.
     assert {r.headers.get("Authorization") for r in cluster.model_server.requests} == {f"Bearer {api_key}"}
