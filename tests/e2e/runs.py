@@ -148,6 +148,11 @@ def assert_result(status: JsonObject) -> None:
     assert status["result"]["summary"] == FINAL_ANSWER
 
 
+def runner_logs(cluster: LocalCluster) -> str:
+    """Every pod's output, for an assertion message that explains a failed run."""
+    return "\n".join(f"--- {ns}/{pod}\n{cluster.executor.read_log(ns, pod)}" for ns, pod in cluster.executor.pod_keys())
+
+
 def condition(status: JsonObject, kind: str) -> JsonObject | None:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
 

@@ -20,6 +20,7 @@ from tests.e2e.runs import (
     fetching_run,
     fetching_script,
     needs_scripted_model,
+    runner_pods,
     wait_for_end,
     wait_for_status,
 )
@@ -155,7 +156,10 @@ async def test_stream_refuses_a_missing_or_wrong_token_and_serves_the_right_one(
     await kube.create(AGENTRUNS, fetching_run("streamed", cluster, streaming={"enabled": True}))
     await wait_for_status(kube, "streamed", lambda s: s.get("phase") == "Running", "Running")
     token = await stream_token(kube, "streamed")
-    url = f"http://127.0.0.1:{contract.STREAM_PORT}/events"  # every local pod's address is loopback
+    [pod] = await runner_pods(kube, "streamed")
+    # The address the Service's endpoints would name: the pod's IP, unless the cluster binds runners elsewhere.
+    host = cluster.runner_env.get("AGENTRUN_RUNNER_STREAM_HOST") or pod["status"]["podIP"]
+    url = f"http://{host}:{contract.STREAM_PORT}/events"
     async with httpx.AsyncClient(timeout=10) as client:
         for headers in ({}, {"Authorization": "Bearer not-the-token"}, {"Authorization": token}):
             response = await _get_when_listening(client, url, headers)
