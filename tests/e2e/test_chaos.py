@@ -27,6 +27,7 @@ from tests.e2e.runs import (
     requests_of,
     run_object,
     runner_pods,
+    tool_ledger,
     wait_for,
     wait_for_end,
     wait_for_iteration,
@@ -107,6 +108,12 @@ async def test_runs_resume_without_loss_after_sigkills_at_random_points(cluster,
         assert_each_source_fetched_once(tools, uids[name])
         await assert_same_conversation_as_reference(cluster, kube, name, uids[name], reference_uid)
     assert sum(kills.values()) >= len(names)
+    ledgers = [tool_ledger(tools, uid) for uid in uids.values()]
+    print(
+        f"random SIGKILLs (seed {SEED}): {sum(kills.values())} kills over {len(names)} runs {kills}; "
+        f"{sum(sum(ledger.executions.values()) for ledger in ledgers)} fetches executed, "
+        f"{sum(sum(ledger.deliveries.values()) for ledger in ledgers)} delivered"
+    )
 
 
 async def _live_runner(cluster: LocalCluster, kube: KubeClient, name: str) -> bool:
