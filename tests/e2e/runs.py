@@ -64,12 +64,14 @@ def fetching_run(name: str, cluster: LocalCluster, **spec: Any) -> JsonObject:
     return agent_run(name, cluster, **{**defaults, **spec})
 
 
-SOURCES = ("vendor-a", "vendor-b", "vendor-c")
+# Tool server paths the research agent fetches; the slow one keeps a fetch in flight long enough for a
+# kill to land in the middle of it (the server still executes it, and a resumed runner must replay its key).
+SOURCES = ("sources/vendor-a", "slow/0.6", "sources/vendor-c")
 
 
 def fetching_script(tools: ToolServer, delay: float = 0.3, sources: Sequence[str] = SOURCES) -> Script:
     """The research agent, fetching ``sources`` from the tool server in one parallel step."""
-    return research_script(fetch_urls=[tools.url(f"sources/{source}") for source in sources], delay=delay)
+    return research_script(fetch_urls=[tools.url(source) for source in sources], delay=delay)
 
 
 def with_model_faults(script: Script, run: str, faults_by_turn: Mapping[int, Sequence[Reply]]) -> Script:

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.e2e
 
 SEED = int(os.environ.get("AGENTRUN_CHAOS_SEED", "20261122"))
 SOAK = max(1, int(os.environ.get("AGENTRUN_SOAK", "0") or 0))
-RANDOM_KILL_RUNS = 3 * SOAK
+RANDOM_KILL_RUNS_PER_BATCH = 3
 
 
 async def start_reference_run(cluster: LocalCluster, kube: KubeClient, tools: ToolServer) -> str:
@@ -75,44 +75,68 @@ async def kill_runner_after(cluster: LocalCluster, kube: KubeClient, name: str, 
     return False
 
 
+@pytest.mark.timeout(90 * SOAK)
 async def test_runs_resume_without_loss_after_sigkills_at_random_points(cluster, kube, tools):
     needs_scripted_model(cluster)
     assert cluster.model_server is not None
     cluster.model_server.script = fetching_script(tools, delay=0.3)
     chooser = random.Random(SEED)
     reference_uid = await start_reference_run(cluster, kube, tools)
-    names = [f"kill-{trial}" for trial in range(RANDOM_KILL_RUNS)]
-    uids = {}
-    for name in names:
-        uids[name] = (await kube.create(AGENTRUNS, fetching_run(name, cluster)))["metadata"]["uid"]
-    await asyncio.gather(
-        *(wait_for_status(kube, name, lambda s: s.get("phase") == "Running", "Running") for name in names)
-    )
-    # Each run loses its runner once or twice, at seeded random moments of its ~3 s of work.
-    plans = {name: sorted(chooser.uniform(0.2, 2.5) for _ in range(chooser.randint(1, 2))) for name in names}
-
-    async def chaos(name: str) -> int:
-        kills = 0
-        for delay in plans[name]:
-            kills += await kill_runner_after(cluster, kube, name, delay)
-            # The next kill waits for the replacement to be running.
-            await wait_for(lambda: _live_runner(cluster, kube, name), f"{name}: a live runner", timeout=20)
-        return kills
-
-    kills = dict(zip(names, await asyncio.gather(*(chaos(name) for name in names)), strict=True))
-    for name in names:
-        status = await wait_for_end(kube, name)
-        assert status["phase"] == "Succeeded", (name, plans[name], status)
-        assert status["restarts"] == kills[name], (name, plans[name], status)
-        assert_result(status)
-        assert_each_source_fetched_once(tools, uids[name])
-        await assert_same_conversation_as_reference(cluster, kube, name, uids[name], reference_uid)
-    assert sum(kills.values()) >= len(names)
+    kills: dict[str, int] = {}
+    uids: dict[str, str] = {}
+    for batch in range(SOAK):  # three runs at a time: enough overlap, within two cores
+        names = [f"kill-{batch}-{trial}" for trial in range(RANDOM_KILL_RUNS_PER_BATCH)]
+        for name in names:
+            uids[name] = (await kube.create(AGENTRUNS, fetching_run(name, cluster)))["metadata"]["uid"]
+        # Each run loses its runner once or twice, at seeded random moments of its ~3 s of work.
+        plans = {name: sorted(chooser.uniform(0.2, 2.5) for _ in range(chooser.randint(1, 2))) for name in names}
+        landed = await asyncio.gather(*(kill_by_plan(cluster, kube, name, plans[name]) for name in names))
+        kills |= dict(zip(names, landed, strict=True))
+        for name in names:
+            status = await wait_for_end(kube, name)
+            assert status["phase"] == "Succeeded", (name, plans[name], status)
+            assert status["restarts"] == kills[name], (name, plans[name], status)
+            assert_result(status)
+            assert_each_source_fetched_once(tools, uids[name])
+            await assert_same_conversation_as_reference(cluster, kube, name, uids[name], reference_uid)
+    assert sum(kills.values()) >= len(kills)
     ledgers = [tool_ledger(tools, uid) for uid in uids.values()]
     print(
-        f"random SIGKILLs (seed {SEED}): {sum(kills.values())} kills over {len(names)} runs {kills}; "
+        f"random SIGKILLs (seed {SEED}): {sum(kills.values())} kills over {len(kills)} runs {kills}; "
         f"{sum(sum(ledger.executions.values()) for ledger in ledgers)} fetches executed, "
         f"{sum(sum(ledger.deliveries.values()) for ledger in ledgers)} delivered"
+    )
+
+
+async def kill_by_plan(cluster: LocalCluster, kube: KubeClient, name: str, delays: list[float]) -> int:
+    """Wait until the run is Running, then SIGKILL its runner at each delay (from the last kill's
+    replacement on); returns how many kills hit a live runner."""
+    await wait_for_status(kube, name, lambda s: s.get("phase") == "Running", "Running")
+    kills = 0
+    for delay in delays:
+        kills += await kill_runner_after(cluster, kube, name, delay)
+        await wait_for(lambda: _live_runner(cluster, kube, name), f"{name}: a live runner", timeout=20)
+    return kills
+
+
+async def test_runner_killed_during_a_fetch_replays_its_key_and_the_tool_runs_once(cluster, kube, tools):
+    needs_scripted_model(cluster)
+    assert cluster.model_server is not None
+    cluster.model_server.script = fetching_script(tools, delay=0.2)
+    uid = (await kube.create(AGENTRUNS, fetching_run("mid-fetch", cluster)))["metadata"]["uid"]
+    await wait_for(lambda: _tool_in_flight(tools), "the slow fetch to start", timeout=30)
+    [pod] = await runner_pods(kube, "mid-fetch")
+    cluster.executor.kill_pod_process("default", pod["metadata"]["name"])
+
+    status = await wait_for_end(kube, "mid-fetch")
+    assert status["phase"] == "Succeeded", status
+    assert status["restarts"] == 1
+    assert_result(status)
+    ledger = assert_each_source_fetched_once(tools, uid)
+    # The replacement asked again under the same key: delivered twice, executed once.
+    assert max(ledger.deliveries.values()) == 2, ledger
+    print(
+        f"kill during a fetch: {sum(ledger.executions.values())} executed, {sum(ledger.deliveries.values())} delivered"
     )
 
 
