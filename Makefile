@@ -67,6 +67,10 @@ check: lint typecheck test ## Lint, type-check and test: what CI runs
 bench-gateway: install ## Measure the stream gateway's relay lag and memory with 100 readers on one run
 	$(PY) bench/gateway_fanout.py --readers 100
 
+.PHONY: soak
+soak: install ## Random runner SIGKILLs over 10x the CI trials (AGENTRUN_SOAK=10; seed from AGENTRUN_CHAOS_SEED)
+	AGENTRUN_SOAK=$${AGENTRUN_SOAK:-10} $(BIN)/pytest -p no:cacheprovider -s tests/e2e/test_chaos.py -k random
+
 .PHONY: local-cluster
 local-cluster: install ## Run the whole path here (emulated API server, operator, Job executor, model) until Ctrl-C
 	$(PY) -m tests.harness.local_cluster --state-dir .local-cluster
