@@ -29,6 +29,8 @@ from agentrun_runner.progress import ProgressReporter
 from agentrun_runner.state import Message, RunState, ToolCallRecord
 from agentrun_runner.tools import Toolbox, ToolError
 
+# Largest share of maxExecutionTime the soft-deadline margin may take.
+MAX_MARGIN_SHARE = 0.25
 log = logging.getLogger(__name__)
 
 SUMMARY_CHARS = 2048
@@ -85,7 +87,11 @@ class Agent:
         self._pod = pod
         self._resumed_from = resumed_from_iteration
         self.clock = Clock(state.counters.elapsed_seconds)
-        self._deadline = max(parse_duration(self._spec.max_execution_time) - config.soft_deadline_margin_seconds, 0.0)
+        budget = parse_duration(self._spec.max_execution_time)
+        # The margin leaves time to checkpoint and report before the budget is gone; a short run keeps
+        # three quarters of its budget for work instead of timing out before its first call.
+        margin = min(config.soft_deadline_margin_seconds, budget * MAX_MARGIN_SHARE)
+        self._deadline = budget - margin
         self._call_timeout = parse_duration(self._spec.tools.call_timeout)
         self._checkpoint_lock = asyncio.Lock()
         self._writing: asyncio.Future[None] | None = None
