@@ -168,7 +168,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
         if state.counters.outcome is not None:
             # A pod that dies between recording the outcome and exiting: report it again and stop.
             agent.announce(state.counters.outcome_message)
-            await reporter.write_now(agent.report(agent.result_ref()))
+            await reporter.write_now(agent.report())
         else:
             loop_task = asyncio.create_task(agent.run(), name="agent-loop")
             stop_task = asyncio.create_task(stop.wait())

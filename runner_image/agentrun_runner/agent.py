@@ -292,7 +292,9 @@ class Agent:
         """Tell the operator something outside the loop's own steps (a resume, a checkpoint fallback)."""
         self._progress(message)
 
-    def report(self, result: ResultRef | None = None) -> ProgressReport:
+    def report(self) -> ProgressReport:
+        """The report as of now. Every report after the result is stored carries its reference: a
+        report with the outcome but not the result would tell the operator the run ended empty."""
         counters = self.state.counters
         return ProgressReport(
             run_uid=self._config.run.uid,
@@ -315,7 +317,7 @@ class Agent:
             started_at=datetime.fromisoformat(counters.started_at) if counters.started_at else None,
             reported_at=datetime.now(UTC),
             outcome=Outcome(counters.outcome) if counters.outcome else None,
-            result=result,
+            result=self.result_ref(),
         )
 
     def result_ref(self) -> ResultRef | None:
@@ -350,7 +352,7 @@ class Agent:
         except CheckpointError as error:
             # The outcome is still reported; a restarted pod would redo only the unrecorded tail.
             log.error("final checkpoint not written: %s", error)
-        await self._reporter.write_now(self.report(result))
+        await self._reporter.write_now(self.report())
 
     async def suspend(self) -> None:
         """Checkpoint what the interrupted loop had (SIGTERM); the next pod resumes from it."""
