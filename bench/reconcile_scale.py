@@ -42,6 +42,9 @@ from tests.harness.local_cluster import OperatorProcess  # noqa: E402
 NAMESPACE = "bench"
 AGENTRUNS = namespaced_path("agentrun.dev/v1alpha1", "agentruns", NAMESPACE)
 JOBS = namespaced_path("batch/v1", "jobs", NAMESPACE)
+SHOW_REQUESTS = "--show-requests" in sys.argv  # print the API server's request table after each phase
+# --operator-log PATH: keep the operator's log of the last phase there, to see where a run waited.
+OPERATOR_LOG = sys.argv[sys.argv.index("--operator-log") + 1] if "--operator-log" in sys.argv else ""
 SOURCE_PATH = os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", "."))
 
 
@@ -49,12 +52,20 @@ SOURCE_PATH = os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "
 class PhaseResult:
     latencies: list[float]  # seconds from AgentRun stored to Job stored, one per run
     total_seconds: float  # first create sent to last Job stored
+    apiserver_cpu_seconds: float = 0.0
+    operator_cpu_seconds: float = 0.0
     operator_rss_mib: float = 0.0
     operator_idle_rss_mib: float = 0.0
 
     def percentile(self, fraction: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -71,7 +82,7 @@ def agent_run(name: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
             "instructions": "Benchmark run.",
-            "input": "Measure the operator.",
+            "input": f"Measure the operator ({name}).",  # specs differ, as real runs do
             "model": {"name": "bench", "apiKeySecretRef": {"name": "model-key", "key": "api-key"}},
             "maxExecutionTime": "1h",
             "maxIterations": 50,
@@ -80,7 +91,7 @@ def agent_run(name: str) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def apiserver_process(workdir: Path) -> AsyncIterator[Path]:
+async def apiserver_process(workdir: Path) -> AsyncIterator[tuple[Path, int]]:
     """The emulated API server in its own process; yields its kubeconfig once it serves."""
     kubeconfig = workdir / "kubeconfig.yaml"
     process = await asyncio.create_subprocess_exec(
@@ -110,14 +121,17 @@ async def apiserver_process(workdir: Path) -> AsyncIterator[Path]:
                 "stringData": {"api-key": "bench-key"},
             }
             await kube.create(namespaced_path("v1", "secrets", NAMESPACE), secret)
-        yield kubeconfig
+        yield kubeconfig, process.pid
     finally:
         process.terminate()
+        assert process.stdout is not None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), 10)
+            summary = await asyncio.wait_for(process.stdout.read(), 30)  # requests by kind and verb, at exit
+            if SHOW_REQUESTS:
+                print(summary.decode(), flush=True)
         if process.returncode is None:
             process.kill()
-            await process.wait()
+        await process.wait()
 
 
 async def create_all(kube: KubeClient, names: list[str], concurrency: int, stored: dict[str, float], job: Any) -> None:
@@ -161,7 +175,7 @@ async def progress(label: str, seen: dict[str, float], expected: int, done: asyn
 async def operator_phase(runs: int, concurrency: int, wait_seconds: float) -> tuple[PhaseResult, dict[str, Any]]:
     with tempfile.TemporaryDirectory() as name:
         workdir = Path(name)
-        async with apiserver_process(workdir) as kubeconfig:
+        async with apiserver_process(workdir) as (kubeconfig, apiserver_pid):
             env = {
                 **os.environ,
                 "PYTHONPATH": SOURCE_PATH,
@@ -184,6 +198,7 @@ async def operator_phase(runs: int, concurrency: int, wait_seconds: float) -> tu
                     reporter = asyncio.create_task(progress("operator", seen, runs, done))
                     await asyncio.sleep(0.5)  # the watch is open before the first create
                     started = time.monotonic()
+                    cpu_before = cpu_seconds(apiserver_pid), cpu_seconds(operator.process.pid)
                     await create_all(kube, names, concurrency, stored, None)
                     try:
                         await asyncio.wait_for(done.wait(), wait_seconds)
@@ -191,13 +206,16 @@ async def operator_phase(runs: int, concurrency: int, wait_seconds: float) -> tu
                         watcher.cancel()
                         reporter.cancel()
                     total = max(seen.values()) - started
+                    cpu = cpu_seconds(apiserver_pid) - cpu_before[0], cpu_seconds(operator.process.pid) - cpu_before[1]
                     await asyncio.sleep(2)  # supervisors settle; memory with every run live
                     rss = rss_mib(operator.process.pid)
                     template = (await kube.list(JOBS))[0]
             finally:
                 await operator.stop()
+                if OPERATOR_LOG:
+                    Path(OPERATOR_LOG).write_text(operator.log())
     latencies = [seen[name] - stored[name] for name in names]
-    return PhaseResult(latencies, total, rss, idle), template
+    return PhaseResult(latencies, total, *cpu, rss, idle), template
 
 
 def job_factory(kube: KubeClient, template: dict[str, Any]) -> Any:
@@ -222,7 +240,7 @@ def job_factory(kube: KubeClient, template: dict[str, Any]) -> Any:
 
 async def baseline_phase(runs: int, concurrency: int, template: dict[str, Any], wait_seconds: float) -> PhaseResult:
     with tempfile.TemporaryDirectory() as name:
-        async with apiserver_process(Path(name)) as kubeconfig:
+        async with apiserver_process(Path(name)) as (kubeconfig, apiserver_pid):
             names = [f"run-{index:05d}" for index in range(runs)]
             stored: dict[str, float] = {}
             seen: dict[str, float] = {}
@@ -232,14 +250,16 @@ async def baseline_phase(runs: int, concurrency: int, template: dict[str, Any], 
                 reporter = asyncio.create_task(progress("baseline", seen, runs, done))
                 await asyncio.sleep(0.5)
                 started = time.monotonic()
+                cpu_before = cpu_seconds(apiserver_pid)
                 await create_all(kube, names, concurrency, stored, job_factory(kube, template))
                 try:
                     await asyncio.wait_for(done.wait(), wait_seconds)
                 finally:
                     watcher.cancel()
                     reporter.cancel()
+                apiserver_cpu = cpu_seconds(apiserver_pid) - cpu_before
     latencies = [seen[name] - stored[name] for name in names]
-    return PhaseResult(latencies, max(seen.values()) - started)
+    return PhaseResult(latencies, max(seen.values()) - started, apiserver_cpu)
 
 
 def ms(seconds: float) -> str:
@@ -265,6 +285,10 @@ async def main(run_counts: list[int], concurrency: int, wait_seconds: float) -> 
             f"  {'throughput (runs/s)':<28}{runs / operator.total_seconds:>12.1f}{runs / baseline.total_seconds:>12.1f}"
         )
         print(
+            f"  {'API server CPU (s)':<28}{operator.apiserver_cpu_seconds:>12.1f}{baseline.apiserver_cpu_seconds:>12.1f}"
+        )
+        print(f"  {'operator CPU (s)':<28}{operator.operator_cpu_seconds:>12.1f}")
+        print(
             f"  operator RSS: {operator.operator_idle_rss_mib:.0f} MiB idle, {operator.operator_rss_mib:.0f} MiB"
             f" with {runs} live runs ({growth_kib:.1f} KiB per run)",
             flush=True,
@@ -276,6 +300,8 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--concurrency", type=int, default=16, help="creates in flight")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for all Jobs, per phase")
+    parser.add_argument("--show-requests", action="store_true", help="print the API requests of each phase")
+    parser.add_argument("--operator-log", default="", help="keep the operator's log in this file")
     parser.add_argument("--quick", action="store_true", help="20 runs: a smoke test of the benchmark")
     arguments = parser.parse_args()
     counts = [20] if arguments.quick else arguments.runs
