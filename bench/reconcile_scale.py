@@ -213,7 +213,7 @@ async def operator_phase(runs: int, concurrency: int, wait_seconds: float) -> tu
             finally:
                 await operator.stop()
                 if OPERATOR_LOG:
-                    Path(OPERATOR_LOG).write_text(operator.log())
+                    await asyncio.to_thread(Path(OPERATOR_LOG).write_text, operator.log())
     latencies = [seen[name] - stored[name] for name in names]
     return PhaseResult(latencies, total, *cpu, rss, idle), template
 
