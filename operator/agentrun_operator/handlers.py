@@ -20,6 +20,7 @@ from agentrun_operator.children import ROLE_PROGRESS, ROLE_RUNNER
 from agentrun_operator.kube import ApiError, KubeClient
 from agentrun_operator.metrics import Metrics, start_metrics_server
 from agentrun_operator.observations import JobObservation, PodObservation, ProgressObservation
+from agentrun_operator.peering import configure_peering
 from agentrun_operator.reconcile import OperatorContext, Supervisor, admit, utcnow
 from agentrun_operator.settings import OperatorSettings
 
@@ -47,7 +48,7 @@ async def start(
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=constants.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=constants.GROUP)
     settings.posting.level = logging.INFO
-    settings.peering.standalone = True
+    configure_peering(settings, config)
     settings.watching.server_timeout = 300
     # Filter on the server: the operator watches only its own runners' pods, Jobs and progress
     # ConfigMaps, not every pod and ConfigMap of the cluster.
@@ -93,21 +94,21 @@ async def stop(memo: Any, **_: Any) -> None:
 
 
 @kopf.index("batch/v1", "jobs", labels={**MANAGED, constants.LABEL_ROLE: ROLE_RUNNER})
-def runner_jobs(
+async def runner_jobs(
     body: Any, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], JobObservation]:
     return {_run_key(namespace, labels): JobObservation.from_object(body)}
 
 
 @kopf.index("v1", "pods", labels={constants.LABEL_RUN: kopf.PRESENT, constants.LABEL_ROLE: ROLE_RUNNER})
-def runner_pods(
+async def runner_pods(
     body: Any, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], PodObservation]:
     return {_run_key(namespace, labels): PodObservation.from_object(body)}
 
 
 @kopf.index("v1", "configmaps", labels={**MANAGED, constants.LABEL_ROLE: ROLE_PROGRESS})
-def progress_reports(
+async def progress_reports(
     body: Any, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], ProgressObservation]:
     return {_run_key(namespace, labels): ProgressObservation.from_object(body)}
@@ -116,12 +117,12 @@ def progress_reports(
 @kopf.on.event("batch/v1", "jobs", labels={**MANAGED, constants.LABEL_ROLE: ROLE_RUNNER})
 @kopf.on.event("v1", "pods", labels={constants.LABEL_RUN: kopf.PRESENT, constants.LABEL_ROLE: ROLE_RUNNER})
 @kopf.on.event("v1", "configmaps", labels={**MANAGED, constants.LABEL_ROLE: ROLE_PROGRESS})
-def child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+async def child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
     _context(memo).wake(_run_key(namespace, labels))
 
 
 @kopf.on.event(*AGENTRUNS)
-def run_changed(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def run_changed(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     op = _context(memo)
     if type == "DELETED":
         op.record_phase((namespace or "", name), None)
