@@ -139,18 +139,9 @@ async def test_every_example_reaches_its_expected_end_with_columns_conditions_an
     columns = {cells[0]: cells[1:3] for cells in (line.split() for line in table[1:])}
     assert columns == {name: ["Succeeded", f"{STEPS}/{STEPS}"] for name in runs}
 
-    async def status_with_result(name: str) -> dict[str, Any]:
-        # Seen once in a loaded full-suite run: Complete a moment before status.result appeared. The result must
-        # follow within a status write or two; a run that stays without one fails below.
-        for _ in range(50):
-            status: dict[str, Any] = (await kubectl.get_json("agentrun", name))["status"]
-            if status.get("result"):
-                break
-            await asyncio.sleep(0.1)
-        return status
-
     for name, run in runs.items():
-        status = await status_with_result(name)
+        # The result is in the same status write as Complete: every runner report with an outcome carries it.
+        status: dict[str, Any] = (await kubectl.get_json("agentrun", name))["status"]
         conditions = {c["type"]: c["status"] for c in status["conditions"]}
         assert conditions["Complete"] == "True", (name, conditions)
         assert conditions.get("Failed", "False") == "False", (name, conditions)
