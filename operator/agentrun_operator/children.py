@@ -106,6 +106,8 @@ def runner_config(owner: RunOwner, spec: AgentRunSpec, settings: OperatorSetting
         spec=spec,
         checkpoint=contract.CheckpointLocation(store=spec.checkpoint.store),
         progress_interval_seconds=settings.progress_interval_seconds,
+        # Throttled runs draw from their ThrottlePool when the operator serves pools.
+        permit_server_url=(settings.permit_server_url or None) if spec.throttle.enabled else None,
     )
 
 

@@ -12,6 +12,7 @@ from agentrun_operator.children import (
     RunOwner,
     build_children,
     build_job,
+    runner_config,
 )
 from agentrun_operator.settings import OperatorSettings
 from tests.operator_samples import manifest
@@ -245,3 +246,16 @@ def test_children_carry_only_the_operators_labels() -> None:
 def test_recreated_job_carries_the_restarts_made_before_it() -> None:
     job = build_job(OWNER, spec_of(), SETTINGS, restarts_before=2)
     assert job["metadata"]["annotations"][RESTARTS_BEFORE_ANNOTATION] == "2"
+
+
+@pytest.mark.parametrize(("throttled", "expected"), [(True, "http://permits.agentrun-system:8090"), (False, None)])
+def test_only_throttled_runs_are_told_the_permit_server(throttled: bool, expected: str | None) -> None:
+    settings = OperatorSettings(permit_server_url="http://permits.agentrun-system:8090")
+    spec = spec_of(throttle={"enabled": throttled, "pool": "openai-org"})
+    config = runner_config(OWNER, spec, settings)
+    assert config.permit_server_url == expected
+
+
+def test_without_a_permit_server_url_throttled_runs_keep_their_own_limiter() -> None:
+    config = runner_config(OWNER, spec_of(throttle={"enabled": True}), OperatorSettings())
+    assert config.permit_server_url is None
