@@ -152,6 +152,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
             client_queue_size=settings.sse_client_queue_size,
             host=settings.stream_host,
             port=config.stream_port,
+            keep_alive_seconds=config.stream_keep_alive_seconds,
         )
         await server.start()
         log.info("serving the event stream on port %d", server.port)

@@ -15,6 +15,11 @@ from agentrun_operator.children import (
     runner_config,
 )
 from agentrun_operator.settings import OperatorSettings
+from agentrun_operator.stream_timeouts.budget import (
+    GATEWAY_UPSTREAM_POOL_IDLE_SECONDS,
+    StreamBudget,
+    runner_server_timeouts,
+)
 from tests.operator_samples import manifest
 
 pytestmark = pytest.mark.unit
@@ -259,3 +264,10 @@ def test_only_throttled_runs_are_told_the_permit_server(throttled: bool, expecte
 def test_without_a_permit_server_url_throttled_runs_keep_their_own_limiter() -> None:
     config = runner_config(OWNER, spec_of(throttle={"enabled": True}), OperatorSettings())
     assert config.permit_server_url is None
+
+
+def test_runner_stream_keep_alive_outlasts_the_gateways_pooled_connections() -> None:
+    config = runner_config(OWNER, spec_of(), SETTINGS)
+    expected = runner_server_timeouts(StreamBudget.from_spec(spec_of())).keep_alive_seconds
+    assert config.stream_keep_alive_seconds == expected
+    assert config.stream_keep_alive_seconds > GATEWAY_UPSTREAM_POOL_IDLE_SECONDS
