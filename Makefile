@@ -45,6 +45,13 @@ crds: install ## Regenerate crds/ from the pydantic models
 	PYTHONPATH=api $(PY) -m agentrun_api.crd > crds/agentruns.agentrun.dev.yaml
 	PYTHONPATH=api $(PY) -m agentrun_api.crd --all crds
 
+.PHONY: chart-sync
+chart-sync: install ## Copy crds/, the RBAC rules and the stream routes into the Helm chart (tests fail when they differ)
+	rm -f helm/agentrun-operator/files/crds/*.yaml
+	cp crds/*.yaml helm/agentrun-operator/files/crds/
+	PYTHONPATH=api:operator $(PY) -m agentrun_operator.permissions > helm/agentrun-operator/files/rbac-rules.yaml
+	PYTHONPATH=api:operator $(PY) -m agentrun_operator.chart_routes > helm/agentrun-operator/files/stream-routes.yaml
+
 .PHONY: test
 test: install crd-validators ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)
 	$(BIN)/pytest
@@ -63,3 +70,5 @@ bench-gateway: install ## Measure the stream gateway's relay lag and memory with
 .PHONY: local-cluster
 local-cluster: install ## Run the whole path here (emulated API server, operator, Job executor, model) until Ctrl-C
 	$(PY) -m tests.harness.local_cluster --state-dir .local-cluster
+
+include mk/cluster.mk

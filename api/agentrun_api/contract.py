@@ -29,6 +29,9 @@ CONFIG_ENV: Final = "AGENTRUN_CONFIG"  # path of the config file; the Job sets i
 API_KEY_ENV: Final = "OPENAI_API_KEY"  # the official SDK reads this name
 STREAM_TOKEN_ENV: Final = "AGENTRUN_STREAM_TOKEN"
 POD_NAME_ENV: Final = "POD_NAME"
+# The pod's own IP (downward API status.podIP): the runner binds its stream server there, the address
+# the <run>-stream Service's endpoints point at.
+POD_IP_ENV: Final = "POD_IP"
 PROGRESS_KEY: Final = "progress.json"
 STREAM_TOKEN_KEY: Final = "token"
 CHECKPOINT_MOUNT_PATH: Final = "/var/lib/agentrun/checkpoint"  # PVC store

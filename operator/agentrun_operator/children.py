@@ -228,6 +228,7 @@ def _runner_env(owner: RunOwner, spec: AgentRunSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": contract.CONFIG_ENV, "value": f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}"},
         {"name": contract.POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": contract.POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {
             "name": contract.STREAM_TOKEN_ENV,
             "valueFrom": {

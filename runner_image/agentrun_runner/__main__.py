@@ -25,6 +25,7 @@ from agentrun_api.contract import (
     CONFIG_MOUNT_PATH,
     EXIT_INVALID_CONFIG,
     EXIT_OUTCOME_RECORDED,
+    POD_IP_ENV,
     POD_NAME_ENV,
     STREAM_TOKEN_ENV,
     RunnerConfig,
@@ -150,7 +151,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
             token=stream_token,
             heartbeat_seconds=parse_duration(spec.streaming.heartbeat_interval),
             client_queue_size=settings.sse_client_queue_size,
-            host=settings.stream_host,
+            host=settings.stream_host or os.environ.get(POD_IP_ENV) or "0.0.0.0",  # noqa: S104
             port=config.stream_port,
             keep_alive_seconds=config.stream_keep_alive_seconds,
         )

@@ -32,9 +32,9 @@ class RunnerSettings:
     max_tool_output_chars: int = 65_536
     # Bytes read_file returns at most. Default 1 MiB.
     max_read_file_bytes: int = 1_048_576
-    # Address the stream server binds. Default all interfaces (the pod's Service reaches it); tests
-    # and local runs use 127.0.0.1.
-    stream_host: str = "0.0.0.0"  # noqa: S104
+    # Address the stream server binds. Empty (the default): the pod's IP from POD_IP, which the
+    # Service's endpoints point at, or all interfaces when POD_IP is unset; tests use 127.0.0.1.
+    stream_host: str = ""
     # Write progress reports to this file instead of the ConfigMap <run>-progress: for running the
     # runner outside a cluster (tests, a laptop). Empty (the default) means the ConfigMap.
     progress_file: str = ""

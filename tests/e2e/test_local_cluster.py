@@ -8,9 +8,6 @@ from typing import Any
 
 import pytest
 
-# Until the operator is merged alongside the executor.
-pytest.importorskip("agentrun_operator.handlers", reason="the operator is not on this branch yet")
-
 from tests.harness.executor import MountNamespaceUnavailableError
 from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.local_cluster import LocalCluster
@@ -58,6 +55,11 @@ def agent_run(name: str, cluster: LocalCluster, **spec: Any) -> JsonObject:
     }
 
 
+def runner_logs(cluster: LocalCluster) -> str:
+    """Every pod's output, for an assertion message that explains a failed run."""
+    return "\n".join(f"--- {ns}/{pod}\n{cluster.executor.read_log(ns, pod)}" for ns, pod in cluster.executor.pod_keys())
+
+
 def needs_scripted_model(cluster: LocalCluster) -> None:
     if cluster.model.real:
         pytest.skip("needs the scripted model's slow, multi-step answers; a real endpoint (OPENAI_BASE_URL) is set")
@@ -96,7 +98,7 @@ async def test_agent_run_succeeds_through_operator_executor_and_runner(cluster, 
         return status if status.get("phase") in ("Succeeded", "Failed", "TimedOut") else None
 
     status = await wait_for(succeeded, "run q1 to end")
-    assert status["phase"] == "Succeeded", status
+    assert status["phase"] == "Succeeded", (status, runner_logs(cluster))
     assert status["iteration"] >= 1
 
     async def pod_succeeded():
@@ -128,7 +130,7 @@ async def test_run_resumes_from_its_checkpoint_after_the_runner_pod_is_sigkilled
         return status if status.get("phase") in ("Succeeded", "Failed", "TimedOut") else None
 
     status = await wait_for(ended, "run q2 to end")
-    assert status["phase"] == "Succeeded", status
+    assert status["phase"] == "Succeeded", (status, runner_logs(cluster))
     assert status["restarts"] == 1
     assert cluster.executor.runtime("default", first["metadata"]["name"]).exit_code == 137
     second_log = cluster.executor.read_log("default", (await runner_pods(kube, "q2"))[-1]["metadata"]["name"])
@@ -151,7 +153,7 @@ async def test_run_completes_when_the_operator_is_restarted_in_the_middle(cluste
         return status if status.get("phase") in ("Succeeded", "Failed", "TimedOut") else None
 
     status = await wait_for(ended, "run q3 to end")
-    assert status["phase"] == "Succeeded", status
+    assert status["phase"] == "Succeeded", (status, runner_logs(cluster))
     assert cluster.operator.starts == 2
     assert len(await runner_pods(kube, "q3")) == 1  # the new operator adopted the Job, no second runner
 
@@ -173,7 +175,10 @@ async def test_evicted_runner_resumes_without_using_up_a_restart(cluster, kube):
         return status if status.get("phase") in ("Succeeded", "Failed", "TimedOut") else None
 
     status = await wait_for(ended, "run q4 to end")
-    assert status["phase"] == "Succeeded", status  # maxRestarts 0, yet the eviction did not fail the run
+    assert status["phase"] == "Succeeded", (
+        status,
+        runner_logs(cluster),
+    )  # maxRestarts 0, yet the eviction did not fail the run
     job = await kube.get(namespaced_path("batch/v1", "jobs", "default", "q4-runner"))
     assert job is not None
     assert job["status"]["failed"] == 0

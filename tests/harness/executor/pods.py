@@ -7,6 +7,7 @@ process sees the files a real container would see, at the same paths.
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -38,7 +39,17 @@ logger = logging.getLogger(__name__)
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
 UNSHARE = ["unshare", "--mount", "--propagation", "private", "--"]
-LOCAL_IP = "127.0.0.1"  # every pod shares the host's loopback: there is no pod network
+LOCAL_IP = "127.0.0.1"  # the node's address (status.hostIP)
+# Every pod gets an address of its own, as a pod network gives it: 127.0.0.0/8 is loopback as a whole on
+# Linux, so two runners both serving containerPort 8080 on their podIP do not collide.
+_pod_addresses = itertools.count()
+
+
+def next_pod_ip() -> str:
+    n = next(_pod_addresses)
+    return f"127.2.{(n // 250) % 250}.{n % 250 + 1}"
+
+
 # Where a container finds the executor's kubeconfig: the stand-in for the service account mount
 # (/var/run/secrets/kubernetes.io/serviceaccount), at a fixed path no volume of the pod covers.
 CREDENTIALS_MOUNT_PATH = "/var/run/secrets/local-executor"
@@ -100,6 +111,7 @@ class PodRuntime:
         self.exit_code: int | None = None  # the main container's last exit code
         self.restart_count = 0
         self.phase = "Pending"
+        self.pod_ip = next_pod_ip()
         self.finished = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -157,8 +169,8 @@ class PodRuntime:
         if self._init_statuses:
             status["initContainerStatuses"] = self._init_statuses
         if self.phase == "Running":
-            status["podIP"] = LOCAL_IP
-            status["podIPs"] = [{"ip": LOCAL_IP}]
+            status["podIP"] = self.pod_ip
+            status["podIPs"] = [{"ip": self.pod_ip}]
         return status
 
     async def _write_status(self) -> None:
@@ -201,6 +213,8 @@ class PodRuntime:
 
     async def _prepare(self) -> tuple[list[ContainerLaunch], ContainerLaunch]:
         pod = self._pod
+        # kubelet knows the pod's IP before it starts containers: the downward API can hand it in.
+        pod.setdefault("status", {})["podIP"] = self.pod_ip
         source = PodEnvironment(self._kube, pod)
         volumes = await prepare_volumes(pod, source, self._kube, self.pod_dir, self._claims_dir)
         launches: list[ContainerLaunch] = []

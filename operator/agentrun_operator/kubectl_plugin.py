@@ -1,0 +1,630 @@
+"""kubectl-agentrun: follow, inspect and steer AgentRuns from a terminal (`kubectl agentrun <command> <run>`).
+
+It talks to the cluster with the official Kubernetes client and the user's own kubeconfig and identity, so it can
+do exactly what the user's RBAC allows. Commands that change a run (suspend, resume, cancel) merge-patch the
+user's own spec fields, never status. Every failure is one line on stderr naming what to do, never a traceback.
+"""
+
+import argparse
+import base64
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO, cast, get_args
+
+import httpx
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from agentrun_api import constants, contract
+from agentrun_api.durations import format_duration, parse_duration
+from agentrun_api.spec import AgentRunSpec, IngressController
+from agentrun_operator.stream_timeouts import Hop, StreamBudget, format_chain_table, stream_chain
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+# The stream: seconds before the first reconnect when the server sent no `retry:` field, the cap on any wait,
+# and how many reconnects in a row may bring no new event before the plugin gives up.
+DEFAULT_RECONNECT_SECONDS = 1.0
+MAX_RECONNECT_SECONDS = 30.0
+DEFAULT_MAX_RECONNECTS = 20
+# Seconds to wait for the stream's response headers or the next byte; heartbeats arrive well inside this.
+STREAM_READ_TIMEOUT_SECONDS = 120.0
+FINISHED_EVENT = "finished"
+
+
+class PluginError(Exception):
+    """A failure the user can act on; printed as one line, without a traceback."""
+
+
+class Target:
+    """The cluster connection and the namespace a command works in, connected on first use (as kubectl does:
+    the kubeconfig from the flag, KUBECONFIG or ~/.kube/config, a context, a namespace), so a command that
+    needs no API server (stream with --url and --token) needs no kubeconfig either."""
+
+    def __init__(self, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+        self._kubeconfig = kubeconfig
+        self._context = context
+        self._namespace = namespace
+
+    @functools.cached_property
+    def _connection(self) -> tuple[client.ApiClient, str]:
+        try:
+            contexts, current = config.list_kube_config_contexts(config_file=self._kubeconfig)  # type: ignore[no-untyped-call]
+            chosen = next((c for c in contexts if c["name"] == self._context), None) if self._context else current
+            if chosen is None:
+                raise PluginError(
+                    f"context {self._context!r} is not in the kubeconfig; `kubectl config get-contexts` lists them"
+                )
+            api = config.new_client_from_config(config_file=self._kubeconfig, context=chosen["name"])  # type: ignore[no-untyped-call]
+        except config.ConfigException as error:
+            raise PluginError(f"cannot load the kubeconfig: {error}") from None
+        except OSError as error:
+            raise PluginError(f"cannot read the kubeconfig: {error}") from None
+        return api, self._namespace or chosen["context"].get("namespace") or "default"
+
+    @property
+    def api(self) -> client.ApiClient:
+        return self._connection[0]
+
+    @property
+    def namespace(self) -> str:
+        return self._connection[1]
+
+
+def api_error(error: ApiException, what: str, namespace: str) -> PluginError:
+    """One clear line for an API failure: what was wanted, and the API server's own words."""
+    try:
+        message = json.loads(error.body or "{}").get("message") or error.reason
+    except (ValueError, AttributeError):
+        message = error.reason
+    if error.status == 404:
+        return PluginError(f"{what} not found in namespace {namespace}")
+    if error.status in (401, 403):
+        return PluginError(f"not allowed to read or change {what} in namespace {namespace}: {message}")
+    return PluginError(f"{what}: the API server answered {error.status}: {message}")
+
+
+def get_run(target: Target, name: str) -> dict[str, Any]:
+    objects = client.CustomObjectsApi(target.api)
+    try:
+        run = objects.get_namespaced_custom_object(
+            constants.GROUP, constants.VERSION, target.namespace, constants.PLURAL, name
+        )
+    except ApiException as error:
+        raise api_error(error, f"agentrun {name}", target.namespace) from None
+    return cast(dict[str, Any], run)
+
+
+# --- logs ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunnerPod:
+    """What the logs command needs of a runner pod."""
+
+    name: str
+    created: datetime
+    started: datetime | None
+    phase: str
+    restarted: bool  # a container restarted in place, so the pod also has a previous log
+
+    @classmethod
+    def from_api(cls, pod: client.V1Pod) -> "RunnerPod":
+        metadata = pod.metadata or client.V1ObjectMeta()
+        status = pod.status or client.V1PodStatus()
+        return cls(
+            name=metadata.name or "",
+            created=metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC),
+            started=status.start_time,
+            phase=status.phase or "Unknown",
+            restarted=any(c.restart_count for c in status.container_statuses or []),
+        )
+
+
+def pod_header(pod: RunnerPod) -> str:
+    started = pod.started.isoformat() if pod.started else "not started"
+    return f"==> pod {pod.name} (started {started}, {pod.phase}) <=="
+
+
+def oldest_first(pods: Iterable[RunnerPod]) -> list[RunnerPod]:
+    """Each replaced pod resumed where the one before it stopped, so creation order is the run's order; creation
+    times have whole seconds only, so the start time breaks a tie (a pod not started yet comes last)."""
+    never = datetime.max.replace(tzinfo=UTC)
+    return sorted(pods, key=lambda pod: (pod.created, pod.started or never, pod.name))
+
+
+def runner_pods(target: Target, run: str) -> list[RunnerPod]:
+    core = client.CoreV1Api(target.api)
+    try:
+        pods = core.list_namespaced_pod(target.namespace, label_selector=f"{constants.LABEL_RUN}={run}").items
+    except ApiException as error:
+        raise api_error(error, f"the pods of agentrun {run}", target.namespace) from None
+    return oldest_first(RunnerPod.from_api(pod) for pod in pods)
+
+
+def command_logs(target: Target, args: argparse.Namespace, out: TextIO) -> int:
+    get_run(target, args.run)
+    pods = runner_pods(target, args.run)
+    if not pods:
+        out.write(
+            f"agentrun {args.run} has no runner pods: not started yet, or its Job was deleted "
+            "(spec.ttlSecondsAfterFinished)\n"
+        )
+        return EXIT_OK
+    core = client.CoreV1Api(target.api)
+    for pod in pods:
+        out.write(pod_header(pod) + "\n")
+        for previous in (True, False) if pod.restarted else (False,):
+            try:
+                text = core.read_namespaced_pod_log(pod.name, target.namespace, previous=previous)
+            except ApiException as error:
+                if error.status in (400, 404):  # no log yet, or no earlier container to show
+                    out.write(f"({'previous ' if previous else ''}log not available: {error.reason})\n")
+                    continue
+                raise api_error(error, f"the log of pod {pod.name}", target.namespace) from None
+            out.write(text if text.endswith("\n") or not text else text + "\n")
+    return EXIT_OK
+
+
+# --- stream -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    """One Server-Sent Event as dispatched by the parser."""
+
+    id: str | None
+    event: str
+    data: str
+
+
+class SseParser:
+    """The event-stream format of the HTML standard: fields per line, an empty line dispatches, ':' comments."""
+
+    def __init__(self) -> None:
+        self.last_event_id: str | None = None
+        self.retry_seconds: float | None = None
+        self._event = ""
+        self._data: list[str] = []
+        self._id_seen = False
+
+    def feed(self, line: str) -> SseEvent | None:
+        """Take one line (without its end of line); return an event when the line completes one."""
+        if line == "":
+            return self._dispatch()
+        if line.startswith(":"):
+            return None  # a comment: the server's heartbeat
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            self._event = value
+        elif field == "data":
+            self._data.append(value)
+        elif field == "id" and "\0" not in value:
+            self.last_event_id = value
+            self._id_seen = True
+        elif field == "retry" and value.isdigit():
+            self.retry_seconds = int(value) / 1000
+        return None
+
+    def _dispatch(self) -> SseEvent | None:
+        event = SseEvent(
+            id=self.last_event_id if self._id_seen else None, event=self._event or "message", data="\n".join(self._data)
+        )
+        has_data = bool(self._data)
+        self._event, self._data, self._id_seen = "", [], False
+        return event if has_data else None
+
+
+def format_event(event: SseEvent) -> str:
+    """One line per event (multi-line data stays indented under it): `[id] type data`."""
+    data = event.data.replace("\n", "\n    ")
+    return f"[{event.id if event.id is not None else '-'}] {event.event} {data}"
+
+
+def stream_lines(response: httpx.Response) -> Iterator[str]:
+    """Lines of a streamed body, split on CRLF, LF or CR as the event-stream format allows."""
+    pending = ""
+    for chunk in response.iter_text():
+        pending += chunk
+        # A CR at the end of a chunk may be the first half of a CRLF: decide once the next chunk is here.
+        held = "\r" if pending.endswith("\r") else ""
+        lines = pending.removesuffix(held).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        pending = lines.pop() + held
+        yield from lines
+    if pending:
+        yield pending.removesuffix("\r")
+
+
+def follow_stream(
+    url: str,
+    token: str | None,
+    out: TextIO,
+    *,
+    last_event_id: str | None = None,
+    max_reconnects: int = DEFAULT_MAX_RECONNECTS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Print a run's events until `finished`; reconnect with Last-Event-ID whenever the connection drops."""
+    parser = SseParser()
+    parser.last_event_id = last_event_id
+    failures = 0
+    headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    timeout = httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT_SECONDS)
+    with httpx.Client(timeout=timeout) as http:
+        while True:
+            if parser.last_event_id is not None:
+                headers["Last-Event-ID"] = parser.last_event_id
+            problem = ""
+            try:
+                with http.stream("GET", url, headers=headers) as response:
+                    if response.status_code == 204:
+                        return EXIT_OK  # the server says there is nothing more to follow
+                    if response.status_code in (401, 403):
+                        raise PluginError(
+                            f"the stream refused the token ({response.status_code}); pass the run's stream token "
+                            "with --token"
+                        )
+                    if response.status_code == 404:
+                        raise PluginError(f"no stream at {url} (404): the run may not stream, or has ended")
+                    if response.status_code != 200:
+                        problem = f"HTTP {response.status_code}"
+                    else:
+                        for line in stream_lines(response):
+                            event = parser.feed(line)
+                            if event is None:
+                                continue
+                            failures = 0
+                            out.write(format_event(event) + "\n")
+                            out.flush()
+                            if event.event == FINISHED_EVENT:
+                                return EXIT_OK
+                        problem = "the server closed the stream"
+            except httpx.TransportError as error:
+                problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            failures += 1
+            if failures > max_reconnects:
+                raise PluginError(
+                    f"gave up after {max_reconnects} reconnects without a new event ({problem}); an in-cluster "
+                    f"address needs `kubectl port-forward` and --url"
+                )
+            delay = min(parser.retry_seconds or DEFAULT_RECONNECT_SECONDS * failures, MAX_RECONNECT_SECONDS)
+            resume = f" from event {parser.last_event_id}" if parser.last_event_id is not None else ""
+            sys.stderr.write(f"stream interrupted ({problem}); reconnecting{resume} in {delay:g}s\n")
+            sleep(delay)
+
+
+def stream_token(target: Target, run: str) -> str:
+    """The run's stream token from its Secret, for users whose RBAC lets them read it."""
+    secret_name = contract.stream_token_secret_name(run)
+    try:
+        secret = client.CoreV1Api(target.api).read_namespaced_secret(secret_name, target.namespace)
+    except ApiException as error:
+        if error.status in (401, 403, 404):
+            raise PluginError(
+                f"cannot read Secret {secret_name} in namespace {target.namespace} ({error.status}); "
+                "pass the stream token with --token"
+            ) from None
+        raise api_error(error, f"Secret {secret_name}", target.namespace) from None
+    encoded = (secret.data or {}).get(contract.STREAM_TOKEN_KEY)
+    if not encoded:
+        raise PluginError(f"Secret {secret_name} has no key {contract.STREAM_TOKEN_KEY!r}; pass --token")
+    return base64.b64decode(encoded).decode()
+
+
+def command_stream(target: Target, args: argparse.Namespace, out: TextIO) -> int:
+    url = args.url
+    if not url:
+        run = get_run(target, args.run)
+        url = (run.get("status") or {}).get("streamURL", "")
+        if not url:
+            raise PluginError(
+                f"agentrun {args.run} has no status.streamURL yet: it has not started, streaming is off, or the "
+                "operator has no stream base URL; use --url with a port-forward to Service "
+                f"{args.run}-stream (port {contract.STREAM_PORT_NAME}) and its /events path"
+            )
+    token = args.token or stream_token(target, args.run)
+    return follow_stream(url, token, out, last_event_id=args.last_event_id, max_reconnects=args.max_reconnects)
+
+
+# --- result -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResultLocation:
+    """Where the runner stored the full result: a ConfigMap key, or a file on the PVC checkpoint store."""
+
+    store: str  # "configmap" or "pvc"
+    name: str
+    key: str  # the ConfigMap key, or the path inside the volume
+
+
+def parse_result_ref(ref: str) -> ResultLocation:
+    """Read `configmap/<name>#<key>` or `pvc/<claim>/<path>` (the forms status.result.ref takes)."""
+    kind, _, rest = ref.partition("/")
+    if kind == "configmap" and "#" in rest:
+        name, _, key = rest.partition("#")
+        if name and key:
+            return ResultLocation("configmap", name, key)
+    if kind == "pvc":
+        claim, _, path = rest.partition("/")
+        if claim and path:
+            return ResultLocation("pvc", claim, path)
+    raise PluginError(f"status.result.ref {ref!r} is neither configmap/<name>#<key> nor pvc/<claim>/<path>")
+
+
+def format_result_summary(run: dict[str, Any]) -> str:
+    status = run.get("status") or {}
+    lines = [f"phase:    {status.get('phase') or 'not reported yet'}"]
+    if status.get("reason"):
+        lines.append(f"reason:   {status['reason']}")
+    if status.get("message"):
+        lines.append(f"message:  {status['message']}")
+    usage = status.get("usage") or {}
+    if usage:
+        lines.append(
+            f"usage:    {usage.get('totalTokens', 0)} tokens "
+            f"({usage.get('promptTokens', 0)} prompt, {usage.get('completionTokens', 0)} completion)"
+        )
+    result = status.get("result") or {}
+    if result:
+        lines.append(f"stored:   {result.get('ref', '')} ({result.get('bytes', 0)} bytes)")
+        lines.append("summary:")
+        lines.extend("  " + line for line in (result.get("summary") or "").splitlines())
+    return "\n".join(lines) + "\n"
+
+
+def command_result(target: Target, args: argparse.Namespace, out: TextIO) -> int:
+    run = get_run(target, args.run)
+    out.write(format_result_summary(run))
+    result = (run.get("status") or {}).get("result") or {}
+    if not result.get("ref"):
+        out.write(f"agentrun {args.run} has no stored result yet\n")
+        return EXIT_OK
+    if args.summary_only:
+        return EXIT_OK
+    location = parse_result_ref(result["ref"])
+    if location.store == "pvc":
+        out.write(
+            f"the full result is the file {location.key} on PersistentVolumeClaim {location.name}; read it from a "
+            "pod that mounts the claim (kubectl cp, or kubectl exec ... cat)\n"
+        )
+        return EXIT_OK
+    try:
+        config_map = client.CoreV1Api(target.api).read_namespaced_config_map(location.name, target.namespace)
+    except ApiException as error:
+        raise api_error(error, f"ConfigMap {location.name} (the stored result)", target.namespace) from None
+    text = (config_map.data or {}).get(location.key)
+    if text is None:
+        raise PluginError(f"ConfigMap {location.name} has no key {location.key!r}: the stored result is missing")
+    out.write("result:\n" + text + ("" if text.endswith("\n") else "\n"))
+    return EXIT_OK
+
+
+# --- suspend, resume, cancel --------------------------------------------------------------------------------------
+
+
+def patch_spec(target: Target, run: str, spec_fields: dict[str, bool]) -> dict[str, Any]:
+    """Merge-patch the user's own spec fields (suspend, cancel); the operator reacts to the new generation."""
+    objects = client.CustomObjectsApi(target.api)
+    try:
+        patched = objects.patch_namespaced_custom_object(
+            constants.GROUP,
+            constants.VERSION,
+            target.namespace,
+            constants.PLURAL,
+            run,
+            {"spec": spec_fields},
+            _content_type="application/merge-patch+json",
+        )
+    except ApiException as error:
+        raise api_error(error, f"agentrun {run}", target.namespace) from None
+    return cast(dict[str, Any], patched)
+
+
+def steering_command(
+    spec_fields: dict[str, bool], verb: str, done: str
+) -> Callable[[Target, argparse.Namespace, TextIO], int]:
+    def command(target: Target, args: argparse.Namespace, out: TextIO) -> int:
+        run = get_run(target, args.run)
+        phase = (run.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed", "TimedOut", "Cancelled"):
+            raise PluginError(f"agentrun {args.run} already ended as {phase}; nothing to {verb}")
+        patch_spec(target, args.run, spec_fields)
+        out.write(f"{constants.SINGULAR}.{constants.GROUP}/{args.run} {done}\n")
+        return EXIT_OK
+
+    return command
+
+
+# --- budget -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetRow:
+    """One hop of the run's timeout chain: its kind of timer, what it is set to, what the run needs of it."""
+
+    hop: str
+    timer: str
+    value_set: str
+    value_needed: str
+    verdict: str  # OK or WARN
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else format_duration(value)
+
+
+def budget_rows(run: dict[str, Any]) -> list[BudgetRow]:
+    """The run's own budget (status.budget, computed by the operator) and the per-call limits behind it."""
+    spec = run.get("spec") or {}
+    budget = (run.get("status") or {}).get("budget")
+    if not budget:
+        raise PluginError(
+            f"agentrun {run['metadata']['name']} has no status.budget yet: the operator computes it when it accepts "
+            "the run"
+        )
+    max_execution = budget["maxExecutionSeconds"]
+    worst_case = budget["worstCaseSeconds"]
+    deadline = budget["activeDeadlineSeconds"]
+    model = spec.get("model") or {}
+    throttle = spec.get("throttle") or {}
+    iterations = spec.get("maxIterations")
+    request_timeout = parse_duration(model.get("requestTimeout", "120s"))
+    rows = [
+        BudgetRow(
+            "run (maxExecutionTime)",
+            "whole run, soft",
+            _seconds(max_execution),
+            f"{_seconds(worst_case)} worst case",
+            "OK" if budget["fits"] else "WARN",
+        ),
+        BudgetRow(
+            "Job activeDeadlineSeconds",
+            "whole run, hard",
+            _seconds(deadline),
+            f"> {_seconds(max_execution)}",
+            "OK" if deadline > max_execution else "WARN",
+        ),
+        BudgetRow(
+            "model call (requestTimeout)",
+            "per call",
+            _seconds(request_timeout),
+            f"x {iterations} iterations" if iterations else "-",
+            "OK" if request_timeout < max_execution else "WARN",
+        ),
+    ]
+    if throttle.get("enabled"):
+        wait = throttle.get("maxSecondsToWaitInQueue", 60)
+        rows.append(
+            BudgetRow(
+                "throttle queue wait",
+                "per call",
+                _seconds(wait),
+                f"x {iterations} iterations" if iterations else "-",
+                "OK" if wait < max_execution else "WARN",
+            )
+        )
+    return rows
+
+
+def format_table(headers: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+    """A kubectl-style table: upper-case headers, columns padded to their widest cell, three spaces apart."""
+    table = [list(headers), *(list(row) for row in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "".join(
+        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in table
+    )
+
+
+def stream_path(run: dict[str, Any], controller: IngressController | None) -> tuple[IngressController, list[Hop]]:
+    """The timers between a reader and the runner for this run's budget, behind the given controller (default:
+    the run's own spec.streaming.ingress.controller, else ingress-nginx)."""
+    try:
+        spec = AgentRunSpec.model_validate(run.get("spec") or {})
+    except ValidationError as error:
+        raise PluginError(
+            f"cannot read the spec of agentrun {run['metadata']['name']}: {error.errors()[0]['msg']}"
+        ) from None
+    chosen = controller or (spec.streaming.ingress.controller if spec.streaming.ingress else "ingress-nginx")
+    return chosen, stream_chain(chosen, StreamBudget.from_spec(spec))
+
+
+def command_budget(target: Target, args: argparse.Namespace, out: TextIO) -> int:
+    run = get_run(target, args.run)
+    rows = budget_rows(run)
+    out.write(
+        format_table(
+            ("HOP", "TIMER", "SET", "NEEDED", "OK"),
+            ((r.hop, r.timer, r.value_set, r.value_needed, r.verdict) for r in rows),
+        )
+    )
+    controller, hops = stream_path(run, args.controller)
+    out.write(f"\nstream path, reader to runner, behind {controller} (--controller to choose another):\n")
+    out.write(format_chain_table(hops))
+    return EXIT_OK
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubectl agentrun", description="Follow, inspect and steer AgentRuns (agentrun.dev)."
+    )
+    parser.add_argument("--kubeconfig", help="path of the kubeconfig (default: KUBECONFIG, then ~/.kube/config)")
+    parser.add_argument("--context", help="kubeconfig context to use (default: the current context)")
+    parser.add_argument("-n", "--namespace", help="namespace of the AgentRun (default: the context's namespace)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str, handler: Callable[[Target, argparse.Namespace, TextIO], int]) -> Any:
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("run", metavar="RUN", help="name of the AgentRun")
+        command.set_defaults(handler=handler)
+        return command
+
+    add("logs", "print the runner's logs across pod restarts, oldest pod first", command_logs)
+    stream = add("stream", "follow the run's event stream, reconnecting with Last-Event-ID", command_stream)
+    stream.add_argument("--token", help="stream token (default: read from the Secret <run>-stream-token)")
+    stream.add_argument("--url", help="stream URL (default: status.streamURL), e.g. through kubectl port-forward")
+    stream.add_argument("--last-event-id", help="resume after this event id instead of from the start")
+    stream.add_argument(
+        "--max-reconnects", type=int, default=DEFAULT_MAX_RECONNECTS, help="reconnects in a row without a new event"
+    )
+    result = add("result", "print the run's outcome and its full stored result", command_result)
+    result.add_argument("--summary-only", action="store_true", help="print status.result only")
+    add(
+        "suspend",
+        "pause the run: it checkpoints and stops (spec.suspend=true)",
+        steering_command({"suspend": True}, "suspend", "suspended"),
+    )
+    add(
+        "resume",
+        "resume a suspended run from its checkpoint (spec.suspend=false)",
+        steering_command({"suspend": False}, "resume", "resumed"),
+    )
+    add(
+        "cancel",
+        "stop the run for good; it ends Cancelled (spec.cancel=true)",
+        steering_command({"cancel": True}, "cancel", "cancelled"),
+    )
+    budget = add(
+        "budget", "print the run's timeout budget: each timer, its value and what the run needs", command_budget
+    )
+    budget.add_argument(
+        "--controller",
+        choices=get_args(IngressController),
+        help="ingress or gateway controller in front of the stream (default: the run's, else ingress-nginx)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    output = out or sys.stdout
+    try:
+        code: int = args.handler(Target(args.kubeconfig, args.context, args.namespace), args, output)
+        return code
+    except PluginError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return EXIT_ERROR
+    except urllib3.exceptions.HTTPError as error:
+        sys.stderr.write(f"error: cannot reach the Kubernetes API server: {error}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

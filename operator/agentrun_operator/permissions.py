@@ -1,0 +1,232 @@
+"""What the operator may do in the cluster: the one list its RBAC is made from, each rule with its reason.
+
+The Helm chart renders its ClusterRole (or, with ``watchNamespace``, a Role plus a small ClusterRole
+for cluster-scoped reads) from ``helm/agentrun-operator/files/rbac-rules.yaml``, which
+``make chart-sync`` writes from this module; a test fails when the two differ, and another renders the
+chart and checks that its RBAC holds exactly these rules and no wildcard.
+
+Kubernetes refuses to let the operator create a Role (or bind one) granting anything the operator does
+not hold itself (the RBAC escalation rule), so the ConfigMap verbs below include every verb the runner's
+per-run Role grants on its own checkpoint and progress ConfigMaps.
+
+Run ``python -m agentrun_operator.permissions`` to print the chart's rules file.
+"""
+
+import enum
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+
+class Mode(enum.Enum):
+    """Which installations need a rule: kopf peers through a different kind in each watch mode."""
+
+    ALWAYS = "always"
+    CLUSTERWIDE = "clusterwide"  # the operator watches every namespace
+    NAMESPACED = "namespaced"  # the operator watches one namespace (chart value watchNamespace)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One RBAC PolicyRule and why the operator needs it."""
+
+    api_group: str  # "" is the core group
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    # True for cluster-scoped resources, which only a ClusterRole can grant.
+    cluster_scoped: bool
+    why: str
+    mode: Mode = Mode.ALWAYS
+
+    def as_policy_rule(self) -> dict[str, list[str]]:
+        return {"apiGroups": [self.api_group], "resources": list(self.resources), "verbs": list(self.verbs)}
+
+
+OPERATOR_RULES: tuple[Rule, ...] = (
+    Rule(
+        "agentrun.dev",
+        ("agentruns",),
+        ("list", "watch", "patch"),
+        cluster_scoped=False,
+        why="kopf watches AgentRuns and patches their metadata (finalizer, its progress annotations); never spec",
+    ),
+    Rule(
+        "agentrun.dev",
+        ("agentruns/status",),
+        ("patch",),
+        cluster_scoped=False,
+        why="the operator is the only writer of status, through the status subresource",
+    ),
+    Rule(
+        "agentrun.dev",
+        ("throttlepools",),
+        ("list", "watch", "patch"),
+        cluster_scoped=False,
+        why="kopf watches ThrottlePools to configure the permit server's pools and patches their metadata "
+        "(its progress annotations)",
+    ),
+    Rule(
+        "agentrun.dev",
+        ("throttlepools/status",),
+        ("patch",),
+        cluster_scoped=False,
+        why="the pools' live status (in flight, queued, rate) for `kubectl get throttlepools`",
+    ),
+    Rule(
+        "batch",
+        ("jobs",),
+        ("create", "get", "list", "watch", "patch", "delete"),
+        cluster_scoped=False,
+        why="each run's Job <run>-runner: created (get adopts it after a 409), watched for its outcome, patched to "
+        "suspend, deleted when a run is cancelled or past ttlSecondsAfterFinished",
+    ),
+    Rule(
+        "",
+        ("pods",),
+        ("list", "watch", "delete"),
+        cluster_scoped=False,
+        why="runner pods are watched to count restarts; a pod past its progressDeadline is deleted so the Job "
+        "replaces it",
+    ),
+    Rule(
+        "",
+        ("configmaps",),
+        ("create", "get", "list", "watch", "update", "patch"),
+        cluster_scoped=False,
+        why="the run's config and progress ConfigMaps are created (get adopts after a 409) and progress ConfigMaps "
+        "watched; update and patch because the runner's Role grants them on its own ConfigMaps, and a Role may "
+        "only grant what its creator holds",
+    ),
+    Rule(
+        "",
+        ("secrets",),
+        ("create", "get"),
+        cluster_scoped=False,
+        why="create the run's <run>-stream-token Secret; get reads the API-key Secret's existence, adopts the "
+        "token Secret after a 409, and checks a runner's token at the permit server (no list or watch: the "
+        "operator never enumerates Secrets)",
+    ),
+    Rule(
+        "",
+        ("serviceaccounts", "services", "persistentvolumeclaims"),
+        ("create", "get"),
+        cluster_scoped=False,
+        why="the runner's ServiceAccount, the <run>-stream Service and the PVC checkpoint store; get adopts after a "
+        "409; owner references let the garbage collector delete them with the run",
+    ),
+    Rule(
+        "rbac.authorization.k8s.io",
+        ("roles", "rolebindings"),
+        ("create", "get"),
+        cluster_scoped=False,
+        why="the runner's least-privilege Role and RoleBinding <run>-runner; get adopts after a 409",
+    ),
+    Rule(
+        "",
+        ("events",),
+        ("create",),
+        cluster_scoped=False,
+        why="Events on AgentRuns: kopf's handler events and the operator's (budget warnings, restarts, outcome)",
+    ),
+    Rule(
+        "storage.k8s.io",
+        ("storageclasses",),
+        ("get",),
+        cluster_scoped=True,
+        why="check that a PVC checkpoint store's storageClassName exists before creating the claim",
+    ),
+    Rule(
+        "apiextensions.k8s.io",
+        ("customresourcedefinitions",),
+        ("list", "watch"),
+        cluster_scoped=True,
+        why="kopf's resource observer notices the AgentRun CRD being installed or removed at run time",
+    ),
+    Rule(
+        "kopf.dev",
+        ("clusterkopfpeerings",),
+        ("get", "list", "watch", "patch"),
+        cluster_scoped=True,
+        why="kopf peering across replicas of a cluster-wide operator: only the highest priority one is active",
+        mode=Mode.CLUSTERWIDE,
+    ),
+    Rule(
+        "kopf.dev",
+        ("kopfpeerings",),
+        ("get", "list", "watch", "patch"),
+        cluster_scoped=False,
+        why="kopf peering across replicas of an operator watching one namespace",
+        mode=Mode.NAMESPACED,
+    ),
+)
+
+
+# The stream gateway (chart value gateway.enabled) runs under its own ServiceAccount with these rules.
+GATEWAY_RULES: tuple[Rule, ...] = (
+    Rule(
+        "agentrun.dev",
+        ("agentruns",),
+        ("get",),
+        cluster_scoped=False,
+        why="the gateway reads a run's phase and heartbeat interval before relaying its stream",
+    ),
+    Rule(
+        "",
+        ("secrets",),
+        ("get",),
+        cluster_scoped=False,
+        why="the gateway checks a reader's bearer token against the run's <run>-stream-token Secret",
+    ),
+    Rule(
+        "authentication.k8s.io",
+        ("tokenreviews",),
+        ("create",),
+        cluster_scoped=True,
+        why="a reader may instead present a Kubernetes token; the gateway asks the API server whose it is",
+    ),
+    Rule(
+        "authorization.k8s.io",
+        ("subjectaccessreviews",),
+        ("create",),
+        cluster_scoped=True,
+        why="and then whether that identity may get the AgentRun it wants to follow",
+    ),
+)
+
+
+def rules_for(mode: Mode, rules: tuple[Rule, ...] = OPERATOR_RULES) -> list[Rule]:
+    """The rules an installation in this watch mode needs."""
+    if mode is Mode.ALWAYS:
+        raise ValueError("an installation is either CLUSTERWIDE or NAMESPACED")
+    return [rule for rule in rules if rule.mode in (Mode.ALWAYS, mode)]
+
+
+def _by_mode(rules: tuple[Rule, ...]) -> dict[str, Any]:
+    clusterwide = rules_for(Mode.CLUSTERWIDE, rules)
+    namespaced = rules_for(Mode.NAMESPACED, rules)
+    return {
+        "clusterwide": {"clusterRole": [rule.as_policy_rule() for rule in clusterwide]},
+        "namespaced": {
+            "role": [rule.as_policy_rule() for rule in namespaced if not rule.cluster_scoped],
+            "clusterRole": [rule.as_policy_rule() for rule in namespaced if rule.cluster_scoped],
+        },
+    }
+
+
+def chart_rules() -> dict[str, Any]:
+    """The chart's rules file: what goes into each Role kind in each watch mode, for each component."""
+    return {"operator": _by_mode(OPERATOR_RULES), "gateway": _by_mode(GATEWAY_RULES)}
+
+
+def render_chart_rules() -> str:
+    header = (
+        "# Generated from operator/agentrun_operator/permissions.py by `make chart-sync`. Do not edit by hand:\n"
+        "# the reason for every rule is written next to it there.\n"
+    )
+    return header + yaml.safe_dump(chart_rules(), sort_keys=False, default_flow_style=None, width=120)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_chart_rules())

@@ -1,0 +1,239 @@
+"""kubectl-agentrun against the emulated API server over real HTTP, with the official Kubernetes client."""
+
+import asyncio
+import base64
+import io
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agentrun_operator import kubectl_plugin
+from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.sse_server import SseServer
+
+pytestmark = pytest.mark.integration
+
+RUNS = "/apis/agentrun.dev/v1alpha1/namespaces/default/agentruns"
+CORE = "/api/v1/namespaces/default"
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+def agentrun(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "agentrun.dev/v1alpha1",
+        "kind": "AgentRun",
+        "metadata": {"name": name},
+        "spec": {
+            "instructions": "You are terse.",
+            "input": "Say hi.",
+            "model": {"name": "gpt-4.1-mini", "requestTimeout": "2m"},
+            "maxExecutionTime": "30m",
+            "maxIterations": 100,
+            **spec,
+        },
+    }
+
+
+async def call(session: aiohttp.ClientSession, method: str, path: str, body: Any, **kwargs: Any) -> dict[str, Any]:
+    async with session.request(method, path.lstrip("/"), json=body, **kwargs) as response:
+        assert response.status < 300, await response.text()
+        result: dict[str, Any] = await response.json()
+        return result
+
+
+async def set_status(session: aiohttp.ClientSession, name: str, status: dict[str, Any]) -> None:
+    await call(session, "PATCH", f"{RUNS}/{name}/status", {"status": status}, headers=MERGE)
+
+
+async def plugin(apiserver: EmulatedApiServer, *args: str) -> tuple[int, str, str]:
+    """Run `kubectl agentrun ARGS` in a thread (the client is synchronous; the emulator serves on this loop)."""
+    out = io.StringIO()
+    argv = ["--kubeconfig", str(apiserver.kubeconfig_path), *args]
+    with pytest.MonkeyPatch.context() as patch:
+        err = io.StringIO()
+        patch.setattr("sys.stderr", err)
+        code = await asyncio.to_thread(kubectl_plugin.main, argv, out)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+async def session(apiserver: EmulatedApiServer) -> Any:
+    async with aiohttp.ClientSession(base_url=apiserver.url + "/") as http:
+        yield http
+
+
+async def test_suspend_resume_and_cancel_merge_patch_only_the_users_spec_fields(
+    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+) -> None:
+    await call(session, "POST", RUNS, agentrun("q3"))
+    await set_status(session, "q3", {"phase": "Running"})
+
+    assert await plugin(apiserver, "suspend", "q3") == (0, "agentrun.agentrun.dev/q3 suspended\n", "")
+    run = apiserver.store.try_get("AgentRun", "default", "q3")
+    assert run is not None
+    assert run["spec"]["suspend"] is True
+    assert run["status"]["phase"] == "Running"  # status is the operator's; the plugin never writes it
+
+    assert (await plugin(apiserver, "resume", "q3"))[0] == 0
+    assert apiserver.store.get(apiserver.registry.find("agentruns"), "default", "q3")["spec"]["suspend"] is False
+
+    assert (await plugin(apiserver, "cancel", "q3"))[1] == "agentrun.agentrun.dev/q3 cancelled\n"
+    assert apiserver.store.get(apiserver.registry.find("agentruns"), "default", "q3")["spec"]["cancel"] is True
+    patches = [r for r in apiserver.requests if r.verb == "patch" and r.resource == "agentruns"]
+    assert [r.subresource for r in patches if r.subresource != "status"] == ["", "", ""]
+
+
+async def test_steering_an_ended_run_is_refused_without_a_write(
+    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+) -> None:
+    await call(session, "POST", RUNS, agentrun("done"))
+    await set_status(session, "done", {"phase": "Succeeded"})
+    code, out, err = await plugin(apiserver, "suspend", "done")
+    assert (code, out) == (1, "")
+    assert err == "error: agentrun done already ended as Succeeded; nothing to suspend\n"
+    assert apiserver.store.get(apiserver.registry.find("agentruns"), "default", "done")["spec"].get("suspend") is False
+
+
+async def test_missing_run_is_one_clear_line(apiserver: EmulatedApiServer) -> None:
+    assert await plugin(apiserver, "budget", "nope") == (1, "", "error: agentrun nope not found in namespace default\n")
+
+
+async def test_namespace_flag_selects_where_the_run_is(
+    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+) -> None:
+    await call(session, "POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
+    await call(session, "POST", RUNS.replace("/default/", "/team-a/"), agentrun("there"))
+    code, out, _ = await plugin(apiserver, "-n", "team-a", "result", "there")
+    assert code == 0
+    assert out.startswith("phase:    not reported yet\n")
+
+
+async def test_logs_print_every_runner_pod_oldest_first(
+    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+) -> None:
+    await call(session, "POST", RUNS, agentrun("q3"))
+    # Named against creation order, so only creation (then start) time can put them in order.
+    for name, started in (("q3-runner-zz", "2026-01-01T10:00:00Z"), ("q3-runner-aa", "2026-01-01T10:05:00Z")):
+        pod = {
+            "metadata": {"name": name, "labels": {"agentrun.dev/run": "q3", "agentrun.dev/role": "runner"}},
+            "spec": {"containers": [{"name": "runner", "image": "agentrun-runner:dev"}]},
+        }
+        await call(session, "POST", f"{CORE}/pods", pod)
+        await call(session, "PATCH", f"{CORE}/pods/{name}/status", {"status": {"startTime": started}}, headers=MERGE)
+    other = {
+        "metadata": {"name": "other-runner", "labels": {"agentrun.dev/run": "other"}},
+        "spec": {"containers": [{"name": "runner", "image": "x"}]},
+    }
+    await call(session, "POST", f"{CORE}/pods", other)
+    apiserver.pod_logs[("default", "q3-runner-zz")] = "iteration 1\niteration 2\nSIGTERM: checkpointed\n"
+    apiserver.pod_logs[("default", "q3-runner-aa")] = "resumed at iteration 2\niteration 3"
+    apiserver.pod_logs[("default", "other-runner")] = "not ours\n"
+
+    code, out, _ = await plugin(apiserver, "logs", "q3")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("==> pod q3-runner-zz (started 2026-01-01T10:00:00+00:00")
+    assert lines[1:4] == ["iteration 1", "iteration 2", "SIGTERM: checkpointed"]
+    assert lines[4].startswith("==> pod q3-runner-aa")
+    assert lines[5:] == ["resumed at iteration 2", "iteration 3"]
+
+
+async def test_logs_of_a_run_without_pods_say_why(apiserver: EmulatedApiServer, session: aiohttp.ClientSession) -> None:
+    await call(session, "POST", RUNS, agentrun("fresh"))
+    code, out, _ = await plugin(apiserver, "logs", "fresh")
+    assert code == 0
+    assert "has no runner pods" in out
+
+
+async def test_result_prints_the_summary_and_the_full_result_from_the_configmap_store(
+    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+) -> None:
+    await call(session, "POST", RUNS, agentrun("q3"))
+    full = "# Findings\n\nVendor B wins on price and support.\n"
+    await call(session, "POST", f"{CORE}/configmaps", {"metadata": {"name": "q3-ckpt-0"}, "data": {"result": full}})
+    result = {"summary": "Vendor B wins.", "ref": "configmap/q3-ckpt-0#result", "bytes": len(full)}
+    await set_status(session, "q3", {"phase": "Succeeded", "reason": "Succeeded", "result": result})
+
+    code, out, _ = await plugin(apiserver, "result", "q3")
+    assert code == 0
+    assert "summary:\n  Vendor B wins.\n" in out
+    assert out.endswith("result:\n" + full)
+    assert (await plugin(apiserver, "result", "q3", "--summary-only"))[1].endswith("  Vendor B wins.\n")
+
+
+async def test_result_with_a_missing_store_names_it(
+    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+) -> None:
+    await call(session, "POST", RUNS, agentrun("q3"))
+    result = {"summary": "x", "ref": "configmap/q3-ckpt-9#result", "bytes": 1}
+    await set_status(session, "q3", {"phase": "Succeeded", "result": result})
+    code, _, err = await plugin(apiserver, "result", "q3")
+    assert code == 1
+    assert err == "error: ConfigMap q3-ckpt-9 (the stored result) not found in namespace default\n"
+
+
+async def test_stream_reads_the_token_secret_and_follows_the_status_url(
+    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+) -> None:
+    events = [("iteration", '{"iteration": 1}'), ("checkpoint", '{"iteration": 1}'), ("finished", "{}")]
+    with SseServer(events, drop_first_after=1, retry_ms=1) as runner:
+        await call(session, "POST", RUNS, agentrun("q3"))
+        await set_status(session, "q3", {"phase": "Running", "streamURL": runner.url})
+        token = base64.b64encode(b"t0ken").decode()
+        await call(
+            session, "POST", f"{CORE}/secrets", {"metadata": {"name": "q3-stream-token"}, "data": {"token": token}}
+        )
+
+        code, out, err = await plugin(apiserver, "stream", "q3")
+    assert code == 0
+    assert out.splitlines() == ['[1] iteration {"iteration": 1}', '[2] checkpoint {"iteration": 1}', "[3] finished {}"]
+    assert [r.get("Authorization") for r in runner.requests] == ["Bearer t0ken", "Bearer t0ken"]
+    assert runner.requests[1]["Last-Event-ID"] == "1"
+    assert "reconnecting from event 1" in err
+
+
+async def test_stream_without_access_to_the_token_secret_asks_for_token(
+    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+) -> None:
+    await call(session, "POST", RUNS, agentrun("q3"))
+    await set_status(session, "q3", {"phase": "Running", "streamURL": "http://127.0.0.1:9/events"})
+    apiserver.faults.inject(403, match=lambda record: record.resource == "secrets")
+    code, _, err = await plugin(apiserver, "stream", "q3")
+    assert code == 1
+    assert (
+        err
+        == "error: cannot read Secret q3-stream-token in namespace default (403); pass the stream token with --token\n"
+    )
+
+
+async def test_stream_before_the_run_has_a_url_says_how_to_reach_it(
+    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+) -> None:
+    await call(session, "POST", RUNS, agentrun("q3"))
+    code, _, err = await plugin(apiserver, "stream", "q3")
+    assert code == 1
+    assert "no status.streamURL yet" in err
+    assert "q3-stream" in err
+
+
+async def test_budget_prints_the_table_from_status(
+    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+) -> None:
+    await call(session, "POST", RUNS, agentrun("q3"))
+    budget = {"worstCaseSeconds": 12000, "maxExecutionSeconds": 1800, "fits": False, "activeDeadlineSeconds": 1860}
+    await set_status(session, "q3", {"phase": "Running", "budget": budget})
+    code, out, _ = await plugin(apiserver, "budget", "q3", "--controller", "gke-ingress")
+    assert code == 0
+    own, chain = out.split("\n\n")
+    header, run_row, deadline_row, call_row = own.splitlines()
+    assert header.split() == ["HOP", "TIMER", "SET", "NEEDED", "OK"]
+    assert run_row.split()[-1] == "WARN"
+    assert "3h20m worst case" in run_row
+    assert deadline_row.split()[-1] == "OK"
+    assert "2m" in call_row
+    title, chain_header, *hops = chain.splitlines()
+    assert title.startswith("stream path, reader to runner, behind gke-ingress")
+    assert chain_header.split()[:2] == ["HOP", "TIMER"]
+    # GKE's BackendConfig timeoutSec is a whole-response timer: it must cover the run's 30 minutes.
+    assert any("timeoutSec" in hop for hop in hops)
