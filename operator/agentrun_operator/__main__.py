@@ -27,7 +27,6 @@ def main() -> int:
             namespaces=settings.namespaces,
             liveness_endpoint=liveness,
             memo=memo,
-            standalone=True,
         )
     )
     logging.getLogger(__name__).info("operator stopped")

@@ -22,6 +22,7 @@ from agentrun_operator.children import ROLE_PROGRESS, ROLE_RUNNER
 from agentrun_operator.kube import ApiError, KubeClient
 from agentrun_operator.metrics import Metrics, start_metrics_server
 from agentrun_operator.observations import JobObservation, PodObservation, ProgressObservation
+from agentrun_operator.peering import configure_peering
 from agentrun_operator.reconcile import OperatorContext, Supervisor, admit, utcnow
 from agentrun_operator.settings import OperatorSettings
 
@@ -49,7 +50,7 @@ async def start(
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=constants.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=constants.GROUP)
     settings.posting.level = logging.INFO
-    settings.peering.standalone = True
+    configure_peering(settings, config)
     settings.watching.server_timeout = 300
     # Filter on the server: the operator watches only its own runners' pods, Jobs and progress
     # ConfigMaps, not every pod and ConfigMap of the cluster.

@@ -1,8 +1,30 @@
-"""Log formatting: text for people, one JSON object per line for log pipelines."""
+"""Log formatting: text for people, one JSON object per line for log pipelines.
+
+kopf's per-object loggers attach the object's reference to each record (``k8s_ref``); both formats
+carry it, so every line about a run names the run's namespace/name.
+"""
 
 import json
 import logging
-from typing import Literal
+from typing import Any, Literal
+
+
+def _run_of(record: logging.LogRecord) -> str:
+    ref: dict[str, Any] | None = getattr(record, "k8s_ref", None)
+    if not ref or not ref.get("name"):
+        return ""
+    namespace = ref.get("namespace")
+    return f"{namespace}/{ref['name']}" if namespace else str(ref["name"])
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(run_prefix)s%(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's own name
+        run = _run_of(record)
+        record.run_prefix = f"[{run}] " if run else ""
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -13,6 +35,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        run = _run_of(record)
+        if run:
+            document["object"] = run
+            document["kind"] = (getattr(record, "k8s_ref", None) or {}).get("kind", "")
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
         return json.dumps(document)
@@ -20,10 +46,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(log_format: Literal["text", "json"]) -> None:
     handler = logging.StreamHandler()
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

@@ -38,6 +38,10 @@ class OperatorSettings:
     metrics_port: int = 8000
     # AGENTRUN_HEALTH_PORT (default 8081): kopf's liveness endpoint /healthz; 0 turns it off.
     health_port: int = 8081
+    # AGENTRUN_PEERING_NAME: the kopf peering object the operator's replicas coordinate through (the
+    # chart creates it): the replica with the highest priority serves, the others stand by. Empty runs
+    # standalone, which is right for one replica and unsafe for two.
+    peering_name: str = ""
     # AGENTRUN_LOG_FORMAT: "text" for people, "json" for log pipelines.
     log_format: Literal["text", "json"] = "text"
     # AGENTRUN_STREAM_BASE_URL: public URL of the stream gateway route; status.streamURL is this
@@ -96,6 +100,7 @@ class OperatorSettings:
             ),
             metrics_port=_port(env, "AGENTRUN_METRICS_PORT", defaults.metrics_port),
             health_port=_port(env, "AGENTRUN_HEALTH_PORT", defaults.health_port),
+            peering_name=env.get("AGENTRUN_PEERING_NAME", "").strip(),
             log_format="json" if log_format == "json" else "text",
             stream_base_url=env.get("AGENTRUN_STREAM_BASE_URL", "").strip().rstrip("/"),
             deadline_grace_seconds=int(

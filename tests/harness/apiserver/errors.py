@@ -96,6 +96,12 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 
 
+def unprocessable_patch(message: str) -> ApiError:
+    """422 for a well-formed JSON patch that cannot be applied (a failed test, a missing path), as the
+    apiserver's patch handler answers it; kopf relies on this code to retry its optimistic patches."""
+    return ApiError(422, "Invalid", message)
+
+
 def method_not_allowed(message: str) -> ApiError:
     """405 MethodNotAllowed for a verb the resource does not support."""
     return ApiError(405, "MethodNotAllowed", message)

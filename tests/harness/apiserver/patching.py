@@ -6,7 +6,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from tests.harness.apiserver.errors import bad_request
+from tests.harness.apiserver.errors import bad_request, unprocessable_patch
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -47,7 +47,7 @@ def _resolve_parent(document: Any, tokens: list[str], path: str) -> tuple[Any, s
         elif isinstance(current, list) and token.isdigit() and int(token) < len(current):
             current = current[int(token)]
         else:
-            raise bad_request(f"json patch: the path {path!r} does not exist")
+            raise unprocessable_patch(f"json patch: the path {path!r} does not exist")
     return current, tokens[-1]
 
 
@@ -59,7 +59,7 @@ def _get(document: Any, path: str) -> Any:
         elif isinstance(current, list) and token.isdigit() and int(token) < len(current):
             current = current[int(token)]
         else:
-            raise bad_request(f"json patch: the path {path!r} does not exist")
+            raise unprocessable_patch(f"json patch: the path {path!r} does not exist")
     return current
 
 
@@ -92,7 +92,7 @@ def _remove(document: Any, path: str) -> Any:
     elif isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
         del parent[int(last)]
     else:
-        raise bad_request(f"json patch: the path {path!r} does not exist")
+        raise unprocessable_patch(f"json patch: the path {path!r} does not exist")
     return document
 
 
@@ -123,7 +123,7 @@ def json_patch(target: Any, operations: Any) -> Any:
             document = _add(document, path, copy.deepcopy(_get(document, operation["from"])))
         elif op == "test":
             if _get(document, path) != operation.get("value"):
-                raise bad_request(f"json patch: test operation failed at {path!r}")
+                raise unprocessable_patch(f"json patch: test operation failed at {path!r}")
         else:
             raise bad_request(f"json patch: unknown operation {op!r}")
     return document
