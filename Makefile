@@ -56,6 +56,24 @@ chart-sync: install ## Copy crds/, the RBAC rules and the stream routes into the
 test: install crd-validators ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)
 	$(BIN)/pytest
 
+BENCH_PATH := PYTHONPATH=api:operator:runner_image:gateway:.
+BENCH_QUICK ?=
+
+.PHONY: bench
+bench: install ## Every benchmark, figures and ratios (docs/performance.md); BENCH_QUICK=--quick for a smoke run
+	@echo "== reconcile latency, throughput and operator memory (bench/reconcile_scale.py)"
+	$(BENCH_PATH) $(PY) bench/reconcile_scale.py $(BENCH_QUICK)
+	@echo "== API requests over one 50-iteration run (bench/operator_api_requests.py)"
+	$(BENCH_PATH) $(PY) bench/operator_api_requests.py $(BENCH_QUICK)
+	@echo "== runner overhead and checkpoint bytes per iteration (bench/runner_overhead.py)"
+	$(BENCH_PATH) $(PY) bench/runner_overhead.py $(BENCH_QUICK)
+	@echo "== resume time from a 500-iteration checkpoint (bench/resume_time.py)"
+	$(BENCH_PATH) $(PY) bench/resume_time.py $(BENCH_QUICK)
+	@echo "== stream fan-out: 100 SSE readers on one run (bench/gateway_fanout.py)"
+	$(BENCH_PATH) $(PY) bench/gateway_fanout.py $(BENCH_QUICK)
+	@echo "== throttle pool: rate, concurrency, fairness (bench/throttle_pool.py)"
+	$(BENCH_PATH) $(PY) bench/throttle_pool.py $(BENCH_QUICK)
+
 .PHONY: bench-runner
 bench-runner: install ## Runner loop overhead and checkpoint write sizes over a 500-iteration run
 	$(PY) bench/runner_overhead.py --iterations 500
@@ -66,6 +84,10 @@ check: lint typecheck test ## Lint, type-check and test: what CI runs
 .PHONY: bench-gateway
 bench-gateway: install ## Measure the stream gateway's relay lag and memory with 100 readers on one run
 	$(PY) bench/gateway_fanout.py --readers 100
+
+.PHONY: soak
+soak: install ## Random runner SIGKILLs over 10x the CI trials (AGENTRUN_SOAK=10; seed from AGENTRUN_CHAOS_SEED)
+	AGENTRUN_SOAK=$${AGENTRUN_SOAK:-10} $(BIN)/pytest -p no:cacheprovider -s tests/e2e/test_chaos.py -k random
 
 .PHONY: local-cluster
 local-cluster: install ## Run the whole path here (emulated API server, operator, Job executor, model) until Ctrl-C

@@ -162,5 +162,8 @@ if __name__ == "__main__":
     parser.add_argument("--readers", type=int, default=100)
     parser.add_argument("--events", type=int, default=500)
     parser.add_argument("--rate", type=float, default=100.0, help="events per second")
+    parser.add_argument("--quick", action="store_true", help="5 readers, 20 events: a smoke test of the benchmark")
     arguments = parser.parse_args()
+    if arguments.quick:
+        arguments.readers, arguments.events = 5, 20
     print(json.dumps(asyncio.run(main(arguments.readers, arguments.events, arguments.rate)), indent=2))

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 from tests.harness.apiserver import EmulatedApiServer
@@ -27,14 +28,24 @@ async def measure(iterations: int, report_every: float, min_interval: float) -> 
         settings = dataclasses.replace(FAST, status_min_interval_seconds=min_interval)
         async with running_operator(apiserver, settings):
             apiserver.requests.clear()
+            started = time.monotonic()
             await simulate_run_life(
                 apiserver, cluster, RunPace(iterations=iterations, report_every_seconds=report_every)
             )
-        status_writes = apiserver.requests.count(verb="patch", kind="AgentRun", subresource="status")
+            lifetime = time.monotonic() - started
+        requests = apiserver.requests
+        status_writes = requests.count(verb="patch", kind="AgentRun", subresource="status")
+        reads = sum(requests.count(verb=verb) for verb in ("get", "list"))
+        writes = sum(requests.count(verb=verb) for verb in ("create", "update", "patch", "delete"))
+        # Scaled to production's status interval, so "per second" reads as it would in a cluster.
+        production_seconds = lifetime * 2.0 / min_interval
         return (
             f"{iterations} iterations, a report every {report_every}s, status writes at most every {min_interval}s\n"
-            f"{apiserver.requests.summary()}\n"
-            f"of the AgentRun patches, to /status: {status_writes}"
+            f"{requests.summary()}\n"
+            f"requests per run: {len(requests)} (reads {reads}, writes {writes}, watches {requests.count(verb='watch')})"
+            f" over {lifetime:.1f} s\n"
+            f"status writes: {status_writes}, {status_writes / lifetime * min_interval / 2.0:.2f} per second at"
+            f" product intervals (2 s; the run's life scaled to {production_seconds:.0f} s)"
         )
 
 
@@ -43,7 +54,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--report-every", type=float, default=0.2, help="seconds between progress reports")
     parser.add_argument("--min-interval", type=float, default=0.2, help="AGENTRUN_STATUS_MIN_INTERVAL_SECONDS")
+    parser.add_argument("--quick", action="store_true", help="5 iterations: a smoke test of the benchmark")
     args = parser.parse_args()
+    if args.quick:
+        args.iterations = 5
     logging.basicConfig(level=logging.ERROR)
     print(asyncio.run(measure(args.iterations, args.report_every, args.min_interval)))
 

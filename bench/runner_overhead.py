@@ -115,7 +115,10 @@ def describe(values: list[float], unit: str, scale: float = 1.0) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--quick", action="store_true", help="20 iterations: a smoke test of the benchmark")
     args = parser.parse_args()
+    if args.quick:
+        args.iterations = 20
     os.environ["OPENAI_API_KEY"] = API_KEY
     marks = [m for m in MARKS if m <= args.iterations]
     script = by_turn([Answer(tool_calls=[call("list_files")])])  # never a final answer: runs to maxIterations

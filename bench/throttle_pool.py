@@ -63,7 +63,11 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=120.0, help="queue budget of every call, seconds")
     parser.add_argument("--min-latency", type=float, default=0.05)
     parser.add_argument("--max-latency", type=float, default=0.15)
-    asyncio.run(bench(parser.parse_args()))
+    parser.add_argument("--quick", action="store_true", help="4 runs for 3 s: a smoke test of the benchmark")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.seconds = 4, 3.0
+    asyncio.run(bench(args))
 
 
 if __name__ == "__main__":

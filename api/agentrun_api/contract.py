@@ -98,7 +98,7 @@ class RunnerConfig(ContractModel):
     # Seconds between progress reports; the operator's status writes are bounded separately.
     progress_interval_seconds: float = Field(default=2.0, gt=0)
     # The runner stops itself this long before maxExecutionTime runs out, so it can checkpoint and
-    # record TimedOut before the Job's activeDeadlineSeconds kills it.
+    # record TimedOut before the Job's activeDeadlineSeconds kills it (at most a quarter of a short budget).
     soft_deadline_margin_seconds: float = Field(default=10.0, ge=0)
     # Throttle pool server (cluster-wide pools); None means the runner's own in-process limiter.
     permit_server_url: str | None = None

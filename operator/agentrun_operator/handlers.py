@@ -96,21 +96,21 @@ async def stop(memo: Any, **_: Any) -> None:
 
 
 @kopf.index("batch/v1", "jobs", labels={**MANAGED, constants.LABEL_ROLE: ROLE_RUNNER})
-def runner_jobs(
+async def runner_jobs(
     body: Any, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], JobObservation]:
     return {_run_key(namespace, labels): JobObservation.from_object(body)}
 
 
 @kopf.index("v1", "pods", labels={constants.LABEL_RUN: kopf.PRESENT, constants.LABEL_ROLE: ROLE_RUNNER})
-def runner_pods(
+async def runner_pods(
     body: Any, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], PodObservation]:
     return {_run_key(namespace, labels): PodObservation.from_object(body)}
 
 
 @kopf.index("v1", "configmaps", labels={**MANAGED, constants.LABEL_ROLE: ROLE_PROGRESS})
-def progress_reports(
+async def progress_reports(
     body: Any, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], ProgressObservation]:
     return {_run_key(namespace, labels): ProgressObservation.from_object(body)}
@@ -119,12 +119,12 @@ def progress_reports(
 @kopf.on.event("batch/v1", "jobs", labels={**MANAGED, constants.LABEL_ROLE: ROLE_RUNNER})
 @kopf.on.event("v1", "pods", labels={constants.LABEL_RUN: kopf.PRESENT, constants.LABEL_ROLE: ROLE_RUNNER})
 @kopf.on.event("v1", "configmaps", labels={**MANAGED, constants.LABEL_ROLE: ROLE_PROGRESS})
-def child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+async def child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
     _context(memo).wake(_run_key(namespace, labels))
 
 
 @kopf.on.event(*AGENTRUNS)
-def run_changed(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def run_changed(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     op = _context(memo)
     if type == "DELETED":
         op.record_phase((namespace or "", name), None)

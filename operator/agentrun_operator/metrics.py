@@ -2,7 +2,6 @@
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -58,12 +57,9 @@ class Metrics:
             ),
         )
 
-    def set_phases(self, phases: Mapping[Any, Phase]) -> None:
-        counts = dict.fromkeys(Phase, 0)
-        for phase in phases.values():
-            counts[phase] += 1
-        for phase, count in counts.items():
-            self.runs.labels(phase=phase.value).set(count)
+    def set_phase_counts(self, counts: Mapping[Phase, int]) -> None:
+        for phase in Phase:
+            self.runs.labels(phase=phase.value).set(counts.get(phase, 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

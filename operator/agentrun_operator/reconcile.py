@@ -5,6 +5,7 @@ them out against the API server, writes the status at a bounded rate and posts t
 """
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import secrets
@@ -44,6 +45,8 @@ from agentrun_operator.status_sync import (
 )
 
 RunKey = tuple[str, str]  # (namespace, name)
+# Longest wait of a supervisor for its run's acceptance without a wake: a safety net only.
+ACCEPTANCE_FALLBACK_SECONDS = 60.0
 
 
 def utcnow() -> datetime:
@@ -62,6 +65,7 @@ class OperatorContext:
     clock: Callable[[], datetime] = utcnow
     wakes: dict[RunKey, asyncio.Event] = dataclasses.field(default_factory=dict)
     phases: dict[RunKey, Phase] = dataclasses.field(default_factory=dict)
+    phase_counts: collections.Counter[Phase] = dataclasses.field(default_factory=collections.Counter)
 
     def wake(self, key: RunKey) -> None:
         event = self.wakes.get(key)
@@ -69,11 +73,14 @@ class OperatorContext:
             event.set()
 
     def record_phase(self, key: RunKey, phase: Phase | None) -> None:
-        if phase is None:
-            self.phases.pop(key, None)
-        else:
+        # Counted as phases change, not recounted over every run at each change (quadratic at scale).
+        previous = self.phases.pop(key, None)
+        if previous is not None:
+            self.phase_counts[previous] -= 1
+        if phase is not None:
             self.phases[key] = phase
-        self.metrics.set_phases(self.phases)
+            self.phase_counts[phase] += 1
+        self.metrics.set_phase_counts(self.phase_counts)
 
 
 def read_status(body: Mapping[str, Any]) -> AgentRunStatus:
@@ -266,7 +273,9 @@ class Supervisor:
         wake = self.op.wakes.setdefault(self.key, asyncio.Event())
         try:
             while not stopped and not self.accepted():
-                await self._sleep(wake, stopped, self.op.settings.supervise_interval_seconds)
+                # Acceptance always comes with a wake (admit's own, and the AgentRun event of its status
+                # write): no polling meanwhile, which cost every queued run a status parse per interval.
+                await self._sleep(wake, stopped, ACCEPTANCE_FALLBACK_SECONDS)
             self.status = read_status(self.body)
             accepted = condition_of(self.status, c.ACCEPTED)
             self.clock_reset_at = accepted.last_transition_time if accepted is not None else None

@@ -90,7 +90,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
         raise ConfigProblemError(f"streaming is enabled but {STREAM_TOKEN_ENV} is not set (Secret <run>-stream-token)")
     configmaps: ConfigMaps | None = None
     if config.checkpoint.store == "ConfigMap" or not settings.progress_file:
-        configmaps = ConfigMaps(load_configuration(), config.run.namespace)
+        configmaps = ConfigMaps(load_configuration(), config.run.namespace, owner=config.run)
     store: CheckpointStore
     if config.checkpoint.store == "ConfigMap":
         assert configmaps is not None
@@ -177,7 +177,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
         if state.counters.outcome is not None:
             # A pod that dies between recording the outcome and exiting: report it again and stop.
             agent.announce(state.counters.outcome_message)
-            await reporter.write_now(agent.report(agent.result_ref()))
+            await reporter.write_now(agent.report())
         else:
             loop_task = asyncio.create_task(agent.run(), name="agent-loop")
             stop_task = asyncio.create_task(stop.wait())

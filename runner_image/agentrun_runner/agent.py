@@ -29,6 +29,8 @@ from agentrun_runner.progress import ProgressReporter
 from agentrun_runner.state import Message, RunState, ToolCallRecord
 from agentrun_runner.tools import Toolbox, ToolError
 
+# Largest share of maxExecutionTime the soft-deadline margin may take.
+MAX_MARGIN_SHARE = 0.25
 log = logging.getLogger(__name__)
 
 SUMMARY_CHARS = 2048
@@ -85,7 +87,11 @@ class Agent:
         self._pod = pod
         self._resumed_from = resumed_from_iteration
         self.clock = Clock(state.counters.elapsed_seconds)
-        self._deadline = max(parse_duration(self._spec.max_execution_time) - config.soft_deadline_margin_seconds, 0.0)
+        budget = parse_duration(self._spec.max_execution_time)
+        # The margin leaves time to checkpoint and report before the budget is gone; a short run keeps
+        # three quarters of its budget for work instead of timing out before its first call.
+        margin = min(config.soft_deadline_margin_seconds, budget * MAX_MARGIN_SHARE)
+        self._deadline = budget - margin
         self._call_timeout = parse_duration(self._spec.tools.call_timeout)
         self._checkpoint_lock = asyncio.Lock()
         self._writing: asyncio.Future[None] | None = None
@@ -286,7 +292,9 @@ class Agent:
         """Tell the operator something outside the loop's own steps (a resume, a checkpoint fallback)."""
         self._progress(message)
 
-    def report(self, result: ResultRef | None = None) -> ProgressReport:
+    def report(self) -> ProgressReport:
+        """The report as of now. Every report after the result is stored carries its reference: a
+        report with the outcome but not the result would tell the operator the run ended empty."""
         counters = self.state.counters
         return ProgressReport(
             run_uid=self._config.run.uid,
@@ -309,7 +317,7 @@ class Agent:
             started_at=datetime.fromisoformat(counters.started_at) if counters.started_at else None,
             reported_at=datetime.now(UTC),
             outcome=Outcome(counters.outcome) if counters.outcome else None,
-            result=result,
+            result=self.result_ref(),
         )
 
     def result_ref(self) -> ResultRef | None:
@@ -344,7 +352,7 @@ class Agent:
         except CheckpointError as error:
             # The outcome is still reported; a restarted pod would redo only the unrecorded tail.
             log.error("final checkpoint not written: %s", error)
-        await self._reporter.write_now(self.report(result))
+        await self._reporter.write_now(self.report())
 
     async def suspend(self) -> None:
         """Checkpoint what the interrupted loop had (SIGTERM); the next pod resumes from it."""

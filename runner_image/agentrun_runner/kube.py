@@ -1,20 +1,25 @@
 """ConfigMap reads and writes against the Kubernetes API, on aiohttp.
 
-Credentials come from the official client's config loaders: the file named by KUBECONFIG when it is
-set (the local Job executor sets it), otherwise the pod's in-cluster service account (with token
-rotation). The official client's generated API classes are not used: importing them costs seconds
-at every pod start, for the four ConfigMap calls the runner makes.
+Credentials: in a pod, the in-cluster service account, read here from its mounted files (the token
+is re-read at every request, so kubelet's rotation needs nothing more); when KUBECONFIG is set (the
+local Job executor sets it), the official client's kubeconfig loader, imported only then. Importing
+the ``kubernetes`` package costs about a second at every pod start (it loads all its generated API
+classes), which was most of a resumed pod's time before its first model call.
 """
 
 import asyncio
+import dataclasses
 import os
 import ssl
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from kubernetes import config
-from kubernetes.client import Configuration
+
+from agentrun_api import constants
+from agentrun_api.contract import RunIdentity
 
 MERGE_PATCH = "application/merge-patch+json"
 # Statuses worth another attempt: the API server is busy or restarting.
@@ -28,39 +33,96 @@ class KubeError(Exception):
     """An API call failed; the message names the object and the API server's answer."""
 
 
-def load_configuration() -> Configuration:
+# Where kubelet mounts a pod's service account credentials.
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiAccess:
+    """How to reach the API server: its URL, TLS settings and the Authorization header (read per request)."""
+
+    host: str
+    authorization: Callable[[], str | None]
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify_tls: bool = True
+    tls_server_name: str | None = None
+
+
+def load_configuration() -> ApiAccess:
+    if os.environ.get("KUBECONFIG"):
+        return _from_kubeconfig(os.environ["KUBECONFIG"])
+    return _in_cluster(os.environ, SERVICE_ACCOUNT_DIR)
+
+
+def _in_cluster(environ: Any, account_dir: Path) -> ApiAccess:
+    """The pod's service account, as the official client's in-cluster loader reads it."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    token_file = account_dir / "token"
+    if not host or not port or not token_file.is_file():
+        raise KubeError(
+            "no Kubernetes API access (in-cluster service account or KUBECONFIG): "
+            "KUBERNETES_SERVICE_HOST/PORT or the service account token is missing"
+        )
+    server = f"[{host}]" if ":" in host else host  # an IPv6 service address
+
+    def bearer() -> str:
+        return f"Bearer {token_file.read_text().strip()}"
+
+    return ApiAccess(host=f"https://{server}:{port}", authorization=bearer, ca_file=str(account_dir / "ca.crt"))
+
+
+def _from_kubeconfig(path: str) -> ApiAccess:
+    from kubernetes import config  # only off-cluster: the package takes about a second to import
+    from kubernetes.client import Configuration
+
     configuration = Configuration()
     try:
-        if os.environ.get("KUBECONFIG"):
-            config.load_kube_config(config_file=os.environ["KUBECONFIG"], client_configuration=configuration)  # type: ignore[no-untyped-call]
-        else:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        config.load_kube_config(config_file=path, client_configuration=configuration)  # type: ignore[no-untyped-call]
     except config.ConfigException as error:
         raise KubeError(f"no Kubernetes API access (in-cluster service account or KUBECONFIG): {error}") from None
-    return configuration
+    return ApiAccess(
+        host=configuration.host,
+        # The loader's hook refreshes an expiring token before it is read.
+        authorization=lambda: configuration.get_api_key_with_prefix("BearerToken"),
+        ca_file=configuration.ssl_ca_cert,
+        cert_file=configuration.cert_file,
+        key_file=configuration.key_file,
+        verify_tls=configuration.verify_ssl,
+        tls_server_name=configuration.tls_server_name,
+    )
 
 
-def _ssl_context(configuration: Configuration) -> ssl.SSLContext | bool:
-    if not configuration.host.startswith("https"):
+def _ssl_context(access: ApiAccess) -> ssl.SSLContext | bool:
+    if not access.host.startswith("https"):
         return False
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    if not configuration.verify_ssl:
+    context = ssl.create_default_context(cafile=access.ca_file)
+    if access.cert_file:
+        context.load_cert_chain(access.cert_file, access.key_file)
+    if not access.verify_tls:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
 
 
+def owner_reference(run: RunIdentity) -> dict[str, Any]:
+    """An owner reference to the run's AgentRun. No blockOwnerDeletion: setting it needs rights on the
+    AgentRun's finalizers, which a runner does not have."""
+    return {"apiVersion": constants.API_VERSION, "kind": constants.KIND, "name": run.name, "uid": run.uid}
+
+
 class ConfigMaps:
     """The few ConfigMap operations the runner needs, in one namespace."""
 
-    def __init__(self, configuration: Configuration, namespace: str) -> None:
-        self._configuration = configuration
-        self._base = f"{configuration.host.rstrip('/')}/api/v1/namespaces/{quote(namespace)}/configmaps"
-        self._ssl = _ssl_context(configuration)
+    def __init__(self, access: ApiAccess, namespace: str, owner: RunIdentity | None = None) -> None:
+        self._access = access
+        self._base = f"{access.host.rstrip('/')}/api/v1/namespaces/{quote(namespace)}/configmaps"
+        self._ssl = _ssl_context(access)
         self._session: aiohttp.ClientSession | None = None
         self.namespace = namespace
+        # ConfigMaps the runner creates belong to its AgentRun, so deleting the run collects them.
+        self._owner_references = [owner_reference(owner)] if owner is not None else []
 
     async def _call(
         self, method: str, name: str | None, body: Any = None, content_type: str = "application/json"
@@ -69,8 +131,7 @@ class ConfigMaps:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_REQUEST_TIMEOUT_SECONDS))
         url = self._base if name is None else f"{self._base}/{quote(name)}"
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        # The loader's hook rotates an expiring token before it is read.
-        authorization = self._configuration.get_api_key_with_prefix("BearerToken")
+        authorization = self._access.authorization()
         if authorization:
             headers["Authorization"] = authorization
         what = f"{method} ConfigMap {self.namespace}/{name or ''}"
@@ -82,7 +143,7 @@ class ConfigMaps:
                     json=body,
                     headers=headers,
                     ssl=self._ssl,
-                    server_hostname=self._configuration.tls_server_name,
+                    server_hostname=self._access.tls_server_name,
                 ) as response:
                     payload = await response.json(content_type=None) if response.content_length != 0 else None
                     if response.status not in _RETRYABLE:
@@ -111,7 +172,10 @@ class ConfigMaps:
 
     async def create(self, name: str, data: dict[str, str], labels: dict[str, str]) -> bool:
         """Create it; False when it exists already."""
-        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": data}
+        metadata: dict[str, Any] = {"name": name, "labels": labels}
+        if self._owner_references:
+            metadata["ownerReferences"] = self._owner_references
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
         status, payload = await self._call("POST", None, body)
         if status == 409:
             return False

@@ -2,92 +2,13 @@
 executor and the real runner, with a model server scripted per test."""
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.harness.executor import MountNamespaceUnavailableError
-from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
-from tests.harness.local_cluster import LocalCluster
-from tests.harness.model_server import research_script
+from tests.e2e.runs import AGENTRUNS, agent_run, needs_scripted_model, run_status, runner_logs, runner_pods, wait_for
+from tests.harness.executor.kube import namespaced_path
 
 pytestmark = pytest.mark.e2e
-
-AGENTRUNS = namespaced_path("agentrun.dev/v1alpha1", "agentruns", "default")
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    # Slow answers keep the run going long enough to kill its pod in the middle.
-    try:
-        async with LocalCluster(tmp_path, model_script=research_script(delay=0.4)) as running:
-            await running.create_model_secret("model-key", "api-key")
-            yield running
-    except MountNamespaceUnavailableError as error:
-        pytest.skip(str(error))
-
-
-@pytest.fixture
-async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
-    async with KubeClient(str(cluster.kubeconfig_path)) as client:
-        yield client
-
-
-def agent_run(name: str, cluster: LocalCluster, **spec: Any) -> JsonObject:
-    return {
-        "apiVersion": "agentrun.dev/v1alpha1",
-        "kind": "AgentRun",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "instructions": "You are a careful research assistant.",
-            "input": "Compare three vendors and write a report.",
-            "model": {
-                "name": cluster.model.model,
-                "baseURL": cluster.model.base_url,
-                "apiKeySecretRef": {"name": "model-key", "key": "api-key"},
-            },
-            "maxExecutionTime": "2m",
-            "maxIterations": 10,
-            **spec,
-        },
-    }
-
-
-def runner_logs(cluster: LocalCluster) -> str:
-    """Every pod's output, for an assertion message that explains a failed run."""
-    return "\n".join(f"--- {ns}/{pod}\n{cluster.executor.read_log(ns, pod)}" for ns, pod in cluster.executor.pod_keys())
-
-
-def needs_scripted_model(cluster: LocalCluster) -> None:
-    if cluster.model.real:
-        pytest.skip("needs the scripted model's slow, multi-step answers; a real endpoint (OPENAI_BASE_URL) is set")
-
-
-async def wait_for(probe, what: str, timeout: float = 45.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last = None
-    while loop.time() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-async def run_status(kube: KubeClient, name: str) -> JsonObject:
-    run = await kube.get(f"{AGENTRUNS}/{name}")
-    assert run is not None
-    return run.get("status") or {}
-
-
-async def runner_pods(kube: KubeClient, run: str) -> list[JsonObject]:
-    pods = await kube.list(namespaced_path("v1", "pods", "default"))
-    return [
-        p for p in pods if (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") == f"{run}-runner"
-    ]
 
 
 async def test_agent_run_succeeds_through_operator_executor_and_runner(cluster, kube):

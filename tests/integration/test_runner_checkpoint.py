@@ -12,9 +12,10 @@ from pathlib import Path
 import kmock
 import pytest
 
-from agentrun_api.contract import CONFIGMAP_SEGMENT_LIMIT_BYTES, EXIT_OUTCOME_RECORDED, Outcome
+from agentrun_api.contract import CONFIGMAP_SEGMENT_LIMIT_BYTES, EXIT_OUTCOME_RECORDED, Outcome, RunIdentity
 from agentrun_runner.checkpoint import CheckpointError, ConfigMapStore, PvcStore
 from agentrun_runner.kube import ConfigMaps, load_configuration
+from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.model_server import Answer, ModelServer, by_turn, call
 from tests.harness.runner import make_config, make_spec, read_progress, run_in_process, write_kubeconfig
 
@@ -204,3 +205,52 @@ async def test_corrupt_configmap_record_is_dropped_and_reported(
     assert (await again.load()).problem is None
     await again.append(record(3, "state 3 again"))
     assert json.loads((await again.load()).records[3]["payload"].join('""')) == "state 3 again"
+
+
+async def test_segments_the_runner_creates_are_owned_by_its_agentrun_and_collected_with_it(
+    apiserver: EmulatedApiServer, tmp_path: Path
+) -> None:
+    store = apiserver.store
+    run = store.create(
+        store.resource("AgentRun"),
+        "default",
+        {
+            "apiVersion": "agentrun.dev/v1alpha1",
+            "kind": "AgentRun",
+            "metadata": {"name": "owned"},
+            "spec": {
+                "instructions": "i",
+                "input": "x",
+                "model": {"name": "m"},
+                "maxExecutionTime": "1m",
+                "maxIterations": 1,
+            },
+        },
+    )
+    os.environ["KUBECONFIG"] = str(apiserver.kubeconfig_path)
+    try:
+        client = ConfigMaps(
+            load_configuration(),
+            "default",
+            owner=RunIdentity(namespace="default", name="owned", uid=run["metadata"]["uid"]),
+        )
+    finally:
+        os.environ.pop("KUBECONFIG")
+    try:
+        checkpoints = ConfigMapStore(client, "owned", max_segments=36)
+        await checkpoints.load()
+        await checkpoints.append(record(0, "state"))
+    finally:
+        await client.close()
+
+    [segment] = [cm for cm in store.all_of("ConfigMap", "default") if cm["metadata"]["name"].startswith("owned-ckpt-")]
+    [owner] = segment["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("AgentRun", "owned", run["metadata"]["uid"])
+
+    store.delete(store.resource("AgentRun"), "default", "owned")
+    for _ in range(100):  # the garbage collector runs on the next turns of the loop
+        if not [cm for cm in store.all_of("ConfigMap", "default") if cm["metadata"]["name"].startswith("owned-ckpt-")]:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the run's checkpoint segments outlived the AgentRun")

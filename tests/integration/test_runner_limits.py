@@ -102,6 +102,16 @@ async def test_soft_deadline_margin_ends_the_run_early(tmp_path: Path) -> None:
     assert run.state.counters.outcome == "TimedOut"
 
 
+async def test_a_budget_shorter_than_the_margin_still_leaves_time_to_work(tmp_path: Path) -> None:
+    async with ModelServer(by_turn([Answer(tool_calls=[call("list_files")], delay=0.3)])) as model:
+        spec = make_spec(model.base_url, maxExecutionTime="4s", maxIterations=100)
+        run = await run_in_process(make_config(spec, tmp_path, soft_deadline_margin_seconds=10.0), tmp_path)
+
+    assert run.progress.outcome is Outcome.TIMED_OUT
+    assert len(model.requests) >= 3, "three quarters of the 4 s budget went to work"
+    assert 2.5 <= run.progress.elapsed_seconds < 4.0
+
+
 async def test_retries_on_429_and_5xx_honour_retry_after(tmp_path: Path) -> None:
     script = in_order([Failure(429, retry_after="1"), Failure(503), Answer("fine")])
     async with ModelServer(script) as model:

@@ -1,0 +1,36 @@
+"""Fixtures of the e2e layer: a LocalCluster per test, with the model Secret runs refer to."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.executor import MountNamespaceUnavailableError
+from tests.harness.executor.kube import KubeClient
+from tests.harness.local_cluster import LocalCluster
+from tests.harness.model_server import research_script
+from tests.harness.runner import ToolServer
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    # Slow answers keep the run going long enough to kill its pod in the middle.
+    try:
+        async with LocalCluster(tmp_path, model_script=research_script(delay=0.4)) as running:
+            await running.create_model_secret("model-key", "api-key")
+            yield running
+    except MountNamespaceUnavailableError as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture
+async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
+    async with KubeClient(str(cluster.kubeconfig_path)) as client:
+        yield client
+
+
+@pytest.fixture
+async def tools() -> AsyncIterator[ToolServer]:
+    """The far side of the runs' http_fetch: counts executions per Idempotency-Key."""
+    async with ToolServer() as server:
+        yield server

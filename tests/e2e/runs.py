@@ -1,0 +1,217 @@
+"""What e2e tests do with AgentRuns on a LocalCluster: build one, wait on its status, find its pods,
+read back the conversation the model saw, and drive kubectl as a user would."""
+
+import asyncio
+import collections
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
+from tests.harness.local_cluster import LocalCluster
+from tests.harness.model_server import ChatRequest, ModelServer, Reply, Script, research_script
+from tests.harness.runner import ToolServer
+
+AGENTRUNS = namespaced_path("agentrun.dev/v1alpha1", "agentruns", "default")
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "TimedOut", "Cancelled"})
+FINAL_ANSWER = "The report is in report.md: vendor B is cheapest, vendor A is fastest."
+KUBECTL = Path(sys.executable).parent / "kubectl"
+T = TypeVar("T")
+
+
+def needs_scripted_model(cluster: LocalCluster) -> None:
+    if cluster.model.real:
+        pytest.skip("needs the scripted model's slow, multi-step answers; a real endpoint (OPENAI_BASE_URL) is set")
+
+
+def agent_run(name: str, cluster: LocalCluster, **spec: Any) -> JsonObject:
+    """A valid AgentRun against the cluster's model; ``spec`` fields (camelCase) replace the defaults.
+
+    The run's name is in its input, so the model server's requests can be told apart by run."""
+    return {
+        "apiVersion": "agentrun.dev/v1alpha1",
+        "kind": "AgentRun",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "instructions": "You are a careful research assistant.",
+            "input": f"Compare three vendors and write a report (run {name}).",
+            "model": {
+                "name": cluster.model.model,
+                "baseURL": cluster.model.base_url,
+                "apiKeySecretRef": {"name": "model-key", "key": "api-key"},
+            },
+            "maxExecutionTime": "2m",
+            "maxIterations": 10,
+            **spec,
+        },
+    }
+
+
+def fetching_run(name: str, cluster: LocalCluster, **spec: Any) -> JsonObject:
+    """An AgentRun whose http_fetch may reach the tool server (on 127.0.0.1), streaming off so that
+    several runs' stream servers do not collide on the one loopback port every local pod shares."""
+    defaults: dict[str, Any] = {
+        "tools": {"httpFetch": {"allowedHosts": ["127.0.0.1"]}},
+        "streaming": {"enabled": False},
+        "checkpoint": {"store": "PersistentVolumeClaim"},
+    }
+    return agent_run(name, cluster, **{**defaults, **spec})
+
+
+# Tool server paths the research agent fetches; the slow one keeps a fetch in flight long enough for a
+# kill to land in the middle of it (the server still executes it, and a resumed runner must replay its key).
+SOURCES = ("sources/vendor-a", "slow/0.6", "sources/vendor-c")
+
+
+def fetching_script(tools: ToolServer, delay: float = 0.3, sources: Sequence[str] = SOURCES) -> Script:
+    """The research agent, fetching ``sources`` from the tool server in one parallel step."""
+    return research_script(fetch_urls=[tools.url(source) for source in sources], delay=delay)
+
+
+def with_model_faults(script: Script, run: str, faults_by_turn: Mapping[int, Sequence[Reply]]) -> Script:
+    """``script``, except that one run's first requests at a turn get that turn's faults, in order
+    (a retry of the same call is the next request at the same turn)."""
+    served: collections.Counter[int] = collections.Counter()
+    marker = f"(run {run})"
+
+    def faulty(request: ChatRequest) -> Reply:
+        if any(marker in str(m.get("content")) for m in request.messages):
+            faults = faults_by_turn.get(request.turn, ())
+            if served[request.turn] < len(faults):
+                served[request.turn] += 1
+                return faults[served[request.turn] - 1]
+        return script(request)
+
+    return faulty
+
+
+async def wait_for(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 45.0) -> T:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if last := await probe():
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def run_object(kube: KubeClient, name: str) -> JsonObject:
+    run = await kube.get(f"{AGENTRUNS}/{name}")
+    assert run is not None, f"AgentRun {name} is gone"
+    return run
+
+
+async def run_status(kube: KubeClient, name: str) -> JsonObject:
+    status: JsonObject = (await run_object(kube, name)).get("status") or {}
+    return status
+
+
+async def wait_for_status(
+    kube: KubeClient, name: str, accept: Callable[[JsonObject], bool], what: str, timeout: float = 45.0
+) -> JsonObject:
+    async def probe() -> JsonObject | None:
+        status = await run_status(kube, name)
+        return status if accept(status) else None
+
+    return await wait_for(probe, f"run {name}: {what}", timeout)
+
+
+async def wait_for_end(kube: KubeClient, name: str, timeout: float = 45.0) -> JsonObject:
+    return await wait_for_status(kube, name, lambda s: s.get("phase") in TERMINAL_PHASES, "to end", timeout)
+
+
+async def wait_for_iteration(kube: KubeClient, name: str, iteration: int, timeout: float = 45.0) -> JsonObject:
+    """Until the run has checkpointed ``iteration`` steps."""
+    return await wait_for_status(
+        kube,
+        name,
+        lambda s: (s.get("lastCheckpoint") or {}).get("iteration", 0) >= iteration,
+        f"a checkpoint at iteration {iteration}",
+        timeout,
+    )
+
+
+async def runner_pods(kube: KubeClient, run: str) -> list[JsonObject]:
+    pods = await kube.list(namespaced_path("v1", "pods", "default"))
+    return [
+        p for p in pods if (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") == f"{run}-runner"
+    ]
+
+
+def assert_result(status: JsonObject) -> None:
+    """A Succeeded run shows its result: the research agent's final answer."""
+    assert status.get("result"), f"no result in the status of a {status.get('phase')} run: {status}"
+    assert status["result"]["summary"] == FINAL_ANSWER
+
+
+def runner_logs(cluster: LocalCluster) -> str:
+    """Every pod's output, for an assertion message that explains a failed run."""
+    return "\n".join(f"--- {ns}/{pod}\n{cluster.executor.read_log(ns, pod)}" for ns, pod in cluster.executor.pod_keys())
+
+
+def condition(status: JsonObject, kind: str) -> JsonObject | None:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
+
+
+def requests_of(model: ModelServer, run: str) -> list[ChatRequest]:
+    """The model calls one run made, told apart by the run name in its input."""
+    marker = f"(run {run})"
+    return [r for r in model.requests if any(marker in str(m.get("content")) for m in r.messages)]
+
+
+def conversation(model: ModelServer, run: str, uid: str) -> list[dict[str, Any]]:
+    """The longest conversation the run sent the model, with the run's name and uid blanked out, so
+    runs of the same script compare equal."""
+    requests = requests_of(model, run)
+    assert requests, f"run {run} never called the model"
+    longest = max(requests, key=lambda r: len(r.messages))
+    text = json.dumps(longest.messages).replace(uid, "<uid>").replace(f"(run {run})", "(run <name>)")
+    normalized: list[dict[str, Any]] = json.loads(text)
+    return normalized
+
+
+@dataclass(frozen=True)
+class ToolLedger:
+    """What the tool server saw of one run: keys executed, and requests delivered (replays included)."""
+
+    executions: Mapping[str, int]
+    deliveries: Mapping[str, int]
+
+
+def tool_ledger(tools: ToolServer, uid: str) -> ToolLedger:
+    return ToolLedger(
+        executions={k: n for k, n in tools.executions.items() if k.startswith(f"{uid}:")},
+        deliveries={k: n for k, n in tools.deliveries.items() if k.startswith(f"{uid}:")},
+    )
+
+
+def assert_each_source_fetched_once(tools: ToolServer, uid: str, sources: Sequence[str] = SOURCES) -> ToolLedger:
+    """Nothing lost (every fetch executed) and nothing duplicated (one key per fetch, each executed once:
+    a resumed runner that minted new keys for old calls would show up here as extra keys)."""
+    ledger = tool_ledger(tools, uid)
+    assert len(ledger.executions) == len(sources), ledger
+    assert set(ledger.executions.values()) == {1}, ledger
+    assert tools.requests_without_key == 0
+    return ledger
+
+
+async def kubectl(cluster: LocalCluster, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    """Run kubectl against the cluster; returns (exit code, stdout, stderr)."""
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path)}
+    process = await asyncio.create_subprocess_exec(
+        str(KUBECTL),
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode() if stdin is not None else None), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
