@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), *(str(ROOT / part) for part in ("api", "operator", "gateway"))]
+sys.path[:0] = [str(ROOT), *(str(ROOT / part) for part in ("api", "operator", "runner_image", "gateway"))]
 
 from tests.harness.apiserver import EmulatedApiServer  # noqa: E402
 from tests.harness.fake_stream_runner import FakeStreamRunner  # noqa: E402
@@ -104,7 +104,7 @@ async def main(readers: int, events: int, rate: float) -> dict[str, Any]:
             "AGENTRUN_GATEWAY_KUBE_API_URL": str(kube.url),
             "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": "",
             "AGENTRUN_GATEWAY_KUBE_CA_FILE": "",
-            "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "gateway")),
+            "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", "gateway")),
         }
         gateway = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "agentrun_gateway", env=env, stderr=asyncio.subprocess.DEVNULL

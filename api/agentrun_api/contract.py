@@ -91,6 +91,10 @@ class RunnerConfig(ContractModel):
     checkpoint: CheckpointLocation
     workspace_path: str = WORKSPACE_PATH
     stream_port: int = STREAM_PORT
+    # Seconds the stream server keeps an idle keep-alive connection; the operator derives it from the
+    # stream gateway's connection pool (stream_timeouts.runner_server_timeouts), so the gateway always
+    # closes an idle pooled connection before the runner does (no 502 race on reuse).
+    stream_keep_alive_seconds: float = Field(default=50.0, gt=0)
     # Seconds between progress reports; the operator's status writes are bounded separately.
     progress_interval_seconds: float = Field(default=2.0, gt=0)
     # The runner stops itself this long before maxExecutionTime runs out, so it can checkpoint and

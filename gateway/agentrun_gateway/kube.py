@@ -1,6 +1,7 @@
 """The few Kubernetes API calls the gateway makes, over its aiohttp session.
 
-Reads: the run's stream-token Secret and the AgentRun (phase, heartbeat interval). Writes: TokenReview
+Reads: the run's stream-token Secret, the AgentRun (phase, heartbeat interval) and, for readers of
+an ended run, its checkpoint segment ConfigMaps (the event log). Writes: TokenReview
 and SubjectAccessReview, to check a reader's Kubernetes bearer token against RBAC.
 """
 
@@ -84,6 +85,14 @@ class KubeApi:
         if not encoded:
             return None
         return base64.b64decode(encoded).decode()
+
+    async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's data, or None when it does not exist."""
+        obj = await self._request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+        if obj is None:
+            return None
+        data = obj.get("data") or {}
+        return {str(key): str(value) for key, value in data.items()}
 
     async def run_info(self, namespace: str, run: str) -> RunInfo | None:
         """The run's phase and heartbeat interval, or None when the AgentRun does not exist."""

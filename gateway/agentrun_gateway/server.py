@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentrun_gateway import metrics
+from agentrun_gateway.archive import CheckpointArchive
 from agentrun_gateway.auth import Authenticator, Decision, StreamTokens
 from agentrun_gateway.kube import KubeApi, KubeApiError
 from agentrun_gateway.relay import ClientStream, EventArchive, Relay, RunDirectory
@@ -109,7 +110,8 @@ async def _start(app: web.Application) -> None:
     kube = KubeApi(kube_session, settings.kube_api_url, settings.kube_token_file, settings.default_heartbeat_seconds)
     tokens = StreamTokens(kube, settings.auth_cache_seconds)
     runs = RunDirectory(kube, settings.run_cache_seconds)
-    relay = Relay(settings, upstream_session, runs, tokens, app.get(ARCHIVE))
+    # Ended runs whose runner is gone are replayed from their checkpoint unless a test passes its own archive.
+    relay = Relay(settings, upstream_session, runs, tokens, app.get(ARCHIVE) or CheckpointArchive(kube))
     app[PARTS] = _Parts(
         kube_session, upstream_session, Authenticator(kube, tokens, settings.auth_cache_seconds), runs, relay
     )

@@ -16,6 +16,7 @@ from agentrun_api import constants, contract
 from agentrun_api.spec import AgentRunSpec
 from agentrun_operator.budget import compute_budget
 from agentrun_operator.settings import OperatorSettings
+from agentrun_operator.stream_timeouts.budget import StreamBudget, runner_server_timeouts
 
 # The longest run name whose children still have valid names: a Service name is a DNS label
 # (63 characters), and "<run>-stream" adds 7.
@@ -106,6 +107,9 @@ def runner_config(owner: RunOwner, spec: AgentRunSpec, settings: OperatorSetting
         spec=spec,
         checkpoint=contract.CheckpointLocation(store=spec.checkpoint.store),
         progress_interval_seconds=settings.progress_interval_seconds,
+        stream_keep_alive_seconds=runner_server_timeouts(StreamBudget.from_spec(spec)).keep_alive_seconds,
+        # Throttled runs draw from their ThrottlePool when the operator serves pools.
+        permit_server_url=(settings.permit_server_url or None) if spec.throttle.enabled else None,
     )
 
 

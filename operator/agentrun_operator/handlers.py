@@ -5,7 +5,8 @@
 - indexes of the runs' Jobs, pods and progress ConfigMaps (watched, never polled), and wake-ups of
   the run's supervisor when one of them changes;
 - create/resume: admit the run (``reconcile.admit``);
-- a daemon per run: ``reconcile.Supervisor``.
+- a daemon per run: ``reconcile.Supervisor``;
+- ThrottlePools and the permit server: ``agentrun_operator.permits.handlers``, registered by importing it.
 """
 
 import logging
@@ -15,6 +16,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+import agentrun_operator.permits.handlers  # noqa: F401 - registers the ThrottlePool handlers and the permit server
 from agentrun_api import constants
 from agentrun_operator.children import ROLE_PROGRESS, ROLE_RUNNER
 from agentrun_operator.kube import ApiError, KubeClient

@@ -180,6 +180,14 @@ GATEWAY_RULES: tuple[Rule, ...] = (
         why="the gateway checks a reader's bearer token against the run's <run>-stream-token Secret",
     ),
     Rule(
+        "",
+        ("configmaps",),
+        ("get",),
+        cluster_scoped=False,
+        why="a reader joining a run whose runner is gone is replayed the event log from the run's checkpoint "
+        "segment ConfigMaps <run>-ckpt-<n>",
+    ),
+    Rule(
         "authentication.k8s.io",
         ("tokenreviews",),
         ("create",),

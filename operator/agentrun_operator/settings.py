@@ -1,13 +1,17 @@
 """Operator settings, read once from environment variables.
 
 Each field documents its variable, unit, default and why it exists. Tests shorten the intervals
-by building an ``OperatorSettings`` directly instead of touching the environment.
+by building an ``OperatorSettings`` directly instead of touching the environment. The permit
+server's own settings (AGENTRUN_PERMIT_*, AGENTRUN_POOL_STATUS_INTERVAL_SECONDS) are documented in
+``agentrun_operator.permits.settings.PermitSettings`` and read here, into ``OperatorSettings.permits``.
 """
 
 import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Literal
+
+from agentrun_operator.permits.settings import PermitSettings
 
 DEFAULT_RUNNER_IMAGE = "ghcr.io/agentrun/agentrun-runner:0.1.0"
 
@@ -61,6 +65,13 @@ class OperatorSettings:
     # AGENTRUN_RETRY_DELAY_SECONDS (seconds, default 30): delay before retrying a run whose Secret
     # or StorageClass is missing; the user is told in a condition meanwhile.
     retry_delay_seconds: float = 30.0
+    # AGENTRUN_PERMIT_SERVER_URL: URL at which runner pods reach this operator's permit server
+    # (its Service, e.g. http://agentrun-operator-permits.agentrun-system:8090). Runs with
+    # spec.throttle.enabled get it in their RunnerConfig and draw permits from the ThrottlePool they
+    # name. Empty: no cluster-wide pools; every throttled run keeps its own in-process limits.
+    permit_server_url: str = ""
+    # The permit server: where it listens, lease length, status interval (see PermitSettings).
+    permits: PermitSettings = dataclasses.field(default_factory=PermitSettings)
 
     @property
     def namespaces(self) -> list[str]:
@@ -74,6 +85,10 @@ class OperatorSettings:
         log_format = env.get("AGENTRUN_LOG_FORMAT", defaults.log_format).strip().lower()
         if log_format not in ("text", "json"):
             raise SettingsError(f"AGENTRUN_LOG_FORMAT must be text or json, not {log_format!r}")
+        try:
+            permits = PermitSettings.from_env(env)
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
         return cls(
             watch_namespace=env.get("AGENTRUN_WATCH_NAMESPACE", defaults.watch_namespace).strip(),
             runner_image=env.get("AGENTRUN_RUNNER_IMAGE", "").strip() or defaults.runner_image,
@@ -107,6 +122,8 @@ class OperatorSettings:
             retry_delay_seconds=_number(
                 env, "AGENTRUN_RETRY_DELAY_SECONDS", defaults.retry_delay_seconds, positive=True
             ),
+            permit_server_url=env.get("AGENTRUN_PERMIT_SERVER_URL", "").strip().rstrip("/"),
+            permits=permits,
         )
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -40,7 +41,7 @@ from agentrun_runner.settings import RunnerSettings
 from agentrun_runner.state import RunState
 from agentrun_runner.stream import StreamServer
 from agentrun_runner.throttle import InProcessLimiter, Limiter
-from agentrun_runner.throttle_remote import RemoteLimiter
+from agentrun_runner.throttle_remote import PooledLimiter, RemoteLimiter
 from agentrun_runner.tools import Toolbox, Workspace
 
 log = logging.getLogger("agentrun_runner")
@@ -67,17 +68,19 @@ def load_config(path: Path) -> RunnerConfig:
         raise ConfigProblemError(f"runner config {path} is invalid: {problems}") from None
 
 
-def build_limiter(config: RunnerConfig, stream_token: str) -> Limiter | None:
-    """The throttle in front of model calls: None when the run has no throttle; the cluster-wide
-    pool's client when the operator named a permit server; else the run's own in-process limiter."""
+def build_limiter(config: RunnerConfig, stream_token: str, on_pool_missing: Callable[[str], None]) -> Limiter | None:
+    """The throttle in front of model calls: None when the run has no throttle; else the run's own
+    in-process limits (spec.throttle), and, when the operator named a permit server, the permits of
+    the ThrottlePool the run names as well (while that pool exists)."""
     throttle = config.spec.throttle
     if not throttle.enabled:
         return None
-    if config.permit_server_url:
-        return RemoteLimiter.for_run(config, stream_token)
-    return InProcessLimiter(
+    own = InProcessLimiter(
         max_concurrent=throttle.max_concurrent_requests, requests_per_minute=throttle.requests_per_minute
     )
+    if config.permit_server_url:
+        return PooledLimiter(own, RemoteLimiter.for_run(config, stream_token), on_pool_missing=on_pool_missing)
+    return own
 
 
 async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
@@ -116,7 +119,12 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
     resumed_from = state.counters.step if state.records else None
 
     reporter = ProgressReporter(sink, config.progress_interval_seconds)
-    limiter = build_limiter(config, stream_token)
+
+    def pool_missing(message: str) -> None:
+        log.warning("%s", message)
+        agent.announce(message)  # the run's status message; the agent exists before any model call
+
+    limiter = build_limiter(config, stream_token, pool_missing)
     model = ModelClient(
         spec.model,
         api_key=os.environ.get(API_KEY_ENV),
@@ -145,6 +153,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
             client_queue_size=settings.sse_client_queue_size,
             host=settings.stream_host or os.environ.get(POD_IP_ENV) or "0.0.0.0",  # noqa: S104
             port=config.stream_port,
+            keep_alive_seconds=config.stream_keep_alive_seconds,
         )
         await server.start()
         log.info("serving the event stream on port %d", server.port)
@@ -195,7 +204,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
             await server.stop()
         await toolbox.close()
         await model.close()
-        if isinstance(limiter, RemoteLimiter):
+        if isinstance(limiter, PooledLimiter):
             await limiter.aclose()
         await store.close()
         if configmaps is not None:

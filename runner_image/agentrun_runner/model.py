@@ -18,7 +18,7 @@ from agentrun_api.durations import parse_duration
 from agentrun_api.spec import ModelSpec
 from agentrun_runner.settings import RunnerSettings
 from agentrun_runner.state import Message
-from agentrun_runner.throttle import Limiter, QueueTimeoutError
+from agentrun_runner.throttle import Limiter, MetersTokens, QueueTimeoutError
 
 # Statuses a retry can fix (rate limits, overload, a server hiccup); any other 4xx is final.
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
@@ -193,11 +193,15 @@ class ModelClient:
             outer = min(self._request_timeout, budget)
             try:
                 async with asyncio.timeout(outer):
-                    return await self._call(messages, tools, on_token, max_tokens)
+                    answer = await self._call(messages, tools, on_token, max_tokens)
             except TimeoutError:
                 if outer < self._request_timeout:
                     raise BudgetExhaustedError("during a model call") from None
                 raise
+            if isinstance(permit, MetersTokens):
+                # Before the release, which carries the count to a tokensPerMinute pool.
+                permit.record_tokens(answer.prompt_tokens + answer.completion_tokens)
+            return answer
         finally:
             if permit is not None:
                 await permit.release()

@@ -116,3 +116,15 @@ class RunState:
             self.result = record["result"]
         self.mark_saved(record)
         self._saved_events = len(self.events)
+
+
+def events_of(records: list[dict[str, Any]]) -> list[Event]:
+    """The event log held in a run's checkpoint records (what a resumed runner would replay); stops
+    before the first record that does not follow on."""
+    state = RunState()
+    for record in records:
+        try:
+            state.apply(record)
+        except (ValueError, KeyError, TypeError):
+            break
+    return state.events

@@ -39,6 +39,7 @@ class StreamServer:
         client_queue_size: int,
         host: str,
         port: int,
+        keep_alive_seconds: float,
     ) -> None:
         if not token:
             raise ValueError("the stream needs a token (AGENTRUN_STREAM_TOKEN)")
@@ -48,6 +49,7 @@ class StreamServer:
         self._queue_size = client_queue_size
         self._host = host
         self._port = port
+        self._keep_alive = keep_alive_seconds
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self.port = port
@@ -57,7 +59,9 @@ class StreamServer:
         app = web.Application()
         app.router.add_get("/events", self._serve)
         # Readers end at `finished`; a short shutdown timeout cuts the ones still waiting for it.
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=1.0, keepalive_timeout=self._keep_alive
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()

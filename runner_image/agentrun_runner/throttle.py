@@ -8,11 +8,18 @@ permit server replaces it without touching the loop.
 import asyncio
 import collections
 import contextlib
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Permit(Protocol):
     async def release(self) -> None: ...
+
+
+@runtime_checkable
+class MetersTokens(Protocol):
+    """A permit that charges the call's tokens to a budget (a pool with tokensPerMinute) on release."""
+
+    def record_tokens(self, tokens: int) -> None: ...
 
 
 class Limiter(Protocol):

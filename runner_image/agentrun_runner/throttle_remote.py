@@ -4,12 +4,17 @@
 unthrottled: when the permit server cannot be reached it retries within the call's queue budget and
 then raises ``QueueTimeoutError`` saying so. While a call holds a permit, its lease is renewed every
 third of the lease period; a runner killed meanwhile stops renewing and the permit returns to the pool.
+
+``PooledLimiter`` is what a throttled run uses when the operator serves pools: the run's own limits
+(spec.throttle) always, and the pool's as well while the ThrottlePool it names exists. A pool that
+does not exist is not an error: the run keeps its own limits and says so (``PoolNotFoundError``).
 """
 
 import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Final
 
 import aiohttp
@@ -17,9 +22,9 @@ from pydantic import ValidationError
 
 from agentrun_api import permits as protocol
 from agentrun_api.contract import RunnerConfig
-from agentrun_runner.throttle import QueueTimeoutError
+from agentrun_runner.throttle import Limiter, Permit, QueueTimeoutError
 
-__all__ = ["QueueTimeoutError", "RemoteLimiter", "RemotePermit"]
+__all__ = ["PoolNotFoundError", "PooledLimiter", "QueueTimeoutError", "RemoteLimiter", "RemotePermit"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +35,13 @@ FIRST_RETRY_SECONDS: Final = 0.2
 MAX_RETRY_SECONDS: Final = 5.0
 # A pool-wide pause longer than this is not believed (same cap as the server's default).
 MAX_PENALTY_SECONDS: Final = 600.0
+# After the permit server said the pool does not exist, how long calls use only the run's own limits
+# before asking again (a ThrottlePool created later then takes over within this long).
+POOL_RECHECK_SECONDS: Final = 30.0
+
+
+class PoolNotFoundError(QueueTimeoutError):
+    """The permit server has no ThrottlePool of that name in the run's namespace."""
 
 
 class RemotePermit:
@@ -146,7 +158,9 @@ class RemoteLimiter:
                         f"{answer.queue_depth} calls were waiting and {answer.in_flight} in flight",
                         depth=answer.queue_depth,
                     )
-                # PoolNotFound, Unauthorized, Unavailable: may heal (the pool or Secret is being created).
+                if answer.reason == "PoolNotFound":
+                    raise PoolNotFoundError(f"{answer.message} (pool {self.pool_name})")
+                # Unauthorized, Unavailable: may heal (the Secret is being created, the API server is back).
                 problem = f"the permit server refused: {answer.reason}: {answer.message}"
             remaining = max_wait_seconds - (loop.time() - started)
             if remaining <= 0:
@@ -238,3 +252,78 @@ class RemoteLimiter:
                 pass
         except (aiohttp.ClientError, TimeoutError) as error:
             logger.warning("cannot report the provider's Retry-After to the pool (%s)", type(error).__name__)
+
+
+class _PooledPermit:
+    """The run's own permit and the pool's, released together; the tokens are charged to the pool."""
+
+    def __init__(self, own: Permit, pooled: RemotePermit) -> None:
+        self._own = own
+        self._pooled = pooled
+
+    def record_tokens(self, tokens: int) -> None:
+        self._pooled.record_tokens(tokens)
+
+    async def release(self) -> None:
+        try:
+            await self._pooled.release()
+        finally:
+            await self._own.release()
+
+
+class PooledLimiter:
+    """The run's own limiter, then the pool's permit while the pool exists.
+
+    ``on_pool_missing`` is told once each time the pool turns out not to exist (the runner puts it in
+    the run's status message); while it is missing the pool is asked again every ``recheck_seconds``.
+    """
+
+    def __init__(
+        self,
+        own: Limiter,
+        pool: RemoteLimiter,
+        *,
+        on_pool_missing: Callable[[str], None],
+        recheck_seconds: float = POOL_RECHECK_SECONDS,
+    ) -> None:
+        self._own = own
+        self._pool = pool
+        self._on_pool_missing = on_pool_missing
+        self._recheck_seconds = recheck_seconds
+        self._missing_until: float | None = None  # None: the pool was found (or not asked yet)
+
+    async def acquire(self, *, max_wait_seconds: float) -> tuple[Permit, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        own, _ = await self._own.acquire(max_wait_seconds=max_wait_seconds)
+        try:
+            if self._missing_until is None or loop.time() >= self._missing_until:
+                remaining = max(0.0, max_wait_seconds - (loop.time() - started))
+                try:
+                    pooled, _ = await self._pool.acquire(max_wait_seconds=remaining)
+                except PoolNotFoundError as missing:
+                    self._pool_missing(str(missing), loop.time())
+                else:
+                    if self._missing_until is not None:
+                        logger.info("throttle pool %s exists now; calls wait for its permits", self._pool.pool_name)
+                        self._missing_until = None
+                    return _PooledPermit(own, pooled), loop.time() - started
+        except BaseException:
+            await own.release()
+            raise
+        return own, loop.time() - started
+
+    def penalize(self, retry_after_seconds: float) -> None:
+        self._own.penalize(retry_after_seconds)
+        if self._missing_until is None:
+            self._pool.penalize(retry_after_seconds)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+    def _pool_missing(self, message: str, now: float) -> None:
+        if self._missing_until is None:
+            self._on_pool_missing(
+                f"{message}; model calls use only this run's own spec.throttle limits until it exists"
+            )
+        self._missing_until = now + self._recheck_seconds

@@ -80,6 +80,11 @@ class OperatorTimings:
     """AGENTRUN_RETRY_DELAY_SECONDS (default 1; product default 30)."""
     deadline_grace_seconds: int = 5
     """AGENTRUN_DEADLINE_GRACE_SECONDS (default 5; product default 60)."""
+    permit_lease_seconds: float = 1.5
+    """AGENTRUN_PERMIT_LEASE_SECONDS (default 1.5; product default 15): also how long a new pool waits
+    before its first grant."""
+    pool_status_interval_seconds: float = 0.5
+    """AGENTRUN_POOL_STATUS_INTERVAL_SECONDS (default 0.5; product default 5)."""
 
     def env(self) -> dict[str, str]:
         return {
@@ -89,19 +94,29 @@ class OperatorTimings:
             "AGENTRUN_OUTCOME_GRACE_SECONDS": str(self.outcome_grace_seconds),
             "AGENTRUN_RETRY_DELAY_SECONDS": str(self.retry_delay_seconds),
             "AGENTRUN_DEADLINE_GRACE_SECONDS": str(self.deadline_grace_seconds),
+            "AGENTRUN_PERMIT_LEASE_SECONDS": str(self.permit_lease_seconds),
+            "AGENTRUN_POOL_STATUS_INTERVAL_SECONDS": str(self.pool_status_interval_seconds),
         }
 
 
 class OperatorProcess:
-    """The real operator as a child process: start, wait until /healthz answers, stop, kill, restart."""
+    """The real operator as a child process: start, wait until /healthz answers, stop, kill, restart.
+
+    Its permit server (throttle pools) listens on 127.0.0.1:``permit_port``, the same port after a
+    restart; runner pods share the host's network, so ``permit_server_url`` is what runs are given.
+    """
 
     def __init__(self, env: Mapping[str, str], log_path: Path, *, startup_timeout_seconds: float = 30.0) -> None:
         self.health_port = free_port()
         self.metrics_port = free_port()
+        self.permit_port = free_port()
         self._env = {
             **env,
             "AGENTRUN_HEALTH_PORT": str(self.health_port),
             "AGENTRUN_METRICS_PORT": str(self.metrics_port),
+            "AGENTRUN_PERMIT_HOST": "127.0.0.1",
+            "AGENTRUN_PERMIT_PORT": str(self.permit_port),
+            "AGENTRUN_PERMIT_SERVER_URL": self.permit_server_url,
         }
         self.log_path = log_path
         self._startup_timeout = startup_timeout_seconds
@@ -111,6 +126,10 @@ class OperatorProcess:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def permit_server_url(self) -> str:
+        return f"http://127.0.0.1:{self.permit_port}"
 
     async def start(self) -> None:
         with self.log_path.open("ab") as log:

@@ -167,12 +167,15 @@ def _usage(request: ChatRequest, completion_text: str) -> dict[str, int]:
 
 
 class ModelServer:
-    """The server; ``requests`` records every chat request in arrival order."""
+    """The server; ``requests`` records every chat request in arrival order, ``max_in_flight`` the most
+    requests it was answering at once (what a throttle pool must bound)."""
 
     def __init__(self, script: Script, *, port: int = 0, model: str = DEFAULT_MODEL) -> None:
         self.script = script
         self.model = model
         self.requests: list[ChatRequest] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._port = port
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -204,6 +207,14 @@ class ModelServer:
         await self.stop()
 
     async def _chat(self, http: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(http)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, http: web.Request) -> web.StreamResponse:
         received_at = time.monotonic()
         raw = await http.read()
         request = ChatRequest(

@@ -19,6 +19,7 @@ import kopf
 
 import agentrun_operator.handlers  # noqa: F401 - registers the handlers with kopf's default registry
 from agentrun_api import constants, contract
+from agentrun_operator.permits.settings import PermitSettings
 from agentrun_operator.settings import OperatorSettings
 from tests.harness.apiserver import EmulatedApiServer
 
@@ -39,6 +40,7 @@ FAST = OperatorSettings(
     webhook_backoff_max_seconds=1.0,
     webhook_timeout_seconds=2.0,
     retry_delay_seconds=0.5,
+    permits=PermitSettings(host="127.0.0.1", port=0, lease_seconds=1.0, status_interval_seconds=0.5),
 )
 
 

@@ -36,7 +36,7 @@ async def fetch(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
 async def test_operator_process_serves_health_and_metrics_and_reconciles(apiserver: EmulatedApiServer) -> None:
     cluster = Cluster(apiserver)
     cluster.add_api_key_secret()
-    health, metrics = free_port(), free_port()
+    health, metrics, permits = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "KUBECONFIG": str(apiserver.kubeconfig_path),
@@ -45,6 +45,8 @@ async def test_operator_process_serves_health_and_metrics_and_reconciles(apiserv
         "AGENTRUN_METRICS_PORT": str(metrics),
         "AGENTRUN_LOG_FORMAT": "json",
         "AGENTRUN_STATUS_MIN_INTERVAL_SECONDS": "0.2",
+        "AGENTRUN_PERMIT_HOST": "127.0.0.1",
+        "AGENTRUN_PERMIT_PORT": str(permits),
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -63,6 +65,8 @@ async def test_operator_process_serves_health_and_metrics_and_reconciles(apiserv
                     break
                 await asyncio.sleep(0.05)
             assert status == 200, "the liveness endpoint never answered"
+            # The throttle pools' permit server starts with the operator, on AGENTRUN_PERMIT_PORT.
+            assert (await fetch(session, f"http://127.0.0.1:{permits}/healthz"))[0] == 200
 
             cluster.create(run_manifest())
             await eventually(lambda: cluster.get("Job", "q3-runner"), timeout=15, message="the Job")

@@ -28,6 +28,9 @@ class OperatorReplica:
             "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", ".")),
             "AGENTRUN_HEALTH_PORT": "0",
             "AGENTRUN_METRICS_PORT": "0",
+            # Each replica's permit server on a free loopback port (in a cluster each pod has its own IP).
+            "AGENTRUN_PERMIT_HOST": "127.0.0.1",
+            "AGENTRUN_PERMIT_PORT": "0",
             "AGENTRUN_PEERING_NAME": PEERING,
         }
         self.output = ""

@@ -33,12 +33,6 @@ NOT_REACHED_HERE = {
     ("", "persistentvolumeclaims", "create"): "the PVC store of a run whose StorageClass exists",
     ("rbac.authorization.k8s.io", "roles", "get"): "adopting after a 409 on create",
     ("rbac.authorization.k8s.io", "rolebindings", "get"): "adopting after a 409 on create",
-    ("agentrun.dev", "throttlepools", "list"): "the ThrottlePool handlers (agentrun_operator.permits), not loaded here",
-    (
-        "agentrun.dev",
-        "throttlepools",
-        "watch",
-    ): "the ThrottlePool handlers (agentrun_operator.permits), not loaded here",
     ("agentrun.dev", "throttlepools", "patch"): "kopf's annotations on ThrottlePools (agentrun_operator.permits)",
     ("agentrun.dev", "throttlepools/status", "patch"): "the pools' live status (agentrun_operator.permits)",
     ("kopf.dev", "clusterkopfpeerings", "get"): "kopf peering, off in these tests (standalone)",

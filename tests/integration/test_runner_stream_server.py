@@ -31,9 +31,15 @@ def publish(log: EventLog, type_: EventType, data: dict[str, Any]) -> None:
     log.raise_ceiling(event.id)
 
 
-async def start(log: EventLog, queue_size: int = 64, heartbeat: float = 30.0) -> StreamServer:
+async def start(log: EventLog, queue_size: int = 64, heartbeat: float = 30.0, keep_alive: float = 50.0) -> StreamServer:
     server = StreamServer(
-        log, token=TOKEN, heartbeat_seconds=heartbeat, client_queue_size=queue_size, host="127.0.0.1", port=0
+        log,
+        token=TOKEN,
+        heartbeat_seconds=heartbeat,
+        client_queue_size=queue_size,
+        host="127.0.0.1",
+        port=0,
+        keep_alive_seconds=keep_alive,
     )
     await server.start()
     return server
@@ -165,3 +171,23 @@ async def test_events_not_yet_covered_by_a_checkpoint_are_held_back(server: Stre
     log.raise_ceiling(log.next_ceiling())
     publish(log, "finished", {})
     assert [e.json().get("text") for e in await reader] == ["held", "held too", None]
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_configured_keep_alive(log: EventLog) -> None:
+    server = await start(log, keep_alive=0.5)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        # A refused request (no token) leaves a reusable keep-alive connection behind.
+        writer.write(b"GET /events HTTP/1.1\r\nHost: runner\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 401")
+        length = int(
+            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        )
+        await reader.readexactly(length)
+        # The server, not the client, ends the idle connection once the keep-alive has passed.
+        assert await asyncio.wait_for(reader.read(1), 10) == b""
+        writer.close()
+    finally:
+        await server.stop()

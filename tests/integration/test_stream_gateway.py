@@ -460,7 +460,8 @@ async def test_python_m_agentrun_gateway_serves_and_stops_on_sigterm(
         "AGENTRUN_GATEWAY_KUBE_API_URL": str(kube.url),
         "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": "",
         "AGENTRUN_GATEWAY_KUBE_CA_FILE": "",
-        "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "gateway")),
+        # What the gateway image holds (gateway/Dockerfile); the runner's package decodes checkpoints.
+        "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", "gateway")),
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agentrun_gateway", env=env, stderr=asyncio.subprocess.PIPE

@@ -45,6 +45,8 @@ OPERATOR_SETTINGS_ENV = {
     "AGENTRUN_DEADLINE_GRACE_SECONDS",
     # The ThrottlePool permit server's port (agentrun_operator.permits.settings).
     "AGENTRUN_PERMIT_PORT",
+    # The permit server's in-cluster URL, given to throttled runs (OperatorSettings.permit_server_url).
+    "AGENTRUN_PERMIT_SERVER_URL",
     # Not in the brief's list: the name of the peering object the chart creates (see templates/peering.yaml).
     "AGENTRUN_PEERING_NAME",
 }
@@ -233,6 +235,13 @@ def test_operator_deployment_is_one_recreated_peered_replica_with_a_kopf_livenes
         "permits": int(env["AGENTRUN_PERMIT_PORT"]),
     }
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # Runners reach the permit server through the permits Service, on the port the operator listens on.
+    permits = next(
+        o for o in objects if o["kind"] == "Service" and any(p["name"] == "permits" for p in o["spec"]["ports"])
+    )
+    permit_port = next(p["port"] for p in permits["spec"]["ports"] if p["name"] == "permits")
+    namespace = permits["metadata"].get("namespace") or deployment["metadata"].get("namespace")
+    assert env["AGENTRUN_PERMIT_SERVER_URL"] == f"http://{permits['metadata']['name']}.{namespace}.svc:{permit_port}"
     peering = find(objects, "ClusterKopfPeering")
     assert env["AGENTRUN_PEERING_NAME"] == peering["metadata"]["name"]
     assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]

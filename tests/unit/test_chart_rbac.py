@@ -130,11 +130,11 @@ def test_gateway_gets_its_own_least_privilege_rbac() -> None:
     )
 
 
-def test_namespaced_gateway_reads_secrets_only_in_the_watched_namespace() -> None:
+def test_namespaced_gateway_reads_secrets_and_checkpoints_only_in_the_watched_namespace() -> None:
     values = {"watchNamespace": "agents", "gateway": {"enabled": True, "route": {"host": "agents.example.com"}}}
     objects = rbac_objects(values)
     role = find(objects, "Role", "agentrun-operator-stream-gateway")
     assert role["metadata"]["namespace"] == "agents"
-    assert {r for rule in role["rules"] for r in rule["resources"]} == {"agentruns", "secrets"}
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"agentruns", "secrets", "configmaps"}
     cluster_role = find(objects, "ClusterRole", "agentrun-operator-stream-gateway")
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"tokenreviews", "subjectaccessreviews"}

@@ -12,8 +12,14 @@ from agentrun_operator.children import (
     RunOwner,
     build_children,
     build_job,
+    runner_config,
 )
 from agentrun_operator.settings import OperatorSettings
+from agentrun_operator.stream_timeouts.budget import (
+    GATEWAY_UPSTREAM_POOL_IDLE_SECONDS,
+    StreamBudget,
+    runner_server_timeouts,
+)
 from tests.operator_samples import manifest
 
 pytestmark = pytest.mark.unit
@@ -245,3 +251,23 @@ def test_children_carry_only_the_operators_labels() -> None:
 def test_recreated_job_carries_the_restarts_made_before_it() -> None:
     job = build_job(OWNER, spec_of(), SETTINGS, restarts_before=2)
     assert job["metadata"]["annotations"][RESTARTS_BEFORE_ANNOTATION] == "2"
+
+
+@pytest.mark.parametrize(("throttled", "expected"), [(True, "http://permits.agentrun-system:8090"), (False, None)])
+def test_only_throttled_runs_are_told_the_permit_server(throttled: bool, expected: str | None) -> None:
+    settings = OperatorSettings(permit_server_url="http://permits.agentrun-system:8090")
+    spec = spec_of(throttle={"enabled": throttled, "pool": "openai-org"})
+    config = runner_config(OWNER, spec, settings)
+    assert config.permit_server_url == expected
+
+
+def test_without_a_permit_server_url_throttled_runs_keep_their_own_limiter() -> None:
+    config = runner_config(OWNER, spec_of(throttle={"enabled": True}), OperatorSettings())
+    assert config.permit_server_url is None
+
+
+def test_runner_stream_keep_alive_outlasts_the_gateways_pooled_connections() -> None:
+    config = runner_config(OWNER, spec_of(), SETTINGS)
+    expected = runner_server_timeouts(StreamBudget.from_spec(spec_of())).keep_alive_seconds
+    assert config.stream_keep_alive_seconds == expected
+    assert config.stream_keep_alive_seconds > GATEWAY_UPSTREAM_POOL_IDLE_SECONDS

@@ -54,3 +54,22 @@ def test_every_named_variable_is_read() -> None:
 def test_bad_values_are_rejected_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         OperatorSettings.from_env({name: value})
+
+
+def test_permit_server_settings_are_read_with_the_operators() -> None:
+    settings = OperatorSettings.from_env(
+        {
+            "AGENTRUN_PERMIT_SERVER_URL": "http://agentrun-permits.agentrun-system:8090/",
+            "AGENTRUN_PERMIT_PORT": "9090",
+            "AGENTRUN_PERMIT_LEASE_SECONDS": "5",
+        }
+    )
+    assert settings.permit_server_url == "http://agentrun-permits.agentrun-system:8090"
+    assert (settings.permits.port, settings.permits.lease_seconds) == (9090, 5.0)
+    assert OperatorSettings.from_env({}).permit_server_url == ""
+
+
+@pytest.mark.parametrize(("name", "value"), [("AGENTRUN_PERMIT_PORT", "http"), ("AGENTRUN_PERMIT_LEASE_SECONDS", "0")])
+def test_bad_permit_settings_are_operator_settings_errors(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        OperatorSettings.from_env({name: value})

@@ -1,7 +1,7 @@
 """kopf handlers of ThrottlePool: declare pools to the permit server and mirror their state into status.
 
-Import this module from the operator's handlers module: the import registers the handlers, and the
-startup handler starts the permit server (settings from the environment, see ``PermitSettings``).
+The operator's handlers module imports this module: the import registers the handlers, and the
+startup handler starts the permit server (``OperatorSettings.permits``, else from the environment).
 The handlers only route; the decisions live in ``limits_from_spec`` and ``status_from_snapshot``.
 """
 
@@ -72,7 +72,9 @@ def _server(memo: Any) -> PermitServer:
 async def start_permits(memo: Any, **_: Any) -> None:
     from kubernetes import client, config
 
-    settings = PermitSettings.from_env()
+    # The operator's settings carry the permit settings; alone (tests of this module) read the environment.
+    operator_settings = getattr(memo, "operator_settings", None)
+    settings: PermitSettings = operator_settings.permits if operator_settings is not None else PermitSettings.from_env()
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:

@@ -39,6 +39,14 @@ class PoolRegistry:
         self.timing = timing
         self._clock = clock
         self._pools: dict[tuple[str, str], Pool] = {}
+        self._started_at = clock()
+        self.stopping = False
+
+    @property
+    def learning(self) -> bool:
+        """True during the first lease period: the ThrottlePools may not all be declared yet (the
+        operator lists them after it starts), so an unknown pool is not yet a missing one."""
+        return self._clock() < self._started_at + self.timing.lease_seconds
 
     def configure(self, namespace: str, name: str, limits: PoolLimits) -> Pool:
         """Declare a pool or change its limits; waiters and leases of an existing pool are kept."""
@@ -64,6 +72,7 @@ class PoolRegistry:
         return None if pool is None else pool.snapshot()
 
     def close(self) -> None:
+        self.stopping = True
         for pool in self._pools.values():
             pool.close()
 
@@ -94,6 +103,9 @@ class _Handlers:
         if not allowed:
             return _refusal(401, "Unauthorized", f"not the credential of run {namespace}/{run}")
         pool = self.registry.get(namespace, pool_name)
+        if pool is None and self.registry.learning:
+            # Clients retry on 503; runners fall back to their own limits only on PoolNotFound.
+            return _refusal(503, "Unavailable", "the permit server has just started and is reading the ThrottlePools")
         if pool is None:
             return _refusal(
                 404, "PoolNotFound", f"no ThrottlePool {pool_name!r} in namespace {namespace!r}; create it first"
@@ -125,6 +137,8 @@ class _Handlers:
         except SupersededError as superseded:
             return _refusal(409, "Superseded", str(superseded))
         except PoolClosedError as closed:
+            if self.registry.stopping:  # the operator is restarting: the pool is not gone
+                return _refusal(503, "Unavailable", "the permit server is stopping; ask its successor")
             return _refusal(404, "PoolNotFound", str(closed))
         QUEUE_WAIT_SECONDS.labels(label).observe(grant.waited_seconds)
         body = protocol.PermitGrant(

@@ -7,6 +7,7 @@ record larger than the space left is split into parts across segments.
 """
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from agentrun_api import constants
@@ -23,6 +24,40 @@ _MIN_PART_BYTES = 4096
 
 def _record_key(seq: int, part: int) -> str:
     return f"r{seq:08d}-{part:03d}"
+
+
+@dataclass(frozen=True)
+class DecodedSegments:
+    records: list[dict[str, Any]]  # the good records, oldest first
+    problem: str | None  # why decoding stopped early, if it did
+    unusable: set[int]  # sequence numbers of records at and after the first unusable one
+
+
+def decode_segments(run: str, segments: list[dict[str, str]]) -> DecodedSegments:
+    """The records held in a run's segment ConfigMaps' data (segment 0 first). Reads only: the store
+    drops the unusable tail, readers such as the stream gateway just stop before it."""
+    parts: dict[int, list[tuple[int, int, str]]] = {}  # seq -> (part, segment, value)
+    for index, data in enumerate(segments):
+        for key, value in data.items():
+            match = _RECORD_KEY.match(key)
+            if match:
+                parts.setdefault(int(match[1]), []).append((int(match[2]), index, value))
+
+    records: list[dict[str, Any]] = []
+    problem = None
+    for seq in range(len(parts)):
+        pieces = sorted(parts.get(seq, []))
+        try:
+            if not pieces or [p[0] for p in pieces] != list(range(len(pieces))):
+                raise CorruptRecordError("record parts are missing")
+            records.append(decode_record("".join(p[2] for p in pieces).encode("ascii")))
+        except (CorruptRecordError, UnicodeEncodeError) as error:
+            problem = f"checkpoint record {seq} in ConfigMap segments of {run} is unusable ({error})"
+            break
+    bad = {seq for seq in parts if seq >= len(records)}
+    if problem is None and bad:
+        problem = f"checkpoint records after {len(records) - 1} have no predecessor and were dropped"
+    return DecodedSegments(records, problem, bad)
 
 
 class ConfigMapStore:
@@ -61,27 +96,8 @@ class ConfigMapStore:
         except KubeError as error:
             raise CheckpointError(str(error)) from error
 
-        parts: dict[int, list[tuple[int, int, str]]] = {}  # seq -> (part, segment, value)
-        for index, data in enumerate(segments):
-            for key, value in data.items():
-                match = _RECORD_KEY.match(key)
-                if match:
-                    parts.setdefault(int(match[1]), []).append((int(match[2]), index, value))
-
-        records: list[dict[str, Any]] = []
-        problem = None
-        for seq in range(len(parts)):
-            pieces = sorted(parts.get(seq, []))
-            try:
-                if not pieces or [p[0] for p in pieces] != list(range(len(pieces))):
-                    raise CorruptRecordError("record parts are missing")
-                records.append(decode_record("".join(p[2] for p in pieces).encode("ascii")))
-            except (CorruptRecordError, UnicodeEncodeError) as error:
-                problem = f"checkpoint record {seq} in ConfigMap segments of {self._run} is unusable ({error})"
-                break
-        bad = {seq for seq in parts if seq >= len(records)}
-        if problem is None and bad:
-            problem = f"checkpoint records after {len(records) - 1} have no predecessor and were dropped"
+        decoded = decode_segments(self._run, segments)
+        records, problem, bad = decoded.records, decoded.problem, decoded.unusable
         if bad:
             await self._drop(segments, bad)
 
