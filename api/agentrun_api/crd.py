@@ -7,6 +7,7 @@ absent field), titles dropped, CEL rules kept in ``x-kubernetes-validations``.
 """
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
@@ -151,28 +152,37 @@ def _add_immutability(spec_schema: dict[str, Any]) -> None:
         )
 
 
-def build_crd() -> dict[str, Any]:
-    spec_schema = _schema_of(AgentRunSpec, "validation")
-    spec_schema["description"] = AgentRunSpec.__doc__
-    _add_immutability(spec_schema)
-    status_schema = _schema_of(AgentRunStatus, "serialization")
-    status_schema["description"] = AgentRunStatus.__doc__
+@dataclass(frozen=True)
+class CrdNames:
+    """What tells one of the project's namespaced, status-bearing custom resources from another."""
+
+    crd_name: str
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    description: str  # of the whole object: the first thing `kubectl explain <kind>` prints
+
+
+def _namespaced_crd(
+    names: CrdNames, printer_columns: list[dict[str, Any]], spec_schema: dict[str, Any], status_schema: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": constants.CRD_NAME,
+            "name": names.crd_name,
             "labels": {constants.LABEL_PART_OF: constants.PART_OF},
         },
         "spec": {
             "group": constants.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": constants.KIND,
-                "listKind": f"{constants.KIND}List",
-                "plural": constants.PLURAL,
-                "singular": constants.SINGULAR,
-                "shortNames": list(constants.SHORT_NAMES),
+                "kind": names.kind,
+                "listKind": f"{names.kind}List",
+                "plural": names.plural,
+                "singular": names.singular,
+                "shortNames": list(names.short_names),
                 "categories": list(constants.CATEGORIES),
             },
             "versions": [
@@ -181,19 +191,18 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": printer_columns,
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "An AgentRun runs one AI agent task to completion as a Job: checkpointed after "
-                            "every step, resumed after pod loss, bounded by its time, iteration and token budgets.",
+                            "description": names.description,
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {
                                     "type": "string",
-                                    "description": "APIVersion of this object: agentrun.dev/v1alpha1.",
+                                    "description": f"APIVersion of this object: {constants.API_VERSION}.",
                                 },
-                                "kind": {"type": "string", "description": "Kind of this object: AgentRun."},
+                                "kind": {"type": "string", "description": f"Kind of this object: {names.kind}."},
                                 "metadata": {"type": "object"},
                                 "spec": spec_schema,
                                 "status": status_schema,
@@ -204,6 +213,24 @@ def build_crd() -> dict[str, Any]:
             ],
         },
     }
+
+
+def build_crd() -> dict[str, Any]:
+    spec_schema = _schema_of(AgentRunSpec, "validation")
+    spec_schema["description"] = AgentRunSpec.__doc__
+    _add_immutability(spec_schema)
+    status_schema = _schema_of(AgentRunStatus, "serialization")
+    status_schema["description"] = AgentRunStatus.__doc__
+    names = CrdNames(
+        crd_name=constants.CRD_NAME,
+        kind=constants.KIND,
+        plural=constants.PLURAL,
+        singular=constants.SINGULAR,
+        short_names=constants.SHORT_NAMES,
+        description="An AgentRun runs one AI agent task to completion as a Job: checkpointed after "
+        "every step, resumed after pod loss, bounded by its time, iteration and token budgets.",
+    )
+    return _namespaced_crd(names, PRINTER_COLUMNS, spec_schema, status_schema)
 
 
 THROTTLEPOOL_PRINTER_COLUMNS: list[dict[str, Any]] = [
@@ -244,54 +271,17 @@ def build_throttlepool_crd() -> dict[str, Any]:
     spec_schema["description"] = throttlepool.ThrottlePoolSpec.__doc__
     status_schema = _schema_of(throttlepool.ThrottlePoolStatus, "serialization")
     status_schema["description"] = throttlepool.ThrottlePoolStatus.__doc__
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": throttlepool.CRD_NAME,
-            "labels": {constants.LABEL_PART_OF: constants.PART_OF},
-        },
-        "spec": {
-            "group": constants.GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": throttlepool.KIND,
-                "listKind": f"{throttlepool.KIND}List",
-                "plural": throttlepool.PLURAL,
-                "singular": throttlepool.SINGULAR,
-                "shortNames": list(throttlepool.SHORT_NAMES),
-                "categories": list(constants.CATEGORIES),
-            },
-            "versions": [
-                {
-                    "name": constants.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": THROTTLEPOOL_PRINTER_COLUMNS,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "A ThrottlePool is one provider budget (calls in flight, calls and tokens "
-                            "per minute) shared by every AgentRun in its namespace that names it in "
-                            "spec.throttle.pool; the operator grants each model call a permit from it.",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {
-                                    "type": "string",
-                                    "description": "APIVersion of this object: agentrun.dev/v1alpha1.",
-                                },
-                                "kind": {"type": "string", "description": "Kind of this object: ThrottlePool."},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": status_schema,
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    names = CrdNames(
+        crd_name=throttlepool.CRD_NAME,
+        kind=throttlepool.KIND,
+        plural=throttlepool.PLURAL,
+        singular=throttlepool.SINGULAR,
+        short_names=tuple(throttlepool.SHORT_NAMES),
+        description="A ThrottlePool is one provider budget (calls in flight, calls and tokens "
+        "per minute) shared by every AgentRun in its namespace that names it in "
+        "spec.throttle.pool; the operator grants each model call a permit from it.",
+    )
+    return _namespaced_crd(names, THROTTLEPOOL_PRINTER_COLUMNS, spec_schema, status_schema)
 
 
 class _NoAliasDumper(yaml.SafeDumper):
