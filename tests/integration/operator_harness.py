@@ -101,21 +101,36 @@ class ShiftableClock:
 async def start_operator(
     apiserver: EmulatedApiServer, settings: OperatorSettings = FAST, clock: ShiftableClock | None = None
 ) -> OperatorProcess:
-    os.environ["KUBECONFIG"] = str(apiserver.kubeconfig_path)
     stop_flag, ready_flag = asyncio.Event(), asyncio.Event()
     memo = kopf.Memo(operator_settings=settings, clock=clock)
-    task = asyncio.create_task(
-        kopf.operator(
-            registry=kopf.get_default_registry(),
-            clusterwide=True,
-            standalone=True,
-            memo=memo,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
+    # The operator logs in from KUBECONFIG at start-up (as in a pod it would from its service account);
+    # the variable is restored once it has, so no later test talks to this test's API server.
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(apiserver.kubeconfig_path)
+    try:
+        task = asyncio.create_task(
+            kopf.operator(
+                registry=kopf.get_default_registry(),
+                clusterwide=True,
+                standalone=True,
+                memo=memo,
+                stop_flag=stop_flag,
+                ready_flag=ready_flag,
+            )
         )
-    )
-    await asyncio.wait_for(ready_flag.wait(), timeout=10)
+        await asyncio.wait_for(ready_flag.wait(), timeout=10)
+        await asyncio.wait_for(_logged_in(memo), timeout=10)
+    finally:
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous
     return OperatorProcess(task=task, stop_flag=stop_flag, memo=memo)
+
+
+async def _logged_in(memo: kopf.Memo) -> None:
+    while getattr(memo, "agentrun", None) is None:
+        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
