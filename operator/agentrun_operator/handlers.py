@@ -4,11 +4,16 @@
   annotations under agentrun.dev (the status schema allows no unknown fields, so not status.kopf);
 - indexes of the runs' Jobs, pods and progress ConfigMaps (watched, never polled), and wake-ups of
   the run's supervisor when one of them changes;
-- create/resume: admit the run (``reconcile.admit``);
-- a daemon per run: ``reconcile.Supervisor``;
+- the AgentRun watch: every event's body goes to the run registry (``supervisors.RunRegistry``), which
+  admits each run and keeps one ``reconcile.Supervisor`` task per live run. No kopf create/resume
+  handler and no kopf daemon: AgentRuns carry no finalizer and no kopf annotations;
+- leadership (``leadership``): with a Lease named, only the replica holding it supervises runs and
+  serves permits; the others keep their indexes and the registry's bodies warm for a quick takeover;
 - ThrottlePools and the permit server: ``agentrun_operator.permits.handlers``, registered by importing it.
 """
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -19,12 +24,14 @@ import kopf
 import agentrun_operator.permits.handlers  # noqa: F401 - registers the ThrottlePool handlers and the permit server
 from agentrun_api import constants
 from agentrun_operator.children import ROLE_PROGRESS, ROLE_RUNNER
-from agentrun_operator.kube import ApiError, KubeClient
+from agentrun_operator.kube import KubeClient
+from agentrun_operator.leadership import LeaderElector
 from agentrun_operator.metrics import Metrics, start_metrics_server
 from agentrun_operator.observations import JobObservation, PodObservation, ProgressObservation
-from agentrun_operator.peering import configure_peering
-from agentrun_operator.reconcile import OperatorContext, Supervisor, admit, utcnow
+from agentrun_operator.permits.server import PermitServer
+from agentrun_operator.reconcile import OperatorContext, utcnow
 from agentrun_operator.settings import OperatorSettings
+from agentrun_operator.supervisors import RunRegistry
 
 AGENTRUNS = (constants.GROUP, constants.VERSION, constants.PLURAL)
 MANAGED: dict[str, Any] = {
@@ -50,7 +57,9 @@ async def start(
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=constants.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=constants.GROUP)
     settings.posting.level = logging.INFO
-    configure_peering(settings, config)
+    # Replicas coordinate through the operator's own Lease (``leadership``), not kopf peering: peering
+    # pauses only kopf's handlers, not the registry's supervisor tasks.
+    settings.peering.standalone = True
     settings.watching.server_timeout = 300
     # Filter on the server: the operator watches only its own runners' pods, Jobs and progress
     # ConfigMaps, not every pod and ConfigMap of the cluster.
@@ -74,9 +83,35 @@ async def start(
         clock=getattr(memo, "clock", None) or utcnow,
     )
     memo.connection = info
+    memo.runs = RunRegistry(memo.agentrun, max_concurrent_admissions=config.max_concurrent_admissions)
     if config.metrics_port:
         memo.metrics_server, _port = await start_metrics_server(metrics, config.metrics_port)
+    await _start_leading_or_electing(memo, config)
     logger.info("agentrun operator started (namespace: %s)", config.watch_namespace or "all")
+
+
+async def _start_leading_or_electing(memo: Any, config: OperatorSettings) -> None:
+    runs: RunRegistry = memo.runs
+    permits: PermitServer | None = getattr(memo, "permit_server", None)
+
+    async def lead() -> None:
+        if permits is not None:
+            permits.registry.take_over()
+        await runs.lead()
+
+    async def follow() -> None:
+        if permits is not None:
+            permits.registry.leading = False
+        await runs.follow()
+
+    if not config.leader_election.enabled:
+        await lead()
+        return
+    if permits is not None:
+        permits.registry.leading = False  # until this replica holds the Lease
+    elector = LeaderElector(memo.agentrun.kube, config.leader_election, on_lead=lead, on_follow=follow)
+    memo.elector = elector
+    memo.election = asyncio.create_task(elector.run(), name="leader election")
 
 
 @kopf.on.login()
@@ -88,6 +123,14 @@ def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
 @kopf.on.cleanup()
 async def stop(memo: Any, **_: Any) -> None:
     op = _context(memo)
+    election: asyncio.Task[None] | None = getattr(memo, "election", None)
+    if election is not None:
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
+        await memo.elector.release()
+    runs: RunRegistry = memo.runs
+    await runs.follow()
     await op.kube.close()
     await op.http.close()
     server = getattr(memo, "metrics_server", None)
@@ -124,49 +167,24 @@ async def child_changed(namespace: str | None, labels: Mapping[str, str], memo: 
 
 
 @kopf.on.event(*AGENTRUNS)
-async def run_changed(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    op = _context(memo)
-    if type == "DELETED":
-        op.record_phase((namespace or "", name), None)
-    op.wake((namespace or "", name))
-
-
-@kopf.on.resume(*AGENTRUNS)
-@kopf.on.create(*AGENTRUNS)
-async def admit_run(body: kopf.Body, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
-    op = _context(memo)
-    try:
-        await admit(body, op, logger)
-    except (kopf.PermanentError, kopf.TemporaryError):
-        raise
-    except ApiError as error:
-        # Overload (429) and server errors pass: retry soon, as the API server asked if it did.
-        op.metrics.reconcile_errors_total.labels(handler="admit").inc()
-        raise kopf.TemporaryError(str(error), delay=error.retry_after or op.settings.retry_delay_seconds) from error
-    except (aiohttp.ClientError, TimeoutError) as error:
-        op.metrics.reconcile_errors_total.labels(handler="admit").inc()
-        raise kopf.TemporaryError(f"API server unreachable: {error}", delay=op.settings.retry_delay_seconds) from error
-
-
-@kopf.daemon(*AGENTRUNS, cancellation_backoff=5, cancellation_timeout=10, backoff=5)
-async def supervise_run(
-    body: kopf.Body,
-    memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    stopped: Any,
-    **indexes: Any,
+async def run_changed(
+    type: str, event: kopf.RawEvent, namespace: str | None, name: str, memo: Any, **indexes: Any
 ) -> None:
-    """The run's supervisor; kopf passes the indexes above by their function names."""
+    """Every AgentRun event: its body to the registry (which starts, feeds or stops its supervisor).
+
+    kopf passes the indexes above by their function names; they are live views, kept once."""
+    op = _context(memo)
+    runs: RunRegistry = memo.runs
 
     def lookup(index: Any) -> Any:
         return lambda key: list(index.get(key, []))
 
-    supervisor = Supervisor(
-        body,
-        _context(memo),
-        logger,
+    runs.attach(
         jobs=lookup(indexes["runner_jobs"]),
         pods=lookup(indexes["runner_pods"]),
         progress=lookup(indexes["progress_reports"]),
     )
-    await supervisor.run(stopped)
+    if type == "DELETED":
+        op.record_phase((namespace or "", name), None)
+    runs.observe(type or "", event["object"])
+    op.wake((namespace or "", name))

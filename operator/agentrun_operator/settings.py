@@ -8,9 +8,11 @@ server's own settings (AGENTRUN_PERMIT_*, AGENTRUN_POOL_STATUS_INTERVAL_SECONDS)
 
 import dataclasses
 import os
+import socket
 from collections.abc import Mapping
 from typing import Literal
 
+from agentrun_operator.leadership import LeaderElection
 from agentrun_operator.permits.settings import PermitSettings
 
 DEFAULT_RUNNER_IMAGE = "ghcr.io/agentrun/agentrun-runner:0.1.0"
@@ -38,10 +40,13 @@ class OperatorSettings:
     metrics_port: int = 8000
     # AGENTRUN_HEALTH_PORT (default 8081): kopf's liveness endpoint /healthz; 0 turns it off.
     health_port: int = 8081
-    # AGENTRUN_PEERING_NAME: the kopf peering object the operator's replicas coordinate through (the
-    # chart creates it): the replica with the highest priority serves, the others stand by. Empty runs
-    # standalone, which is right for one replica and unsafe for two.
-    peering_name: str = ""
+    # Leader election between replicas on a Lease (AGENTRUN_LEADER_ELECTION_LEASE and the timing in
+    # LeaderElection): only the leader supervises runs and serves permits. No Lease named: one replica,
+    # leader from the start, which is right for one replica and unsafe for two.
+    leader_election: LeaderElection = dataclasses.field(default_factory=LeaderElection)
+    # AGENTRUN_MAX_CONCURRENT_ADMISSIONS (default 32): runs admitted (their children created) at the
+    # same time. Bounds the operator's burst of requests when thousands of runs arrive at once.
+    max_concurrent_admissions: int = 32
     # AGENTRUN_LOG_FORMAT: "text" for people, "json" for log pipelines.
     log_format: Literal["text", "json"] = "text"
     # AGENTRUN_STREAM_BASE_URL: public URL of the stream gateway route; status.streamURL is this
@@ -100,7 +105,10 @@ class OperatorSettings:
             ),
             metrics_port=_port(env, "AGENTRUN_METRICS_PORT", defaults.metrics_port),
             health_port=_port(env, "AGENTRUN_HEALTH_PORT", defaults.health_port),
-            peering_name=env.get("AGENTRUN_PEERING_NAME", "").strip(),
+            leader_election=_leader_election(env),
+            max_concurrent_admissions=_count(
+                env, "AGENTRUN_MAX_CONCURRENT_ADMISSIONS", defaults.max_concurrent_admissions
+            ),
             log_format="json" if log_format == "json" else "text",
             stream_base_url=env.get("AGENTRUN_STREAM_BASE_URL", "").strip().rstrip("/"),
             deadline_grace_seconds=int(
@@ -138,6 +146,40 @@ def _number(env: Mapping[str, str], name: str, default: float, *, positive: bool
     if value < 0 or (positive and value == 0):
         raise SettingsError(f"{name} must be {'greater than' if positive else 'at least'} 0, not {raw!r}")
     return value
+
+
+def _leader_election(env: Mapping[str, str]) -> LeaderElection:
+    defaults = LeaderElection()
+    pod_name = env.get("POD_NAME", "").strip()
+    pod_namespace = env.get("POD_NAMESPACE", "").strip()
+    try:
+        return LeaderElection(
+            lease_name=env.get("AGENTRUN_LEADER_ELECTION_LEASE", "").strip(),
+            namespace=env.get("AGENTRUN_LEADER_ELECTION_NAMESPACE", "").strip() or pod_namespace,
+            identity=pod_name or f"{socket.gethostname()}-{os.getpid()}",
+            pod_name=pod_name,
+            pod_namespace=pod_namespace,
+            lease_duration_seconds=_number(
+                env, "AGENTRUN_LEASE_DURATION_SECONDS", defaults.lease_duration_seconds, positive=True
+            ),
+            renew_deadline_seconds=_number(
+                env, "AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS", defaults.renew_deadline_seconds, positive=True
+            ),
+            retry_period_seconds=_number(
+                env, "AGENTRUN_LEASE_RETRY_PERIOD_SECONDS", defaults.retry_period_seconds, positive=True
+            ),
+        )
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) == 0:
+        raise SettingsError(f"{name} must be a whole number above 0, not {raw!r}")
+    return int(raw)
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:

@@ -70,8 +70,10 @@ async def test_new_run_gets_every_child_and_goes_pending_running_succeeded(apise
         assert complete["status"] == "True"
         assert status["observedGeneration"] == 1
         assert "kopf" not in status
-        annotations = cluster.run()["metadata"].get("annotations", {})
-        assert any(key.startswith(constants.GROUP) for key in annotations)
+        # The operator writes status only: no finalizer, no bookkeeping annotations on the user's object.
+        metadata = cluster.run()["metadata"]
+        assert not metadata.get("finalizers")
+        assert not metadata.get("annotations")
         await eventually(
             lambda: (
                 {c.REASON_CREATED, c.REASON_STARTED, "Checkpointed", c.REASON_SUCCEEDED} <= set(cluster.event_reasons())

@@ -122,7 +122,10 @@ def report_pool_status(
     memo: Any,
     **_: Any,
 ) -> None:
-    snapshot = _server(memo).registry.snapshot(namespace, name) if namespace is not None else None
+    registry = _server(memo).registry
+    if not registry.leading:
+        return  # the leader writes the pools' status; a standby's pools see no traffic
+    snapshot = registry.snapshot(namespace, name) if namespace is not None else None
     now = time.monotonic()
     # memo is this pool's own copy of the operator memo: the last write time is per pool.
     if (

@@ -41,12 +41,25 @@ class PoolRegistry:
         self._pools: dict[tuple[str, str], Pool] = {}
         self._started_at = clock()
         self.stopping = False
+        # False while another replica of the operator holds the leader Lease: its permit server is the
+        # one runners must ask (the permit Service selects the leader's pod; this is for the moments
+        # the label lags behind the Lease).
+        self.leading = True
 
     @property
     def learning(self) -> bool:
         """True during the first lease period: the ThrottlePools may not all be declared yet (the
         operator lists them after it starts), so an unknown pool is not yet a missing one."""
         return self._clock() < self._started_at + self.timing.lease_seconds
+
+    def take_over(self) -> None:
+        """This replica became the leader: serve, and fail closed for one lease period as after a restart,
+        so permits the previous leader granted are adopted as their holders renew them here first."""
+        now = self._clock()
+        self._started_at = now
+        for pool in self._pools.values():
+            pool.opens_at = max(pool.opens_at, now + self.timing.lease_seconds)
+        self.leading = True
 
     def configure(self, namespace: str, name: str, limits: PoolLimits) -> Pool:
         """Declare a pool or change its limits; waiters and leases of an existing pool are kept."""
@@ -77,9 +90,16 @@ class PoolRegistry:
             pool.close()
 
 
-def _refusal(status: int, reason: str, message: str, **counts: int) -> web.Response:
+# Seconds a runner is asked to wait (Retry-After) before asking again when this replica does not lead.
+NOT_LEADING_RETRY_AFTER_SECONDS = 1
+
+
+def _refusal(status: int, reason: str, message: str, *, retry_after: int | None = None, **counts: int) -> web.Response:
     body = protocol.PermitRefusal.model_validate({"reason": reason, "message": message, **counts})
-    return web.json_response(body.model_dump(mode="json", by_alias=True, exclude_none=True), status=status)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response(
+        body.model_dump(mode="json", by_alias=True, exclude_none=True), status=status, headers=headers
+    )
 
 
 @dataclass
@@ -89,6 +109,13 @@ class _Handlers:
 
     async def _authorize(self, request: web.Request) -> tuple[str, Pool] | web.Response:
         """The calling run's name and the pool, or the refusal to send."""
+        if not self.registry.leading:
+            return _refusal(
+                503,
+                "Unavailable",
+                "this operator replica does not lead; the leader serves permits (ask again)",
+                retry_after=NOT_LEADING_RETRY_AFTER_SECONDS,
+            )
         namespace, pool_name = request.match_info["namespace"], request.match_info["pool"]
         run = request.headers.get(protocol.RUN_HEADER, "")
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")

@@ -1,0 +1,274 @@
+"""The operator's own registry of live runs: one supervisor task per AgentRun, no kopf daemons.
+
+kopf's per-object daemons and create/resume handlers cost every run a finalizer and kopf's progress
+and diff-base annotations: each one a full AgentRun write (CEL admission on the server) before the
+run's Job could even be created, plus kopf's per-daemon machinery in memory. A finalizer also keeps
+a run from being deleted while no operator runs. So AgentRuns carry neither: the AgentRun watch
+event handler hands each event's body here, and the registry
+
+- keeps the latest body of each run (the ``Supervisor``'s live view of its run);
+- while this replica leads (``leadership``), keeps one task per live run: it admits the run when it
+  is not accepted yet (``reconcile.admit``, retried on temporary errors, at most
+  ``max_concurrent_admissions`` at a time) and then runs ``reconcile.Supervisor``;
+- stops the task when the run is deleted (a DELETED event or a deletionTimestamp);
+- removes the finalizer an earlier, kopf-daemon version of the operator left on a run (one patch),
+  so an upgrade leaves nothing undeletable.
+"""
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any
+
+import aiohttp
+import kopf
+
+from agentrun_api import conditions as c
+from agentrun_api import constants
+from agentrun_operator.kube import ApiError
+from agentrun_operator.reconcile import OperatorContext, RunKey, Supervisor, admit, read_status
+from agentrun_operator.status_sync import condition_of
+
+# What kopf left on every run while runs had kopf handlers and daemons: its default finalizer, and
+# its bookkeeping annotations under the operator's prefix (see the old handlers' storage settings).
+LEGACY_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+LEGACY_ANNOTATIONS = tuple(
+    f"{constants.GROUP}/{key}" for key in ("kopf-managed", "last-handled-configuration", "touch-dummy", "admit_run")
+)
+# Longest wait for a supervisor task to end once cancelled: it only has to leave an await.
+STOP_TIMEOUT_SECONDS = 10.0
+
+Lookup = Callable[[RunKey], Iterable[Any]]
+
+
+class StopFlag:
+    """What ``Supervisor.run`` polls and waits on: false until the run's task is told to stop."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class RetryLaterError(Exception):
+    """Admission did not finish and is worth retrying after ``delay`` seconds."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+def run_logger(key: RunKey) -> logging.LoggerAdapter[logging.Logger]:
+    """A logger whose lines name the run (``logs`` formats the reference, as for kopf's own lines)."""
+    namespace, name = key
+    ref = {"apiVersion": constants.API_VERSION, "kind": constants.KIND, "namespace": namespace, "name": name}
+    return logging.LoggerAdapter(logging.getLogger("agentrun_operator.runs"), {"k8s_ref": ref})
+
+
+def _deleting(body: Mapping[str, Any]) -> bool:
+    return bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _accepted(body: Mapping[str, Any]) -> bool:
+    status = read_status(body)
+    accepted = condition_of(status, c.ACCEPTED)
+    return (accepted is not None and accepted.status == "True") or (status.phase is not None and status.phase.terminal)
+
+
+class RunRegistry:
+    """Every AgentRun this replica has seen, and the supervisor tasks of those it is responsible for."""
+
+    def __init__(self, op: OperatorContext, *, max_concurrent_admissions: int) -> None:
+        self.op = op
+        self._bodies: dict[RunKey, dict[str, Any]] = {}  # latest raw body; mutated in place (live views)
+        self._tasks: dict[RunKey, asyncio.Task[None]] = {}
+        self._stops: dict[RunKey, StopFlag] = {}
+        # Runs whose supervisor finished (the run ended and nothing is left to do): not restarted by
+        # later events of the same run, as kopf did not restart a daemon that returned.
+        self._finished: set[RunKey] = set()
+        self._migrating: set[RunKey] = set()
+        self._admissions = asyncio.Semaphore(max_concurrent_admissions)
+        self._lookups: tuple[Lookup, Lookup, Lookup] | None = None
+        # The context of kopf's handlers (its Event queue lives there): tasks started later, when
+        # leadership is gained, post Events through it too.
+        self._context: contextvars.Context | None = None
+        self.leading = False
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def supervised(self) -> set[RunKey]:
+        return set(self._tasks)
+
+    def attach(self, *, jobs: Lookup, pods: Lookup, progress: Lookup) -> None:
+        """The kopf indexes the supervisors observe children through (the same live objects every time)."""
+        if self._lookups is None:
+            self._lookups = (jobs, pods, progress)
+            self._context = contextvars.copy_context()
+
+    def observe(self, event_type: str, raw: Mapping[str, Any]) -> None:
+        """One watch event of an AgentRun: remember its body; start or stop its supervisor."""
+        metadata = raw.get("metadata") or {}
+        key: RunKey = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+        if event_type == "DELETED":
+            self._bodies.pop(key, None)
+            self._finished.discard(key)
+            self._stop(key)
+            return
+        live = self._bodies.get(key)
+        if live is not None and (live.get("metadata") or {}).get("uid") != metadata.get("uid"):
+            # Deleted and created again under the same name between two events: a new run.
+            self._stop(key)
+            self._finished.discard(key)
+            live = None
+        if live is None:
+            self._bodies[key] = dict(raw)
+        else:
+            live.clear()
+            live.update(raw)
+        if not self.leading:
+            return
+        if LEGACY_FINALIZER in (metadata.get("finalizers") or []):
+            self._spawn_migration(key, dict(raw))
+        if _deleting(raw):
+            self._bodies.pop(key, None)
+            self._stop(key)
+            return
+        self._ensure(key)
+
+    async def lead(self) -> None:
+        """This replica became the leader: supervise every live run it knows."""
+        self.leading = True
+        for key, body in list(self._bodies.items()):
+            if LEGACY_FINALIZER in ((body.get("metadata") or {}).get("finalizers") or []):
+                self._spawn_migration(key, dict(body))
+            if not _deleting(body):
+                self._ensure(key)
+
+    async def follow(self) -> None:
+        """This replica stopped leading: stop every supervisor, and return once they have stopped."""
+        self.leading = False
+        tasks = list(self._tasks.values())
+        for key in list(self._tasks):
+            self._stop(key)
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
+
+    def _ensure(self, key: RunKey) -> None:
+        if key in self._tasks or key in self._finished or self._lookups is None:
+            return
+        stop = StopFlag()
+        self._stops[key] = stop
+        task = asyncio.create_task(self._drive(key, stop), name=f"supervise {key[0]}/{key[1]}", context=self._context)
+        self._tasks[key] = task
+        task.add_done_callback(functools.partial(self._forget, key))
+
+    def _forget(self, key: RunKey, task: "asyncio.Task[None]") -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+            self._stops.pop(key, None)
+
+    def _stop(self, key: RunKey) -> None:
+        stop, task = self._stops.pop(key, None), self._tasks.pop(key, None)
+        if stop is not None:
+            stop.set()
+        if task is not None:
+            task.cancel()
+
+    async def _drive(self, key: RunKey, stop: StopFlag) -> None:
+        raw = self._bodies.get(key)
+        if raw is None or self._lookups is None:
+            return
+        # A view of the dict that later events update in place: the Supervisor reads the latest body.
+        body = kopf.Body(raw)  # type: ignore[arg-type]
+        logger = run_logger(key)
+        try:
+            if not _accepted(body) and not await self._admit(body, logger, stop):
+                self._finished.add(key)
+                return
+            jobs, pods, progress = self._lookups
+            await Supervisor(body, self.op, logger, jobs=jobs, pods=pods, progress=progress).run(stop)
+            if not stop:
+                self._finished.add(key)
+                self._bodies.pop(key, None)  # nothing left to do for it; a later event stores it again
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Not expected: say so loudly; the next event of the run starts a new task.
+            logger.exception("supervising the run failed")
+            self.op.metrics.reconcile_errors_total.labels(handler="supervise").inc()
+
+    async def _admit(self, body: kopf.Body, logger: logging.LoggerAdapter[logging.Logger], stop: StopFlag) -> bool:
+        """Admit the run, retrying while that is worth it. False when the run cannot be admitted ever."""
+        while not stop:
+            try:
+                async with self._admissions:
+                    await self._admit_once(body, logger)
+                return True
+            except kopf.PermanentError as error:
+                logger.error("the run cannot be admitted: %s", error)
+                return False
+            except RetryLaterError as retry:
+                logger.warning("admission did not finish, retrying in %.1fs: %s", retry.delay, retry)
+                await _sleep(stop, retry.delay)
+        return False
+
+    async def _admit_once(self, body: kopf.Body, logger: logging.LoggerAdapter[logging.Logger]) -> None:
+        op = self.op
+        try:
+            await admit(body, op, logger)
+        except kopf.TemporaryError as error:
+            raise RetryLaterError(str(error), error.delay or op.settings.retry_delay_seconds) from error
+        except ApiError as error:
+            # Overload (429) and server errors pass: retry, as soon as the API server asked if it did.
+            op.metrics.reconcile_errors_total.labels(handler="admit").inc()
+            raise RetryLaterError(str(error), error.retry_after or op.settings.retry_delay_seconds) from error
+        except (aiohttp.ClientError, TimeoutError) as error:
+            op.metrics.reconcile_errors_total.labels(handler="admit").inc()
+            raise RetryLaterError(f"API server unreachable: {error}", op.settings.retry_delay_seconds) from error
+
+    def _spawn_migration(self, key: RunKey, raw: MutableMapping[str, Any]) -> None:
+        if key in self._migrating:
+            return
+        self._migrating.add(key)
+        task = asyncio.create_task(self._remove_legacy_finalizer(key, raw), context=self._context)
+        task.add_done_callback(lambda _: self._migrating.discard(key))
+
+    async def _remove_legacy_finalizer(self, key: RunKey, raw: Mapping[str, Any]) -> None:
+        """One merge patch, conditional on the version it was read at: the finalizer list without kopf's,
+        and kopf's annotations gone."""
+        metadata = raw.get("metadata") or {}
+        kept = [f for f in metadata.get("finalizers") or [] if f != LEGACY_FINALIZER]
+        annotations = {key: None for key in LEGACY_ANNOTATIONS if key in (metadata.get("annotations") or {})}
+        patch = {
+            "metadata": {
+                "finalizers": kept or None,
+                "resourceVersion": metadata.get("resourceVersion"),
+                **({"annotations": annotations} if annotations else {}),
+            }
+        }
+        try:
+            await self.op.kube.merge_patch(constants.KIND, key[0], key[1], patch)
+        except ApiError as error:
+            if not (error.not_found or error.conflict):  # gone, or changed: the next event brings it again
+                run_logger(key).warning("could not remove the finalizer of an earlier operator version: %s", error)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            run_logger(key).warning("could not remove the finalizer of an earlier operator version: %s", error)
+        else:
+            run_logger(key).info("removed the finalizer an earlier operator version left on the run")
+
+
+async def _sleep(stop: StopFlag, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
