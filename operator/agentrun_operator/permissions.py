@@ -21,7 +21,7 @@ import yaml
 
 
 class Mode(enum.Enum):
-    """Which installations need a rule: kopf peers through a different kind in each watch mode."""
+    """Which installations need a rule."""
 
     ALWAYS = "always"
     CLUSTERWIDE = "clusterwide"  # the operator watches every namespace
@@ -39,6 +39,9 @@ class Rule:
     cluster_scoped: bool
     why: str
     mode: Mode = Mode.ALWAYS
+    # True for rules on the operator's own namespace (the release's), not the watched ones: its leader
+    # election Lease and its own pod. The chart grants them in a Role there, with leader election on.
+    own_namespace: bool = False
 
     def as_policy_rule(self) -> dict[str, list[str]]:
         return {"apiGroups": [self.api_group], "resources": list(self.resources), "verbs": list(self.verbs)}
@@ -50,7 +53,8 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("agentruns",),
         ("list", "watch", "patch"),
         cluster_scoped=False,
-        why="kopf watches AgentRuns and patches their metadata (finalizer, its progress annotations); never spec",
+        why="the operator watches AgentRuns; patch only removes the finalizer an earlier operator version (kopf "
+        "daemons) left on a run, once, so upgrades leave nothing undeletable; never spec",
     ),
     Rule(
         "agentrun.dev",
@@ -145,20 +149,22 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         why="kopf's resource observer notices the AgentRun CRD being installed or removed at run time",
     ),
     Rule(
-        "kopf.dev",
-        ("clusterkopfpeerings",),
-        ("get", "list", "watch", "patch"),
-        cluster_scoped=True,
-        why="kopf peering across replicas of a cluster-wide operator: only the highest priority one is active",
-        mode=Mode.CLUSTERWIDE,
+        "coordination.k8s.io",
+        ("leases",),
+        ("get", "create", "update"),
+        cluster_scoped=False,
+        why="leader election between replicas: the Lease is read, created once, and renewed by its holder with "
+        "an update conditional on its resourceVersion",
+        own_namespace=True,
     ),
     Rule(
-        "kopf.dev",
-        ("kopfpeerings",),
-        ("get", "list", "watch", "patch"),
+        "",
+        ("pods",),
+        ("patch",),
         cluster_scoped=False,
-        why="kopf peering across replicas of an operator watching one namespace",
-        mode=Mode.NAMESPACED,
+        why="the leader labels its own pod (and removes the label when it stops leading), so the permit Service "
+        "routes runners to the leader only",
+        own_namespace=True,
     ),
 )
 
@@ -208,7 +214,12 @@ def rules_for(mode: Mode, rules: tuple[Rule, ...] = OPERATOR_RULES) -> list[Rule
     """The rules an installation in this watch mode needs."""
     if mode is Mode.ALWAYS:
         raise ValueError("an installation is either CLUSTERWIDE or NAMESPACED")
-    return [rule for rule in rules if rule.mode in (Mode.ALWAYS, mode)]
+    return [rule for rule in rules if rule.mode in (Mode.ALWAYS, mode) and not rule.own_namespace]
+
+
+def own_namespace_rules(rules: tuple[Rule, ...] = OPERATOR_RULES) -> list[Rule]:
+    """The rules on the operator's own namespace (leader election), whatever it watches."""
+    return [rule for rule in rules if rule.own_namespace]
 
 
 def _by_mode(rules: tuple[Rule, ...]) -> dict[str, Any]:
@@ -225,7 +236,11 @@ def _by_mode(rules: tuple[Rule, ...]) -> dict[str, Any]:
 
 def chart_rules() -> dict[str, Any]:
     """The chart's rules file: what goes into each Role kind in each watch mode, for each component."""
-    return {"operator": _by_mode(OPERATOR_RULES), "gateway": _by_mode(GATEWAY_RULES)}
+    operator = {
+        **_by_mode(OPERATOR_RULES),
+        "leaderElection": {"role": [rule.as_policy_rule() for rule in own_namespace_rules()]},
+    }
+    return {"operator": operator, "gateway": _by_mode(GATEWAY_RULES)}
 
 
 def render_chart_rules() -> str:

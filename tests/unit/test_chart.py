@@ -13,8 +13,11 @@ import yaml
 from agentrun_api import constants
 from agentrun_api.admission import CrdAdmission
 from agentrun_api.spec import AgentRunSpec
+from agentrun_operator import permissions
+from agentrun_operator.leadership import LEADER_LABEL
 from tests.harness.chart import (
     CHART_DIR,
+    NAMESPACE,
     NEWEST_KUBERNETES,
     OLDEST_KUBERNETES,
     REPO_ROOT,
@@ -31,7 +34,7 @@ pytestmark = pytest.mark.unit
 
 SCENARIOS = ci_scenarios()
 # Kinds whose schemas are not part of Kubernetes itself, so kubernetes-validate has none for them.
-NOT_IN_KUBERNETES = {"ServiceMonitor", "PodMonitor", "ClusterKopfPeering", "KopfPeering"}
+NOT_IN_KUBERNETES = {"ServiceMonitor", "PodMonitor"}
 # The operator settings the brief fixes; the chart must set each of them and nothing else named AGENTRUN_*.
 OPERATOR_SETTINGS_ENV = {
     "AGENTRUN_WATCH_NAMESPACE",
@@ -47,8 +50,12 @@ OPERATOR_SETTINGS_ENV = {
     "AGENTRUN_PERMIT_PORT",
     # The permit server's in-cluster URL, given to throttled runs (OperatorSettings.permit_server_url).
     "AGENTRUN_PERMIT_SERVER_URL",
-    # Not in the brief's list: the name of the peering object the chart creates (see templates/peering.yaml).
-    "AGENTRUN_PEERING_NAME",
+    # Not in the brief's list: leader election between replicas (agentrun_operator.leadership).
+    "AGENTRUN_LEADER_ELECTION_LEASE",
+    "AGENTRUN_LEADER_ELECTION_NAMESPACE",
+    "AGENTRUN_LEASE_DURATION_SECONDS",
+    "AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS",
+    "AGENTRUN_LEASE_RETRY_PERIOD_SECONDS",
 }
 
 
@@ -78,17 +85,6 @@ def test_every_rendered_object_is_valid_for_kubernetes(scenario: str, kubernetes
         kubernetes_validate.validate(obj, kubernetes_version, strict=True)
         validated += 1
     assert validated >= 6
-
-
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_kopf_peering_objects_match_the_peering_crds(scenario: str) -> None:
-    crds = {crd["spec"]["names"]["kind"]: crd for crd in chart_crd_documents()}
-    for obj in render_objects(SCENARIOS[scenario]):
-        if obj["kind"] in crds:
-            crd = crds[obj["kind"]]
-            assert obj["apiVersion"] == f"{crd['spec']['group']}/v1"
-            assert ("namespace" in obj["metadata"]) == (crd["spec"]["scope"] == "Namespaced")
-            jsonschema.validate(obj, crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
@@ -218,10 +214,13 @@ def test_crds_are_deleted_on_uninstall_when_keep_is_off() -> None:
 def test_crds_off_renders_no_agentrun_crd() -> None:
     objects = render_objects(SCENARIOS["crds-off"])
     assert "CustomResourceDefinition" not in kinds(objects)
-    assert "ClusterKopfPeering" not in kinds(objects)
+    # No leader election there: no Lease Role, and the permit Service selects the one operator pod.
+    assert not [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-leader-election")]
+    permits = find(objects, "Service", "agentrun-operator-permits")
+    assert "agentrun.dev/leader" not in permits["spec"]["selector"]
 
 
-def test_operator_deployment_is_one_recreated_peered_replica_with_a_kopf_liveness_probe() -> None:
+def test_operator_deployment_is_one_recreated_leader_electing_replica_with_a_kopf_liveness_probe() -> None:
     objects = render_objects()
     deployment = find(objects, "Deployment")
     container = operator_container(objects)
@@ -242,9 +241,34 @@ def test_operator_deployment_is_one_recreated_peered_replica_with_a_kopf_livenes
     permit_port = next(p["port"] for p in permits["spec"]["ports"] if p["name"] == "permits")
     namespace = permits["metadata"].get("namespace") or deployment["metadata"].get("namespace")
     assert env["AGENTRUN_PERMIT_SERVER_URL"] == f"http://{permits['metadata']['name']}.{namespace}.svc:{permit_port}"
-    peering = find(objects, "ClusterKopfPeering")
-    assert env["AGENTRUN_PEERING_NAME"] == peering["metadata"]["name"]
-    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    assert env["AGENTRUN_LEADER_ELECTION_LEASE"] == "agentrun-operator"
+    assert env["AGENTRUN_LEADER_ELECTION_NAMESPACE"] == namespace
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container["env"]
+
+
+def test_permit_service_routes_runners_to_the_leader_pod_only() -> None:
+    objects = render_objects()
+    deployment = find(objects, "Deployment")
+    permits = find(objects, "Service", "agentrun-operator-permits")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = permits["spec"]["selector"]
+    # The label the leader puts on its own pod (agentrun_operator.leadership.LEADER_LABEL), never in the template:
+    # a new pod is not the leader until it holds the Lease.
+    assert selector.pop(LEADER_LABEL) == "true"
+    assert LEADER_LABEL not in pod_labels
+    assert selector.items() <= pod_labels.items()
+    metrics = find(objects, "Service", "agentrun-operator-metrics")
+    assert LEADER_LABEL not in metrics["spec"]["selector"]  # every replica is scraped
+
+
+def test_leader_election_role_grants_the_lease_and_the_pod_label_in_the_release_namespace() -> None:
+    objects = render_objects()
+    role = find(objects, "Role", "agentrun-operator-leader-election")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [rule.as_policy_rule() for rule in permissions.own_namespace_rules()]
+    binding = find(objects, "RoleBinding", "agentrun-operator-leader-election")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def test_operator_env_sets_exactly_the_operator_settings() -> None:
@@ -279,19 +303,20 @@ def test_operator_pod_meets_the_restricted_pod_security_standard() -> None:
     assert all(volume.keys() == {"name", "emptyDir"} for volume in pod["volumes"])
 
 
-def test_namespaced_scenario_peers_and_reconciles_in_the_watched_namespace_only() -> None:
+def test_namespaced_scenario_elects_a_leader_and_reconciles_in_the_watched_namespace_only() -> None:
     objects = render_objects(SCENARIOS["namespaced"])
     env = env_of(operator_container(objects))
     assert env["AGENTRUN_WATCH_NAMESPACE"] == "agents"
     assert env["AGENTRUN_STREAM_BASE_URL"] == "https://agents.example.com"
-    assert find(objects, "KopfPeering")["metadata"]["namespace"] == "agents"
-    assert find(objects, "Role")["metadata"]["namespace"] == "agents"
+    assert env["AGENTRUN_LEADER_ELECTION_LEASE"] == "agentrun-operator"
+    assert find(objects, "Role", "agentrun-operator")["metadata"]["namespace"] == "agents"
+    assert find(objects, "Role", "agentrun-operator-leader-election")["metadata"]["namespace"] == NAMESPACE
     assert find(objects, "Deployment")["spec"]["replicas"] == 2
 
 
-def test_more_than_one_replica_without_peering_is_refused() -> None:
-    with pytest.raises(helm_python.HelmRenderError, match=r"needs peering\.enabled"):
-        render({"replicaCount": 2, "peering": {"enabled": False}})
+def test_more_than_one_replica_without_leader_election_is_refused() -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=r"needs leaderElection\.enabled"):
+        render({"replicaCount": 2, "leaderElection": {"enabled": False}})
 
 
 def test_monitoring_scenario_scrapes_the_metrics_port() -> None:
@@ -304,7 +329,8 @@ def test_monitoring_scenario_scrapes_the_metrics_port() -> None:
     # The ServiceMonitor selects the metrics Service, and the Service selects the operator pods.
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     pod_labels = find(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # Plus the leader label, which only the leader's pod carries (test_permit_service_routes_runners_to_the_leader_pod_only).
+    assert {**pod_labels, LEADER_LABEL: "true"}.items() >= service["spec"]["selector"].items()
     dashboard = find(objects, "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert dashboard["metadata"]["namespace"] == "monitoring"
@@ -358,4 +384,5 @@ def test_permit_server_service_reaches_the_operator_pods() -> None:
     service = find(objects, "Service", "agentrun-operator-permits")
     assert service["spec"]["ports"] == [{"name": "permits", "port": 8090, "targetPort": "permits", "protocol": "TCP"}]
     pod_labels = find(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # Plus the leader label, which only the leader's pod carries (test_permit_service_routes_runners_to_the_leader_pod_only).
+    assert {**pod_labels, LEADER_LABEL: "true"}.items() >= service["spec"]["selector"].items()

@@ -62,14 +62,15 @@ def test_rendered_rbac_has_no_wildcard(scenario: str) -> None:
 
 def test_clusterwide_install_grants_exactly_the_clusterwide_rules() -> None:
     objects = rbac_objects(SCENARIOS["default"])
-    assert sorted(o["kind"] for o in objects) == ["ClusterRole", "ClusterRoleBinding"]
+    assert sorted(o["kind"] for o in objects) == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+    assert find(objects, "Role")["metadata"]["name"].endswith("-leader-election")
     assert find(objects, "ClusterRole")["rules"] == policy_rules(permissions.rules_for(Mode.CLUSTERWIDE))
 
 
 def test_namespaced_install_grants_namespaced_rules_in_a_role_and_only_cluster_reads_cluster_wide() -> None:
     objects = rbac_objects(SCENARIOS["namespaced"])
     expected = permissions.rules_for(Mode.NAMESPACED)
-    role = find(objects, "Role")
+    role = find(objects, "Role", "agentrun-operator")
     assert role["metadata"]["namespace"] == "agents"
     assert role["rules"] == policy_rules([r for r in expected if not r.cluster_scoped])
     cluster_role = find(objects, "ClusterRole")
@@ -92,16 +93,17 @@ def test_bindings_bind_the_operator_service_account_to_its_roles(scenario: str) 
         assert role["metadata"].get("namespace") == binding["metadata"].get("namespace")
 
 
-def test_peering_rule_matches_the_peering_kind_of_each_mode() -> None:
-    plural_by_scope = {crd["spec"]["scope"]: crd["spec"]["names"]["plural"] for crd in chart_crd_documents()}
-    peering = {
-        mode: [r for r in permissions.rules_for(mode) if r.api_group == "kopf.dev"]
-        for mode in (Mode.CLUSTERWIDE, Mode.NAMESPACED)
+def test_leader_election_rules_live_in_the_operators_own_namespace_only() -> None:
+    own = permissions.own_namespace_rules()
+    assert {(r.api_group, resources) for r in own for resources in r.resources} == {
+        ("coordination.k8s.io", "leases"),
+        ("", "pods"),
     }
-    assert [r.resources for r in peering[Mode.CLUSTERWIDE]] == [(plural_by_scope["Cluster"],)]
-    assert [r.resources for r in peering[Mode.NAMESPACED]] == [(plural_by_scope["Namespaced"],)]
-    assert peering[Mode.CLUSTERWIDE][0].cluster_scoped
-    assert not peering[Mode.NAMESPACED][0].cluster_scoped
+    assert not any(r.cluster_scoped for r in own)
+    for mode in (Mode.CLUSTERWIDE, Mode.NAMESPACED):
+        assert not [r for r in permissions.rules_for(mode) if r.own_namespace]
+    (pods,) = [r for r in own if "pods" in r.resources]
+    assert pods.verbs == ("patch",)  # its own pod's leader label, nothing else
 
 
 def test_rbac_can_be_left_to_the_cluster_admin() -> None:

@@ -79,12 +79,12 @@ app.kubernetes.io/component: stream-gateway
 {{- printf "%s:%s" $image.repository (default (index . 1) $image.tag) }}
 {{- end }}
 
-{{/* The peering object's name, also given to the operator as AGENTRUN_PEERING_NAME. */}}
-{{- define "agentrun-operator.peeringName" -}}
+{{/* The leader election Lease's name (in the release namespace), given to the operator as AGENTRUN_LEADER_ELECTION_LEASE. */}}
+{{- define "agentrun-operator.leaseName" -}}
 {{- include "agentrun-operator.fullname" . }}
 {{- end }}
 
-{{/* The namespace of the operator's AgentRuns' RBAC and peering object: watchNamespace, else the release's. */}}
+{{/* The namespace of the operator's AgentRuns' RBAC: watchNamespace, else the release's. */}}
 {{- define "agentrun-operator.watchNamespaceOrRelease" -}}
 {{- default .Release.Namespace .Values.watchNamespace }}
 {{- end }}
