@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -43,7 +45,7 @@ class LeaderElection:
     lease_name: str = ""
     # Namespace of the Lease [AGENTRUN_LEADER_ELECTION_NAMESPACE], default the pod's own (POD_NAMESPACE).
     namespace: str = ""
-    # This replica's identity in the Lease [POD_NAME from the downward API], default host name and pid.
+    # This replica's identity in the Lease [POD_NAME from the downward API]; empty: host name and process id.
     identity: str = ""
     # The pod to label while leading: POD_NAME and POD_NAMESPACE from the downward API. Empty when the
     # operator does not run in a pod (tests, a laptop): no label then.
@@ -99,7 +101,7 @@ class LeaderElector:
     ) -> None:
         self.kube = kube
         self.settings = settings
-        self.identity = settings.identity
+        self.identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
         self._on_lead, self._on_follow = on_lead, on_follow
         self._clock, self._wall = clock, wall_clock
         self._path = LEASES.format(namespace=settings.namespace)

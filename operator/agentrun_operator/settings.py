@@ -8,7 +8,6 @@ server's own settings (AGENTRUN_PERMIT_*, AGENTRUN_POOL_STATUS_INTERVAL_SECONDS)
 
 import dataclasses
 import os
-import socket
 from collections.abc import Mapping
 from typing import Literal
 
@@ -156,7 +155,7 @@ def _leader_election(env: Mapping[str, str]) -> LeaderElection:
         return LeaderElection(
             lease_name=env.get("AGENTRUN_LEADER_ELECTION_LEASE", "").strip(),
             namespace=env.get("AGENTRUN_LEADER_ELECTION_NAMESPACE", "").strip() or pod_namespace,
-            identity=pod_name or f"{socket.gethostname()}-{os.getpid()}",
+            identity=pod_name,
             pod_name=pod_name,
             pod_namespace=pod_namespace,
             lease_duration_seconds=_number(

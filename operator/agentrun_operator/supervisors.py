@@ -11,8 +11,9 @@ event handler hands each event's body here, and the registry
   is not accepted yet (``reconcile.admit``, retried on temporary errors, at most
   ``max_concurrent_admissions`` at a time) and then runs ``reconcile.Supervisor``;
 - stops the task when the run is deleted (a DELETED event or a deletionTimestamp);
-- removes the finalizer an earlier, kopf-daemon version of the operator left on a run (one patch),
-  so an upgrade leaves nothing undeletable.
+- cleans up after an earlier, kopf-daemon version of the operator: kopf itself removes its finalizer
+  from a run no handler needs it for (one JSON patch, on its first sight of the run), so an upgrade
+  leaves nothing undeletable; the registry removes kopf's leftover annotations (one merge patch).
 """
 
 import asyncio
@@ -20,7 +21,7 @@ import contextlib
 import contextvars
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -32,8 +33,9 @@ from agentrun_operator.kube import ApiError
 from agentrun_operator.reconcile import OperatorContext, RunKey, Supervisor, admit, read_status
 from agentrun_operator.status_sync import condition_of
 
-# What kopf left on every run while runs had kopf handlers and daemons: its default finalizer, and
-# its bookkeeping annotations under the operator's prefix (see the old handlers' storage settings).
+# What kopf left on every run while runs had kopf handlers and daemons: its default finalizer (which
+# kopf removes by itself now that no AgentRun handler requires one), and its bookkeeping annotations
+# under the operator's prefix (see the old handlers' storage settings), which the registry removes.
 LEGACY_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 LEGACY_ANNOTATIONS = tuple(
     f"{constants.GROUP}/{key}" for key in ("kopf-managed", "last-handled-configuration", "touch-dummy", "admit_run")
@@ -139,8 +141,8 @@ class RunRegistry:
             live.update(raw)
         if not self.leading:
             return
-        if LEGACY_FINALIZER in (metadata.get("finalizers") or []):
-            self._spawn_migration(key, dict(raw))
+        if _legacy_annotations(raw):
+            self._spawn_migration(key, raw)
         if _deleting(raw):
             self._bodies.pop(key, None)
             self._stop(key)
@@ -151,8 +153,8 @@ class RunRegistry:
         """This replica became the leader: supervise every live run it knows."""
         self.leading = True
         for key, body in list(self._bodies.items()):
-            if LEGACY_FINALIZER in ((body.get("metadata") or {}).get("finalizers") or []):
-                self._spawn_migration(key, dict(body))
+            if _legacy_annotations(body):
+                self._spawn_migration(key, body)
             if not _deleting(body):
                 self._ensure(key)
 
@@ -238,35 +240,32 @@ class RunRegistry:
             op.metrics.reconcile_errors_total.labels(handler="admit").inc()
             raise RetryLaterError(f"API server unreachable: {error}", op.settings.retry_delay_seconds) from error
 
-    def _spawn_migration(self, key: RunKey, raw: MutableMapping[str, Any]) -> None:
+    def _spawn_migration(self, key: RunKey, raw: Mapping[str, Any]) -> None:
         if key in self._migrating:
             return
         self._migrating.add(key)
-        task = asyncio.create_task(self._remove_legacy_finalizer(key, raw), context=self._context)
+        task = asyncio.create_task(
+            self._remove_legacy_annotations(key, _legacy_annotations(raw)), context=self._context
+        )
         task.add_done_callback(lambda _: self._migrating.discard(key))
 
-    async def _remove_legacy_finalizer(self, key: RunKey, raw: Mapping[str, Any]) -> None:
-        """One merge patch, conditional on the version it was read at: the finalizer list without kopf's,
-        and kopf's annotations gone."""
-        metadata = raw.get("metadata") or {}
-        kept = [f for f in metadata.get("finalizers") or [] if f != LEGACY_FINALIZER]
-        annotations = {key: None for key in LEGACY_ANNOTATIONS if key in (metadata.get("annotations") or {})}
-        patch = {
-            "metadata": {
-                "finalizers": kept or None,
-                "resourceVersion": metadata.get("resourceVersion"),
-                **({"annotations": annotations} if annotations else {}),
-            }
-        }
+    async def _remove_legacy_annotations(self, key: RunKey, names: list[str]) -> None:
+        """One merge patch removing exactly kopf's annotations (by key: the user's own are untouched)."""
+        patch = {"metadata": {"annotations": dict.fromkeys(names)}}
         try:
             await self.op.kube.merge_patch(constants.KIND, key[0], key[1], patch)
         except ApiError as error:
-            if not (error.not_found or error.conflict):  # gone, or changed: the next event brings it again
-                run_logger(key).warning("could not remove the finalizer of an earlier operator version: %s", error)
+            if not error.not_found:  # gone: nothing to clean; otherwise the run's next event tries again
+                run_logger(key).warning("could not remove an earlier operator version's annotations: %s", error)
         except (aiohttp.ClientError, TimeoutError) as error:
-            run_logger(key).warning("could not remove the finalizer of an earlier operator version: %s", error)
+            run_logger(key).warning("could not remove an earlier operator version's annotations: %s", error)
         else:
-            run_logger(key).info("removed the finalizer an earlier operator version left on the run")
+            run_logger(key).info("removed the annotations an earlier operator version left on the run")
+
+
+def _legacy_annotations(body: Mapping[str, Any]) -> list[str]:
+    present = (body.get("metadata") or {}).get("annotations") or {}
+    return [name for name in LEGACY_ANNOTATIONS if name in present]
 
 
 async def _sleep(stop: StopFlag, seconds: float) -> None:

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from agentrun_api import conditions as c
-from agentrun_api import constants
 from tests.harness.apiserver import EmulatedApiServer
 from tests.integration.operator_harness import Cluster, eventually, run_manifest, running_operator
 

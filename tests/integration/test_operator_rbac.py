@@ -35,10 +35,8 @@ NOT_REACHED_HERE = {
     ("rbac.authorization.k8s.io", "rolebindings", "get"): "adopting after a 409 on create",
     ("agentrun.dev", "throttlepools", "patch"): "kopf's annotations on ThrottlePools (agentrun_operator.permits)",
     ("agentrun.dev", "throttlepools/status", "patch"): "the pools' live status (agentrun_operator.permits)",
-    ("kopf.dev", "clusterkopfpeerings", "get"): "kopf peering, off in these tests (standalone)",
-    ("kopf.dev", "clusterkopfpeerings", "list"): "kopf peering, off in these tests (standalone)",
-    ("kopf.dev", "clusterkopfpeerings", "watch"): "kopf peering, off in these tests (standalone)",
-    ("kopf.dev", "clusterkopfpeerings", "patch"): "kopf peering, off in these tests (standalone)",
+    ("agentrun.dev", "agentruns", "patch"): "clean-up after an earlier operator version "
+    "(test_operator_run_registry.py): kopf's finalizer and annotations",
 }
 
 

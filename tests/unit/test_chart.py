@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml

@@ -7,7 +7,7 @@ import yaml
 
 from agentrun_operator import permissions
 from agentrun_operator.permissions import Mode
-from tests.harness.chart import CHART_DIR, NAMESPACE, chart_crd_documents, ci_scenarios, find, kinds, render_objects
+from tests.harness.chart import CHART_DIR, NAMESPACE, ci_scenarios, find, kinds, render_objects
 
 pytestmark = pytest.mark.unit
 

@@ -73,3 +73,53 @@ def test_permit_server_settings_are_read_with_the_operators() -> None:
 def test_bad_permit_settings_are_operator_settings_errors(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         OperatorSettings.from_env({name: value})
+
+
+def test_leader_election_is_read_from_the_lease_name_and_the_downward_api() -> None:
+    settings = OperatorSettings.from_env(
+        {
+            "AGENTRUN_LEADER_ELECTION_LEASE": "agentrun-operator",
+            "POD_NAME": "agentrun-operator-7d9f-abcde",
+            "POD_NAMESPACE": "agentrun-system",
+            "AGENTRUN_LEASE_DURATION_SECONDS": "20",
+            "AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS": "12",
+            "AGENTRUN_LEASE_RETRY_PERIOD_SECONDS": "3",
+            "AGENTRUN_MAX_CONCURRENT_ADMISSIONS": "8",
+        }
+    )
+    election = settings.leader_election
+    assert election.enabled
+    assert (election.lease_name, election.namespace) == ("agentrun-operator", "agentrun-system")
+    assert (election.identity, election.pod_name, election.pod_namespace) == (
+        "agentrun-operator-7d9f-abcde",
+        "agentrun-operator-7d9f-abcde",
+        "agentrun-system",
+    )
+    assert (election.lease_duration_seconds, election.renew_deadline_seconds, election.retry_period_seconds) == (
+        20.0,
+        12.0,
+        3.0,
+    )
+    assert settings.max_concurrent_admissions == 8
+
+
+def test_without_a_lease_the_operator_is_a_single_replica_leading_from_the_start() -> None:
+    assert not OperatorSettings.from_env({}).leader_election.enabled
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        # The leader must stop before its Lease could expire: renew deadline below the duration.
+        (
+            {"AGENTRUN_LEASE_DURATION_SECONDS": "10", "AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS": "10"},
+            "AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS",
+        ),
+        ({"AGENTRUN_LEASE_RETRY_PERIOD_SECONDS": "soon"}, "AGENTRUN_LEASE_RETRY_PERIOD_SECONDS"),
+        ({"AGENTRUN_LEADER_ELECTION_LEASE": "agentrun-operator"}, "AGENTRUN_LEADER_ELECTION_NAMESPACE"),
+        ({"AGENTRUN_MAX_CONCURRENT_ADMISSIONS": "0"}, "AGENTRUN_MAX_CONCURRENT_ADMISSIONS"),
+    ],
+)
+def test_bad_leader_election_settings_are_rejected_naming_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        OperatorSettings.from_env(env)

@@ -1,0 +1,222 @@
+"""Two operator replicas electing a leader on a Lease: one supervises runs and serves permits, the other
+stands by with warm indexes, and takes over when the leader is killed (what replicaCount > 1 relies on)."""
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agentrun_api import constants
+from agentrun_operator import permissions
+from agentrun_operator.leadership import LEADER_LABEL
+from agentrun_operator.permissions import Mode
+from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.local_cluster import free_port
+from tests.integration.operator_harness import NAMESPACE, Cluster, eventually, run_manifest
+from tests.integration.test_operator_rbac import granted
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+LEASE = "agentrun-operator"
+# Short Lease timing so a takeover takes seconds; the chart's defaults are 15 / 10 / 2.
+LEASE_SECONDS, RENEW_DEADLINE_SECONDS, RETRY_SECONDS = 3, 2, 0.5
+
+
+class OperatorReplica:
+    """`python -m agentrun_operator` as a process in the role of pod `pod`, with its output collected."""
+
+    def __init__(self, apiserver: EmulatedApiServer, pod: str) -> None:
+        self.pod = pod
+        self.permit_port = free_port()
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(apiserver.kubeconfig_path),
+            "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", ".")),
+            "AGENTRUN_HEALTH_PORT": "0",
+            "AGENTRUN_METRICS_PORT": "0",
+            # Each replica's permit server on its own loopback port (in a cluster each pod has its own IP).
+            "AGENTRUN_PERMIT_HOST": "127.0.0.1",
+            "AGENTRUN_PERMIT_PORT": str(self.permit_port),
+            "AGENTRUN_PERMIT_LEASE_SECONDS": "1",
+            "AGENTRUN_LEADER_ELECTION_LEASE": LEASE,
+            "AGENTRUN_LEASE_DURATION_SECONDS": str(LEASE_SECONDS),
+            "AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS": str(RENEW_DEADLINE_SECONDS),
+            "AGENTRUN_LEASE_RETRY_PERIOD_SECONDS": str(RETRY_SECONDS),
+            # What the chart passes from the downward API: the Lease identity and the pod to label.
+            "POD_NAME": pod,
+            "POD_NAMESPACE": NAMESPACE,
+        }
+        self.output = ""
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agentrun_operator",
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.output += line.decode(errors="replace")
+
+    async def ask_for_permit(self) -> tuple[int, str]:
+        """A runner's permit request to this replica's permit server: the status and Retry-After."""
+        url = f"http://127.0.0.1:{self.permit_port}/pools/{NAMESPACE}/shared/permits"
+        headers = {"Authorization": "Bearer not-checked-first", "X-AgentRun-Run": "q1"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, json={"requestId": "r1", "maxWaitSeconds": 1}, headers=headers) as response,
+        ):
+            return response.status, response.headers.get("Retry-After", "")
+
+    async def kill(self) -> None:
+        """SIGKILL: no cleanup, the Lease is not released, the pod label stays."""
+        assert self.process is not None
+        self.process.kill()
+        await self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(self.process.wait(), timeout=20)
+        if self._reader is not None:
+            await asyncio.wait_for(self._reader, timeout=5)
+
+
+def add_operator_pod(cluster: Cluster, name: str) -> None:
+    """The replica's own pod object, which the leader labels (no kubelet here: the object is enough)."""
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "agentrun-operator"}},
+            "spec": {"containers": [{"name": "operator", "image": "agentrun-operator:test"}]},
+        }
+    )
+
+
+def holder(cluster: Cluster) -> str:
+    lease: dict[str, Any] = cluster.get("Lease", LEASE) or {}
+    return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
+
+def labelled(cluster: Cluster, pod: str) -> bool:
+    obj = cluster.get("Pod", pod) or {}
+    return (obj.get("metadata", {}).get("labels") or {}).get(LEADER_LABEL) == "true"
+
+
+async def test_the_standby_takes_over_within_the_lease_when_the_leader_is_killed(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    cluster.add_api_key_secret()
+    replicas = {name: OperatorReplica(apiserver, name) for name in ("operator-a", "operator-b")}
+    for name in replicas:
+        add_operator_pod(cluster, name)
+    try:
+        for replica in replicas.values():
+            await replica.start()
+        leader_name = await eventually(lambda: holder(cluster), timeout=30, message="a replica holding the Lease")
+        leader = replicas[leader_name]
+        [standby] = [r for r in replicas.values() if r is not leader]
+        lease = cluster.get("Lease", LEASE)
+        assert lease is not None
+        assert lease["spec"]["leaseDurationSeconds"] == LEASE_SECONDS
+        assert lease["spec"]["renewTime"].endswith("Z")
+        await eventually(lambda: labelled(cluster, leader.pod), timeout=10, message="the leader's pod labelled")
+        assert not labelled(cluster, standby.pod)
+
+        cluster.create(run_manifest("q1"))
+        await eventually(lambda: cluster.get("Job", "q1-runner"), timeout=30, message="the Job of q1")
+        admitted = "[default/q1] run admitted"
+        await eventually(lambda: admitted in leader.output, timeout=10, message="the leader to admit q1")
+        assert admitted not in standby.output  # the standby saw the run (warm) but did not admit it
+        # Runners that reach the standby (the Service's label lagging behind the Lease) are told to ask again.
+        status, retry_after = await standby.ask_for_permit()
+        assert (status, retry_after) == (503, "1")
+
+        transitions = lease["spec"].get("leaseTransitions", 0)
+        await leader.kill()
+        killed_at = time.monotonic()
+        await eventually(lambda: holder(cluster) == standby.pod, timeout=15, message="the standby to take the Lease")
+        # The standby waits for the Lease to go unrenewed for its duration, by its own clock, and notices within
+        # one retry period of that.
+        assert time.monotonic() - killed_at <= LEASE_SECONDS + 2 * RETRY_SECONDS + 1
+        taken = cluster.get("Lease", LEASE)
+        assert taken is not None
+        assert taken["spec"]["leaseTransitions"] == transitions + 1
+        await eventually(lambda: labelled(cluster, standby.pod), timeout=10, message="the new leader's pod labelled")
+
+        # The run admitted by the dead leader is supervised by the new one, and new runs are admitted.
+        pod = cluster.start_pod("q1")
+        await eventually(lambda: cluster.status("q1").get("phase") == "Running", timeout=15, message="q1 Running")
+        cluster.report("q1", iteration=2, pod=pod)
+        await eventually(lambda: cluster.status("q1").get("iteration") == 2, timeout=15, message="q1 at iteration 2")
+        cluster.create(run_manifest("q2"))
+        await eventually(
+            lambda: cluster.get("Job", "q2-runner"), timeout=20, message="the Job of q2 from the new leader"
+        )
+        assert [job["metadata"]["name"] for job in apiserver.store.all_of("Job", NAMESPACE)] == [
+            "q1-runner",
+            "q2-runner",
+        ]
+        status, _ = await standby.ask_for_permit()
+        assert status != 503  # it leads now: the pool is looked up (unknown here), not refused for leadership
+        # Everything both replicas asked of the API server, Lease and pod label included, is in the chart's RBAC.
+        rules = permissions.rules_for(Mode.CLUSTERWIDE) + permissions.own_namespace_rules()
+        refused = {
+            (r.verb, r.resource, r.subresource) for r in apiserver.requests.records if r.verb and not granted(r, rules)
+        }
+        assert refused == set()
+    finally:
+        for replica in replicas.values():
+            await replica.stop()
+
+
+async def test_a_stopping_leader_hands_over_at_once_and_unlabels_its_pod(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    cluster.add_api_key_secret()
+    replicas = {name: OperatorReplica(apiserver, name) for name in ("operator-a", "operator-b")}
+    for name in replicas:
+        add_operator_pod(cluster, name)
+    try:
+        for replica in replicas.values():
+            await replica.start()
+        leader_name = await eventually(lambda: holder(cluster), timeout=30, message="a replica holding the Lease")
+        leader = replicas[leader_name]
+        [standby] = [r for r in replicas.values() if r is not leader]
+        await eventually(lambda: labelled(cluster, leader.pod), timeout=10, message="the leader's pod labelled")
+
+        await leader.stop()  # SIGTERM: the operator releases the Lease on its way out
+        assert not labelled(cluster, leader.pod)
+        released = cluster.get("Lease", LEASE)
+        assert released is not None
+        assert released["spec"].get("holderIdentity") in (None, "", standby.pod)
+        await eventually(lambda: holder(cluster) == standby.pod, timeout=LEASE_SECONDS, message="the standby leading")
+    finally:
+        for replica in replicas.values():
+            await replica.stop()
+
+
+def test_lease_kind_is_served_by_the_emulated_api_server() -> None:
+    """The Lease the replicas elect on is a built-in kind of the emulator (coordination.k8s.io/v1)."""
+    from tests.harness.apiserver.resources import builtin_types
+
+    leases = [t for t in builtin_types() if t.kind == "Lease"]
+    assert [(t.group, t.version, t.plural, t.namespaced) for t in leases] == [
+        ("coordination.k8s.io", "v1", "leases", True)
+    ]
+    assert constants.GROUP in LEADER_LABEL
