@@ -13,6 +13,7 @@ does not exist is not an error: the run keeps its own limits and says so (``Pool
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from typing import Final
@@ -33,6 +34,8 @@ ANSWER_GRACE_SECONDS: Final = 5.0
 # First and longest pause between attempts to reach an unreachable permit server.
 FIRST_RETRY_SECONDS: Final = 0.2
 MAX_RETRY_SECONDS: Final = 5.0
+# A Retry-After header in seconds (the permit server never sends the HTTP-date form).
+_SECONDS: Final = re.compile(r"[0-9]{1,4}(\.[0-9]{1,3})?")
 # A pool-wide pause longer than this is not believed (same cap as the server's default).
 MAX_PENALTY_SECONDS: Final = 600.0
 # After the permit server said the pool does not exist, how long calls use only the run's own limits
@@ -145,8 +148,9 @@ class RemoteLimiter:
                     )
                 await asyncio.sleep(paused_for)
                 continue
+            asked_to_wait: float | None = None
             try:
-                answer = await self._ask(request_id, max(0.0, remaining), waited)
+                answer, asked_to_wait = await self._ask(request_id, max(0.0, remaining), waited)
             except (aiohttp.ClientError, TimeoutError) as error:
                 problem = f"the permit server at {self._base} was unreachable ({type(error).__name__})"
             else:
@@ -160,15 +164,19 @@ class RemoteLimiter:
                     )
                 if answer.reason == "PoolNotFound":
                     raise PoolNotFoundError(f"{answer.message} (pool {self.pool_name})")
-                # Unauthorized, Unavailable: may heal (the Secret is being created, the API server is back).
+                # Unauthorized, Unavailable: may heal (the Secret is being created, the API server is back,
+                # the replica reached is not the leader and the Service is about to route to the one that is).
                 problem = f"the permit server refused: {answer.reason}: {answer.message}"
             remaining = max_wait_seconds - (loop.time() - started)
             if remaining <= 0:
                 raise QueueTimeoutError(
                     f"no throttle permit from pool {self.pool_name} within {max_wait_seconds:g}s: {problem}"
                 )
-            await asyncio.sleep(min(retry_pause, remaining))
-            retry_pause = min(retry_pause * 2, MAX_RETRY_SECONDS)
+            # A Retry-After from the server says when to ask again; otherwise back off exponentially.
+            pause = asked_to_wait if asked_to_wait is not None else retry_pause
+            await asyncio.sleep(min(pause, remaining))
+            if asked_to_wait is None:
+                retry_pause = min(retry_pause * 2, MAX_RETRY_SECONDS)
 
     def penalize(self, retry_after_seconds: float) -> None:
         seconds = min(max(0.0, retry_after_seconds), MAX_PENALTY_SECONDS)
@@ -198,7 +206,8 @@ class RemoteLimiter:
 
     async def _ask(
         self, request_id: str, max_wait: float, waited: float
-    ) -> protocol.PermitGrant | protocol.PermitRefusal:
+    ) -> tuple[protocol.PermitGrant | protocol.PermitRefusal, float | None]:
+        """The server's answer, and the seconds its Retry-After header asks to wait (None without one)."""
         body = protocol.PermitRequest(request_id=request_id, max_wait_seconds=max_wait, waited_seconds=waited)
         url = self._base + protocol.permits_path(self._namespace, self._pool)
         async with self._http().post(
@@ -208,10 +217,12 @@ class RemoteLimiter:
             timeout=aiohttp.ClientTimeout(total=max_wait + ANSWER_GRACE_SECONDS),
         ) as response:
             payload = await response.read()
+            retry_after = response.headers.get("Retry-After", "")
+            asked_to_wait = min(float(retry_after), MAX_RETRY_SECONDS) if _SECONDS.fullmatch(retry_after) else None
             try:
                 if response.status == 201:
-                    return protocol.PermitGrant.model_validate_json(payload)
-                return protocol.PermitRefusal.model_validate_json(payload)
+                    return protocol.PermitGrant.model_validate_json(payload), None
+                return protocol.PermitRefusal.model_validate_json(payload), asked_to_wait
             except ValidationError:
                 raise aiohttp.ClientResponseError(
                     response.request_info, (), status=response.status, message="not a permit server answer"

@@ -271,3 +271,22 @@ async def test_a_client_that_never_releases_its_permit_loses_it_after_one_lease_
         assert snapshot.leases_expired_total == 1
         await permit.release()
         await following.aclose()
+
+
+async def test_a_replica_that_does_not_lead_is_asked_again_when_its_retry_after_says() -> None:
+    async with permit_server(
+        ["follower"], PoolLimits(max_in_flight=1, requests_per_minute=60), lease_seconds=LEASE
+    ) as server:
+        await asyncio.sleep(LEASE)  # past the pool's first lease period: it grants at once when asked
+        server.registry.leading = False  # another replica holds the leader Lease
+        limiter = limiter_for("follower", server_url(server.port))
+        asked_at = loop_time()
+        # The replica becomes the leader 3.5 s later (set directly: take_over would also fail closed).
+        asyncio.get_running_loop().call_later(3.5, setattr, server.registry, "leading", True)
+        permit, waited = await limiter.acquire(max_wait_seconds=30)
+        await permit.release()
+        await limiter.aclose()
+    # 503s with Retry-After: 1 at 0, 1, 2 and 3 s; granted when asked at 4 s (exponential backoff would have
+    # asked at 0.2, 0.6, 1.4, 3.0 and only then at 6.2 s).
+    assert waited == pytest.approx(4.0, abs=0.05)
+    assert loop_time() - asked_at == pytest.approx(4.0, abs=0.05)
