@@ -44,9 +44,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(document)
 
 
+# The watch-event handlers run on every event of every run's AgentRun, Job, pods and progress report:
+# kopf's "succeeded" line for each is thousands of lines a minute that say nothing (failures still log).
+WATCH_HANDLERS = ("run_changed", "child_changed", "forget_deleted_pool")
+_ROUTINE = frozenset(f"Handler {name!r} succeeded." for name in WATCH_HANDLERS)
+
+
+def drop_routine_handler_lines(record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.INFO and record.msg in _ROUTINE)
+
+
 def configure_logging(log_format: Literal["text", "json"]) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    logging.getLogger("kopf.objects").addFilter(drop_routine_handler_lines)

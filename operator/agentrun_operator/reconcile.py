@@ -6,6 +6,7 @@ them out against the API server, writes the status at a bounded rate and posts t
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -291,22 +292,19 @@ class Supervisor:
                     return
                 await self._sleep(wake, stopped, sleep)
         finally:
-            self.op.wakes.pop(self.key, None)
+            if self.op.wakes.get(self.key) is wake:  # not a successor's, for a run created again
+                del self.op.wakes[self.key]
 
     @staticmethod
     async def _sleep(wake: asyncio.Event, stopped: Any, seconds: float) -> None:
-        """Until a child changes, kopf stops the daemon, or the time is up, whichever comes first."""
+        """Until a child changes, the run is stopped, or the time is up, whichever comes first.
 
-        async def stopping() -> None:
-            await stopped.wait()
-
-        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopping())]
-        try:
-            await asyncio.wait(waiters, timeout=max(seconds, 0.01), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        Whoever stops the run sets ``stopped`` and then the run's wake event, so one wait covers both:
+        no helper task per sleeping run (thousands of runs sleep at any time)."""
+        if not stopped:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(seconds, 0.01)):
+                    await wake.wait()
         wake.clear()
 
     async def step(self) -> float | None:

@@ -40,8 +40,9 @@ LEGACY_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 LEGACY_ANNOTATIONS = tuple(
     f"{constants.GROUP}/{key}" for key in ("kopf-managed", "last-handled-configuration", "touch-dummy", "admit_run")
 )
-# Longest wait for a supervisor task to end once cancelled: it only has to leave an await.
-STOP_TIMEOUT_SECONDS = 10.0
+# A stopped supervisor finishes the request it is in (its step then sees the stop) for at most this
+# long, then it is cancelled: a leader that lost its Lease must stop well before the Lease expires.
+STOP_GRACE_SECONDS = 1.0
 
 Lookup = Callable[[RunKey], Iterable[Any]]
 
@@ -165,7 +166,7 @@ class RunRegistry:
         for key in list(self._tasks):
             self._stop(key)
         if tasks:
-            await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
+            await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS + 0.5)
 
     def _ensure(self, key: RunKey) -> None:
         if key in self._tasks or key in self._finished or self._lookups is None:
@@ -185,8 +186,9 @@ class RunRegistry:
         stop, task = self._stops.pop(key, None), self._tasks.pop(key, None)
         if stop is not None:
             stop.set()
+            self.op.wake(key)  # a sleeping supervisor sees the stop at once
         if task is not None:
-            task.cancel()
+            asyncio.get_running_loop().call_later(STOP_GRACE_SECONDS, task.cancel)
 
     async def _drive(self, key: RunKey, stop: StopFlag) -> None:
         raw = self._bodies.get(key)

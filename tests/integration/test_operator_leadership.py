@@ -129,6 +129,10 @@ async def test_the_standby_takes_over_within_the_lease_when_the_leader_is_killed
     try:
         for replica in replicas.values():
             await replica.start()
+        for replica in replicas.values():
+            await eventually(
+                lambda replica=replica: "agentrun operator started" in replica.output, timeout=30, message="started"
+            )
         leader_name = await eventually(lambda: holder(cluster), timeout=30, message="a replica holding the Lease")
         leader = replicas[leader_name]
         [standby] = [r for r in replicas.values() if r is not leader]
@@ -195,6 +199,10 @@ async def test_a_stopping_leader_hands_over_at_once_and_unlabels_its_pod(apiserv
     try:
         for replica in replicas.values():
             await replica.start()
+        for replica in replicas.values():
+            await eventually(
+                lambda replica=replica: "agentrun operator started" in replica.output, timeout=30, message="started"
+            )
         leader_name = await eventually(lambda: holder(cluster), timeout=30, message="a replica holding the Lease")
         leader = replicas[leader_name]
         [standby] = [r for r in replicas.values() if r is not leader]

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from agentrun_operator.logs import JsonFormatter, TextFormatter
+from agentrun_operator.logs import JsonFormatter, TextFormatter, drop_routine_handler_lines
 
 pytestmark = pytest.mark.unit
 
@@ -31,3 +31,12 @@ def test_json_lines_about_a_run_carry_its_reference():
     assert document["object"] == "team-a/q3"
     assert document["kind"] == "AgentRun"
     assert document["message"] == "Job created"
+
+
+def test_routine_watch_handler_lines_are_dropped_and_everything_else_kept():
+    assert not drop_routine_handler_lines(record_about_run("Handler 'run_changed' succeeded."))
+    assert not drop_routine_handler_lines(record_about_run("Handler 'child_changed' succeeded."))
+    assert drop_routine_handler_lines(record_about_run("Handler 'declare_pool' succeeded."))
+    failed = record_about_run("Handler 'run_changed' failed with an exception. Will ignore.")
+    failed.levelno = logging.ERROR
+    assert drop_routine_handler_lines(failed)
