@@ -114,6 +114,10 @@ class RunRegistry:
     def supervised(self) -> set[RunKey]:
         return set(self._tasks)
 
+    def latest(self, key: RunKey) -> Mapping[str, Any] | None:
+        """The latest body of a run as kept here (what its supervisor reads), or None."""
+        return self._bodies.get(key)
+
     def attach(self, *, jobs: Lookup, pods: Lookup, progress: Lookup) -> None:
         """The kopf indexes the supervisors observe children through (the same live objects every time)."""
         if self._lookups is None:
@@ -136,10 +140,10 @@ class RunRegistry:
             self._finished.discard(key)
             live = None
         if live is None:
-            self._bodies[key] = dict(raw)
+            self._bodies[key] = _kept(raw)
         else:
             live.clear()
-            live.update(raw)
+            live.update(_kept(raw))
         if not self.leading:
             return
         if _legacy_annotations(raw):
@@ -263,6 +267,28 @@ class RunRegistry:
             run_logger(key).warning("could not remove an earlier operator version's annotations: %s", error)
         else:
             run_logger(key).info("removed the annotations an earlier operator version left on the run")
+
+
+# What a real API server sends along that no supervisor reads: field managers (a few KiB per writer) and
+# kubectl's copy of the whole last applied object. Not kept: thousands of runs are held at once.
+_UNREAD_METADATA = ("managedFields",)
+_UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def _kept(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The body as the registry keeps it: the event's, less what nothing here reads."""
+    body = dict(raw)
+    metadata = body.get("metadata")
+    if isinstance(metadata, Mapping) and (
+        any(key in metadata for key in _UNREAD_METADATA)
+        or any(key in (metadata.get("annotations") or {}) for key in _UNREAD_ANNOTATIONS)
+    ):
+        metadata = {key: value for key, value in metadata.items() if key not in _UNREAD_METADATA}
+        annotations = metadata.get("annotations")
+        if annotations:
+            metadata["annotations"] = {k: v for k, v in annotations.items() if k not in _UNREAD_ANNOTATIONS}
+        body["metadata"] = metadata
+    return body
 
 
 def _legacy_annotations(body: Mapping[str, Any]) -> list[str]:
