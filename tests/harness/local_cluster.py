@@ -73,7 +73,7 @@ class OperatorTimings:
     progress_interval_seconds: float = 0.5
     """AGENTRUN_PROGRESS_INTERVAL_SECONDS (default 0.5; product default 2)."""
     supervise_interval_seconds: float = 0.5
-    """AGENTRUN_SUPERVISE_INTERVAL_SECONDS (default 0.5; product default 5)."""
+    """AGENTRUN_SUPERVISE_INTERVAL_SECONDS (default 0.5; product default 60)."""
     outcome_grace_seconds: float = 2.0
     """AGENTRUN_OUTCOME_GRACE_SECONDS (default 2; product default 10)."""
     retry_delay_seconds: float = 1.0
@@ -84,7 +84,7 @@ class OperatorTimings:
     """AGENTRUN_PERMIT_LEASE_SECONDS (default 1.5; product default 15): also how long a new pool waits
     before its first grant."""
     pool_status_interval_seconds: float = 0.5
-    """AGENTRUN_POOL_STATUS_INTERVAL_SECONDS (default 0.5; product default 5)."""
+    """AGENTRUN_POOL_STATUS_INTERVAL_SECONDS (default 0.5; product default 60)."""
 
     def env(self) -> dict[str, str]:
         return {
