@@ -100,6 +100,9 @@ class RunRegistry:
         # later events of the same run, as kopf did not restart a daemon that returned.
         self._finished: set[RunKey] = set()
         self._migrating: set[RunKey] = set()
+        # Runs whose supervisor has read their status (it keeps its own from then on): their bodies are kept
+        # without it. A supervisor started for such a run again (leadership regained) reads the run afresh.
+        self._statusless: set[RunKey] = set()
         self._admissions = asyncio.Semaphore(max_concurrent_admissions)
         self._lookups: tuple[Lookup, Lookup, Lookup] | None = None
         # The context of kopf's handlers (its Event queue lives there): tasks started later, when
@@ -131,6 +134,7 @@ class RunRegistry:
         if event_type == "DELETED":
             self._bodies.pop(key, None)
             self._finished.discard(key)
+            self._statusless.discard(key)
             self._stop(key)
             return
         live = self._bodies.get(key)
@@ -138,12 +142,14 @@ class RunRegistry:
             # Deleted and created again under the same name between two events: a new run.
             self._stop(key)
             self._finished.discard(key)
+            self._statusless.discard(key)
             live = None
+        kept = _kept(raw, with_status=key not in self._statusless)
         if live is None:
-            self._bodies[key] = _kept(raw)
+            self._bodies[key] = kept
         else:
             live.clear()
-            live.update(_kept(raw))
+            live.update(kept)
         if not self.leading:
             return
         if _legacy_annotations(raw):
@@ -194,9 +200,17 @@ class RunRegistry:
         if task is not None:
             asyncio.get_running_loop().call_later(STOP_GRACE_SECONDS, task.cancel)
 
+    def _status_read(self, key: RunKey) -> None:
+        self._statusless.add(key)
+        body = self._bodies.get(key)
+        if body is not None:
+            body.pop("status", None)
+
     async def _drive(self, key: RunKey, stop: StopFlag) -> None:
         raw = self._bodies.get(key)
         if raw is None or self._lookups is None:
+            return
+        if key in self._statusless and not await self._refresh(key, raw, stop):
             return
         # A view of the dict that later events update in place: the Supervisor reads the latest body.
         body = kopf.Body(raw)  # type: ignore[arg-type]
@@ -206,7 +220,16 @@ class RunRegistry:
                 self._finished.add(key)
                 return
             jobs, pods, progress = self._lookups
-            await Supervisor(body, self.op, logger, jobs=jobs, pods=pods, progress=progress).run(stop)
+            supervisor = _Supervisor(
+                body,
+                self.op,
+                logger,
+                jobs=jobs,
+                pods=pods,
+                progress=progress,
+                on_status_read=functools.partial(self._status_read, key),
+            )
+            await supervisor.run(stop)
             if not stop:
                 self._finished.add(key)
                 self._bodies.pop(key, None)  # nothing left to do for it; a later event stores it again
@@ -216,6 +239,25 @@ class RunRegistry:
             # Not expected: say so loudly; the next event of the run starts a new task.
             logger.exception("supervising the run failed")
             self.op.metrics.reconcile_errors_total.labels(handler="supervise").inc()
+
+    async def _refresh(self, key: RunKey, raw: dict[str, Any], stop: StopFlag) -> bool:
+        """Read a run kept without its status afresh, for a new supervisor. False when it is gone or stopped."""
+        self._statusless.discard(key)  # events from now on keep the status
+        while not stop:
+            try:
+                fresh = await self.op.kube.get(constants.KIND, key[0], key[1])
+            except ApiError as error:
+                if error.not_found:
+                    return False
+                await _sleep(stop, error.retry_after or self.op.settings.retry_delay_seconds)
+            except (aiohttp.ClientError, TimeoutError):
+                await _sleep(stop, self.op.settings.retry_delay_seconds)
+            else:
+                if "status" not in raw:  # no event brought it meanwhile
+                    raw.clear()
+                    raw.update(_kept(fresh, with_status=True))
+                return True
+        return False
 
     async def _admit(self, body: kopf.Body, logger: logging.LoggerAdapter[logging.Logger], stop: StopFlag) -> bool:
         """Admit the run, retrying while that is worth it. False when the run cannot be admitted ever."""
@@ -275,9 +317,11 @@ _UNREAD_METADATA = ("managedFields",)
 _UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 
-def _kept(raw: Mapping[str, Any]) -> dict[str, Any]:
+def _kept(raw: Mapping[str, Any], *, with_status: bool) -> dict[str, Any]:
     """The body as the registry keeps it: the event's, less what nothing here reads."""
     body = dict(raw)
+    if not with_status:
+        body.pop("status", None)
     metadata = body.get("metadata")
     if isinstance(metadata, Mapping) and (
         any(key in metadata for key in _UNREAD_METADATA)
@@ -294,6 +338,21 @@ def _kept(raw: Mapping[str, Any]) -> dict[str, Any]:
 def _legacy_annotations(body: Mapping[str, Any]) -> list[str]:
     present = (body.get("metadata") or {}).get("annotations") or {}
     return [name for name in LEGACY_ANNOTATIONS if name in present]
+
+
+class _Supervisor(Supervisor):
+    """``reconcile.Supervisor``, telling the registry once it has read the run's status from the body: from its
+    first step on it keeps the status itself, so the registry need not keep a copy for each of thousands of runs."""
+
+    def __init__(self, *args: Any, on_status_read: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_status_read: Callable[[], None] | None = on_status_read
+
+    async def step(self) -> float | None:
+        if self._on_status_read is not None:
+            told, self._on_status_read = self._on_status_read, None
+            told()
+        return await super().step()
 
 
 async def _sleep(stop: StopFlag, seconds: float) -> None:

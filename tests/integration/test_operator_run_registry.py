@@ -7,14 +7,20 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
+import aiohttp
 import kopf
 import pytest
 
 from agentrun_api import constants
 from agentrun_operator.kube import KubeClient
 from agentrun_operator.leadership import LeaderElection, LeaderElector
-from agentrun_operator.supervisors import LEGACY_ANNOTATIONS, LEGACY_FINALIZER
+from agentrun_operator.metrics import Metrics
+from agentrun_operator.reconcile import OperatorContext
+from agentrun_operator.settings import OperatorSettings
+from agentrun_operator.supervisors import LEGACY_ANNOTATIONS, LEGACY_FINALIZER, RunRegistry
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.local_cluster import free_port
 from tests.integration.operator_harness import NAMESPACE, Cluster, eventually, run_manifest, running_operator
@@ -136,3 +142,47 @@ async def test_a_leader_that_cannot_renew_stops_before_the_lease_could_expire(ap
         await asyncio.gather(*tasks, return_exceptions=True)
         for client in clients:
             await client.close()
+
+
+async def test_a_replica_leading_again_reads_runs_afresh_whose_status_it_stopped_keeping(
+    apiserver: EmulatedApiServer,
+) -> None:
+    cluster = Cluster(apiserver)
+    cluster.create(run_manifest("q3"))
+    accepted = {
+        "type": "Accepted",
+        "status": "True",
+        "reason": "Created",
+        "message": "the run's Job and companions exist",
+        "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    cluster.patch(constants.KIND, "q3", {"status": {"phase": "Pending", "conditions": [accepted]}}, status=True)
+    op = OperatorContext(
+        settings=OperatorSettings(),
+        kube=KubeClient(kopf.ConnectionInfo(server=apiserver.url, token="test")),
+        metrics=Metrics.create(),
+        http=aiohttp.ClientSession(),
+    )
+    runs = RunRegistry(op, max_concurrent_admissions=2)
+    nothing: Callable[[tuple[str, str]], list[Any]] = lambda key: []  # noqa: E731 - no Job, pods or report yet
+    runs.attach(jobs=nothing, pods=nothing, progress=nothing)
+    key = (NAMESPACE, "q3")
+    try:
+        await runs.lead()
+        runs.observe("ADDED", cluster.run())
+        # The supervisor took the status it needs; the registry keeps the body without it from then on.
+        await eventually(lambda: "status" not in (runs.latest(key) or {"status": 1}), message="the status dropped")
+        runs.observe("MODIFIED", cluster.run())
+        assert "status" not in (runs.latest(key) or {})
+        assert apiserver.requests.count(verb="get", kind=constants.KIND) == 0
+
+        await runs.follow()
+        assert runs.supervised == set()
+        await runs.lead()  # leading again: the new supervisor needs the status, read from the API server
+        await eventually(lambda: apiserver.requests.count(verb="get", kind=constants.KIND) == 1, message="one GET")
+        await eventually(lambda: runs.supervised == {key}, message="supervised again")
+        assert cluster.status()["phase"] == "Pending"  # the fresh status was the base, nothing was lost
+    finally:
+        await runs.follow()
+        await op.kube.close()
+        await op.http.close()
