@@ -17,7 +17,6 @@ event handler hands each event's body here, and the registry
 """
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import logging
@@ -48,19 +47,20 @@ Lookup = Callable[[RunKey], Iterable[Any]]
 
 
 class StopFlag:
-    """What ``Supervisor.run`` polls and waits on: false until the run's task is told to stop."""
+    """What ``Supervisor.run`` polls between steps: false until the run's task is told to stop. A plain flag,
+    not an event (one per live run): a stopped run is woken through its wake event, and cancelled after
+    ``STOP_GRACE_SECONDS`` wherever else it waits."""
+
+    __slots__ = ("stopped",)
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self.stopped = False
 
     def set(self) -> None:
-        self._event.set()
+        self.stopped = True
 
     def __bool__(self) -> bool:
-        return self._event.is_set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
+        return self.stopped
 
 
 class RetryLaterError(Exception):
@@ -356,5 +356,6 @@ class _Supervisor(Supervisor):
 
 
 async def _sleep(stop: StopFlag, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    """A retry delay; a stop during it cancels the task (after the grace), so no need to wait on the flag."""
+    if not stop:
+        await asyncio.sleep(seconds)
