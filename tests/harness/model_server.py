@@ -18,6 +18,7 @@ CLI: ``python -m tests.harness.model_server --port 0 --script research`` prints 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import time
@@ -69,7 +70,7 @@ class ChatRequest:
     body: dict[str, Any]
     headers: dict[str, str]
     index: int  # 0-based count of requests before this one
-    received_at: float  # time.monotonic()
+    received_at: float  # the server's clock (time.monotonic() unless given another)
     size: int  # bytes of the request body
 
     @property
@@ -80,6 +81,17 @@ class ChatRequest:
     def turn(self) -> int:
         """Assistant messages already in the conversation: 0 for the first model call of a run."""
         return sum(1 for m in self.messages if m.get("role") == "assistant")
+
+
+@dataclass(frozen=True)
+class CallSpan:
+    """One request's time in flight at the server: from arrival until its answer was sent, or until the
+    client went away (hung up, timed out, was killed) before getting one."""
+
+    started_at: float  # the server's clock, as ChatRequest.received_at
+    ended_at: float
+    answered: bool  # False: the client went away first (or the server stopped)
+    request: ChatRequest | None  # None when the client went away before its body arrived
 
 
 Script = Callable[[ChatRequest], Reply]
@@ -151,6 +163,17 @@ def stepwise_script(steps: int = 10, delay: float = 0.0) -> Script:
     return by_turn([*tool_turns[: steps - 1], answer])
 
 
+def paced(script: Script, delay_of: Callable[[ChatRequest], float]) -> Script:
+    """``script``, with each answer's delay set by ``delay_of(request)``: calls of chosen lengths, for
+    tests that need calls to overlap (or not) whatever the answers say."""
+
+    def script_with_delays(request: ChatRequest) -> Reply:
+        reply = script(request)
+        return reply if isinstance(reply, Hang) else dataclasses.replace(reply, delay=delay_of(request))
+
+    return script_with_delays
+
+
 SCRIPTS: dict[str, Callable[[], Script]] = {
     "research": research_script,
     "stepwise": stepwise_script,
@@ -166,14 +189,33 @@ def _usage(request: ChatRequest, completion_text: str) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-class ModelServer:
-    """The server; ``requests`` records every chat request in arrival order, ``max_in_flight`` the most
-    requests it was answering at once (what a throttle pool must bound)."""
+def most_in_window(times: Sequence[float], seconds: float) -> int:
+    """The most of ``times`` that fall in any half-open window ``[t, t + seconds)``: what a provider's
+    "N requests per minute" limit counts."""
+    ordered = sorted(times)
+    most, first = 0, 0
+    for last, at in enumerate(ordered):
+        while ordered[first] <= at - seconds:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
 
-    def __init__(self, script: Script, *, port: int = 0, model: str = DEFAULT_MODEL) -> None:
+
+class ModelServer:
+    """The server; ``requests`` records every chat request in arrival order, ``spans`` every finished
+    request's time in flight, and ``max_in_flight`` the most requests it was answering at once (what a
+    throttle pool must bound). A request whose client goes away stops counting as in flight then, as
+    at a provider: its handler is cancelled."""
+
+    def __init__(
+        self, script: Script, *, port: int = 0, model: str = DEFAULT_MODEL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``clock`` stamps arrivals and spans: the event loop's, for tests on a fast-forwarded loop (looptime)."""
         self.script = script
         self.model = model
+        self._clock = clock
         self.requests: list[ChatRequest] = []
+        self.spans: list[CallSpan] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._port = port
@@ -188,7 +230,9 @@ class ModelServer:
     async def start(self) -> "ModelServer":
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=0.5, handler_cancellation=True
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self._port).start()
         self.port = self._runner.addresses[0][1]
@@ -206,25 +250,34 @@ class ModelServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def requests_in_window(self, seconds: float) -> int:
+        """The most requests received in any ``seconds``-long window."""
+        return most_in_window([request.received_at for request in self.requests], seconds)
+
     async def _chat(self, http: web.Request) -> web.StreamResponse:
+        started_at = self._clock()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        request: ChatRequest | None = None
+        answered = False
         try:
-            return await self._answer(http)
+            raw = await http.read()
+            request = ChatRequest(
+                body=json.loads(raw),
+                headers=dict(http.headers),
+                index=len(self.requests),
+                received_at=started_at,
+                size=len(raw),
+            )
+            self.requests.append(request)
+            response = await self._answer(http, request)
+            answered = True
+            return response
         finally:
             self.in_flight -= 1
+            self.spans.append(CallSpan(started_at, self._clock(), answered, request))
 
-    async def _answer(self, http: web.Request) -> web.StreamResponse:
-        received_at = time.monotonic()
-        raw = await http.read()
-        request = ChatRequest(
-            body=json.loads(raw),
-            headers=dict(http.headers),
-            index=len(self.requests),
-            received_at=received_at,
-            size=len(raw),
-        )
-        self.requests.append(request)
+    async def _answer(self, http: web.Request, request: ChatRequest) -> web.StreamResponse:
         reply = self.script(request)
         if isinstance(reply, Hang):
             await self._stopping.wait()
