@@ -89,14 +89,14 @@ async def test_a_runner_killed_while_holding_a_permit_gives_it_back_after_the_le
         model = cluster.model_server
         assert model is not None
         await kube.create(POOLS, throttle_pool("one-at-a-time", max_in_flight=1, requests_per_minute=600))
-        run_spec = PoolRunsPlan(pool="one-at-a-time", calls_per_run=3)
-        await kube.create(AGENTRUNS, pooled_run("holder", cluster, run_spec))
+        plan = PoolRunsPlan(pool="one-at-a-time", calls_per_run=3)
+        await kube.create(AGENTRUNS, pooled_run("holder", cluster, plan))
 
         async def held() -> bool:
             return model.in_flight == 1 and bool(requests_of(model, "holder"))
 
         await wait_for(held, "the holder's call to be held at the model")
-        await kube.create(AGENTRUNS, pooled_run("waiter", cluster, run_spec))
+        await kube.create(AGENTRUNS, pooled_run("waiter", cluster, plan))
 
         async def waiter_queued() -> JsonObject | None:
             status = await pool_status(kube, "one-at-a-time")

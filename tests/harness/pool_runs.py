@@ -37,7 +37,7 @@ class PoolRunsPlan:
     requests_per_minute: int = 60
     calls_per_run: int = 4
     """Model calls of each run (its maxIterations; the last answer ends the run)."""
-    queue_budget_seconds: int = 90
+    queue_budget_seconds: int = 60
     """Each run's spec.throttle.maxSecondsToWaitInQueue. The first call waits for all runs to start too."""
     slow_call_seconds: float = 2.2
     fast_call_seconds: float = 0.3
