@@ -50,6 +50,8 @@ async def test_twenty_runs_on_a_pool_of_two_in_flight_and_sixty_a_minute_keep_it
     ), summary
     assert all(0 < wait < plan.queue_budget_seconds for wait in outcome.longest_waits().values()), summary
     assert all(len(calls) == plan.calls_per_run for calls in outcome.calls.values()), summary
+    # The pool held every call until all runs waited (it grants its first at 1/min only after a minute).
+    assert min(outcome.arrivals()) > outcome.opened_at, "the runs took over a minute to start"
     # In flight: never above the pool's limit, and the limit was reached (two in three calls outlast two
     # grant intervals, so without the limit more would have overlapped).
     assert outcome.max_in_flight == plan.max_in_flight, summary

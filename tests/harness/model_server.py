@@ -250,10 +250,6 @@ class ModelServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def requests_in_window(self, seconds: float) -> int:
-        """The most requests received in any ``seconds``-long window."""
-        return most_in_window([request.received_at for request in self.requests], seconds)
-
     async def _chat(self, http: web.Request) -> web.StreamResponse:
         started_at = self._clock()
         self.in_flight += 1
