@@ -12,10 +12,14 @@ Starts the emulated Kubernetes API server in this process, the gateway as its ow
    a few tokens and one tool call per turn), first with no reader, then with READERS readers through
    the gateway. The model's first answer waits START_DELAY seconds, so the readers are attached before
    the measured window: the rate is iterations per second between the model's second and last
-   request. Prints both rates, their ratio (1.0 = the readers cost the agent nothing), and whether
-   every reader got exactly the runner's event log.
+   request. Prints both rates, their ratio (1.0 = the readers cost the agent nothing), whether every
+   reader got exactly the runner's event log, and why a rate moved: the runner's own CPU time per
+   iteration (all it does for readers is serve the gateway's one upstream connection) and the time
+   the runner and the model waited for a CPU (/proc schedstat) per iteration. By default the agent's
+   side (runner, model) and the readers' side (gateway, readers, API server) get separate CPUs, as
+   on separate nodes (--shared-cpus: one pool); other work on the machine still lands on both.
 
-    python bench/gateway_fanout.py [--readers 100] [--events 500] [--rate 100] [--iterations 300]
+    python bench/gateway_fanout.py [--readers 100] [--events 500] [--rate 100] [--iterations 300] [--shared-cpus]
 
 Everything listens on 127.0.0.1; the run stops by itself (bounded by the event count and timeouts).
 """
