@@ -12,14 +12,17 @@ Starts the emulated Kubernetes API server in this process, the gateway as its ow
    a few tokens and one tool call per turn), first with no reader, then with READERS readers through
    the gateway. The model's first answer waits START_DELAY seconds, so the readers are attached before
    the measured window: the rate is iterations per second between the model's second and last
-   request. Prints both rates, their ratio (1.0 = the readers cost the agent nothing), whether every
-   reader got exactly the runner's event log, and why a rate moved: the runner's own CPU time per
+   request. Measured TRIALS times each, alternated; prints the median rates, their ratio (1.0 = the
+   readers cost the agent nothing), whether every reader got exactly the runner's event log, and
+   why a rate moved: the runner's own CPU time per
    iteration (all it does for readers is serve the gateway's one upstream connection) and the time
-   the runner and the model waited for a CPU (/proc schedstat) per iteration. By default the agent's
-   side (runner, model) and the readers' side (gateway, readers, API server) get separate CPUs, as
-   on separate nodes (--shared-cpus: one pool); other work on the machine still lands on both.
+   the runner and the model waited for a CPU (/proc schedstat) per iteration: on a small shared
+   machine the readers' side (gateway, readers) takes CPU from the agent's, as it would not on
+   separate nodes (--split-cpus pins each side to its own CPUs; other work on the machine still
+   lands on both).
 
-    python bench/gateway_fanout.py [--readers 100] [--events 500] [--rate 100] [--iterations 300] [--shared-cpus]
+    python bench/gateway_fanout.py [--readers 100] [--events 500] [--rate 100] [--iterations 300]
+                                   [--trials 3] [--split-cpus]
 
 Everything listens on 127.0.0.1; the run stops by itself (bounded by the event count and timeouts).
 """
@@ -308,6 +311,7 @@ async def runner_rate(
         # (time, seconds): the runner's CPU time, and the runner's and the model's waits for a CPU.
         runner_cpu: list[tuple[float, float]] = []
         agent_waits: list[tuple[float, float]] = []
+        gateway_cpu: list[tuple[float, float]] = []
         try:
             async with _gateway(kube, stream_port) as (port, pid):
                 _pin(pid, reader_cpus)
@@ -325,6 +329,7 @@ async def runner_rate(
                             runner_cpu.append((now, _cpu_seconds(runner.process.pid)))
                             wait = _runqueue_wait_seconds(runner.process.pid) + _runqueue_wait_seconds(model.pid)
                             agent_waits.append((now, wait))
+                            gateway_cpu.append((now, _cpu_seconds(pid)))
                         except (FileNotFoundError, ProcessLookupError):
                             break  # it has just exited
                         rss_peak = max(rss_peak, _rss_mib(pid))
@@ -345,7 +350,9 @@ async def runner_rate(
     cpu = (_at(runner_cpu, times[-1]) - _at(runner_cpu, times[1])) / window_iterations
     # Time the agent's side was ready to run but the machine gave its CPU to something else.
     waited = (_at(agent_waits, times[-1]) - _at(agent_waits, times[1])) / window_iterations
+    relayed = (_at(gateway_cpu, times[-1]) - _at(gateway_cpu, times[1])) / (times[-1] - times[1])
     return {
+        "gateway_cpu_share": round(relayed, 2),
         "iterations_per_second": round(rate, 1),
         "runner_cpu_ms_per_iteration": round(cpu * 1000, 2),
         "agent_cpu_wait_ms_per_iteration": round(waited * 1000, 2),
@@ -357,36 +364,50 @@ async def runner_rate(
 
 
 async def main(
-    readers: int, events: int, rate: float, iterations: int, start_delay: float, split_cpus: bool
+    readers: int, events: int, rate: float, iterations: int, start_delay: float, trials: int, split_cpus: bool
 ) -> dict[str, Any]:
     cpus = sorted(os.sched_getaffinity(0))
     split = ({cpus[0]}, set(cpus[1:])) if split_cpus and len(cpus) > 1 else None
+    if split is not None:  # this process runs the readers and the API server: the readers' side
+        os.sched_setaffinity(0, split[1])
+    alone: list[dict[str, Any]] = []
+    watched: list[dict[str, Any]] = []
     async with EmulatedApiServer([ROOT / "crds" / "agentruns.agentrun.dev.yaml"]) as kube:
         kube.store.create(kube.store.resource("namespaces"), None, {"metadata": {"name": NAMESPACE}})
         figures = await relay_lag(kube, readers, events, rate)
-        alone = await runner_rate(kube, 0, iterations, start_delay, split, "alone")
-        if split is not None:  # this process runs the readers and the API server: the readers' side
-            os.sched_setaffinity(0, split[1])
-        watched = await runner_rate(kube, readers, iterations, start_delay, split, "watched")
+        # Alternated, so a change in the machine's other load falls on both sides alike.
+        for trial in range(trials):
+            alone.append(await runner_rate(kube, 0, iterations, start_delay, split, f"alone-{trial}"))
+            watched.append(await runner_rate(kube, readers, iterations, start_delay, split, f"watched-{trial}"))
+
+    def median(results: list[dict[str, Any]], key: str) -> float:
+        return round(statistics.median(result[key] for result in results), 2)
+
+    rate_alone, rate_watched = median(alone, "iterations_per_second"), median(watched, "iterations_per_second")
     figures.update(
         {
             "runner_iterations": iterations,
+            "runner_trials": trials,
             "runner_cpus": "runner and model on CPU {}, gateway and readers on CPUs {}".format(
                 *(sorted(side) for side in split)
             )
             if split is not None
             else "shared",
-            "runner_events": watched["events"],
-            "runner_iterations_per_second_0_readers": alone["iterations_per_second"],
-            f"runner_iterations_per_second_{readers}_readers": watched["iterations_per_second"],
-            "runner_rate_ratio": round(watched["iterations_per_second"] / alone["iterations_per_second"], 3),
-            "runner_cpu_ms_per_iteration_0_readers": alone["runner_cpu_ms_per_iteration"],
-            f"runner_cpu_ms_per_iteration_{readers}_readers": watched["runner_cpu_ms_per_iteration"],
-            "agent_cpu_wait_ms_per_iteration_0_readers": alone["agent_cpu_wait_ms_per_iteration"],
-            f"agent_cpu_wait_ms_per_iteration_{readers}_readers": watched["agent_cpu_wait_ms_per_iteration"],
-            "runner_readers_attached_before_window": watched["readers_attached_before_window"],
-            "runner_every_reader_got_the_runners_log": watched["every_reader_got_the_runners_log"],
-            "gateway_rss_mib_with_readers_real_runner": watched["gateway_rss_mib"],
+            "runner_events": watched[0]["events"],
+            "runner_iterations_per_second_0_readers": rate_alone,
+            f"runner_iterations_per_second_{readers}_readers": rate_watched,
+            "runner_rate_ratio": round(rate_watched / rate_alone, 3),
+            "runner_rates_per_trial_0_readers": [result["iterations_per_second"] for result in alone],
+            f"runner_rates_per_trial_{readers}_readers": [result["iterations_per_second"] for result in watched],
+            "runner_cpu_ms_per_iteration_0_readers": median(alone, "runner_cpu_ms_per_iteration"),
+            f"runner_cpu_ms_per_iteration_{readers}_readers": median(watched, "runner_cpu_ms_per_iteration"),
+            "agent_cpu_wait_ms_per_iteration_0_readers": median(alone, "agent_cpu_wait_ms_per_iteration"),
+            f"agent_cpu_wait_ms_per_iteration_{readers}_readers": median(watched, "agent_cpu_wait_ms_per_iteration"),
+            "runner_readers_attached_before_window": all(r["readers_attached_before_window"] for r in watched),
+            "runner_every_reader_got_the_runners_log": all(r["every_reader_got_the_runners_log"] for r in watched),
+            "gateway_rss_mib_with_readers_real_runner": max(r["gateway_rss_mib"] for r in watched),
+            # CPU seconds per second the gateway used while relaying (1.0 = one whole CPU).
+            f"gateway_cpu_share_{readers}_readers": median(watched, "gateway_cpu_share"),
         }
     )
     return figures
@@ -402,12 +423,17 @@ if __name__ == "__main__":
         "--start-delay", type=float, default=4.0, help="seconds the model's first answer waits, for readers to attach"
     )
     parser.add_argument(
-        "--shared-cpus",
-        action="store_true",
-        help="run the agent's side (runner, model) and the readers' side (gateway, readers) on the same CPUs; by "
-        "default they get separate CPUs, as on separate nodes",
+        "--trials", type=int, default=3, help="measurements of each side, alternated; medians are reported"
     )
-    parser.add_argument("--quick", action="store_true", help="5 readers, 20 events, 30 iterations: a smoke test")
+    parser.add_argument(
+        "--split-cpus",
+        action="store_true",
+        help="give the agent's side (runner, model) one CPU and the readers' side (gateway, readers) the others, "
+        "as if on separate nodes; by default every process shares every CPU",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="5 readers, 20 events, 30 iterations, 1 trial: a smoke test"
+    )
     parser.add_argument("--serve-model", help=argparse.SUPPRESS)  # PORT,START_DELAY,TIMES_FILE: internal
     arguments = parser.parse_args()
     if arguments.serve_model:
@@ -416,6 +442,7 @@ if __name__ == "__main__":
         sys.exit(0)
     if arguments.quick:
         arguments.readers, arguments.events, arguments.iterations, arguments.start_delay = 5, 20, 30, 1.5
+        arguments.trials = 1
     figures = asyncio.run(
         main(
             arguments.readers,
@@ -423,7 +450,8 @@ if __name__ == "__main__":
             arguments.rate,
             arguments.iterations,
             arguments.start_delay,
-            not arguments.shared_cpus,
+            arguments.trials,
+            arguments.split_cpus,
         )
     )
     print(json.dumps(figures, indent=2))
