@@ -32,6 +32,7 @@ from agentrun_api.contract import (
 )
 from agentrun_api.durations import parse_duration
 from agentrun_runner.agent import Agent
+from agentrun_runner.archive import archive_ended_run
 from agentrun_runner.checkpoint import CheckpointError, CheckpointStore, ConfigMapStore, PvcStore
 from agentrun_runner.events import EventLog
 from agentrun_runner.kube import ConfigMaps, KubeError, load_configuration
@@ -192,6 +193,9 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
             stop_task.cancel()
             end = loop_task.result()
             log.info("run ended: %s: %s", end.outcome.value, end.message)
+        if configmaps is not None and spec.streaming.enabled and config.checkpoint.store == "PersistentVolumeClaim":
+            # The claim leaves with the pod's reach; the ConfigMap store holds the log already.
+            await archive_ended_run(configmaps, config.run.name, events.after(0))
         if server is not None:
             # Linger so readers that are reconnecting still get the replay and `finished`.
             with contextlib.suppress(TimeoutError):
