@@ -256,7 +256,7 @@ class Agent:
             await self._settle()
             self.state.counters.elapsed_seconds = self.clock.elapsed()
             self.state.counters.event_id_ceiling = self.events.next_ceiling()
-            record = self.state.delta(list(self.events.events))
+            record = self.state.delta(self.events.events)
             # Shielded: a SIGTERM that cancels the loop must not cut a record in half, and the next
             # record (suspend's) must know this one was written.
             self._writing = asyncio.ensure_future(self._write(record))

@@ -71,6 +71,7 @@ class ChatRequest:
     index: int  # 0-based count of requests before this one
     received_at: float  # time.monotonic()
     size: int  # bytes of the request body
+    raw: bytes = b""  # the request body as sent
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -168,7 +169,10 @@ def _usage(request: ChatRequest, completion_text: str) -> dict[str, int]:
 
 class ModelServer:
     """The server; ``requests`` records every chat request in arrival order, ``max_in_flight`` the most
-    requests it was answering at once (what a throttle pool must bound)."""
+    requests it was answering at once (what a throttle pool must bound), ``handling_seconds`` each
+    request's time in this server, from arrival to its answer (the model's latency, as the client
+    sees it, minus the network), and ``cpu_marks`` this process's CPU time at those two moments (for
+    benchmarks that run a client in the same process: its CPU between answer and next request)."""
 
     def __init__(self, script: Script, *, port: int = 0, model: str = DEFAULT_MODEL) -> None:
         self.script = script
@@ -176,6 +180,8 @@ class ModelServer:
         self.requests: list[ChatRequest] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.handling_seconds: dict[int, float] = {}  # by request index
+        self.cpu_marks: dict[int, tuple[float, float]] = {}  # by request index: (at arrival, at answer)
         self._port = port
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -216,6 +222,7 @@ class ModelServer:
 
     async def _answer(self, http: web.Request) -> web.StreamResponse:
         received_at = time.monotonic()
+        received_cpu = time.process_time()
         raw = await http.read()
         request = ChatRequest(
             body=json.loads(raw),
@@ -223,8 +230,16 @@ class ModelServer:
             index=len(self.requests),
             received_at=received_at,
             size=len(raw),
+            raw=raw,
         )
         self.requests.append(request)
+        try:
+            return await self._reply(http, request)
+        finally:
+            self.handling_seconds[request.index] = time.monotonic() - received_at
+            self.cpu_marks[request.index] = (received_cpu, time.process_time())
+
+    async def _reply(self, http: web.Request, request: ChatRequest) -> web.StreamResponse:
         reply = self.script(request)
         if isinstance(reply, Hang):
             await self._stopping.wait()
