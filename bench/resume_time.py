@@ -7,12 +7,19 @@ scripted model server, which answers at once with one tool call per turn. When t
 answered N turns the process is SIGKILLed (a lost pod); a new process starts on the same
 checkpoint, and the time from its start (process spawn, interpreter and imports included) to its
 first model request is the resume time. For comparison, the same figure for a fresh run
-(no checkpoint) is printed: the difference is what restoring the checkpoint costs.
+(no checkpoint) is printed: the difference is what restoring the checkpoint costs. The runner's CPU
+time up to that request is printed too (from /proc: steadier than wall time on a shared machine).
+
+Conditions are the image's: the project's packages are compiled to bytecode first (the runner
+Dockerfile runs ``compileall`` at build; installed packages come compiled by pip), and the runner
+runs with PYTHONDONTWRITEBYTECODE=1, as in the image, so no run pays for or saves a compilation.
 """
 
 import argparse
 import asyncio
+import compileall
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -25,24 +32,37 @@ sys.path[:0] = [str(ROOT / "api"), str(ROOT / "runner_image"), str(ROOT)]
 from tests.harness.model_server import Answer, ModelServer, by_turn, call  # noqa: E402
 from tests.harness.runner import RunnerProcess, make_config, make_spec, runner_env  # noqa: E402
 
+# What the image compiles at build (the runner Dockerfile's compileall of /opt/app).
+IMAGE_PACKAGES = (ROOT / "api" / "agentrun_api", ROOT / "runner_image" / "agentrun_runner")
 
-async def first_call_after_start(model: ModelServer, env: dict[str, str]) -> tuple[RunnerProcess, float]:
-    """Start the runner; seconds until the model server receives its first request."""
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far (Linux scheduler statistics, nanoseconds)."""
+    with open(f"/proc/{pid}/schedstat") as stats:
+        return int(stats.read().split()[0]) / 1e9
+
+
+async def first_call_after_start(model: ModelServer, env: dict[str, str]) -> tuple[RunnerProcess, float, float]:
+    """Start the runner; seconds until the model server receives its first request, and the
+    runner's CPU seconds by then."""
     before = len(model.requests)
     started = time.monotonic()
     runner = await RunnerProcess(env).start()
+    assert runner.process is not None
     async with asyncio.timeout(60):
         while len(model.requests) == before:  # noqa: ASYNC110 - the model server has no arrival hook to await
-            await asyncio.sleep(0.002)
-    return runner, model.requests[before].received_at - started
+            await asyncio.sleep(0.001)
+    cpu = cpu_seconds(runner.process.pid)
+    return runner, model.requests[before].received_at - started, cpu
 
 
-async def trial(model: ModelServer, iterations: int) -> tuple[float, float, str]:
+async def trial(model: ModelServer, iterations: int) -> tuple[float, float, float, str]:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         spec = make_spec(model.base_url, maxIterations=iterations * 2, maxExecutionTime="2h")
         env = runner_env(tmp, make_config(spec, tmp, progress_interval_seconds=2.0))
-        runner, fresh = await first_call_after_start(model, env)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # as in the image
+        runner, fresh, _ = await first_call_after_start(model, env)
         target = len(model.requests) - 1 + iterations
         async with asyncio.timeout(300):
             while len(model.requests) < target:  # noqa: ASYNC110 - as above
@@ -50,27 +70,38 @@ async def trial(model: ModelServer, iterations: int) -> tuple[float, float, str]
         runner.kill()
         await runner.close()
         checkpoint_bytes = sum(f.stat().st_size for f in (tmp / "checkpoint").rglob("*") if f.is_file())
-        resumed, resume = await first_call_after_start(model, env)
+        resumed, resume, cpu = await first_call_after_start(model, env)
         line = (await resumed.wait_for_log(r"resum\w* from[^\n]*"))[0]
         resumed.kill()
         await resumed.close()
-    return fresh, resume, f"{line.strip()[:80]} (checkpoint {checkpoint_bytes / 1024:.0f} KiB)"
+    return fresh, resume, cpu, f"{line.strip()[:80]} (checkpoint {checkpoint_bytes / 1024:.0f} KiB)"
 
 
 async def main(iterations: int, trials: int) -> None:
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # a killed runner's dropped request is expected
+    for package in IMAGE_PACKAGES:
+        compileall.compile_dir(package, quiet=1)
+    print(f"bytecode compiled for {', '.join(p.name for p in IMAGE_PACKAGES)}; runner with PYTHONDONTWRITEBYTECODE=1")
     script = by_turn([Answer(tool_calls=[call("list_files")])])  # never a final answer
     async with ModelServer(script) as model:
-        fresh_times, resume_times = [], []
+        fresh_times, resume_times, resume_cpu = [], [], []
         for number in range(1, trials + 1):
-            fresh, resume, note = await trial(model, iterations)
+            fresh, resume, cpu, note = await trial(model, iterations)
             fresh_times.append(fresh)
             resume_times.append(resume)
-            print(f"  trial {number}: fresh start {fresh * 1000:.0f} ms, resume {resume * 1000:.0f} ms; {note}")
+            resume_cpu.append(cpu)
+            print(
+                f"  trial {number}: fresh start {fresh * 1000:.0f} ms, resume {resume * 1000:.0f} ms "
+                f"(runner CPU {cpu * 1000:.0f} ms); {note}"
+            )
     print(f"process start -> first model call, fresh run:           median {statistics.median(fresh_times):.2f} s")
     print(
         f"process start -> first model call, resumed at {iterations:>3}:     median {statistics.median(resume_times):.2f} s"
-        f" (max {max(resume_times):.2f} s)"
+        f" (min {min(resume_times):.2f} s, max {max(resume_times):.2f} s)"
+    )
+    print(f"runner CPU time until that call, resumed:              median {statistics.median(resume_cpu):.2f} s")
+    print(
+        f"machine load (1, 5, 15 min): {', '.join(f'{load:.1f}' for load in os.getloadavg())} on {os.cpu_count()} CPUs"
     )
 
 
