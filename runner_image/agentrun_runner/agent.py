@@ -286,7 +286,7 @@ class Agent:
 
     def _progress(self, message: str) -> None:
         self._message = message
-        self._reporter.submit(self.report())
+        self._reporter.submit(self.report)
 
     def announce(self, message: str) -> None:
         """Tell the operator something outside the loop's own steps (a resume, a checkpoint fallback)."""
