@@ -217,7 +217,8 @@ class Agent:
             self.state.messages.append(
                 {"role": "tool", "tool_call_id": call["id"], "content": self.state.tool_log[key].output}
             )
-        await self.checkpoint()
+        # No checkpoint of its own: these messages follow from the logged results (each checkpointed
+        # as it came), so a pod lost now rebuilds them on resume, and the next record carries them.
         return True
 
     async def _run_tool(self, call: Message, key: str) -> bool:
