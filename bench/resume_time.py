@@ -12,7 +12,9 @@ time up to that request is printed too (from /proc: steadier than wall time on a
 
 Conditions are the image's: the project's packages are compiled to bytecode first (the runner
 Dockerfile runs ``compileall`` at build; installed packages come compiled by pip), and the runner
-runs with PYTHONDONTWRITEBYTECODE=1, as in the image, so no run pays for or saves a compilation.
+runs with the image's environment for bytecode and TLS (read from runner_image/Dockerfile:
+PYTHONDONTWRITEBYTECODE, SSL_CERT_FILE, SSL_CERT_DIR), so no run pays for or saves a compilation
+and TLS contexts are built as in a pod. ``--host-tls`` keeps this machine's TLS settings instead.
 """
 
 import argparse
@@ -20,6 +22,8 @@ import asyncio
 import compileall
 import logging
 import os
+import re
+import shlex
 import statistics
 import sys
 import tempfile
@@ -34,6 +38,25 @@ from tests.harness.runner import RunnerProcess, make_config, make_spec, runner_e
 
 # What the image compiles at build (the runner Dockerfile's compileall of /opt/app).
 IMAGE_PACKAGES = (ROOT / "api" / "agentrun_api", ROOT / "runner_image" / "agentrun_runner")
+
+
+# The runner image's environment that changes how fast a process starts (not its paths).
+IMAGE_ENV_KEYS = ("PYTHONDONTWRITEBYTECODE", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def image_environment(keys: tuple[str, ...] = IMAGE_ENV_KEYS) -> dict[str, str]:
+    """Those variables as the final stage of runner_image/Dockerfile sets them."""
+    text = re.sub(r"\\\n", " ", (ROOT / "runner_image" / "Dockerfile").read_text())
+    final = text[text.rindex("\nFROM ") :]
+    found: dict[str, str] = {}
+    for line in re.findall(r"^ENV\s+(.+)$", final, re.MULTILINE):
+        for pair in shlex.split(line):
+            key, _, value = pair.partition("=")
+            if key in keys:
+                found[key] = value
+    missing = set(keys) - set(found)
+    assert not missing, f"runner_image/Dockerfile no longer sets {sorted(missing)}"
+    return found
 
 
 def cpu_seconds(pid: int) -> float:
@@ -56,12 +79,12 @@ async def first_call_after_start(model: ModelServer, env: dict[str, str]) -> tup
     return runner, model.requests[before].received_at - started, cpu
 
 
-async def trial(model: ModelServer, iterations: int) -> tuple[float, float, float, str]:
+async def trial(model: ModelServer, iterations: int, image_env: dict[str, str]) -> tuple[float, float, float, str]:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         spec = make_spec(model.base_url, maxIterations=iterations * 2, maxExecutionTime="2h")
         env = runner_env(tmp, make_config(spec, tmp, progress_interval_seconds=2.0))
-        env["PYTHONDONTWRITEBYTECODE"] = "1"  # as in the image
+        env.update(image_env)
         runner, fresh, _ = await first_call_after_start(model, env)
         target = len(model.requests) - 1 + iterations
         async with asyncio.timeout(300):
@@ -77,16 +100,20 @@ async def trial(model: ModelServer, iterations: int) -> tuple[float, float, floa
     return fresh, resume, cpu, f"{line.strip()[:80]} (checkpoint {checkpoint_bytes / 1024:.0f} KiB)"
 
 
-async def main(iterations: int, trials: int) -> None:
+async def main(iterations: int, trials: int, host_tls: bool) -> None:
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # a killed runner's dropped request is expected
     for package in IMAGE_PACKAGES:
         compileall.compile_dir(package, quiet=1)
-    print(f"bytecode compiled for {', '.join(p.name for p in IMAGE_PACKAGES)}; runner with PYTHONDONTWRITEBYTECODE=1")
+    image_env = image_environment(("PYTHONDONTWRITEBYTECODE",) if host_tls else IMAGE_ENV_KEYS)
+    shown = " ".join(f"{key}={shlex.quote(value)}" for key, value in image_env.items())
+    print(
+        f"bytecode compiled for {', '.join(p.name for p in IMAGE_PACKAGES)}; runner environment as in the image: {shown}"
+    )
     script = by_turn([Answer(tool_calls=[call("list_files")])])  # never a final answer
     async with ModelServer(script) as model:
         fresh_times, resume_times, resume_cpu = [], [], []
         for number in range(1, trials + 1):
-            fresh, resume, cpu, note = await trial(model, iterations)
+            fresh, resume, cpu, note = await trial(model, iterations, image_env)
             fresh_times.append(fresh)
             resume_times.append(resume)
             resume_cpu.append(cpu)
@@ -110,7 +137,10 @@ if __name__ == "__main__":
     parser.add_argument("--iterations", type=int, default=500, help="iterations before the crash")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="20 iterations, 1 trial: a smoke test of the benchmark")
+    parser.add_argument(
+        "--host-tls", action="store_true", help="keep this machine's TLS trust settings (not the image's)"
+    )
     arguments = parser.parse_args()
     if arguments.quick:
         arguments.iterations, arguments.trials = 20, 1
-    asyncio.run(main(arguments.iterations, arguments.trials))
+    asyncio.run(main(arguments.iterations, arguments.trials, arguments.host_tls))

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -174,8 +175,11 @@ class ModelServer:
     sees it, minus the network), and ``cpu_marks`` this process's CPU time at those two moments (for
     benchmarks that run a client in the same process: its CPU between answer and next request)."""
 
-    def __init__(self, script: Script, *, port: int = 0, model: str = DEFAULT_MODEL) -> None:
+    def __init__(
+        self, script: Script, *, port: int = 0, model: str = DEFAULT_MODEL, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.script = script
+        self._tls = tls  # serve https with this server context
         self.model = model
         self.requests: list[ChatRequest] = []
         self.in_flight = 0
@@ -189,14 +193,14 @@ class ModelServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}/v1"
 
     async def start(self) -> "ModelServer":
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self._port).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self._port, ssl_context=self._tls).start()
         self.port = self._runner.addresses[0][1]
         return self
 
