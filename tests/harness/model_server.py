@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import signal
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class ChatRequest:
     index: int  # 0-based count of requests before this one
     received_at: float  # the server's clock (time.monotonic() unless given another)
     size: int  # bytes of the request body
+    raw: bytes = b""  # the request body as sent
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -208,16 +210,25 @@ class ModelServer:
     at a provider: its handler is cancelled."""
 
     def __init__(
-        self, script: Script, *, port: int = 0, model: str = DEFAULT_MODEL, clock: Callable[[], float] = time.monotonic
+        self,
+        script: Script,
+        *,
+        port: int = 0,
+        model: str = DEFAULT_MODEL,
+        clock: Callable[[], float] = time.monotonic,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``clock`` stamps arrivals and spans: the event loop's, for tests on a fast-forwarded loop (looptime)."""
         self.script = script
+        self._tls = tls  # serve https with this server context
         self.model = model
         self._clock = clock
         self.requests: list[ChatRequest] = []
         self.spans: list[CallSpan] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.handling_seconds: dict[int, float] = {}  # by request index
+        self.cpu_marks: dict[int, tuple[float, float]] = {}  # by request index: (at arrival, at answer)
         self._port = port
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -225,7 +236,7 @@ class ModelServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}/v1"
 
     async def start(self) -> "ModelServer":
         app = web.Application()
@@ -234,7 +245,7 @@ class ModelServer:
             app, handle_signals=False, access_log=None, shutdown_timeout=0.5, handler_cancellation=True
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self._port).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self._port, ssl_context=self._tls).start()
         self.port = self._runner.addresses[0][1]
         return self
 
@@ -264,6 +275,7 @@ class ModelServer:
                 index=len(self.requests),
                 received_at=started_at,
                 size=len(raw),
+                raw=raw,
             )
             self.requests.append(request)
             response = await self._answer(http, request)
@@ -274,6 +286,14 @@ class ModelServer:
             self.spans.append(CallSpan(started_at, self._clock(), answered, request))
 
     async def _answer(self, http: web.Request, request: ChatRequest) -> web.StreamResponse:
+        received_at, received_cpu = time.monotonic(), time.process_time()
+        try:
+            return await self._reply(http, request)
+        finally:
+            self.handling_seconds[request.index] = time.monotonic() - received_at
+            self.cpu_marks[request.index] = (received_cpu, time.process_time())
+
+    async def _reply(self, http: web.Request, request: ChatRequest) -> web.StreamResponse:
         reply = self.script(request)
         if isinstance(reply, Hang):
             await self._stopping.wait()

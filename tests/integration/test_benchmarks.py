@@ -14,8 +14,18 @@ ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {
     "reconcile_scale.py": ("create -> Job p50", "create -> Job p99", "all Jobs exist after", "operator RSS"),
     "operator_api_requests.py": ("requests per run:", "status writes:"),
-    "runner_overhead.py": ("per-iteration time", "bytes per checkpoint write, PVC store", "ConfigMap store"),
-    "resume_time.py": ("resumed at", "fresh run"),
+    "runner_overhead.py": (
+        "runner time per iteration",
+        "runner CPU time per iteration",
+        "bytes per checkpoint write, PVC store",
+        "ConfigMap store",
+    ),
+    "resume_time.py": (
+        "resumed at",
+        "fresh run",
+        "runner CPU time until that call",
+        "runner environment as in the image",
+    ),
     "gateway_fanout.py": (
         '"lag_ms_p99"',
         '"every_reader_got_every_event": true',
