@@ -69,7 +69,7 @@ bench: install ## Every benchmark, figures and ratios (docs/performance.md); BEN
 	$(BENCH_PATH) $(PY) bench/runner_overhead.py $(BENCH_QUICK)
 	@echo "== resume time from a 500-iteration checkpoint (bench/resume_time.py)"
 	$(BENCH_PATH) $(PY) bench/resume_time.py $(BENCH_QUICK)
-	@echo "== stream fan-out: 100 SSE readers on one run (bench/gateway_fanout.py)"
+	@echo "== stream fan-out: 100 SSE readers on one run, relay lag and the agent's iteration rate without and with them (bench/gateway_fanout.py)"
 	$(BENCH_PATH) $(PY) bench/gateway_fanout.py $(BENCH_QUICK)
 	@echo "== throttle pool: rate, concurrency, fairness (bench/throttle_pool.py)"
 	$(BENCH_PATH) $(PY) bench/throttle_pool.py $(BENCH_QUICK)

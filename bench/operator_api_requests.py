@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from tests.harness.apiserver import EmulatedApiServer
-from tests.integration.operator_harness import FAST, Cluster, RunPace, running_operator, simulate_run_life
+from tests.harness.inprocess_operator import FAST, Cluster, RunPace, running_operator, simulate_run_life
 
 CRD = Path(__file__).resolve().parents[1] / "crds" / "agentruns.agentrun.dev.yaml"
 

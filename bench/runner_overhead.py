@@ -3,9 +3,12 @@
     python bench/runner_overhead.py [--iterations 500]
 
 Runs the real runner loop (in this process) against the scripted model server, which answers at
-once with one tool call per turn, so every second of an iteration is the runner's own work
-(HTTP and the openai SDK included). Reports:
-  * per-iteration time around iterations 10, 100 and 500 (mean of the 10 iterations up to each);
+once with one tool call per turn. Reports:
+  * the runner's time per iteration around iterations 10, 100 and 500 (mean of the 10 iterations
+    up to each): from one model request's arrival at the server to the next one's, minus the
+    server's own time on the first (reading and parsing the request, answering: the model's
+    latency), so what is left is the runner's work (HTTP and the openai SDK included); and the
+    CPU time this process used in the same span (steadier than wall time on a shared machine);
   * bytes of each checkpoint write around those iterations, for the PVC store (frame sizes in the
     log file) and the ConfigMap store (merge-patch bodies sent to the project's emulated API
     server over HTTP). Flat numbers mean writes are proportional to what is new, not to history.
@@ -52,15 +55,22 @@ def window(values_by_iteration: dict[int, list[float]], mark: int) -> list[float
     return [v for i in range(max(mark - 9, 1), mark + 1) for v in values_by_iteration.get(i, [])]
 
 
-async def pvc_run(model: ModelServer, iterations: int) -> tuple[dict[int, float], dict[int, list[float]]]:
+async def pvc_run(
+    model: ModelServer, iterations: int
+) -> tuple[dict[int, float], dict[int, float], dict[int, list[float]]]:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         config = long_run_config(model.base_url, tmp, iterations, "PersistentVolumeClaim")
         model.requests.clear()
+        model.handling_seconds.clear()
+        model.cpu_marks.clear()
         code = await runner_main.run(config, settings(tmp))
         assert code == 0, code
         starts = [r.received_at for r in model.requests]
-        per_iteration = {i: starts[i] - starts[i - 1] for i in range(1, len(starts))}
+        handling = model.handling_seconds
+        per_iteration = {i: starts[i] - starts[i - 1] - handling[i - 1] for i in range(1, len(starts))}
+        cpu = model.cpu_marks
+        cpu_per_iteration = {i: cpu[i][0] - cpu[i - 1][1] for i in range(1, len(starts))}
         log = (tmp / "checkpoint" / "checkpoint.log").read_bytes()
         sizes: dict[int, list[float]] = {}
         offset = 0
@@ -70,7 +80,7 @@ async def pvc_run(model: ModelServer, iterations: int) -> tuple[dict[int, float]
             record = decode_record(log[offset:end])
             sizes.setdefault(record["counters"]["step"], []).append(end - offset)
             offset = end
-        return per_iteration, sizes
+        return per_iteration, cpu_per_iteration, sizes
 
 
 async def configmap_run(model: ModelServer, iterations: int) -> dict[int, list[float]]:
@@ -108,7 +118,8 @@ def describe(values: list[float], unit: str, scale: float = 1.0) -> str:
     if not values:
         return "n/a"
     return (
-        f"mean {statistics.mean(values) * scale:8.2f} {unit}  max {max(values) * scale:8.2f} {unit}  (n={len(values)})"
+        f"mean {statistics.mean(values) * scale:8.2f} {unit}  median {statistics.median(values) * scale:8.2f} {unit}"
+        f"  max {max(values) * scale:8.2f} {unit}  (n={len(values)})"
     )
 
 
@@ -124,13 +135,17 @@ async def main() -> None:
     script = by_turn([Answer(tool_calls=[call("list_files")])])  # never a final answer: runs to maxIterations
     async with ModelServer(script) as model:
         started = time.monotonic()
-        per_iteration, pvc_sizes = await pvc_run(model, args.iterations)
+        per_iteration, cpu_per_iteration, pvc_sizes = await pvc_run(model, args.iterations)
         print(f"PVC run: {args.iterations} iterations in {time.monotonic() - started:.1f}s")
         cm_sizes = await configmap_run(model, args.iterations)
     as_lists = {i: [v] for i, v in per_iteration.items()}
-    print("\nper-iteration time (model answers at once; HTTP + SDK + tools + 3 checkpoints per iteration)")
+    print("\nrunner time per iteration, model latency excluded (HTTP + SDK + tools + checkpoints)")
     for mark in marks:
         print(f"  iterations {max(mark - 9, 1):>3}-{mark:<3}: {describe(window(as_lists, mark), 'ms', 1000)}")
+    cpu_lists = {i: [v] for i, v in cpu_per_iteration.items()}
+    print("\nrunner CPU time per iteration, same span (all threads of this process)")
+    for mark in marks:
+        print(f"  iterations {max(mark - 9, 1):>3}-{mark:<3}: {describe(window(cpu_lists, mark), 'ms', 1000)}")
     print("\nbytes per checkpoint write, PVC store (record frames appended to the log)")
     for mark in marks:
         print(f"  iterations {max(mark - 9, 1):>3}-{mark:<3}: {describe(window(pvc_sizes, mark), 'B')}")

@@ -1,20 +1,33 @@
-"""Benchmark: simulated runs sharing one throttle pool over real HTTP, in real time.
+"""Benchmark: runs sharing one throttle pool, in real time. Two phases:
 
-Each run loops model calls against a scripted OpenAI-compatible endpoint on 127.0.0.1, every call
-first taking a permit from a real permit server through RemoteLimiter; a quarter of the runs make
-three calls at once (parallel tool calls). Prints the achieved rate against the limit, the peak in
-flight the model endpoint saw, p50/p99 queue wait, and the fairness spread (largest distance of a
-run's share of grants from the mean share, while all runs contend).
+simulated: each run loops model calls against a scripted OpenAI-compatible endpoint on 127.0.0.1,
+every call first taking a permit from a real permit server through RemoteLimiter; a quarter of the
+runs make three calls at once (parallel tool calls).
+
+real runs: the issue's scenario on the local cluster (emulated API server, the operator as a process
+with its permit server, runner pods as processes under the local Job executor): 20 AgentRuns of 4
+model calls on a ThrottlePool of 2 in flight and 60 per minute (tests/harness/pool_runs.py).
+
+Each prints the achieved rate against the limit, the most calls the model endpoint saw in flight,
+queue waits (p50/p99), and the fairness spread (largest distance of a run's share of the calls from
+the mean share, while all runs contend).
 
     PYTHONPATH=api:operator:runner_image:. python bench/throttle_pool.py --rpm 600 --seconds 30
+    PYTHONPATH=api:operator:runner_image:. python bench/throttle_pool.py --phase real-runs
 """
 
 import argparse
 import asyncio
 import random
 import statistics
+import tempfile
+from pathlib import Path
 
-from tests.harness.throttle import ScriptedModel, max_starts_in_window, permit_server, run_scenario
+from tests.harness.executor import MountNamespaceUnavailableError
+from tests.harness.local_cluster import LocalCluster
+from tests.harness.model_server import ModelServer, most_in_window
+from tests.harness.pool_runs import PoolRunsPlan, run_pool_scenario
+from tests.harness.throttle import arrivals_by_run, permit_server, provider_script, run_scenario
 
 from agentrun_operator.permits.pool import PoolLimits
 
@@ -24,21 +37,23 @@ async def bench(args: argparse.Namespace) -> None:
     runs = [f"run-{i:02d}" for i in range(args.runs)]
     greedy = set(runs[: args.runs // 4])
     latencies = random.Random(1)
-    model = ScriptedModel(latency=lambda _: latencies.uniform(args.min_latency, args.max_latency), clock=loop.time)
+    model = ModelServer(
+        provider_script(lambda _: latencies.uniform(args.min_latency, args.max_latency)), clock=loop.time
+    )
     limits = PoolLimits(max_in_flight=args.in_flight, requests_per_minute=args.rpm)
-    async with permit_server(runs, limits, lease_seconds=args.lease) as server, model.serve() as model_url:
+    async with permit_server(runs, limits, lease_seconds=args.lease) as server, model:
         opened_at = loop.time() + args.lease
         stop_at = opened_at + args.seconds
         result = await run_scenario(
             permit_url=f"http://127.0.0.1:{server.port}",
-            model_url=model_url,
+            model_url=model.base_url,
             runs=runs,
             parallel_calls=lambda run: 3 if run in greedy else 1,
             queue_budget_seconds=args.budget,
             opened_at=opened_at,
             stop_at=stop_at,
         )
-    in_window = [at for at, _ in model.arrivals if opened_at <= at < stop_at]
+    in_window = [at for at, _ in arrivals_by_run(model) if opened_at <= at < stop_at]
     waits = sorted(result.waits)
     p99 = waits[min(len(waits) - 1, int(0.99 * len(waits)))]
     print(f"runs {args.runs} ({len(greedy)} with 3 parallel calls), pool {args.in_flight} in flight, {args.rpm}/min")
@@ -47,10 +62,25 @@ async def bench(args: argparse.Namespace) -> None:
     window = min(60.0, args.seconds)
     allowed = int(limits.burst + args.rpm * window / 60)
     label = f"max starts in {window:g}s"
-    print(f"{label:<22}{max_starts_in_window(in_window, window)} (limit {allowed})")
-    print(f"max in flight seen    {model.peak_in_flight} (limit {args.in_flight})")
+    print(f"{label:<22}{most_in_window(in_window, window)} (limit {allowed})")
+    print(f"max in flight seen    {model.max_in_flight} (limit {args.in_flight})")
     print(f"queue wait            p50 {statistics.median(waits):.2f}s  p99 {p99:.2f}s  max {waits[-1]:.2f}s")
     print(f"fairness spread       {result.fairness_spread() * 100:.1f}% of the mean share")
+
+
+async def bench_real_runs(plan: PoolRunsPlan) -> None:
+    with tempfile.TemporaryDirectory(prefix="throttle-pool-bench-") as state_dir:
+        try:
+            async with LocalCluster(Path(state_dir), model_script=plan.model_script()) as cluster:
+                if cluster.model.real:
+                    print("real runs: skipped, OPENAI_BASE_URL is set (the phase reads the scripted model's records)")
+                    return
+                await cluster.create_model_secret("model-key", "api-key")
+                outcome = await run_pool_scenario(cluster, plan)
+        except MountNamespaceUnavailableError as error:
+            print(f"real runs: skipped, the local Job executor cannot run pods here: {error}")
+            return
+    print("\n".join(outcome.summary()))
 
 
 def main() -> None:
@@ -63,11 +93,23 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=120.0, help="queue budget of every call, seconds")
     parser.add_argument("--min-latency", type=float, default=0.05)
     parser.add_argument("--max-latency", type=float, default=0.15)
-    parser.add_argument("--quick", action="store_true", help="4 runs for 3 s: a smoke test of the benchmark")
+    parser.add_argument(
+        "--phase", choices=("simulated", "real-runs", "all"), default="all", help="which phase to run (default all)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke test: 4 simulated runs for 3 s; 4 real runs of 2 calls at 120/min"
+    )
     args = parser.parse_args()
+    plan = PoolRunsPlan()
     if args.quick:
         args.runs, args.seconds = 4, 3.0
-    asyncio.run(bench(args))
+        plan = PoolRunsPlan(runs=4, calls_per_run=2, requests_per_minute=120)
+    if args.phase in ("simulated", "all"):
+        print("== simulated runs (RemoteLimiter clients)", flush=True)
+        asyncio.run(bench(args))
+    if args.phase in ("real-runs", "all"):
+        print("== real runs (operator, runner processes, local Job executor)", flush=True)
+        asyncio.run(bench_real_runs(plan))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ COMPLETE: Final = "Complete"  # the run succeeded (terminal)
 FAILED: Final = "Failed"  # the run ended without success (terminal); the reason says how
 BUDGET_FITS: Final = "BudgetFits"  # the worst-case timeout arithmetic fits maxExecutionTime
 NOTIFIED: Final = "Notified"  # the completion webhook was delivered
+STREAM_CHAIN_FITS: Final = "StreamChainFits"  # every timer between a reader and the runner lets the stream last the run
 
 # Reasons (CamelCase, as Kubernetes conventions ask).
 REASON_CREATED: Final = "ChildrenCreated"
@@ -39,5 +40,7 @@ REASON_RUNNER_LOST: Final = "RunnerLost"
 REASON_CHECKPOINT_ERROR: Final = "CheckpointError"
 REASON_BUDGET_FITS: Final = "WorstCaseFits"
 REASON_BUDGET_EXCEEDS: Final = "WorstCaseExceedsMaxExecutionTime"
+REASON_STREAM_CHAIN_FITS: Final = "EveryHopCoversTheRun"
+REASON_STREAM_HOP_CUTS: Final = "HopCutsTheStream"  # readers survive the cut by resuming with Last-Event-ID
 REASON_DELIVERED: Final = "WebhookDelivered"
 REASON_DELIVERY_FAILED: Final = "WebhookDeliveryFailed"

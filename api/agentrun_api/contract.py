@@ -49,6 +49,13 @@ CONFIGMAP_SEGMENT_LIMIT_BYTES: Final = 900 * 1024  # headroom under 1 MiB for ke
 CONFIGMAP_MAX_SEGMENTS: Final = 36  # 36 x 900 KiB, about 32 MiB of checkpoint state
 
 
+# The event-log archive of an ended run whose checkpoint is on a PVC (which the stream gateway cannot
+# mount): the runner writes its whole event log, compressed, into ConfigMaps <run>-events-<n> once the
+# run has ended, so the gateway can replay it until the run is deleted. The cap keeps the runner's
+# RBAC a finite list of names and the archive bounded (8 x 900 KiB of base64, about 5 MiB compressed).
+EVENTS_ARCHIVE_MAX_SEGMENTS: Final = 8
+
+
 def runner_config_name(run: str) -> str:
     return f"{run}-runner-config"
 
@@ -59,6 +66,10 @@ def progress_name(run: str) -> str:
 
 def checkpoint_segment_name(run: str, index: int) -> str:
     return f"{run}-ckpt-{index}"
+
+
+def events_archive_name(run: str, index: int) -> str:
+    return f"{run}-events-{index}"
 
 
 def stream_token_secret_name(run: str) -> str:

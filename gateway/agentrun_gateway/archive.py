@@ -1,39 +1,73 @@
-"""The event log of a run whose runner is gone, read from the runner's checkpoint.
+"""The event log of a run whose runner is gone, read from what the runner left in ConfigMaps.
 
-The runner keeps its event log in its checkpoint records; with the ConfigMap store those are the
-segment ConfigMaps ``<run>-ckpt-<n>``, which the gateway reads with its own credentials (``get`` on
-configmaps). Decoding is the runner's own code (``decode_segments``, ``events_of``, ``format_event``),
-so the archive serves exactly what the runner would replay, formatted as the runner formats it.
-
-PVC store: the gateway cannot mount every run's claim, so it finds no segments and answers None;
-for such runs a late reader gets the full replay only while the runner's pod still serves (it
-lingers after the end, ``AGENTRUN_RUNNER_SSE_LINGER_SECONDS``). See docs/streaming.md.
+Two places hold it, both written by the runner and read here with the gateway's own credentials
+(``get`` on configmaps); decoding is the runner's own code, so the archive serves exactly what the
+runner would replay, formatted as the runner formats it:
+- the event-log archive ``<run>-events-<n>`` (``agentrun_runner.archive``), which a run with the PVC
+  checkpoint store writes when it ends (the gateway cannot mount every run's claim);
+- the checkpoint segments ``<run>-ckpt-<n>`` of a run with the ConfigMap store, which hold the log
+  in their records already (and hold it even when the runner never reached its end).
 """
 
-from agentrun_api.contract import CONFIGMAP_MAX_SEGMENTS, checkpoint_segment_name
+from agentrun_api.contract import (
+    CONFIGMAP_MAX_SEGMENTS,
+    EVENTS_ARCHIVE_MAX_SEGMENTS,
+    checkpoint_segment_name,
+    events_archive_name,
+)
 from agentrun_gateway.kube import KubeApi
 from agentrun_gateway.sse import SseEvent, SseParser
+from agentrun_runner.archive import decode_archive, read_manifest
 from agentrun_runner.checkpoint.configmap import decode_segments
+from agentrun_runner.events import Event
 from agentrun_runner.state import events_of
 from agentrun_runner.stream import format_event
 
 
-class CheckpointArchive:
-    """``EventArchive`` over the runner's ConfigMap checkpoint segments."""
+class RunArchive:
+    """``EventArchive`` over a run's event-log archive, else its ConfigMap checkpoint segments."""
 
-    def __init__(self, kube: KubeApi, *, max_segments: int = CONFIGMAP_MAX_SEGMENTS) -> None:
+    def __init__(
+        self,
+        kube: KubeApi,
+        *,
+        max_checkpoint_segments: int = CONFIGMAP_MAX_SEGMENTS,
+        max_archive_segments: int = EVENTS_ARCHIVE_MAX_SEGMENTS,
+    ) -> None:
         self._kube = kube
-        self._max_segments = max_segments
+        self._max_checkpoint_segments = max_checkpoint_segments
+        self._max_archive_segments = max_archive_segments
 
     async def events_after(self, namespace: str, run: str, last_id: int) -> list[SseEvent] | None:
+        events = await self._archived(namespace, run)
+        if events is None:
+            events = await self._checkpointed(namespace, run)
+        if events is None:
+            return None
+        parser = SseParser()
+        wire = b"".join(format_event(event) for event in events)
+        return [event for event in parser.feed(wire) if event.id is not None and event.id > last_id]
+
+    async def _archived(self, namespace: str, run: str) -> list[Event] | None:
+        first = await self._kube.configmap_data(namespace, events_archive_name(run, 0))
+        manifest = read_manifest(first)
+        if first is None or manifest is None or manifest.segments > self._max_archive_segments:
+            return None
+        segments = [first]
+        for index in range(1, manifest.segments):
+            data = await self._kube.configmap_data(namespace, events_archive_name(run, index))
+            if not data:
+                return None
+            segments.append(data)
+        return decode_archive(segments)
+
+    async def _checkpointed(self, namespace: str, run: str) -> list[Event] | None:
         segments: list[dict[str, str]] = []
-        for index in range(self._max_segments):
+        for index in range(self._max_checkpoint_segments):
             data = await self._kube.configmap_data(namespace, checkpoint_segment_name(run, index))
             if not data:
                 break
             segments.append(data)
         if not segments:
             return None
-        parser = SseParser()
-        wire = b"".join(format_event(event) for event in events_of(decode_segments(run, segments).records))
-        return [event for event in parser.feed(wire) if event.id is not None and event.id > last_id]
+        return events_of(decode_segments(run, segments).records)

@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentrun_gateway import metrics
-from agentrun_gateway.archive import CheckpointArchive
+from agentrun_gateway.archive import RunArchive
 from agentrun_gateway.auth import Authenticator, Decision, StreamTokens
 from agentrun_gateway.kube import KubeApi, KubeApiError
 from agentrun_gateway.relay import ClientStream, EventArchive, Relay, RunDirectory
@@ -110,8 +110,8 @@ async def _start(app: web.Application) -> None:
     kube = KubeApi(kube_session, settings.kube_api_url, settings.kube_token_file, settings.default_heartbeat_seconds)
     tokens = StreamTokens(kube, settings.auth_cache_seconds)
     runs = RunDirectory(kube, settings.run_cache_seconds)
-    # Ended runs whose runner is gone are replayed from their checkpoint unless a test passes its own archive.
-    relay = Relay(settings, upstream_session, runs, tokens, app.get(ARCHIVE) or CheckpointArchive(kube))
+    # Ended runs whose runner is gone are replayed from what it left in ConfigMaps unless a test passes its own archive.
+    relay = Relay(settings, upstream_session, runs, tokens, app.get(ARCHIVE) or RunArchive(kube))
     app[PARTS] = _Parts(
         kube_session, upstream_session, Authenticator(kube, tokens, settings.auth_cache_seconds), runs, relay
     )

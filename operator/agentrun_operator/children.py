@@ -166,11 +166,17 @@ def build_role(owner: RunOwner, spec: AgentRunSpec) -> dict[str, Any]:
             "verbs": ["get", "update", "patch"],
         }
     ]
-    if spec.checkpoint.store == "ConfigMap":
-        # The runner creates its checkpoint segments as it needs them. Kubernetes RBAC cannot limit
-        # "create" by resourceNames (the name is not known at authorization time), so this rule
-        # allows creating any ConfigMap in the namespace; it grants no read, update or delete of
-        # anything but the names listed above, and nothing at all on Secrets or other kinds.
+    archives_events = spec.checkpoint.store == "PersistentVolumeClaim" and spec.streaming.enabled
+    if archives_events:
+        # At the end it writes its event log into <run>-events-<n> (patch, or create when missing),
+        # for replay once its pod and claim are gone (agentrun_runner.archive); it never reads them.
+        names = [contract.events_archive_name(owner.name, n) for n in range(contract.EVENTS_ARCHIVE_MAX_SEGMENTS)]
+        rules.append({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names, "verbs": ["patch"]})
+    if spec.checkpoint.store == "ConfigMap" or archives_events:
+        # The runner creates its checkpoint segments (or archive segments) as it needs them. Kubernetes
+        # RBAC cannot limit "create" by resourceNames (the name is not known at authorization time),
+        # so this rule allows creating any ConfigMap in the namespace; it grants no read, update or
+        # delete of anything but the names listed above, and nothing at all on Secrets or other kinds.
         rules.append({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]})
     return _object(
         "rbac.authorization.k8s.io/v1", "Role", identity_name(owner.name), owner.name, ROLE_IDENTITY, rules=rules

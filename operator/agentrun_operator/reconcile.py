@@ -44,6 +44,7 @@ from agentrun_operator.status_sync import (
     transition_events,
     write_urgency,
 )
+from agentrun_operator.stream_timeouts import check_stream_chain
 
 RunKey = tuple[str, str]  # (namespace, name)
 # Longest wait of a supervisor for its run's acceptance without a wake: a safety net only.
@@ -189,6 +190,20 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
         now=now,
         generation=generation,
     )
+    chain = check_stream_chain(owner.name, spec, op.settings.stream_controller)
+    if chain is not None:
+        earlier = condition_of(current, c.STREAM_CHAIN_FITS)
+        set_condition(
+            status,
+            c.STREAM_CHAIN_FITS,
+            chain.fits,
+            chain.reason,
+            chain.condition_message(),
+            now=now,
+            generation=generation,
+        )
+        if not chain.fits and (earlier is None or earlier.status != "False"):
+            kopf.warn(body, reason=chain.reason, message=chain.event_message())
 
     missing = await _missing_prerequisite(op, owner, spec)
     if missing is not None:

@@ -9,8 +9,9 @@ server's own settings (AGENTRUN_PERMIT_*, AGENTRUN_POOL_STATUS_INTERVAL_SECONDS)
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, get_args
 
+from agentrun_api.spec import IngressController
 from agentrun_operator.leadership import LeaderElection
 from agentrun_operator.permits.settings import PermitSettings
 
@@ -51,6 +52,11 @@ class OperatorSettings:
     # AGENTRUN_STREAM_BASE_URL: public URL of the stream gateway route; status.streamURL is this
     # plus /runs/<namespace>/<name>/events. Empty leaves streamURL as the in-cluster Service URL.
     stream_base_url: str = ""
+    # AGENTRUN_STREAM_CONTROLLER (default ingress-nginx): the ingress or gateway controller in front of
+    # the stream gateway (the chart sets it from gateway.controller, as it does the gateway's own
+    # AGENTRUN_GATEWAY_CONTROLLER). Each run's stream chain is checked behind it (condition
+    # StreamChainFits); a run with spec.streaming.ingress is checked behind the controller it names.
+    stream_controller: IngressController = "ingress-nginx"
     # AGENTRUN_DEADLINE_GRACE_SECONDS (seconds, default 60): the Job's activeDeadlineSeconds is
     # maxExecutionTime plus this, so the runner's own soft deadline always fires first.
     deadline_grace_seconds: int = 60
@@ -91,6 +97,12 @@ class OperatorSettings:
         log_format = env.get("AGENTRUN_LOG_FORMAT", defaults.log_format).strip().lower()
         if log_format not in ("text", "json"):
             raise SettingsError(f"AGENTRUN_LOG_FORMAT must be text or json, not {log_format!r}")
+        stream_controller = env.get("AGENTRUN_STREAM_CONTROLLER", "").strip() or defaults.stream_controller
+        controllers: tuple[IngressController, ...] = get_args(IngressController)
+        if stream_controller not in controllers:
+            raise SettingsError(
+                f"AGENTRUN_STREAM_CONTROLLER must be one of {', '.join(controllers)}, not {stream_controller!r}"
+            )
         try:
             permits = PermitSettings.from_env(env)
         except ValueError as error:
@@ -112,6 +124,7 @@ class OperatorSettings:
             ),
             log_format="json" if log_format == "json" else "text",
             stream_base_url=env.get("AGENTRUN_STREAM_BASE_URL", "").strip().rstrip("/"),
+            stream_controller=next(c for c in controllers if c == stream_controller),
             deadline_grace_seconds=int(
                 _number(env, "AGENTRUN_DEADLINE_GRACE_SECONDS", defaults.deadline_grace_seconds)
             ),

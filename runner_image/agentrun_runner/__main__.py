@@ -15,6 +15,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -32,6 +33,7 @@ from agentrun_api.contract import (
 )
 from agentrun_api.durations import parse_duration
 from agentrun_runner.agent import Agent
+from agentrun_runner.archive import archive_ended_run
 from agentrun_runner.checkpoint import CheckpointError, CheckpointStore, ConfigMapStore, PvcStore
 from agentrun_runner.events import EventLog
 from agentrun_runner.kube import ConfigMaps, KubeError, load_configuration
@@ -39,10 +41,15 @@ from agentrun_runner.model import ModelClient
 from agentrun_runner.progress import ConfigMapProgressSink, FileProgressSink, ProgressReporter, ProgressSink
 from agentrun_runner.settings import RunnerSettings
 from agentrun_runner.state import RunState
-from agentrun_runner.stream import StreamServer
 from agentrun_runner.throttle import InProcessLimiter, Limiter
-from agentrun_runner.throttle_remote import PooledLimiter, RemoteLimiter
 from agentrun_runner.tools import Toolbox, Workspace
+
+if TYPE_CHECKING:
+    from agentrun_runner.stream import StreamServer
+
+# A resumed pod's time to its first model call is mostly imports, so modules that call needs
+# (the SDK, the models, the checkpoint store) are imported above and the others (the stream
+# server, the throttle pool client, and aiohttp under them) only when a run uses them.
 
 log = logging.getLogger("agentrun_runner")
 
@@ -79,8 +86,29 @@ def build_limiter(config: RunnerConfig, stream_token: str, on_pool_missing: Call
         max_concurrent=throttle.max_concurrent_requests, requests_per_minute=throttle.requests_per_minute
     )
     if config.permit_server_url:
+        from agentrun_runner.throttle_remote import PooledLimiter, RemoteLimiter
+
         return PooledLimiter(own, RemoteLimiter.for_run(config, stream_token), on_pool_missing=on_pool_missing)
     return own
+
+
+async def start_stream_server(
+    config: RunnerConfig, settings: RunnerSettings, events: EventLog, token: str
+) -> "StreamServer":
+    from agentrun_runner.stream import StreamServer
+
+    server = StreamServer(
+        events,
+        token=token,
+        heartbeat_seconds=parse_duration(config.spec.streaming.heartbeat_interval),
+        client_queue_size=settings.sse_client_queue_size,
+        host=settings.stream_host or os.environ.get(POD_IP_ENV) or "0.0.0.0",  # noqa: S104
+        port=config.stream_port,
+        keep_alive_seconds=config.stream_keep_alive_seconds,
+    )
+    await server.start()
+    log.info("serving the event stream on port %d", server.port)
+    return server
 
 
 async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
@@ -146,17 +174,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
     )
     server: StreamServer | None = None
     if spec.streaming.enabled:
-        server = StreamServer(
-            events,
-            token=stream_token,
-            heartbeat_seconds=parse_duration(spec.streaming.heartbeat_interval),
-            client_queue_size=settings.sse_client_queue_size,
-            host=settings.stream_host or os.environ.get(POD_IP_ENV) or "0.0.0.0",  # noqa: S104
-            port=config.stream_port,
-            keep_alive_seconds=config.stream_keep_alive_seconds,
-        )
-        await server.start()
-        log.info("serving the event stream on port %d", server.port)
+        server = await start_stream_server(config, settings, events, stream_token)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -192,6 +210,9 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
             stop_task.cancel()
             end = loop_task.result()
             log.info("run ended: %s: %s", end.outcome.value, end.message)
+        if configmaps is not None and spec.streaming.enabled and config.checkpoint.store == "PersistentVolumeClaim":
+            # The claim leaves with the pod's reach; the ConfigMap store holds the log already.
+            await archive_ended_run(configmaps, config.run.name, events.after(0))
         if server is not None:
             # Linger so readers that are reconnecting still get the replay and `finished`.
             with contextlib.suppress(TimeoutError):
@@ -204,8 +225,11 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
             await server.stop()
         await toolbox.close()
         await model.close()
-        if isinstance(limiter, PooledLimiter):
-            await limiter.aclose()
+        if config.permit_server_url:
+            from agentrun_runner.throttle_remote import PooledLimiter
+
+            if isinstance(limiter, PooledLimiter):
+                await limiter.aclose()
         await store.close()
         if configmaps is not None:
             await configmaps.close()

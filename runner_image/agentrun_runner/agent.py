@@ -217,7 +217,8 @@ class Agent:
             self.state.messages.append(
                 {"role": "tool", "tool_call_id": call["id"], "content": self.state.tool_log[key].output}
             )
-        await self.checkpoint()
+        # No checkpoint of its own: these messages follow from the logged results (each checkpointed
+        # as it came), so a pod lost now rebuilds them on resume, and the next record carries them.
         return True
 
     async def _run_tool(self, call: Message, key: str) -> bool:
@@ -256,7 +257,7 @@ class Agent:
             await self._settle()
             self.state.counters.elapsed_seconds = self.clock.elapsed()
             self.state.counters.event_id_ceiling = self.events.next_ceiling()
-            record = self.state.delta(list(self.events.events))
+            record = self.state.delta(self.events.events)
             # Shielded: a SIGTERM that cancels the loop must not cut a record in half, and the next
             # record (suspend's) must know this one was written.
             self._writing = asyncio.ensure_future(self._write(record))
@@ -286,7 +287,7 @@ class Agent:
 
     def _progress(self, message: str) -> None:
         self._message = message
-        self._reporter.submit(self.report())
+        self._reporter.submit(self.report)
 
     def announce(self, message: str) -> None:
         """Tell the operator something outside the loop's own steps (a resume, a checkpoint fallback)."""

@@ -2,10 +2,16 @@
 
 The SDK's retries are off (``max_retries=0``) so that Retry-After, the backoff and the run's
 remaining budget are decided here: no attempt, wait or backoff may run past the run's deadline.
+
+Requests go through the SDK's generic ``post`` with a body encoded here (``content=bytes`` is sent
+as is): the SDK still builds the request (auth, headers, timeout), raises its typed errors and
+parses the answer into its ``ChatCompletion`` and ``ChatCompletionChunk`` types, but no longer
+encodes the whole conversation again on every call (see ``WireConversation``).
 """
 
 import asyncio
 import email.utils
+import json
 import random
 import time
 from collections.abc import Callable
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from agentrun_api.durations import parse_duration
 from agentrun_api.spec import ModelSpec
@@ -24,6 +31,34 @@ from agentrun_runner.throttle import Limiter, MetersTokens, QueueTimeoutError
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 # Placeholder for endpoints that need no key (a local vLLM or Ollama): the SDK insists on one.
 NO_API_KEY = "no-key"
+# What ``chat.completions.create`` posts to, and its request options (bearer auth only).
+CHAT_COMPLETIONS_PATH = "/chat/completions"
+CHAT_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}
+
+
+def encode_json(value: Any) -> bytes:
+    """JSON as the SDK encodes a request body: UTF-8, no spaces, NaN refused."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+class WireConversation:
+    """The conversation as the JSON array a request carries, each message encoded once.
+
+    The SDK re-encodes (and re-walks against its typed schema) the whole conversation on every call:
+    work that grows with the run's history, on the event loop. Messages are append-only (the
+    checkpoint deltas rely on that too), so an encoded message never changes: a call encodes only the
+    messages added since the previous call and joins the rest as bytes.
+    """
+
+    def __init__(self) -> None:
+        self._source: list[Message] | None = None
+        self._encoded: list[bytes] = []
+
+    def encode(self, messages: list[Message]) -> bytes:
+        if messages is not self._source or len(messages) < len(self._encoded):
+            self._source, self._encoded = messages, []  # another conversation: start over
+        self._encoded.extend(encode_json(message) for message in messages[len(self._encoded) :])
+        return b"[" + b",".join(self._encoded) + b"]"
 
 
 @dataclass(frozen=True)
@@ -112,6 +147,7 @@ class ModelClient:
         self._max_queue_wait = max_queue_wait_seconds
         self._settings = settings
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._conversation = WireConversation()
 
     async def close(self) -> None:
         await self._client.close()
@@ -213,18 +249,11 @@ class ModelClient:
         on_token: Callable[[str], None] | None,
         max_tokens: int | None,
     ) -> ModelAnswer:
-        # The SDK re-walks every message against its typed schema on each call, on the event loop:
-        # about a millisecond per message, most of an iteration once a run holds hundreds. The
-        # messages are already in wire form, so they travel as extra_body, which is sent as is.
-        options: dict[str, Any] = {"model": self._spec.name, "messages": [], "extra_body": {"messages": messages}}
-        if tools:
-            options["tools"] = tools
-        if self._spec.temperature is not None:
-            options["temperature"] = self._spec.temperature
-        if max_tokens is not None:
-            options["max_tokens"] = max_tokens
+        body = self._body(messages, tools, max_tokens)
         if not self._spec.stream:
-            response = await self._client.chat.completions.create(**options)
+            response = await self._client.post(
+                CHAT_COMPLETIONS_PATH, cast_to=ChatCompletion, content=body, options=CHAT_OPTIONS
+            )
             if not response.choices:
                 raise _MalformedAnswerError("the endpoint answered without choices")
             reply = response.choices[0].message
@@ -247,8 +276,13 @@ class ModelClient:
                 completion_tokens=usage.completion_tokens if usage else 0,
             )
 
-        stream = await self._client.chat.completions.create(
-            **options, stream=True, stream_options={"include_usage": True}
+        stream = await self._client.post(
+            CHAT_COMPLETIONS_PATH,
+            cast_to=ChatCompletion,
+            content=body,
+            options=CHAT_OPTIONS,
+            stream=True,
+            stream_cls=openai.AsyncStream[ChatCompletionChunk],
         )
         content: list[str] = []
         slots: dict[int, dict[str, Any]] = {}
@@ -278,3 +312,22 @@ class ModelClient:
         if slots:
             message["tool_calls"] = [slots[index] for index in sorted(slots)]
         return ModelAnswer(message=message, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+
+    def _body(self, messages: list[Message], tools: list[dict[str, Any]], max_tokens: int | None) -> bytes:
+        """The request body ``chat.completions.create`` would send for these arguments (same fields,
+        same key order, same encoding), with the conversation encoded once per message."""
+        before: dict[str, Any] = {"model": self._spec.name}
+        if self._spec.stream:
+            before["stream"] = True
+        after: dict[str, Any] = {}
+        if max_tokens is not None:
+            after["max_tokens"] = max_tokens
+        if self._spec.stream:
+            after["stream_options"] = {"include_usage": True}
+        if self._spec.temperature is not None:
+            after["temperature"] = self._spec.temperature
+        if tools:
+            after["tools"] = tools
+        parts = [encode_json(before)[:-1], b',"messages":', self._conversation.encode(messages)]
+        parts.append(b"," + encode_json(after)[1:] if after else b"}")
+        return b"".join(parts)

@@ -2,13 +2,15 @@
 
 The sink is an interface so that the runner can also report into a file (runs outside a cluster,
 tests without an API server). Reports are coalesced: at most one write per interval, except that a
-report with an outcome is written at once.
+report with an outcome is written at once. The loop says *that* something changed (several times an
+iteration); the report itself is built only when one is written.
 """
 
 import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -59,7 +61,7 @@ class ProgressReporter:
     def __init__(self, sink: ProgressSink, interval: float) -> None:
         self._sink = sink
         self._interval = interval
-        self._pending: ProgressReport | None = None
+        self._pending: Callable[[], ProgressReport] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -68,9 +70,10 @@ class ProgressReporter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="progress-reporter")
 
-    def submit(self, report: ProgressReport) -> None:
-        """Queue a report; the writer sends the newest one when the interval allows."""
-        self._pending = report
+    def submit(self, build: Callable[[], ProgressReport]) -> None:
+        """Something changed: when the interval allows, the writer calls ``build`` for the report
+        as of then and sends it."""
+        self._pending = build
         self._wake.set()
 
     async def write_now(self, report: ProgressReport) -> None:
@@ -81,9 +84,9 @@ class ProgressReporter:
 
     async def flush(self) -> None:
         if self._pending is not None:
-            report, self._pending = self._pending, None
+            build, self._pending = self._pending, None
             async with self._lock:
-                await self._sink.write(report)
+                await self._sink.write(build())
 
     async def stop(self) -> None:
         if self._task is not None:

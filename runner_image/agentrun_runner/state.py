@@ -5,6 +5,8 @@ entries, new events, workspace files written) plus a few small counters, so a ch
 proportional to what is new, not to the run's history. Folding the records in order rebuilds the state.
 """
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,10 +67,12 @@ class RunState:
     counters: Counters = field(default_factory=Counters)
     records: int = 0  # records folded in; the next record's sequence number
     result: str | None = None
-    # What the last record covered; everything past these marks goes into the next delta.
+    # What the last record covered; everything past these marks goes into the next delta. Messages,
+    # tool-log entries and events are only ever appended, so a count marks where the new ones start
+    # and a delta costs what is new, not what is old.
     _saved_messages: int = 0
     _saved_events: int = 0
-    _saved_tools: set[str] = field(default_factory=set)
+    _saved_tools: int = 0
     _dirty_files: set[str] = field(default_factory=set)
     _saved_result: bool = False
 
@@ -76,13 +80,13 @@ class RunState:
         self.files[path] = text
         self._dirty_files.add(path)
 
-    def delta(self, events: list[Event]) -> dict[str, Any]:
+    def delta(self, events: Sequence[Event]) -> dict[str, Any]:
         """The next record: what changed since the last one. ``mark_saved`` once it is written."""
         return {
             "seq": self.records,
             "messagesFrom": self._saved_messages,
             "messages": self.messages[self._saved_messages :],
-            "tools": [r.to_json() for key, r in self.tool_log.items() if key not in self._saved_tools],
+            "tools": [r.to_json() for r in itertools.islice(self.tool_log.values(), self._saved_tools, None)],
             "events": [e.to_json() for e in events[self._saved_events :]],
             "files": {path: self.files[path] for path in sorted(self._dirty_files)},
             "counters": vars(self.counters).copy(),
@@ -93,7 +97,7 @@ class RunState:
         self.records = record["seq"] + 1
         self._saved_messages = record["messagesFrom"] + len(record["messages"])
         self._saved_events += len(record["events"])
-        self._saved_tools.update(t["key"] for t in record["tools"])
+        self._saved_tools += len(record["tools"])
         self._dirty_files.difference_update(record["files"])
         self._saved_result = self._saved_result or record["result"] is not None
 
@@ -116,6 +120,7 @@ class RunState:
             self.result = record["result"]
         self.mark_saved(record)
         self._saved_events = len(self.events)
+        self._saved_tools = len(self.tool_log)
 
 
 def events_of(records: list[dict[str, Any]]) -> list[Event]:

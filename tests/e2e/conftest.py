@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.executor import MountNamespaceUnavailableError
+from tests.e2e.runs import local_cluster
 from tests.harness.executor.kube import KubeClient
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import research_script
@@ -15,12 +15,8 @@ from tests.harness.runner import ToolServer
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     # Slow answers keep the run going long enough to kill its pod in the middle.
-    try:
-        async with LocalCluster(tmp_path, model_script=research_script(delay=0.4)) as running:
-            await running.create_model_secret("model-key", "api-key")
-            yield running
-    except MountNamespaceUnavailableError as error:
-        pytest.skip(str(error))
+    async with local_cluster(tmp_path, research_script(delay=0.4), scripted=False) as running:
+        yield running
 
 
 @pytest.fixture

@@ -3,54 +3,48 @@ read back the conversation the model saw, and drive kubectl as a user would."""
 
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
-from tests.harness.local_cluster import LocalCluster
+from tests.harness.agentruns import agent_run, requests_of, wait_for_status
+from tests.harness.executor import MountNamespaceUnavailableError
+from tests.harness.executor.kube import JsonObject, KubeClient
+from tests.harness.local_cluster import LocalCluster, OperatorTimings
 from tests.harness.model_server import ChatRequest, ModelServer, Reply, Script, research_script
 from tests.harness.runner import ToolServer
 
-AGENTRUNS = namespaced_path("agentrun.dev/v1alpha1", "agentruns", "default")
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "TimedOut", "Cancelled"})
 FINAL_ANSWER = "The report is in report.md: vendor B is cheapest, vendor A is fastest."
 KUBECTL = Path(sys.executable).parent / "kubectl"
-T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def local_cluster(
+    state_dir: Path, script: Script, *, scripted: bool = True, timings: OperatorTimings | None = None
+) -> AsyncIterator[LocalCluster]:
+    """A LocalCluster answering model calls with ``script``, with the Secret runs name (``model-key``).
+    Skips the test where the executor cannot run pods here, and, with ``scripted``, where OPENAI_BASE_URL
+    points runs at a real endpoint (the test reads the scripted server's records)."""
+    try:
+        async with LocalCluster(state_dir, model_script=script, timings=timings or OperatorTimings()) as running:
+            if scripted:
+                needs_scripted_model(running)
+            await running.create_model_secret("model-key", "api-key")
+            yield running
+    except MountNamespaceUnavailableError as error:
+        pytest.skip(str(error))
 
 
 def needs_scripted_model(cluster: LocalCluster) -> None:
     if cluster.model.real:
         pytest.skip("needs the scripted model's slow, multi-step answers; a real endpoint (OPENAI_BASE_URL) is set")
-
-
-def agent_run(name: str, cluster: LocalCluster, **spec: Any) -> JsonObject:
-    """A valid AgentRun against the cluster's model; ``spec`` fields (camelCase) replace the defaults.
-
-    The run's name is in its input, so the model server's requests can be told apart by run."""
-    return {
-        "apiVersion": "agentrun.dev/v1alpha1",
-        "kind": "AgentRun",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "instructions": "You are a careful research assistant.",
-            "input": f"Compare three vendors and write a report (run {name}).",
-            "model": {
-                "name": cluster.model.model,
-                "baseURL": cluster.model.base_url,
-                "apiKeySecretRef": {"name": "model-key", "key": "api-key"},
-            },
-            "maxExecutionTime": "2m",
-            "maxIterations": 10,
-            **spec,
-        },
-    }
 
 
 def fetching_run(name: str, cluster: LocalCluster, **spec: Any) -> JsonObject:
@@ -91,41 +85,6 @@ def with_model_faults(script: Script, run: str, faults_by_turn: Mapping[int, Seq
     return faulty
 
 
-async def wait_for(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 45.0) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if last := await probe():
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-async def run_object(kube: KubeClient, name: str) -> JsonObject:
-    run = await kube.get(f"{AGENTRUNS}/{name}")
-    assert run is not None, f"AgentRun {name} is gone"
-    return run
-
-
-async def run_status(kube: KubeClient, name: str) -> JsonObject:
-    status: JsonObject = (await run_object(kube, name)).get("status") or {}
-    return status
-
-
-async def wait_for_status(
-    kube: KubeClient, name: str, accept: Callable[[JsonObject], bool], what: str, timeout: float = 45.0
-) -> JsonObject:
-    async def probe() -> JsonObject | None:
-        status = await run_status(kube, name)
-        return status if accept(status) else None
-
-    return await wait_for(probe, f"run {name}: {what}", timeout)
-
-
-async def wait_for_end(kube: KubeClient, name: str, timeout: float = 45.0) -> JsonObject:
-    return await wait_for_status(kube, name, lambda s: s.get("phase") in TERMINAL_PHASES, "to end", timeout)
-
-
 async def wait_for_iteration(kube: KubeClient, name: str, iteration: int, timeout: float = 45.0) -> JsonObject:
     """Until the run has checkpointed ``iteration`` steps."""
     return await wait_for_status(
@@ -135,13 +94,6 @@ async def wait_for_iteration(kube: KubeClient, name: str, iteration: int, timeou
         f"a checkpoint at iteration {iteration}",
         timeout,
     )
-
-
-async def runner_pods(kube: KubeClient, run: str) -> list[JsonObject]:
-    pods = await kube.list(namespaced_path("v1", "pods", "default"))
-    return [
-        p for p in pods if (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") == f"{run}-runner"
-    ]
 
 
 def assert_result(status: JsonObject) -> None:
@@ -157,12 +109,6 @@ def runner_logs(cluster: LocalCluster) -> str:
 
 def condition(status: JsonObject, kind: str) -> JsonObject | None:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
-
-
-def requests_of(model: ModelServer, run: str) -> list[ChatRequest]:
-    """The model calls one run made, told apart by the run name in its input."""
-    marker = f"(run {run})"
-    return [r for r in model.requests if any(marker in str(m.get("content")) for m in r.messages)]
 
 
 def conversation(model: ModelServer, run: str, uid: str) -> list[dict[str, Any]]:

@@ -15,16 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.runs import (
-    AGENTRUNS,
-    agent_run,
-    assert_result,
-    condition,
-    kubectl,
-    needs_scripted_model,
-    wait_for_end,
-    wait_for_status,
-)
+from tests.e2e.runs import assert_result, condition, kubectl, needs_scripted_model
+from tests.harness.agentruns import AGENTRUNS, agent_run, wait_for_end, wait_for_status
 from tests.harness.executor.kube import namespaced_path
 from tests.harness.local_cluster import LocalCluster
 

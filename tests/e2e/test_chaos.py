@@ -15,7 +15,6 @@ import kubernetes
 import pytest
 
 from tests.e2e.runs import (
-    AGENTRUNS,
     assert_each_source_fetched_once,
     assert_result,
     condition,
@@ -24,15 +23,18 @@ from tests.e2e.runs import (
     fetching_script,
     kubectl,
     needs_scripted_model,
+    tool_ledger,
+    wait_for_iteration,
+    with_model_faults,
+)
+from tests.harness.agentruns import (
+    AGENTRUNS,
     requests_of,
     run_object,
     runner_pods,
-    tool_ledger,
     wait_for,
     wait_for_end,
-    wait_for_iteration,
     wait_for_status,
-    with_model_faults,
 )
 from tests.harness.executor.kube import KubeClient
 from tests.harness.local_cluster import LocalCluster

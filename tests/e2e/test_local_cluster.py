@@ -5,7 +5,8 @@ import asyncio
 
 import pytest
 
-from tests.e2e.runs import AGENTRUNS, agent_run, needs_scripted_model, run_status, runner_logs, runner_pods, wait_for
+from tests.e2e.runs import needs_scripted_model, runner_logs
+from tests.harness.agentruns import AGENTRUNS, agent_run, run_status, runner_pods, wait_for
 from tests.harness.executor.kube import namespaced_path
 
 pytestmark = pytest.mark.e2e

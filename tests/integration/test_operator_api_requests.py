@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from tests.harness.apiserver import EmulatedApiServer
-from tests.integration.operator_harness import FAST, Cluster, RunPace, running_operator, simulate_run_life
+from tests.harness.inprocess_operator import FAST, Cluster, RunPace, running_operator, simulate_run_life
 
 pytestmark = pytest.mark.integration
 

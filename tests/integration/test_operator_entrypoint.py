@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.harness.apiserver import EmulatedApiServer
-from tests.integration.operator_harness import Cluster, eventually, run_manifest
+from tests.harness.inprocess_operator import Cluster, eventually, run_manifest
 
 pytestmark = pytest.mark.integration
 

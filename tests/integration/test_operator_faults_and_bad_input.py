@@ -7,7 +7,7 @@ import pytest
 
 from agentrun_api import conditions as c
 from tests.harness.apiserver import EmulatedApiServer, RequestRecord
-from tests.integration.operator_harness import Cluster, eventually, run_manifest, running_operator
+from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, running_operator
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from agentrun_operator import permissions
 from agentrun_operator.leadership import LEADER_LABEL
 from agentrun_operator.permissions import Mode
 from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.inprocess_operator import NAMESPACE, Cluster, eventually, run_manifest
 from tests.harness.local_cluster import free_port
-from tests.integration.operator_harness import NAMESPACE, Cluster, eventually, run_manifest
 from tests.integration.test_operator_rbac import granted
 
 pytestmark = pytest.mark.integration

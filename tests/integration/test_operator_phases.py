@@ -6,7 +6,7 @@ import pytest
 
 from agentrun_api import conditions as c
 from tests.harness.apiserver import EmulatedApiServer
-from tests.integration.operator_harness import (
+from tests.harness.inprocess_operator import (
     Cluster,
     ShiftableClock,
     eventually,

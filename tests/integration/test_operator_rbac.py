@@ -13,7 +13,7 @@ import pytest
 from agentrun_operator import permissions
 from agentrun_operator.permissions import Mode
 from tests.harness.apiserver import EmulatedApiServer, RequestRecord
-from tests.integration.operator_harness import Cluster, ShiftableClock, eventually, run_manifest, running_operator
+from tests.harness.inprocess_operator import Cluster, ShiftableClock, eventually, run_manifest, running_operator
 
 pytestmark = pytest.mark.integration
 

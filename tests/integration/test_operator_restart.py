@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from tests.harness.apiserver import EmulatedApiServer
-from tests.integration.operator_harness import Cluster, eventually, run_manifest, running_operator, start_operator
+from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, running_operator, start_operator
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ from agentrun_operator.reconcile import OperatorContext
 from agentrun_operator.settings import OperatorSettings
 from agentrun_operator.supervisors import LEGACY_ANNOTATIONS, LEGACY_FINALIZER, RunRegistry
 from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.inprocess_operator import NAMESPACE, Cluster, eventually, run_manifest, running_operator
 from tests.harness.local_cluster import free_port
-from tests.integration.operator_harness import NAMESPACE, Cluster, eventually, run_manifest, running_operator
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from agentrun_api import conditions as c
 from agentrun_operator import webhook
 from tests.harness.apiserver import EmulatedApiServer
-from tests.integration.operator_harness import Cluster, eventually, run_manifest, running_operator
+from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, running_operator
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,14 @@ from prometheus_client import REGISTRY
 
 from agentrun_operator.permits.pool import PoolLimits
 from agentrun_runner.throttle_remote import QueueTimeoutError, RemoteLimiter
+from tests.harness.model_server import ModelServer, most_in_window
 from tests.harness.throttle import (
     NAMESPACE,
     POOL,
-    ScriptedModel,
+    arrivals_by_run,
     limiter_for,
-    max_starts_in_window,
     permit_server,
+    provider_script,
     run_scenario,
 )
 
@@ -46,14 +47,14 @@ async def test_twenty_runs_share_two_in_flight_and_sixty_per_minute_fairly() -> 
     runs = [f"run-{i:02d}" for i in range(20)]
     greedy = set(runs[:5])  # five runs make three tool-driven model calls at once
     latencies = random.Random(6)
-    model = ScriptedModel(latency=lambda _: latencies.uniform(0.5, 3.0), clock=loop_time)
+    model = ModelServer(provider_script(lambda _: latencies.uniform(0.5, 3.0)), clock=loop_time)
     limits = PoolLimits(max_in_flight=2, requests_per_minute=60)
     observed_before = queue_waits_observed()
-    async with permit_server(runs, limits, lease_seconds=LEASE) as server, model.serve() as model_url:
+    async with permit_server(runs, limits, lease_seconds=LEASE) as server, model:
         started = loop_time()
         result = await run_scenario(
             permit_url=server_url(server.port),
-            model_url=model_url,
+            model_url=model.base_url,
             runs=runs,
             parallel_calls=lambda run: 3 if run in greedy else 1,
             queue_budget_seconds=120,
@@ -62,11 +63,11 @@ async def test_twenty_runs_share_two_in_flight_and_sixty_per_minute_fairly() -> 
         )
     assert result.timeouts == []
     assert max(result.waits) <= 120
-    assert model.peak_in_flight == 2
-    arrivals = [at for at, _ in model.arrivals]
+    assert model.max_in_flight == 2
+    arrivals = [at for at, _ in arrivals_by_run(model)]
     assert len(arrivals) == len(result.grants) > 150
-    assert max_starts_in_window(arrivals, 60) <= 60
-    assert max_starts_in_window(arrivals, 10) <= 10
+    assert most_in_window(arrivals, 60) <= 60
+    assert most_in_window(arrivals, 10) <= 10
     shares = result.shares()
     assert set(shares) == set(runs)
     assert result.fairness_spread() <= 0.2, shares
@@ -75,24 +76,26 @@ async def test_twenty_runs_share_two_in_flight_and_sixty_per_minute_fairly() -> 
 
 async def test_a_provider_429_slows_every_run_of_the_pool() -> None:
     runs = ["saw-429", "other"]
-    model = ScriptedModel(latency=lambda _: 0.1, clock=loop_time, rate_limited_calls=frozenset({0}))
+    retry_after = 30
+    script = provider_script(lambda _: 0.1, rate_limited_calls=frozenset({0}), retry_after_seconds=retry_after)
+    model = ModelServer(script, clock=loop_time)
     limits = PoolLimits(max_in_flight=5, requests_per_minute=600)
-    async with permit_server(runs, limits, lease_seconds=LEASE) as server, model.serve() as model_url:
+    async with permit_server(runs, limits, lease_seconds=LEASE) as server, model:
         await asyncio.sleep(LEASE)
         result = await run_scenario(
             permit_url=server_url(server.port),
-            model_url=model_url,
+            model_url=model.base_url,
             runs=runs,
             parallel_calls=lambda run: 1,
             queue_budget_seconds=120,
             opened_at=loop_time(),
             stop_at=loop_time() + 5,
         )
-    first_429_at = model.arrivals[0][0]
-    later = [(at, run) for at, run in model.arrivals[1:]]
+    first_429_at, _ = arrivals_by_run(model)[0]
+    later = arrivals_by_run(model)[1:]
     # The run that did not see the 429 was held back too: nobody called the model during Retry-After.
     assert {run for _, run in later} == set(runs)
-    assert not [at for at, _ in later if first_429_at < at < first_429_at + model.retry_after_seconds]
+    assert not [at for at, _ in later if first_429_at < at < first_429_at + retry_after]
     assert result.timeouts == []
 
 

@@ -1,121 +1,113 @@
-"""The real kopf operator with the ThrottlePool handlers, against the emulated apiserver serving the generated
+"""The real kopf operator (in process, all its handlers) against the emulated apiserver serving the generated
 ThrottlePool CRD (its schema validates every object and status write): a declared pool is served by the
-permit server, and its live state reaches the pool's status at a bounded rate."""
+permit server, an edit of its limits takes effect live, and its state reaches the pool's status at a
+bounded rate."""
 
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import kopf
 import pytest
-from kubernetes.config import kube_config
 
-from agentrun_operator.permits import handlers  # noqa: F401 - the import registers the ThrottlePool handlers
 from agentrun_operator.permits.handlers import status_from_snapshot
 from agentrun_operator.permits.pool import PoolSnapshot
 from agentrun_operator.permits.server import PermitServer
 from agentrun_runner.throttle_remote import RemoteLimiter
-from tests.harness.apiserver import ApiServerSettings, EmulatedApiServer
-from tests.integration.test_apiserver_clients import kubectl
+from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.inprocess_operator import FAST, NAMESPACE, Cluster, eventually, running_operator
+from tests.harness.kubectl import kubectl
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-POOLS = "/apis/agentrun.dev/v1alpha1/namespaces/team-a/throttlepools"
-SECRETS = "/api/v1/namespaces/team-a/secrets"
-STATUS_INTERVAL = 0.5
+STATUS_INTERVAL = FAST.permits.status_interval_seconds
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.1)
+def _limiter(server: PermitServer, run: str) -> RemoteLimiter:
+    return RemoteLimiter(
+        server_url=f"http://127.0.0.1:{server.port}", namespace=NAMESPACE, pool="shared", run=run, token=f"{run}-token"
+    )
 
 
-async def test_a_declared_pool_grants_permits_and_shows_them_in_its_status(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = ApiServerSettings(namespaces=["team-a"])
-    crd = REPO / "crds" / "throttlepools.agentrun.dev.yaml"
-    async with EmulatedApiServer([crd], settings=settings) as apiserver:
-        # kopf and the permit server log in through the kubernetes library, which read KUBECONFIG at import.
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(apiserver.kubeconfig_path))
-        monkeypatch.setenv("KUBECONFIG", str(apiserver.kubeconfig_path))
-        monkeypatch.setenv("AGENTRUN_PERMIT_HOST", "127.0.0.1")
-        monkeypatch.setenv("AGENTRUN_PERMIT_PORT", "0")
-        monkeypatch.setenv("AGENTRUN_PERMIT_LEASE_SECONDS", "1")
-        monkeypatch.setenv("AGENTRUN_POOL_STATUS_INTERVAL_SECONDS", str(STATUS_INTERVAL))
-
-        async with aiohttp.ClientSession(base_url=apiserver.url + "/") as api:
-            token = base64.b64encode(b"run-1-token").decode()
-            created = await api.post(
-                SECRETS, json={"metadata": {"name": "run-1-stream-token"}, "data": {"token": token}}
-            )
-            assert created.status == 201
-            pool = {
-                "apiVersion": "agentrun.dev/v1alpha1",
-                "kind": "ThrottlePool",
-                "metadata": {"name": "shared", "namespace": "team-a"},
-                "spec": {"maxRequestsInFlight": 1, "requestsPerMinute": 600},
+def _declare(cluster: Cluster, runs: list[str], *, max_in_flight: int) -> None:
+    """The runs' stream-token Secrets (their permit credentials) and the pool."""
+    for run in runs:
+        token = base64.b64encode(f"{run}-token".encode()).decode()
+        cluster.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": f"{run}-stream-token"},
+                "data": {"token": token},
             }
-            created = await api.post(POOLS, json=pool)
-            assert created.status == 201, await created.text()
+        )
+    cluster.create(
+        {
+            "apiVersion": "agentrun.dev/v1alpha1",
+            "kind": "ThrottlePool",
+            "metadata": {"name": "shared"},
+            "spec": {"maxRequestsInFlight": max_in_flight, "requestsPerMinute": 600},
+        }
+    )
 
-            async def status() -> dict[str, Any]:
-                async with api.get(f"{POOLS}/shared") as response:
-                    body: dict[str, Any] = await response.json()
-                    return body.get("status") or {}
 
-            memo = kopf.Memo()
-            stop = asyncio.Event()
-            operator_settings = kopf.OperatorSettings()
-            operator_settings.posting.enabled = False
-            operator = asyncio.create_task(
-                kopf.operator(
-                    standalone=True, namespaces=["team-a"], memo=memo, settings=operator_settings, stop_flag=stop
-                )
-            )
-            try:
+def _pool_status(cluster: Cluster) -> dict[str, Any]:
+    pool = cluster.get("ThrottlePool", "shared")
+    status: dict[str, Any] = (pool or {}).get("status") or {}
+    return status
 
-                async def started() -> bool:
-                    return "permit_server" in memo
 
-                await eventually(started)
-                server: PermitServer = memo.permit_server
-                limiter = RemoteLimiter(
-                    server_url=f"http://127.0.0.1:{server.port}",
-                    namespace="team-a",
-                    pool="shared",
-                    run="run-1",
-                    token="run-1-token",
-                )
-                measured_from = time.monotonic()
-                writes_before = _status_writes(apiserver)
-                permit, _ = await limiter.acquire(max_wait_seconds=10)
+async def test_a_declared_pool_grants_permits_and_shows_them_in_its_status(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    _declare(cluster, ["run-1"], max_in_flight=1)
+    async with running_operator(apiserver) as operator:
+        server: PermitServer = operator.memo.permit_server
+        limiter = _limiter(server, "run-1")
+        measured_from = time.monotonic()
+        writes_before = _status_writes(apiserver)
+        permit, _ = await limiter.acquire(max_wait_seconds=10)
+        await eventually(
+            lambda: _pool_status(cluster).get("inFlight") == 1 and _pool_status(cluster).get("grantedLastMinute") == 1,
+            message="the pool's status to show the permit in flight",
+        )
+        await permit.release()
+        await limiter.aclose()
+        await eventually(
+            lambda: _pool_status(cluster).get("inFlight") == 0 and _pool_status(cluster).get("accepting") is True,
+            message="the pool's status to show the permit back",
+        )
+        assert _pool_status(cluster)["observedGeneration"] == 1
+        await asyncio.sleep(4 * STATUS_INTERVAL)  # an idle pool: nothing changes, nothing is written
+        elapsed = time.monotonic() - measured_from
+        assert 2 <= _status_writes(apiserver) - writes_before <= elapsed / STATUS_INTERVAL + 1
 
-                async def shows_in_flight() -> bool:
-                    current = await status()
-                    return current.get("inFlight") == 1 and current.get("grantedLastMinute") == 1
 
-                await eventually(shows_in_flight)
-                await permit.release()
-                await limiter.aclose()
+async def test_raising_a_pools_limit_live_lets_a_waiting_call_through(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    _declare(cluster, ["holder", "waiter"], max_in_flight=1)
+    async with running_operator(apiserver) as operator:
+        server: PermitServer = operator.memo.permit_server
+        holder, waiter = _limiter(server, "holder"), _limiter(server, "waiter")
+        held, _ = await holder.acquire(max_wait_seconds=10)
+        waiting = asyncio.create_task(waiter.acquire(max_wait_seconds=30))
+        await eventually(lambda: _pool_status(cluster).get("queueDepth") == 1, message="the waiter to queue")
+        assert not waiting.done()
 
-                async def shows_released() -> bool:
-                    current = await status()
-                    return current.get("inFlight") == 0 and current.get("accepting") is True
+        cluster.patch("ThrottlePool", "shared", {"spec": {"maxRequestsInFlight": 2}})
 
-                await eventually(shows_released)
-                assert (await status())["observedGeneration"] == 1
-                await asyncio.sleep(4 * STATUS_INTERVAL)  # an idle pool: nothing changes, nothing is written
-                elapsed = time.monotonic() - measured_from
-                assert 2 <= _status_writes(apiserver) - writes_before <= elapsed / STATUS_INTERVAL + 1
-            finally:
-                stop.set()
-                await asyncio.wait_for(operator, timeout=10)
+        # The edit reaches the permit server with no restart: the waiter gets a permit while the first is held.
+        second, _ = await asyncio.wait_for(waiting, timeout=10)
+        await eventually(
+            lambda: _pool_status(cluster).get("inFlight") == 2 and _pool_status(cluster).get("observedGeneration") == 2,
+            message="the pool's status to show two in flight under generation 2",
+        )
+        for permit in (held, second):
+            await permit.release()
+        for limiter in (holder, waiter):
+            await limiter.aclose()
 
 
 def _status_writes(apiserver: EmulatedApiServer) -> int:

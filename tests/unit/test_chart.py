@@ -55,6 +55,8 @@ OPERATOR_SETTINGS_ENV = {
     "AGENTRUN_LEASE_DURATION_SECONDS",
     "AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS",
     "AGENTRUN_LEASE_RETRY_PERIOD_SECONDS",
+    # The controller in front of the stream gateway, from gateway.controller (OperatorSettings.stream_controller).
+    "AGENTRUN_STREAM_CONTROLLER",
 }
 
 
@@ -276,6 +278,18 @@ def test_operator_env_sets_exactly_the_operator_settings() -> None:
     assert env["AGENTRUN_WATCH_NAMESPACE"] == ""
     assert env["AGENTRUN_LOG_FORMAT"] == "json"
     assert env["AGENTRUN_DEADLINE_GRACE_SECONDS"] == "60"
+    assert env["AGENTRUN_STREAM_CONTROLLER"] == "ingress-nginx"
+
+
+def test_operator_and_gateway_take_the_stream_controller_from_the_one_value() -> None:
+    objects = render_objects(
+        {"gateway": {"enabled": True, "controller": "azure-agic", "route": {"host": "a.example.com"}}}
+    )
+    gateway = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("stream-gateway"))
+    (gateway_container,) = gateway["spec"]["template"]["spec"]["containers"]
+    operator = next(o for o in objects if o["kind"] == "Deployment" and o is not gateway)
+    assert env_of(operator_container([operator]))["AGENTRUN_STREAM_CONTROLLER"] == "azure-agic"
+    assert env_of(gateway_container)["AGENTRUN_GATEWAY_CONTROLLER"] == "azure-agic"
 
 
 def test_image_tags_default_to_the_app_version() -> None:

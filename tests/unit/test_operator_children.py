@@ -113,8 +113,28 @@ def test_role_grants_only_the_runs_own_configmaps_and_no_secrets() -> None:
     assert every_resource == {"configmaps"}
 
 
-def test_pvc_store_role_needs_no_create_and_no_segments() -> None:
+def test_pvc_store_role_may_write_the_event_archive_and_nothing_else() -> None:
     role = children_of("pvc-store")["Role/q3-runner"]
+    named, archive, create = role["rules"]
+    assert named == {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": ["q3-progress"],
+        "verbs": ["get", "update", "patch"],
+    }
+    # Written once at the end, never read back: patch (and create) on its own archive names only.
+    assert archive == {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": [f"q3-events-{n}" for n in range(contract.EVENTS_ARCHIVE_MAX_SEGMENTS)],
+        "verbs": ["patch"],
+    }
+    assert create == {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}
+
+
+def test_pvc_store_without_a_stream_needs_no_archive_and_no_create() -> None:
+    spec = spec_of(checkpoint={"store": "PersistentVolumeClaim"}, streaming={"enabled": False})
+    role = next(o for o in build_children(OWNER, spec, SETTINGS, stream_token="tok") if o["kind"] == "Role")
     assert role["rules"] == [
         {
             "apiGroups": [""],

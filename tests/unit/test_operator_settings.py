@@ -28,6 +28,7 @@ def test_every_named_variable_is_read() -> None:
             "AGENTRUN_LOG_FORMAT": "JSON",
             "AGENTRUN_STREAM_BASE_URL": "https://agents.example.com/",
             "AGENTRUN_DEADLINE_GRACE_SECONDS": "90",
+            "AGENTRUN_STREAM_CONTROLLER": "gke-ingress",
         }
     )
     assert settings.namespaces == ["agents"]
@@ -38,6 +39,7 @@ def test_every_named_variable_is_read() -> None:
     assert settings.log_format == "json"
     assert settings.stream_base_url == "https://agents.example.com"
     assert settings.deadline_grace_seconds == 90
+    assert settings.stream_controller == "gke-ingress"
 
 
 @pytest.mark.parametrize(
@@ -49,6 +51,7 @@ def test_every_named_variable_is_read() -> None:
         ("AGENTRUN_HEALTH_PORT", "-1"),
         ("AGENTRUN_LOG_FORMAT", "xml"),
         ("AGENTRUN_DEADLINE_GRACE_SECONDS", "-5"),
+        ("AGENTRUN_STREAM_CONTROLLER", "nginx"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_variable(name: str, value: str) -> None:

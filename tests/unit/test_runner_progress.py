@@ -2,6 +2,7 @@
 Virtual time (looptime): the intervals cost no real time."""
 
 import asyncio
+import functools
 import itertools
 from datetime import UTC, datetime
 
@@ -32,7 +33,7 @@ async def test_reports_are_written_at_most_once_per_interval_and_the_newest_wins
     reporter = ProgressReporter(sink, interval=2.0)
     reporter.start()
     for iteration in range(1, 101):  # one report every 0.1 s for 10 s
-        reporter.submit(report(iteration))
+        reporter.submit(functools.partial(report, iteration))
         await asyncio.sleep(0.1)
     await asyncio.sleep(2.5)
     await reporter.stop()
@@ -47,7 +48,7 @@ async def test_an_outcome_is_written_at_once() -> None:
     sink = CollectingSink()
     reporter = ProgressReporter(sink, interval=60.0)
     reporter.start()
-    reporter.submit(report(1))
+    reporter.submit(functools.partial(report, 1))
     await asyncio.sleep(0.5)
     started = asyncio.get_running_loop().time()
     await reporter.write_now(report(2, Outcome.SUCCEEDED))
@@ -55,3 +56,25 @@ async def test_an_outcome_is_written_at_once() -> None:
     assert [r.iteration for _, r in sink.writes] == [1, 2]
     assert sink.writes[-1][0] == started
     assert sink.writes[-1][1].outcome is Outcome.SUCCEEDED
+
+
+async def test_a_report_is_built_only_when_one_is_written() -> None:
+    sink = CollectingSink()
+    reporter = ProgressReporter(sink, interval=2.0)
+    built: list[int] = []
+    state = {"iteration": 0}
+
+    def build() -> ProgressReport:
+        built.append(state["iteration"])
+        return report(state["iteration"])
+
+    reporter.start()
+    for iteration in range(1, 41):  # four changes an iteration would be 160 reports; 10 per second here
+        state["iteration"] = iteration
+        reporter.submit(build)
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2.5)
+    await reporter.stop()
+    assert len(built) == len(sink.writes) <= 3
+    assert [r.iteration for _, r in sink.writes] == built
+    assert built[-1] == 40, "the report is as of its write, so the newest state is not lost"

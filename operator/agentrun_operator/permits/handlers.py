@@ -3,6 +3,8 @@
 The operator's handlers module imports this module: the import registers the handlers, and the
 startup handler starts the permit server (``OperatorSettings.permits``, else from the environment).
 The handlers only route; the decisions live in ``limits_from_spec`` and ``status_from_snapshot``.
+They are coroutines, never sync handlers: kopf runs sync handlers in worker threads, and the pools
+belong to the permit server's event loop (their timers and waiters' futures live there).
 """
 
 import math
@@ -96,7 +98,7 @@ async def stop_permits(memo: Any, **_: Any) -> None:
 @kopf.on.resume(*_RESOURCE)
 @kopf.on.create(*_RESOURCE)
 @kopf.on.update(*_RESOURCE, field="spec")
-def declare_pool(spec: kopf.Spec, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def declare_pool(spec: kopf.Spec, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     assert namespace is not None  # ThrottlePool is namespaced
     try:
         limits = limits_from_spec(spec)
@@ -106,14 +108,14 @@ def declare_pool(spec: kopf.Spec, namespace: str | None, name: str, memo: Any, *
 
 
 @kopf.on.event(*_RESOURCE)
-def forget_deleted_pool(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def forget_deleted_pool(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     # A watch event, not a deletion handler: pools carry no finalizer, so deleting one is never blocked.
     if type == "DELETED" and namespace is not None:
         _server(memo).registry.remove(namespace, name)
 
 
 @kopf.timer(*_RESOURCE, interval=STATUS_TICK_SECONDS)
-def report_pool_status(
+async def report_pool_status(
     namespace: str | None,
     name: str,
     meta: kopf.Meta,

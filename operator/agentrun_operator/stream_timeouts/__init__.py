@@ -17,6 +17,7 @@ from agentrun_operator.stream_timeouts.controllers import (
 )
 from agentrun_operator.stream_timeouts.durations import gateway_api_duration
 from agentrun_operator.stream_timeouts.exposure import per_run_exposure_allowed
+from agentrun_operator.stream_timeouts.run_check import StreamChainCheck, check_stream_chain, controller_for
 
 __all__ = [
     "CONTROLLERS",
@@ -26,7 +27,10 @@ __all__ = [
     "RouteTarget",
     "ServerTimeouts",
     "StreamBudget",
+    "StreamChainCheck",
     "TimerKind",
+    "check_stream_chain",
+    "controller_for",
     "format_chain_table",
     "gateway_api_duration",
     "gateway_server_timeouts",

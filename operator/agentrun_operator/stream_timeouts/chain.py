@@ -35,14 +35,21 @@ class Hop:
 
 
 _COLUMNS = ("HOP", "TIMER", "SETTING", "SET", "NEEDED", "STATUS", "NOTE")
+_COMPACT_COLUMNS = ("HOP", "TIMER", "SET", "NEEDED", "STATUS")
 
 
-def format_chain_table(hops: list[Hop]) -> str:
-    """A plain-text table, one hop a row (what `kubectl agentrun budget` prints)."""
-    rows = [_COLUMNS] + [
-        (h.hop, h.kind.value, h.setting, h.value_set, h.value_needed, h.status.value, h.note) for h in hops
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS) - 1)]
+def _row(hop: Hop, compact: bool) -> tuple[str, ...]:
+    if compact:
+        return (hop.hop, hop.kind.value, hop.value_set, hop.value_needed, hop.status.value)
+    return (hop.hop, hop.kind.value, hop.setting, hop.value_set, hop.value_needed, hop.status.value, hop.note)
+
+
+def format_chain_table(hops: list[Hop], *, compact: bool = False) -> str:
+    """A plain-text table, one hop a row (what `kubectl agentrun budget` prints). ``compact`` leaves out
+    the SETTING and NOTE columns, for places with little room such as an Event's message."""
+    columns = _COMPACT_COLUMNS if compact else _COLUMNS
+    rows = [columns] + [_row(h, compact) for h in hops]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns) - 1)]
     lines = []
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
