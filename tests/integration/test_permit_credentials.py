@@ -1,14 +1,15 @@
-"""The permit server checks a run's token against its stream-token Secret, read with the real Kubernetes
-client from an API endpoint on loopback that serves Secrets (the only thing the verifier reads)."""
+"""The permit server checks a run's token against its stream-token Secret, read with the operator's own
+API client from an API endpoint on loopback that serves Secrets (the only thing the verifier reads)."""
 
 import base64
 import time
 from collections.abc import AsyncIterator
 
+import kopf
 import pytest
 from aiohttp import web
-from kubernetes import client
 
+from agentrun_operator.kube import KubeClient
 from agentrun_operator.permits.credentials import CredentialLookupError, StreamTokenVerifier
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,7 @@ class SecretsEndpoint:
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[tuple[SecretsEndpoint, client.CoreV1Api]]:
+async def api() -> AsyncIterator[tuple[SecretsEndpoint, KubeClient]]:
     endpoint = SecretsEndpoint()
     app = web.Application()
     app.router.add_get("/api/v1/namespaces/{namespace}/secrets/{name}", endpoint.read_secret)
@@ -50,13 +51,15 @@ async def api() -> AsyncIterator[tuple[SecretsEndpoint, client.CoreV1Api]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    configuration = client.Configuration(host=f"http://127.0.0.1:{runner.addresses[0][1]}")
-    with client.ApiClient(configuration) as api_client:
-        yield endpoint, client.CoreV1Api(api_client)
-    await runner.cleanup()
+    kube = KubeClient(kopf.ConnectionInfo(server=f"http://127.0.0.1:{runner.addresses[0][1]}"))
+    try:
+        yield endpoint, kube
+    finally:
+        await kube.close()
+        await runner.cleanup()
 
 
-async def test_only_the_runs_own_stream_token_is_accepted(api: tuple[SecretsEndpoint, client.CoreV1Api]) -> None:
+async def test_only_the_runs_own_stream_token_is_accepted(api: tuple[SecretsEndpoint, KubeClient]) -> None:
     endpoint, core = api
     endpoint.secrets[("team-a", "run-1-stream-token")] = {"token": "s3cret"}
     verifier = StreamTokenVerifier(core, cache_seconds=60, clock=time.monotonic)
@@ -66,7 +69,7 @@ async def test_only_the_runs_own_stream_token_is_accepted(api: tuple[SecretsEndp
     assert not await verifier.verify("team-a", "run-2", "s3cret")  # no Secret at all
 
 
-async def test_the_secret_is_read_once_per_cache_period(api: tuple[SecretsEndpoint, client.CoreV1Api]) -> None:
+async def test_the_secret_is_read_once_per_cache_period(api: tuple[SecretsEndpoint, KubeClient]) -> None:
     endpoint, core = api
     endpoint.secrets[("team-a", "run-1-stream-token")] = {"token": "s3cret"}
     verifier = StreamTokenVerifier(core, cache_seconds=60, clock=time.monotonic)
@@ -76,7 +79,7 @@ async def test_the_secret_is_read_once_per_cache_period(api: tuple[SecretsEndpoi
     assert endpoint.reads == 1
 
 
-async def test_an_api_server_failure_is_reported_as_retryable(api: tuple[SecretsEndpoint, client.CoreV1Api]) -> None:
+async def test_an_api_server_failure_is_reported_as_retryable(api: tuple[SecretsEndpoint, KubeClient]) -> None:
     endpoint, core = api
     endpoint.failing = True
     verifier = StreamTokenVerifier(core, cache_seconds=60, clock=time.monotonic)

@@ -5,14 +5,15 @@ The runner already holds its run's stream token (env ``AGENTRUN_STREAM_TOKEN``, 
 the pool's namespace and compares. Only digests of expected tokens are kept, for a short while.
 """
 
-import asyncio
-import base64
 import hashlib
 import hmac
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
+
+import aiohttp
 
 from agentrun_api import contract
+from agentrun_operator.kube import ApiError, KubeClient
 
 
 class CredentialVerifier(Protocol):
@@ -32,9 +33,8 @@ def _digest(token: bytes) -> bytes:
 class StreamTokenVerifier:
     """Checks a presented token against the run's stream-token Secret, read through the Kubernetes API."""
 
-    def __init__(self, core_api: Any, *, cache_seconds: float, clock: Callable[[], float]) -> None:
-        # core_api: a kubernetes.client.CoreV1Api; its blocking calls run in a worker thread.
-        self._core_api = core_api
+    def __init__(self, kube: KubeClient, *, cache_seconds: float, clock: Callable[[], float]) -> None:
+        self._kube = kube
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._expected: dict[tuple[str, str], tuple[bytes | None, float]] = {}
@@ -53,21 +53,16 @@ class StreamTokenVerifier:
         return expected is not None and hmac.compare_digest(expected, _digest(token.encode()))
 
     async def _read_expected(self, namespace: str, run: str) -> bytes | None:
-        from kubernetes.client.exceptions import ApiException
-
         name = contract.stream_token_secret_name(run)
         try:
-            secret = await asyncio.to_thread(self._core_api.read_namespaced_secret, name, namespace)
-        except ApiException as error:
-            if error.status in (403, 404):
+            token = await self._kube.read_secret_key(namespace, name, contract.STREAM_TOKEN_KEY)
+        except ApiError as error:
+            if error.status == 403:
                 return None
             raise CredentialLookupError(f"reading Secret {namespace}/{name} failed with HTTP {error.status}") from None
-        except OSError as error:
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise CredentialLookupError(f"reading Secret {namespace}/{name} failed: {type(error).__name__}") from None
-        encoded = (secret.data or {}).get(contract.STREAM_TOKEN_KEY)
-        if not encoded:
-            return None
-        return _digest(base64.b64decode(encoded))
+        return None if not token else _digest(token)
 
     def _forget_stale(self, now: float) -> None:
         if len(self._expected) > 1024:

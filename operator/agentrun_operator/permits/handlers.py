@@ -8,7 +8,6 @@ belong to the permit server's event loop (their timers and waiters' futures live
 """
 
 import math
-import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ import kopf
 from pydantic import ValidationError
 
 from agentrun_api import constants, throttlepool
+from agentrun_operator.kube import KubeClient
 from agentrun_operator.permits.credentials import StreamTokenVerifier
 from agentrun_operator.permits.pool import PoolLimits, PoolSnapshot
 from agentrun_operator.permits.server import PermitServer, start_permit_server
@@ -71,28 +71,29 @@ def _server(memo: Any) -> PermitServer:
 
 
 @kopf.on.startup()
-async def start_permits(memo: Any, **_: Any) -> None:
-    from kubernetes import client, config
-
+async def start_permits(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # The operator's settings carry the permit settings; alone (tests of this module) read the environment.
     operator_settings = getattr(memo, "operator_settings", None)
-    settings: PermitSettings = operator_settings.permits if operator_settings is not None else PermitSettings.from_env()
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        # Read KUBECONFIG now: the library reads it once, at import.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
-    verifier = StreamTokenVerifier(
-        client.CoreV1Api(), cache_seconds=settings.credential_cache_seconds, clock=time.monotonic
+    permit_settings: PermitSettings = (
+        operator_settings.permits if operator_settings is not None else PermitSettings.from_env()
     )
-    memo.permit_settings = settings
-    memo.permit_server = await start_permit_server(settings, verifier)
+    info = kopf.login_with_kubeconfig(settings=settings) or kopf.login_with_service_account(settings=settings)
+    if info is None:
+        raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod with a service account")
+    memo.permit_kube = KubeClient(info)
+    verifier = StreamTokenVerifier(
+        memo.permit_kube, cache_seconds=permit_settings.credential_cache_seconds, clock=time.monotonic
+    )
+    memo.permit_settings = permit_settings
+    memo.permit_server = await start_permit_server(permit_settings, verifier)
 
 
 @kopf.on.cleanup()
 async def stop_permits(memo: Any, **_: Any) -> None:
     if "permit_server" in memo:
         await _server(memo).close()
+    if "permit_kube" in memo:
+        await memo.permit_kube.close()
 
 
 @kopf.on.resume(*_RESOURCE)
