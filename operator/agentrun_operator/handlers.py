@@ -9,7 +9,8 @@
   handler and no kopf daemon: AgentRuns carry no finalizer and no kopf annotations;
 - leadership (``leadership``): with a Lease named, only the replica holding it supervises runs and
   serves permits; the others keep their indexes and the registry's bodies warm for a quick takeover;
-- ThrottlePools and the permit server: ``agentrun_operator.permits.handlers``, registered by importing it.
+- ThrottlePools and the permit server: ``agentrun_operator.permits.handlers`` (its handlers register on import;
+  the startup here starts its permit server with the operator's API client).
 """
 
 import asyncio
@@ -21,13 +22,13 @@ from typing import Any
 import aiohttp
 import kopf
 
-import agentrun_operator.permits.handlers  # noqa: F401 - registers the ThrottlePool handlers and the permit server
 from agentrun_api import constants, throttlepool
 from agentrun_operator.children import ROLE_PROGRESS, ROLE_RUNNER
 from agentrun_operator.kube import KubeClient
 from agentrun_operator.leadership import LeaderElector
 from agentrun_operator.metrics import Metrics, start_metrics_server
 from agentrun_operator.observations import JobObservation, PodObservation, ProgressObservation
+from agentrun_operator.permits.handlers import start_permits  # the import also registers the ThrottlePool handlers
 from agentrun_operator.permits.server import PermitServer
 from agentrun_operator.reconcile import OperatorContext, utcnow
 from agentrun_operator.settings import OperatorSettings
@@ -95,15 +96,17 @@ async def start(
     if info is None:
         raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod with a service account")
     metrics = Metrics.create()
+    kube = KubeClient(info)
     memo.agentrun = OperatorContext(
         settings=config,
-        kube=KubeClient(info),
+        kube=kube,
         metrics=metrics,
         http=aiohttp.ClientSession(),
         clock=getattr(memo, "clock", None) or utcnow,
     )
     memo.connection = info
     memo.runs = RunRegistry(memo.agentrun, max_concurrent_admissions=config.max_concurrent_admissions)
+    await start_permits(memo, kube, config.permits)
     if config.metrics_port:
         memo.metrics_server, _port = await start_metrics_server(metrics, config.metrics_port)
     await _start_leading_or_electing(memo, config)

@@ -1,7 +1,7 @@
 """kopf handlers of ThrottlePool: declare pools to the permit server and mirror their state into status.
 
 The operator's handlers module imports this module: the import registers the handlers, and the
-startup handler starts the permit server (``OperatorSettings.permits``, else from the environment).
+operator's startup calls ``start_permits`` (settings ``OperatorSettings.permits``).
 The handlers only route; the decisions live in ``limits_from_spec`` and ``status_from_snapshot``.
 They are coroutines, never sync handlers: kopf runs sync handlers in worker threads, and the pools
 belong to the permit server's event loop (their timers and waiters' futures live there).
@@ -70,30 +70,18 @@ def _server(memo: Any) -> PermitServer:
     return server
 
 
-@kopf.on.startup()
-async def start_permits(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    # The operator's settings carry the permit settings; alone (tests of this module) read the environment.
-    operator_settings = getattr(memo, "operator_settings", None)
-    permit_settings: PermitSettings = (
-        operator_settings.permits if operator_settings is not None else PermitSettings.from_env()
-    )
-    info = kopf.login_with_kubeconfig(settings=settings) or kopf.login_with_service_account(settings=settings)
-    if info is None:
-        raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod with a service account")
-    memo.permit_kube = KubeClient(info)
-    verifier = StreamTokenVerifier(
-        memo.permit_kube, cache_seconds=permit_settings.credential_cache_seconds, clock=time.monotonic
-    )
-    memo.permit_settings = permit_settings
-    memo.permit_server = await start_permit_server(permit_settings, verifier)
+async def start_permits(memo: Any, kube: KubeClient, settings: PermitSettings) -> None:
+    """Start the permit server; the operator's startup calls it with its own API client, through which
+    runs' credentials are checked."""
+    verifier = StreamTokenVerifier(kube, cache_seconds=settings.credential_cache_seconds, clock=time.monotonic)
+    memo.permit_settings = settings
+    memo.permit_server = await start_permit_server(settings, verifier)
 
 
 @kopf.on.cleanup()
 async def stop_permits(memo: Any, **_: Any) -> None:
     if "permit_server" in memo:
         await _server(memo).close()
-    if "permit_kube" in memo:
-        await memo.permit_kube.close()
 
 
 @kopf.on.resume(*_RESOURCE)
