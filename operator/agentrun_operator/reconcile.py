@@ -93,6 +93,13 @@ def read_status(body: Mapping[str, Any]) -> AgentRunStatus:
         return AgentRunStatus()
 
 
+def is_accepted(body: Mapping[str, Any]) -> bool:
+    """Admitted (children created), or ended: either way nothing is left to admit."""
+    status = read_status(body)
+    accepted = condition_of(status, c.ACCEPTED)
+    return (accepted is not None and accepted.status == "True") or (status.phase is not None and status.phase.terminal)
+
+
 async def write_status(op: OperatorContext, owner: children.RunOwner, status: AgentRunStatus) -> None:
     document = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     await op.kube.merge_patch(constants.KIND, owner.namespace, owner.name, {"status": document}, subresource="status")
@@ -257,8 +264,11 @@ class Supervisor:
         jobs: Lookup,
         pods: Lookup,
         progress: Lookup,
+        on_status_read: Callable[[], None] | None = None,
     ) -> None:
         self.body = body  # kopf's live view: always the latest seen object
+        # Told once the supervisor has read the run's status from the body and keeps its own copy from then on.
+        self._on_status_read = on_status_read
         self.op = op
         self.logger = logger
         self.owner = children.RunOwner.from_body(body)
@@ -280,21 +290,18 @@ class Supervisor:
         progress = next((p for p in self._progress(self.key) if isinstance(p, ProgressObservation)), None)
         return Observed(job=job, pods=pods, progress=progress)
 
-    def accepted(self) -> bool:
-        status = read_status(self.body)
-        cond = condition_of(status, c.ACCEPTED)
-        return (cond is not None and cond.status == "True") or (status.phase is not None and status.phase.terminal)
-
     async def run(self, stopped: Any) -> None:
         wake = self.op.wakes.setdefault(self.key, asyncio.Event())
         try:
-            while not stopped and not self.accepted():
+            while not stopped and not is_accepted(self.body):
                 # Acceptance always comes with a wake (admit's own, and the AgentRun event of its status
                 # write): no polling meanwhile, which cost every queued run a status parse per interval.
                 await self._sleep(wake, stopped, ACCEPTANCE_FALLBACK_SECONDS)
             self.status = read_status(self.body)
             accepted = condition_of(self.status, c.ACCEPTED)
             self.clock_reset_at = accepted.last_transition_time if accepted is not None else None
+            if self._on_status_read is not None:
+                self._on_status_read()
             while not stopped:
                 try:
                     sleep = await self.step()

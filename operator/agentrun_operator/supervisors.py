@@ -20,17 +20,15 @@ import asyncio
 import contextvars
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import kopf
 
-from agentrun_api import conditions as c
 from agentrun_api import constants
 from agentrun_operator.kube import ApiError
-from agentrun_operator.reconcile import OperatorContext, RunKey, Supervisor, admit, read_status
-from agentrun_operator.status_sync import condition_of
+from agentrun_operator.reconcile import Lookup, OperatorContext, RunKey, Supervisor, admit, is_accepted
 
 # What kopf left on every run while runs had kopf handlers and daemons: its default finalizer (which
 # kopf removes by itself now that no AgentRun handler requires one), and its bookkeeping annotations
@@ -42,8 +40,6 @@ LEGACY_ANNOTATIONS = tuple(
 # A stopped supervisor finishes the request it is in (its step then sees the stop) for at most this
 # long, then it is cancelled: a leader that lost its Lease must stop well before the Lease expires.
 STOP_GRACE_SECONDS = 1.0
-
-Lookup = Callable[[RunKey], Iterable[Any]]
 
 
 class StopFlag:
@@ -80,12 +76,6 @@ def run_logger(key: RunKey) -> logging.LoggerAdapter[logging.Logger]:
 
 def _deleting(body: Mapping[str, Any]) -> bool:
     return bool((body.get("metadata") or {}).get("deletionTimestamp"))
-
-
-def _accepted(body: Mapping[str, Any]) -> bool:
-    status = read_status(body)
-    accepted = condition_of(status, c.ACCEPTED)
-    return (accepted is not None and accepted.status == "True") or (status.phase is not None and status.phase.terminal)
 
 
 class RunRegistry:
@@ -216,11 +206,11 @@ class RunRegistry:
         body = kopf.Body(raw)  # type: ignore[arg-type]
         logger = run_logger(key)
         try:
-            if not _accepted(body) and not await self._admit(body, logger, stop):
+            if not is_accepted(body) and not await self._admit(body, logger, stop):
                 self._finished.add(key)
                 return
             jobs, pods, progress = self._lookups
-            supervisor = _Supervisor(
+            supervisor = Supervisor(
                 body,
                 self.op,
                 logger,
@@ -338,21 +328,6 @@ def _kept(raw: Mapping[str, Any], *, with_status: bool) -> dict[str, Any]:
 def _legacy_annotations(body: Mapping[str, Any]) -> list[str]:
     present = (body.get("metadata") or {}).get("annotations") or {}
     return [name for name in LEGACY_ANNOTATIONS if name in present]
-
-
-class _Supervisor(Supervisor):
-    """``reconcile.Supervisor``, telling the registry once it has read the run's status from the body: from its
-    first step on it keeps the status itself, so the registry need not keep a copy for each of thousands of runs."""
-
-    def __init__(self, *args: Any, on_status_read: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_status_read: Callable[[], None] | None = on_status_read
-
-    async def step(self) -> float | None:
-        if self._on_status_read is not None:
-            told, self._on_status_read = self._on_status_read, None
-            told()
-        return await super().step()
 
 
 async def _sleep(stop: StopFlag, seconds: float) -> None:
