@@ -29,16 +29,12 @@ Everything listens on 127.0.0.1; the run stops by itself (bounded by the event c
 
 import argparse
 import asyncio
-import base64
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,31 +47,14 @@ sys.path[:0] = SOURCE_PATHS
 
 from tests.harness.apiserver import EmulatedApiServer  # noqa: E402
 from tests.harness.fake_stream_runner import FakeStreamRunner  # noqa: E402
+from tests.harness.gateway import gateway_process, set_run_phase, stream_token_secret  # noqa: E402
+from tests.harness.local_cluster import free_port  # noqa: E402
 from tests.harness.model_server import Answer, ModelServer, by_turn, call  # noqa: E402
+from tests.harness.procstat import cpu_seconds, rss_mib  # noqa: E402
 from tests.harness.runner import STREAM_TOKEN, RunnerProcess, load_state, make_config, make_spec, runner_env  # noqa: E402
 
 TOKEN = "bench-stream-token"
 NAMESPACE, RUN = "bench", "fanout"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used (/proc/<pid>/stat utime and stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _runqueue_wait_seconds(pid: int) -> float:
@@ -124,11 +103,7 @@ async def _reader(session: aiohttp.ClientSession, url: str, lags: list[float], c
 def _create_run(kube: EmulatedApiServer, name: str, token: str) -> None:
     """The AgentRun (phase Running) and its stream-token Secret, as the operator would leave them."""
     store = kube.store
-    store.create(
-        store.resource("secrets"),
-        NAMESPACE,
-        {"metadata": {"name": f"{name}-stream-token"}, "data": {"token": base64.b64encode(token.encode()).decode()}},
-    )
+    store.create(store.resource("secrets"), NAMESPACE, stream_token_secret(NAMESPACE, name, token))
     spec = {
         "instructions": "Benchmark.",
         "input": "Stream.",
@@ -137,42 +112,7 @@ def _create_run(kube: EmulatedApiServer, name: str, token: str) -> None:
         "maxIterations": 10,
     }
     store.create(store.resource("agentruns"), NAMESPACE, {"metadata": {"name": name}, "spec": spec})
-    patch = {"status": {"phase": "Running"}}
-    store.patch(
-        store.resource("agentruns"), NAMESPACE, name, "application/merge-patch+json", patch, subresource="status"
-    )
-
-
-@asynccontextmanager
-async def _gateway(kube: EmulatedApiServer, upstream_port: int) -> AsyncIterator[tuple[int, int]]:
-    """The gateway as its own process, relaying from a runner on ``upstream_port``; yields (port, pid) once healthy."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "AGENTRUN_GATEWAY_HOST": "127.0.0.1",
-        "AGENTRUN_GATEWAY_PORT": str(port),
-        "AGENTRUN_GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}/events?run={{namespace}}/{{name}}",
-        "AGENTRUN_GATEWAY_KUBE_API_URL": str(kube.url),
-        "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": "",
-        "AGENTRUN_GATEWAY_KUBE_CA_FILE": "",
-        "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", "gateway")),
-    }
-    gateway = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agentrun_gateway", env=env, stderr=asyncio.subprocess.DEVNULL
-    )
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(150):
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/healthz") as health:
-                        if health.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-        yield port, gateway.pid
-    finally:
-        gateway.terminate()
-        await gateway.wait()
+    set_run_phase(kube, NAMESPACE, name, "Running")
 
 
 async def relay_lag(kube: EmulatedApiServer, readers: int, events: int, rate: float) -> dict[str, Any]:
@@ -180,11 +120,12 @@ async def relay_lag(kube: EmulatedApiServer, readers: int, events: int, rate: fl
     runner = FakeStreamRunner(TOKEN, heartbeat_seconds=15)
     await runner.start()
     try:
-        async with _gateway(kube, runner.port) as (port, pid):
+        async with gateway_process(kube, runner.port, stderr=asyncio.subprocess.DEVNULL) as (gateway, port):
+            pid = gateway.pid
             url = f"http://127.0.0.1:{port}/runs/{NAMESPACE}/{RUN}/events"
             connector = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
-                rss_idle = _rss_mib(pid)
+                rss_idle = rss_mib(pid)
                 lags: list[float] = []
                 connected: list[int] = []
                 tasks = [asyncio.create_task(_reader(session, url, lags, connected)) for _ in range(readers)]
@@ -197,9 +138,9 @@ async def relay_lag(kube: EmulatedApiServer, readers: int, events: int, rate: fl
                 for index in range(events):
                     await runner.emit("token", {"n": index, "t": time.monotonic()})
                     if index % 50 == 0:
-                        rss_peak = max(rss_peak, _rss_mib(pid))
+                        rss_peak = max(rss_peak, rss_mib(pid))
                     await asyncio.sleep(1 / rate)
-                rss_peak = max(rss_peak, _rss_mib(pid))
+                rss_peak = max(rss_peak, rss_mib(pid))
                 await runner.emit("finished", {"phase": "Succeeded"})
                 counts = await asyncio.wait_for(asyncio.gather(*tasks), 60)
     finally:
@@ -283,7 +224,7 @@ async def runner_rate(
     _create_run(kube, name, STREAM_TOKEN)
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
-        model_port, stream_port = _free_port(), _free_port()
+        model_port, stream_port = free_port(), free_port()
         times_file = tmp / "model-requests.json"
         model = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -313,7 +254,8 @@ async def runner_rate(
         agent_waits: list[tuple[float, float]] = []
         gateway_cpu: list[tuple[float, float]] = []
         try:
-            async with _gateway(kube, stream_port) as (port, pid):
+            async with gateway_process(kube, stream_port, stderr=asyncio.subprocess.DEVNULL) as (gateway, port):
+                pid = gateway.pid
                 _pin(pid, reader_cpus)
                 await runner.stream_port()
                 url = f"http://127.0.0.1:{port}/runs/{NAMESPACE}/{name}/events"
@@ -326,13 +268,13 @@ async def runner_rate(
                     while runner.process.returncode is None:
                         try:
                             now = time.monotonic()
-                            runner_cpu.append((now, _cpu_seconds(runner.process.pid)))
+                            runner_cpu.append((now, cpu_seconds(runner.process.pid)))
                             wait = _runqueue_wait_seconds(runner.process.pid) + _runqueue_wait_seconds(model.pid)
                             agent_waits.append((now, wait))
-                            gateway_cpu.append((now, _cpu_seconds(pid)))
+                            gateway_cpu.append((now, cpu_seconds(pid)))
                         except (FileNotFoundError, ProcessLookupError):
                             break  # it has just exited
-                        rss_peak = max(rss_peak, _rss_mib(pid))
+                        rss_peak = max(rss_peak, rss_mib(pid))
                         await asyncio.sleep(0.1)
                     received = await asyncio.wait_for(asyncio.gather(*tasks), 60)
             code = await runner.wait(timeout=60)

@@ -38,6 +38,7 @@ sys.path[:0] = [str(ROOT), *(str(ROOT / part) for part in ("api", "operator", "r
 
 from tests.harness.executor.kube import ApiError, KubeClient, namespaced_path  # noqa: E402
 from tests.harness.local_cluster import OperatorProcess  # noqa: E402
+from tests.harness.procstat import cpu_seconds, rss_mib  # noqa: E402
 
 NAMESPACE = "bench"
 AGENTRUNS = namespaced_path("agentrun.dev/v1alpha1", "agentruns", NAMESPACE)
@@ -60,19 +61,6 @@ class PhaseResult:
     def percentile(self, fraction: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def agent_run(name: str) -> dict[str, Any]:
@@ -172,6 +160,30 @@ async def progress(label: str, seen: dict[str, float], expected: int, done: asyn
         print(f"  {label}: {len(seen)}/{expected} Jobs", flush=True)
 
 
+async def create_and_watch(
+    kube: KubeClient, label: str, names: list[str], concurrency: int, job: Any, wait_seconds: float, pids: list[int]
+) -> tuple[dict[str, float], dict[str, float], float, list[float]]:
+    """Create `names` (runs, or their Jobs with `job`) while watching Jobs, until every Job is seen or
+    wait_seconds pass. Returns when each was stored and when its Job was seen, when creating started,
+    and the CPU seconds each of `pids` used from then until the end."""
+    stored: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    done = asyncio.Event()
+    watcher = asyncio.create_task(watch_jobs(kube, seen, len(names), done))
+    reporter = asyncio.create_task(progress(label, seen, len(names), done))
+    await asyncio.sleep(0.5)  # the watch is open before the first create
+    started = time.monotonic()
+    cpu_before = [cpu_seconds(pid) for pid in pids]
+    await create_all(kube, names, concurrency, stored, job)
+    try:
+        await asyncio.wait_for(done.wait(), wait_seconds)
+    finally:
+        watcher.cancel()
+        reporter.cancel()
+    cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
+    return stored, seen, started, cpu
+
+
 async def operator_phase(runs: int, concurrency: int, wait_seconds: float) -> tuple[PhaseResult, dict[str, Any]]:
     with tempfile.TemporaryDirectory() as name:
         workdir = Path(name)
@@ -190,23 +202,12 @@ async def operator_phase(runs: int, concurrency: int, wait_seconds: float) -> tu
                 await asyncio.sleep(1)
                 idle = rss_mib(operator.process.pid)
                 names = [f"run-{index:05d}" for index in range(runs)]
-                stored: dict[str, float] = {}
-                seen: dict[str, float] = {}
-                done = asyncio.Event()
                 async with KubeClient(str(kubeconfig), request_timeout_seconds=120) as kube:
-                    watcher = asyncio.create_task(watch_jobs(kube, seen, runs, done))
-                    reporter = asyncio.create_task(progress("operator", seen, runs, done))
-                    await asyncio.sleep(0.5)  # the watch is open before the first create
-                    started = time.monotonic()
-                    cpu_before = cpu_seconds(apiserver_pid), cpu_seconds(operator.process.pid)
-                    await create_all(kube, names, concurrency, stored, None)
-                    try:
-                        await asyncio.wait_for(done.wait(), wait_seconds)
-                    finally:
-                        watcher.cancel()
-                        reporter.cancel()
+                    pids = [apiserver_pid, operator.process.pid]
+                    stored, seen, started, (apiserver_cpu, operator_cpu) = await create_and_watch(
+                        kube, "operator", names, concurrency, None, wait_seconds, pids
+                    )
                     total = max(seen.values()) - started
-                    cpu = cpu_seconds(apiserver_pid) - cpu_before[0], cpu_seconds(operator.process.pid) - cpu_before[1]
                     await asyncio.sleep(2)  # supervisors settle; memory with every run live
                     rss = rss_mib(operator.process.pid)
                     template = (await kube.list(JOBS))[0]
@@ -215,7 +216,7 @@ async def operator_phase(runs: int, concurrency: int, wait_seconds: float) -> tu
                 if OPERATOR_LOG:
                     await asyncio.to_thread(Path(OPERATOR_LOG).write_text, operator.log())
     latencies = [seen[name] - stored[name] for name in names]
-    return PhaseResult(latencies, total, *cpu, rss, idle), template
+    return PhaseResult(latencies, total, apiserver_cpu, operator_cpu, rss, idle), template
 
 
 def job_factory(kube: KubeClient, template: dict[str, Any]) -> Any:
@@ -242,22 +243,11 @@ async def baseline_phase(runs: int, concurrency: int, template: dict[str, Any], 
     with tempfile.TemporaryDirectory() as name:
         async with apiserver_process(Path(name)) as (kubeconfig, apiserver_pid):
             names = [f"run-{index:05d}" for index in range(runs)]
-            stored: dict[str, float] = {}
-            seen: dict[str, float] = {}
-            done = asyncio.Event()
             async with KubeClient(str(kubeconfig), request_timeout_seconds=120) as kube:
-                watcher = asyncio.create_task(watch_jobs(kube, seen, runs, done))
-                reporter = asyncio.create_task(progress("baseline", seen, runs, done))
-                await asyncio.sleep(0.5)
-                started = time.monotonic()
-                cpu_before = cpu_seconds(apiserver_pid)
-                await create_all(kube, names, concurrency, stored, job_factory(kube, template))
-                try:
-                    await asyncio.wait_for(done.wait(), wait_seconds)
-                finally:
-                    watcher.cancel()
-                    reporter.cancel()
-                apiserver_cpu = cpu_seconds(apiserver_pid) - cpu_before
+                factory = job_factory(kube, template)
+                stored, seen, started, (apiserver_cpu,) = await create_and_watch(
+                    kube, "baseline", names, concurrency, factory, wait_seconds, [apiserver_pid]
+                )
     latencies = [seen[name] - stored[name] for name in names]
     return PhaseResult(latencies, max(seen.values()) - started, apiserver_cpu)
 

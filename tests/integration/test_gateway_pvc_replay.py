@@ -5,31 +5,34 @@ that archive. The runner does this with exactly the rights its operator-built Ro
 the AgentRun collects the archive."""
 
 import asyncio
-import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from aiohttp import web
-from httpx_sse import ServerSentEvent, aconnect_sse
+from httpx_sse import ServerSentEvent
 
 from agentrun_api import constants, contract
 from agentrun_api.spec import AgentRunSpec
-from agentrun_gateway.server import create_app, create_runner
-from agentrun_gateway.settings import GatewaySettings
 from agentrun_operator import children
 from agentrun_runner.archive import MANIFEST_KEY, read_manifest
 from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.gateway import (
+    Gateway,
+    as_log,
+    fast_settings,
+    read_runner_stream_to_end,
+    read_until_finished,
+    set_run_phase,
+    stream_token_secret,
+)
 from tests.harness.model_server import ModelServer, research_script
 from tests.harness.rbac import RbacAuthorizer, Request, ServiceAccount
 from tests.harness.runner import (
     API_KEY,
     STREAM_TOKEN,
-    RunnerProcess,
     load_state,
     make_config,
     make_spec,
@@ -41,29 +44,6 @@ pytestmark = pytest.mark.integration
 
 NAMESPACE = "default"  # the runner config's namespace (tests.harness.runner.make_config)
 RUN = "pvcrun"
-MERGE_PATCH = "application/merge-patch+json"
-
-
-async def _read_all(url: str, token: str, last_id: int | None = None) -> tuple[int, list[ServerSentEvent]]:
-    headers = {"Authorization": f"Bearer {token}"}
-    if last_id is not None:
-        headers["Last-Event-ID"] = str(last_id)
-    events: list[ServerSentEvent] = []
-    async with (
-        httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as client,
-        aconnect_sse(client, "GET", url, headers=headers) as source,
-    ):
-        if source.response.status_code != 200:
-            return source.response.status_code, events
-        async for event in source.aiter_sse():
-            events.append(event)
-            if event.event == "finished":
-                break
-    return 200, events
-
-
-def _as_log(events: list[ServerSentEvent]) -> list[tuple[int, str, Any]]:
-    return [(int(e.id), e.event, json.loads(e.data)) for e in events]
 
 
 def _archive(apiserver: EmulatedApiServer) -> list[dict[str, Any]]:
@@ -84,11 +64,7 @@ async def ended_pvc_run(apiserver: EmulatedApiServer, tmp_path: Path) -> EndedPv
     store = apiserver.store
     with contextlib.suppress(Exception):  # the emulator may already have the namespace
         store.create(store.resource("namespaces"), None, {"metadata": {"name": NAMESPACE}})
-    secret = {
-        "metadata": {"name": contract.stream_token_secret_name(RUN), "namespace": NAMESPACE},
-        "data": {"token": base64.b64encode(STREAM_TOKEN.encode()).decode()},
-    }
-    store.create(store.resource("secrets"), NAMESPACE, secret)
+    store.create(store.resource("secrets"), NAMESPACE, stream_token_secret(NAMESPACE, RUN, STREAM_TOKEN))
     async with ModelServer(research_script()) as model:
         spec = make_spec(
             model.base_url,
@@ -110,48 +86,17 @@ async def ended_pvc_run(apiserver: EmulatedApiServer, tmp_path: Path) -> EndedPv
             "AGENTRUN_RUNNER_PROGRESS_FILE": "",
             "AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "0.5",
         }
-        runner = await RunnerProcess(runner_env(tmp_path, config, extra)).start()
-        try:
-            port = await runner.stream_port()
-            status, direct = await _read_all(f"http://127.0.0.1:{port}/events", STREAM_TOKEN)
-            assert status == 200
-            assert await runner.wait() == 0, runner.output
-        finally:
-            await runner.close()
+        direct = await read_runner_stream_to_end(runner_env(tmp_path, config, extra), STREAM_TOKEN)
     state = await load_state(config)  # the runner's own log, from its checkpoint on the volume
-    store.patch(
-        store.resource("agentruns"),
-        NAMESPACE,
-        RUN,
-        MERGE_PATCH,
-        {"status": {"phase": "Succeeded"}},
-        subresource="status",
-    )
+    set_run_phase(apiserver, NAMESPACE, RUN, "Succeeded")
     return EndedPvcRun(direct, [(e.id, e.type, e.data) for e in state.events], spec)
 
 
 @pytest.fixture
 async def gateway_url(apiserver: EmulatedApiServer) -> AsyncIterator[str]:
-    settings = GatewaySettings(
-        host="127.0.0.1",
-        port=0,
-        upstream_url="http://127.0.0.1:9/events?run={namespace}/{name}",  # the runner is gone: nothing listens
-        kube_api_url=str(apiserver.url),
-        kube_token_file="",
-        kube_ca_file="",
-        reattach_initial_delay_seconds=0.05,
-        reattach_max_delay_seconds=0.2,
-        ended_drain_seconds=0.3,
-        run_cache_seconds=0.05,
-        shutdown_timeout_seconds=0.1,
-    )
-    runner = create_runner(create_app(settings), settings)  # no archive passed: the gateway's own
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/runs/{NAMESPACE}/{RUN}/events"
-    finally:
-        await runner.cleanup()
+    # The runner is gone: nothing listens upstream (port 9, discard). No archive passed: the gateway's own.
+    async with Gateway(fast_settings(apiserver, upstream_port=9), NAMESPACE, RUN) as gateway:
+        yield gateway.url
 
 
 async def test_a_reader_joining_after_a_pvc_runner_is_gone_gets_its_whole_log(
@@ -159,12 +104,12 @@ async def test_a_reader_joining_after_a_pvc_runner_is_gone_gets_its_whole_log(
 ) -> None:
     assert not [cm for cm in apiserver.store.all_of("ConfigMap", NAMESPACE) if "-ckpt-" in cm["metadata"]["name"]]
 
-    status, replayed = await _read_all(gateway_url, STREAM_TOKEN)
+    status, replayed = await read_until_finished(gateway_url, STREAM_TOKEN)
 
     assert status == 200
     assert len(ended_pvc_run.log) > 5
-    assert _as_log(replayed) == ended_pvc_run.log  # every event of the runner's log, same ids, same data
-    assert _as_log(replayed) == _as_log(ended_pvc_run.direct)  # what its own stream served
+    assert as_log(replayed) == ended_pvc_run.log  # every event of the runner's log, same ids, same data
+    assert as_log(replayed) == as_log(ended_pvc_run.direct)  # what its own stream served
     assert replayed[-1].event == "finished"
     assert json.loads(replayed[-1].data)["outcome"] == "Succeeded"
 
@@ -174,10 +119,10 @@ async def test_a_reader_resuming_after_the_end_gets_only_what_it_missed(
 ) -> None:
     middle = ended_pvc_run.log[len(ended_pvc_run.log) // 2][0]
 
-    status, rest = await _read_all(gateway_url, STREAM_TOKEN, last_id=middle)
+    status, rest = await read_until_finished(gateway_url, STREAM_TOKEN, last_id=middle)
 
     assert status == 200
-    assert _as_log(rest) == [entry for entry in ended_pvc_run.log if entry[0] > middle]
+    assert as_log(rest) == [entry for entry in ended_pvc_run.log if entry[0] > middle]
 
 
 async def test_the_archive_is_owned_by_the_run_holds_no_secret_and_goes_with_it(

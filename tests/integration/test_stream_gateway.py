@@ -3,27 +3,28 @@
 killed and restarted mid-stream."""
 
 import asyncio
-import base64
 import json
-import os
 import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 from httpx_sse import ServerSentEvent, aconnect_sse
 from prometheus_client import REGISTRY
 
-from agentrun_gateway.server import create_app, create_runner
-from agentrun_gateway.settings import GatewaySettings
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.fake_stream_runner import FakeStreamRunner
+from tests.harness.gateway import (
+    MERGE_PATCH,
+    Gateway,
+    as_log,
+    fast_settings,
+    gateway_process,
+    set_run_phase,
+    stream_token_secret,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +33,6 @@ RUN = "r1"
 STREAM_TOKEN = "s3cret-stream-token"
 ALICE_TOKEN = "alice-kubernetes-token"  # may get agentruns in team
 BOB_TOKEN = "bob-kubernetes-token"  # authenticated, no RBAC on agentruns
-MERGE_PATCH = "application/merge-patch+json"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _agentrun(heartbeat: str = "1s") -> dict[str, Any]:
@@ -49,15 +48,6 @@ def _agentrun(heartbeat: str = "1s") -> dict[str, Any]:
             "maxIterations": 10,
             "streaming": {"heartbeatInterval": heartbeat},
         },
-    }
-
-
-def _stream_token_secret(token: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": f"{RUN}-stream-token", "namespace": NAMESPACE},
-        "data": {"token": base64.b64encode(token.encode()).decode()},
     }
 
 
@@ -83,19 +73,12 @@ def _authorize(spec: Mapping[str, Any]) -> tuple[bool, str]:
 async def kube(apiserver: EmulatedApiServer) -> EmulatedApiServer:
     store = apiserver.store
     store.create(store.resource("namespaces"), None, {"metadata": {"name": NAMESPACE}})
-    store.create(store.resource("secrets"), NAMESPACE, _stream_token_secret(STREAM_TOKEN))
+    store.create(store.resource("secrets"), NAMESPACE, stream_token_secret(NAMESPACE, RUN, STREAM_TOKEN))
     store.create(store.resource("agentruns"), NAMESPACE, _agentrun())
-    _set_phase(apiserver, "Running")
+    set_run_phase(apiserver, NAMESPACE, RUN, "Running")
     apiserver.handler.authentication_policy = _authenticate
     apiserver.handler.authorization_policy = _authorize
     return apiserver
-
-
-def _set_phase(kube: EmulatedApiServer, phase: str) -> None:
-    store = kube.store
-    store.patch(
-        store.resource("agentruns"), NAMESPACE, RUN, MERGE_PATCH, {"status": {"phase": phase}}, subresource="status"
-    )
 
 
 @pytest.fixture
@@ -106,57 +89,10 @@ async def runner() -> AsyncIterator[FakeStreamRunner]:
     await fake.kill()
 
 
-class Gateway:
-    """The gateway served in-process on a loopback port; restart() serves again on the same port."""
-
-    def __init__(self, settings: GatewaySettings) -> None:
-        self.settings = settings
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/runs/{NAMESPACE}/{RUN}/events"
-
-    async def start(self) -> None:
-        self._runner = create_runner(create_app(self.settings), self.settings)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()
-
-
-def _test_settings(kube: EmulatedApiServer, runner: FakeStreamRunner, **overrides: Any) -> GatewaySettings:
-    return GatewaySettings(
-        host="127.0.0.1",
-        port=0,
-        upstream_url=f"http://127.0.0.1:{runner.port}/events?run={{namespace}}/{{name}}",
-        kube_api_url=str(kube.url),
-        kube_token_file="",
-        kube_ca_file="",
-        reattach_initial_delay_seconds=0.05,
-        reattach_max_delay_seconds=0.2,
-        ended_drain_seconds=0.3,
-        run_cache_seconds=0.05,
-        shutdown_timeout_seconds=0.1,
-        **overrides,
-    )
-
-
 @pytest.fixture
 async def gateway(kube: EmulatedApiServer, runner: FakeStreamRunner) -> AsyncIterator[Gateway]:
-    served = Gateway(_test_settings(kube, runner))
-    await served.start()
-    yield served
-    await served.stop()
+    async with Gateway(fast_settings(kube, runner.port), NAMESPACE, RUN) as served:
+        yield served
 
 
 async def _follow(
@@ -193,10 +129,6 @@ async def _follow(
             pass
         await asyncio.sleep(0.05)
     raise AssertionError(f"no `finished` within {deadline_seconds} s; got {len(received)} events")
-
-
-def _as_log(events: list[ServerSentEvent]) -> list[tuple[int, str, Any]]:
-    return [(int(e.id), e.event, json.loads(e.data)) for e in events]
 
 
 def _upstream_log(runner: FakeStreamRunner) -> list[tuple[int, str, Any]]:
@@ -240,7 +172,7 @@ async def test_reader_gets_the_exact_log_across_two_runner_kills_and_a_gateway_r
         await runner.emit("finished", {"phase": "Succeeded"})
         connects = await asyncio.wait_for(reader, 20)
 
-    assert _as_log(received) == _upstream_log(runner)
+    assert as_log(received) == _upstream_log(runner)
     assert connects >= 2  # the gateway restart cost the client one reconnect
     assert runner.connections >= 4  # the gateway re-attached after each runner kill and its own restart
 
@@ -261,7 +193,7 @@ async def test_events_a_restarted_runner_replays_from_its_checkpoint_are_not_rep
             await runner.emit("token", {"n": index})
         await runner.emit("finished", {"phase": "Succeeded"})
         await asyncio.wait_for(reader, 10)
-    assert _as_log(received) == _upstream_log(runner)
+    assert as_log(received) == _upstream_log(runner)
     assert runner.connections >= 2
 
 
@@ -277,11 +209,13 @@ async def test_relay_recovers_when_the_runs_stream_token_is_replaced(
         await runner.kill()
         runner.token = "rotated-token"  # a recreated Secret; the gateway still caches the old token
         secrets = kube.store.resource("secrets")
-        kube.store.patch(secrets, NAMESPACE, f"{RUN}-stream-token", MERGE_PATCH, _stream_token_secret("rotated-token"))
+        kube.store.patch(
+            secrets, NAMESPACE, f"{RUN}-stream-token", MERGE_PATCH, stream_token_secret(NAMESPACE, RUN, "rotated-token")
+        )
         await runner.start()
         await runner.emit("finished", {"phase": "Succeeded"})
         await asyncio.wait_for(reader, 10)
-    assert _as_log(received) == _upstream_log(runner)
+    assert as_log(received) == _upstream_log(runner)
 
 
 async def test_kubernetes_api_outage_answers_503(gateway: Gateway, kube: EmulatedApiServer) -> None:
@@ -295,24 +229,22 @@ async def test_kubernetes_api_outage_answers_503(gateway: Gateway, kube: Emulate
 async def test_reader_resuming_from_before_the_shared_feed_memory_is_served_on_its_own(
     kube: EmulatedApiServer, runner: FakeStreamRunner
 ) -> None:
-    gateway = Gateway(_test_settings(kube, runner, feed_memory_events=5))
-    await gateway.start()
-    try:
-        first: list[ServerSentEvent] = []
-        late: list[ServerSentEvent] = []
-        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
-            first_reader = asyncio.create_task(_follow(client, gateway.url, first))
-            for index in range(30):  # paced, so the first reader never lags behind the feed's memory
-                await runner.emit("token", {"n": index})
-                await _wait_for(lambda: len(first) == len(runner.log))
-            late_reader = asyncio.create_task(_follow(client, gateway.url, late, last_id="2"))
-            await _wait_for(lambda: len(late) == 28)
-            await runner.emit("finished", {"phase": "Succeeded"})
-            await asyncio.wait_for(asyncio.gather(first_reader, late_reader), 10)
-    finally:
-        await gateway.stop()
-    assert _as_log(first) == _upstream_log(runner)
-    assert _as_log(late) == _upstream_log(runner)[2:]
+    first: list[ServerSentEvent] = []
+    late: list[ServerSentEvent] = []
+    async with (
+        Gateway(fast_settings(kube, runner.port, feed_memory_events=5), NAMESPACE, RUN) as gateway,
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client,
+    ):
+        first_reader = asyncio.create_task(_follow(client, gateway.url, first))
+        for index in range(30):  # paced, so the first reader never lags behind the feed's memory
+            await runner.emit("token", {"n": index})
+            await _wait_for(lambda: len(first) == len(runner.log))
+        late_reader = asyncio.create_task(_follow(client, gateway.url, late, last_id="2"))
+        await _wait_for(lambda: len(late) == 28)
+        await runner.emit("finished", {"phase": "Succeeded"})
+        await asyncio.wait_for(asyncio.gather(first_reader, late_reader), 10)
+    assert as_log(first) == _upstream_log(runner)
+    assert as_log(late) == _upstream_log(runner)[2:]
     assert runner.connections == 2  # the shared feed, and the late reader's own
 
 
@@ -343,7 +275,7 @@ async def test_hundred_concurrent_readers_each_get_the_whole_log(gateway: Gatewa
         await runner.emit("finished", {"phase": "Succeeded"})
         await asyncio.wait_for(asyncio.gather(*readers), 20)
     expected = _upstream_log(runner)
-    assert all(_as_log(log) == expected for log in logs)
+    assert all(as_log(log) == expected for log in logs)
     assert runner.connections == 1  # the readers share one upstream connection
 
 
@@ -378,7 +310,7 @@ async def test_kubernetes_user_allowed_by_rbac_reads_the_stream(
         missing = await client.get(
             gateway.url.replace(f"/{RUN}/", "/absent/"), headers={"Authorization": f"Bearer {ALICE_TOKEN}"}
         )
-    assert _as_log(received) == _upstream_log(runner)
+    assert as_log(received) == _upstream_log(runner)
     assert missing.status_code == 404
 
 
@@ -388,14 +320,14 @@ async def test_reader_joining_after_the_end_gets_the_full_replay_then_204(
     for index in range(15):
         await runner.emit("token", {"n": index})
     await runner.emit("finished", {"phase": "Succeeded"})
-    _set_phase(kube, "Succeeded")
+    set_run_phase(kube, NAMESPACE, RUN, "Succeeded")
     received: list[ServerSentEvent] = []
     async with httpx.AsyncClient(timeout=10) as client:
         await _follow(client, gateway.url, received)
         again = await client.get(
             gateway.url, headers={"Authorization": f"Bearer {STREAM_TOKEN}", "Last-Event-ID": str(len(runner.log))}
         )
-    assert _as_log(received) == _upstream_log(runner)
+    assert as_log(received) == _upstream_log(runner)
     assert again.status_code == 204  # tells an EventSource to stop reconnecting
 
 
@@ -409,9 +341,9 @@ async def test_run_that_ends_while_its_runner_is_gone_closes_with_a_final_event(
         reader = asyncio.create_task(_follow(client, gateway.url, received))
         await _wait_for(lambda: len(received) == 5)
         await runner.kill()  # the pod fails and no replacement comes
-        _set_phase(kube, "Failed")
+        set_run_phase(kube, NAMESPACE, RUN, "Failed")
         await asyncio.wait_for(reader, 10)
-    assert _as_log(received[:-1]) == _upstream_log(runner)
+    assert as_log(received[:-1]) == _upstream_log(runner)
     final = received[-1]
     assert final.event == "finished"  # the gateway's own, without an id (the reader's position stays at 5)
     assert json.loads(final.data) == {"phase": "Failed", "reason": "RunEnded", "replay": "partial"}
@@ -440,51 +372,18 @@ async def test_idle_reader_gets_a_heartbeat_every_interval_while_the_runner_is_a
     assert max(gaps) <= 1.0 + 0.5  # heartbeatInterval 1s, with slack for a loaded machine
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def test_python_m_agentrun_gateway_serves_and_stops_on_sigterm(
     kube: EmulatedApiServer, runner: FakeStreamRunner
 ) -> None:
     await runner.emit("finished", {"phase": "Succeeded"})
-    port = _free_port()
-    env = {
-        **os.environ,
-        "AGENTRUN_GATEWAY_HOST": "127.0.0.1",
-        "AGENTRUN_GATEWAY_PORT": str(port),
-        "AGENTRUN_GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{runner.port}/events?run={{namespace}}/{{name}}",
-        "AGENTRUN_GATEWAY_KUBE_API_URL": str(kube.url),
-        "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": "",
-        "AGENTRUN_GATEWAY_KUBE_CA_FILE": "",
-        # What the gateway image holds (gateway/Dockerfile); the runner's package decodes checkpoints.
-        "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", "gateway")),
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agentrun_gateway", env=env, stderr=asyncio.subprocess.PIPE
-    )
-    try:
+    async with gateway_process(kube, runner.port, stderr=asyncio.subprocess.PIPE) as (process, port):
         received: list[ServerSentEvent] = []
         async with httpx.AsyncClient(timeout=5) as client:
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    health = await client.get(f"http://127.0.0.1:{port}/healthz")
-                    break
-                except httpx.ConnectError:
-                    assert time.monotonic() < deadline, "the gateway did not start listening"
-                    await asyncio.sleep(0.1)
+            health = await client.get(f"http://127.0.0.1:{port}/healthz")
             assert health.text == "ok"
             await _follow(client, f"http://127.0.0.1:{port}/runs/{NAMESPACE}/{RUN}/events", received)
-        assert _as_log(received) == _upstream_log(runner)
+        assert as_log(received) == _upstream_log(runner)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     assert process.stderr is not None
     assert STREAM_TOKEN not in (await process.stderr.read()).decode()

@@ -1,0 +1,180 @@
+"""The stream gateway for tests and benchmarks: served in-process or as its own process on loopback, the
+run objects it reads on the emulated API server, and readers of the SSE streams of the gateway and of a
+real runner process."""
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import IO, Any
+
+import httpx
+from aiohttp import web
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from agentrun_api import contract
+from agentrun_gateway.server import create_app, create_runner
+from agentrun_gateway.settings import GatewaySettings
+from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.local_cluster import REPO_ROOT, free_port
+from tests.harness.runner import RunnerProcess
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def runner_events_url(port: int) -> str:
+    """The gateway's upstream URL template for a runner listening on ``port`` of 127.0.0.1."""
+    return f"http://127.0.0.1:{port}/events?run={{namespace}}/{{name}}"
+
+
+def fast_settings(kube: EmulatedApiServer, upstream_port: int, **overrides: Any) -> GatewaySettings:
+    """Gateway settings with short delays and caches, so a test sees in seconds what takes minutes."""
+    return GatewaySettings(
+        host="127.0.0.1",
+        port=0,
+        upstream_url=runner_events_url(upstream_port),
+        kube_api_url=str(kube.url),
+        kube_token_file="",
+        kube_ca_file="",
+        reattach_initial_delay_seconds=0.05,
+        reattach_max_delay_seconds=0.2,
+        ended_drain_seconds=0.3,
+        run_cache_seconds=0.05,
+        shutdown_timeout_seconds=0.1,
+        **overrides,
+    )
+
+
+class Gateway:
+    """The gateway served in-process on a loopback port; restart() serves again on the same port."""
+
+    def __init__(self, settings: GatewaySettings, namespace: str, run: str) -> None:
+        self.settings = settings
+        self.namespace = namespace
+        self.run = run
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """The run's event stream on this gateway."""
+        return f"http://127.0.0.1:{self.port}/runs/{self.namespace}/{self.run}/events"
+
+    async def start(self) -> None:
+        self._runner = create_runner(create_app(self.settings), self.settings)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def __aenter__(self) -> "Gateway":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(
+    kube: EmulatedApiServer, upstream_port: int, *, stderr: int | IO[Any] | None
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """`python -m agentrun_gateway` as its own process, configured from env as in its image; yields the
+    process and its port once /healthz answers, and terminates it on exit unless it has ended."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "AGENTRUN_GATEWAY_HOST": "127.0.0.1",
+        "AGENTRUN_GATEWAY_PORT": str(port),
+        "AGENTRUN_GATEWAY_UPSTREAM_URL": runner_events_url(upstream_port),
+        "AGENTRUN_GATEWAY_KUBE_API_URL": str(kube.url),
+        "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": "",
+        "AGENTRUN_GATEWAY_KUBE_CA_FILE": "",
+        # What the gateway image holds (gateway/Dockerfile); the runner's package decodes checkpoints.
+        "PYTHONPATH": os.pathsep.join(str(REPO_ROOT / part) for part in ("api", "operator", "runner_image", "gateway")),
+    }
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "agentrun_gateway", env=env, stderr=stderr)
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    await client.get(f"http://127.0.0.1:{port}/healthz")
+                    break
+                except httpx.ConnectError:
+                    if time.monotonic() > deadline:
+                        raise AssertionError("the gateway did not start listening") from None
+                    await asyncio.sleep(0.1)
+        yield process, port
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+
+
+def stream_token_secret(namespace: str, run: str, token: str) -> dict[str, Any]:
+    """The run's `<run>-stream-token` Secret, as the operator creates it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": contract.stream_token_secret_name(run), "namespace": namespace},
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
+
+
+def set_run_phase(kube: EmulatedApiServer, namespace: str, run: str, phase: str) -> None:
+    """Write the AgentRun's status.phase, as the operator would."""
+    store = kube.store
+    store.patch(
+        store.resource("agentruns"), namespace, run, MERGE_PATCH, {"status": {"phase": phase}}, subresource="status"
+    )
+
+
+async def read_until_finished(url: str, token: str, last_id: int | None = None) -> tuple[int, list[ServerSentEvent]]:
+    """One connection: the HTTP status and, when it is 200, the events up to and with `finished`."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if last_id is not None:
+        headers["Last-Event-ID"] = str(last_id)
+    events: list[ServerSentEvent] = []
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as client,
+        aconnect_sse(client, "GET", url, headers=headers) as source,
+    ):
+        if source.response.status_code != 200:
+            return source.response.status_code, events
+        async for event in source.aiter_sse():
+            events.append(event)
+            if event.event == "finished":
+                break
+    return 200, events
+
+
+async def read_runner_stream_to_end(env: dict[str, str], token: str) -> list[ServerSentEvent]:
+    """Start the real runner process with ``env``, read its own stream to `finished`, and require that it
+    then exits 0; returns the events that reader received."""
+    runner = await RunnerProcess(env).start()
+    try:
+        port = await runner.stream_port()
+        status, events = await read_until_finished(f"http://127.0.0.1:{port}/events", token)
+        assert status == 200
+        assert await runner.wait() == 0, runner.output
+    finally:
+        await runner.close()
+    return events
+
+
+def as_log(events: list[ServerSentEvent]) -> list[tuple[int, str, Any]]:
+    """Events as (id, type, decoded data), comparable with a runner's event log."""
+    return [(int(e.id), e.event, json.loads(e.data)) for e in events]
