@@ -22,7 +22,6 @@ and the operator's resident memory with N live runs (and its growth per run).
 import argparse
 import asyncio
 import contextlib
-import copy
 import json
 import os
 import sys
@@ -160,17 +159,20 @@ async def progress(label: str, seen: dict[str, float], expected: int, done: asyn
         print(f"  {label}: {len(seen)}/{expected} Jobs", flush=True)
 
 
-async def create_and_watch(
-    kube: KubeClient, label: str, names: list[str], concurrency: int, job: Any, wait_seconds: float, pids: list[int]
-) -> tuple[dict[str, float], dict[str, float], float, list[float]]:
-    """Create `names` (runs, or their Jobs with `job`) while watching Jobs, until every Job is seen or
-    wait_seconds pass. Returns when each was stored and when its Job was seen, when creating started,
-    and the CPU seconds each of `pids` used from then until the end."""
+async def create_and_time(
+    kube: KubeClient, label: str, runs: int, concurrency: int, wait_seconds: float, job: Any, pids: tuple[int, ...]
+) -> tuple[list[float], float, list[float]]:
+    """Create `runs` AgentRuns (with `job`, each run's Job too) and wait until every run's Job exists.
+
+    Returns the seconds from AgentRun stored to Job stored of each run, the seconds from the first
+    create to the last Job, and the CPU seconds each process in `pids` spent meanwhile.
+    """
+    names = [f"run-{index:05d}" for index in range(runs)]
     stored: dict[str, float] = {}
     seen: dict[str, float] = {}
     done = asyncio.Event()
-    watcher = asyncio.create_task(watch_jobs(kube, seen, len(names), done))
-    reporter = asyncio.create_task(progress(label, seen, len(names), done))
+    watcher = asyncio.create_task(watch_jobs(kube, seen, runs, done))
+    reporter = asyncio.create_task(progress(label, seen, runs, done))
     await asyncio.sleep(0.5)  # the watch is open before the first create
     started = time.monotonic()
     cpu_before = [cpu_seconds(pid) for pid in pids]
@@ -180,8 +182,9 @@ async def create_and_watch(
     finally:
         watcher.cancel()
         reporter.cancel()
+    total = max(seen.values()) - started
     cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
-    return stored, seen, started, cpu
+    return [seen[name] - stored[name] for name in names], total, cpu
 
 
 async def operator_phase(runs: int, concurrency: int, wait_seconds: float) -> tuple[PhaseResult, dict[str, Any]]:
@@ -201,13 +204,10 @@ async def operator_phase(runs: int, concurrency: int, wait_seconds: float) -> tu
                 assert operator.process is not None
                 await asyncio.sleep(1)
                 idle = rss_mib(operator.process.pid)
-                names = [f"run-{index:05d}" for index in range(runs)]
                 async with KubeClient(str(kubeconfig), request_timeout_seconds=120) as kube:
-                    pids = [apiserver_pid, operator.process.pid]
-                    stored, seen, started, (apiserver_cpu, operator_cpu) = await create_and_watch(
-                        kube, "operator", names, concurrency, None, wait_seconds, pids
+                    latencies, total, cpu = await create_and_time(
+                        kube, "operator", runs, concurrency, wait_seconds, None, (apiserver_pid, operator.process.pid)
                     )
-                    total = max(seen.values()) - started
                     await asyncio.sleep(2)  # supervisors settle; memory with every run live
                     rss = rss_mib(operator.process.pid)
                     template = (await kube.list(JOBS))[0]
@@ -215,8 +215,7 @@ async def operator_phase(runs: int, concurrency: int, wait_seconds: float) -> tu
                 await operator.stop()
                 if OPERATOR_LOG:
                     await asyncio.to_thread(Path(OPERATOR_LOG).write_text, operator.log())
-    latencies = [seen[name] - stored[name] for name in names]
-    return PhaseResult(latencies, total, apiserver_cpu, operator_cpu, rss, idle), template
+    return PhaseResult(latencies, total, cpu[0], cpu[1], rss, idle), template
 
 
 def job_factory(kube: KubeClient, template: dict[str, Any]) -> Any:
@@ -224,9 +223,8 @@ def job_factory(kube: KubeClient, template: dict[str, Any]) -> Any:
     source_run = template["metadata"]["labels"]["agentrun.dev/run"]
 
     async def create(run: str) -> None:
-        body = copy.deepcopy(template)
-        text = json.dumps({"metadata": body["metadata"], "spec": body["spec"]}).replace(source_run, run)
-        renamed = json.loads(text)
+        text = json.dumps({"metadata": template["metadata"], "spec": template["spec"]}).replace(source_run, run)
+        renamed = json.loads(text)  # a fresh copy: the template is never changed
         metadata = renamed["metadata"]
         for key in ("uid", "resourceVersion", "creationTimestamp", "generation", "ownerReferences", "managedFields"):
             metadata.pop(key, None)
@@ -241,15 +239,15 @@ def job_factory(kube: KubeClient, template: dict[str, Any]) -> Any:
 
 async def baseline_phase(runs: int, concurrency: int, template: dict[str, Any], wait_seconds: float) -> PhaseResult:
     with tempfile.TemporaryDirectory() as name:
-        async with apiserver_process(Path(name)) as (kubeconfig, apiserver_pid):
-            names = [f"run-{index:05d}" for index in range(runs)]
-            async with KubeClient(str(kubeconfig), request_timeout_seconds=120) as kube:
-                factory = job_factory(kube, template)
-                stored, seen, started, (apiserver_cpu,) = await create_and_watch(
-                    kube, "baseline", names, concurrency, factory, wait_seconds, [apiserver_pid]
-                )
-    latencies = [seen[name] - stored[name] for name in names]
-    return PhaseResult(latencies, max(seen.values()) - started, apiserver_cpu)
+        async with (
+            apiserver_process(Path(name)) as (kubeconfig, apiserver_pid),
+            KubeClient(str(kubeconfig), request_timeout_seconds=120) as kube,
+        ):
+            job = job_factory(kube, template)
+            latencies, total, cpu = await create_and_time(
+                kube, "baseline", runs, concurrency, wait_seconds, job, (apiserver_pid,)
+            )
+    return PhaseResult(latencies, total, cpu[0])
 
 
 def ms(seconds: float) -> str:

@@ -107,28 +107,20 @@ def set_condition(
 ) -> None:
     """Set a condition; its lastTransitionTime moves only when its status does."""
     text = "True" if value else "False"
-    for index, existing in enumerate(status.conditions):
-        if existing.type == kind:
-            changed = existing.status != text
-            status.conditions[index] = Condition(
-                type=kind,
-                status=text,
-                reason=reason,
-                message=message,
-                last_transition_time=now if changed else existing.last_transition_time,
-                observed_generation=generation,
-            )
-            return
-    status.conditions.append(
-        Condition(
-            type=kind,
-            status=text,
-            reason=reason,
-            message=message,
-            last_transition_time=now,
-            observed_generation=generation,
-        )
+    index = next((i for i, existing in enumerate(status.conditions) if existing.type == kind), None)
+    previous = None if index is None else status.conditions[index]
+    condition = Condition(
+        type=kind,
+        status=text,
+        reason=reason,
+        message=message,
+        last_transition_time=previous.last_transition_time if previous is not None and previous.status == text else now,
+        observed_generation=generation,
     )
+    if index is None:
+        status.conditions.append(condition)
+    else:
+        status.conditions[index] = condition
 
 
 def condition_of(status: AgentRunStatus, kind: str) -> Condition | None:
@@ -224,10 +216,8 @@ def decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Deci
         status.message = message
         status.completion_time = now
         decision.actions.extend(actions)
-        if phase == Phase.SUCCEEDED:
-            set_condition(status, c.COMPLETE, True, reason, message, now=now, generation=ctx.generation)
-        else:
-            set_condition(status, c.FAILED, True, reason, message, now=now, generation=ctx.generation)
+        outcome = c.COMPLETE if phase == Phase.SUCCEEDED else c.FAILED
+        set_condition(status, outcome, True, reason, message, now=now, generation=ctx.generation)
         set_condition(status, c.RUNNING, False, reason, message, now=now, generation=ctx.generation)
         return decision
 

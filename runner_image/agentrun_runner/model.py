@@ -148,6 +148,9 @@ class ModelClient:
         self._settings = settings
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._conversation = WireConversation()
+        # The body's fields before the conversation depend on the spec alone: encoded once per client.
+        head: dict[str, Any] = {"model": spec.name, "stream": True} if spec.stream else {"model": spec.name}
+        self._body_head = encode_json(head)[:-1] + b',"messages":'
 
     async def close(self) -> None:
         await self._client.close()
@@ -163,13 +166,15 @@ class ModelClient:
         max_tokens: int | None,
     ) -> ModelAnswer:
         attempts = self._spec.max_retries + 1
+        # Encoded once per call: every attempt sends the same bytes.
+        body = self._body(messages, tools, max_tokens)
         last_problem = ""
         for attempt in range(attempts):
             if remaining() <= 0:
                 raise BudgetExhaustedError("before a model call")
             delay: float | None = None
             try:
-                return await self._attempt(messages, tools, remaining, on_token, on_queue_wait, max_tokens)
+                return await self._attempt(body, remaining, on_token, on_queue_wait)
             except openai.APIStatusError as error:
                 if error.status_code < 500 and error.status_code not in RETRYABLE_STATUSES:
                     raise ModelRejectedError(_rejection_message(self._spec, error)) from None
@@ -200,12 +205,10 @@ class ModelClient:
 
     async def _attempt(
         self,
-        messages: list[Message],
-        tools: list[dict[str, Any]],
+        body: bytes,
         remaining: Callable[[], float],
         on_token: Callable[[str], None] | None,
         on_queue_wait: Callable[[float], None],
-        max_tokens: int | None,
     ) -> ModelAnswer:
         permit = None
         if self._limiter is not None:
@@ -229,7 +232,7 @@ class ModelClient:
             outer = min(self._request_timeout, budget)
             try:
                 async with asyncio.timeout(outer):
-                    answer = await self._call(messages, tools, on_token, max_tokens)
+                    answer = await self._call(body, on_token)
             except TimeoutError:
                 if outer < self._request_timeout:
                     raise BudgetExhaustedError("during a model call") from None
@@ -242,14 +245,7 @@ class ModelClient:
             if permit is not None:
                 await permit.release()
 
-    async def _call(
-        self,
-        messages: list[Message],
-        tools: list[dict[str, Any]],
-        on_token: Callable[[str], None] | None,
-        max_tokens: int | None,
-    ) -> ModelAnswer:
-        body = self._body(messages, tools, max_tokens)
+    async def _call(self, body: bytes, on_token: Callable[[str], None] | None) -> ModelAnswer:
         if not self._spec.stream:
             response = await self._client.post(
                 CHAT_COMPLETIONS_PATH, cast_to=ChatCompletion, content=body, options=CHAT_OPTIONS
@@ -316,9 +312,6 @@ class ModelClient:
     def _body(self, messages: list[Message], tools: list[dict[str, Any]], max_tokens: int | None) -> bytes:
         """The request body ``chat.completions.create`` would send for these arguments (same fields,
         same key order, same encoding), with the conversation encoded once per message."""
-        before: dict[str, Any] = {"model": self._spec.name}
-        if self._spec.stream:
-            before["stream"] = True
         after: dict[str, Any] = {}
         if max_tokens is not None:
             after["max_tokens"] = max_tokens
@@ -328,6 +321,6 @@ class ModelClient:
             after["temperature"] = self._spec.temperature
         if tools:
             after["tools"] = tools
-        parts = [encode_json(before)[:-1], b',"messages":', self._conversation.encode(messages)]
+        parts = [self._body_head, self._conversation.encode(messages)]
         parts.append(b"," + encode_json(after)[1:] if after else b"}")
         return b"".join(parts)

@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -87,16 +87,8 @@ class OperatorTimings:
     """AGENTRUN_POOL_STATUS_INTERVAL_SECONDS (default 0.5; product default 60)."""
 
     def env(self) -> dict[str, str]:
-        return {
-            "AGENTRUN_STATUS_MIN_INTERVAL_SECONDS": str(self.status_min_interval_seconds),
-            "AGENTRUN_PROGRESS_INTERVAL_SECONDS": str(self.progress_interval_seconds),
-            "AGENTRUN_SUPERVISE_INTERVAL_SECONDS": str(self.supervise_interval_seconds),
-            "AGENTRUN_OUTCOME_GRACE_SECONDS": str(self.outcome_grace_seconds),
-            "AGENTRUN_RETRY_DELAY_SECONDS": str(self.retry_delay_seconds),
-            "AGENTRUN_DEADLINE_GRACE_SECONDS": str(self.deadline_grace_seconds),
-            "AGENTRUN_PERMIT_LEASE_SECONDS": str(self.permit_lease_seconds),
-            "AGENTRUN_POOL_STATUS_INTERVAL_SECONDS": str(self.pool_status_interval_seconds),
-        }
+        """Each field as the operator's variable of the same name (AGENTRUN_<FIELD IN CAPITALS>)."""
+        return {f"AGENTRUN_{timing.name.upper()}": str(getattr(self, timing.name)) for timing in fields(self)}
 
 
 class OperatorProcess:
