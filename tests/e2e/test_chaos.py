@@ -38,7 +38,7 @@ from tests.harness.agentruns import (
 )
 from tests.harness.executor.kube import KubeClient
 from tests.harness.local_cluster import LocalCluster
-from tests.harness.model_server import Answer, Failure, Hang, Reply, by_turn, call, research_script
+from tests.harness.model_server import Answer, Failure, Hang, Reply, Script, by_turn, call, research_script
 from tests.harness.runner import ToolServer
 
 pytestmark = pytest.mark.e2e
@@ -48,11 +48,23 @@ SOAK = max(1, int(os.environ.get("AGENTRUN_SOAK", "0") or 0))
 RANDOM_KILL_RUNS_PER_BATCH = 3
 
 
-async def start_reference_run(cluster: LocalCluster, kube: KubeClient, tools: ToolServer) -> str:
-    """An uninterrupted run of the same script, to compare the disturbed runs' conversations with."""
-    created = await kube.create(AGENTRUNS, fetching_run("reference", cluster))
+def answer_with(cluster: LocalCluster, script: Script) -> None:
+    """Have the scripted model server answer with `script` (the test is skipped where a real model is set)."""
+    needs_scripted_model(cluster)
+    assert cluster.model_server is not None
+    cluster.model_server.script = script
+
+
+async def create_fetching_run(cluster: LocalCluster, kube: KubeClient, name: str) -> str:
+    """Create run `name`, which fetches the tool server's sources; returns its uid."""
+    created = await kube.create(AGENTRUNS, fetching_run(name, cluster))
     uid: str = created["metadata"]["uid"]
     return uid
+
+
+async def start_reference_run(cluster: LocalCluster, kube: KubeClient, tools: ToolServer) -> str:
+    """An uninterrupted run of the same script, to compare the disturbed runs' conversations with."""
+    return await create_fetching_run(cluster, kube, "reference")
 
 
 async def assert_same_conversation_as_reference(
@@ -79,9 +91,7 @@ async def kill_runner_after(cluster: LocalCluster, kube: KubeClient, name: str, 
 
 @pytest.mark.timeout(90 * SOAK)
 async def test_runs_resume_without_loss_after_sigkills_at_random_points(cluster, kube, tools):
-    needs_scripted_model(cluster)
-    assert cluster.model_server is not None
-    cluster.model_server.script = fetching_script(tools, delay=0.3)
+    answer_with(cluster, fetching_script(tools, delay=0.3))
     chooser = random.Random(SEED)
     reference_uid = await start_reference_run(cluster, kube, tools)
     kills: dict[str, int] = {}
@@ -89,7 +99,7 @@ async def test_runs_resume_without_loss_after_sigkills_at_random_points(cluster,
     for batch in range(SOAK):  # three runs at a time: enough overlap, within two cores
         names = [f"kill-{batch}-{trial}" for trial in range(RANDOM_KILL_RUNS_PER_BATCH)]
         for name in names:
-            uids[name] = (await kube.create(AGENTRUNS, fetching_run(name, cluster)))["metadata"]["uid"]
+            uids[name] = await create_fetching_run(cluster, kube, name)
         # Each run loses its runner once or twice, at seeded random moments of its ~3 s of work.
         plans = {name: sorted(chooser.uniform(0.2, 2.5) for _ in range(chooser.randint(1, 2))) for name in names}
         landed = await asyncio.gather(*(kill_by_plan(cluster, kube, name, plans[name]) for name in names))
@@ -122,10 +132,8 @@ async def kill_by_plan(cluster: LocalCluster, kube: KubeClient, name: str, delay
 
 
 async def test_runner_killed_during_a_fetch_replays_its_key_and_the_tool_runs_once(cluster, kube, tools):
-    needs_scripted_model(cluster)
-    assert cluster.model_server is not None
-    cluster.model_server.script = fetching_script(tools, delay=0.2)
-    uid = (await kube.create(AGENTRUNS, fetching_run("mid-fetch", cluster)))["metadata"]["uid"]
+    answer_with(cluster, fetching_script(tools, delay=0.2))
+    uid = await create_fetching_run(cluster, kube, "mid-fetch")
     await wait_for(lambda: _tool_in_flight(tools), "the slow fetch to start", timeout=30)
     [pod] = await runner_pods(kube, "mid-fetch")
     cluster.executor.kill_pod_process("default", pod["metadata"]["name"])
@@ -153,11 +161,9 @@ async def _live_runner(cluster: LocalCluster, kube: KubeClient, name: str) -> bo
 
 
 async def test_run_completes_once_when_the_operator_crashes_at_several_points(cluster, kube, tools):
-    needs_scripted_model(cluster)
-    assert cluster.model_server is not None
-    cluster.model_server.script = fetching_script(tools, delay=0.3)
+    answer_with(cluster, fetching_script(tools, delay=0.3))
     reference_uid = await start_reference_run(cluster, kube, tools)
-    uid = (await kube.create(AGENTRUNS, fetching_run("crashy", cluster)))["metadata"]["uid"]
+    uid = await create_fetching_run(cluster, kube, "crashy")
     await cluster.operator.restart(crash=True)  # before or while it creates the children
     await wait_for_status(kube, "crashy", lambda s: s.get("phase") == "Running", "Running")
     await cluster.operator.restart(crash=True)  # while the runner works
@@ -176,10 +182,8 @@ async def test_run_completes_once_when_the_operator_crashes_at_several_points(cl
 
 
 async def test_run_resumes_after_its_pod_is_deleted_with_kubectl(cluster, kube, tools):
-    needs_scripted_model(cluster)
-    assert cluster.model_server is not None
-    cluster.model_server.script = fetching_script(tools, delay=0.3)
-    uid = (await kube.create(AGENTRUNS, fetching_run("deleted", cluster)))["metadata"]["uid"]
+    answer_with(cluster, fetching_script(tools, delay=0.3))
+    uid = await create_fetching_run(cluster, kube, "deleted")
     await wait_for_iteration(kube, "deleted", 2)
     [first] = await runner_pods(kube, "deleted")
     code, out, err = await kubectl(cluster, "delete", "pod", first["metadata"]["name"], "--wait=false")
@@ -196,10 +200,8 @@ async def test_run_resumes_after_its_pod_is_deleted_with_kubectl(cluster, kube, 
 
 
 async def test_run_succeeds_through_api_server_errors_throttling_and_dropped_watches(cluster, kube, tools):
-    needs_scripted_model(cluster)
-    assert cluster.model_server is not None
-    cluster.model_server.script = fetching_script(tools, delay=0.3)
-    uid = (await kube.create(AGENTRUNS, fetching_run("flaky-api", cluster)))["metadata"]["uid"]
+    answer_with(cluster, fetching_script(tools, delay=0.3))
+    uid = await create_fetching_run(cluster, kube, "flaky-api")
     await wait_for_status(kube, "flaky-api", lambda s: s.get("phase") == "Running", "Running")
     faults = cluster.apiserver.faults
     # Writes and lists only: this test's own status reads (GETs) must not use the faults up.
@@ -222,14 +224,12 @@ async def test_run_succeeds_through_api_server_errors_throttling_and_dropped_wat
 
 
 async def test_run_succeeds_through_model_429_storms_500s_and_a_hang_past_the_request_timeout(cluster, kube, tools):
-    needs_scripted_model(cluster)
-    assert cluster.model_server is not None
     faults: dict[int, list[Reply]] = {
         0: [Failure(429, retry_after="1")] * 3,  # a storm, each answer asking for a second of quiet
         2: [Failure(500), Failure(503)],
         3: [Hang()],  # past the 2 s request timeout: the SDK gives up and retries
     }
-    cluster.model_server.script = with_model_faults(fetching_script(tools, delay=0.2), "model-faults", faults)
+    answer_with(cluster, with_model_faults(fetching_script(tools, delay=0.2), "model-faults", faults))
     reference_uid = await start_reference_run(cluster, kube, tools)
     model = {"requestTimeout": "2s", "maxRetries": 4}
     run = fetching_run("model-faults", cluster)
@@ -259,10 +259,8 @@ async def patch_spec(cluster: LocalCluster, name: str, **fields: object) -> None
 
 
 async def test_suspended_run_stops_its_runner_and_resumes_where_it_was(cluster, kube, tools):
-    needs_scripted_model(cluster)
-    assert cluster.model_server is not None
-    cluster.model_server.script = fetching_script(tools, delay=0.4)
-    uid = (await kube.create(AGENTRUNS, fetching_run("pausing", cluster)))["metadata"]["uid"]
+    answer_with(cluster, fetching_script(tools, delay=0.4))
+    uid = await create_fetching_run(cluster, kube, "pausing")
     await wait_for_iteration(kube, "pausing", 2)
     await patch_spec(cluster, "pausing", suspend=True)
     suspended = await wait_for_status(kube, "pausing", lambda s: s.get("phase") == "Suspended", "Suspended")
@@ -285,9 +283,7 @@ async def _no_live_runner(cluster: LocalCluster, kube: KubeClient, name: str) ->
 
 
 async def test_cancel_during_a_slow_tool_call_ends_the_run_cancelled(cluster, kube, tools):
-    needs_scripted_model(cluster)
-    assert cluster.model_server is not None
-    cluster.model_server.script = research_script(fetch_urls=[tools.url("slow/20")], delay=0.1)
+    answer_with(cluster, research_script(fetch_urls=[tools.url("slow/20")], delay=0.1))
     await kube.create(AGENTRUNS, fetching_run("cancelled", cluster))
     await wait_for(lambda: _tool_in_flight(tools), "the slow fetch to start", timeout=30)
     code, _, err = await kubectl(
@@ -308,9 +304,7 @@ async def _tool_in_flight(tools: ToolServer) -> bool:
 
 
 async def test_model_call_hanging_past_max_execution_time_ends_the_run_timed_out(cluster, kube, tools):
-    needs_scripted_model(cluster)
-    assert cluster.model_server is not None
-    cluster.model_server.script = by_turn([Answer(tool_calls=[call("list_files")]), Hang()])
+    answer_with(cluster, by_turn([Answer(tool_calls=[call("list_files")]), Hang()]))
     # The runner keeps a 10 s margin of maxExecutionTime for its last checkpoint: 15 s leaves it 5.
     run = fetching_run("hung", cluster, maxExecutionTime="15s")
     run["spec"]["model"]["requestTimeout"] = "1h"

@@ -11,39 +11,33 @@ import pytest
 from agentrun_operator import kubectl_plugin
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.sse_server import SseServer
+from tests.integration.conftest import AGENTRUNS, MERGE
+from tests.integration.conftest import agentrun as minimal_agentrun
 
 pytestmark = pytest.mark.integration
 
-RUNS = "/apis/agentrun.dev/v1alpha1/namespaces/default/agentruns"
 CORE = "/api/v1/namespaces/default"
-MERGE = {"Content-Type": "application/merge-patch+json"}
 
 
-def agentrun(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "agentrun.dev/v1alpha1",
-        "kind": "AgentRun",
-        "metadata": {"name": name},
-        "spec": {
-            "instructions": "You are terse.",
-            "input": "Say hi.",
-            "model": {"name": "gpt-4.1-mini", "requestTimeout": "2m"},
-            "maxExecutionTime": "30m",
-            "maxIterations": 100,
-            **spec,
-        },
-    }
+def agentrun(name: str) -> dict[str, Any]:
+    """A run with the request timeout and 30-minute budget that the `budget` table is checked against."""
+    return minimal_agentrun(
+        name,
+        model={"name": "gpt-4.1-mini", "requestTimeout": "2m"},
+        maxExecutionTime="30m",
+        maxIterations=100,
+    )
 
 
-async def call(session: aiohttp.ClientSession, method: str, path: str, body: Any, **kwargs: Any) -> dict[str, Any]:
-    async with session.request(method, path.lstrip("/"), json=body, **kwargs) as response:
+async def call(http: aiohttp.ClientSession, method: str, path: str, body: Any, **kwargs: Any) -> dict[str, Any]:
+    async with http.request(method, path.lstrip("/"), json=body, **kwargs) as response:
         assert response.status < 300, await response.text()
         result: dict[str, Any] = await response.json()
         return result
 
 
-async def set_status(session: aiohttp.ClientSession, name: str, status: dict[str, Any]) -> None:
-    await call(session, "PATCH", f"{RUNS}/{name}/status", {"status": status}, headers=MERGE)
+async def set_status(http: aiohttp.ClientSession, name: str, status: dict[str, Any]) -> None:
+    await call(http, "PATCH", f"{AGENTRUNS}/{name}/status", {"status": status}, headers=MERGE)
 
 
 async def plugin(apiserver: EmulatedApiServer, *args: str) -> tuple[int, str, str]:
@@ -57,17 +51,11 @@ async def plugin(apiserver: EmulatedApiServer, *args: str) -> tuple[int, str, st
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture
-async def session(apiserver: EmulatedApiServer) -> Any:
-    async with aiohttp.ClientSession(base_url=apiserver.url + "/") as http:
-        yield http
-
-
 async def test_suspend_resume_and_cancel_merge_patch_only_the_users_spec_fields(
-    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
 ) -> None:
-    await call(session, "POST", RUNS, agentrun("q3"))
-    await set_status(session, "q3", {"phase": "Running"})
+    await call(http, "POST", AGENTRUNS, agentrun("q3"))
+    await set_status(http, "q3", {"phase": "Running"})
 
     assert await plugin(apiserver, "suspend", "q3") == (0, "agentrun.agentrun.dev/q3 suspended\n", "")
     run = apiserver.store.try_get("AgentRun", "default", "q3")
@@ -85,10 +73,10 @@ async def test_suspend_resume_and_cancel_merge_patch_only_the_users_spec_fields(
 
 
 async def test_steering_an_ended_run_is_refused_without_a_write(
-    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
 ) -> None:
-    await call(session, "POST", RUNS, agentrun("done"))
-    await set_status(session, "done", {"phase": "Succeeded"})
+    await call(http, "POST", AGENTRUNS, agentrun("done"))
+    await set_status(http, "done", {"phase": "Succeeded"})
     code, out, err = await plugin(apiserver, "suspend", "done")
     assert (code, out) == (1, "")
     assert err == "error: agentrun done already ended as Succeeded; nothing to suspend\n"
@@ -100,32 +88,32 @@ async def test_missing_run_is_one_clear_line(apiserver: EmulatedApiServer) -> No
 
 
 async def test_namespace_flag_selects_where_the_run_is(
-    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
 ) -> None:
-    await call(session, "POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
-    await call(session, "POST", RUNS.replace("/default/", "/team-a/"), agentrun("there"))
+    await call(http, "POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
+    await call(http, "POST", AGENTRUNS.replace("/default/", "/team-a/"), agentrun("there"))
     code, out, _ = await plugin(apiserver, "-n", "team-a", "result", "there")
     assert code == 0
     assert out.startswith("phase:    not reported yet\n")
 
 
 async def test_logs_print_every_runner_pod_oldest_first(
-    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
 ) -> None:
-    await call(session, "POST", RUNS, agentrun("q3"))
+    await call(http, "POST", AGENTRUNS, agentrun("q3"))
     # Named against creation order, so only creation (then start) time can put them in order.
     for name, started in (("q3-runner-zz", "2026-01-01T10:00:00Z"), ("q3-runner-aa", "2026-01-01T10:05:00Z")):
         pod = {
             "metadata": {"name": name, "labels": {"agentrun.dev/run": "q3", "agentrun.dev/role": "runner"}},
             "spec": {"containers": [{"name": "runner", "image": "agentrun-runner:dev"}]},
         }
-        await call(session, "POST", f"{CORE}/pods", pod)
-        await call(session, "PATCH", f"{CORE}/pods/{name}/status", {"status": {"startTime": started}}, headers=MERGE)
+        await call(http, "POST", f"{CORE}/pods", pod)
+        await call(http, "PATCH", f"{CORE}/pods/{name}/status", {"status": {"startTime": started}}, headers=MERGE)
     other = {
         "metadata": {"name": "other-runner", "labels": {"agentrun.dev/run": "other"}},
         "spec": {"containers": [{"name": "runner", "image": "x"}]},
     }
-    await call(session, "POST", f"{CORE}/pods", other)
+    await call(http, "POST", f"{CORE}/pods", other)
     apiserver.pod_logs[("default", "q3-runner-zz")] = "iteration 1\niteration 2\nSIGTERM: checkpointed\n"
     apiserver.pod_logs[("default", "q3-runner-aa")] = "resumed at iteration 2\niteration 3"
     apiserver.pod_logs[("default", "other-runner")] = "not ours\n"
@@ -139,21 +127,21 @@ async def test_logs_print_every_runner_pod_oldest_first(
     assert lines[5:] == ["resumed at iteration 2", "iteration 3"]
 
 
-async def test_logs_of_a_run_without_pods_say_why(apiserver: EmulatedApiServer, session: aiohttp.ClientSession) -> None:
-    await call(session, "POST", RUNS, agentrun("fresh"))
+async def test_logs_of_a_run_without_pods_say_why(apiserver: EmulatedApiServer, http: aiohttp.ClientSession) -> None:
+    await call(http, "POST", AGENTRUNS, agentrun("fresh"))
     code, out, _ = await plugin(apiserver, "logs", "fresh")
     assert code == 0
     assert "has no runner pods" in out
 
 
 async def test_result_prints_the_summary_and_the_full_result_from_the_configmap_store(
-    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
 ) -> None:
-    await call(session, "POST", RUNS, agentrun("q3"))
+    await call(http, "POST", AGENTRUNS, agentrun("q3"))
     full = "# Findings\n\nVendor B wins on price and support.\n"
-    await call(session, "POST", f"{CORE}/configmaps", {"metadata": {"name": "q3-ckpt-0"}, "data": {"result": full}})
+    await call(http, "POST", f"{CORE}/configmaps", {"metadata": {"name": "q3-ckpt-0"}, "data": {"result": full}})
     result = {"summary": "Vendor B wins.", "ref": "configmap/q3-ckpt-0#result", "bytes": len(full)}
-    await set_status(session, "q3", {"phase": "Succeeded", "reason": "Succeeded", "result": result})
+    await set_status(http, "q3", {"phase": "Succeeded", "reason": "Succeeded", "result": result})
 
     code, out, _ = await plugin(apiserver, "result", "q3")
     assert code == 0
@@ -162,28 +150,24 @@ async def test_result_prints_the_summary_and_the_full_result_from_the_configmap_
     assert (await plugin(apiserver, "result", "q3", "--summary-only"))[1].endswith("  Vendor B wins.\n")
 
 
-async def test_result_with_a_missing_store_names_it(
-    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
-) -> None:
-    await call(session, "POST", RUNS, agentrun("q3"))
+async def test_result_with_a_missing_store_names_it(apiserver: EmulatedApiServer, http: aiohttp.ClientSession) -> None:
+    await call(http, "POST", AGENTRUNS, agentrun("q3"))
     result = {"summary": "x", "ref": "configmap/q3-ckpt-9#result", "bytes": 1}
-    await set_status(session, "q3", {"phase": "Succeeded", "result": result})
+    await set_status(http, "q3", {"phase": "Succeeded", "result": result})
     code, _, err = await plugin(apiserver, "result", "q3")
     assert code == 1
     assert err == "error: ConfigMap q3-ckpt-9 (the stored result) not found in namespace default\n"
 
 
 async def test_stream_reads_the_token_secret_and_follows_the_status_url(
-    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
 ) -> None:
     events = [("iteration", '{"iteration": 1}'), ("checkpoint", '{"iteration": 1}'), ("finished", "{}")]
     with SseServer(events, drop_first_after=1, retry_ms=1) as runner:
-        await call(session, "POST", RUNS, agentrun("q3"))
-        await set_status(session, "q3", {"phase": "Running", "streamURL": runner.url})
+        await call(http, "POST", AGENTRUNS, agentrun("q3"))
+        await set_status(http, "q3", {"phase": "Running", "streamURL": runner.url})
         token = base64.b64encode(b"t0ken").decode()
-        await call(
-            session, "POST", f"{CORE}/secrets", {"metadata": {"name": "q3-stream-token"}, "data": {"token": token}}
-        )
+        await call(http, "POST", f"{CORE}/secrets", {"metadata": {"name": "q3-stream-token"}, "data": {"token": token}})
 
         code, out, err = await plugin(apiserver, "stream", "q3")
     assert code == 0
@@ -194,10 +178,10 @@ async def test_stream_reads_the_token_secret_and_follows_the_status_url(
 
 
 async def test_stream_without_access_to_the_token_secret_asks_for_token(
-    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
 ) -> None:
-    await call(session, "POST", RUNS, agentrun("q3"))
-    await set_status(session, "q3", {"phase": "Running", "streamURL": "http://127.0.0.1:9/events"})
+    await call(http, "POST", AGENTRUNS, agentrun("q3"))
+    await set_status(http, "q3", {"phase": "Running", "streamURL": "http://127.0.0.1:9/events"})
     apiserver.faults.inject(403, match=lambda record: record.resource == "secrets")
     code, _, err = await plugin(apiserver, "stream", "q3")
     assert code == 1
@@ -208,21 +192,19 @@ async def test_stream_without_access_to_the_token_secret_asks_for_token(
 
 
 async def test_stream_before_the_run_has_a_url_says_how_to_reach_it(
-    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
 ) -> None:
-    await call(session, "POST", RUNS, agentrun("q3"))
+    await call(http, "POST", AGENTRUNS, agentrun("q3"))
     code, _, err = await plugin(apiserver, "stream", "q3")
     assert code == 1
     assert "no status.streamURL yet" in err
     assert "q3-stream" in err
 
 
-async def test_budget_prints_the_table_from_status(
-    apiserver: EmulatedApiServer, session: aiohttp.ClientSession
-) -> None:
-    await call(session, "POST", RUNS, agentrun("q3"))
+async def test_budget_prints_the_table_from_status(apiserver: EmulatedApiServer, http: aiohttp.ClientSession) -> None:
+    await call(http, "POST", AGENTRUNS, agentrun("q3"))
     budget = {"worstCaseSeconds": 12000, "maxExecutionSeconds": 1800, "fits": False, "activeDeadlineSeconds": 1860}
-    await set_status(session, "q3", {"phase": "Running", "budget": budget})
+    await set_status(http, "q3", {"phase": "Running", "budget": budget})
     code, out, _ = await plugin(apiserver, "budget", "q3", "--controller", "gke-ingress")
     assert code == 0
     own, chain = out.split("\n\n")

@@ -2,10 +2,12 @@
 stands by with warm indexes, and takes over when the leader is killed (what replicaCount > 1 relies on)."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +122,12 @@ def labelled(cluster: Cluster, pod: str) -> bool:
     return (obj.get("metadata", {}).get("labels") or {}).get(LEADER_LABEL) == "true"
 
 
-async def test_the_standby_takes_over_within_the_lease_when_the_leader_is_killed(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+@contextlib.asynccontextmanager
+async def two_replicas_one_leading(
+    apiserver: EmulatedApiServer, cluster: Cluster
+) -> AsyncIterator[tuple[OperatorReplica, OperatorReplica]]:
+    """Two started replicas (with the API key Secret and their pods), one holding the Lease: (leader, standby).
+    Both are stopped on the way out."""
     cluster.add_api_key_secret()
     replicas = {name: OperatorReplica(apiserver, name) for name in ("operator-a", "operator-b")}
     for name in replicas:
@@ -136,6 +142,15 @@ async def test_the_standby_takes_over_within_the_lease_when_the_leader_is_killed
         leader_name = await eventually(lambda: holder(cluster), timeout=30, message="a replica holding the Lease")
         leader = replicas[leader_name]
         [standby] = [r for r in replicas.values() if r is not leader]
+        yield leader, standby
+    finally:
+        for replica in replicas.values():
+            await replica.stop()
+
+
+async def test_the_standby_takes_over_within_the_lease_when_the_leader_is_killed(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    async with two_replicas_one_leading(apiserver, cluster) as (leader, standby):
         lease = cluster.get("Lease", LEASE)
         assert lease is not None
         assert lease["spec"]["leaseDurationSeconds"] == LEASE_SECONDS
@@ -185,27 +200,11 @@ async def test_the_standby_takes_over_within_the_lease_when_the_leader_is_killed
             (r.verb, r.resource, r.subresource) for r in apiserver.requests.records if r.verb and not granted(r, rules)
         }
         assert refused == set()
-    finally:
-        for replica in replicas.values():
-            await replica.stop()
 
 
 async def test_a_stopping_leader_hands_over_at_once_and_unlabels_its_pod(apiserver: EmulatedApiServer) -> None:
     cluster = Cluster(apiserver)
-    cluster.add_api_key_secret()
-    replicas = {name: OperatorReplica(apiserver, name) for name in ("operator-a", "operator-b")}
-    for name in replicas:
-        add_operator_pod(cluster, name)
-    try:
-        for replica in replicas.values():
-            await replica.start()
-        for replica in replicas.values():
-            await eventually(
-                lambda replica=replica: "agentrun operator started" in replica.output, timeout=30, message="started"
-            )
-        leader_name = await eventually(lambda: holder(cluster), timeout=30, message="a replica holding the Lease")
-        leader = replicas[leader_name]
-        [standby] = [r for r in replicas.values() if r is not leader]
+    async with two_replicas_one_leading(apiserver, cluster) as (leader, standby):
         await eventually(lambda: labelled(cluster, leader.pod), timeout=10, message="the leader's pod labelled")
 
         await leader.stop()  # SIGTERM: the operator releases the Lease on its way out
@@ -214,9 +213,6 @@ async def test_a_stopping_leader_hands_over_at_once_and_unlabels_its_pod(apiserv
         assert released is not None
         assert released["spec"].get("holderIdentity") in (None, "", standby.pod)
         await eventually(lambda: holder(cluster) == standby.pod, timeout=LEASE_SECONDS, message="the standby leading")
-    finally:
-        for replica in replicas.values():
-            await replica.stop()
 
 
 def test_lease_kind_is_served_by_the_emulated_api_server() -> None:

@@ -26,6 +26,16 @@ async def started(cluster: Cluster, **spec: Any) -> str:
     return pod
 
 
+def job_failed(cluster: Cluster, reason: str, **counts: int) -> None:
+    """What the Job controller writes when it gives up on q3's Job for `reason` (with pod counts like failed=4)."""
+    cluster.patch(
+        "Job",
+        "q3-runner",
+        {"status": {**counts, "conditions": [{"type": "Failed", "status": "True", "reason": reason}]}},
+        status=True,
+    )
+
+
 def phase_and_reason(cluster: Cluster) -> tuple[str, str]:
     status = cluster.status()
     return status.get("phase", ""), status.get("reason", "")
@@ -35,17 +45,7 @@ async def test_job_deadline_ends_the_run_timed_out(apiserver: EmulatedApiServer)
     cluster = Cluster(apiserver)
     async with running_operator(apiserver):
         await started(cluster)
-        cluster.patch(
-            "Job",
-            "q3-runner",
-            {
-                "status": {
-                    "active": 0,
-                    "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}],
-                }
-            },
-            status=True,
-        )
+        job_failed(cluster, "DeadlineExceeded", active=0)
         await eventually(lambda: phase_and_reason(cluster) == ("TimedOut", c.REASON_DEADLINE_EXCEEDED))
         failed = cluster.condition(c.FAILED)
         assert failed is not None
@@ -73,17 +73,7 @@ async def test_backoff_limit_reached_fails_the_run(apiserver: EmulatedApiServer)
     cluster = Cluster(apiserver)
     async with running_operator(apiserver):
         await started(cluster)
-        cluster.patch(
-            "Job",
-            "q3-runner",
-            {
-                "status": {
-                    "failed": 4,
-                    "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}],
-                }
-            },
-            status=True,
-        )
+        job_failed(cluster, "BackoffLimitExceeded", failed=4)
         await eventually(lambda: phase_and_reason(cluster) == ("Failed", c.REASON_BACKOFF_LIMIT))
 
 
@@ -92,12 +82,7 @@ async def test_runner_exit_with_invalid_config_fails_the_run_as_invalid_spec(api
     async with running_operator(apiserver):
         pod = await started(cluster)
         cluster.fail_pod(pod, exit_code=3)
-        cluster.patch(
-            "Job",
-            "q3-runner",
-            {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}},
-            status=True,
-        )
+        job_failed(cluster, "PodFailurePolicy")
         await eventually(lambda: phase_and_reason(cluster) == ("Failed", c.REASON_INVALID_SPEC))
 
 

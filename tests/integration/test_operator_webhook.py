@@ -48,10 +48,8 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
         await runner.cleanup()
 
 
-async def test_webhook_is_retried_until_delivered_and_every_attempt_is_signed(
-    apiserver: EmulatedApiServer, receiver: tuple[Receiver, str]
-) -> None:
-    hook, url = receiver
+def cluster_with_signing_key(apiserver: EmulatedApiServer) -> Cluster:
+    """The cluster with the model's API key and the webhook signing key (Secret `hook-key`, key `key`)."""
     cluster = Cluster(apiserver)
     cluster.add_api_key_secret()
     cluster.create(
@@ -62,18 +60,31 @@ async def test_webhook_is_retried_until_delivered_and_every_attempt_is_signed(
             "stringData": {"key": SIGNING_KEY.decode()},
         }
     )
-    async with running_operator(apiserver):
-        cluster.create(
-            run_manifest(
-                completionWebhook={
-                    "url": url,
-                    "signingKeySecretRef": {"name": "hook-key", "key": "key"},
-                    "maxAttempts": 4,
-                }
-            )
+    return cluster
+
+
+async def start_run_with_webhook(cluster: Cluster, url: str, *, max_attempts: int) -> str:
+    """Run q3 with a signed completion webhook to `url`, its Job created and its pod running; returns the pod."""
+    cluster.create(
+        run_manifest(
+            completionWebhook={
+                "url": url,
+                "signingKeySecretRef": {"name": "hook-key", "key": "key"},
+                "maxAttempts": max_attempts,
+            }
         )
-        await eventually(lambda: cluster.get("Job", "q3-runner"))
-        pod = cluster.start_pod()
+    )
+    await eventually(lambda: cluster.get("Job", "q3-runner"))
+    return cluster.start_pod()
+
+
+async def test_webhook_is_retried_until_delivered_and_every_attempt_is_signed(
+    apiserver: EmulatedApiServer, receiver: tuple[Receiver, str]
+) -> None:
+    hook, url = receiver
+    cluster = cluster_with_signing_key(apiserver)
+    async with running_operator(apiserver):
+        pod = await start_run_with_webhook(cluster, url, max_attempts=4)
         cluster.report(
             iteration=4,
             pod=pod,
@@ -109,28 +120,9 @@ async def test_webhook_gives_up_after_max_attempts_without_touching_the_phase(
 ) -> None:
     hook, url = receiver
     hook.failures = 100
-    cluster = Cluster(apiserver)
-    cluster.add_api_key_secret()
-    cluster.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "hook-key"},
-            "stringData": {"key": SIGNING_KEY.decode()},
-        }
-    )
+    cluster = cluster_with_signing_key(apiserver)
     async with running_operator(apiserver):
-        cluster.create(
-            run_manifest(
-                completionWebhook={
-                    "url": url,
-                    "signingKeySecretRef": {"name": "hook-key", "key": "key"},
-                    "maxAttempts": 2,
-                }
-            )
-        )
-        await eventually(lambda: cluster.get("Job", "q3-runner"))
-        pod = cluster.start_pod()
+        pod = await start_run_with_webhook(cluster, url, max_attempts=2)
         cluster.report(iteration=1, pod=pod, outcome="ModelRequestRejected")
         await eventually(lambda: (cluster.status().get("notification") or {}).get("attempts") == 2)
         await eventually(lambda: c.REASON_DELIVERY_FAILED in cluster.event_reasons())

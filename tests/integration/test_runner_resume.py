@@ -57,6 +57,14 @@ class Kills:
     logged_deliveries: list[dict[str, int]] = field(default_factory=list)
 
 
+async def runner_working_for(env: dict[str, str], seconds: float) -> RunnerProcess:
+    """A runner process that has been working for `seconds` since it logged its start (its first step)."""
+    process = await RunnerProcess(env).start()
+    await process.wait_for_log(r"starting at iteration")
+    await asyncio.sleep(seconds)
+    return process
+
+
 async def run_with_kills(
     env: dict[str, str], workspace: Path, load: StateLoader, tools: ToolServer, seed: int, kills: int
 ) -> Kills:
@@ -65,9 +73,7 @@ async def run_with_kills(
     rng = random.Random(seed)
     seen = Kills()
     for _ in range(kills):
-        process = await RunnerProcess(env).start()
-        await process.wait_for_log(r"starting at iteration")
-        await asyncio.sleep(rng.uniform(0.1, 1.4))
+        process = await runner_working_for(env, rng.uniform(0.1, 1.4))
         process.kill()
         await process.wait()
         state = await load()
@@ -174,9 +180,7 @@ async def test_sigterm_checkpoints_and_exits_resumable_without_an_outcome(tmp_pa
         spec = make_spec(model.base_url, maxIterations=200)
         config = make_config(spec, tmp_path)
         env = runner_env(tmp_path, config)
-        process = await RunnerProcess(env).start()
-        await process.wait_for_log(r"starting at iteration")
-        await asyncio.sleep(1.0)
+        process = await runner_working_for(env, 1.0)
         process.terminate()
         code = await process.wait(timeout=10)
         assert code == EXIT_SIGTERM, process.output
@@ -190,9 +194,7 @@ async def test_sigterm_checkpoints_and_exits_resumable_without_an_outcome(tmp_pa
 
         # The next pod resumes where this one stopped.
         requests_before = len(model.requests)
-        process = await RunnerProcess(env).start()
-        await process.wait_for_log(r"starting at iteration")
-        await asyncio.sleep(0.8)
+        process = await runner_working_for(env, 0.8)
         process.terminate()
         assert await process.wait(timeout=10) == EXIT_SIGTERM
     again = await load_state(config)
@@ -210,9 +212,7 @@ async def test_time_budget_counts_across_restarts(tmp_path: Path) -> None:
         spec = make_spec(model.base_url, maxIterations=500, maxExecutionTime="4s")
         config = make_config(spec, tmp_path)
         env = runner_env(tmp_path, config)
-        process = await RunnerProcess(env).start()
-        await process.wait_for_log(r"starting at iteration")
-        await asyncio.sleep(1.5)
+        process = await runner_working_for(env, 1.5)
         process.terminate()
         assert await process.wait(timeout=10) == EXIT_SIGTERM
         used = (await load_state(config)).counters.elapsed_seconds

@@ -12,7 +12,8 @@ import socket
 import pytest
 from prometheus_client import REGISTRY
 
-from agentrun_operator.permits.pool import PoolLimits
+from agentrun_operator.permits.pool import PoolLimits, PoolSnapshot
+from agentrun_operator.permits.server import PermitServer
 from agentrun_runner.throttle_remote import QueueTimeoutError, RemoteLimiter
 from tests.harness.model_server import ModelServer, most_in_window
 from tests.harness.throttle import (
@@ -32,6 +33,13 @@ LEASE = 10.0
 
 def server_url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
+
+
+def pool_state(server: PermitServer) -> PoolSnapshot:
+    """The served pool's state now (the pool is configured for as long as the server runs)."""
+    snapshot = server.registry.snapshot(NAMESPACE, POOL)
+    assert snapshot is not None
+    return snapshot
 
 
 def queue_waits_observed() -> float:
@@ -147,7 +155,7 @@ async def test_a_run_with_a_wrong_credential_gets_no_permit() -> None:
             await impostor.acquire(max_wait_seconds=20)
         await impostor.aclose()
         assert "Unauthorized" in str(caught.value)
-        assert server.registry.snapshot(NAMESPACE, POOL).in_flight == 0  # type: ignore[union-attr]
+        assert pool_state(server).in_flight == 0
 
 
 async def test_a_pool_that_does_not_exist_is_named_in_the_failure() -> None:
@@ -187,8 +195,7 @@ async def test_after_a_permit_server_restart_held_permits_are_adopted_and_waitin
     restarted_at = loop_time()
     async with permit_server(runs, limits, lease_seconds=LEASE, port=port) as after:
         await asyncio.sleep(LEASE / 2)
-        snapshot = after.registry.snapshot(NAMESPACE, POOL)
-        assert snapshot is not None
+        snapshot = pool_state(after)
         assert snapshot.in_flight == 1  # the permit granted before the restart, adopted on renewal
         assert snapshot.queue_depth == 3
         await asyncio.sleep(LEASE)
@@ -240,15 +247,11 @@ async def test_a_run_that_stops_waiting_leaves_the_queue_at_once() -> None:
         permit, _ = await holder.acquire(max_wait_seconds=60)
         waiting = asyncio.create_task(quitter.acquire(max_wait_seconds=600))
         await asyncio.sleep(1)
-        snapshot = server.registry.snapshot(NAMESPACE, POOL)
-        assert snapshot is not None
-        assert snapshot.queue_depth == 1
+        assert pool_state(server).queue_depth == 1
         waiting.cancel()  # the run is cancelled or suspended: its long-poll connection closes
         await asyncio.gather(waiting, return_exceptions=True)
         await asyncio.sleep(1)
-        snapshot = server.registry.snapshot(NAMESPACE, POOL)
-        assert snapshot is not None
-        assert snapshot.queue_depth == 0
+        assert pool_state(server).queue_depth == 0
         await permit.release()
         for limiter in (holder, quitter):
             await limiter.aclose()
@@ -262,16 +265,13 @@ async def test_a_client_that_never_releases_its_permit_loses_it_after_one_lease_
         forgetful, following = limiter_for("forgetful", url), limiter_for("next", url)
         await forgetful.acquire(max_wait_seconds=60)
         await asyncio.sleep(3 * LEASE)  # renewed in the background while the client lives
-        snapshot = server.registry.snapshot(NAMESPACE, POOL)
-        assert snapshot is not None
+        snapshot = pool_state(server)
         assert (snapshot.in_flight, snapshot.leases_expired_total) == (1, 0)
         await forgetful.aclose()  # gone without releasing
         stopped_at = loop_time()
         permit, _ = await following.acquire(max_wait_seconds=60)
         assert loop_time() - stopped_at <= LEASE
-        snapshot = server.registry.snapshot(NAMESPACE, POOL)
-        assert snapshot is not None
-        assert snapshot.leases_expired_total == 1
+        assert pool_state(server).leases_expired_total == 1
         await permit.release()
         await following.aclose()
 

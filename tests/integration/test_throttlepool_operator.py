@@ -132,11 +132,8 @@ async def test_kubectl_get_throttlepools_shows_in_flight_queue_and_rate(
         generation=1,
         now=datetime.now(UTC),
     )
-    pools = apiserver.store.resource("throttlepools")
     status = {key: value for key, value in live.items() if value is not None}
-    apiserver.store.patch(
-        pools, "default", "shared-openai", "application/merge-patch+json", {"status": status}, subresource="status"
-    )
+    Cluster(apiserver).patch("ThrottlePool", "shared-openai", {"status": status}, status=True)
     code, out, err = await kubectl(apiserver, tmp_path, "get", "throttlepools")
     assert code == 0, err
     header, row = out.splitlines()
