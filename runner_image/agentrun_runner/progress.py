@@ -83,9 +83,12 @@ class ProgressReporter:
             await self._sink.write(report)
 
     async def flush(self) -> None:
-        if self._pending is not None:
-            build, self._pending = self._pending, None
-            async with self._lock:
+        """Write what is pending; on return, every report submitted before the call is written.
+        The pending report is taken under the lock, so a flush that finds nothing pending still waits
+        for the background write that took it: a stop right after must not cancel that write unstarted."""
+        async with self._lock:
+            if self._pending is not None:
+                build, self._pending = self._pending, None
                 await self._sink.write(build())
 
     async def stop(self) -> None:

@@ -78,3 +78,34 @@ async def test_a_report_is_built_only_when_one_is_written() -> None:
     assert len(built) == len(sink.writes) <= 3
     assert [r.iteration for _, r in sink.writes] == built
     assert built[-1] == 40, "the report is as of its write, so the newest state is not lost"
+
+
+class GatedSink(CollectingSink):
+    """A sink whose writes wait for ``gate``, like a file write queued behind a busy thread pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def write(self, report: ProgressReport) -> None:
+        self.writing.set()
+        await self.gate.wait()
+        await super().write(report)
+
+
+async def test_flush_waits_for_the_background_write_of_the_last_report() -> None:
+    # A SIGTERM'd runner flushes, then stops the reporter. Had flush returned while the background
+    # writer still held the last report, the stop would cancel that write and the report be lost.
+    sink = GatedSink()
+    reporter = ProgressReporter(sink, interval=2.0)
+    reporter.start()
+    reporter.submit(functools.partial(report, 7))
+    await sink.writing.wait()
+    flushing = asyncio.create_task(reporter.flush())
+    await asyncio.sleep(0.5)
+    assert not flushing.done(), "flush returned before the last report was written"
+    sink.gate.set()
+    await flushing
+    await reporter.stop()
+    assert [r.iteration for _, r in sink.writes] == [7]
