@@ -24,6 +24,7 @@ from tests.harness.agentruns import AGENTRUNS, runner_pods, wait_for_end, wait_f
 from tests.harness.executor.kube import KubeClient, namespaced_path
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.rbac import RbacAuthorizer, Request, ServiceAccount
+from tests.harness.sse_client import dispatched_events
 
 pytestmark = pytest.mark.e2e
 
@@ -167,7 +168,7 @@ async def test_stream_refuses_a_missing_or_wrong_token_and_serves_the_right_one(
         async with aconnect_sse(client, "GET", url, headers={"Authorization": f"Bearer {token}"}) as source:
             assert source.response.status_code == 200
             assert source.response.headers["Cache-Control"] == "no-cache"
-            async for event in source.aiter_sse():
+            async for event in dispatched_events(source):
                 seen.append((event.id, event.event))
                 if event.event == "iteration":
                     break

@@ -34,6 +34,7 @@ from tests.harness.executor import MountNamespaceUnavailableError, check_mount_n
 from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.local_cluster import REPO_ROOT, LocalCluster, ModelEndpoint
 from tests.harness.model_server import stepwise_script
+from tests.harness.sse_client import dispatched_events
 
 RUN = "minimal"
 NAMESPACE = "default"
@@ -342,7 +343,7 @@ class Demo:
                             raise DemoError(f"the runner's stream refused the token of {RUN}-stream-token (401)")
                         resumed = f" with Last-Event-ID: {last_id}" if last_id is not None else ""
                         say(f"{STREAM_PREFIX}connected to {url} (pod {pod}){resumed}")
-                        async for sse in source.aiter_sse():
+                        async for sse in dispatched_events(source):
                             if not sse.id:
                                 continue
                             last_id = int(sse.id)

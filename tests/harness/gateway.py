@@ -22,6 +22,7 @@ from agentrun_gateway.settings import GatewaySettings
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.local_cluster import REPO_ROOT, free_port
 from tests.harness.runner import RunnerProcess
+from tests.harness.sse_client import dispatched_events
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -154,7 +155,7 @@ async def read_until_finished(url: str, token: str, last_id: int | None = None) 
     ):
         if source.response.status_code != 200:
             return source.response.status_code, events
-        async for event in source.aiter_sse():
+        async for event in dispatched_events(source):
             events.append(event)
             if event.event == "finished":
                 break

@@ -12,6 +12,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 from agentrun_api.contract import EXIT_INVALID_CONFIG, EXIT_OUTCOME_RECORDED
 from tests.harness.model_server import Answer, ModelServer, by_turn, call
 from tests.harness.runner import API_KEY, STREAM_TOKEN, RunnerProcess, make_config, make_spec, runner_env
+from tests.harness.sse_client import dispatched_events
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ async def follow(port: int, last_id: str | None, stop_after_checkpoint: int | No
         httpx.AsyncClient(timeout=15) as client,
         aconnect_sse(client, "GET", f"http://127.0.0.1:{port}/events", headers=headers) as source,
     ):
-        async for event in source.aiter_sse():
+        async for event in dispatched_events(source):
             seen.append(event)
             if event.event == "finished":
                 break

@@ -13,6 +13,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 
 from agentrun_runner.events import EventLog, EventType
 from agentrun_runner.stream import StreamServer
+from tests.harness.sse_client import dispatched_events
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ async def read(url: str, headers: dict[str, str], until: int | None = None) -> l
     """Events until the stream ends, or until ``until`` events were read."""
     seen: list[ServerSentEvent] = []
     async with httpx.AsyncClient(timeout=10) as client, aconnect_sse(client, "GET", url, headers=headers) as source:
-        async for event in source.aiter_sse():
+        async for event in dispatched_events(source):
             seen.append(event)
             if until is not None and len(seen) == until:
                 break
@@ -132,7 +133,7 @@ async def test_a_reader_too_far_behind_is_cut_off_and_resumes(log: EventLog) -> 
                 # The agent emits a burst without waiting for anyone: more than the reader's queue.
                 for i in range(50):
                     publish(log, "token", {"text": str(i)})
-                got = [e async for e in source.aiter_sse()]
+                got = [e async for e in dispatched_events(source)]
             assert len(got) < 50, "the stream ended before the reader saw everything"
             assert server.readers == 0
             publish(log, "finished", {})

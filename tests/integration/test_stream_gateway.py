@@ -25,6 +25,7 @@ from tests.harness.gateway import (
     set_run_phase,
     stream_token_secret,
 )
+from tests.harness.sse_client import dispatched_events
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +120,7 @@ async def _follow(
                 assert source.response.status_code == 200, source.response.status_code
                 assert source.response.headers["X-Accel-Buffering"] == "no"
                 assert source.response.headers["Cache-Control"] == "no-cache"
-                async for event in source.aiter_sse():
+                async for event in dispatched_events(source):
                     received.append(event)
                     if event.id:
                         last_id = event.id
