@@ -16,7 +16,7 @@ from typing import Any, Final
 import aiohttp
 import kopf
 
-from agentrun_api import constants
+from agentrun_api import constants, throttlepool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,7 @@ KINDS: Final[Mapping[str, Kind]] = {
     "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": Kind("batch/v1", "jobs"),
     constants.KIND: Kind(constants.API_VERSION, constants.PLURAL),
+    throttlepool.KIND: Kind(constants.API_VERSION, throttlepool.PLURAL),
 }
 
 

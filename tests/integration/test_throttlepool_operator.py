@@ -1,7 +1,7 @@
 """The real kopf operator (in process, all its handlers) against the emulated apiserver serving the generated
 ThrottlePool CRD (its schema validates every object and status write): a declared pool is served by the
 permit server, an edit of its limits takes effect live, and its state reaches the pool's status at a
-bounded rate."""
+bounded rate; pools carry no finalizer, so one is deleted even while no operator runs."""
 
 import asyncio
 import base64
@@ -10,11 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 
-from agentrun_operator.permits.handlers import status_from_snapshot
-from agentrun_operator.permits.pool import PoolSnapshot
-from agentrun_operator.permits.server import PermitServer
+from agentrun_operator.kube import KubeClient
+from agentrun_operator.permits.pool import PoolLimits, PoolSnapshot, PoolTiming
+from agentrun_operator.permits.server import PermitServer, PoolRegistry
+from agentrun_operator.permits.status_writer import PoolStatusWriter, status_from_snapshot
+from agentrun_operator.supervisors import LEGACY_FINALIZER
 from agentrun_runner.throttle_remote import RemoteLimiter
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.inprocess_operator import FAST, NAMESPACE, Cluster, eventually, running_operator
@@ -32,7 +35,7 @@ def _limiter(server: PermitServer, run: str) -> RemoteLimiter:
     )
 
 
-def _declare(cluster: Cluster, runs: list[str], *, max_in_flight: int) -> None:
+def _declare(cluster: Cluster, runs: list[str], *, max_in_flight: int, finalizers: list[str] | None = None) -> None:
     """The runs' stream-token Secrets (their permit credentials) and the pool."""
     for run in runs:
         token = base64.b64encode(f"{run}-token".encode()).decode()
@@ -48,7 +51,7 @@ def _declare(cluster: Cluster, runs: list[str], *, max_in_flight: int) -> None:
         {
             "apiVersion": "agentrun.dev/v1alpha1",
             "kind": "ThrottlePool",
-            "metadata": {"name": "shared"},
+            "metadata": {"name": "shared", **({"finalizers": finalizers} if finalizers else {})},
             "spec": {"maxRequestsInFlight": max_in_flight, "requestsPerMinute": 600},
         }
     )
@@ -108,6 +111,67 @@ async def test_raising_a_pools_limit_live_lets_a_waiting_call_through(apiserver:
             await permit.release()
         for limiter in (holder, waiter):
             await limiter.aclose()
+
+
+async def test_a_pool_is_deleted_at_once_while_no_operator_runs(apiserver: EmulatedApiServer) -> None:
+    # After `helm uninstall` the operator is gone first: a finalizer would leave the pool Terminating.
+    cluster = Cluster(apiserver)
+    _declare(cluster, ["run-1"], max_in_flight=1)
+    async with running_operator(apiserver):
+        await eventually(lambda: _pool_status(cluster).get("accepting") is True, message="the pool's first status")
+        assert not (cluster.get("ThrottlePool", "shared") or {})["metadata"].get("finalizers")
+    cluster.delete("ThrottlePool", "shared")
+    assert cluster.get("ThrottlePool", "shared") is None
+
+
+async def test_the_finalizer_an_earlier_version_left_on_a_pool_is_removed(apiserver: EmulatedApiServer) -> None:
+    cluster = Cluster(apiserver)
+    _declare(cluster, ["run-1"], max_in_flight=1, finalizers=[LEGACY_FINALIZER, "example.com/keep-me"])
+    async with running_operator(apiserver):
+        await eventually(
+            lambda: (
+                (cluster.get("ThrottlePool", "shared") or {})["metadata"].get("finalizers") == ["example.com/keep-me"]
+            ),
+            message="kopf to remove its own finalizer and keep the other",
+        )
+        await eventually(lambda: _pool_status(cluster).get("accepting") is True, message="the pool's first status")
+
+
+async def test_only_the_leader_writes_and_a_new_leader_rewrites_what_the_old_one_left(
+    apiserver: EmulatedApiServer,
+) -> None:
+    cluster = Cluster(apiserver)
+    _declare(cluster, [], max_in_flight=1)
+    registry = PoolRegistry(PoolTiming(lease_seconds=0.0, max_penalty_seconds=600), asyncio.get_running_loop().time)
+    registry.configure(NAMESPACE, "shared", PoolLimits(max_in_flight=1, requests_per_minute=600))
+    kube = KubeClient(kopf.ConnectionInfo(server=apiserver.url, token="emulated"))
+    writer = PoolStatusWriter(kube, registry, interval_seconds=0.0)
+    try:
+        writer.track(NAMESPACE, "shared", generation=1, status={})
+        registry.leading = False
+        assert await writer.write_changed() == 0
+        assert _pool_status(cluster) == {}
+
+        registry.leading = True
+        assert await writer.write_changed() == 1
+        assert _pool_status(cluster)["inFlight"] == 0
+        assert await writer.write_changed() == 0, "an unchanged status is not written again"
+
+        # Another replica led for a while and left its own figures; this one takes over.
+        registry.leading = False
+        await writer.write_changed()
+        cluster.patch("ThrottlePool", "shared", {"status": {"inFlight": 3, "queueDepth": 5}}, status=True)
+        registry.leading = True
+        assert await writer.write_changed() == 1
+        assert (_pool_status(cluster)["inFlight"], _pool_status(cluster)["queueDepth"]) == (0, 0)
+
+        cluster.delete("ThrottlePool", "shared")
+        registry.leading = False
+        await writer.write_changed()
+        registry.leading = True
+        assert await writer.write_changed() == 0, "a deleted pool is dropped, not retried"
+    finally:
+        await kube.close()
 
 
 def _status_writes(apiserver: EmulatedApiServer) -> int:

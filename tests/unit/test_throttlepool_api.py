@@ -12,9 +12,10 @@ from pydantic import ValidationError
 
 from agentrun_api import crd, throttlepool
 from agentrun_api.admission import AdmissionError, CrdAdmission
-from agentrun_operator.permits.handlers import limits_from_spec, status_from_snapshot
+from agentrun_operator.permits.handlers import limits_from_spec
 from agentrun_operator.permits.pool import PoolLimits, PoolSnapshot
 from agentrun_operator.permits.settings import PermitSettings
+from agentrun_operator.permits.status_writer import status_from_snapshot
 
 pytestmark = pytest.mark.unit
 
