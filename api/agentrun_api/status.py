@@ -102,6 +102,14 @@ class Budget(StatusModel):
     active_deadline_seconds: int = Field(
         ge=0, description="The Job's hard deadline behind the runner's own soft deadline."
     )
+    # A plain string, not the spec's enum: Helm never upgrades a CRD, and a status write naming a controller
+    # an older CRD does not list would be refused whole.
+    stream_controller: str | None = Field(
+        default=None,
+        max_length=63,
+        description="The ingress or gateway controller in front of the run's stream, whose timers the "
+        "StreamChainFits condition was checked against; unset when the run serves no stream.",
+    )
 
 
 class Notification(StatusModel):

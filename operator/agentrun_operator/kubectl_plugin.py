@@ -529,15 +529,26 @@ def format_table(headers: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
 
 
 def stream_path(run: dict[str, Any], controller: IngressController | None) -> tuple[IngressController, list[Hop]]:
-    """The timers between a reader and the runner for this run's budget, behind the given controller (default:
-    the run's own spec.streaming.ingress.controller, else ingress-nginx)."""
+    """The timers between a reader and the runner for this run's budget, behind the given controller. By
+    default, the controller the operator checked the run against (status.budget.streamController); for a run
+    admitted before the operator recorded it, the run's own spec.streaming.ingress.controller, else ingress-nginx."""
     try:
         spec = AgentRunSpec.model_validate(run.get("spec") or {})
     except ValidationError as error:
         raise PluginError(
             f"cannot read the spec of agentrun {run['metadata']['name']}: {error.errors()[0]['msg']}"
         ) from None
-    chosen = controller or (spec.streaming.ingress.controller if spec.streaming.ingress else "ingress-nginx")
+    recorded = ((run.get("status") or {}).get("budget") or {}).get("streamController")
+    if controller is None and recorded is not None and recorded not in get_args(IngressController):
+        raise PluginError(
+            f"agentrun {run['metadata']['name']} is served behind {recorded!r} (status.budget.streamController), "
+            "which this plugin does not know: upgrade the plugin, or name a controller with --controller"
+        )
+    chosen = (
+        controller
+        or cast(IngressController | None, recorded)
+        or (spec.streaming.ingress.controller if spec.streaming.ingress else "ingress-nginx")
+    )
     return chosen, stream_chain(chosen, StreamBudget.from_spec(spec))
 
 
@@ -605,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument(
         "--controller",
         choices=get_args(IngressController),
-        help="ingress or gateway controller in front of the stream (default: the run's, else ingress-nginx)",
+        help="ingress or gateway controller in front of the stream (default: the one the operator checked the run against)",
     )
     return parser
 

@@ -199,6 +199,7 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
     )
     chain = check_stream_chain(owner.name, spec, op.settings.stream_controller)
     if chain is not None:
+        status.budget.stream_controller = chain.controller  # `kubectl agentrun budget` shows the same chain
         earlier = condition_of(current, c.STREAM_CHAIN_FITS)
         set_condition(
             status,

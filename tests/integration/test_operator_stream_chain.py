@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from agentrun_api import conditions as c
+from agentrun_operator.kubectl_plugin import stream_path
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.inprocess_operator import FAST, Cluster, eventually, run_manifest, running_operator
 
@@ -50,6 +51,9 @@ async def test_a_run_longer_than_a_capped_hop_gets_a_warning_with_the_chain_tabl
         assert capped.endswith("WARN")
         assert len(message.encode()) <= 1024
         assert chain_warnings(cluster, "short") == []
+        # `kubectl agentrun budget` prints the chain the operator checked, with no --controller.
+        assert cluster.status("long")["budget"]["streamController"] == "gke-ingress"
+        assert stream_path(cluster.run("long"), None)[0] == "gke-ingress"
 
     # A restarted operator admits both runs again (resume): no second Event, the conditions stay.
     async with running_operator(apiserver, BEHIND_GKE_INGRESS):
@@ -82,3 +86,7 @@ async def test_a_runs_own_exposure_is_checked_behind_the_controller_it_names(api
         assert "azure-agic" in own["message"]
         assert shared["status"] == "True"
         assert chain_warnings(cluster, "shared") == []
+        assert [cluster.status(run)["budget"]["streamController"] for run in ("own", "shared")] == [
+            "azure-agic",
+            "ingress-nginx",
+        ]

@@ -290,6 +290,18 @@ def test_stream_path_follows_the_runs_own_controller_unless_told_otherwise() -> 
     assert stream_path(run, "contour")[0] == "contour"
 
 
+def test_stream_path_defaults_to_the_controller_the_operator_checked_the_run_against() -> None:
+    run = {**full_run(), "status": {"budget": {"streamController": "gke-gateway"}}}
+    assert stream_path(run, None)[0] == "gke-gateway"
+    assert stream_path(run, "istio")[0] == "istio"
+    newer = {**full_run(), "status": {"budget": {"streamController": "some-future-proxy"}}}
+    with pytest.raises(
+        PluginError, match=r"'some-future-proxy'.*upgrade the plugin, or name a controller with --controller"
+    ):
+        stream_path(newer, None)
+    assert stream_path(newer, "contour")[0] == "contour"
+
+
 def test_stream_path_of_an_unreadable_spec_is_a_clear_error() -> None:
     with pytest.raises(PluginError, match="cannot read the spec of agentrun q3"):
         stream_path({"metadata": {"name": "q3"}, "spec": {"maxIterations": 0}}, None)
