@@ -9,6 +9,7 @@ classes), which was most of a resumed pod's time before its first model call.
 
 import asyncio
 import dataclasses
+import json
 import os
 import ssl
 from collections.abc import Callable
@@ -125,8 +126,17 @@ class ConfigMaps:
         self._owner_references = [owner_reference(owner)] if owner is not None else []
 
     async def _call(
-        self, method: str, name: str | None, body: Any = None, content_type: str = "application/json"
+        self,
+        method: str,
+        name: str | None,
+        body: Any = None,
+        content_type: str = "application/json",
+        *,
+        read_object: bool = False,
     ) -> tuple[int, Any]:
+        """(HTTP status, decoded body). A successful answer's body is the whole ConfigMap, up to about 1 MiB
+        of checkpoint log, so it is decoded only when ``read_object`` asks for it: decoding it after every
+        checkpoint write cost more than the rest of an iteration. Errors are always decoded, for their message."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_REQUEST_TIMEOUT_SECONDS))
         url = self._base if name is None else f"{self._base}/{quote(name)}"
@@ -145,7 +155,9 @@ class ConfigMaps:
                     ssl=self._ssl,
                     server_hostname=self._access.tls_server_name,
                 ) as response:
-                    payload = await response.json(content_type=None) if response.content_length != 0 else None
+                    raw = await response.read()
+                    wanted = read_object or response.status >= 300
+                    payload = json.loads(raw) if wanted and raw else None
                     if response.status not in _RETRYABLE:
                         return response.status, payload
                     problem = f"HTTP {response.status}"
@@ -162,7 +174,7 @@ class ConfigMaps:
 
     async def get_data(self, name: str) -> dict[str, str] | None:
         """The ConfigMap's data, or None when it does not exist."""
-        status, payload = await self._call("GET", name)
+        status, payload = await self._call("GET", name, read_object=True)
         if status == 404:
             return None
         if status != 200 or not isinstance(payload, dict):
