@@ -135,6 +135,22 @@ def stream_token_secret(namespace: str, run: str, token: str) -> dict[str, Any]:
     }
 
 
+def add_stream_token(kube: EmulatedApiServer, namespace: str, run: str, token: str) -> None:
+    """The run's namespace (unless the emulator has it already) and its stream-token Secret."""
+    store = kube.store
+    with contextlib.suppress(Exception):  # the emulator may already have the namespace
+        store.create(store.resource("namespaces"), None, {"metadata": {"name": namespace}})
+    store.create(store.resource("secrets"), namespace, stream_token_secret(namespace, run, token))
+
+
+@contextlib.asynccontextmanager
+async def gateway_after_the_runner(kube: EmulatedApiServer, namespace: str, run: str) -> AsyncIterator[str]:
+    """The URL of an in-process gateway for a run whose runner is gone: nothing listens upstream (port 9,
+    discard), so every event it serves comes from what the run left behind."""
+    async with Gateway(fast_settings(kube, upstream_port=9), namespace, run) as gateway:
+        yield gateway.url
+
+
 def set_run_phase(kube: EmulatedApiServer, namespace: str, run: str, phase: str) -> None:
     """Write the AgentRun's status.phase, as the operator would."""
     store = kube.store

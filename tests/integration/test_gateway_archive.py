@@ -2,7 +2,6 @@
 server and exits; a reader joining the stream gateway afterwards gets the whole event log from the
 checkpoint, then the end."""
 
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,13 +12,12 @@ from httpx_sse import ServerSentEvent
 
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.gateway import (
-    Gateway,
+    add_stream_token,
     as_log,
-    fast_settings,
+    gateway_after_the_runner,
     read_runner_stream_to_end,
     read_until_finished,
     set_run_phase,
-    stream_token_secret,
 )
 from tests.harness.model_server import ModelServer, research_script
 from tests.harness.runner import (
@@ -58,9 +56,7 @@ async def ended_run(apiserver: EmulatedApiServer, tmp_path: Path) -> list[Server
     """The run, ended: its runner served the stream, checkpointed into ConfigMaps and exited. Yields the
     events a reader attached to the runner itself received."""
     store = apiserver.store
-    with contextlib.suppress(Exception):  # the emulator may already have the namespace
-        store.create(store.resource("namespaces"), None, {"metadata": {"name": NAMESPACE}})
-    store.create(store.resource("secrets"), NAMESPACE, stream_token_secret(NAMESPACE, RUN, STREAM_TOKEN))
+    add_stream_token(apiserver, NAMESPACE, RUN, STREAM_TOKEN)
     store.create(store.resource("agentruns"), NAMESPACE, _agentrun())
     async with ModelServer(research_script()) as model:
         spec = make_spec(model.base_url, streaming={"enabled": True, "heartbeatInterval": "1s"})
@@ -78,9 +74,8 @@ async def ended_run(apiserver: EmulatedApiServer, tmp_path: Path) -> list[Server
 
 @pytest.fixture
 async def gateway_url(apiserver: EmulatedApiServer) -> AsyncIterator[str]:
-    # The runner is gone: nothing listens upstream (port 9, discard). No archive passed: the checkpoint archive.
-    async with Gateway(fast_settings(apiserver, upstream_port=9), NAMESPACE, RUN) as gateway:
-        yield gateway.url
+    async with gateway_after_the_runner(apiserver, NAMESPACE, RUN) as url:
+        yield url
 
 
 async def test_a_reader_joining_after_the_runner_exited_gets_the_whole_log_from_the_checkpoint(

@@ -5,7 +5,6 @@ that archive. The runner does this with exactly the rights its operator-built Ro
 the AgentRun collects the archive."""
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,13 +19,12 @@ from agentrun_operator import children
 from agentrun_runner.archive import MANIFEST_KEY, read_manifest
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.gateway import (
-    Gateway,
+    add_stream_token,
     as_log,
-    fast_settings,
+    gateway_after_the_runner,
     read_runner_stream_to_end,
     read_until_finished,
     set_run_phase,
-    stream_token_secret,
 )
 from tests.harness.model_server import ModelServer, research_script
 from tests.harness.rbac import RbacAuthorizer, Request, ServiceAccount
@@ -62,9 +60,7 @@ class EndedPvcRun:
 @pytest.fixture
 async def ended_pvc_run(apiserver: EmulatedApiServer, tmp_path: Path) -> EndedPvcRun:
     store = apiserver.store
-    with contextlib.suppress(Exception):  # the emulator may already have the namespace
-        store.create(store.resource("namespaces"), None, {"metadata": {"name": NAMESPACE}})
-    store.create(store.resource("secrets"), NAMESPACE, stream_token_secret(NAMESPACE, RUN, STREAM_TOKEN))
+    add_stream_token(apiserver, NAMESPACE, RUN, STREAM_TOKEN)
     async with ModelServer(research_script()) as model:
         spec = make_spec(
             model.base_url,
@@ -94,9 +90,8 @@ async def ended_pvc_run(apiserver: EmulatedApiServer, tmp_path: Path) -> EndedPv
 
 @pytest.fixture
 async def gateway_url(apiserver: EmulatedApiServer) -> AsyncIterator[str]:
-    # The runner is gone: nothing listens upstream (port 9, discard). No archive passed: the gateway's own.
-    async with Gateway(fast_settings(apiserver, upstream_port=9), NAMESPACE, RUN) as gateway:
-        yield gateway.url
+    async with gateway_after_the_runner(apiserver, NAMESPACE, RUN) as url:
+        yield url
 
 
 async def test_a_reader_joining_after_a_pvc_runner_is_gone_gets_its_whole_log(
