@@ -19,6 +19,7 @@ from tests.harness.fake_stream_runner import FakeStreamRunner
 from tests.harness.gateway import (
     MERGE_PATCH,
     Gateway,
+    add_stream_token,
     as_log,
     fast_settings,
     gateway_process,
@@ -73,8 +74,7 @@ def _authorize(spec: Mapping[str, Any]) -> tuple[bool, str]:
 @pytest.fixture
 async def kube(apiserver: EmulatedApiServer) -> EmulatedApiServer:
     store = apiserver.store
-    store.create(store.resource("namespaces"), None, {"metadata": {"name": NAMESPACE}})
-    store.create(store.resource("secrets"), NAMESPACE, stream_token_secret(NAMESPACE, RUN, STREAM_TOKEN))
+    add_stream_token(apiserver, NAMESPACE, RUN, STREAM_TOKEN)
     store.create(store.resource("agentruns"), NAMESPACE, _agentrun())
     set_run_phase(apiserver, NAMESPACE, RUN, "Running")
     apiserver.handler.authentication_policy = _authenticate
