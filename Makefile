@@ -52,8 +52,20 @@ chart-sync: install ## Copy crds/, the RBAC rules and the stream routes into the
 	PYTHONPATH=api:operator $(PY) -m agentrun_operator.permissions > helm/agentrun-operator/files/rbac-rules.yaml
 	PYTHONPATH=api:operator $(PY) -m agentrun_operator.chart_routes > helm/agentrun-operator/files/stream-routes.yaml
 
+# The real control plane the integration and e2e tests run on, built from Kubernetes' Go modules.
+KUBE_MINOR ?= $(shell cat tests/kube/default-minor)
+export KUBE_MINOR
+
+.PHONY: kube-binaries
+kube-binaries: ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler (KUBE_MINOR=1.xx; cold ~12 min, then seconds)
+	bash tests/kube/build.sh
+
+.PHONY: control-plane
+control-plane: install kube-binaries ## Run the real control plane with a node agent until Ctrl-C (prints the kubeconfig)
+	$(PY) -m tests.harness.testbed --state-dir .control-plane
+
 .PHONY: test
-test: install crd-validators ## Run the whole test suite (unit, integration, e2e; cluster tests skip without a cluster)
+test: install crd-validators kube-binaries ## Run the whole test suite (unit, integration, e2e on the real control plane)
 	$(BIN)/pytest
 
 BENCH_PATH := PYTHONPATH=api:operator:runner_image:gateway:.

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.runs import local_cluster
-from tests.harness.executor.kube import KubeClient
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import research_script
+from tests.harness.nodeagent.kube import KubeClient
 from tests.harness.runner import ToolServer
 
 

@@ -16,9 +16,9 @@ import pytest
 
 from tests.harness.agentruns import agent_run, requests_of, wait_for_status
 from tests.harness.executor import MountNamespaceUnavailableError
-from tests.harness.executor.kube import JsonObject, KubeClient
 from tests.harness.local_cluster import LocalCluster, OperatorTimings
 from tests.harness.model_server import ChatRequest, ModelServer, Reply, Script, research_script
+from tests.harness.nodeagent.kube import JsonObject, KubeClient
 from tests.harness.runner import ToolServer
 
 FINAL_ANSWER = "The report is in report.md: vendor B is cheapest, vendor A is fastest."

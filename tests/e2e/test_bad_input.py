@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from tests.e2e.runs import assert_result, condition, kubectl, needs_scripted_model
 from tests.harness.agentruns import AGENTRUNS, agent_run, wait_for_end, wait_for_status
-from tests.harness.executor.kube import namespaced_path
 from tests.harness.local_cluster import LocalCluster
+from tests.harness.nodeagent.kube import namespaced_path
 
 pytestmark = pytest.mark.e2e
 

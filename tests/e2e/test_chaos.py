@@ -36,9 +36,9 @@ from tests.harness.agentruns import (
     wait_for_end,
     wait_for_status,
 )
-from tests.harness.executor.kube import KubeClient
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import Answer, Failure, Hang, Reply, Script, by_turn, call, research_script
+from tests.harness.nodeagent.kube import KubeClient
 from tests.harness.runner import ToolServer
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ import pytest
 
 from tests.e2e.runs import needs_scripted_model, runner_logs
 from tests.harness.agentruns import AGENTRUNS, agent_run, run_status, runner_pods, wait_for
-from tests.harness.executor.kube import namespaced_path
+from tests.harness.nodeagent.kube import namespaced_path
 
 pytestmark = pytest.mark.e2e
 

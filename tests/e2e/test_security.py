@@ -21,8 +21,8 @@ from tests.e2e.runs import (
     needs_scripted_model,
 )
 from tests.harness.agentruns import AGENTRUNS, runner_pods, wait_for_end, wait_for_status
-from tests.harness.executor.kube import KubeClient, namespaced_path
 from tests.harness.local_cluster import LocalCluster
+from tests.harness.nodeagent.kube import KubeClient, namespaced_path
 from tests.harness.rbac import RbacAuthorizer, Request, ServiceAccount
 from tests.harness.sse_client import dispatched_events
 

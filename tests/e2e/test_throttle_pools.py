@@ -12,9 +12,9 @@ import pytest
 
 from tests.e2e.runs import local_cluster
 from tests.harness.agentruns import AGENTRUNS, agent_run, requests_of, runner_pods, wait_for, wait_for_end
-from tests.harness.executor.kube import JsonObject, KubeClient
 from tests.harness.local_cluster import LocalCluster, OperatorTimings
 from tests.harness.model_server import ChatRequest, Hang, Reply, Script, research_script, stepwise_script
+from tests.harness.nodeagent.kube import JsonObject, KubeClient
 from tests.harness.pool_runs import (
     POOLS,
     PoolRunsPlan,

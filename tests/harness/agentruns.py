@@ -5,9 +5,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import ChatRequest, ModelServer
+from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 
 AGENTRUNS = namespaced_path("agentrun.dev/v1alpha1", "agentruns", "default")
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "TimedOut", "Cancelled"})

@@ -31,9 +31,9 @@ from httpx_sse import SSEError, aconnect_sse
 
 from agentrun_api.contract import STREAM_PORT
 from tests.harness.executor import MountNamespaceUnavailableError, check_mount_namespaces
-from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.local_cluster import REPO_ROOT, LocalCluster, ModelEndpoint
 from tests.harness.model_server import stepwise_script
+from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.sse_client import dispatched_events
 
 RUN = "minimal"

@@ -33,8 +33,8 @@ import aiohttp
 
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.executor import ExecutorPodLogs, ExecutorSettings, LocalJobExecutor
-from tests.harness.executor.kube import ApiError, KubeClient, namespaced_path
 from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, research_script
+from tests.harness.nodeagent.kube import ApiError, KubeClient, namespaced_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_PATHS = sorted((REPO_ROOT / "crds").glob("*.yaml"))

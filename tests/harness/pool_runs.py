@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from tests.harness.agentruns import AGENTRUNS, TERMINAL_PHASES, agent_run, requests_of, wait_for
-from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import CallSpan, ChatRequest, Script, most_in_window, paced, stepwise_script
+from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 
 POOLS: Final = namespaced_path("agentrun.dev/v1alpha1", "throttlepools", "default")
 # The rate the pool holds while the runs start: its bucket starts empty, so no grant for a minute.

@@ -17,7 +17,7 @@ from kmock import KubernetesEmulator, ResourceInfo, Server
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.executor import ExecutorSettings, LocalJobExecutor, MountNamespaceUnavailableError
 from tests.harness.executor.jobs import JOB_NAME_LABEL
-from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
+from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 
 NAMESPACE = "default"
 RESOURCES = {

@@ -2,9 +2,9 @@
 
 import pytest
 
-from tests.harness.executor.containers import expand
 from tests.harness.executor.jobs import evaluate_pod_failure_policy, set_condition, success_reached, wanted_active
-from tests.harness.executor.pods import exit_code_of
+from tests.harness.nodeagent.containers import expand
+from tests.harness.nodeagent.pods import exit_code_of
 
 pytestmark = pytest.mark.unit
 

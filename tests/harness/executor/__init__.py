@@ -3,10 +3,10 @@
 Test tooling, not the product; see README.md in this package for what it does and does not emulate.
 """
 
-from tests.harness.executor.executor import LocalJobExecutor, MountNamespaceUnavailableError, check_mount_namespaces
+from tests.harness.executor.executor import LocalJobExecutor
 from tests.harness.executor.logs import ExecutorPodLogs
-from tests.harness.executor.pods import PodRuntime
-from tests.harness.executor.settings import ExecutorSettings
+from tests.harness.nodeagent.pods import MountNamespaceUnavailableError, PodRuntime, check_mount_namespaces
+from tests.harness.nodeagent.settings import ExecutorSettings
 
 __all__ = [
     "ExecutorPodLogs",

@@ -10,8 +10,6 @@ import contextlib
 import logging
 import secrets
 import signal
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -38,43 +36,21 @@ from tests.harness.executor.jobs import (
     success_reached,
     wanted_active,
 )
-from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
-from tests.harness.executor.pods import (
+from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
+from tests.harness.nodeagent.pods import (
     CREDENTIALS_MOUNT_PATH,
     KUBECONFIG_FILE,
-    LAUNCHER,
-    UNSHARE,
     PodRuntime,
+    check_mount_namespaces,
     condition,
     now_rfc3339,
 )
-from tests.harness.executor.settings import ExecutorSettings
+from tests.harness.nodeagent.settings import ExecutorSettings
 
 logger = logging.getLogger(__name__)
 
 # The alphabet Kubernetes uses for generated name suffixes (no vowels, no look-alikes).
 NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-
-
-class MountNamespaceUnavailableError(RuntimeError):
-    """This machine does not let the executor give pods their own mount namespace (not root?)."""
-
-
-def check_mount_namespaces() -> None:
-    """Prove that `unshare --mount` and bind mounts work here, or say clearly why not."""
-    try:
-        result = subprocess.run(
-            [*UNSHARE, sys.executable, str(LAUNCHER), "--check"], capture_output=True, text=True, timeout=30
-        )
-    except FileNotFoundError as error:
-        raise MountNamespaceUnavailableError(
-            "the local Job executor needs `unshare` (util-linux) to give each pod its own mounts"
-        ) from error
-    if result.returncode != 0:
-        raise MountNamespaceUnavailableError(
-            "the local Job executor cannot create a private mount namespace with bind mounts "
-            f"(it needs root or CAP_SYS_ADMIN): {result.stderr.strip()[-300:]}"
-        )
 
 
 def _parse_time(value: str) -> datetime:

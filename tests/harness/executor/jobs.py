@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Literal
 
-from tests.harness.executor.kube import JsonObject
+from tests.harness.nodeagent.kube import JsonObject
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 LEGACY_JOB_NAME_LABEL = "job-name"

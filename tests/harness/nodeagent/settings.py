@@ -1,4 +1,4 @@
-"""Settings of the local Job executor."""
+"""Settings of the node agent (and of the legacy local Job executor that shares its pod runtime)."""
 
 import os
 import sys
@@ -10,6 +10,16 @@ def _host_base_env() -> dict[str, str]:
     # What an image's own ENV would give a container: a PATH to find tools, a HOME, a locale.
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
     return {name: os.environ[name] for name in keep if name in os.environ}
+
+
+@dataclass(frozen=True)
+class InClusterApi:
+    """How a pod's processes reach the API server as in-cluster clients: KUBERNETES_SERVICE_HOST/PORT and the
+    projected ServiceAccount token. The address is the API server's own loopback one, not the kubernetes
+    Service's cluster IP: there is no kube-proxy to route a cluster IP here."""
+
+    host: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -32,7 +42,14 @@ class ExecutorSettings:
 
     image_commands: Mapping[str, list[str]] = field(default_factory=dict)
     """Command to run for a container that has none, by image repository (no tag): the stand-in for
-    an image's ENTRYPOINT, e.g. {"ghcr.io/x/agentrun-runner": ["python", "-m", "agentrun_runner"]}."""
+    an image's ENTRYPOINT, e.g. {"ghcr.io/x/agentrun-runner": ["python", "-m", "agentrun_runner"]}.
+    With ``in_cluster_api`` set (the node agent) these are also the only images the node can pull: any
+    other image leaves its pod waiting in ErrImagePull, as a kubelet without registry access would."""
+
+    in_cluster_api: InClusterApi | None = None
+    """Set by the node agent: containers get the in-cluster environment and a real ServiceAccount token from
+    the TokenRequest API, so the API server enforces the pod's own RBAC. None (the legacy executor): each
+    container gets a copy of the executor's kubeconfig instead."""
 
     base_env: Mapping[str, str] = field(default_factory=_host_base_env)
     """Environment every container starts from before the pod's env (default: PATH, HOME and locale of

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,20 +22,22 @@ from typing import Any
 
 import aiohttp
 
-from tests.harness.executor.containers import (
+from tests.harness.nodeagent.containers import (
     ContainerCommandError,
     ContainerConfigError,
     ContainerLaunch,
+    ImagePullError,
     Mount,
     PodEnvironment,
     VolumeSetupError,
+    check_image,
     container_argv,
     container_env,
     container_mounts,
     prepare_volumes,
 )
-from tests.harness.executor.kube import ApiError, JsonObject, KubeClient, namespaced_path
-from tests.harness.executor.settings import ExecutorSettings
+from tests.harness.nodeagent.kube import ApiError, JsonObject, KubeClient, namespaced_path
+from tests.harness.nodeagent.settings import ExecutorSettings
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,27 @@ def condition(type_: str, status: bool, reason: str = "", message: str = "") -> 
     if message:
         entry["message"] = message
     return entry
+
+
+class MountNamespaceUnavailableError(RuntimeError):
+    """This machine does not let the executor give pods their own mount namespace (not root?)."""
+
+
+def check_mount_namespaces() -> None:
+    """Prove that `unshare --mount` and bind mounts work here, or say clearly why not."""
+    try:
+        result = subprocess.run(
+            [*UNSHARE, sys.executable, str(LAUNCHER), "--check"], capture_output=True, text=True, timeout=30
+        )
+    except FileNotFoundError as error:
+        raise MountNamespaceUnavailableError(
+            "the local Job executor needs `unshare` (util-linux) to give each pod its own mounts"
+        ) from error
+    if result.returncode != 0:
+        raise MountNamespaceUnavailableError(
+            "the local Job executor cannot create a private mount namespace with bind mounts "
+            f"(it needs root or CAP_SYS_ADMIN): {result.stderr.strip()[-300:]}"
+        )
 
 
 class PodRuntime:
@@ -217,12 +241,25 @@ class PodRuntime:
         pod = self._pod
         # kubelet knows the pod's IP before it starts containers: the downward API can hand it in.
         pod.setdefault("status", {})["podIP"] = self.pod_ip
-        source = PodEnvironment(self._kube, pod)
+        in_cluster = self._settings.in_cluster_api
+        containers = [*(self._spec.get("initContainers") or []), self._spec["containers"][0]]
+        if in_cluster is not None:
+            for container in containers:
+                check_image(container, self._settings.image_commands)
+        source = PodEnvironment(self._kube, pod, issue_tokens=in_cluster is not None)
         volumes = await prepare_volumes(pod, source, self._kube, self.pod_dir, self._claims_dir)
         launches: list[ContainerLaunch] = []
-        for container in [*(self._spec.get("initContainers") or []), self._spec["containers"][0]]:
+        for container in containers:
             env = dict(self._settings.base_env)
-            env.update({"HOSTNAME": self.name, "KUBECONFIG": f"{CREDENTIALS_MOUNT_PATH}/{KUBECONFIG_FILE}"})
+            env["HOSTNAME"] = self.name
+            extra_mounts: list[Mount] = []
+            if in_cluster is not None:
+                env.update(
+                    {"KUBERNETES_SERVICE_HOST": in_cluster.host, "KUBERNETES_SERVICE_PORT": str(in_cluster.port)}
+                )
+            else:
+                env["KUBECONFIG"] = f"{CREDENTIALS_MOUNT_PATH}/{KUBECONFIG_FILE}"
+                extra_mounts.append(Mount(self._credentials_dir, CREDENTIALS_MOUNT_PATH, read_only=True))
             env.update(await container_env(container, source))
             launches.append(
                 ContainerLaunch(
@@ -230,19 +267,23 @@ class PodRuntime:
                     argv=container_argv(container, env, self._settings.image_commands),
                     env=env,
                     working_dir=container.get("workingDir"),
-                    mounts=[
-                        *container_mounts(container, volumes),
-                        Mount(self._credentials_dir, CREDENTIALS_MOUNT_PATH, read_only=True),
-                    ],
+                    mounts=[*container_mounts(container, volumes), *extra_mounts],
                 )
             )
         return launches[:-1], launches[-1]
 
     async def _wait_for_config(self) -> tuple[list[ContainerLaunch], ContainerLaunch] | None:
         """Retry until every reference resolves; None when the pod is stopped first."""
+        pull_attempts = 0
         while not self._stop.is_set():
             try:
                 return await self._prepare()
+            except ImagePullError as error:
+                pull_attempts += 1
+                waiting = {
+                    "reason": "ErrImagePull" if pull_attempts == 1 else "ImagePullBackOff",
+                    "message": str(error),
+                }
             except ContainerConfigError as error:
                 waiting = {"reason": "CreateContainerConfigError", "message": str(error)}
             except ContainerCommandError as error:

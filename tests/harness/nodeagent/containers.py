@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.executor.kube import JsonObject, KubeClient, namespaced_path
+from tests.harness.nodeagent.kube import ApiError, JsonObject, KubeClient, namespaced_path
 
 PYTHON_COMMANDS = re.compile(r"^python(3(\.\d+)?)?$")
 # $(VAR) references in env values, command and args; $$ escapes a literal $ (kubelet's expansion).
@@ -57,13 +57,37 @@ def _decode(values: Mapping[str, str], *, base64_encoded: bool) -> dict[str, byt
 
 
 class PodEnvironment:
-    """Reads and caches the Secrets and ConfigMaps one pod start needs."""
+    """Reads and caches the Secrets and ConfigMaps one pod start needs; with ``issue_tokens``, asks the
+    TokenRequest API for the pod's ServiceAccount tokens as a kubelet does (bound to the pod)."""
 
-    def __init__(self, kube: KubeClient, pod: JsonObject) -> None:
+    def __init__(self, kube: KubeClient, pod: JsonObject, *, issue_tokens: bool = False) -> None:
         self._kube = kube
         self._pod = pod
         self._namespace: str = pod["metadata"]["namespace"]
         self._cache: dict[tuple[str, str], dict[str, bytes] | None] = {}
+        self.issue_tokens = issue_tokens
+
+    async def service_account_token(self, projection: Mapping[str, Any]) -> bytes:
+        """A token for the pod's ServiceAccount, bound to the pod: what the kubelet writes into a projected
+        ``serviceAccountToken`` volume. The Node authorizer lets a node ask only for pods bound to it."""
+        metadata = self._pod["metadata"]
+        account = self._pod.get("spec", {}).get("serviceAccountName") or "default"
+        spec: JsonObject = {
+            "expirationSeconds": int(projection.get("expirationSeconds") or 3600),
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": metadata["name"], "uid": metadata["uid"]},
+        }
+        if projection.get("audience"):
+            spec["audiences"] = [projection["audience"]]
+        path = namespaced_path("v1", "serviceaccounts", self._namespace, account) + "/token"
+        try:
+            answer = await self._kube.create(
+                path, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+            )
+        except ApiError as error:
+            raise VolumeSetupError(
+                f"MountVolume.SetUp failed: token for serviceaccount {account!r}: {error}"
+            ) from error
+        return str(answer["status"]["token"]).encode()
 
     async def _source(self, kind: str, name: str) -> dict[str, bytes] | None:
         if (kind, name) not in self._cache:
@@ -179,13 +203,32 @@ async def container_env(container: JsonObject, source: PodEnvironment) -> dict[s
     return env
 
 
+class ImagePullError(Exception):
+    """The node cannot have this image: kubelet's ErrImagePull, then ImagePullBackOff."""
+
+
+def image_repository(image: str) -> str:
+    """``registry/name:tag@digest`` without its tag and digest."""
+    without_digest = image.split("@")[0]
+    return without_digest.rsplit(":", 1)[0] if ":" in without_digest.split("/")[-1] else without_digest
+
+
+def check_image(container: JsonObject, image_commands: Mapping[str, list[str]]) -> None:
+    """Only the project's own images exist on this node (nothing can be pulled from a registry here)."""
+    repository = image_repository(str(container.get("image", "")))
+    if repository not in image_commands:
+        raise ImagePullError(
+            f'Failed to pull image "{container.get("image", "")}": the node agent has only the images '
+            f"{sorted(image_commands)} (no registry is reachable)"
+        )
+
+
 def container_argv(container: JsonObject, env: Mapping[str, str], image_commands: Mapping[str, list[str]]) -> list[str]:
     """command + args, with `python` meaning this interpreter so `python -m agentrun_runner` runs the working tree."""
     command = list(container.get("command") or [])
     args = list(container.get("args") or [])
     if not command:
-        image = str(container.get("image", ""))
-        repository = image.split("@")[0].rsplit(":", 1)[0] if ":" in image.split("/")[-1] else image.split("@")[0]
+        repository = image_repository(str(container.get("image", "")))
         if repository not in image_commands:
             raise ContainerCommandError(
                 f"container {container['name']!r} has no command and the local executor runs no images; "
@@ -221,12 +264,17 @@ async def prepare_volumes(
         elif "persistentVolumeClaim" in volume:
             claim = volume["persistentVolumeClaim"]["claimName"]
             path = namespaced_path("v1", "persistentvolumeclaims", namespace, claim)
-            if await kube.get(path) is None:
+            found = await kube.get(path)
+            if found is None:
                 raise VolumeSetupError(f'persistentvolumeclaim "{claim}" not found')
-            # Bind the claim as the PV controller would; its data lives as long as the executor's state dir.
-            await kube.merge_patch(path + "/status", {"status": {"phase": "Bound"}})
-            directory = claims_dir / namespace / claim
-            directory.mkdir(parents=True, exist_ok=True)
+            if source.issue_tokens:
+                directory = await _bound_volume_path(kube, claim, found)
+            else:
+                # The legacy executor binds the claim as the PV controller would; its data lives as long as
+                # the executor's state dir.
+                await kube.merge_patch(path + "/status", {"status": {"phase": "Bound"}})
+                directory = claims_dir / namespace / claim
+                directory.mkdir(parents=True, exist_ok=True)
             volumes[name] = (directory, bool(volume["persistentVolumeClaim"].get("readOnly")))
         elif "configMap" in volume or "secret" in volume:
             kind, spec = ("ConfigMap", volume["configMap"]) if "configMap" in volume else ("Secret", volume["secret"])
@@ -249,6 +297,23 @@ async def prepare_volumes(
     return volumes
 
 
+async def _bound_volume_path(kube: KubeClient, claim: str, found: JsonObject) -> Path:
+    """The local folder behind a claim the PV binder bound (a hostPath or local PersistentVolume)."""
+    volume_name = (found.get("spec") or {}).get("volumeName")
+    if (found.get("status") or {}).get("phase") != "Bound" or not volume_name:
+        raise VolumeSetupError(f'persistentvolumeclaim "{claim}" is not bound yet')
+    volume = await kube.get(f"/api/v1/persistentvolumes/{volume_name}")
+    spec = (volume or {}).get("spec") or {}
+    local = spec.get("hostPath") or spec.get("local")
+    if not local:
+        raise VolumeSetupError(
+            f"persistentvolume {volume_name!r} is neither hostPath nor local: this node cannot mount it"
+        )
+    directory = Path(local["path"])
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
 async def _projected_files(volume: JsonObject, source: PodEnvironment) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     sources = (
@@ -266,7 +331,10 @@ async def _projected_files(volume: JsonObject, source: PodEnvironment) -> dict[s
                 if "fieldRef" not in item:
                     raise VolumeSetupError(f"downwardAPI item {item['path']!r}: only fieldRef is emulated")
                 files[item["path"]] = source.field(item["fieldRef"]["fieldPath"]).encode()
-        # serviceAccountToken projections are skipped: the process gets KUBECONFIG instead.
+        elif "serviceAccountToken" in projection and source.issue_tokens:
+            token = projection["serviceAccountToken"]
+            files[token["path"]] = await source.service_account_token(token)
+        # Without issue_tokens (the legacy executor) token projections are skipped: the process gets KUBECONFIG.
     return files
 
 

@@ -1,0 +1,238 @@
+"""The ground every integration and end-to-end test stands on: a real control plane, one node, and volumes.
+
+    with KubeTestbed(tmp) as testbed:
+        testbed.kubeconfig                 # cluster admin, for test set-up and kubectl
+        namespace = testbed.create_namespace("my-test")
+        testbed.node.kill_pod_process(namespace, pod)
+
+The control plane is Kubernetes' own (tests.harness.controlplane); the node is the node agent
+(tests.harness.nodeagent), which runs pods as local processes with this checkout's code for the project's
+images; claims of the default StorageClass get hostPath volumes from the local provisioner. One command
+for a person: ``python -m tests.harness.testbed --state-dir DIR`` (``make control-plane``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import signal
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import yaml
+
+from tests.harness.background import BackgroundLoop
+from tests.harness.controlplane import ControlPlane
+from tests.harness.controlplane.provisioner import LocalVolumeProvisioner
+from tests.harness.nodeagent.settings import ExecutorSettings, InClusterApi
+from tests.harness.nodeagent.threaded import NodeAgentThread
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRD_PATHS = sorted((REPO_ROOT / "crds").glob("*.yaml"))
+SOURCE_ROOTS = [REPO_ROOT / "api", REPO_ROOT / "operator", REPO_ROOT / "runner_image", REPO_ROOT / "gateway", REPO_ROOT]
+NODE_NAME = "agentrun-node"
+READY_TIMEOUT_SECONDS = 60.0
+
+# The project's images, as the node has them: each repository's ENTRYPOINT, run from this checkout.
+PROJECT_IMAGES = {
+    "ghcr.io/agentrun/agentrun-runner": ["python", "-m", "agentrun_runner"],
+    "agentrun-runner": ["python", "-m", "agentrun_runner"],
+    "ghcr.io/agentrun/agentrun-operator": ["python", "-m", "agentrun_operator"],
+    "agentrun-operator": ["python", "-m", "agentrun_operator"],
+    "ghcr.io/agentrun/agentrun-stream-gateway": ["python", "-m", "agentrun_gateway"],
+    "agentrun-stream-gateway": ["python", "-m", "agentrun_gateway"],
+}
+# What every container gets on top of its pod's env, the stand-in for the images' ENV: the checkout on
+# PYTHONPATH, and a 1 s linger of a runner's stream after its outcome (30 s in the image) so tests end soon.
+IMAGE_ENV = {
+    "PYTHONPATH": os.pathsep.join(str(root) for root in SOURCE_ROOTS),
+    "AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "1",
+}
+
+
+def namespace_name(prefix: str) -> str:
+    """A fresh DNS-1123 namespace name from any text (a test's name, say)."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", prefix.lower()).strip("-")[:40].strip("-") or "test"
+    return f"{stem}-{secrets.token_hex(3)}"
+
+
+class KubeTestbed:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir.resolve()
+        self.control_plane = ControlPlane(self.state_dir / "control-plane")
+        self._background: BackgroundLoop | None = None
+        self._provisioner: LocalVolumeProvisioner | None = None
+        self._node: NodeAgentThread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.control_plane.start()
+        self.install_crds()
+        self._background = BackgroundLoop("testbed")
+        provisioner = LocalVolumeProvisioner(self.kubeconfig, self.state_dir / "volumes")
+        self._background.call(provisioner.__aenter__, timeout=30)
+        self._provisioner = provisioner
+        node_kubeconfig, serving = self.control_plane.issue_node_credentials(NODE_NAME)
+        base_env = {**ExecutorSettings().base_env, **IMAGE_ENV}
+        settings = ExecutorSettings(
+            node_name=NODE_NAME,
+            base_env=base_env,
+            shared_host_paths=(*ExecutorSettings().shared_host_paths, *(str(root) for root in SOURCE_ROOTS)),
+            image_commands=PROJECT_IMAGES,
+            in_cluster_api=InClusterApi("127.0.0.1", self.control_plane.apiserver_port),
+        )
+        node = NodeAgentThread(
+            self._background,
+            node_kubeconfig,
+            serving,
+            self.control_plane.ca_file,
+            state_dir=self.state_dir / "node",
+            settings=settings,
+            kubernetes_version=self.version,
+        )
+        node.start()
+        self._node = node
+        self._wait_schedulable()
+
+    def stop(self) -> None:
+        if self._background is not None:
+            if self._node is not None:
+                self._node.stop()
+                self._node = None
+            if self._provisioner is not None:
+                provisioner = self._provisioner
+                self._background.call(lambda: provisioner.__aexit__(None, None, None), timeout=30)
+                self._provisioner = None
+            self._background.close()
+            self._background = None
+        self.control_plane.stop()
+
+    # -- what tests use -------------------------------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.control_plane.admin_kubeconfig
+
+    @property
+    def admin(self) -> httpx.Client:
+        return self.control_plane.admin
+
+    @property
+    def node(self) -> NodeAgentThread:
+        if self._node is None:
+            raise RuntimeError("the testbed is not started")
+        return self._node
+
+    @property
+    def version(self) -> str:
+        return str(self.control_plane.version()["gitVersion"])
+
+    def install_crds(self) -> None:
+        """The project's CRDs from crds/, applied server-side, then waited on until Established."""
+        for path in CRD_PATHS:
+            crd = yaml.safe_load(path.read_text())
+            name = crd["metadata"]["name"]
+            answer = self.admin.patch(
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+                params={"fieldManager": "agentrun-tests", "force": "true"},
+                headers={"Content-Type": "application/apply-patch+yaml"},
+                content=yaml.safe_dump(crd),
+            )
+            answer.raise_for_status()
+        for path in CRD_PATHS:
+            name = yaml.safe_load(path.read_text())["metadata"]["name"]
+            self._wait(
+                f"CRD {name} Established",
+                lambda name=name: _has_condition(  # type: ignore[misc]
+                    self.admin.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}").json(),
+                    "Established",
+                ),
+            )
+
+    def create_namespace(self, prefix: str) -> str:
+        """A new namespace, returned once its default ServiceAccount exists (pods need it)."""
+        name = namespace_name(prefix)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"agentrun.dev/test": "true"}},
+        }
+        self.admin.post("/api/v1/namespaces", json=body).raise_for_status()
+        self._wait(
+            f"namespace {name}'s default ServiceAccount",
+            lambda: self.admin.get(f"/api/v1/namespaces/{name}/serviceaccounts/default").status_code == 200,
+        )
+        return name
+
+    def delete_namespace(self, name: str) -> None:
+        """Delete without waiting: the namespace controller removes its content in the background."""
+        answer = self.admin.delete(f"/api/v1/namespaces/{name}")
+        if answer.status_code not in (200, 202, 404):
+            answer.raise_for_status()
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _wait(self, what: str, ready: Any) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"the testbed: no {what} within {READY_TIMEOUT_SECONDS:.0f} s")
+
+    def _wait_schedulable(self) -> None:
+        """The node lifecycle controller removes the not-ready taint once it sees the node Ready."""
+
+        def schedulable() -> bool:
+            node = self.admin.get(f"/api/v1/nodes/{NODE_NAME}").json()
+            return _has_condition(node, "Ready") and not (node.get("spec") or {}).get("taints")
+
+        self._wait(f"schedulable node {NODE_NAME}", schedulable)
+
+
+def _has_condition(obj: dict[str, Any], type_: str) -> bool:
+    return any(
+        entry.get("type") == type_ and entry.get("status") == "True"
+        for entry in (obj.get("status") or {}).get("conditions") or []
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Run the real control plane, a node agent and the local volume provisioner until interrupted."
+    )
+    parser.add_argument("--state-dir", type=Path, required=True, help="PKI, etcd data, logs, pods and volumes")
+    args = parser.parse_args()
+    with KubeTestbed(args.state_dir) as testbed:
+        print(f"Kubernetes {testbed.version} on {testbed.control_plane.url}", flush=True)
+        print(f"export KUBECONFIG={testbed.kubeconfig}", flush=True)
+        print(f"component logs: {testbed.control_plane.logs_dir}", flush=True)
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        while not stop.wait(1.0):
+            pass
+
+
+if __name__ == "__main__":
+    main()
