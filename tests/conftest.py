@@ -10,10 +10,38 @@ from typing import Any
 import pytest
 
 from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.controlplane import BinariesMissingError, find_binaries
+from tests.harness.nodeagent import MountNamespaceUnavailableError, check_mount_namespaces
+from tests.harness.testbed import KubeTestbed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AGENTRUN_CRD = REPO_ROOT / "crds" / "agentruns.agentrun.dev.yaml"
 THROTTLEPOOL_CRD = REPO_ROOT / "crds" / "throttlepools.agentrun.dev.yaml"
+
+
+@pytest.fixture(scope="session")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Generator[KubeTestbed, None, None]:
+    """The real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler), its node agent and
+    volume provisioner, with the project's CRDs: one per test session. Tests isolate themselves by namespace."""
+    try:
+        find_binaries()
+    except BinariesMissingError as error:
+        pytest.fail(str(error), pytrace=False)
+    try:
+        check_mount_namespaces()
+    except MountNamespaceUnavailableError as error:
+        pytest.skip(f"the node agent cannot run pods here: {error}")
+    with KubeTestbed(tmp_path_factory.mktemp("testbed")) as bed:
+        yield bed
+        assert not bed.node.reconcile_errors, bed.node.reconcile_errors
+
+
+@pytest.fixture
+def namespace(testbed: KubeTestbed, request: pytest.FixtureRequest) -> Generator[str, None, None]:
+    """A fresh namespace on the test control plane, named after the test, deleted afterwards."""
+    name = testbed.create_namespace(request.node.name)
+    yield name
+    testbed.delete_namespace(name)
 
 
 @pytest.fixture

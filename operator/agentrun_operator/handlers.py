@@ -82,6 +82,10 @@ async def start(
     # pauses only kopf's handlers, not the registry's supervisor tasks.
     settings.peering.standalone = True
     settings.watching.server_timeout = 300
+    if config.watch_namespace:
+        # Watching one named namespace needs no list of namespaces, and the chart grants none: without this,
+        # kopf retries a forbidden cluster-wide namespace list for about a minute before it serves the runs.
+        settings.scanning.disabled = True
     # Filter on the server: the operator watches only its own runners' pods, Jobs and progress
     # ConfigMaps, not every pod and ConfigMap of the cluster.
     selectors = settings.watching.label_selectors

@@ -10,12 +10,13 @@ from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import research_script
 from tests.harness.nodeagent.kube import KubeClient
 from tests.harness.runner import ToolServer
+from tests.harness.testbed import KubeTestbed
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+async def cluster(testbed: KubeTestbed, tmp_path: Path) -> AsyncIterator[LocalCluster]:
     # Slow answers keep the run going long enough to kill its pod in the middle.
-    async with local_cluster(tmp_path, research_script(delay=0.4), scripted=False) as running:
+    async with local_cluster(testbed, tmp_path, research_script(delay=0.4), scripted=False) as running:
         yield running
 
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from tests.harness.agentruns import agent_run, requests_of, wait_for_status
-from tests.harness.executor import MountNamespaceUnavailableError
 from tests.harness.local_cluster import LocalCluster, OperatorTimings
 from tests.harness.model_server import ChatRequest, ModelServer, Reply, Script, research_script
 from tests.harness.nodeagent.kube import JsonObject, KubeClient
 from tests.harness.runner import ToolServer
+from tests.harness.testbed import KubeTestbed
 
 FINAL_ANSWER = "The report is in report.md: vendor B is cheapest, vendor A is fastest."
 KUBECTL = Path(sys.executable).parent / "kubectl"
@@ -27,19 +27,21 @@ KUBECTL = Path(sys.executable).parent / "kubectl"
 
 @contextlib.asynccontextmanager
 async def local_cluster(
-    state_dir: Path, script: Script, *, scripted: bool = True, timings: OperatorTimings | None = None
+    testbed: KubeTestbed,
+    state_dir: Path,
+    script: Script,
+    *,
+    scripted: bool = True,
+    timings: OperatorTimings | None = None,
 ) -> AsyncIterator[LocalCluster]:
-    """A LocalCluster answering model calls with ``script``, with the Secret runs name (``model-key``).
-    Skips the test where the executor cannot run pods here, and, with ``scripted``, where OPENAI_BASE_URL
-    points runs at a real endpoint (the test reads the scripted server's records)."""
-    try:
-        async with LocalCluster(state_dir, model_script=script, timings=timings or OperatorTimings()) as running:
-            if scripted:
-                needs_scripted_model(running)
-            await running.create_model_secret("model-key", "api-key")
-            yield running
-    except MountNamespaceUnavailableError as error:
-        pytest.skip(str(error))
+    """A LocalCluster in a fresh namespace answering model calls with ``script``, with the Secret runs name
+    (``model-key``). With ``scripted``, skips where OPENAI_BASE_URL points runs at a real endpoint (the test
+    reads the scripted server's records)."""
+    async with LocalCluster(testbed, state_dir, model_script=script, timings=timings or OperatorTimings()) as running:
+        if scripted:
+            needs_scripted_model(running)
+        await running.create_model_secret("model-key", "api-key")
+        yield running
 
 
 def needs_scripted_model(cluster: LocalCluster) -> None:
@@ -104,7 +106,11 @@ def assert_result(status: JsonObject) -> None:
 
 def runner_logs(cluster: LocalCluster) -> str:
     """Every pod's output, for an assertion message that explains a failed run."""
-    return "\n".join(f"--- {ns}/{pod}\n{cluster.executor.read_log(ns, pod)}" for ns, pod in cluster.executor.pod_keys())
+    return "\n".join(
+        f"--- {ns}/{pod}\n{cluster.node.read_log(ns, pod)}"
+        for ns, pod in cluster.node.agent.pod_keys()
+        if ns == cluster.namespace
+    )
 
 
 def condition(status: JsonObject, kind: str) -> JsonObject | None:

@@ -9,7 +9,11 @@ from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import ChatRequest, ModelServer
 from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 
-AGENTRUNS = namespaced_path("agentrun.dev/v1alpha1", "agentruns", "default")
+
+def agentruns_path(namespace: str) -> str:
+    return namespaced_path("agentrun.dev/v1alpha1", "agentruns", namespace)
+
+
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "TimedOut", "Cancelled"})
 T = TypeVar("T")
 
@@ -21,7 +25,7 @@ def agent_run(name: str, cluster: LocalCluster, **spec: Any) -> JsonObject:
     return {
         "apiVersion": "agentrun.dev/v1alpha1",
         "kind": "AgentRun",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": cluster.namespace},
         "spec": {
             "instructions": "You are a careful research assistant.",
             "input": f"Compare three vendors and write a report (run {name}).",
@@ -48,7 +52,7 @@ async def wait_for(probe: Callable[[], Awaitable[T | None]], what: str, timeout:
 
 
 async def run_object(kube: KubeClient, name: str) -> JsonObject:
-    run = await kube.get(f"{AGENTRUNS}/{name}")
+    run = await kube.get(f"{agentruns_path(kube.namespace)}/{name}")
     assert run is not None, f"AgentRun {name} is gone"
     return run
 
@@ -73,7 +77,7 @@ async def wait_for_end(kube: KubeClient, name: str, timeout: float = 45.0) -> Js
 
 
 async def runner_pods(kube: KubeClient, run: str) -> list[JsonObject]:
-    pods = await kube.list(namespaced_path("v1", "pods", "default"))
+    pods = await kube.list(namespaced_path("v1", "pods", kube.namespace))
     return [
         p for p in pods if (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") == f"{run}-runner"
     ]

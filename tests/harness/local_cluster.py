@@ -1,19 +1,21 @@
-"""The whole path on one machine: emulated API server, the real operator, the local Job executor, a model.
+"""The whole path on the real control plane: the operator, runner pods on the node agent, a model.
 
-    async with LocalCluster(tmp_path) as cluster:
-        cluster.kubeconfig_path      # for kubectl, the kubernetes client, kopf
+    async with LocalCluster(testbed, tmp_path) as cluster:
+        cluster.namespace            # a fresh namespace the operator watches (deleted afterwards)
+        cluster.kubeconfig_path      # a cluster admin's, for kubectl and test set-up
         cluster.model.base_url       # the scripted model server, or a real endpoint (see below)
-        cluster.executor             # LocalJobExecutor: pods as local processes, chaos helpers
+        cluster.node                 # the node agent: pods as local processes, chaos helpers
         await cluster.operator.restart()   # or .kill() for a crash; .log() for its output
 
-The API server is the project's emulator with the CRD from ``crds/``; the operator runs as a child
-process (``python -m agentrun_operator``) with short intervals; runner pods run the working tree's
-``python -m agentrun_runner`` under the executor, and their logs are served at ``pods/<pod>/log``.
+The control plane is the session's ``KubeTestbed`` (real etcd, kube-apiserver, controller-manager and
+scheduler, with the CRDs from ``crds/``). The operator runs as a child process (``python -m
+agentrun_operator``) with short intervals and its own ServiceAccount's token and the chart's RBAC; runner
+pods run the working tree's ``python -m agentrun_runner`` on the node agent, and ``kubectl logs`` reads them.
 The model is the scripted OpenAI-compatible server unless both ``OPENAI_API_KEY`` and
 ``OPENAI_BASE_URL`` are set, in which case runs use that real endpoint (model ``OPENAI_MODEL``).
 
-One command: ``python -m tests.harness.local_cluster --state-dir DIR`` starts everything, prints the
-kubeconfig path and model URL, and runs until interrupted (``make local-cluster``).
+One command: ``python -m tests.harness.local_cluster --state-dir DIR`` starts a control plane and everything
+else, prints the kubeconfig path and model URL, and runs until interrupted (``make local-cluster``).
 """
 
 import argparse
@@ -31,10 +33,13 @@ from typing import Self
 
 import aiohttp
 
-from tests.harness.apiserver import EmulatedApiServer
-from tests.harness.executor import ExecutorPodLogs, ExecutorSettings, LocalJobExecutor
+from tests.harness.controlplane import write_kubeconfig
+from tests.harness.identities import operator_identity
 from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, research_script
-from tests.harness.nodeagent.kube import ApiError, KubeClient, namespaced_path
+from tests.harness.nodeagent.kube import KubeClient, namespaced_path
+from tests.harness.nodeagent.settings import ExecutorSettings
+from tests.harness.nodeagent.threaded import NodeAgentThread
+from tests.harness.testbed import KubeTestbed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_PATHS = sorted((REPO_ROOT / "crds").glob("*.yaml"))
@@ -183,36 +188,32 @@ class OperatorProcess:
 
 @dataclass
 class LocalCluster:
-    """Everything a run needs, on one machine. See the module docstring."""
+    """Everything a run needs, in one namespace of the test control plane. See the module docstring."""
 
+    testbed: KubeTestbed
     state_dir: Path
-    namespace: str = "default"
+    namespace: str = ""
+    """The namespace runs go in; empty: a fresh one named after the state folder (deleted at the end)."""
     model_script: Script | None = None
     """The scripted model server's script (default: the runner helper's research script)."""
     timings: OperatorTimings = field(default_factory=OperatorTimings)
     operator_env: Mapping[str, str] = field(default_factory=dict)
     """Extra operator env vars, over the timings."""
-    runner_env: Mapping[str, str] = field(
-        default_factory=lambda: {
-            # Runner pods end 1 s after their outcome, not 30 s (the stream's linger for reconnecting readers).
-            "AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "1",
-            # No AGENTRUN_RUNNER_STREAM_HOST: each runner serves its stream on its own pod IP (POD_IP).
-        }
-    )
-    """Env every container gets from the executor (the runner reads AGENTRUN_RUNNER_* settings)."""
-    executor_settings: ExecutorSettings | None = None
     start_operator: bool = True
 
-    apiserver: EmulatedApiServer = field(init=False)
-    executor: LocalJobExecutor = field(init=False)
     operator: OperatorProcess = field(init=False)
     model: ModelEndpoint = field(init=False)
     model_server: ModelServer | None = field(init=False, default=None)
+    kubeconfig_path: Path = field(init=False)
+    """A cluster admin's kubeconfig whose context names this cluster's namespace (for kubectl and test set-up)."""
+    operator_kubeconfig_path: Path = field(init=False)
+    """The operator's: its own ServiceAccount's token and the chart's RBAC, nothing more."""
     _stack: contextlib.AsyncExitStack = field(init=False, default_factory=contextlib.AsyncExitStack)
 
     @property
-    def kubeconfig_path(self) -> Path:
-        return self.apiserver.kubeconfig_path
+    def node(self) -> NodeAgentThread:
+        """The node the runs' pods run on: inspect, signal and read the logs of their processes."""
+        return self.testbed.node
 
     async def __aenter__(self) -> Self:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -229,24 +230,28 @@ class LocalCluster:
         await self._stack.aclose()
 
     async def _start(self) -> None:
-        self.apiserver = await self._stack.enter_async_context(EmulatedApiServer(CRD_PATHS))
-        await self._ensure_namespace()
-        self.model = await self._start_model()
-        base_env = dict(ExecutorSettings().base_env)
-        base_env.update({"PYTHONPATH": _python_path(), **self.runner_env})
-        shared = (*ExecutorSettings().shared_host_paths, *(str(root) for root in SOURCE_ROOTS))
-        settings = self.executor_settings or ExecutorSettings(base_env=base_env, shared_host_paths=shared)
-        self.executor = await self._stack.enter_async_context(
-            LocalJobExecutor(
-                self.kubeconfig_path, self.namespace, state_dir=self.state_dir / "executor", settings=settings
-            )
+        if not self.namespace:
+            self.namespace = await asyncio.to_thread(self.testbed.create_namespace, self.state_dir.name)
+            self._stack.callback(self.testbed.delete_namespace, self.namespace)
+        control_plane = self.testbed.control_plane
+        self.kubeconfig_path = write_kubeconfig(
+            self.state_dir / "admin.kubeconfig",
+            control_plane.url,
+            control_plane.ca_file,
+            user="admin",
+            client=control_plane.admin_credentials,
+            namespace=self.namespace,
         )
-        # The hook is typed as a dict but only read with .get(): a live view of the log files serves it.
-        self.apiserver.handler.pod_logs = ExecutorPodLogs(self.executor)  # type: ignore[assignment]
+        identity = await asyncio.to_thread(operator_identity, control_plane)
+        await asyncio.to_thread(identity.grant, self.namespace)
+        self.operator_kubeconfig_path = await asyncio.to_thread(
+            identity.kubeconfig, self.state_dir / "operator.kubeconfig", self.namespace
+        )
+        self.model = await self._start_model()
         env = {
             **ExecutorSettings().base_env,
             "PYTHONPATH": _python_path(),
-            "KUBECONFIG": str(self.kubeconfig_path),
+            "KUBECONFIG": str(self.operator_kubeconfig_path),
             "AGENTRUN_WATCH_NAMESPACE": self.namespace,
             **self.timings.env(),
             **self.operator_env,
@@ -255,13 +260,6 @@ class LocalCluster:
         self._stack.push_async_callback(self.operator.stop)
         if self.start_operator:
             await self.operator.start()
-
-    async def _ensure_namespace(self) -> None:
-        async with KubeClient(str(self.kubeconfig_path)) as kube:
-            if await kube.get(f"/api/v1/namespaces/{self.namespace}") is None:
-                body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
-                with contextlib.suppress(ApiError):
-                    await kube.create("/api/v1/namespaces", body)
 
     async def _start_model(self) -> ModelEndpoint:
         real_key, real_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
@@ -283,15 +281,22 @@ class LocalCluster:
 
 
 async def _serve(state_dir: Path, namespace: str) -> None:
-    async with LocalCluster(state_dir, namespace=namespace) as cluster:
-        print(f"KUBECONFIG={cluster.kubeconfig_path}", flush=True)
-        print(f"model: {cluster.model.base_url} ({'real' if cluster.model.real else 'scripted'})", flush=True)
-        print(f"operator log: {cluster.operator.log_path}; metrics: {cluster.operator.metrics_url}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+    testbed = await asyncio.to_thread(KubeTestbed(state_dir / "testbed").__enter__)
+    try:
+        if namespace != "default":
+            body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+            await asyncio.to_thread(testbed.admin.post, "/api/v1/namespaces", json=body)
+        async with LocalCluster(testbed, state_dir.resolve(), namespace=namespace) as cluster:
+            print(f"Kubernetes {testbed.version}; KUBECONFIG={cluster.kubeconfig_path}", flush=True)
+            print(f"model: {cluster.model.base_url} ({'real' if cluster.model.real else 'scripted'})", flush=True)
+            print(f"operator log: {cluster.operator.log_path}; metrics: {cluster.operator.metrics_url}", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            await stop.wait()
+    finally:
+        await asyncio.to_thread(testbed.stop)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from kubernetes import config as k8s_config
 JsonObject = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 
 
 class ApiError(Exception):
@@ -35,6 +36,9 @@ class KubeClient:
     def __init__(self, kubeconfig: str, *, request_timeout_seconds: float = 10.0) -> None:
         configuration = k8s_client.Configuration()
         k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+        _, context = k8s_config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        # The context's namespace, as kubectl takes it: where this client's caller works unless it says otherwise.
+        self.namespace: str = (context.get("context") or {}).get("namespace") or "default"
         self._base_url = configuration.host.rstrip("/")
         self._headers: dict[str, str] = {"Accept": "application/json"}
         token = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken")
@@ -95,6 +99,20 @@ class KubeClient:
             parsed: JsonObject = json.loads(text) if text else {}
             return parsed
 
+    async def request_text(self, path: str) -> str:
+        """GET a non-JSON resource (a pod's log)."""
+        async with self.session.get(self._base_url + path, ssl=self._ssl, timeout=self._timeout) as response:
+            text = await response.text()
+            if response.status >= 300:
+                raise ApiError(response.status, "GET", path, text)
+            return text
+
+    async def evict(self, namespace: str, pod: str) -> None:
+        """The Eviction API, as a node drain uses it: the API server marks the pod DisruptionTarget and deletes it
+        gracefully."""
+        eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": namespace}}
+        await self.create(namespaced_path("v1", "pods", namespace, pod) + "/eviction", eviction)
+
     async def list(self, path: str) -> list[JsonObject]:
         items: list[JsonObject] = (await self.request("GET", path)).get("items") or []
         return items
@@ -110,10 +128,13 @@ class KubeClient:
     async def create(self, path: str, body: Mapping[str, Any]) -> JsonObject:
         return await self.request("POST", path, body=body)
 
-    async def merge_patch(self, path: str, body: Mapping[str, Any]) -> JsonObject | None:
-        """Merge-patch an object; None when it is gone (a patch racing a deletion is not an error here)."""
+    async def merge_patch(
+        self, path: str, body: Mapping[str, Any], *, content_type: str = MERGE_PATCH
+    ) -> JsonObject | None:
+        """Merge-patch an object (or, with ``content_type=STRATEGIC_MERGE_PATCH``, merge lists by their keys as
+        built-in types declare them); None when it is gone (a patch racing a deletion is not an error here)."""
         try:
-            return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+            return await self.request("PATCH", path, body=body, content_type=content_type)
         except ApiError as error:
             if error.status == 404:
                 return None

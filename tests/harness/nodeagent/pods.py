@@ -36,7 +36,14 @@ from tests.harness.nodeagent.containers import (
     container_mounts,
     prepare_volumes,
 )
-from tests.harness.nodeagent.kube import ApiError, JsonObject, KubeClient, namespaced_path
+from tests.harness.nodeagent.kube import (
+    MERGE_PATCH,
+    STRATEGIC_MERGE_PATCH,
+    ApiError,
+    JsonObject,
+    KubeClient,
+    namespaced_path,
+)
 from tests.harness.nodeagent.settings import ExecutorSettings
 
 logger = logging.getLogger(__name__)
@@ -126,7 +133,12 @@ class PodRuntime:
         self.log_dir = state_dir / "logs" / self.namespace / self.name
         self._claims_dir = state_dir / "claims"
         self._path = namespaced_path("v1", "pods", self.namespace, self.name)
-        self._conditions: dict[str, JsonObject] = {"PodScheduled": condition("PodScheduled", True)}
+        in_cluster = settings.in_cluster_api is not None
+        # The scheduler owns PodScheduled on a real control plane; the legacy executor plays the scheduler too.
+        self._conditions: dict[str, JsonObject] = (
+            {} if in_cluster else {"PodScheduled": condition("PodScheduled", True)}
+        )
+        self._status_patch_type = STRATEGIC_MERGE_PATCH if in_cluster else MERGE_PATCH
         self._container_statuses: list[JsonObject] = []
         self._init_statuses: list[JsonObject] = []
         self._start_time = now_rfc3339()
@@ -205,7 +217,11 @@ class PodRuntime:
         delay = 0.05
         for _attempt in range(STATUS_WRITE_ATTEMPTS):
             try:
-                await self._kube.merge_patch(self._path + "/status", {"status": self._status()})
+                # A strategic merge, as the kubelet's status manager writes: conditions merge by type, so those the
+                # node does not own (DisruptionTarget from an eviction, PodScheduled) stay as others wrote them.
+                await self._kube.merge_patch(
+                    self._path + "/status", {"status": self._status()}, content_type=self._status_patch_type
+                )
                 break
             except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                 logger.warning("pod %s/%s: status write failed, retrying: %s", self.namespace, self.name, error)
