@@ -163,11 +163,11 @@ class ModelClient:
         remaining: Callable[[], float],
         on_token: Callable[[str], None] | None,
         on_queue_wait: Callable[[float], None],
-        max_tokens: int | None,
+        max_completion_tokens: int | None,
     ) -> ModelAnswer:
         attempts = self._spec.max_retries + 1
         # Encoded once per call: every attempt sends the same bytes.
-        body = self._body(messages, tools, max_tokens)
+        body = self._body(messages, tools, max_completion_tokens)
         last_problem = ""
         for attempt in range(attempts):
             if remaining() <= 0:
@@ -309,12 +309,13 @@ class ModelClient:
             message["tool_calls"] = [slots[index] for index in sorted(slots)]
         return ModelAnswer(message=message, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
-    def _body(self, messages: list[Message], tools: list[dict[str, Any]], max_tokens: int | None) -> bytes:
+    def _body(self, messages: list[Message], tools: list[dict[str, Any]], max_completion_tokens: int | None) -> bytes:
         """The request body ``chat.completions.create`` would send for these arguments (same fields,
         same key order, same encoding), with the conversation encoded once per message."""
         after: dict[str, Any] = {}
-        if max_tokens is not None:
-            after["max_tokens"] = max_tokens
+        if max_completion_tokens is not None:
+            # Not the deprecated max_tokens, which reasoning models refuse with a 400.
+            after["max_completion_tokens"] = max_completion_tokens
         if self._spec.stream:
             after["stream_options"] = {"include_usage": True}
         if self._spec.temperature is not None:

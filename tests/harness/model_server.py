@@ -5,6 +5,8 @@ SDK. Each request to ``POST /v1/chat/completions`` is answered by a *script*: a 
 request to a reply. Replies: ``Answer`` (text and/or tool calls, optionally slow), ``Failure``
 (an HTTP error, optionally with Retry-After) and ``Hang`` (never answers). Streaming requests
 (``"stream": true``) get SSE chunks, with a usage chunk when ``stream_options.include_usage`` is set.
+With ``refuses_max_tokens`` the server acts as a reasoning model: a request that caps its answer with
+the deprecated ``max_tokens`` (instead of ``max_completion_tokens``) gets OpenAI's 400.
 
     async with ModelServer(by_turn([Answer(tool_calls=[call("list_files")]), Answer("done")])) as server:
         client = AsyncOpenAI(base_url=server.base_url, api_key="k")
@@ -30,6 +32,16 @@ from typing import Any
 from aiohttp import web
 
 DEFAULT_MODEL = "scripted-model"
+# What OpenAI's reasoning models answer to a request that sets max_tokens.
+UNSUPPORTED_MAX_TOKENS = {
+    "error": {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+        "Use 'max_completion_tokens' instead.",
+        "type": "invalid_request_error",
+        "param": "max_tokens",
+        "code": "unsupported_parameter",
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -217,9 +229,11 @@ class ModelServer:
         model: str = DEFAULT_MODEL,
         clock: Callable[[], float] = time.monotonic,
         tls: ssl.SSLContext | None = None,
+        refuses_max_tokens: bool = False,
     ) -> None:
         """``clock`` stamps arrivals and spans: the event loop's, for tests on a fast-forwarded loop (looptime)."""
         self.script = script
+        self.refuses_max_tokens = refuses_max_tokens
         self._tls = tls  # serve https with this server context
         self.model = model
         self._clock = clock
@@ -294,6 +308,8 @@ class ModelServer:
             self.cpu_marks[request.index] = (received_cpu, time.process_time())
 
     async def _reply(self, http: web.Request, request: ChatRequest) -> web.StreamResponse:
+        if self.refuses_max_tokens and "max_tokens" in request.body:
+            return web.json_response(UNSUPPORTED_MAX_TOKENS, status=400)
         reply = self.script(request)
         if isinstance(reply, Hang):
             await self._stopping.wait()

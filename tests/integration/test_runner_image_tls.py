@@ -93,7 +93,7 @@ async def ask(client: ModelClient) -> str | None:
         remaining=lambda: 30.0,
         on_token=None,
         on_queue_wait=lambda _seconds: None,
-        max_tokens=None,
+        max_completion_tokens=None,
     )
     content: str | None = answer.message["content"]
     return content

@@ -62,8 +62,18 @@ async def test_token_budget_ends_run_when_spent(tmp_path: Path) -> None:
     assert run.progress.usage.total_tokens >= 400
     assert "tokenBudget of 400" in run.progress.message
     # Each call asked for no more than the budget left.
-    assert all(r.body["max_tokens"] <= 400 for r in model.requests)
+    assert all(r.body["max_completion_tokens"] <= 400 for r in model.requests)
     assert len(model.requests) < 50
+
+
+async def test_output_cap_is_sent_as_max_completion_tokens_which_reasoning_models_take(tmp_path: Path) -> None:
+    async with ModelServer(research_script(), refuses_max_tokens=True) as model:
+        spec = make_spec(model.base_url, model={"maxOutputTokens": 800})
+        run = await run_in_process(make_config(spec, tmp_path), tmp_path)
+
+    assert run.progress.outcome is Outcome.SUCCEEDED, run.progress.message
+    assert [r.body["max_completion_tokens"] for r in model.requests] == [800] * 5
+    assert all("max_tokens" not in r.body for r in model.requests)
 
 
 async def test_hung_endpoint_cannot_hold_run_past_its_budget(tmp_path: Path) -> None:
