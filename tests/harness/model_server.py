@@ -3,7 +3,8 @@
 Real HTTP (aiohttp on 127.0.0.1, port 0 by default), so the client side is the real ``openai``
 SDK. Each request to ``POST /v1/chat/completions`` is answered by a *script*: a function from the
 request to a reply. Replies: ``Answer`` (text and/or tool calls, optionally slow), ``Failure``
-(an HTTP error, optionally with Retry-After) and ``Hang`` (never answers). Streaming requests
+(an HTTP error, optionally with Retry-After), ``Hang`` (never answers) and ``Page`` (any body with
+any Content-Type, as a web server behind a wrong base URL would answer). Streaming requests
 (``"stream": true``) get SSE chunks, with a usage chunk when ``stream_options.include_usage`` is set.
 With ``refuses_max_tokens`` the server acts as a reasoning model: a request that caps its answer with
 the deprecated ``max_tokens`` (instead of ``max_completion_tokens``) gets OpenAI's 400.
@@ -75,7 +76,17 @@ class Hang:
     """Accept the request and never answer (until the server stops)."""
 
 
-Reply = Answer | Failure | Hang
+@dataclass(frozen=True)
+class Page:
+    """Answer with this body and Content-Type, whatever the request asked for (streaming or not)."""
+
+    body: str
+    content_type: str = "text/html; charset=utf-8"
+    status: int = 200
+    delay: float = 0.0
+
+
+Reply = Answer | Failure | Hang | Page
 
 
 @dataclass(frozen=True)
@@ -316,6 +327,10 @@ class ModelServer:
             raise web.HTTPServiceUnavailable()
         if reply.delay:
             await asyncio.sleep(reply.delay)
+        if isinstance(reply, Page):
+            return web.Response(
+                status=reply.status, body=reply.body.encode(), headers={"Content-Type": reply.content_type}
+            )
         if isinstance(reply, Failure):
             headers = {"Retry-After": reply.retry_after} if reply.retry_after is not None else {}
             error = {"error": {"message": reply.message, "type": "scripted", "code": str(reply.status)}}
