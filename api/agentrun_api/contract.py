@@ -123,7 +123,8 @@ class Outcome(enum.StrEnum):
     TIMED_OUT = "TimedOut"
     TOKEN_BUDGET_EXCEEDED = "TokenBudgetExceeded"
     THROTTLE_QUEUE_TIMEOUT = "ThrottleQueueTimeout"
-    MODEL_REJECTED = "ModelRequestRejected"  # a 4xx no retry can fix: bad key, unknown model
+    # An answer no retry can fix: a 4xx (bad key, unknown model), or a 2xx that is not a chat completion.
+    MODEL_REJECTED = "ModelRequestRejected"
     MODEL_FAILED = "ModelRequestFailed"  # retries exhausted on 429/5xx/timeouts
     CHECKPOINT_ERROR = "CheckpointError"
     CANCELLED = "Cancelled"

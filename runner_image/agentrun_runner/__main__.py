@@ -2,8 +2,9 @@
 
 Reads the RunnerConfig from the file named by AGENTRUN_CONFIG, loads the last good checkpoint,
 serves the event stream and runs the agent loop to an outcome. Exit codes: 0 when the outcome is
-recorded; 3 (EXIT_INVALID_CONFIG) for a config that can never work; 143 after SIGTERM (state
-checkpointed, no outcome: the next pod resumes); 1 for a crash (the Job replaces the pod).
+recorded; 3 (EXIT_INVALID_CONFIG) for a config or setting that can never work; 143 after SIGTERM
+(state checkpointed, no outcome: the next pod resumes); 1 for any other error, a crash (the Job
+replaces the pod, which resumes from the checkpoint).
 """
 
 import asyncio
@@ -39,7 +40,7 @@ from agentrun_runner.events import EventLog
 from agentrun_runner.kube import ConfigMaps, KubeError, load_configuration
 from agentrun_runner.model import ModelClient
 from agentrun_runner.progress import ConfigMapProgressSink, FileProgressSink, ProgressReporter, ProgressSink
-from agentrun_runner.settings import RunnerSettings
+from agentrun_runner.settings import InvalidSettingError, RunnerSettings
 from agentrun_runner.state import RunState
 from agentrun_runner.throttle import InProcessLimiter, Limiter
 from agentrun_runner.tools import Toolbox, Workspace
@@ -244,15 +245,19 @@ def main() -> None:
         settings = RunnerSettings.from_env()
         config = load_config(Path(os.environ.get(CONFIG_ENV) or f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE}"))
         code = asyncio.run(run(config, settings))
-    except ConfigProblemError as problem:
-        log.error("%s", problem)
-        sys.exit(EXIT_INVALID_CONFIG)
-    except ValueError as problem:  # a bad AGENTRUN_RUNNER_* setting
+    except (ConfigProblemError, InvalidSettingError) as problem:
+        # The only exit that fails the Job at once (its podFailurePolicy) and the run as InvalidSpec:
+        # reserved for what the user must fix, never for an error met while running.
         log.error("%s", problem)
         sys.exit(EXIT_INVALID_CONFIG)
     except (CheckpointError, KubeError) as error:
         # Could not even load the state or report: the Job replaces the pod and it tries again.
         log.error("%s", error)
+        sys.exit(EXIT_CRASH)
+    except Exception:
+        # A bug or an answer the runner did not expect, not the user's spec: the Job replaces the pod,
+        # which resumes from the last checkpoint, within spec.retries.maxRestarts.
+        log.exception("runner crashed; the next pod resumes from the last checkpoint")
         sys.exit(EXIT_CRASH)
     sys.exit(code)
 

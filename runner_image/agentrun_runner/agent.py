@@ -179,17 +179,17 @@ class Agent:
         def on_token(text: str) -> None:
             self.events.emit("token", {"iteration": iteration, "text": text})
 
-        max_tokens = self._spec.model.max_output_tokens
+        max_completion_tokens = self._spec.model.max_output_tokens
         if self._spec.token_budget is not None:
             left = self._spec.token_budget - counters.total_tokens
-            max_tokens = left if max_tokens is None else min(max_tokens, left)
+            max_completion_tokens = left if max_completion_tokens is None else min(max_completion_tokens, left)
         answer = await self._model.complete(
             self.state.messages,
             self._toolbox.definitions(),
             remaining=self.remaining,
             on_token=on_token if self._spec.model.stream else None,
             on_queue_wait=self._note_queue_wait,
-            max_tokens=max_tokens,
+            max_completion_tokens=max_completion_tokens,
         )
         counters.step = iteration
         counters.prompt_tokens += answer.prompt_tokens

@@ -7,6 +7,11 @@ Requests go through the SDK's generic ``post`` with a body encoded here (``conte
 as is): the SDK still builds the request (auth, headers, timeout), raises its typed errors and
 parses the answer into its ``ChatCompletion`` and ``ChatCompletionChunk`` types, but no longer
 encodes the whole conversation again on every call (see ``WireConversation``).
+
+What a 2xx answer holds is checked before the runner reads it: the SDK hands back the text of an
+answer that is not JSON (and an empty stream for one that is not an event stream) and builds its
+types from JSON without validating them. An endpoint that answers with something else (a web page, a login portal: a
+``baseURL`` that leads elsewhere) will answer the same way again, so the run ends at once.
 """
 
 import asyncio
@@ -14,12 +19,13 @@ import email.utils
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 
 from agentrun_api.durations import parse_duration
 from agentrun_api.spec import ModelSpec
@@ -34,6 +40,11 @@ NO_API_KEY = "no-key"
 # What ``chat.completions.create`` posts to, and its request options (bearer auth only).
 CHAT_COMPLETIONS_PATH = "/chat/completions"
 CHAT_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}
+# Characters of an answer that is not a chat completion quoted in the run's message: enough to
+# recognize a page by its title, short enough for a status message.
+ANSWER_PREVIEW_CHARS = 120
+ANSWER_PREVIEW_BYTES = 4 * ANSWER_PREVIEW_CHARS  # up to 4 bytes a character in UTF-8
+EVENT_STREAM = "text/event-stream"
 
 
 def encode_json(value: Any) -> bytes:
@@ -69,7 +80,8 @@ class ModelAnswer:
 
 
 class ModelRejectedError(Exception):
-    """A 4xx no retry can fix (bad key, unknown model, bad request)."""
+    """An answer no retry can fix: a 4xx (bad key, unknown model, bad request), or a 2xx that is not
+    a chat completion (model.baseURL leads to something other than an OpenAI-compatible API)."""
 
 
 class ModelFailedError(Exception):
@@ -110,6 +122,64 @@ def retry_after_seconds(headers: Any) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
+def shown_url(url: str) -> str:
+    """``url`` as a message may show it: no user info (a password) and no query (a key, at times)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return urlunsplit((parts.scheme, f"{host}:{port}" if port else host, parts.path, "", ""))
+
+
+def answer_preview(body: bytes) -> str:
+    """The start of an answer, safe to quote in a status message or a log line: one line of
+    printable characters, cut at ANSWER_PREVIEW_CHARS."""
+    text = body[:ANSWER_PREVIEW_BYTES].decode("utf-8", errors="replace")
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text if len(text) <= ANSWER_PREVIEW_CHARS else text[:ANSWER_PREVIEW_CHARS] + "..."
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The first error in a chain of wrapped ones (the SDK's, the HTTP client's, the socket's): the
+    one that says what went wrong, such as "Connect call failed" or "Name or service not known"."""
+    seen = {id(error)}
+    while (cause := error.__cause__ or error.__context__) is not None and id(cause) not in seen:
+        error = cause
+        seen.add(id(error))
+    return error
+
+
+def _connection_problem(error: openai.APIConnectionError, request_timeout: str) -> str:
+    url = error.request.url
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    where = f"{host}:{url.port}" if url.port else host
+    if isinstance(error, openai.APITimeoutError):
+        return f"no answer from {where} within model.requestTimeout ({request_timeout})"
+    return f"could not reach {where}: {_innermost(error)}"
+
+
+def _content_type(headers: Any) -> str:
+    return answer_preview(headers.get("content-type", "").encode()) or "no Content-Type"
+
+
+def _reads_as_completion(parsed: object) -> TypeGuard[ChatCompletion]:
+    """What the runner reads of a ChatCompletion is there (the SDK does not validate its models)."""
+    choices = getattr(parsed, "choices", None)
+    return (
+        isinstance(parsed, ChatCompletion)
+        and isinstance(choices, list)
+        and all(isinstance(getattr(choice, "message", None), ChatCompletionMessage) for choice in choices)
+    )
+
+
+def _reads_as_chunk(parsed: object) -> TypeGuard[ChatCompletionChunk]:
+    return isinstance(parsed, ChatCompletionChunk) and isinstance(getattr(parsed, "choices", None), list)
+
+
 def _rejection_message(spec: ModelSpec, error: openai.APIStatusError) -> str:
     status = error.status_code
     if status == 401:
@@ -121,7 +191,7 @@ def _rejection_message(spec: ModelSpec, error: openai.APIStatusError) -> str:
     elif status == 403:
         hint = "the API key may not use this model or endpoint"
     elif status == 404:
-        hint = f"the endpoint does not know model {spec.name!r} (or model.baseURL is wrong: {spec.base_url})"
+        hint = f"the endpoint does not know model {spec.name!r} (or model.baseURL is wrong: {shown_url(spec.base_url)})"
     else:
         hint = "the endpoint refused the request; a retry cannot fix it"
     return f"model endpoint answered {status}: {hint}"
@@ -163,11 +233,11 @@ class ModelClient:
         remaining: Callable[[], float],
         on_token: Callable[[str], None] | None,
         on_queue_wait: Callable[[float], None],
-        max_tokens: int | None,
+        max_completion_tokens: int | None,
     ) -> ModelAnswer:
         attempts = self._spec.max_retries + 1
         # Encoded once per call: every attempt sends the same bytes.
-        body = self._body(messages, tools, max_tokens)
+        body = self._body(messages, tools, max_completion_tokens)
         last_problem = ""
         for attempt in range(attempts):
             if remaining() <= 0:
@@ -184,8 +254,10 @@ class ModelClient:
                     self._limiter.penalize(delay)
             except TimeoutError:
                 last_problem = f"no answer within model.requestTimeout ({self._spec.request_timeout})"
-            except (openai.APIConnectionError, _MalformedAnswerError) as error:
+            except openai.APIConnectionError as error:
                 # The SDK's own timeout (APITimeoutError) is a connection error too.
+                last_problem = _connection_problem(error, self._spec.request_timeout)
+            except _MalformedAnswerError as error:
                 last_problem = f"{type(error).__name__}: {error}"
             if attempt + 1 == attempts:
                 break
@@ -247,9 +319,14 @@ class ModelClient:
 
     async def _call(self, body: bytes, on_token: Callable[[str], None] | None) -> ModelAnswer:
         if not self._spec.stream:
-            response = await self._client.post(
-                CHAT_COMPLETIONS_PATH, cast_to=ChatCompletion, content=body, options=CHAT_OPTIONS
+            # The raw response, so that an answer that is not a chat completion can be described.
+            raw = await self._client.post(
+                CHAT_COMPLETIONS_PATH,
+                cast_to=openai.AsyncAPIResponse[ChatCompletion],
+                content=body,
+                options=CHAT_OPTIONS,
             )
+            response = await self._completion(raw)
             if not response.choices:
                 raise _MalformedAnswerError("the endpoint answered without choices")
             reply = response.choices[0].message
@@ -283,7 +360,7 @@ class ModelClient:
         content: list[str] = []
         slots: dict[int, dict[str, Any]] = {}
         prompt_tokens = completion_tokens = 0
-        async for chunk in stream:
+        async for chunk in self._chunks(stream):
             if chunk.usage is not None:
                 prompt_tokens = chunk.usage.prompt_tokens
                 completion_tokens = chunk.usage.completion_tokens
@@ -309,12 +386,60 @@ class ModelClient:
             message["tool_calls"] = [slots[index] for index in sorted(slots)]
         return ModelAnswer(message=message, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
-    def _body(self, messages: list[Message], tools: list[dict[str, Any]], max_tokens: int | None) -> bytes:
+    async def _completion(self, raw: openai.AsyncAPIResponse[ChatCompletion]) -> ChatCompletion:
+        try:
+            parsed: object = await raw.parse()
+        except ValueError:  # a JSON Content-Type on a body that is not JSON
+            parsed = None
+        if _reads_as_completion(parsed):
+            return parsed
+        http = raw.http_response
+        kind = _content_type(http.headers)
+        raise self._not_a_completion(f"{http.status_code} with {kind}, not a chat completion", await raw.read())
+
+    async def _chunks(self, stream: openai.AsyncStream[ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
+        """The chunks of a streamed answer, each checked: the SDK would end a stream that is not an
+        event stream (a web page has no events) empty, as if the model had answered nothing."""
+        http = stream.response
+        kind = _content_type(http.headers)
+        if not kind.lower().startswith(EVENT_STREAM):
+            start = b""
+            try:
+                async for piece in http.aiter_bytes():
+                    start += piece
+                    if len(start) >= ANSWER_PREVIEW_BYTES:
+                        break
+            finally:
+                await stream.close()
+            raise self._not_a_completion(f"{http.status_code} with {kind}, not a chat completion", start)
+        odd_event = f"{http.status_code} with {kind}, but an event in it is not a chat completion chunk"
+        try:
+            async for chunk in stream:
+                if not _reads_as_chunk(chunk):
+                    raise self._not_a_completion(odd_event, b"")
+                yield chunk
+        except json.JSONDecodeError as error:  # an event whose data is not JSON
+            raise self._not_a_completion(odd_event, error.doc.encode(), quoted="the event's data") from None
+        finally:
+            await stream.close()
+
+    def _not_a_completion(self, what: str, start: bytes, quoted: str = "the answer") -> ModelRejectedError:
+        """The run's message when ``what`` came back for a chat completion; ``start`` is how it began."""
+        message = (
+            f"model endpoint answered {what}: check spec.model.baseURL ({shown_url(self._spec.base_url)}), "
+            "which must be the base URL of an OpenAI-compatible API (on most servers it ends in /v1)"
+        )
+        if start:
+            message += f"; {quoted} began {answer_preview(start)!r}"
+        return ModelRejectedError(message)
+
+    def _body(self, messages: list[Message], tools: list[dict[str, Any]], max_completion_tokens: int | None) -> bytes:
         """The request body ``chat.completions.create`` would send for these arguments (same fields,
         same key order, same encoding), with the conversation encoded once per message."""
         after: dict[str, Any] = {}
-        if max_tokens is not None:
-            after["max_tokens"] = max_tokens
+        if max_completion_tokens is not None:
+            # Not the deprecated max_tokens, which reasoning models refuse with a 400.
+            after["max_completion_tokens"] = max_completion_tokens
         if self._spec.stream:
             after["stream_options"] = {"include_usage": True}
         if self._spec.temperature is not None:

@@ -12,6 +12,10 @@ from typing import Self
 ENV_PREFIX = "AGENTRUN_RUNNER_"
 
 
+class InvalidSettingError(ValueError):
+    """An AGENTRUN_RUNNER_* variable whose value does not parse; the message names it."""
+
+
 @dataclass(frozen=True)
 class RunnerSettings:
     # Seconds the stream server keeps serving the replay and the final `finished` event after the run
@@ -52,5 +56,7 @@ class RunnerSettings:
             try:
                 values[field.name] = kind(raw)
             except ValueError:
-                raise ValueError(f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+                raise InvalidSettingError(
+                    f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not a valid {kind.__name__}"
+                ) from None
         return cls(**values)  # type: ignore[arg-type]

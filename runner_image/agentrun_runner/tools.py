@@ -117,6 +117,20 @@ def host_allowed(host: str, allowed_hosts: list[str]) -> bool:
     return False
 
 
+async def read_at_most(content: aiohttp.StreamReader, size: int) -> bytes:
+    """``size`` bytes of the body, fewer only at its end. ``StreamReader.read(n)`` returns what is
+    buffered (often one network read), not ``n`` bytes: once would cut a long body short."""
+    pieces: list[bytes] = []
+    left = size
+    while left > 0:
+        piece = await content.read(left)
+        if not piece:
+            break
+        pieces.append(piece)
+        left -= len(piece)
+    return b"".join(pieces)
+
+
 class HttpFetch:
     def __init__(self, spec: HttpFetchSpec) -> None:
         self._spec = spec
@@ -135,7 +149,7 @@ class HttpFetch:
             async with self._session.get(
                 url, headers={IDEMPOTENCY_HEADER: idempotency_key}, allow_redirects=False
             ) as response:
-                body = await response.content.read(limit + 1)
+                body = await read_at_most(response.content, limit + 1)
                 result = {
                     "status": response.status,
                     "contentType": response.headers.get("Content-Type", ""),

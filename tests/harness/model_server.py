@@ -3,8 +3,11 @@
 Real HTTP (aiohttp on 127.0.0.1, port 0 by default), so the client side is the real ``openai``
 SDK. Each request to ``POST /v1/chat/completions`` is answered by a *script*: a function from the
 request to a reply. Replies: ``Answer`` (text and/or tool calls, optionally slow), ``Failure``
-(an HTTP error, optionally with Retry-After) and ``Hang`` (never answers). Streaming requests
+(an HTTP error, optionally with Retry-After), ``Hang`` (never answers) and ``Page`` (any body with
+any Content-Type, as a web server behind a wrong base URL would answer). Streaming requests
 (``"stream": true``) get SSE chunks, with a usage chunk when ``stream_options.include_usage`` is set.
+With ``refuses_max_tokens`` the server acts as a reasoning model: a request that caps its answer with
+the deprecated ``max_tokens`` (instead of ``max_completion_tokens``) gets OpenAI's 400.
 
     async with ModelServer(by_turn([Answer(tool_calls=[call("list_files")]), Answer("done")])) as server:
         client = AsyncOpenAI(base_url=server.base_url, api_key="k")
@@ -30,6 +33,16 @@ from typing import Any
 from aiohttp import web
 
 DEFAULT_MODEL = "scripted-model"
+# What OpenAI's reasoning models answer to a request that sets max_tokens.
+UNSUPPORTED_MAX_TOKENS = {
+    "error": {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+        "Use 'max_completion_tokens' instead.",
+        "type": "invalid_request_error",
+        "param": "max_tokens",
+        "code": "unsupported_parameter",
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,17 @@ class Hang:
     """Accept the request and never answer (until the server stops)."""
 
 
-Reply = Answer | Failure | Hang
+@dataclass(frozen=True)
+class Page:
+    """Answer with this body and Content-Type, whatever the request asked for (streaming or not)."""
+
+    body: str
+    content_type: str = "text/html; charset=utf-8"
+    status: int = 200
+    delay: float = 0.0
+
+
+Reply = Answer | Failure | Hang | Page
 
 
 @dataclass(frozen=True)
@@ -217,9 +240,11 @@ class ModelServer:
         model: str = DEFAULT_MODEL,
         clock: Callable[[], float] = time.monotonic,
         tls: ssl.SSLContext | None = None,
+        refuses_max_tokens: bool = False,
     ) -> None:
         """``clock`` stamps arrivals and spans: the event loop's, for tests on a fast-forwarded loop (looptime)."""
         self.script = script
+        self.refuses_max_tokens = refuses_max_tokens
         self._tls = tls  # serve https with this server context
         self.model = model
         self._clock = clock
@@ -294,12 +319,18 @@ class ModelServer:
             self.cpu_marks[request.index] = (received_cpu, time.process_time())
 
     async def _reply(self, http: web.Request, request: ChatRequest) -> web.StreamResponse:
+        if self.refuses_max_tokens and "max_tokens" in request.body:
+            return web.json_response(UNSUPPORTED_MAX_TOKENS, status=400)
         reply = self.script(request)
         if isinstance(reply, Hang):
             await self._stopping.wait()
             raise web.HTTPServiceUnavailable()
         if reply.delay:
             await asyncio.sleep(reply.delay)
+        if isinstance(reply, Page):
+            return web.Response(
+                status=reply.status, body=reply.body.encode(), headers={"Content-Type": reply.content_type}
+            )
         if isinstance(reply, Failure):
             headers = {"Retry-After": reply.retry_after} if reply.retry_after is not None else {}
             error = {"error": {"message": reply.message, "type": "scripted", "code": str(reply.status)}}

@@ -256,7 +256,8 @@ class ToolServer:
     ``executions`` counts real executions per key; ``deliveries`` counts every request per key;
     ``max_in_flight`` is the most requests it held at once. Paths: ``/slow/<seconds>`` answers
     late; ``/together/<name>`` waits until ``rendezvous`` requests are in flight (or 5 s), which
-    only concurrent callers can reach.
+    only concurrent callers can reach; ``/bytes/<n>`` answers ``large_body(n)``, written in pieces
+    so that it arrives over many network reads.
     """
 
     def __init__(self, rendezvous: int = 2) -> None:
@@ -308,7 +309,30 @@ class ToolServer:
                     )
         finally:
             self.in_flight -= 1
+        if path.startswith("bytes/"):
+            self.executions[key] += 1
+            return await self._large_body(request, int(path.removeprefix("bytes/")))
         if key not in self._answers:
             self.executions[key] += 1
             self._answers[key] = f"source {request.match_info['path']}: fetched once under {key}"
         return web.Response(text=self._answers[key], content_type="text/plain")
+
+    async def _large_body(self, request: web.Request, size: int) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        response.content_length = size
+        await response.prepare(request)
+        body = large_body(size)
+        for start in range(0, size, LARGE_BODY_PIECE):
+            await response.write(body[start : start + LARGE_BODY_PIECE])
+        await response.write_eof()
+        return response
+
+
+LARGE_BODY_PIECE = 16 * 1024
+
+
+def large_body(size: int) -> bytes:
+    """``size`` bytes of ASCII text in which every line is different, so a lost or repeated piece shows."""
+    line = b"line %07d of a long page\n"
+    lines = b"".join(line % n for n in range(size // len(line % 0) + 1))
+    return lines[:size]

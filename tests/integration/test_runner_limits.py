@@ -4,18 +4,34 @@ The runner's main coroutine runs in the test's loop against the scripted model s
 HTTP, through the real openai SDK; the checkpoint goes to a PVC-style directory in tmp.
 """
 
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from agentrun_api.contract import EXIT_OUTCOME_RECORDED, Outcome
-from tests.harness.model_server import Answer, Failure, Hang, ModelServer, by_turn, call, in_order, research_script
+from tests.harness.model_server import (
+    Answer,
+    Failure,
+    Hang,
+    ModelServer,
+    Page,
+    by_turn,
+    call,
+    in_order,
+    research_script,
+)
 from tests.harness.runner import API_KEY, make_config, make_spec, run_in_process
 
 pytestmark = pytest.mark.integration
 
 FOREVER_TOOLS = by_turn([Answer(tool_calls=[call("list_files")])])
+# What a base URL that leads to a web site instead of its API gets: a page, with a 200.
+SIGN_IN_PAGE = (
+    '<!DOCTYPE html>\n<html lang="en">\n  <head>\n    <title>Sign in \u2013 Example Portal</title>\n  </head>\n'
+    '  <body>\r\n\t<form action="/login">' + "<p>filler</p>" * 2000 + "</form>\n  </body>\n</html>\n"
+)
 
 
 async def test_research_run_succeeds_and_persists_result_before_outcome(tmp_path: Path) -> None:
@@ -62,8 +78,18 @@ async def test_token_budget_ends_run_when_spent(tmp_path: Path) -> None:
     assert run.progress.usage.total_tokens >= 400
     assert "tokenBudget of 400" in run.progress.message
     # Each call asked for no more than the budget left.
-    assert all(r.body["max_tokens"] <= 400 for r in model.requests)
+    assert all(r.body["max_completion_tokens"] <= 400 for r in model.requests)
     assert len(model.requests) < 50
+
+
+async def test_output_cap_is_sent_as_max_completion_tokens_which_reasoning_models_take(tmp_path: Path) -> None:
+    async with ModelServer(research_script(), refuses_max_tokens=True) as model:
+        spec = make_spec(model.base_url, model={"maxOutputTokens": 800})
+        run = await run_in_process(make_config(spec, tmp_path), tmp_path)
+
+    assert run.progress.outcome is Outcome.SUCCEEDED, run.progress.message
+    assert [r.body["max_completion_tokens"] for r in model.requests] == [800] * 5
+    assert all("max_tokens" not in r.body for r in model.requests)
 
 
 async def test_hung_endpoint_cannot_hold_run_past_its_budget(tmp_path: Path) -> None:
@@ -162,6 +188,76 @@ async def test_unfixable_4xx_ends_run_at_once_as_rejected(tmp_path: Path, status
     assert f"answered {status}" in run.progress.message
     assert len(model.requests) == 1, "no retry of a request no retry can fix"
     assert API_KEY not in run.progress.message
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streaming"])
+async def test_a_web_page_for_an_answer_ends_the_run_at_once_naming_the_base_url(tmp_path: Path, stream: bool) -> None:
+    async with ModelServer(in_order([Page(SIGN_IN_PAGE), Answer("never")])) as model:
+        spec = make_spec(model.base_url, model={"maxRetries": 5, "stream": stream})
+        run = await run_in_process(make_config(spec, tmp_path), tmp_path)
+
+    assert run.exit_code == EXIT_OUTCOME_RECORDED
+    assert run.progress.outcome is Outcome.MODEL_REJECTED
+    message = run.progress.message
+    assert "model endpoint answered 200 with text/html; charset=utf-8, not a chat completion" in message
+    assert f"check spec.model.baseURL ({model.base_url})" in message
+    assert (
+        'the answer began \'<!DOCTYPE html> <html lang="en"> <head> <title>Sign in \u2013 Example Portal</title>'
+        in message
+    )
+    assert message.isprintable(), "one line, no control characters"
+    assert "<p>filler</p>" * 10 not in message, "only the start of the page"
+    assert len(model.requests) == 1, "no retry: the endpoint would answer the same again"
+
+
+@pytest.mark.parametrize(
+    ("stream", "page", "says"),
+    [
+        (
+            False,
+            Page("upstream busy", content_type="application/json"),
+            "answered 200 with application/json, not a chat completion",
+        ),
+        (
+            False,
+            Page('{"detail": "Not Found"}', content_type="application/json"),
+            "answered 200 with application/json, not a chat completion",
+        ),
+        (
+            True,
+            Page("data: upstream busy\n\n", content_type="text/event-stream"),
+            "answered 200 with text/event-stream, but an event in it is not a chat completion chunk",
+        ),
+        (
+            True,
+            Page('data: {"status": "queued"}\n\n', content_type="text/event-stream"),
+            "answered 200 with text/event-stream, but an event in it is not a chat completion chunk",
+        ),
+    ],
+    ids=["json-type-not-json", "json-without-choices", "event-not-json", "event-without-choices"],
+)
+async def test_an_answer_that_is_not_a_chat_completion_ends_the_run_at_once(
+    tmp_path: Path, stream: bool, page: Page, says: str
+) -> None:
+    async with ModelServer(in_order([page, Answer("never")])) as model:
+        spec = make_spec(model.base_url, model={"maxRetries": 5, "stream": stream})
+        run = await run_in_process(make_config(spec, tmp_path), tmp_path)
+
+    assert run.progress.outcome is Outcome.MODEL_REJECTED
+    assert says in run.progress.message
+    assert f"check spec.model.baseURL ({model.base_url})" in run.progress.message
+    assert len(model.requests) == 1
+
+
+async def test_an_unreachable_endpoint_fails_the_run_naming_its_host(tmp_path: Path) -> None:
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))  # bound but not listening: every connection to it is refused
+        port = reserved.getsockname()[1]
+        spec = make_spec(f"http://127.0.0.1:{port}/v1", model={"maxRetries": 1})
+        run = await run_in_process(make_config(spec, tmp_path), tmp_path)
+
+    assert run.progress.outcome is Outcome.MODEL_FAILED
+    assert f"after 2 attempt(s): could not reach 127.0.0.1:{port}: " in run.progress.message
 
 
 async def test_throttle_queue_timeout_ends_run_with_queue_depth(tmp_path: Path) -> None:

@@ -52,14 +52,14 @@ def model_client(server: ModelServer, **model: Any) -> ModelClient:
     )
 
 
-async def complete(client: ModelClient, messages: list[Message], max_tokens: int | None = None) -> Message:
+async def complete(client: ModelClient, messages: list[Message], max_completion_tokens: int | None = None) -> Message:
     answer = await client.complete(
         messages,
         TOOLS,
         remaining=lambda: 60.0,
         on_token=None,
         on_queue_wait=lambda _seconds: None,
-        max_tokens=max_tokens,
+        max_completion_tokens=max_completion_tokens,
     )
     return answer.message
 
@@ -76,12 +76,12 @@ async def complete(client: ModelClient, messages: list[Message], max_tokens: int
 async def test_request_body_is_byte_for_byte_what_the_sdk_sends(model: dict[str, Any]) -> None:
     async with ModelServer(by_turn([Answer("done")])) as server:
         runner_client = model_client(server, **model)
-        await complete(runner_client, conversation(), max_tokens=321)
+        await complete(runner_client, conversation(), max_completion_tokens=321)
         await runner_client.close()
 
         sdk = openai.AsyncOpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0)
         options: dict[str, Any] = {"model": "scripted-model", "messages": conversation(), "tools": TOOLS}
-        options["max_tokens"] = 321
+        options["max_completion_tokens"] = 321
         if "temperature" in model:
             options["temperature"] = model["temperature"]
         if model.get("stream"):

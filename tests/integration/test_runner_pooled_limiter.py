@@ -105,7 +105,7 @@ async def test_a_model_call_charges_its_tokens_to_the_pool_before_releasing_the_
             remaining=lambda: 600.0,
             on_token=None,
             on_queue_wait=lambda _: None,
-            max_tokens=None,
+            max_completion_tokens=None,
         )
         tokens = answer.prompt_tokens + answer.completion_tokens
         assert tokens > 3

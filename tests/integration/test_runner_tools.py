@@ -8,7 +8,7 @@ import pytest
 
 from agentrun_api.contract import Outcome
 from tests.harness.model_server import Answer, ModelServer, by_turn, call
-from tests.harness.runner import ToolServer, make_config, make_spec, run_in_process
+from tests.harness.runner import ToolServer, large_body, make_config, make_spec, run_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +110,28 @@ async def test_http_fetch_caps_the_body_size(tmp_path: Path) -> None:
     result = json.loads(tool_outputs(run.state.messages)["call_0_0"])
     assert result["body"] == "source lon"
     assert result["truncated"] is True
+
+
+@pytest.mark.parametrize(
+    ("max_response_bytes", "seen_bytes", "truncated"),
+    [(1_048_576, 600_000, False), (500_000, 500_000, True)],
+    ids=["under-the-cap", "over-the-cap"],
+)
+async def test_http_fetch_reads_a_body_larger_than_one_network_read(
+    tmp_path: Path, max_response_bytes: int, seen_bytes: int, truncated: bool
+) -> None:
+    async with ToolServer() as tools:
+        script = by_turn([Answer(tool_calls=[call("http_fetch", url=tools.url("bytes/600000"))]), Answer("ok")])
+        async with ModelServer(script) as model:
+            spec = make_spec(
+                model.base_url,
+                tools={"httpFetch": {"allowedHosts": ["127.0.0.1"], "maxResponseBytes": max_response_bytes}},
+            )
+            # Tool output reaches the model whole here, so what it sees is what http_fetch read.
+            run = await run_in_process(make_config(spec, tmp_path), tmp_path, max_tool_output_chars=2_000_000)
+
+    result = json.loads(tool_outputs(run.state.messages)["call_0_0"])
+    assert result["status"] == 200
+    assert len(result["body"]) == seen_bytes
+    assert result["body"] == large_body(600_000)[:seen_bytes].decode()
+    assert result["truncated"] is truncated

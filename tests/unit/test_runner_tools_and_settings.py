@@ -1,4 +1,5 @@
-"""Pure checks: workspace path containment, the host allow-list, Retry-After parsing, settings."""
+"""Pure checks: workspace path containment, the host allow-list, Retry-After parsing, what a message
+may quote of a URL or an answer, settings."""
 
 import email.utils
 import time
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrun_runner.model import retry_after_seconds
+from agentrun_runner.model import ANSWER_PREVIEW_CHARS, answer_preview, retry_after_seconds, shown_url
 from agentrun_runner.settings import RunnerSettings
 from agentrun_runner.tools import ToolError, Workspace, host_allowed
 
@@ -76,6 +77,28 @@ def test_retry_after_in_all_its_forms() -> None:
     assert retry_after_seconds({"retry-after": "soon"}) is None
     date = email.utils.formatdate(time.time() + 120, usegmt=True)
     assert 100 < (retry_after_seconds({"retry-after": date}) or 0) <= 120
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+        ("https://user:s3cret@llm.example.com:8443/v1?api-key=s3cret", "https://llm.example.com:8443/v1"),
+        ("http://[::1]:8000/v1", "http://[::1]:8000/v1"),
+    ],
+)
+def test_a_url_in_a_message_shows_neither_credentials_nor_query(url: str, shown: str) -> None:
+    assert shown_url(url) == shown
+
+
+def test_an_answer_is_quoted_as_one_short_printable_line() -> None:
+    page = "<html>\r\n\t<title>Sign in</title>\x1b[0m\x00" + "x" * 1000
+    preview = answer_preview(page.encode())
+    assert preview.startswith("<html> <title>Sign in</title> [0m x")
+    assert preview.isprintable()
+    assert len(preview) == ANSWER_PREVIEW_CHARS + len("...")
+    assert answer_preview("Zürich \u2013 東京".encode()) == "Zürich \u2013 東京"
+    assert answer_preview(b"\xff\xfe") == "\ufffd\ufffd"
 
 
 def test_settings_come_from_env_with_their_types() -> None:
