@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from agentrun_api import constants, contract
 from agentrun_api.durations import format_duration, parse_duration
 from agentrun_api.spec import AgentRunSpec, IngressController
+from agentrun_api.status import TERMINAL_PHASES
 from agentrun_operator.stream_timeouts import Hop, StreamBudget, format_chain_table, stream_chain
 
 EXIT_OK = 0
@@ -388,9 +389,16 @@ def format_result_summary(run: dict[str, Any]) -> str:
 def command_result(target: Target, args: argparse.Namespace, out: TextIO) -> int:
     run = get_run(target, args.run)
     out.write(format_result_summary(run))
-    result = (run.get("status") or {}).get("result") or {}
+    status = run.get("status") or {}
+    result = status.get("result") or {}
     if not result.get("ref"):
-        out.write(f"agentrun {args.run} has no stored result yet\n")
+        if status.get("phase") in TERMINAL_PHASES:
+            out.write(
+                f"agentrun {args.run} ended {status['phase']} without a stored result: a result is stored only "
+                "with the agent's final answer\n"
+            )
+        else:
+            out.write(f"agentrun {args.run} has no stored result yet\n")
         return EXIT_OK
     if args.summary_only:
         return EXIT_OK
@@ -439,7 +447,7 @@ def steering_command(
     def command(target: Target, args: argparse.Namespace, out: TextIO) -> int:
         run = get_run(target, args.run)
         phase = (run.get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed", "TimedOut", "Cancelled"):
+        if phase in TERMINAL_PHASES:
             raise PluginError(f"agentrun {args.run} already ended as {phase}; nothing to {verb}")
         patch_spec(target, args.run, spec_fields)
         out.write(f"{constants.SINGULAR}.{constants.GROUP}/{args.run} {done}\n")

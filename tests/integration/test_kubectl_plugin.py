@@ -150,6 +150,21 @@ async def test_result_prints_the_summary_and_the_full_result_from_the_configmap_
     assert (await plugin(apiserver, "result", "q3", "--summary-only"))[1].endswith("  Vendor B wins.\n")
 
 
+async def test_result_of_a_run_that_ended_without_one_says_so_as_its_status_does(
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
+) -> None:
+    await call(http, "POST", AGENTRUNS, agentrun("spent"))
+    message = "used 1100 tokens of the tokenBudget of 1000 before finishing"
+    await set_status(http, "spent", {"phase": "Failed", "reason": "TokenBudgetExceeded", "message": message})
+
+    code, out, _ = await plugin(apiserver, "result", "spent")
+    assert code == 0
+    assert out.startswith(f"phase:    Failed\nreason:   TokenBudgetExceeded\nmessage:  {message}\n")
+    assert out.splitlines()[-1] == (
+        "agentrun spent ended Failed without a stored result: a result is stored only with the agent's final answer"
+    )
+
+
 async def test_result_with_a_missing_store_names_it(apiserver: EmulatedApiServer, http: aiohttp.ClientSession) -> None:
     await call(http, "POST", AGENTRUNS, agentrun("q3"))
     result = {"summary": "x", "ref": "configmap/q3-ckpt-9#result", "bytes": 1}
