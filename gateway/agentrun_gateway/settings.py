@@ -1,7 +1,9 @@
 """The stream gateway's settings, read from environment variables (one documented field each)."""
 
 import os
+import ssl
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, get_args
 
 from agentrun_api.contract import STREAM_PORT
@@ -10,7 +12,9 @@ from agentrun_operator.stream_timeouts import StreamBudget, render_stream_route
 from agentrun_operator.stream_timeouts.budget import GATEWAY_UPSTREAM_POOL_IDLE_SECONDS, UPSTREAM_IDLE_HEARTBEATS
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+IN_CLUSTER_CA_FILE = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
 ENV_PREFIX = "AGENTRUN_GATEWAY_"
+KUBE_CA_FILE_ENV = f"{ENV_PREFIX}KUBE_CA_FILE"
 
 
 class SettingsError(ValueError):
@@ -71,8 +75,10 @@ class GatewaySettings:
     """Kubernetes API server URL; empty means in-cluster (KUBERNETES_SERVICE_HOST/PORT)."""
     kube_token_file: str = f"{SERVICE_ACCOUNT_DIR}/token"
     """The gateway's own service account token (re-read periodically: projected tokens rotate)."""
-    kube_ca_file: str = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
-    """CA bundle of the API server; empty disables verification (tests on plain HTTP only)."""
+    kube_ca_file: str = ""
+    """CA bundle (PEM) that verifies the API server's certificate; empty means the in-cluster CA
+    (``/var/run/secrets/kubernetes.io/serviceaccount/ca.crt``) when the pod has it, else the system trust
+    store. Verification is never turned off."""
 
     def __post_init__(self) -> None:
         if self.controller not in get_args(IngressController):
@@ -86,6 +92,20 @@ class GatewaySettings:
             object.__setattr__(self, "keep_alive_seconds", keep_alive_behind(self.controller))
         if not self.kube_api_url:
             object.__setattr__(self, "kube_api_url", _in_cluster_api_url())
+
+    def kube_tls_context(self) -> ssl.SSLContext | None:
+        """How the API server's certificate is verified; None for a plain-HTTP API URL (nothing to verify)."""
+        if not self.kube_api_url.startswith("https://"):
+            return None
+        ca_file = self.kube_ca_file or (IN_CLUSTER_CA_FILE if Path(IN_CLUSTER_CA_FILE).is_file() else None)
+        try:
+            return ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as error:
+            raise SettingsError(
+                f"{KUBE_CA_FILE_ENV}={self.kube_ca_file!r}: cannot load the API server's CA bundle {ca_file} "
+                f"({error.strerror or error}); set it to a readable PEM file, or leave it empty for the in-cluster "
+                "CA or the system trust store"
+            ) from None
 
     def upstream_idle_for(self, heartbeat_seconds: float) -> float:
         if self.upstream_idle_seconds > 0:
