@@ -8,6 +8,7 @@ from typing import Any, get_args
 
 from agentrun_api.contract import STREAM_PORT
 from agentrun_api.spec import IngressController
+from agentrun_gateway.sse import DEFAULT_MAX_EVENT_BYTES
 from agentrun_operator.stream_timeouts import StreamBudget, render_stream_route
 from agentrun_operator.stream_timeouts.budget import GATEWAY_UPSTREAM_POOL_IDLE_SECONDS, UPSTREAM_IDLE_HEARTBEATS
 
@@ -54,6 +55,10 @@ class GatewaySettings:
     """Seconds an idle connection to a runner stays pooled; the runner's keep-alive is set above it."""
     upstream_connect_timeout_seconds: float = 5.0
     """Timeout of connecting to a runner and receiving its response headers."""
+    upstream_max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    """Largest line or event (its field lines together) read from a runner, in bytes (4 MiB). A runner
+    that sends more has its connection dropped (a warning is logged and counted) and is re-attached to,
+    so no runner can make the gateway buffer without end."""
     reattach_initial_delay_seconds: float = 0.2
     """First wait before re-attaching to a runner that went away; doubles up to the maximum."""
     reattach_max_delay_seconds: float = 5.0
@@ -86,6 +91,8 @@ class GatewaySettings:
                 f"{ENV_PREFIX}CONTROLLER={self.controller!r} is not a known controller; use one of "
                 + ", ".join(get_args(IngressController))
             )
+        if self.upstream_max_event_bytes <= 0:
+            raise SettingsError(f"{ENV_PREFIX}UPSTREAM_MAX_EVENT_BYTES must be a positive number of bytes")
         if "{namespace}" not in self.upstream_url or "{name}" not in self.upstream_url:
             raise SettingsError(f"{ENV_PREFIX}UPSTREAM_URL must contain {{namespace}} and {{name}}")
         if self.keep_alive_seconds <= 0:
