@@ -192,6 +192,41 @@ async def test_stream_reads_the_token_secret_and_follows_the_status_url(
     assert "reconnecting from event 1" in err
 
 
+async def with_stream_token(http: aiohttp.ClientSession, run: str) -> None:
+    token = base64.b64encode(b"t0ken").decode()
+    await call(http, "POST", f"{CORE}/secrets", {"metadata": {"name": f"{run}-stream-token"}, "data": {"token": token}})
+
+
+async def test_stream_of_an_ended_run_replays_what_its_stream_has_once_and_exits_0(
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
+) -> None:
+    events = [("iteration", '{"iteration": 1}'), ("checkpoint", '{"iteration": 1}')]  # no `finished` to be had
+    with SseServer(events, retry_ms=1) as stream:
+        await call(http, "POST", AGENTRUNS, agentrun("q3"))
+        await set_status(http, "q3", {"phase": "Failed", "reason": "RunnerLost", "streamURL": stream.url})
+        await with_stream_token(http, "q3")
+
+        code, out, err = await plugin(apiserver, "stream", "q3", "--max-reconnects", "2")
+    assert (code, out.splitlines()) == (0, ['[1] iteration {"iteration": 1}', '[2] checkpoint {"iteration": 1}'])
+    assert len(stream.requests) == 1
+    assert err == "the run ended Failed; its stream has nothing more after event 2 (the server closed the stream)\n"
+
+
+async def test_stream_at_an_address_that_does_not_answer_fails_at_once_saying_what_to_do(
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
+) -> None:
+    await call(http, "POST", AGENTRUNS, agentrun("q3"))
+    await set_status(http, "q3", {"phase": "Running", "streamURL": "http://127.0.0.1:9/events"})
+    await with_stream_token(http, "q3")
+
+    code, out, err = await plugin(apiserver, "stream", "q3", "--max-reconnects", "2")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: cannot reach the stream at http://127.0.0.1:9/events (ConnectError")
+    assert "kubectl port-forward -n default svc/q3-stream 8080:stream` and pass --url" in err
+    assert "reconnecting" not in err
+    assert err.count("\n") == 1
+
+
 async def test_stream_without_access_to_the_token_secret_asks_for_token(
     apiserver: EmulatedApiServer, http: aiohttp.ClientSession
 ) -> None:
