@@ -9,6 +9,8 @@ import argparse
 import base64
 import functools
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +33,7 @@ from agentrun_operator.stream_timeouts import Hop, StreamBudget, format_chain_ta
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a Unix tool whose reader went away
 
 # The stream: seconds before the first reconnect when the server sent no `retry:` field, the cap on any wait,
 # and how many reconnects in a row may bring no new event before the plugin gives up.
@@ -694,7 +697,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     output = out or sys.stdout
     try:
         code: int = args.handler(Target(args.kubeconfig, args.context, args.namespace), args, output)
+        output.flush()  # here, not at exit, so a reader that went away is noticed below
         return code
+    except BrokenPipeError:
+        # The reader of the output went away (`kubectl agentrun logs X | head`): stop quietly, as Unix tools
+        # do. Standard output goes to /dev/null so the interpreter's last flush has nothing to complain about.
+        if output is sys.stdout:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except PluginError as error:
         sys.stderr.write(f"error: {error}\n")
         return EXIT_ERROR

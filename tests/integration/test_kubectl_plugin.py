@@ -3,6 +3,11 @@
 import asyncio
 import base64
 import io
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -10,6 +15,7 @@ import pytest
 
 from agentrun_operator import kubectl_plugin
 from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.local_cluster import REPO_ROOT
 from tests.harness.sse_server import SseServer
 from tests.integration.conftest import AGENTRUNS, MERGE
 from tests.integration.conftest import agentrun as minimal_agentrun
@@ -225,6 +231,34 @@ async def test_stream_at_an_address_that_does_not_answer_fails_at_once_saying_wh
     assert "kubectl port-forward -n default svc/q3-stream 8080:stream` and pass --url" in err
     assert "reconnecting" not in err
     assert err.count("\n") == 1
+
+
+async def test_logs_piped_into_head_end_quietly_when_head_stops_reading(
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    await call(http, "POST", AGENTRUNS, agentrun("q3"))
+    pod = {
+        "metadata": {"name": "q3-runner-a", "labels": {"agentrun.dev/run": "q3"}},
+        "spec": {"containers": [{"name": "runner", "image": "agentrun-runner:dev"}]},
+    }
+    await call(http, "POST", f"{CORE}/pods", pod)
+    # Far more than a pipe holds, so the plugin is still writing when head has gone.
+    apiserver.pod_logs[("default", "q3-runner-a")] = "".join(f"iteration {n}\n" for n in range(100_000))
+    plugin_command = shlex.join(
+        [sys.executable, "-m", "agentrun_operator.kubectl_plugin", "--kubeconfig", str(apiserver.kubeconfig_path)]
+    )
+    script = (
+        f"{plugin_command} logs q3 2>{tmp_path / 'stderr'} | head -n 2; echo ${{PIPESTATUS[0]}} >{tmp_path / 'status'}"
+    )
+    # As in a user's shell: buffered output (unbuffered text output drops what a short write leaves unwritten).
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = os.pathsep.join(str(REPO_ROOT / part) for part in ("api", "operator"))
+    shell = await asyncio.create_subprocess_exec("bash", "-c", script, stdout=asyncio.subprocess.PIPE, env=env)
+    shown, _ = await asyncio.wait_for(shell.communicate(), 60)
+
+    assert shown.decode().splitlines()[1] == "iteration 0"  # after the pod's header
+    assert (tmp_path / "stderr").read_text() == ""  # no traceback, no "Exception ignored"
+    assert (tmp_path / "status").read_text().strip() == str(128 + signal.SIGPIPE)
 
 
 async def test_stream_without_access_to_the_token_secret_asks_for_token(
