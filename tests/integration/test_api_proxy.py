@@ -246,7 +246,9 @@ class FakeApiServer:
                 {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404},
                 status=404,
             )
-        return aiohttp.web.json_response(resource_list(request.path.removeprefix("/apis/").lstrip("/"), resources))
+        return aiohttp.web.json_response(
+            resource_list(request.path.removeprefix("/apis/").removeprefix("/api/"), resources)
+        )
 
     async def _configmaps(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         if request.query.get("watch") in ("true", "1"):
@@ -304,6 +306,7 @@ async def upstream(pki: Pki) -> AsyncIterator[FakeApiServer]:
 async def proxy(upstream: FakeApiServer, pki: Pki) -> AsyncIterator[ApiProxy]:
     async with ApiProxy(upstream.url, ca_file=pki.trusted.ca_file) as running:
         yield running
+    assert running.internal_errors == []
 
 
 @pytest.fixture
@@ -479,7 +482,9 @@ REQUEST_INFO_TABLE: list[tuple[str, str, RequestInfo]] = [
 ]
 
 
-@pytest.mark.parametrize(("method", "url", "expected"), REQUEST_INFO_TABLE, ids=lambda value: str(value)[:60])
+@pytest.mark.parametrize(
+    ("method", "url", "expected"), REQUEST_INFO_TABLE, ids=[f"{method} {url}" for method, url, _ in REQUEST_INFO_TABLE]
+)
 def test_request_info_follows_the_api_servers_rules(method: str, url: str, expected: RequestInfo) -> None:
     path, _, query = url.partition("?")
     assert parse_request_info(method, path, query) == expected
@@ -615,9 +620,12 @@ async def test_records_describe_each_request_with_its_kind_from_discovery(
     assert proxy.requests.count(kind="Pod") == 2
     assert proxy.requests.count(verb="patch", kind="AgentRun", subresource="status") == 1
     assert proxy.requests.by_kind_and_verb()[("Job", "list")] == 1
-    # Each group version's discovery document was read once, however many requests it answered for.
+    # Each group version's discovery document was read once, however many requests it answered for, with the
+    # credentials of the request that needed it.
     assert upstream.paths_received().count("/api/v1") == 1
     assert upstream.paths_received().count("/apis/batch/v1") == 1
+    core_discovery = next(request for request in upstream.received if request.path == "/api/v1")
+    assert core_discovery.headers["Authorization"] == f"Bearer {TOKEN}"
     # A group the server does not list has no kind, and says why.
     assert any("/apis/example.dev/v1" in str(error) for error in proxy.discovery_errors)
 
@@ -705,6 +713,22 @@ async def test_injected_delay_holds_the_request_then_forwards_it(
     assert slow_seconds >= 0.4
     assert fast_seconds < 0.4
     assert upstream.paths_received().count(CONFIGMAPS) == 2
+
+
+async def test_a_fault_predicate_that_raises_is_reported_as_the_proxys_error(
+    proxy: ApiProxy, client: aiohttp.ClientSession, upstream: FakeApiServer
+) -> None:
+    def broken(record: RequestRecord) -> bool:
+        raise KeyError(record.resource)
+
+    proxy.faults.inject(500, match=broken)
+    answer = await call(client, "GET", CONFIGMAPS)
+    assert answer.status == 500
+    assert "the API proxy failed: KeyError('configmaps')" in answer.json()["message"]
+    assert [repr(error) for error in proxy.internal_errors] == ["KeyError('configmaps')"]
+    assert [(record.verb, record.code) for record in proxy.requests] == [("list", 500)]
+    assert CONFIGMAPS not in upstream.paths_received()
+    proxy.internal_errors.clear()
 
 
 def test_a_fault_needs_a_status_or_a_delay() -> None:
@@ -799,6 +823,19 @@ async def test_stopping_the_proxy_ends_its_open_watches_at_once(upstream: FakeAp
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
             await call(session, "GET", url + "/readyz")
+
+
+async def test_protocol_upgrades_are_refused_not_forwarded(
+    proxy: ApiProxy, client: aiohttp.ClientSession, upstream: FakeApiServer
+) -> None:
+    exec_path = "/api/v1/namespaces/default/pods/p/exec"
+    answer = await call(
+        client, "GET", exec_path + "?command=sh", headers={"Connection": "Upgrade", "Upgrade": "websocket"}
+    )
+    assert answer.status == 501
+    assert answer.json()["reason"] == "NotImplemented"
+    assert not any(path.startswith(exec_path) for path in upstream.paths_received())
+    assert [(r.verb, r.kind, r.subresource, r.code) for r in proxy.requests] == [("get", "Pod", "exec", 501)]
 
 
 # ----- verification of the upstream -----

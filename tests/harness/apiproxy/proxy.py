@@ -145,6 +145,8 @@ class ApiProxy:
         self.faults = Faults()
         # Why requests could not be relayed (unreachable upstream, failed TLS verification), oldest first.
         self.upstream_errors: list[BaseException] = []
+        # Exceptions of the proxy itself (or of a fault's `match` predicate) while serving; tests assert none.
+        self.internal_errors: list[BaseException] = []
         self.kinds = KindResolver(self._fetch_discovery, refresh_seconds=discovery_refresh_seconds)
         self._runner: aiohttp.web.ServerRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -276,6 +278,21 @@ class ApiProxy:
         info = parse_request_info(request.method, request.path, request.query_string)
         record = record_for(request, info)
         self.requests.add(record)
+        try:
+            return await self._serve(request, info, record, arrived)
+        except Exception as exc:
+            self.internal_errors.append(exc)
+            if request.writer.output_size > 0:
+                # The answer's head is already out; the client can only be told by a broken connection.
+                if request.transport is not None:
+                    request.transport.close()
+                raise
+            record.code = 500
+            return status_response(500, "InternalError", f"the API proxy failed: {exc!r}")
+
+    async def _serve(
+        self, request: aiohttp.web.BaseRequest, info: RequestInfo, record: RequestRecord, arrived: float
+    ) -> aiohttp.web.StreamResponse:
         if info.is_resource_request and info.resource:
             # Before faults are applied: their `match` predicates select by kind.
             record.kind = await self.kinds.kind_of(info.group, info.version, info.resource, request.headers)
