@@ -54,8 +54,9 @@ class KindResolver:
     refresh_seconds: float = 1.0
     # Why a document could not be read, oldest first; the resolver answers "" for its kinds meanwhile.
     errors: list[BaseException] = field(default_factory=list)
-    _cache: dict[tuple[str, str], _GroupVersionKinds] = field(default_factory=dict)
-    _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    _cache: dict[tuple[str, str], _GroupVersionKinds] = field(default_factory=dict, init=False, repr=False)
+    # One fetch per group version at a time: concurrent first requests wait for it instead of fetching too.
+    _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
 
     def cached_kind(self, group: str, version: str, resource: str) -> str:
         """The kind as last read, without asking the server; "" when unknown."""
