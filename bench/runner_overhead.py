@@ -10,8 +10,11 @@ once with one tool call per turn. Reports:
     latency), so what is left is the runner's work (HTTP and the openai SDK included); and the
     CPU time this process used in the same span (steadier than wall time on a shared machine);
   * bytes of each checkpoint write around those iterations, for the PVC store (frame sizes in the
-    log file) and the ConfigMap store (merge-patch bodies sent to the project's emulated API
-    server over HTTP). Flat numbers mean writes are proportional to what is new, not to history.
+    log file) and the ConfigMap store (merge-patch bodies sent over HTTPS to a real kube-apiserver:
+    a control plane started for the benchmark (tests.harness.testbed), the run's AgentRun and the
+    runner's ServiceAccount, Role and RoleBinding as the operator makes them, and the runner using a
+    real token of that ServiceAccount). Flat numbers mean writes are proportional to what is new, not
+    to history.
 """
 
 import argparse
@@ -25,15 +28,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "api"), str(ROOT / "runner_image"), str(ROOT)]
 
-from tests.harness.apiserver import EmulatedApiServer  # noqa: E402
 from tests.harness.model_server import Answer, ModelServer, by_turn, call  # noqa: E402
 from tests.harness.runner import API_KEY, make_config, make_spec  # noqa: E402
+from tests.harness.testbed import KubeTestbed  # noqa: E402
 
+from agentrun_api import contract  # noqa: E402
 from agentrun_api.contract import RunnerConfig  # noqa: E402
+from agentrun_api.spec import AgentRunSpec  # noqa: E402
+from agentrun_operator import children  # noqa: E402
 from agentrun_runner import __main__ as runner_main  # noqa: E402
 from agentrun_runner.checkpoint import CorruptRecordError, decode_record  # noqa: E402
 from agentrun_runner.kube import ConfigMaps  # noqa: E402
@@ -46,9 +53,54 @@ def settings(tmp: Path) -> RunnerSettings:
     return RunnerSettings(progress_file=str(tmp / "progress.json"), sse_linger_seconds=0, stream_host="127.0.0.1")
 
 
-def long_run_config(model_url: str, tmp: Path, iterations: int, store: str) -> RunnerConfig:
-    spec = make_spec(model_url, maxIterations=iterations, maxExecutionTime="2h")
-    return make_config(spec, tmp, store=store, progress_interval_seconds=2.0)
+def long_run_spec(model_url: str, iterations: int, store: str) -> AgentRunSpec:
+    return make_spec(model_url, maxIterations=iterations, maxExecutionTime="2h", checkpoint={"store": store})
+
+
+def long_run_config(
+    spec: AgentRunSpec, tmp: Path, store: str, namespace: str = "default", uid: str = ""
+) -> RunnerConfig:
+    return make_config(
+        spec, tmp, store=store, namespace=namespace, uid=uid or "0f0e0d0c-uid", progress_interval_seconds=2.0
+    )
+
+
+def provision_run(testbed: KubeTestbed, spec: AgentRunSpec, tmp: Path) -> tuple[str, str, Path]:
+    """The AgentRun "demo" in a fresh namespace, and what the operator makes for its runner before the pod starts
+    (ServiceAccount, Role, RoleBinding, progress ConfigMap, owned by the run); returns the namespace, the run's
+    uid and a kubeconfig with a real token of the runner's ServiceAccount."""
+    admin = testbed.admin
+    namespace = testbed.create_namespace("bench-runner-overhead")
+
+    def create(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = admin.post(path, json=body)
+        if answer.is_error:
+            raise RuntimeError(f"POST {path}: HTTP {answer.status_code}: {answer.text[:500]}")
+        created: dict[str, Any] = answer.json()
+        return created
+
+    manifest = {
+        "apiVersion": "agentrun.dev/v1alpha1",
+        "kind": "AgentRun",
+        "metadata": {"name": "demo", "namespace": namespace},
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+    run = create(f"/apis/agentrun.dev/v1alpha1/namespaces/{namespace}/agentruns", manifest)
+    owner = children.RunOwner.from_body(run)
+    core, rbac = f"/api/v1/namespaces/{namespace}", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+    create(f"{core}/serviceaccounts", children.adopted(children.build_service_account(owner), owner))
+    create(f"{rbac}/roles", children.adopted(children.build_role(owner, spec), owner))
+    create(f"{rbac}/rolebindings", children.adopted(children.build_role_binding(owner), owner))
+    create(f"{core}/configmaps", children.adopted(children.build_progress_config_map(owner), owner))
+    account = children.identity_name(owner.name)
+    token = create(
+        f"{core}/serviceaccounts/{account}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
+    )["status"]["token"]
+    kubeconfig = testbed.control_plane.kubeconfig_for_token(
+        tmp / "runner.kubeconfig", token, user=f"system:serviceaccount:{namespace}:{account}", namespace=namespace
+    )
+    return namespace, owner.uid, kubeconfig
 
 
 def window(values_by_iteration: dict[int, list[float]], mark: int) -> list[float]:
@@ -60,7 +112,8 @@ async def pvc_run(
 ) -> tuple[dict[int, float], dict[int, float], dict[int, list[float]]]:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        config = long_run_config(model.base_url, tmp, iterations, "PersistentVolumeClaim")
+        store = "PersistentVolumeClaim"
+        config = long_run_config(long_run_spec(model.base_url, iterations, store), tmp, store)
         model.requests.clear()
         model.handling_seconds.clear()
         model.cpu_marks.clear()
@@ -98,18 +151,27 @@ async def configmap_run(model: ModelServer, iterations: int) -> dict[int, list[f
 
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        async with EmulatedApiServer() as apiserver:
-            os.environ["KUBECONFIG"] = str(apiserver.kubeconfig_path)
+        testbed = KubeTestbed(tmp / "testbed")
+        await asyncio.to_thread(testbed.start)
+        try:
+            print(f"ConfigMap store on Kubernetes {testbed.version} (a real control plane; the runner's own token)")
+            spec = long_run_spec(model.base_url, iterations, "ConfigMap")
+            namespace, uid, kubeconfig = await asyncio.to_thread(provision_run, testbed, spec, tmp)
+            os.environ["KUBECONFIG"] = str(kubeconfig)
             ConfigMaps.put_data = measured  # type: ignore[method-assign]
             try:
-                config = long_run_config(model.base_url, tmp, iterations, "ConfigMap")
+                config = long_run_config(spec, tmp, "ConfigMap", namespace, uid)
                 code = await runner_main.run(config, dataclasses.replace(settings(tmp), progress_file=""))
                 assert code == 0, code
             finally:
                 ConfigMaps.put_data = original  # type: ignore[method-assign]
                 os.environ.pop("KUBECONFIG")
-            found = (apiserver.store.try_get("ConfigMap", "default", f"demo-ckpt-{n}") for n in range(36))
-            segments = [obj["metadata"]["name"] for obj in found if obj is not None]
+            answer = await asyncio.to_thread(testbed.admin.get, f"/api/v1/namespaces/{namespace}/configmaps")
+            answer.raise_for_status()
+            names = {item["metadata"]["name"] for item in answer.json()["items"]}
+            segments = [n for n in (contract.checkpoint_segment_name("demo", i) for i in range(36)) if n in names]
+        finally:
+            await asyncio.to_thread(testbed.stop)
     print(f"ConfigMap store: {len(segments)} segment(s) used: {', '.join(segments)}")
     return sizes
 
