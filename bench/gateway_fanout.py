@@ -1,8 +1,10 @@
 """Relay lag and memory of the stream gateway with many readers on one run, and the agent's iteration
 rate with and without them.
 
-Starts the emulated Kubernetes API server in this process, the gateway as its own process
-(`python -m agentrun_gateway`, so its memory is measured alone), and READERS SSE readers.
+Starts a real control plane (tests.harness.testbed: etcd, kube-apiserver, controller-manager, scheduler)
+holding each run's AgentRun (phase Running) and stream-token Secret in a namespace of its own, the gateway
+as its own process (`python -m agentrun_gateway`, so its memory is measured alone) reaching the API server
+as its ServiceAccount (a real token in a file, the chart's rules, the server's CA), and READERS SSE readers.
 
 1. Relay lag: a fake runner emits EVENTS events at RATE per second, each stamped with its emit time;
    every reader records when each event arrived. Prints p50/p99/max relay lag over all readers and the
@@ -29,12 +31,15 @@ Everything listens on 127.0.0.1; the run stops by itself (bounded by the event c
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +50,17 @@ ROOT = BENCH_FILE.parents[1]
 SOURCE_PATHS = [str(ROOT), *(str(ROOT / part) for part in ("api", "operator", "runner_image", "gateway"))]
 sys.path[:0] = SOURCE_PATHS
 
-from tests.harness.apiserver import EmulatedApiServer  # noqa: E402
 from tests.harness.fake_stream_runner import FakeStreamRunner  # noqa: E402
-from tests.harness.gateway import gateway_process, set_run_phase, stream_token_secret  # noqa: E402
+from tests.harness.gateway import runner_events_url, stream_token_secret  # noqa: E402
+from tests.harness.identities import gateway_identity  # noqa: E402
 from tests.harness.local_cluster import free_port  # noqa: E402
 from tests.harness.model_server import Answer, ModelServer, by_turn, call  # noqa: E402
 from tests.harness.procstat import cpu_seconds, rss_mib  # noqa: E402
 from tests.harness.runner import STREAM_TOKEN, RunnerProcess, load_state, make_config, make_spec, runner_env  # noqa: E402
+from tests.harness.testbed import KubeTestbed  # noqa: E402
 
 TOKEN = "bench-stream-token"
-NAMESPACE, RUN = "bench", "fanout"
+RUN = "fanout"
 
 
 def _runqueue_wait_seconds(pid: int) -> float:
@@ -100,29 +106,94 @@ async def _reader(session: aiohttp.ClientSession, url: str, lags: list[float], c
     return received
 
 
-def _create_run(kube: EmulatedApiServer, name: str, token: str) -> None:
-    """The AgentRun (phase Running) and its stream-token Secret, as the operator would leave them."""
-    store = kube.store
-    store.create(store.resource("secrets"), NAMESPACE, stream_token_secret(NAMESPACE, name, token))
-    spec = {
-        "instructions": "Benchmark.",
-        "input": "Stream.",
-        "model": {"name": "bench"},
-        "maxExecutionTime": "1h",
-        "maxIterations": 10,
+@dataclass
+class Kube:
+    """A namespace of the real control plane, and how the gateway reaches its API server: a real token of the
+    gateway's ServiceAccount (granted the chart's rules in the namespace) in a file, and the server's CA."""
+
+    testbed: KubeTestbed
+    namespace: str
+    token_file: Path
+
+    @classmethod
+    def create(cls, testbed: KubeTestbed, directory: Path) -> "Kube":
+        namespace = testbed.create_namespace("bench-gateway-fanout")
+        identity = gateway_identity(testbed.control_plane)
+        identity.grant(namespace)
+        token_file = directory / "gateway-token"
+        token_file.write_text(identity.token())
+        token_file.chmod(0o600)
+        return cls(testbed, namespace, token_file)
+
+    def send(self, method: str, path: str, body: dict[str, Any], content_type: str = "application/json") -> None:
+        answer = self.testbed.admin.request(method, path, json=body, headers={"Content-Type": content_type})
+        if answer.is_error:
+            raise RuntimeError(f"{method} {path}: HTTP {answer.status_code}: {answer.text[:500]}")
+
+    def create_run(self, name: str, token: str) -> None:
+        """The AgentRun (phase Running) and its stream-token Secret, as the operator would leave them."""
+        spec = {
+            "instructions": "Benchmark.",
+            "input": "Stream.",
+            "model": {"name": "bench"},
+            "maxExecutionTime": "1h",
+            "maxIterations": 10,
+        }
+        runs = f"/apis/agentrun.dev/v1alpha1/namespaces/{self.namespace}/agentruns"
+        body = {"apiVersion": "agentrun.dev/v1alpha1", "kind": "AgentRun", "metadata": {"name": name}, "spec": spec}
+        self.send("POST", runs, body)
+        self.send(
+            "POST", f"/api/v1/namespaces/{self.namespace}/secrets", stream_token_secret(self.namespace, name, token)
+        )
+        patch = {"status": {"phase": "Running"}}
+        self.send("PATCH", f"{runs}/{name}/status", patch, "application/merge-patch+json")
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(kube: Kube, upstream_port: int) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """`python -m agentrun_gateway` as its own process, configured from env as in its image (the API server, its
+    ServiceAccount's token file and the server's CA); yields the process and its port once /healthz answers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "AGENTRUN_GATEWAY_HOST": "127.0.0.1",
+        "AGENTRUN_GATEWAY_PORT": str(port),
+        "AGENTRUN_GATEWAY_UPSTREAM_URL": runner_events_url(upstream_port),
+        "AGENTRUN_GATEWAY_KUBE_API_URL": kube.testbed.control_plane.url,
+        "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": str(kube.token_file),
+        "AGENTRUN_GATEWAY_KUBE_CA_FILE": str(kube.testbed.control_plane.ca_file),
+        # What the gateway image holds (gateway/Dockerfile); the runner's package decodes checkpoints.
+        "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", "gateway")),
     }
-    store.create(store.resource("agentruns"), NAMESPACE, {"metadata": {"name": name}, "spec": spec})
-    set_run_phase(kube, NAMESPACE, name, "Running")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentrun_gateway", env=env, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz"):
+                        break
+                except aiohttp.ClientConnectionError:
+                    if time.monotonic() > deadline or process.returncode is not None:
+                        raise RuntimeError("the gateway did not start listening") from None
+                    await asyncio.sleep(0.1)
+        yield process, port
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
 
 
-async def relay_lag(kube: EmulatedApiServer, readers: int, events: int, rate: float) -> dict[str, Any]:
-    _create_run(kube, RUN, TOKEN)
+async def relay_lag(kube: Kube, readers: int, events: int, rate: float) -> dict[str, Any]:
+    await asyncio.to_thread(kube.create_run, RUN, TOKEN)
     runner = FakeStreamRunner(TOKEN, heartbeat_seconds=15)
     await runner.start()
     try:
-        async with gateway_process(kube, runner.port, stderr=asyncio.subprocess.DEVNULL) as (gateway, port):
+        async with gateway_process(kube, runner.port) as (gateway, port):
             pid = gateway.pid
-            url = f"http://127.0.0.1:{port}/runs/{NAMESPACE}/{RUN}/events"
+            url = f"http://127.0.0.1:{port}/runs/{kube.namespace}/{RUN}/events"
             connector = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
                 rss_idle = rss_mib(pid)
@@ -210,7 +281,7 @@ def _pin(pid: int, cpus: set[int] | None) -> None:
 
 
 async def runner_rate(
-    kube: EmulatedApiServer,
+    kube: Kube,
     readers: int,
     iterations: int,
     start_delay: float,
@@ -221,7 +292,7 @@ async def runner_rate(
     ``split``: CPUs for the agent's side (runner, model) and for the readers' side (gateway, readers), as
     if they ran on different nodes; None shares every CPU."""
     agent_cpus, reader_cpus = split if split is not None else (None, None)
-    _create_run(kube, name, STREAM_TOKEN)
+    await asyncio.to_thread(kube.create_run, name, STREAM_TOKEN)
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
         model_port, stream_port = free_port(), free_port()
@@ -254,11 +325,11 @@ async def runner_rate(
         agent_waits: list[tuple[float, float]] = []
         gateway_cpu: list[tuple[float, float]] = []
         try:
-            async with gateway_process(kube, stream_port, stderr=asyncio.subprocess.DEVNULL) as (gateway, port):
+            async with gateway_process(kube, stream_port) as (gateway, port):
                 pid = gateway.pid
                 _pin(pid, reader_cpus)
                 await runner.stream_port()
-                url = f"http://127.0.0.1:{port}/runs/{NAMESPACE}/{name}/events"
+                url = f"http://127.0.0.1:{port}/runs/{kube.namespace}/{name}/events"
                 connected: list[float] = []
                 connector = aiohttp.TCPConnector(limit=0)
                 async with aiohttp.ClientSession(
@@ -310,17 +381,24 @@ async def main(
 ) -> dict[str, Any]:
     cpus = sorted(os.sched_getaffinity(0))
     split = ({cpus[0]}, set(cpus[1:])) if split_cpus and len(cpus) > 1 else None
-    if split is not None:  # this process runs the readers and the API server: the readers' side
+    if split is not None:  # this process runs the readers: the readers' side
         os.sched_setaffinity(0, split[1])
     alone: list[dict[str, Any]] = []
     watched: list[dict[str, Any]] = []
-    async with EmulatedApiServer([ROOT / "crds" / "agentruns.agentrun.dev.yaml"]) as kube:
-        kube.store.create(kube.store.resource("namespaces"), None, {"metadata": {"name": NAMESPACE}})
-        figures = await relay_lag(kube, readers, events, rate)
-        # Alternated, so a change in the machine's other load falls on both sides alike.
-        for trial in range(trials):
-            alone.append(await runner_rate(kube, 0, iterations, start_delay, split, f"alone-{trial}"))
-            watched.append(await runner_rate(kube, readers, iterations, start_delay, split, f"watched-{trial}"))
+    with tempfile.TemporaryDirectory(prefix="gateway-fanout-") as directory:
+        testbed = KubeTestbed(Path(directory) / "testbed")
+        await asyncio.to_thread(testbed.start)
+        try:
+            version = testbed.version
+            print(f"on Kubernetes {version} (the real control plane; the gateway as its ServiceAccount)", flush=True)
+            kube = await asyncio.to_thread(Kube.create, testbed, Path(directory))
+            figures = {"kubernetes_version": version, **await relay_lag(kube, readers, events, rate)}
+            # Alternated, so a change in the machine's other load falls on both sides alike.
+            for trial in range(trials):
+                alone.append(await runner_rate(kube, 0, iterations, start_delay, split, f"alone-{trial}"))
+                watched.append(await runner_rate(kube, readers, iterations, start_delay, split, f"watched-{trial}"))
+        finally:
+            await asyncio.to_thread(testbed.stop)
 
     def median(results: list[dict[str, Any]], key: str) -> float:
         return round(statistics.median(result[key] for result in results), 2)
