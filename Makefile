@@ -83,10 +83,10 @@ BENCH_PATH := PYTHONPATH=api:operator:runner_image:gateway:.
 BENCH_QUICK ?=
 
 .PHONY: bench
-bench: install ## Every benchmark, figures and ratios (docs/performance.md); BENCH_QUICK=--quick for a smoke run
-	@echo "== reconcile latency, throughput and operator memory (bench/reconcile_scale.py)"
+bench: install kube-binaries ## Every benchmark, figures and ratios (docs/performance.md), each on a control plane of its own where it needs one; BENCH_QUICK=--quick for a smoke run
+	@echo "== reconcile latency, throughput and operator memory against the same creates, on a real control plane (bench/reconcile_scale.py)"
 	$(BENCH_PATH) $(PY) bench/reconcile_scale.py $(BENCH_QUICK)
-	@echo "== API requests over one 50-iteration run (bench/operator_api_requests.py)"
+	@echo "== the operator's API requests over one 50-iteration run, counted by the API proxy in front of a real kube-apiserver (bench/operator_api_requests.py)"
 	$(BENCH_PATH) $(PY) bench/operator_api_requests.py $(BENCH_QUICK)
 	@echo "== runner overhead and checkpoint bytes per iteration (bench/runner_overhead.py)"
 	$(BENCH_PATH) $(PY) bench/runner_overhead.py $(BENCH_QUICK)
@@ -98,14 +98,14 @@ bench: install ## Every benchmark, figures and ratios (docs/performance.md); BEN
 	$(BENCH_PATH) $(PY) bench/throttle_pool.py $(BENCH_QUICK)
 
 .PHONY: bench-runner
-bench-runner: install ## Runner loop overhead and checkpoint write sizes over a 500-iteration run
+bench-runner: install kube-binaries ## Runner loop overhead and checkpoint write sizes over a 500-iteration run
 	$(PY) bench/runner_overhead.py --iterations 500
 
 .PHONY: check
 check: lint typecheck test ## Lint, type-check and test: what CI runs
 
 .PHONY: bench-gateway
-bench-gateway: install ## Measure the stream gateway's relay lag and memory with 100 readers on one run
+bench-gateway: install kube-binaries ## Measure the stream gateway's relay lag and memory with 100 readers on one run
 	$(PY) bench/gateway_fanout.py --readers 100
 
 .PHONY: demo
