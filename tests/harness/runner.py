@@ -53,6 +53,7 @@ def make_config(
     tmp_path: Path,
     *,
     store: str = "PersistentVolumeClaim",
+    namespace: str = "default",
     name: str = "demo",
     uid: str = "0f0e0d0c-uid",
     stream_port: int = 0,
@@ -60,7 +61,7 @@ def make_config(
     progress_interval_seconds: float = 0.05,
 ) -> RunnerConfig:
     return RunnerConfig(
-        run=RunIdentity(namespace="default", name=name, uid=uid),
+        run=RunIdentity(namespace=namespace, name=name, uid=uid),
         spec=spec,
         checkpoint=CheckpointLocation(store=store, mount_path=str(tmp_path / "checkpoint")),  # type: ignore[arg-type]
         workspace_path=str(tmp_path / "workspace"),
