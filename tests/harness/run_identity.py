@@ -130,7 +130,7 @@ def stream_token_secret(namespace: str, run: str, token: str) -> dict[str, Any]:
     }
 
 
-def configmaps(testbed: KubeTestbed, namespace: str, prefix: str = "") -> list[dict[str, Any]]:
+def list_configmaps(testbed: KubeTestbed, namespace: str, prefix: str = "") -> list[dict[str, Any]]:
     """The namespace's ConfigMaps whose names start with ``prefix``, by name."""
     answer = testbed.admin.get(f"/api/v1/namespaces/{namespace}/configmaps")
     answer.raise_for_status()

@@ -15,9 +15,10 @@ import pytest
 from agentrun_api.contract import CONFIGMAP_SEGMENT_LIMIT_BYTES, EXIT_OUTCOME_RECORDED, Outcome, RunIdentity
 from agentrun_runner.checkpoint import CheckpointError, ConfigMapStore, PvcStore
 from agentrun_runner.kube import ConfigMaps, load_configuration
-from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.model_server import Answer, ModelServer, by_turn, call
+from tests.harness.run_identity import list_configmaps, provision_run
 from tests.harness.runner import make_config, make_spec, read_progress, run_in_process, write_kubeconfig
+from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.integration
 
@@ -208,31 +209,14 @@ async def test_corrupt_configmap_record_is_dropped_and_reported(
 
 
 async def test_segments_the_runner_creates_are_owned_by_its_agentrun_and_collected_with_it(
-    apiserver: EmulatedApiServer, tmp_path: Path
+    testbed: KubeTestbed, namespace: str, tmp_path: Path
 ) -> None:
-    store = apiserver.store
-    run = store.create(
-        store.resource("AgentRun"),
-        "default",
-        {
-            "apiVersion": "agentrun.dev/v1alpha1",
-            "kind": "AgentRun",
-            "metadata": {"name": "owned"},
-            "spec": {
-                "instructions": "i",
-                "input": "x",
-                "model": {"name": "m"},
-                "maxExecutionTime": "1m",
-                "maxIterations": 1,
-            },
-        },
-    )
-    os.environ["KUBECONFIG"] = str(apiserver.kubeconfig_path)
+    spec = make_spec("http://127.0.0.1:9/v1", checkpoint={"store": "ConfigMap"})
+    run = provision_run(testbed, namespace, spec, tmp_path, name="owned")
+    os.environ["KUBECONFIG"] = str(run.kubeconfig)
     try:
         client = ConfigMaps(
-            load_configuration(),
-            "default",
-            owner=RunIdentity(namespace="default", name="owned", uid=run["metadata"]["uid"]),
+            load_configuration(), namespace, owner=RunIdentity(namespace=namespace, name="owned", uid=run.uid)
         )
     finally:
         os.environ.pop("KUBECONFIG")
@@ -243,14 +227,16 @@ async def test_segments_the_runner_creates_are_owned_by_its_agentrun_and_collect
     finally:
         await client.close()
 
-    [segment] = [cm for cm in store.all_of("ConfigMap", "default") if cm["metadata"]["name"].startswith("owned-ckpt-")]
+    [segment] = list_configmaps(testbed, namespace, "owned-ckpt-")
     [owner] = segment["metadata"]["ownerReferences"]
-    assert (owner["kind"], owner["name"], owner["uid"]) == ("AgentRun", "owned", run["metadata"]["uid"])
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("AgentRun", "owned", run.uid)
 
-    store.delete(store.resource("AgentRun"), "default", "owned")
-    for _ in range(100):  # the garbage collector runs on the next turns of the loop
-        if not [cm for cm in store.all_of("ConfigMap", "default") if cm["metadata"]["name"].startswith("owned-ckpt-")]:
+    # kube-controller-manager's garbage collector removes the run's dependents once it is gone. It re-reads API
+    # discovery every 30 s, so early in a session it may take that long to learn of the AgentRun CRD at all.
+    testbed.admin.delete(f"/apis/agentrun.dev/v1alpha1/namespaces/{namespace}/agentruns/owned").raise_for_status()
+    for _ in range(900):
+        if not list_configmaps(testbed, namespace, "owned-ckpt-"):
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
     else:
-        raise AssertionError("the run's checkpoint segments outlived the AgentRun")
+        raise AssertionError("the run's checkpoint segments outlived the AgentRun by 90 s")
