@@ -47,7 +47,7 @@ sys.path[:0] = SOURCE_PATHS
 
 from tests.harness.apiserver import EmulatedApiServer  # noqa: E402
 from tests.harness.fake_stream_runner import FakeStreamRunner  # noqa: E402
-from tests.harness.gateway import gateway_process, set_run_phase, stream_token_secret  # noqa: E402
+from tests.harness.gateway import ApiEndpoint, gateway_process, stream_token_secret  # noqa: E402
 from tests.harness.local_cluster import free_port  # noqa: E402
 from tests.harness.model_server import Answer, ModelServer, by_turn, call  # noqa: E402
 from tests.harness.procstat import cpu_seconds, rss_mib  # noqa: E402
@@ -100,6 +100,19 @@ async def _reader(session: aiohttp.ClientSession, url: str, lags: list[float], c
     return received
 
 
+def set_run_phase(kube: EmulatedApiServer, namespace: str, run: str, phase: str) -> None:
+    """Write the AgentRun's status.phase, as the operator would."""
+    store = kube.store
+    store.patch(
+        store.resource("agentruns"),
+        namespace,
+        run,
+        "application/merge-patch+json",
+        {"status": {"phase": phase}},
+        subresource="status",
+    )
+
+
 def _create_run(kube: EmulatedApiServer, name: str, token: str) -> None:
     """The AgentRun (phase Running) and its stream-token Secret, as the operator would leave them."""
     store = kube.store
@@ -120,7 +133,10 @@ async def relay_lag(kube: EmulatedApiServer, readers: int, events: int, rate: fl
     runner = FakeStreamRunner(TOKEN, heartbeat_seconds=15)
     await runner.start()
     try:
-        async with gateway_process(kube, runner.port, stderr=asyncio.subprocess.DEVNULL) as (gateway, port):
+        async with gateway_process(ApiEndpoint(str(kube.url)), runner.port, stderr=asyncio.subprocess.DEVNULL) as (
+            gateway,
+            port,
+        ):
             pid = gateway.pid
             url = f"http://127.0.0.1:{port}/runs/{NAMESPACE}/{RUN}/events"
             connector = aiohttp.TCPConnector(limit=0)
@@ -254,7 +270,10 @@ async def runner_rate(
         agent_waits: list[tuple[float, float]] = []
         gateway_cpu: list[tuple[float, float]] = []
         try:
-            async with gateway_process(kube, stream_port, stderr=asyncio.subprocess.DEVNULL) as (gateway, port):
+            async with gateway_process(ApiEndpoint(str(kube.url)), stream_port, stderr=asyncio.subprocess.DEVNULL) as (
+                gateway,
+                port,
+            ):
                 pid = gateway.pid
                 _pin(pid, reader_cpus)
                 await runner.stream_port()

@@ -10,14 +10,12 @@ ServiceAccount, so a runner started by a test has exactly a runner pod's rights.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from agentrun_api import contract
 from agentrun_api.spec import AgentRunSpec
 from agentrun_operator import children
 from agentrun_operator.children import RunOwner
@@ -118,16 +116,6 @@ def set_run_phase(testbed: KubeTestbed, namespace: str, name: str, phase: str) -
         json={"status": {"phase": phase}},
     )
     answer.raise_for_status()
-
-
-def stream_token_secret(namespace: str, run: str, token: str) -> dict[str, Any]:
-    """The run's `<run>-stream-token` Secret, as the operator creates it."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": contract.stream_token_secret_name(run), "namespace": namespace},
-        "data": {"token": base64.b64encode(token.encode()).decode()},
-    }
 
 
 def list_configmaps(testbed: KubeTestbed, namespace: str, prefix: str = "") -> list[dict[str, Any]]:
