@@ -184,9 +184,11 @@ async def read_until_finished(url: str, token: str, last_id: int | None = None) 
     return 200, events
 
 
-async def read_runner_stream_to_end(env: dict[str, str], token: str) -> list[ServerSentEvent]:
+async def read_runner_stream_to_end(
+    env: dict[str, str], token: str, output: list[str] | None = None
+) -> list[ServerSentEvent]:
     """Start the real runner process with ``env``, read its own stream to `finished`, and require that it
-    then exits 0; returns the events that reader received."""
+    then exits 0; returns the events that reader received, and adds the runner's log lines to ``output``."""
     runner = await RunnerProcess(env).start()
     try:
         port = await runner.stream_port()
@@ -195,6 +197,8 @@ async def read_runner_stream_to_end(env: dict[str, str], token: str) -> list[Ser
         assert await runner.wait() == 0, runner.output
     finally:
         await runner.close()
+        if output is not None:
+            output.extend(runner.log)
     return events
 
 
