@@ -55,21 +55,22 @@ def runner_events_url(port: int) -> str:
 
 
 def fast_settings(api: ApiEndpoint, upstream_port: int, **overrides: Any) -> GatewaySettings:
-    """Gateway settings with short delays and caches, so a test sees in seconds what takes minutes."""
-    return GatewaySettings(
-        host="127.0.0.1",
-        port=0,
-        upstream_url=runner_events_url(upstream_port),
-        kube_api_url=api.url,
-        kube_token_file=api.token_file,
-        kube_ca_file=api.ca_file,
-        reattach_initial_delay_seconds=0.05,
-        reattach_max_delay_seconds=0.2,
-        ended_drain_seconds=0.3,
-        run_cache_seconds=0.05,
-        shutdown_timeout_seconds=0.1,
-        **overrides,
-    )
+    """Gateway settings with short delays and caches, so a test sees in seconds what takes minutes; any
+    field may be overridden."""
+    fields: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "upstream_url": runner_events_url(upstream_port),
+        "kube_api_url": api.url,
+        "kube_token_file": api.token_file,
+        "kube_ca_file": api.ca_file,
+        "reattach_initial_delay_seconds": 0.05,
+        "reattach_max_delay_seconds": 0.2,
+        "ended_drain_seconds": 0.3,
+        "run_cache_seconds": 0.05,
+        "shutdown_timeout_seconds": 0.1,
+    }
+    return GatewaySettings(**{**fields, **overrides})
 
 
 class Gateway:

@@ -4,6 +4,10 @@ kubeconfig context names the test's namespace, or as a user whose RBAC the test 
 import asyncio
 import base64
 import io
+import os
+import shlex
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +16,7 @@ import pytest
 
 from agentrun_operator import kubectl_plugin
 from tests.harness.controlplane import write_kubeconfig
+from tests.harness.local_cluster import REPO_ROOT
 from tests.harness.run_identity import AGENTRUN_API, RBAC_API
 from tests.harness.sse_server import SseServer
 from tests.harness.testbed import KubeTestbed
@@ -212,6 +217,19 @@ async def test_result_prints_the_summary_and_the_full_result_from_the_configmap_
     assert (await plugin(cluster.kubeconfig, "result", "q3", "--summary-only"))[1].endswith("  Vendor B wins.\n")
 
 
+async def test_result_of_a_run_that_ended_without_one_says_so_as_its_status_does(cluster: Cluster) -> None:
+    cluster.create_run("spent")
+    message = "used 1100 tokens of the tokenBudget of 1000 before finishing"
+    cluster.set_status("spent", {"phase": "Failed", "reason": "TokenBudgetExceeded", "message": message})
+
+    code, out, _ = await plugin(cluster.kubeconfig, "result", "spent")
+    assert code == 0
+    assert out.startswith(f"phase:    Failed\nreason:   TokenBudgetExceeded\nmessage:  {message}\n")
+    assert out.splitlines()[-1] == (
+        "agentrun spent ended Failed without a stored result: a result is stored only with the agent's final answer"
+    )
+
+
 async def test_result_with_a_missing_store_names_it(cluster: Cluster) -> None:
     cluster.create_run("q3")
     result = {"summary": "x", "ref": "configmap/q3-ckpt-9#result", "bytes": 1}
@@ -236,6 +254,69 @@ async def test_stream_reads_the_token_secret_and_follows_the_status_url(cluster:
     assert [r.get("Authorization") for r in runner.requests] == ["Bearer t0ken", "Bearer t0ken"]
     assert runner.requests[1]["Last-Event-ID"] == "1"
     assert "reconnecting from event 1" in err
+
+
+def with_stream_token(cluster: Cluster, run: str) -> None:
+    token = base64.b64encode(b"t0ken").decode()
+    secret = {"metadata": {"name": f"{run}-stream-token"}, "data": {"token": token}}
+    cluster.call("POST", f"{cluster.core}/secrets", secret)
+
+
+async def test_stream_of_an_ended_run_replays_what_its_stream_has_once_and_exits_0(cluster: Cluster) -> None:
+    events = [("iteration", '{"iteration": 1}'), ("checkpoint", '{"iteration": 1}')]  # no `finished` to be had
+    with SseServer(events, retry_ms=1) as stream:
+        cluster.create_run("q3")
+        cluster.set_status("q3", {"phase": "Failed", "reason": "RunnerLost", "streamURL": stream.url})
+        with_stream_token(cluster, "q3")
+
+        code, out, err = await plugin(cluster.kubeconfig, "stream", "q3", "--max-reconnects", "2")
+    assert (code, out.splitlines()) == (0, ['[1] iteration {"iteration": 1}', '[2] checkpoint {"iteration": 1}'])
+    assert len(stream.requests) == 1
+    assert err == "the run ended Failed; its stream has nothing more after event 2 (the server closed the stream)\n"
+
+
+async def test_stream_at_an_address_that_does_not_answer_fails_at_once_saying_what_to_do(cluster: Cluster) -> None:
+    cluster.create_run("q3")
+    cluster.set_status("q3", {"phase": "Running", "streamURL": "http://127.0.0.1:9/events"})
+    with_stream_token(cluster, "q3")
+
+    code, out, err = await plugin(cluster.kubeconfig, "stream", "q3", "--max-reconnects", "2")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: cannot reach the stream at http://127.0.0.1:9/events (ConnectError")
+    assert f"kubectl port-forward -n {cluster.namespace} svc/q3-stream 8080:stream` and pass --url" in err
+    assert "reconnecting" not in err
+    assert err.count("\n") == 1
+
+
+async def test_logs_piped_into_head_end_quietly_when_head_stops_reading(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.create_run("q3")
+    # Far more than a pipe holds, so the plugin is still writing when head has gone.
+    text = "".join(f"iteration {n}\n" for n in range(100_000))
+    pod = _printing_pod("q3-runner-a", "q3", "")
+    pod["spec"]["containers"][0]["command"] = [
+        "python",
+        "-c",
+        "import sys; sys.stdout.write(''.join(f'iteration {n}\\n' for n in range(100_000)))",
+    ]
+    cluster.call("POST", f"{cluster.core}/pods", pod)
+    await _wait_for_pod(cluster, "q3-runner-a", ("Succeeded",))
+    log = cluster.testbed.admin.get(f"{cluster.core}/pods/q3-runner-a/log")
+    assert log.text == text  # the whole log is there to be read
+    plugin_command = shlex.join(
+        [sys.executable, "-m", "agentrun_operator.kubectl_plugin", "--kubeconfig", str(cluster.kubeconfig)]
+    )
+    script = (
+        f"{plugin_command} logs q3 2>{tmp_path / 'stderr'} | head -n 2; echo ${{PIPESTATUS[0]}} >{tmp_path / 'status'}"
+    )
+    # As in a user's shell: buffered output (unbuffered text output drops what a short write leaves unwritten).
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = os.pathsep.join(str(REPO_ROOT / part) for part in ("api", "operator"))
+    shell = await asyncio.create_subprocess_exec("bash", "-c", script, stdout=asyncio.subprocess.PIPE, env=env)
+    shown, _ = await asyncio.wait_for(shell.communicate(), 60)
+
+    assert shown.decode().splitlines()[1] == "iteration 0"  # after the pod's header
+    assert (tmp_path / "stderr").read_text() == ""  # no traceback, no "Exception ignored"
+    assert (tmp_path / "status").read_text().strip() == str(128 + signal.SIGPIPE)
 
 
 async def test_stream_without_access_to_the_token_secret_asks_for_token(cluster: Cluster, tmp_path: Path) -> None:

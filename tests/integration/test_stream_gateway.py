@@ -16,8 +16,8 @@ import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 from prometheus_client import REGISTRY
 
-from tests.harness.apiserver import EmulatedApiServer
-from tests.harness.fake_stream_runner import FakeStreamRunner
+from tests.harness.apiproxy import ApiProxy
+from tests.harness.fake_stream_runner import FakeStreamRunner, LoggedEvent
 from tests.harness.gateway import (
     ApiEndpoint,
     Gateway,
@@ -240,26 +240,46 @@ async def test_relay_recovers_when_the_runs_stream_token_is_replaced(
     assert as_log(received) == _upstream_log(runner)
 
 
-async def test_kubernetes_api_outage_answers_503(apiserver: EmulatedApiServer, runner: FakeStreamRunner) -> None:
-    # Pending: still on the emulator for its fault injection, until the API proxy (tests.harness.apiproxy) lands.
-    store = apiserver.store
-    store.create(store.resource("namespaces"), None, {"metadata": {"name": "team"}})
-    store.create(store.resource("secrets"), "team", stream_token_secret("team", RUN, STREAM_TOKEN))
-    store.create(store.resource("agentruns"), "team", _agentrun("team"))
-    store.patch(
-        store.resource("agentruns"),
-        "team",
-        RUN,
-        "application/merge-patch+json",
-        {"status": {"phase": "Running"}},
-        subresource="status",
-    )
-    apiserver.faults.inject(500, count=1, match=lambda request: request.kind == "Secret")
+async def test_a_runner_event_past_the_limit_drops_that_connection_and_the_gateway_re_attaches(
+    kube: Team, runner: FakeStreamRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    limit = 64 * 1024
+    dropped_before = REGISTRY.get_sample_value("agentrun_gateway_upstream_too_large_total") or 0.0
+    received: list[ServerSentEvent] = []
     async with (
-        Gateway(fast_settings(ApiEndpoint(str(apiserver.url)), runner.port), "team", RUN) as gateway,
-        httpx.AsyncClient() as client,
+        Gateway(fast_settings(kube.api, runner.port, upstream_max_event_bytes=limit), kube.namespace, RUN) as gateway,
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client,
     ):
-        response = await client.get(gateway.url, headers={"Authorization": f"Bearer {STREAM_TOKEN}"})
+        reader = asyncio.create_task(_follow(client, gateway.url, received))
+        await runner.emit("token", {"text": "before"})
+        await _wait_for(lambda: len(received) == 1)
+        await runner.emit("tool_call", {"arguments": "x" * (4 * limit)})  # a broken runner's event
+        await _wait_for(lambda: runner.connections >= 3)  # dropped, and re-attached to (with backoff) again
+        assert len(received) == 1  # the reader only had heartbeats meanwhile
+        # The runner's replacement pod serves the event within bounds; the reader goes on from event 1.
+        runner.log[1] = LoggedEvent(2, "tool_call", {"arguments": "x"})
+        await runner.emit("finished", {"phase": "Succeeded"})
+        await asyncio.wait_for(reader, 10)
+
+    assert as_log(received) == _upstream_log(runner)
+    dropped = (REGISTRY.get_sample_value("agentrun_gateway_upstream_too_large_total") or 0.0) - dropped_before
+    assert dropped >= 2
+    assert any("AGENTRUN_GATEWAY_UPSTREAM_MAX_EVENT_BYTES" in record.getMessage() for record in caplog.records)
+
+
+async def test_kubernetes_api_outage_answers_503(kube: Team, runner: FakeStreamRunner) -> None:
+    # The gateway reaches the API server through the fault-injecting proxy, with its own token.
+    async with ApiProxy(kube.testbed.control_plane.url, ca_file=kube.testbed.control_plane.ca_file) as proxy:
+        proxy.faults.inject(500, count=1, match=lambda request: request.kind == "Secret")
+        through_proxy = ApiEndpoint(proxy.url, kube.api.token_file)
+        async with (
+            Gateway(fast_settings(through_proxy, runner.port), kube.namespace, RUN) as gateway,
+            httpx.AsyncClient() as client,
+        ):
+            response = await client.get(gateway.url, headers={"Authorization": f"Bearer {STREAM_TOKEN}"})
+        # The injected failure is what the gateway met: the Secret read was refused at the proxy, once.
+        assert proxy.requests.count(kind="Secret", verb="get") >= 1
+        assert proxy.faults.pending == []
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "2"
 
