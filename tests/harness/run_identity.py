@@ -32,7 +32,8 @@ class ProvisionedRun:
     name: str
     uid: str
     account: str
-    kubeconfig: Path  # the runner's ServiceAccount, its context's namespace the run's
+    token: str  # a real token of the runner's ServiceAccount
+    kubeconfig: Path  # with that token, its context's namespace the run's
 
 
 def agentrun_manifest(namespace: str, name: str, spec: AgentRunSpec) -> dict[str, Any]:
@@ -99,13 +100,16 @@ def provision_run(
         },
     )
     answer.raise_for_status()
+    token = str(answer.json()["status"]["token"])
     kubeconfig = testbed.control_plane.kubeconfig_for_token(
         directory / f"{name}-runner.kubeconfig",
-        str(answer.json()["status"]["token"]),
+        token,
         user=f"system:serviceaccount:{namespace}:{account}",
         namespace=namespace,
     )
-    return ProvisionedRun(namespace=namespace, name=name, uid=owner.uid, account=account, kubeconfig=kubeconfig)
+    return ProvisionedRun(
+        namespace=namespace, name=name, uid=owner.uid, account=account, token=token, kubeconfig=kubeconfig
+    )
 
 
 def set_run_phase(testbed: KubeTestbed, namespace: str, name: str, phase: str) -> None:
