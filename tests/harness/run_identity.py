@@ -46,19 +46,8 @@ def agentrun_manifest(namespace: str, name: str, spec: AgentRunSpec) -> dict[str
 
 
 def _owned(body: dict[str, Any], owner: RunOwner) -> dict[str, Any]:
-    """What kopf.adopt does to a child: the run's namespace and a controller owner reference to the run."""
-    body["metadata"]["namespace"] = owner.namespace
-    body["metadata"]["ownerReferences"] = [
-        {
-            "apiVersion": "agentrun.dev/v1alpha1",
-            "kind": "AgentRun",
-            "name": owner.name,
-            "uid": owner.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-    ]
-    return body
+    """What the operator does to a child (kopf.adopt): the run's namespace and a controller owner reference."""
+    return children.adopted(body, owner)
 
 
 def _create(admin: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
