@@ -31,14 +31,12 @@ Everything listens on 127.0.0.1; the run stops by itself (bounded by the event c
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +49,11 @@ SOURCE_PATHS = [str(ROOT), *(str(ROOT / part) for part in ("api", "operator", "r
 sys.path[:0] = SOURCE_PATHS
 
 from tests.harness.fake_stream_runner import FakeStreamRunner  # noqa: E402
-from tests.harness.gateway import runner_events_url, stream_token_secret  # noqa: E402
-from tests.harness.identities import gateway_identity  # noqa: E402
+from tests.harness.gateway import ApiEndpoint, gateway_endpoint, gateway_process, stream_token_secret  # noqa: E402
 from tests.harness.local_cluster import free_port  # noqa: E402
 from tests.harness.model_server import Answer, ModelServer, by_turn, call  # noqa: E402
 from tests.harness.procstat import cpu_seconds, rss_mib  # noqa: E402
+from tests.harness.run_identity import set_run_phase  # noqa: E402
 from tests.harness.runner import STREAM_TOKEN, RunnerProcess, load_state, make_config, make_spec, runner_env  # noqa: E402
 from tests.harness.testbed import KubeTestbed  # noqa: E402
 
@@ -113,22 +111,12 @@ class Kube:
 
     testbed: KubeTestbed
     namespace: str
-    token_file: Path
+    api: ApiEndpoint
 
     @classmethod
     def create(cls, testbed: KubeTestbed, directory: Path) -> "Kube":
         namespace = testbed.create_namespace("bench-gateway-fanout")
-        identity = gateway_identity(testbed.control_plane)
-        identity.grant(namespace)
-        token_file = directory / "gateway-token"
-        token_file.write_text(identity.token())
-        token_file.chmod(0o600)
-        return cls(testbed, namespace, token_file)
-
-    def send(self, method: str, path: str, body: dict[str, Any], content_type: str = "application/json") -> None:
-        answer = self.testbed.admin.request(method, path, json=body, headers={"Content-Type": content_type})
-        if answer.is_error:
-            raise RuntimeError(f"{method} {path}: HTTP {answer.status_code}: {answer.text[:500]}")
+        return cls(testbed, namespace, gateway_endpoint(testbed, namespace, directory))
 
     def create_run(self, name: str, token: str) -> None:
         """The AgentRun (phase Running) and its stream-token Secret, as the operator would leave them."""
@@ -139,51 +127,12 @@ class Kube:
             "maxExecutionTime": "1h",
             "maxIterations": 10,
         }
-        runs = f"/apis/agentrun.dev/v1alpha1/namespaces/{self.namespace}/agentruns"
+        admin = self.testbed.admin
         body = {"apiVersion": "agentrun.dev/v1alpha1", "kind": "AgentRun", "metadata": {"name": name}, "spec": spec}
-        self.send("POST", runs, body)
-        self.send(
-            "POST", f"/api/v1/namespaces/{self.namespace}/secrets", stream_token_secret(self.namespace, name, token)
-        )
-        patch = {"status": {"phase": "Running"}}
-        self.send("PATCH", f"{runs}/{name}/status", patch, "application/merge-patch+json")
-
-
-@contextlib.asynccontextmanager
-async def gateway_process(kube: Kube, upstream_port: int) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """`python -m agentrun_gateway` as its own process, configured from env as in its image (the API server, its
-    ServiceAccount's token file and the server's CA); yields the process and its port once /healthz answers."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "AGENTRUN_GATEWAY_HOST": "127.0.0.1",
-        "AGENTRUN_GATEWAY_PORT": str(port),
-        "AGENTRUN_GATEWAY_UPSTREAM_URL": runner_events_url(upstream_port),
-        "AGENTRUN_GATEWAY_KUBE_API_URL": kube.testbed.control_plane.url,
-        "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": str(kube.token_file),
-        "AGENTRUN_GATEWAY_KUBE_CA_FILE": str(kube.testbed.control_plane.ca_file),
-        # What the gateway image holds (gateway/Dockerfile); the runner's package decodes checkpoints.
-        "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", "gateway")),
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agentrun_gateway", env=env, stderr=asyncio.subprocess.DEVNULL
-    )
-    try:
-        async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/healthz"):
-                        break
-                except aiohttp.ClientConnectionError:
-                    if time.monotonic() > deadline or process.returncode is not None:
-                        raise RuntimeError("the gateway did not start listening") from None
-                    await asyncio.sleep(0.1)
-        yield process, port
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            await process.wait()
+        admin.post(f"/apis/agentrun.dev/v1alpha1/namespaces/{self.namespace}/agentruns", json=body).raise_for_status()
+        secret = stream_token_secret(self.namespace, name, token)
+        admin.post(f"/api/v1/namespaces/{self.namespace}/secrets", json=secret).raise_for_status()
+        set_run_phase(self.testbed, self.namespace, name, "Running")
 
 
 async def relay_lag(kube: Kube, readers: int, events: int, rate: float) -> dict[str, Any]:
@@ -191,7 +140,7 @@ async def relay_lag(kube: Kube, readers: int, events: int, rate: float) -> dict[
     runner = FakeStreamRunner(TOKEN, heartbeat_seconds=15)
     await runner.start()
     try:
-        async with gateway_process(kube, runner.port) as (gateway, port):
+        async with gateway_process(kube.api, runner.port, stderr=asyncio.subprocess.DEVNULL) as (gateway, port):
             pid = gateway.pid
             url = f"http://127.0.0.1:{port}/runs/{kube.namespace}/{RUN}/events"
             connector = aiohttp.TCPConnector(limit=0)
@@ -325,7 +274,7 @@ async def runner_rate(
         agent_waits: list[tuple[float, float]] = []
         gateway_cpu: list[tuple[float, float]] = []
         try:
-            async with gateway_process(kube, stream_port) as (gateway, port):
+            async with gateway_process(kube.api, stream_port, stderr=asyncio.subprocess.DEVNULL) as (gateway, port):
                 pid = gateway.pid
                 _pin(pid, reader_cpus)
                 await runner.stream_port()

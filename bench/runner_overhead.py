@@ -28,19 +28,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "api"), str(ROOT / "runner_image"), str(ROOT)]
 
 from tests.harness.model_server import Answer, ModelServer, by_turn, call  # noqa: E402
+from tests.harness.run_identity import provision_run  # noqa: E402
 from tests.harness.runner import API_KEY, make_config, make_spec  # noqa: E402
 from tests.harness.testbed import KubeTestbed  # noqa: E402
 
 from agentrun_api import contract  # noqa: E402
 from agentrun_api.contract import RunnerConfig  # noqa: E402
 from agentrun_api.spec import AgentRunSpec  # noqa: E402
-from agentrun_operator import children  # noqa: E402
 from agentrun_runner import __main__ as runner_main  # noqa: E402
 from agentrun_runner.checkpoint import CorruptRecordError, decode_record  # noqa: E402
 from agentrun_runner.kube import ConfigMaps  # noqa: E402
@@ -63,44 +62,6 @@ def long_run_config(
     return make_config(
         spec, tmp, store=store, namespace=namespace, uid=uid or "0f0e0d0c-uid", progress_interval_seconds=2.0
     )
-
-
-def provision_run(testbed: KubeTestbed, spec: AgentRunSpec, tmp: Path) -> tuple[str, str, Path]:
-    """The AgentRun "demo" in a fresh namespace, and what the operator makes for its runner before the pod starts
-    (ServiceAccount, Role, RoleBinding, progress ConfigMap, owned by the run); returns the namespace, the run's
-    uid and a kubeconfig with a real token of the runner's ServiceAccount."""
-    admin = testbed.admin
-    namespace = testbed.create_namespace("bench-runner-overhead")
-
-    def create(path: str, body: dict[str, Any]) -> dict[str, Any]:
-        answer = admin.post(path, json=body)
-        if answer.is_error:
-            raise RuntimeError(f"POST {path}: HTTP {answer.status_code}: {answer.text[:500]}")
-        created: dict[str, Any] = answer.json()
-        return created
-
-    manifest = {
-        "apiVersion": "agentrun.dev/v1alpha1",
-        "kind": "AgentRun",
-        "metadata": {"name": "demo", "namespace": namespace},
-        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-    }
-    run = create(f"/apis/agentrun.dev/v1alpha1/namespaces/{namespace}/agentruns", manifest)
-    owner = children.RunOwner.from_body(run)
-    core, rbac = f"/api/v1/namespaces/{namespace}", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
-    create(f"{core}/serviceaccounts", children.adopted(children.build_service_account(owner), owner))
-    create(f"{rbac}/roles", children.adopted(children.build_role(owner, spec), owner))
-    create(f"{rbac}/rolebindings", children.adopted(children.build_role_binding(owner), owner))
-    create(f"{core}/configmaps", children.adopted(children.build_progress_config_map(owner), owner))
-    account = children.identity_name(owner.name)
-    token = create(
-        f"{core}/serviceaccounts/{account}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
-    )["status"]["token"]
-    kubeconfig = testbed.control_plane.kubeconfig_for_token(
-        tmp / "runner.kubeconfig", token, user=f"system:serviceaccount:{namespace}:{account}", namespace=namespace
-    )
-    return namespace, owner.uid, kubeconfig
 
 
 def window(values_by_iteration: dict[int, list[float]], mark: int) -> list[float]:
@@ -156,11 +117,12 @@ async def configmap_run(model: ModelServer, iterations: int) -> dict[int, list[f
         try:
             print(f"ConfigMap store on Kubernetes {testbed.version} (a real control plane; the runner's own token)")
             spec = long_run_spec(model.base_url, iterations, "ConfigMap")
-            namespace, uid, kubeconfig = await asyncio.to_thread(provision_run, testbed, spec, tmp)
-            os.environ["KUBECONFIG"] = str(kubeconfig)
+            namespace = await asyncio.to_thread(testbed.create_namespace, "bench-runner-overhead")
+            run = await asyncio.to_thread(provision_run, testbed, namespace, spec, tmp)
+            os.environ["KUBECONFIG"] = str(run.kubeconfig)
             ConfigMaps.put_data = measured  # type: ignore[method-assign]
             try:
-                config = long_run_config(spec, tmp, "ConfigMap", namespace, uid)
+                config = long_run_config(spec, tmp, "ConfigMap", namespace, run.uid)
                 code = await runner_main.run(config, dataclasses.replace(settings(tmp), progress_file=""))
                 assert code == 0, code
             finally:

@@ -1,6 +1,6 @@
-"""The stream gateway for tests and benchmarks: served in-process or as its own process on loopback, the
-run objects it reads on the emulated API server, and readers of the SSE streams of the gateway and of a
-real runner process."""
+"""The stream gateway for tests and benchmarks: served in-process or as its own process on loopback, reaching the
+API server as its ServiceAccount would (tests.harness.identities), and readers of the SSE streams of the gateway
+and of a real runner process."""
 
 import asyncio
 import base64
@@ -10,6 +10,8 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import httpx
@@ -19,12 +21,32 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 from agentrun_api import contract
 from agentrun_gateway.server import create_app, create_runner
 from agentrun_gateway.settings import GatewaySettings
-from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.identities import gateway_identity
 from tests.harness.local_cluster import REPO_ROOT, free_port
 from tests.harness.runner import RunnerProcess
 from tests.harness.sse_client import dispatched_events
+from tests.harness.testbed import KubeTestbed
 
-MERGE_PATCH = "application/merge-patch+json"
+
+@dataclass(frozen=True)
+class ApiEndpoint:
+    """How the gateway reaches the API server, as its settings take it: the URL, a file holding its bearer token
+    and the CA bundle that signs the server's certificate ("": none, plain HTTP)."""
+
+    url: str
+    token_file: str = ""
+    ca_file: str = ""
+
+
+def gateway_endpoint(testbed: KubeTestbed, namespace: str, directory: Path) -> ApiEndpoint:
+    """The gateway's ServiceAccount with the chart's rules granted in ``namespace``, and a real token of it in a
+    file, as a projected volume holds it."""
+    identity = gateway_identity(testbed.control_plane)
+    identity.grant(namespace)
+    token_file = directory / "gateway-token"
+    token_file.write_text(identity.token())
+    token_file.chmod(0o600)
+    return ApiEndpoint(testbed.control_plane.url, str(token_file), str(testbed.control_plane.ca_file))
 
 
 def runner_events_url(port: int) -> str:
@@ -32,15 +54,16 @@ def runner_events_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/events?run={{namespace}}/{{name}}"
 
 
-def fast_settings(kube: EmulatedApiServer, upstream_port: int, **overrides: Any) -> GatewaySettings:
+def fast_settings(api: ApiEndpoint, upstream_port: int, **overrides: Any) -> GatewaySettings:
     """Gateway settings with short delays and caches, so a test sees in seconds what takes minutes; any
     field may be overridden."""
     fields: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
         "upstream_url": runner_events_url(upstream_port),
-        "kube_api_url": str(kube.url),
-        "kube_token_file": "",
+        "kube_api_url": api.url,
+        "kube_token_file": api.token_file,
+        "kube_ca_file": api.ca_file,
         "reattach_initial_delay_seconds": 0.05,
         "reattach_max_delay_seconds": 0.2,
         "ended_drain_seconds": 0.3,
@@ -90,7 +113,7 @@ class Gateway:
 
 @contextlib.asynccontextmanager
 async def gateway_process(
-    kube: EmulatedApiServer, upstream_port: int, *, stderr: int | IO[Any] | None
+    api: ApiEndpoint, upstream_port: int, *, stderr: int | IO[Any] | None
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     """`python -m agentrun_gateway` as its own process, configured from env as in its image; yields the
     process and its port once /healthz answers, and terminates it on exit unless it has ended."""
@@ -100,8 +123,9 @@ async def gateway_process(
         "AGENTRUN_GATEWAY_HOST": "127.0.0.1",
         "AGENTRUN_GATEWAY_PORT": str(port),
         "AGENTRUN_GATEWAY_UPSTREAM_URL": runner_events_url(upstream_port),
-        "AGENTRUN_GATEWAY_KUBE_API_URL": str(kube.url),
-        "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": "",
+        "AGENTRUN_GATEWAY_KUBE_API_URL": api.url,
+        "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": api.token_file,
+        "AGENTRUN_GATEWAY_KUBE_CA_FILE": api.ca_file,
         # What the gateway image holds (gateway/Dockerfile); the runner's package decodes checkpoints.
         "PYTHONPATH": os.pathsep.join(str(REPO_ROOT / part) for part in ("api", "operator", "runner_image", "gateway")),
     }
@@ -134,28 +158,12 @@ def stream_token_secret(namespace: str, run: str, token: str) -> dict[str, Any]:
     }
 
 
-def add_stream_token(kube: EmulatedApiServer, namespace: str, run: str, token: str) -> None:
-    """The run's namespace (unless the emulator has it already) and its stream-token Secret."""
-    store = kube.store
-    with contextlib.suppress(Exception):  # the emulator may already have the namespace
-        store.create(store.resource("namespaces"), None, {"metadata": {"name": namespace}})
-    store.create(store.resource("secrets"), namespace, stream_token_secret(namespace, run, token))
-
-
 @contextlib.asynccontextmanager
-async def gateway_after_the_runner(kube: EmulatedApiServer, namespace: str, run: str) -> AsyncIterator[str]:
+async def gateway_after_the_runner(api: ApiEndpoint, namespace: str, run: str) -> AsyncIterator[str]:
     """The URL of an in-process gateway for a run whose runner is gone: nothing listens upstream (port 9,
     discard), so every event it serves comes from what the run left behind."""
-    async with Gateway(fast_settings(kube, upstream_port=9), namespace, run) as gateway:
+    async with Gateway(fast_settings(api, upstream_port=9), namespace, run) as gateway:
         yield gateway.url
-
-
-def set_run_phase(kube: EmulatedApiServer, namespace: str, run: str, phase: str) -> None:
-    """Write the AgentRun's status.phase, as the operator would."""
-    store = kube.store
-    store.patch(
-        store.resource("agentruns"), namespace, run, MERGE_PATCH, {"status": {"phase": phase}}, subresource="status"
-    )
 
 
 async def read_until_finished(url: str, token: str, last_id: int | None = None) -> tuple[int, list[ServerSentEvent]]:
@@ -177,9 +185,11 @@ async def read_until_finished(url: str, token: str, last_id: int | None = None) 
     return 200, events
 
 
-async def read_runner_stream_to_end(env: dict[str, str], token: str) -> list[ServerSentEvent]:
+async def read_runner_stream_to_end(
+    env: dict[str, str], token: str, output: list[str] | None = None
+) -> list[ServerSentEvent]:
     """Start the real runner process with ``env``, read its own stream to `finished`, and require that it
-    then exits 0; returns the events that reader received."""
+    then exits 0; returns the events that reader received, and adds the runner's log lines to ``output``."""
     runner = await RunnerProcess(env).start()
     try:
         port = await runner.stream_port()
@@ -188,6 +198,8 @@ async def read_runner_stream_to_end(env: dict[str, str], token: str) -> list[Ser
         assert await runner.wait() == 0, runner.output
     finally:
         await runner.close()
+        if output is not None:
+            output.extend(runner.log)
     return events
 
 

@@ -214,18 +214,6 @@ async def load_state(config: RunnerConfig) -> RunState:
     return state
 
 
-def write_kubeconfig(server_url: str, path: Path, namespace: str = "default") -> Path:
-    """A kubeconfig pointing at a test API server (token auth, plain HTTP on loopback)."""
-    path.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters: [{{name: test, cluster: {{server: '{server_url.rstrip('/')}'}}}}]\n"
-        "users: [{name: test, user: {token: test-token}}]\n"
-        f"contexts: [{{name: test, context: {{cluster: test, user: test, namespace: {namespace}}}}}]\n"
-        "current-context: test\n"
-    )
-    return path
-
-
 async def load_configmap_state(config: RunnerConfig, kubeconfig: Path) -> tuple[RunState, str | None]:
     """The state a runner would resume from (ConfigMap store), and the problem the store reported."""
     saved = os.environ.get("KUBECONFIG")

@@ -1,80 +1,57 @@
-"""Replay after the runner is gone: a real runner process checkpoints into ConfigMaps on the emulated API
-server and exits; a reader joining the stream gateway afterwards gets the whole event log from the
+"""Replay after the runner is gone: a real runner process checkpoints into ConfigMaps on the API server, with its
+own ServiceAccount's rights, and exits; a reader joining the stream gateway afterwards gets the whole event log from the
 checkpoint, then the end."""
 
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from httpx_sse import ServerSentEvent
 
-from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.gateway import (
-    add_stream_token,
     as_log,
     gateway_after_the_runner,
+    gateway_endpoint,
     read_runner_stream_to_end,
     read_until_finished,
-    set_run_phase,
 )
 from tests.harness.model_server import ModelServer, research_script
-from tests.harness.runner import (
-    STREAM_TOKEN,
-    load_configmap_state,
-    make_config,
-    make_spec,
-    runner_env,
-    write_kubeconfig,
-)
+from tests.harness.run_identity import provision_run, set_run_phase
+from tests.harness.runner import STREAM_TOKEN, load_configmap_state, make_config, make_spec, runner_env
+from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.integration
 
-NAMESPACE = "default"  # the runner config's namespace (tests.harness.runner.make_config)
 RUN = "demo"
 
 
-def _agentrun() -> dict[str, Any]:
-    return {
-        "apiVersion": "agentrun.dev/v1alpha1",
-        "kind": "AgentRun",
-        "metadata": {"name": RUN, "namespace": NAMESPACE},
-        "spec": {
-            "instructions": "You research.",
-            "input": "Compare the vendors.",
-            "model": {"name": "scripted-model"},
-            "maxExecutionTime": "5m",
-            "maxIterations": 20,
-            "streaming": {"heartbeatInterval": "1s"},
-        },
-    }
-
-
 @pytest.fixture
-async def ended_run(apiserver: EmulatedApiServer, tmp_path: Path) -> list[ServerSentEvent]:
+async def ended_run(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> list[ServerSentEvent]:
     """The run, ended: its runner served the stream, checkpointed into ConfigMaps and exited. Yields the
     events a reader attached to the runner itself received."""
-    store = apiserver.store
-    add_stream_token(apiserver, NAMESPACE, RUN, STREAM_TOKEN)
-    store.create(store.resource("agentruns"), NAMESPACE, _agentrun())
     async with ModelServer(research_script()) as model:
-        spec = make_spec(model.base_url, streaming={"enabled": True, "heartbeatInterval": "1s"})
-        config = make_config(spec, tmp_path, store="ConfigMap", name=RUN)
-        kubeconfig = write_kubeconfig(str(apiserver.url), tmp_path / "kubeconfig")
-        env = runner_env(tmp_path, config, {"KUBECONFIG": str(kubeconfig), "AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "2"})
+        spec = make_spec(
+            model.base_url, streaming={"enabled": True, "heartbeatInterval": "1s"}, checkpoint={"store": "ConfigMap"}
+        )
+        run = provision_run(testbed, namespace, spec, tmp_path, name=RUN, stream_token=STREAM_TOKEN)
+        config = make_config(spec, tmp_path, store="ConfigMap", namespace=namespace, name=RUN, uid=run.uid)
+        env = runner_env(
+            tmp_path, config, {"KUBECONFIG": str(run.kubeconfig), "AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "2"}
+        )
         direct = await read_runner_stream_to_end(env, STREAM_TOKEN)
     # The runner's event log as its checkpoint holds it, for a resumed runner: what the stream served.
-    state, problem = await load_configmap_state(config, kubeconfig)
+    state, problem = await load_configmap_state(config, run.kubeconfig)
     assert problem is None
     assert [(e.id, e.type, e.data) for e in state.events] == as_log(direct)
-    set_run_phase(apiserver, NAMESPACE, RUN, "Succeeded")
+    set_run_phase(testbed, namespace, RUN, "Succeeded")
     return direct
 
 
 @pytest.fixture
-async def gateway_url(apiserver: EmulatedApiServer) -> AsyncIterator[str]:
-    async with gateway_after_the_runner(apiserver, NAMESPACE, RUN) as url:
+async def gateway_url(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> AsyncIterator[str]:
+    api = gateway_endpoint(testbed, namespace, tmp_path)
+    async with gateway_after_the_runner(api, namespace, RUN) as url:
         yield url
 
 

@@ -15,7 +15,7 @@ import pytest
 from agentrun_gateway.settings import GatewaySettings, SettingsError
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.fake_stream_runner import FakeStreamRunner
-from tests.harness.gateway import Gateway, add_stream_token, fast_settings, read_until_finished, set_run_phase
+from tests.harness.gateway import ApiEndpoint, Gateway, fast_settings, read_until_finished, stream_token_secret
 from tests.harness.local_cluster import REPO_ROOT
 from tests.harness.tls import OPENSSL, LoopbackCertificates, loopback_certificates, tls_front
 
@@ -33,6 +33,22 @@ CA_SETTING = "AGENTRUN_GATEWAY_KUBE_CA_FILE"
 @pytest.fixture
 def certificates(tmp_path: Path) -> LoopbackCertificates:
     return loopback_certificates(tmp_path)
+
+
+def add_stream_token(kube: EmulatedApiServer, namespace: str, run: str, token: str) -> None:
+    """The run's namespace and its stream-token Secret, on the emulator."""
+    store = kube.store
+    store.create(store.resource("namespaces"), None, {"metadata": {"name": namespace}})
+    store.create(store.resource("secrets"), namespace, stream_token_secret(namespace, run, token))
+
+
+def set_run_phase(kube: EmulatedApiServer, namespace: str, run: str, phase: str) -> None:
+    """Write the AgentRun's status.phase, as the operator would, on the emulator."""
+    store = kube.store
+    patch = {"status": {"phase": phase}}
+    store.patch(
+        store.resource("agentruns"), namespace, run, "application/merge-patch+json", patch, subresource="status"
+    )
 
 
 @pytest.fixture
@@ -77,7 +93,9 @@ def system_trust(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
 
 async def read(apiserver: EmulatedApiServer, runner: FakeStreamRunner, **settings: str) -> int:
     """One reader through a gateway with these settings: the HTTP status it gets."""
-    async with Gateway(fast_settings(apiserver, runner.port, **settings), NAMESPACE, RUN) as gateway:
+    async with Gateway(
+        fast_settings(ApiEndpoint(str(apiserver.url)), runner.port, **settings), NAMESPACE, RUN
+    ) as gateway:
         status, _ = await asyncio.wait_for(read_until_finished(gateway.url, STREAM_TOKEN), 20)
     return status
 

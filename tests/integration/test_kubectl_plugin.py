@@ -1,4 +1,5 @@
-"""kubectl-agentrun against the emulated API server over real HTTP, with the official Kubernetes client."""
+"""kubectl-agentrun against the real API server, with the official Kubernetes client: as a cluster admin whose
+kubeconfig context names the test's namespace, or as a user whose RBAC the test sets."""
 
 import asyncio
 import base64
@@ -7,22 +8,22 @@ import os
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from agentrun_operator import kubectl_plugin
-from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.controlplane import write_kubeconfig
 from tests.harness.local_cluster import REPO_ROOT
+from tests.harness.run_identity import AGENTRUN_API, RBAC_API
 from tests.harness.sse_server import SseServer
-from tests.integration.conftest import AGENTRUNS, MERGE
+from tests.harness.testbed import KubeTestbed
+from tests.integration.conftest import MERGE
 from tests.integration.conftest import agentrun as minimal_agentrun
 
 pytestmark = pytest.mark.integration
-
-CORE = "/api/v1/namespaces/default"
 
 
 def agentrun(name: str) -> dict[str, Any]:
@@ -35,21 +36,50 @@ def agentrun(name: str) -> dict[str, Any]:
     )
 
 
-async def call(http: aiohttp.ClientSession, method: str, path: str, body: Any, **kwargs: Any) -> dict[str, Any]:
-    async with http.request(method, path.lstrip("/"), json=body, **kwargs) as response:
-        assert response.status < 300, await response.text()
-        result: dict[str, Any] = await response.json()
+class Cluster:
+    """The test's namespace, reached as a cluster admin (set-up) and through a kubeconfig for the plugin."""
+
+    def __init__(self, testbed: KubeTestbed, namespace: str, kubeconfig: Path) -> None:
+        self.testbed = testbed
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig
+        self.core = f"/api/v1/namespaces/{namespace}"
+        self.agentruns = f"{AGENTRUN_API}/namespaces/{namespace}/agentruns"
+
+    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        answer = self.testbed.admin.request(method, path, json=body, headers=headers)
+        assert answer.status_code < 300, answer.text
+        result: dict[str, Any] = answer.json()
         return result
 
+    def create_run(self, name: str) -> dict[str, Any]:
+        return self.call("POST", self.agentruns, agentrun(name))
 
-async def set_status(http: aiohttp.ClientSession, name: str, status: dict[str, Any]) -> None:
-    await call(http, "PATCH", f"{AGENTRUNS}/{name}/status", {"status": status}, headers=MERGE)
+    def run(self, name: str) -> dict[str, Any]:
+        return self.call("GET", f"{self.agentruns}/{name}")
+
+    def set_status(self, name: str, status: dict[str, Any]) -> None:
+        self.call("PATCH", f"{self.agentruns}/{name}/status", {"status": status}, headers=MERGE)
 
 
-async def plugin(apiserver: EmulatedApiServer, *args: str) -> tuple[int, str, str]:
-    """Run `kubectl agentrun ARGS` in a thread (the client is synchronous; the emulator serves on this loop)."""
+@pytest.fixture
+def cluster(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> Cluster:
+    control_plane = testbed.control_plane
+    kubeconfig = write_kubeconfig(
+        tmp_path / "admin.kubeconfig",
+        control_plane.url,
+        control_plane.ca_file,
+        user="admin",
+        client=control_plane.admin_credentials,
+        namespace=namespace,
+    )
+    return Cluster(testbed, namespace, kubeconfig)
+
+
+async def plugin(kubeconfig: Path, *args: str) -> tuple[int, str, str]:
+    """Run `kubectl agentrun ARGS` in a thread (the client is synchronous)."""
     out = io.StringIO()
-    argv = ["--kubeconfig", str(apiserver.kubeconfig_path), *args]
+    argv = ["--kubeconfig", str(kubeconfig), *args]
     with pytest.MonkeyPatch.context() as patch:
         err = io.StringIO()
         patch.setattr("sys.stderr", err)
@@ -57,113 +87,142 @@ async def plugin(apiserver: EmulatedApiServer, *args: str) -> tuple[int, str, st
     return code, out.getvalue(), err.getvalue()
 
 
-async def test_suspend_resume_and_cancel_merge_patch_only_the_users_spec_fields(
-    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
-) -> None:
-    await call(http, "POST", AGENTRUNS, agentrun("q3"))
-    await set_status(http, "q3", {"phase": "Running"})
+async def test_suspend_resume_and_cancel_merge_patch_only_the_users_spec_fields(cluster: Cluster) -> None:
+    cluster.create_run("q3")
+    cluster.set_status("q3", {"phase": "Running"})
 
-    assert await plugin(apiserver, "suspend", "q3") == (0, "agentrun.agentrun.dev/q3 suspended\n", "")
-    run = apiserver.store.try_get("AgentRun", "default", "q3")
-    assert run is not None
+    assert await plugin(cluster.kubeconfig, "suspend", "q3") == (0, "agentrun.agentrun.dev/q3 suspended\n", "")
+    run = cluster.run("q3")
     assert run["spec"]["suspend"] is True
     assert run["status"]["phase"] == "Running"  # status is the operator's; the plugin never writes it
 
-    assert (await plugin(apiserver, "resume", "q3"))[0] == 0
-    assert apiserver.store.get(apiserver.registry.find("agentruns"), "default", "q3")["spec"]["suspend"] is False
+    assert (await plugin(cluster.kubeconfig, "resume", "q3"))[0] == 0
+    assert cluster.run("q3")["spec"]["suspend"] is False
 
-    assert (await plugin(apiserver, "cancel", "q3"))[1] == "agentrun.agentrun.dev/q3 cancelled\n"
-    assert apiserver.store.get(apiserver.registry.find("agentruns"), "default", "q3")["spec"]["cancel"] is True
-    patches = [r for r in apiserver.requests if r.verb == "patch" and r.resource == "agentruns"]
-    assert [r.subresource for r in patches if r.subresource != "status"] == ["", "", ""]
+    assert (await plugin(cluster.kubeconfig, "cancel", "q3"))[1] == "agentrun.agentrun.dev/q3 cancelled\n"
+    run = cluster.run("q3")
+    assert run["spec"]["cancel"] is True
+    # The API server's own account of who wrote what: the plugin's writes are patches of the object itself, and
+    # the status subresource has only the test's write (it stands for the operator's).
+    entries = run["metadata"]["managedFields"]
+    plugin_entries = [e for e in entries if "f:suspend" in str(e.get("fieldsV1", {}).get("f:spec", {}))]
+    assert plugin_entries
+    assert all(e["operation"] == "Update" and "subresource" not in e for e in plugin_entries), entries
+    status_entries = [e for e in entries if e.get("subresource") == "status"]
+    assert len(status_entries) == 1
+    assert "f:spec" not in status_entries[0].get("fieldsV1", {})
 
 
-async def test_steering_an_ended_run_is_refused_without_a_write(
-    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
-) -> None:
-    await call(http, "POST", AGENTRUNS, agentrun("done"))
-    await set_status(http, "done", {"phase": "Succeeded"})
-    code, out, err = await plugin(apiserver, "suspend", "done")
+async def test_steering_an_ended_run_is_refused_without_a_write(cluster: Cluster) -> None:
+    cluster.create_run("done")
+    cluster.set_status("done", {"phase": "Succeeded"})
+    before = cluster.run("done")["metadata"]["resourceVersion"]
+    code, out, err = await plugin(cluster.kubeconfig, "suspend", "done")
     assert (code, out) == (1, "")
     assert err == "error: agentrun done already ended as Succeeded; nothing to suspend\n"
-    assert apiserver.store.get(apiserver.registry.find("agentruns"), "default", "done")["spec"].get("suspend") is False
+    after = cluster.run("done")
+    assert after["spec"].get("suspend") is False
+    assert after["metadata"]["resourceVersion"] == before  # not written at all
 
 
-async def test_missing_run_is_one_clear_line(apiserver: EmulatedApiServer) -> None:
-    assert await plugin(apiserver, "budget", "nope") == (1, "", "error: agentrun nope not found in namespace default\n")
+async def test_missing_run_is_one_clear_line(cluster: Cluster) -> None:
+    assert await plugin(cluster.kubeconfig, "budget", "nope") == (
+        1,
+        "",
+        f"error: agentrun nope not found in namespace {cluster.namespace}\n",
+    )
 
 
-async def test_namespace_flag_selects_where_the_run_is(
-    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
-) -> None:
-    await call(http, "POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
-    await call(http, "POST", AGENTRUNS.replace("/default/", "/team-a/"), agentrun("there"))
-    code, out, _ = await plugin(apiserver, "-n", "team-a", "result", "there")
+async def test_namespace_flag_selects_where_the_run_is(cluster: Cluster) -> None:
+    other = cluster.testbed.create_namespace("team-a")
+    try:
+        cluster.call("POST", f"{AGENTRUN_API}/namespaces/{other}/agentruns", agentrun("there"))
+        code, out, _ = await plugin(cluster.kubeconfig, "-n", other, "result", "there")
+    finally:
+        cluster.testbed.delete_namespace(other)
     assert code == 0
     assert out.startswith("phase:    not reported yet\n")
 
 
-async def test_logs_print_every_runner_pod_oldest_first(
-    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
-) -> None:
-    await call(http, "POST", AGENTRUNS, agentrun("q3"))
-    # Named against creation order, so only creation (then start) time can put them in order.
-    for name, started in (("q3-runner-zz", "2026-01-01T10:00:00Z"), ("q3-runner-aa", "2026-01-01T10:05:00Z")):
-        pod = {
-            "metadata": {"name": name, "labels": {"agentrun.dev/run": "q3", "agentrun.dev/role": "runner"}},
-            "spec": {"containers": [{"name": "runner", "image": "agentrun-runner:dev"}]},
-        }
-        await call(http, "POST", f"{CORE}/pods", pod)
-        await call(http, "PATCH", f"{CORE}/pods/{name}/status", {"status": {"startTime": started}}, headers=MERGE)
-    other = {
-        "metadata": {"name": "other-runner", "labels": {"agentrun.dev/run": "other"}},
-        "spec": {"containers": [{"name": "runner", "image": "x"}]},
+def _printing_pod(name: str, run: str, text: str) -> dict[str, Any]:
+    """A pod of the node agent's runner image whose container prints ``text`` and exits."""
+    return {
+        "metadata": {"name": name, "labels": {"agentrun.dev/run": run, "agentrun.dev/role": "runner"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "runner",
+                    "image": "agentrun-runner:dev",
+                    "command": ["python", "-c", f"import sys; sys.stdout.write({text!r})"],
+                }
+            ],
+        },
     }
-    await call(http, "POST", f"{CORE}/pods", other)
-    apiserver.pod_logs[("default", "q3-runner-zz")] = "iteration 1\niteration 2\nSIGTERM: checkpointed\n"
-    apiserver.pod_logs[("default", "q3-runner-aa")] = "resumed at iteration 2\niteration 3"
-    apiserver.pod_logs[("default", "other-runner")] = "not ours\n"
 
-    code, out, _ = await plugin(apiserver, "logs", "q3")
+
+async def _wait_for_pod(cluster: Cluster, name: str, phases: tuple[str, ...], timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        pod = cluster.call("GET", f"{cluster.core}/pods/{name}")
+        if pod.get("status", {}).get("phase") in phases:
+            return pod
+        assert time.monotonic() < deadline, f"pod {name} not {phases} in {timeout} s: {pod.get('status')}"
+        await asyncio.sleep(0.1)
+
+
+async def test_logs_print_every_runner_pod_oldest_first(cluster: Cluster) -> None:
+    cluster.create_run("q3")
+    # Named against creation order, so only creation (then start) time can put them in order; timestamps have
+    # whole seconds, so the second pod comes more than a second after the first started.
+    logs = {
+        "q3-runner-zz": "iteration 1\niteration 2\nSIGTERM: checkpointed\n",
+        "q3-runner-aa": "resumed at iteration 2\niteration 3",
+    }
+    for name, text in logs.items():
+        cluster.call("POST", f"{cluster.core}/pods", _printing_pod(name, "q3", text))
+        await _wait_for_pod(cluster, name, ("Succeeded",))
+        await asyncio.sleep(1.1)
+    other = _printing_pod("other-runner", "other", "not ours\n")
+    cluster.call("POST", f"{cluster.core}/pods", other)
+    await _wait_for_pod(cluster, "other-runner", ("Succeeded",))
+
+    code, out, _ = await plugin(cluster.kubeconfig, "logs", "q3")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].startswith("==> pod q3-runner-zz (started 2026-01-01T10:00:00+00:00")
+    assert lines[0].startswith("==> pod q3-runner-zz (started ")
     assert lines[1:4] == ["iteration 1", "iteration 2", "SIGTERM: checkpointed"]
     assert lines[4].startswith("==> pod q3-runner-aa")
     assert lines[5:] == ["resumed at iteration 2", "iteration 3"]
 
 
-async def test_logs_of_a_run_without_pods_say_why(apiserver: EmulatedApiServer, http: aiohttp.ClientSession) -> None:
-    await call(http, "POST", AGENTRUNS, agentrun("fresh"))
-    code, out, _ = await plugin(apiserver, "logs", "fresh")
+async def test_logs_of_a_run_without_pods_say_why(cluster: Cluster) -> None:
+    cluster.create_run("fresh")
+    code, out, _ = await plugin(cluster.kubeconfig, "logs", "fresh")
     assert code == 0
     assert "has no runner pods" in out
 
 
-async def test_result_prints_the_summary_and_the_full_result_from_the_configmap_store(
-    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
-) -> None:
-    await call(http, "POST", AGENTRUNS, agentrun("q3"))
+async def test_result_prints_the_summary_and_the_full_result_from_the_configmap_store(cluster: Cluster) -> None:
+    cluster.create_run("q3")
     full = "# Findings\n\nVendor B wins on price and support.\n"
-    await call(http, "POST", f"{CORE}/configmaps", {"metadata": {"name": "q3-ckpt-0"}, "data": {"result": full}})
+    cluster.call("POST", f"{cluster.core}/configmaps", {"metadata": {"name": "q3-ckpt-0"}, "data": {"result": full}})
     result = {"summary": "Vendor B wins.", "ref": "configmap/q3-ckpt-0#result", "bytes": len(full)}
-    await set_status(http, "q3", {"phase": "Succeeded", "reason": "Succeeded", "result": result})
+    cluster.set_status("q3", {"phase": "Succeeded", "reason": "Succeeded", "result": result})
 
-    code, out, _ = await plugin(apiserver, "result", "q3")
+    code, out, _ = await plugin(cluster.kubeconfig, "result", "q3")
     assert code == 0
     assert "summary:\n  Vendor B wins.\n" in out
     assert out.endswith("result:\n" + full)
-    assert (await plugin(apiserver, "result", "q3", "--summary-only"))[1].endswith("  Vendor B wins.\n")
+    assert (await plugin(cluster.kubeconfig, "result", "q3", "--summary-only"))[1].endswith("  Vendor B wins.\n")
 
 
-async def test_result_of_a_run_that_ended_without_one_says_so_as_its_status_does(
-    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
-) -> None:
-    await call(http, "POST", AGENTRUNS, agentrun("spent"))
+async def test_result_of_a_run_that_ended_without_one_says_so_as_its_status_does(cluster: Cluster) -> None:
+    cluster.create_run("spent")
     message = "used 1100 tokens of the tokenBudget of 1000 before finishing"
-    await set_status(http, "spent", {"phase": "Failed", "reason": "TokenBudgetExceeded", "message": message})
+    cluster.set_status("spent", {"phase": "Failed", "reason": "TokenBudgetExceeded", "message": message})
 
-    code, out, _ = await plugin(apiserver, "result", "spent")
+    code, out, _ = await plugin(cluster.kubeconfig, "result", "spent")
     assert code == 0
     assert out.startswith(f"phase:    Failed\nreason:   TokenBudgetExceeded\nmessage:  {message}\n")
     assert out.splitlines()[-1] == (
@@ -171,26 +230,25 @@ async def test_result_of_a_run_that_ended_without_one_says_so_as_its_status_does
     )
 
 
-async def test_result_with_a_missing_store_names_it(apiserver: EmulatedApiServer, http: aiohttp.ClientSession) -> None:
-    await call(http, "POST", AGENTRUNS, agentrun("q3"))
+async def test_result_with_a_missing_store_names_it(cluster: Cluster) -> None:
+    cluster.create_run("q3")
     result = {"summary": "x", "ref": "configmap/q3-ckpt-9#result", "bytes": 1}
-    await set_status(http, "q3", {"phase": "Succeeded", "result": result})
-    code, _, err = await plugin(apiserver, "result", "q3")
+    cluster.set_status("q3", {"phase": "Succeeded", "result": result})
+    code, _, err = await plugin(cluster.kubeconfig, "result", "q3")
     assert code == 1
-    assert err == "error: ConfigMap q3-ckpt-9 (the stored result) not found in namespace default\n"
+    assert err == f"error: ConfigMap q3-ckpt-9 (the stored result) not found in namespace {cluster.namespace}\n"
 
 
-async def test_stream_reads_the_token_secret_and_follows_the_status_url(
-    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
-) -> None:
+async def test_stream_reads_the_token_secret_and_follows_the_status_url(cluster: Cluster) -> None:
     events = [("iteration", '{"iteration": 1}'), ("checkpoint", '{"iteration": 1}'), ("finished", "{}")]
     with SseServer(events, drop_first_after=1, retry_ms=1) as runner:
-        await call(http, "POST", AGENTRUNS, agentrun("q3"))
-        await set_status(http, "q3", {"phase": "Running", "streamURL": runner.url})
+        cluster.create_run("q3")
+        cluster.set_status("q3", {"phase": "Running", "streamURL": runner.url})
         token = base64.b64encode(b"t0ken").decode()
-        await call(http, "POST", f"{CORE}/secrets", {"metadata": {"name": "q3-stream-token"}, "data": {"token": token}})
+        secret = {"metadata": {"name": "q3-stream-token"}, "data": {"token": token}}
+        cluster.call("POST", f"{cluster.core}/secrets", secret)
 
-        code, out, err = await plugin(apiserver, "stream", "q3")
+        code, out, err = await plugin(cluster.kubeconfig, "stream", "q3")
     assert code == 0
     assert out.splitlines() == ['[1] iteration {"iteration": 1}', '[2] checkpoint {"iteration": 1}', "[3] finished {}"]
     assert [r.get("Authorization") for r in runner.requests] == ["Bearer t0ken", "Bearer t0ken"]
@@ -198,54 +256,54 @@ async def test_stream_reads_the_token_secret_and_follows_the_status_url(
     assert "reconnecting from event 1" in err
 
 
-async def with_stream_token(http: aiohttp.ClientSession, run: str) -> None:
+def with_stream_token(cluster: Cluster, run: str) -> None:
     token = base64.b64encode(b"t0ken").decode()
-    await call(http, "POST", f"{CORE}/secrets", {"metadata": {"name": f"{run}-stream-token"}, "data": {"token": token}})
+    secret = {"metadata": {"name": f"{run}-stream-token"}, "data": {"token": token}}
+    cluster.call("POST", f"{cluster.core}/secrets", secret)
 
 
-async def test_stream_of_an_ended_run_replays_what_its_stream_has_once_and_exits_0(
-    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
-) -> None:
+async def test_stream_of_an_ended_run_replays_what_its_stream_has_once_and_exits_0(cluster: Cluster) -> None:
     events = [("iteration", '{"iteration": 1}'), ("checkpoint", '{"iteration": 1}')]  # no `finished` to be had
     with SseServer(events, retry_ms=1) as stream:
-        await call(http, "POST", AGENTRUNS, agentrun("q3"))
-        await set_status(http, "q3", {"phase": "Failed", "reason": "RunnerLost", "streamURL": stream.url})
-        await with_stream_token(http, "q3")
+        cluster.create_run("q3")
+        cluster.set_status("q3", {"phase": "Failed", "reason": "RunnerLost", "streamURL": stream.url})
+        with_stream_token(cluster, "q3")
 
-        code, out, err = await plugin(apiserver, "stream", "q3", "--max-reconnects", "2")
+        code, out, err = await plugin(cluster.kubeconfig, "stream", "q3", "--max-reconnects", "2")
     assert (code, out.splitlines()) == (0, ['[1] iteration {"iteration": 1}', '[2] checkpoint {"iteration": 1}'])
     assert len(stream.requests) == 1
     assert err == "the run ended Failed; its stream has nothing more after event 2 (the server closed the stream)\n"
 
 
-async def test_stream_at_an_address_that_does_not_answer_fails_at_once_saying_what_to_do(
-    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
-) -> None:
-    await call(http, "POST", AGENTRUNS, agentrun("q3"))
-    await set_status(http, "q3", {"phase": "Running", "streamURL": "http://127.0.0.1:9/events"})
-    await with_stream_token(http, "q3")
+async def test_stream_at_an_address_that_does_not_answer_fails_at_once_saying_what_to_do(cluster: Cluster) -> None:
+    cluster.create_run("q3")
+    cluster.set_status("q3", {"phase": "Running", "streamURL": "http://127.0.0.1:9/events"})
+    with_stream_token(cluster, "q3")
 
-    code, out, err = await plugin(apiserver, "stream", "q3", "--max-reconnects", "2")
+    code, out, err = await plugin(cluster.kubeconfig, "stream", "q3", "--max-reconnects", "2")
     assert (code, out) == (1, "")
     assert err.startswith("error: cannot reach the stream at http://127.0.0.1:9/events (ConnectError")
-    assert "kubectl port-forward -n default svc/q3-stream 8080:stream` and pass --url" in err
+    assert f"kubectl port-forward -n {cluster.namespace} svc/q3-stream 8080:stream` and pass --url" in err
     assert "reconnecting" not in err
     assert err.count("\n") == 1
 
 
-async def test_logs_piped_into_head_end_quietly_when_head_stops_reading(
-    apiserver: EmulatedApiServer, http: aiohttp.ClientSession, tmp_path: Path
-) -> None:
-    await call(http, "POST", AGENTRUNS, agentrun("q3"))
-    pod = {
-        "metadata": {"name": "q3-runner-a", "labels": {"agentrun.dev/run": "q3"}},
-        "spec": {"containers": [{"name": "runner", "image": "agentrun-runner:dev"}]},
-    }
-    await call(http, "POST", f"{CORE}/pods", pod)
+async def test_logs_piped_into_head_end_quietly_when_head_stops_reading(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.create_run("q3")
     # Far more than a pipe holds, so the plugin is still writing when head has gone.
-    apiserver.pod_logs[("default", "q3-runner-a")] = "".join(f"iteration {n}\n" for n in range(100_000))
+    text = "".join(f"iteration {n}\n" for n in range(100_000))
+    pod = _printing_pod("q3-runner-a", "q3", "")
+    pod["spec"]["containers"][0]["command"] = [
+        "python",
+        "-c",
+        "import sys; sys.stdout.write(''.join(f'iteration {n}\\n' for n in range(100_000)))",
+    ]
+    cluster.call("POST", f"{cluster.core}/pods", pod)
+    await _wait_for_pod(cluster, "q3-runner-a", ("Succeeded",))
+    log = cluster.testbed.admin.get(f"{cluster.core}/pods/q3-runner-a/log")
+    assert log.text == text  # the whole log is there to be read
     plugin_command = shlex.join(
-        [sys.executable, "-m", "agentrun_operator.kubectl_plugin", "--kubeconfig", str(apiserver.kubeconfig_path)]
+        [sys.executable, "-m", "agentrun_operator.kubectl_plugin", "--kubeconfig", str(cluster.kubeconfig)]
     )
     script = (
         f"{plugin_command} logs q3 2>{tmp_path / 'stderr'} | head -n 2; echo ${{PIPESTATUS[0]}} >{tmp_path / 'status'}"
@@ -261,35 +319,51 @@ async def test_logs_piped_into_head_end_quietly_when_head_stops_reading(
     assert (tmp_path / "status").read_text().strip() == str(128 + signal.SIGPIPE)
 
 
-async def test_stream_without_access_to_the_token_secret_asks_for_token(
-    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
-) -> None:
-    await call(http, "POST", AGENTRUNS, agentrun("q3"))
-    await set_status(http, "q3", {"phase": "Running", "streamURL": "http://127.0.0.1:9/events"})
-    apiserver.faults.inject(403, match=lambda record: record.resource == "secrets")
-    code, _, err = await plugin(apiserver, "stream", "q3")
+async def test_stream_without_access_to_the_token_secret_asks_for_token(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.create_run("q3")
+    cluster.set_status("q3", {"phase": "Running", "streamURL": "http://127.0.0.1:9/events"})
+    cluster.call("POST", f"{cluster.core}/secrets", {"metadata": {"name": "q3-stream-token"}, "data": {"token": ""}})
+    # A user who may read AgentRuns here but not Secrets: the real RBAC authorizer refuses the Secret.
+    cluster.call("POST", f"{cluster.core}/serviceaccounts", {"metadata": {"name": "viewer"}})
+    rbac = f"{RBAC_API}/namespaces/{cluster.namespace}"
+    rule = {"apiGroups": ["agentrun.dev"], "resources": ["agentruns"], "verbs": ["get", "list", "watch"]}
+    cluster.call("POST", f"{rbac}/roles", {"metadata": {"name": "run-viewer"}, "rules": [rule]})
+    binding = {
+        "metadata": {"name": "viewer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "run-viewer"},
+        "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": cluster.namespace}],
+    }
+    cluster.call("POST", f"{rbac}/rolebindings", binding)
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600}}
+    token = cluster.call("POST", f"{cluster.core}/serviceaccounts/viewer/token", request)["status"]["token"]
+    kubeconfig = cluster.testbed.control_plane.kubeconfig_for_token(
+        tmp_path / "viewer.kubeconfig",
+        token,
+        user=f"system:serviceaccount:{cluster.namespace}:viewer",
+        namespace=cluster.namespace,
+    )
+
+    code, _, err = await plugin(kubeconfig, "stream", "q3")
     assert code == 1
-    assert (
-        err
-        == "error: cannot read Secret q3-stream-token in namespace default (403); pass the stream token with --token\n"
+    assert err == (
+        f"error: cannot read Secret q3-stream-token in namespace {cluster.namespace} (403); "
+        "pass the stream token with --token\n"
     )
 
 
-async def test_stream_before_the_run_has_a_url_says_how_to_reach_it(
-    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
-) -> None:
-    await call(http, "POST", AGENTRUNS, agentrun("q3"))
-    code, _, err = await plugin(apiserver, "stream", "q3")
+async def test_stream_before_the_run_has_a_url_says_how_to_reach_it(cluster: Cluster) -> None:
+    cluster.create_run("q3")
+    code, _, err = await plugin(cluster.kubeconfig, "stream", "q3")
     assert code == 1
     assert "no status.streamURL yet" in err
     assert "q3-stream" in err
 
 
-async def test_budget_prints_the_table_from_status(apiserver: EmulatedApiServer, http: aiohttp.ClientSession) -> None:
-    await call(http, "POST", AGENTRUNS, agentrun("q3"))
+async def test_budget_prints_the_table_from_status(cluster: Cluster) -> None:
+    cluster.create_run("q3")
     budget = {"worstCaseSeconds": 12000, "maxExecutionSeconds": 1800, "fits": False, "activeDeadlineSeconds": 1860}
-    await set_status(http, "q3", {"phase": "Running", "budget": budget})
-    code, out, _ = await plugin(apiserver, "budget", "q3", "--controller", "gke-ingress")
+    cluster.set_status("q3", {"phase": "Running", "budget": budget})
+    code, out, _ = await plugin(cluster.kubeconfig, "budget", "q3", "--controller", "gke-ingress")
     assert code == 0
     own, chain = out.split("\n\n")
     header, run_row, deadline_row, call_row = own.splitlines()

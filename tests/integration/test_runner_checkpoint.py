@@ -6,18 +6,21 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import kmock
 import pytest
 
 from agentrun_api.contract import CONFIGMAP_SEGMENT_LIMIT_BYTES, EXIT_OUTCOME_RECORDED, Outcome, RunIdentity
 from agentrun_runner.checkpoint import CheckpointError, ConfigMapStore, PvcStore
 from agentrun_runner.kube import ConfigMaps, load_configuration
-from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.apiproxy import ApiProxy
 from tests.harness.model_server import Answer, ModelServer, by_turn, call
-from tests.harness.runner import make_config, make_spec, read_progress, run_in_process, write_kubeconfig
+from tests.harness.run_identity import list_configmaps, provision_run
+from tests.harness.runner import make_config, make_spec, read_progress, run_in_process
+from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.integration
 
@@ -107,41 +110,68 @@ async def test_first_record_corrupt_starts_over_and_reports_it(tmp_path: Path) -
     assert again.state.messages == first.state.messages
 
 
+StoreOpener = Callable[[str], Awaitable[ConfigMaps]]
+
+
+@dataclass
+class Backend:
+    """The real API server behind the API proxy (which sees each write's size); ``open(run)`` gives a ConfigMaps
+    client with that run's runner ServiceAccount and the operator's Role for a ConfigMap-store run."""
+
+    testbed: KubeTestbed
+    namespace: str
+    proxy: ApiProxy
+    open: StoreOpener
+
+    def segments(self, run: str) -> list[dict[str, Any]]:
+        return list_configmaps(self.testbed, self.namespace, f"{run}-ckpt-")
+
+    def patch_bodies(self, run: str) -> list[int]:
+        return [r.body_bytes for r in self.proxy.requests.records if r.verb == "patch" and r.name.startswith(run)]
+
+
 @pytest.fixture
-async def configmaps(tmp_path: Path) -> AsyncIterator[tuple[ConfigMaps, kmock.KubernetesEmulator]]:
-    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
-        os.environ["KUBECONFIG"] = str(write_kubeconfig(str(emulator.url), tmp_path / "kubeconfig"))
+async def configmaps(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> AsyncIterator[Backend]:
+    clients: list[ConfigMaps] = []
+    control_plane = testbed.control_plane
+    async with ApiProxy(control_plane.url, ca_file=control_plane.ca_file) as proxy:
+
+        async def open_store(run: str) -> ConfigMaps:
+            spec = make_spec("http://127.0.0.1:9/v1", checkpoint={"store": "ConfigMap"})
+            provisioned = provision_run(testbed, namespace, spec, tmp_path, name=run)
+            kubeconfig = proxy.write_kubeconfig(tmp_path / f"{run}.kubeconfig", provisioned.token, namespace=namespace)
+            os.environ["KUBECONFIG"] = str(kubeconfig)
+            try:
+                client = ConfigMaps(load_configuration(), namespace)
+            finally:
+                os.environ.pop("KUBECONFIG")
+            clients.append(client)
+            return client
+
         try:
-            client = ConfigMaps(load_configuration(), "default")
+            yield Backend(testbed, namespace, proxy, open_store)
         finally:
-            os.environ.pop("KUBECONFIG")
-        yield client, emulator
-        await client.close()
-
-
-def patch_bodies(emulator: kmock.KubernetesEmulator) -> list[int]:
-    return [len(r.body) for r in emulator if str(r.method).upper().endswith("PATCH")]
+            for client in clients:
+                await client.close()
 
 
 def record(seq: int, payload: str) -> dict[str, object]:
     return {"seq": seq, "payload": payload}
 
 
-async def test_configmap_state_over_1mib_spills_into_segments_with_small_writes(
-    configmaps: tuple[ConfigMaps, kmock.KubernetesEmulator],
-) -> None:
-    client, emulator = configmaps
+async def test_configmap_state_over_1mib_spills_into_segments_with_small_writes(configmaps: Backend) -> None:
+    client = await configmaps.open("big")
     store = ConfigMapStore(client, "big", max_segments=36)
     assert (await store.load()).records == []
     for seq in range(40):  # 40 x ~60 KB: about 2.4 MB of state in all
         await store.append(record(seq, chr(ord("a") + seq % 26) * 60_000))
 
-    names = sorted(k[2] for k in emulator.objects)
-    assert names == ["big-ckpt-0", "big-ckpt-1", "big-ckpt-2"]
-    for key, obj in emulator.objects.items():
-        data = obj["data"]
-        assert sum(len(k) + len(v) for k, v in data.items()) <= CONFIGMAP_SEGMENT_LIMIT_BYTES, key
-    writes = patch_bodies(emulator)
+    segments = configmaps.segments("big")
+    assert [cm["metadata"]["name"] for cm in segments] == ["big-ckpt-0", "big-ckpt-1", "big-ckpt-2"]
+    for segment in segments:
+        data = segment["data"]
+        assert sum(len(k) + len(v) for k, v in data.items()) <= CONFIGMAP_SEGMENT_LIMIT_BYTES, segment["metadata"]
+    writes = configmaps.patch_bodies("big")
     assert max(writes) < 62_000, "each write carries one record, not the history"
     assert writes[-1] - writes[0] < 16, "the 40th write is as small as the first"
 
@@ -151,26 +181,22 @@ async def test_configmap_state_over_1mib_spills_into_segments_with_small_writes(
     assert reloaded.records[39]["payload"] == "n" * 60_000
 
 
-async def test_a_record_larger_than_a_segment_is_split_and_read_back(
-    configmaps: tuple[ConfigMaps, kmock.KubernetesEmulator],
-) -> None:
-    client, emulator = configmaps
+async def test_a_record_larger_than_a_segment_is_split_and_read_back(configmaps: Backend) -> None:
+    client = await configmaps.open("huge")
     store = ConfigMapStore(client, "huge", max_segments=36)
     await store.load()
     await store.append(record(0, "small"))
     await store.append(record(1, "z" * 2_000_000))
     await store.append(record(2, "after"))
-    assert len(emulator.objects) == 3
+    assert len(configmaps.segments("huge")) == 3
     reloaded = await ConfigMapStore(client, "huge", max_segments=36).load()
     assert reloaded.problem is None
     assert [r["payload"][:5] for r in reloaded.records] == ["small", "zzzzz", "after"]
     assert len(reloaded.records[1]["payload"]) == 2_000_000
 
 
-async def test_configmap_segments_past_the_cap_fail_with_advice(
-    configmaps: tuple[ConfigMaps, kmock.KubernetesEmulator],
-) -> None:
-    client, _ = configmaps
+async def test_configmap_segments_past_the_cap_fail_with_advice(configmaps: Backend) -> None:
+    client = await configmaps.open("capped")
     store = ConfigMapStore(client, "capped", max_segments=2, segment_limit_bytes=10_000)
     await store.load()
     for seq in range(4):  # two segments of 10 kB hold four 4 kB records
@@ -179,10 +205,8 @@ async def test_configmap_segments_past_the_cap_fail_with_advice(
         await store.append(record(4, "q" * 4_000))
 
 
-async def test_corrupt_configmap_record_is_dropped_and_reported(
-    configmaps: tuple[ConfigMaps, kmock.KubernetesEmulator],
-) -> None:
-    client, _ = configmaps
+async def test_corrupt_configmap_record_is_dropped_and_reported(configmaps: Backend) -> None:
+    client = await configmaps.open("bad")
     store = ConfigMapStore(client, "bad", max_segments=36)
     await store.load()
     for seq in range(5):
@@ -208,31 +232,14 @@ async def test_corrupt_configmap_record_is_dropped_and_reported(
 
 
 async def test_segments_the_runner_creates_are_owned_by_its_agentrun_and_collected_with_it(
-    apiserver: EmulatedApiServer, tmp_path: Path
+    testbed: KubeTestbed, namespace: str, tmp_path: Path
 ) -> None:
-    store = apiserver.store
-    run = store.create(
-        store.resource("AgentRun"),
-        "default",
-        {
-            "apiVersion": "agentrun.dev/v1alpha1",
-            "kind": "AgentRun",
-            "metadata": {"name": "owned"},
-            "spec": {
-                "instructions": "i",
-                "input": "x",
-                "model": {"name": "m"},
-                "maxExecutionTime": "1m",
-                "maxIterations": 1,
-            },
-        },
-    )
-    os.environ["KUBECONFIG"] = str(apiserver.kubeconfig_path)
+    spec = make_spec("http://127.0.0.1:9/v1", checkpoint={"store": "ConfigMap"})
+    run = provision_run(testbed, namespace, spec, tmp_path, name="owned")
+    os.environ["KUBECONFIG"] = str(run.kubeconfig)
     try:
         client = ConfigMaps(
-            load_configuration(),
-            "default",
-            owner=RunIdentity(namespace="default", name="owned", uid=run["metadata"]["uid"]),
+            load_configuration(), namespace, owner=RunIdentity(namespace=namespace, name="owned", uid=run.uid)
         )
     finally:
         os.environ.pop("KUBECONFIG")
@@ -243,14 +250,16 @@ async def test_segments_the_runner_creates_are_owned_by_its_agentrun_and_collect
     finally:
         await client.close()
 
-    [segment] = [cm for cm in store.all_of("ConfigMap", "default") if cm["metadata"]["name"].startswith("owned-ckpt-")]
+    [segment] = list_configmaps(testbed, namespace, "owned-ckpt-")
     [owner] = segment["metadata"]["ownerReferences"]
-    assert (owner["kind"], owner["name"], owner["uid"]) == ("AgentRun", "owned", run["metadata"]["uid"])
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("AgentRun", "owned", run.uid)
 
-    store.delete(store.resource("AgentRun"), "default", "owned")
-    for _ in range(100):  # the garbage collector runs on the next turns of the loop
-        if not [cm for cm in store.all_of("ConfigMap", "default") if cm["metadata"]["name"].startswith("owned-ckpt-")]:
+    # kube-controller-manager's garbage collector removes the run's dependents once it is gone. It re-reads API
+    # discovery every 30 s, so early in a session it may take that long to learn of the AgentRun CRD at all.
+    testbed.admin.delete(f"/apis/agentrun.dev/v1alpha1/namespaces/{namespace}/agentruns/owned").raise_for_status()
+    for _ in range(900):
+        if not list_configmaps(testbed, namespace, "owned-ckpt-"):
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
     else:
-        raise AssertionError("the run's checkpoint segments outlived the AgentRun")
+        raise AssertionError("the run's checkpoint segments outlived the AgentRun by 90 s")

@@ -1,52 +1,58 @@
 """The runner's progress reports, as the operator sees them: every version of <run>-progress."""
 
 import asyncio
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from agentrun_api.contract import PROGRESS_KEY, ProgressReport, progress_name
 from agentrun_runner import __main__ as runner_main
 from agentrun_runner.settings import RunnerSettings
-from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.model_server import ModelServer, research_script
+from tests.harness.nodeagent.kube import KubeClient
+from tests.harness.run_identity import provision_run
 from tests.harness.runner import API_KEY, STREAM_TOKEN, make_config, make_spec
+from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.integration
 
 
-async def watch_progress(url: str, name: str, seen: list[ProgressReport]) -> None:
+async def watch_progress(kube: KubeClient, name: str, seen: list[ProgressReport], watching: asyncio.Event) -> None:
     """Every version of the progress ConfigMap, in order, as a watch delivers them."""
-    path = f"{url}/api/v1/namespaces/default/configmaps?watch=true&fieldSelector=metadata.name%3D{name}"
-    async with aiohttp.ClientSession() as session, session.get(path) as response:
-        async for line in response.content:
-            event: dict[str, Any] = json.loads(line)
-            data = (event.get("object") or {}).get("data") or {}
-            if PROGRESS_KEY in data:
-                seen.append(ProgressReport.model_validate_json(data[PROGRESS_KEY]))
+    path = f"/api/v1/namespaces/{kube.namespace}/configmaps?fieldSelector=metadata.name%3D{name}"
+    async for event in kube.watch(path):
+        watching.set()  # the first event is the operator's empty ConfigMap: later versions all follow it
+        data: dict[str, Any] = (event.get("object") or {}).get("data") or {}
+        if PROGRESS_KEY in data:
+            seen.append(ProgressReport.model_validate_json(data[PROGRESS_KEY]))
 
 
-async def test_no_report_tells_of_an_outcome_without_its_result(apiserver: EmulatedApiServer, tmp_path: Path) -> None:
+async def test_no_report_tells_of_an_outcome_without_its_result(
+    testbed: KubeTestbed, namespace: str, tmp_path: Path
+) -> None:
     seen: list[ProgressReport] = []
-    watcher = asyncio.create_task(watch_progress(str(apiserver.url), progress_name("demo"), seen))
     saved = dict(os.environ)
-    os.environ.update(
-        {"KUBECONFIG": str(apiserver.kubeconfig_path), "OPENAI_API_KEY": API_KEY, "AGENTRUN_STREAM_TOKEN": STREAM_TOKEN}
-    )
-    try:
-        async with ModelServer(research_script()) as model:
-            config = make_config(make_spec(model.base_url), tmp_path)
+    async with ModelServer(research_script()) as model, KubeClient(str(testbed.kubeconfig)) as admin:
+        spec = make_spec(model.base_url)
+        run = provision_run(testbed, namespace, spec, tmp_path)
+        admin.namespace = namespace
+        watching = asyncio.Event()
+        watcher = asyncio.create_task(watch_progress(admin, progress_name(run.name), seen, watching))
+        await asyncio.wait_for(watching.wait(), 10)
+        os.environ.update(
+            {"KUBECONFIG": str(run.kubeconfig), "OPENAI_API_KEY": API_KEY, "AGENTRUN_STREAM_TOKEN": STREAM_TOKEN}
+        )
+        try:
+            config = make_config(spec, tmp_path, namespace=namespace, name=run.name, uid=run.uid)
             settings = RunnerSettings(sse_linger_seconds=0.0, stream_host="127.0.0.1", retry_base_seconds=0.02)
             code = await runner_main.run(config, settings)
-        await asyncio.sleep(0.2)  # let the watch deliver the last version
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        watcher.cancel()
+            await asyncio.sleep(0.5)  # let the watch deliver the last version
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            watcher.cancel()
 
     assert code == 0
     ended = [report for report in seen if report.outcome is not None]

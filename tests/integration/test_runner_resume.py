@@ -18,8 +18,8 @@ import pytest
 
 from agentrun_api.contract import EXIT_OUTCOME_RECORDED, PROGRESS_KEY, Outcome, ProgressReport, RunnerConfig
 from agentrun_runner.state import RunState
-from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.model_server import Answer, ModelServer, by_turn, call, research_script
+from tests.harness.run_identity import list_configmaps, provision_run
 from tests.harness.runner import (
     RunnerProcess,
     ToolServer,
@@ -31,6 +31,7 @@ from tests.harness.runner import (
     run_in_process,
     runner_env,
 )
+from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.integration
 
@@ -137,17 +138,22 @@ async def test_resumes_after_sigkill_to_the_same_end_with_no_tool_call_repeated_
 
 
 async def test_resumes_after_sigkill_to_the_same_end_with_configmap_store(
-    tmp_path: Path, apiserver: EmulatedApiServer
+    tmp_path: Path, testbed: KubeTestbed, namespace: str
 ) -> None:
-    kubeconfig = apiserver.kubeconfig_path
     async with ToolServer() as tools:
         urls = [tools.url("source/a"), tools.url("source/b")]
         async with ModelServer(research_script(urls, delay=0.25)) as model:
-            spec = make_spec(model.base_url, tools={"httpFetch": {"allowedHosts": ["127.0.0.1"]}})
+            spec = make_spec(
+                model.base_url, tools={"httpFetch": {"allowedHosts": ["127.0.0.1"]}}, checkpoint={"store": "ConfigMap"}
+            )
             run_dir = tmp_path / "run"
             run_dir.mkdir()
-            # Progress every 0.5 s: the emulator keeps every object version, so fewer writes keep it quick.
-            config = make_config(spec, run_dir, store="ConfigMap", progress_interval_seconds=0.5)
+            # The runner's own ServiceAccount, with the Role the operator gives it, as a runner pod has.
+            run = provision_run(testbed, namespace, spec, tmp_path)
+            kubeconfig = run.kubeconfig
+            config = make_config(
+                spec, run_dir, store="ConfigMap", namespace=namespace, uid=run.uid, progress_interval_seconds=0.5
+            )
             env = runner_env(run_dir, config, {"KUBECONFIG": str(kubeconfig)})
 
             async def load() -> RunState:
@@ -164,8 +170,7 @@ async def test_resumes_after_sigkill_to_the_same_end_with_configmap_store(
     assert final_view(resumed) == final_view(reference)
     assert all(count == 1 for count in tools.executions.values())
     assert_no_logged_call_repeated(kills, deliveries)
-    configmaps = apiserver.registry.find("configmaps")
-    objects = {name: apiserver.store.get(configmaps, "default", name) for name in ("demo-progress", "demo-ckpt-0")}
+    objects = {cm["metadata"]["name"]: cm for cm in list_configmaps(testbed, namespace, "demo-")}
     progress = ProgressReport.model_validate_json(objects["demo-progress"]["data"][PROGRESS_KEY])
     assert progress.outcome is Outcome.SUCCEEDED
     assert progress.result is not None

@@ -1,12 +1,14 @@
-"""The stream gateway over real HTTP: a fake runner on loopback, the emulated Kubernetes API server
-(with TokenReview and RBAC policies), and httpx-sse as the reader. The runner and the gateway are
-killed and restarted mid-stream."""
+"""The stream gateway over real HTTP: a fake runner on loopback, the real Kubernetes API server (its TokenReview
+and RBAC: the gateway runs as its ServiceAccount, readers are ServiceAccounts with real tokens), and httpx-sse as
+the reader. The runner and the gateway are killed and restarted mid-stream."""
 
 import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,34 +16,32 @@ import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 from prometheus_client import REGISTRY
 
-from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.apiproxy import ApiProxy
 from tests.harness.fake_stream_runner import FakeStreamRunner, LoggedEvent
 from tests.harness.gateway import (
-    MERGE_PATCH,
+    ApiEndpoint,
     Gateway,
-    add_stream_token,
     as_log,
     fast_settings,
+    gateway_endpoint,
     gateway_process,
-    set_run_phase,
     stream_token_secret,
 )
+from tests.harness.run_identity import AGENTRUN_API, RBAC_API, set_run_phase
 from tests.harness.sse_client import dispatched_events
+from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.integration
 
-NAMESPACE = "team"
 RUN = "r1"
 STREAM_TOKEN = "s3cret-stream-token"
-ALICE_TOKEN = "alice-kubernetes-token"  # may get agentruns in team
-BOB_TOKEN = "bob-kubernetes-token"  # authenticated, no RBAC on agentruns
 
 
-def _agentrun(heartbeat: str = "1s") -> dict[str, Any]:
+def _agentrun(namespace: str, heartbeat: str = "1s") -> dict[str, Any]:
     return {
         "apiVersion": "agentrun.dev/v1alpha1",
         "kind": "AgentRun",
-        "metadata": {"name": RUN, "namespace": NAMESPACE},
+        "metadata": {"name": RUN, "namespace": namespace},
         "spec": {
             "instructions": "You relay.",
             "input": "Stream something.",
@@ -53,33 +53,53 @@ def _agentrun(heartbeat: str = "1s") -> dict[str, Any]:
     }
 
 
-def _authenticate(token: str) -> dict[str, Any] | None:
-    """The API server's authenticator: two known users."""
-    user = {ALICE_TOKEN: "alice", BOB_TOKEN: "bob"}.get(token)
-    return {"username": user, "groups": ["system:authenticated"]} if user else None
+@dataclass(frozen=True)
+class Team:
+    """The run's namespace on the real API server, the gateway's way there, and two readers' Kubernetes tokens:
+    alice may get agentruns in the namespace, bob is authenticated with no RBAC on agentruns."""
+
+    testbed: KubeTestbed
+    namespace: str
+    api: ApiEndpoint
+    alice: str
+    bob: str
 
 
-def _authorize(spec: Mapping[str, Any]) -> tuple[bool, str]:
-    """The API server's RBAC authorizer: alice may get agentruns in team, nobody else may."""
-    attributes = spec["resourceAttributes"]
-    allowed = spec["user"] == "alice" and (
-        attributes["namespace"],
-        attributes["verb"],
-        attributes["group"],
-        attributes["resource"],
-    ) == (NAMESPACE, "get", "agentrun.dev", "agentruns")
-    return allowed, "RBAC: alice reads agentruns in team" if allowed else "RBAC: no rule"
+def _create(testbed: KubeTestbed, path: str, body: dict[str, Any]) -> None:
+    answer = testbed.admin.post(path, json=body)
+    assert answer.status_code < 300, answer.text
+
+
+def _account_token(testbed: KubeTestbed, namespace: str, name: str) -> str:
+    core = f"/api/v1/namespaces/{namespace}"
+    _create(testbed, f"{core}/serviceaccounts", {"metadata": {"name": name}})
+    answer = testbed.admin.post(
+        f"{core}/serviceaccounts/{name}/token",
+        json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
+    )
+    answer.raise_for_status()
+    return str(answer.json()["status"]["token"])
 
 
 @pytest.fixture
-async def kube(apiserver: EmulatedApiServer) -> EmulatedApiServer:
-    store = apiserver.store
-    add_stream_token(apiserver, NAMESPACE, RUN, STREAM_TOKEN)
-    store.create(store.resource("agentruns"), NAMESPACE, _agentrun())
-    set_run_phase(apiserver, NAMESPACE, RUN, "Running")
-    apiserver.handler.authentication_policy = _authenticate
-    apiserver.handler.authorization_policy = _authorize
-    return apiserver
+def kube(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> Team:
+    _create(testbed, f"/api/v1/namespaces/{namespace}/secrets", stream_token_secret(namespace, RUN, STREAM_TOKEN))
+    _create(testbed, f"{AGENTRUN_API}/namespaces/{namespace}/agentruns", _agentrun(namespace))
+    set_run_phase(testbed, namespace, RUN, "Running")
+    alice, bob = (_account_token(testbed, namespace, name) for name in ("alice", "bob"))
+    rbac = f"{RBAC_API}/namespaces/{namespace}"
+    rule = {"apiGroups": ["agentrun.dev"], "resources": ["agentruns"], "verbs": ["get"]}
+    _create(testbed, f"{rbac}/roles", {"metadata": {"name": "run-reader"}, "rules": [rule]})
+    _create(
+        testbed,
+        f"{rbac}/rolebindings",
+        {
+            "metadata": {"name": "alice-reads-runs"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "run-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "alice", "namespace": namespace}],
+        },
+    )
+    return Team(testbed, namespace, gateway_endpoint(testbed, namespace, tmp_path), alice, bob)
 
 
 @pytest.fixture
@@ -91,8 +111,8 @@ async def runner() -> AsyncIterator[FakeStreamRunner]:
 
 
 @pytest.fixture
-async def gateway(kube: EmulatedApiServer, runner: FakeStreamRunner) -> AsyncIterator[Gateway]:
-    async with Gateway(fast_settings(kube, runner.port), NAMESPACE, RUN) as served:
+async def gateway(kube: Team, runner: FakeStreamRunner) -> AsyncIterator[Gateway]:
+    async with Gateway(fast_settings(kube.api, runner.port), kube.namespace, RUN) as served:
         yield served
 
 
@@ -199,20 +219,21 @@ async def test_events_a_restarted_runner_replays_from_its_checkpoint_are_not_rep
 
 
 async def test_relay_recovers_when_the_runs_stream_token_is_replaced(
-    gateway: Gateway, runner: FakeStreamRunner, kube: EmulatedApiServer
+    gateway: Gateway, runner: FakeStreamRunner, kube: Team
 ) -> None:
     received: list[ServerSentEvent] = []
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
-        reader = asyncio.create_task(_follow(client, gateway.url, received, token=ALICE_TOKEN))
+        reader = asyncio.create_task(_follow(client, gateway.url, received, token=kube.alice))
         for index in range(5):
             await runner.emit("token", {"n": index})
         await _wait_for(lambda: len(received) == 5)
         await runner.kill()
         runner.token = "rotated-token"  # a recreated Secret; the gateway still caches the old token
-        secrets = kube.store.resource("secrets")
-        kube.store.patch(
-            secrets, NAMESPACE, f"{RUN}-stream-token", MERGE_PATCH, stream_token_secret(NAMESPACE, RUN, "rotated-token")
-        )
+        kube.testbed.admin.patch(
+            f"/api/v1/namespaces/{kube.namespace}/secrets/{RUN}-stream-token",
+            headers={"Content-Type": "application/merge-patch+json"},
+            json=stream_token_secret(kube.namespace, RUN, "rotated-token"),
+        ).raise_for_status()
         await runner.start()
         await runner.emit("finished", {"phase": "Succeeded"})
         await asyncio.wait_for(reader, 10)
@@ -220,13 +241,13 @@ async def test_relay_recovers_when_the_runs_stream_token_is_replaced(
 
 
 async def test_a_runner_event_past_the_limit_drops_that_connection_and_the_gateway_re_attaches(
-    kube: EmulatedApiServer, runner: FakeStreamRunner, caplog: pytest.LogCaptureFixture
+    kube: Team, runner: FakeStreamRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
     limit = 64 * 1024
     dropped_before = REGISTRY.get_sample_value("agentrun_gateway_upstream_too_large_total") or 0.0
     received: list[ServerSentEvent] = []
     async with (
-        Gateway(fast_settings(kube, runner.port, upstream_max_event_bytes=limit), NAMESPACE, RUN) as gateway,
+        Gateway(fast_settings(kube.api, runner.port, upstream_max_event_bytes=limit), kube.namespace, RUN) as gateway,
         httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client,
     ):
         reader = asyncio.create_task(_follow(client, gateway.url, received))
@@ -246,21 +267,30 @@ async def test_a_runner_event_past_the_limit_drops_that_connection_and_the_gatew
     assert any("AGENTRUN_GATEWAY_UPSTREAM_MAX_EVENT_BYTES" in record.getMessage() for record in caplog.records)
 
 
-async def test_kubernetes_api_outage_answers_503(gateway: Gateway, kube: EmulatedApiServer) -> None:
-    kube.faults.inject(500, count=1, match=lambda request: request.kind == "Secret")
-    async with httpx.AsyncClient() as client:
-        response = await client.get(gateway.url, headers={"Authorization": f"Bearer {STREAM_TOKEN}"})
+async def test_kubernetes_api_outage_answers_503(kube: Team, runner: FakeStreamRunner) -> None:
+    # The gateway reaches the API server through the fault-injecting proxy, with its own token.
+    async with ApiProxy(kube.testbed.control_plane.url, ca_file=kube.testbed.control_plane.ca_file) as proxy:
+        proxy.faults.inject(500, count=1, match=lambda request: request.kind == "Secret")
+        through_proxy = ApiEndpoint(proxy.url, kube.api.token_file)
+        async with (
+            Gateway(fast_settings(through_proxy, runner.port), kube.namespace, RUN) as gateway,
+            httpx.AsyncClient() as client,
+        ):
+            response = await client.get(gateway.url, headers={"Authorization": f"Bearer {STREAM_TOKEN}"})
+        # The injected failure is what the gateway met: the Secret read was refused at the proxy, once.
+        assert proxy.requests.count(kind="Secret", verb="get") >= 1
+        assert proxy.faults.pending == []
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "2"
 
 
 async def test_reader_resuming_from_before_the_shared_feed_memory_is_served_on_its_own(
-    kube: EmulatedApiServer, runner: FakeStreamRunner
+    kube: Team, runner: FakeStreamRunner
 ) -> None:
     first: list[ServerSentEvent] = []
     late: list[ServerSentEvent] = []
     async with (
-        Gateway(fast_settings(kube, runner.port, feed_memory_events=5), NAMESPACE, RUN) as gateway,
+        Gateway(fast_settings(kube.api, runner.port, feed_memory_events=5), kube.namespace, RUN) as gateway,
         httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client,
     ):
         first_reader = asyncio.create_task(_follow(client, gateway.url, first))
@@ -313,14 +343,14 @@ async def test_hundred_concurrent_readers_each_get_the_whole_log(gateway: Gatewa
         (None, 401),
         ("Bearer wrong-token", 401),
         (f"Basic {STREAM_TOKEN}", 401),
-        (f"Bearer {BOB_TOKEN}", 403),
+        ("Bearer {bob}", 403),
     ],
     ids=["no-token", "wrong-token", "not-bearer", "kubernetes-user-without-rbac"],
 )
 async def test_readers_without_a_valid_token_or_rbac_are_refused(
-    gateway: Gateway, authorization: str | None, status: int
+    gateway: Gateway, kube: Team, authorization: str | None, status: int
 ) -> None:
-    headers = {"Authorization": authorization} if authorization else {}
+    headers = {"Authorization": authorization.format(bob=kube.bob)} if authorization else {}
     async with httpx.AsyncClient() as client:
         response = await client.get(gateway.url, headers=headers)
     assert response.status_code == status
@@ -328,27 +358,27 @@ async def test_readers_without_a_valid_token_or_rbac_are_refused(
 
 
 async def test_kubernetes_user_allowed_by_rbac_reads_the_stream(
-    gateway: Gateway, runner: FakeStreamRunner, kube: EmulatedApiServer
+    gateway: Gateway, runner: FakeStreamRunner, kube: Team
 ) -> None:
     await runner.emit("iteration", {"n": 1})
     await runner.emit("finished", {"phase": "Succeeded"})
     received: list[ServerSentEvent] = []
     async with httpx.AsyncClient(timeout=10) as client:
-        await _follow(client, gateway.url, received, token=ALICE_TOKEN)
+        await _follow(client, gateway.url, received, token=kube.alice)
         missing = await client.get(
-            gateway.url.replace(f"/{RUN}/", "/absent/"), headers={"Authorization": f"Bearer {ALICE_TOKEN}"}
+            gateway.url.replace(f"/{RUN}/", "/absent/"), headers={"Authorization": f"Bearer {kube.alice}"}
         )
     assert as_log(received) == _upstream_log(runner)
     assert missing.status_code == 404
 
 
 async def test_reader_joining_after_the_end_gets_the_full_replay_then_204(
-    gateway: Gateway, runner: FakeStreamRunner, kube: EmulatedApiServer
+    gateway: Gateway, runner: FakeStreamRunner, kube: Team
 ) -> None:
     for index in range(15):
         await runner.emit("token", {"n": index})
     await runner.emit("finished", {"phase": "Succeeded"})
-    set_run_phase(kube, NAMESPACE, RUN, "Succeeded")
+    set_run_phase(kube.testbed, kube.namespace, RUN, "Succeeded")
     received: list[ServerSentEvent] = []
     async with httpx.AsyncClient(timeout=10) as client:
         await _follow(client, gateway.url, received)
@@ -360,7 +390,7 @@ async def test_reader_joining_after_the_end_gets_the_full_replay_then_204(
 
 
 async def test_run_that_ends_while_its_runner_is_gone_closes_with_a_final_event(
-    gateway: Gateway, runner: FakeStreamRunner, kube: EmulatedApiServer
+    gateway: Gateway, runner: FakeStreamRunner, kube: Team
 ) -> None:
     for index in range(5):
         await runner.emit("token", {"n": index})
@@ -369,7 +399,7 @@ async def test_run_that_ends_while_its_runner_is_gone_closes_with_a_final_event(
         reader = asyncio.create_task(_follow(client, gateway.url, received))
         await _wait_for(lambda: len(received) == 5)
         await runner.kill()  # the pod fails and no replacement comes
-        set_run_phase(kube, NAMESPACE, RUN, "Failed")
+        set_run_phase(kube.testbed, kube.namespace, RUN, "Failed")
         await asyncio.wait_for(reader, 10)
     assert as_log(received[:-1]) == _upstream_log(runner)
     final = received[-1]
@@ -400,16 +430,14 @@ async def test_idle_reader_gets_a_heartbeat_every_interval_while_the_runner_is_a
     assert max(gaps) <= 1.0 + 0.5  # heartbeatInterval 1s, with slack for a loaded machine
 
 
-async def test_python_m_agentrun_gateway_serves_and_stops_on_sigterm(
-    kube: EmulatedApiServer, runner: FakeStreamRunner
-) -> None:
+async def test_python_m_agentrun_gateway_serves_and_stops_on_sigterm(kube: Team, runner: FakeStreamRunner) -> None:
     await runner.emit("finished", {"phase": "Succeeded"})
-    async with gateway_process(kube, runner.port, stderr=asyncio.subprocess.PIPE) as (process, port):
+    async with gateway_process(kube.api, runner.port, stderr=asyncio.subprocess.PIPE) as (process, port):
         received: list[ServerSentEvent] = []
         async with httpx.AsyncClient(timeout=5) as client:
             health = await client.get(f"http://127.0.0.1:{port}/healthz")
             assert health.text == "ok"
-            await _follow(client, f"http://127.0.0.1:{port}/runs/{NAMESPACE}/{RUN}/events", received)
+            await _follow(client, f"http://127.0.0.1:{port}/runs/{kube.namespace}/{RUN}/events", received)
         assert as_log(received) == _upstream_log(runner)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0

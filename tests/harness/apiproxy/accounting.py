@@ -25,6 +25,8 @@ class RequestRecord:
     name: str = ""
     code: int = 0
     user_agent: str = ""
+    # Bytes of the request's body as the client sent it (a write's size).
+    body_bytes: int = 0
     # Wall-clock time of arrival (time.time()), to count the requests within one run's life.
     at: float = field(default_factory=time.time)
 

@@ -302,6 +302,7 @@ class ApiProxy:
                 501, "NotImplemented", "the API proxy does not relay protocol upgrades (exec, attach, port-forward)"
             )
         body = await request.read()
+        record.body_bytes = len(body)
         try:
             await self.faults.apply(record)
         except InjectedError as failure:
