@@ -4,8 +4,8 @@ simulated: each run loops model calls against a scripted OpenAI-compatible endpo
 every call first taking a permit from a real permit server through RemoteLimiter; a quarter of the
 runs make three calls at once (parallel tool calls).
 
-real runs: the issue's scenario on the local cluster (emulated API server, the operator as a process
-with its permit server, runner pods as processes under the local Job executor): 20 AgentRuns of 4
+real runs: the issue's scenario on the local cluster (a real control plane, the operator as a process
+with its permit server, runner pods as processes on the node agent): 20 AgentRuns of 4
 model calls on a ThrottlePool of 2 in flight and 60 per minute (tests/harness/pool_runs.py).
 
 Each prints the achieved rate against the limit, the most calls the model endpoint saw in flight,
@@ -23,10 +23,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from tests.harness.executor import MountNamespaceUnavailableError
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import ModelServer, most_in_window
 from tests.harness.pool_runs import PoolRunsPlan, run_pool_scenario
+from tests.harness.testbed import KubeTestbed
 from tests.harness.throttle import arrivals_by_run, permit_server, provider_script, run_scenario
 
 from agentrun_operator.permits.pool import PoolLimits
@@ -70,16 +70,16 @@ async def bench(args: argparse.Namespace) -> None:
 
 async def bench_real_runs(plan: PoolRunsPlan) -> None:
     with tempfile.TemporaryDirectory(prefix="throttle-pool-bench-") as state_dir:
+        testbed = await asyncio.to_thread(KubeTestbed(Path(state_dir) / "testbed").__enter__)
         try:
-            async with LocalCluster(Path(state_dir), model_script=plan.model_script()) as cluster:
+            async with LocalCluster(testbed, Path(state_dir) / "bench", model_script=plan.model_script()) as cluster:
                 if cluster.model.real:
                     print("real runs: skipped, OPENAI_BASE_URL is set (the phase reads the scripted model's records)")
                     return
                 await cluster.create_model_secret("model-key", "api-key")
                 outcome = await run_pool_scenario(cluster, plan)
-        except MountNamespaceUnavailableError as error:
-            print(f"real runs: skipped, the local Job executor cannot run pods here: {error}")
-            return
+        finally:
+            await asyncio.to_thread(testbed.stop)
     print("\n".join(outcome.summary()))
 
 
