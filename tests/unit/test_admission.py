@@ -381,22 +381,49 @@ def test_durations_kubernetes_cel_refuses_are_refused(text: str) -> None:
 
 
 def test_duration_bounds_are_checked_by_the_cel_rules() -> None:
-    assert created(EXAMPLES_DIR / "minimal.yaml")["spec"]["maxExecutionTime"] == "5m"
+    assert created(EXAMPLES_DIR / "minimal.yaml")["spec"]["maxExecutionTime"] == "30m"
     ADMISSION.admit(with_spec(load(EXAMPLES_DIR / "minimal.yaml"), maxExecutionTime="1h30m"))
 
     too_long = rejection(with_spec(load(EXAMPLES_DIR / "minimal.yaml"), maxExecutionTime="169h"))
     too_short = rejection(with_spec(load(EXAMPLES_DIR / "minimal.yaml"), maxExecutionTime="500ms"))
-    in_days = rejection(with_spec(load(EXAMPLES_DIR / "minimal.yaml"), maxExecutionTime="5d"))
+    fraction_too_long = rejection(with_spec(load(EXAMPLES_DIR / "minimal.yaml"), maxExecutionTime="168.5h"))
 
     assert [str(e) for e in too_long.errors] == ['spec.maxExecutionTime: Invalid value: "string": must be at most 168h']
     assert [str(e) for e in too_short.errors] == ['spec.maxExecutionTime: Invalid value: "string": must be at least 1s']
-    assert str(in_days.errors[0]).startswith(
-        'spec.maxExecutionTime: Invalid value: "5d": spec.maxExecutionTime in body should match'
+    assert [str(e) for e in fraction_too_long.errors] == [
+        'spec.maxExecutionTime: Invalid value: "string": must be at most 168h'
+    ]
+
+
+@pytest.mark.parametrize("text", ["ten minutes", "5d", "-5m", "1h 30m"])
+def test_a_value_that_is_not_a_duration_gets_only_the_pattern_error(text: str) -> None:
+    # The bounds rules are guarded by the pattern: without the guard, duration() fails to convert the
+    # value (or converts a negative one) and each bound adds an error of its own that says nothing new.
+    error = rejection(with_spec(load(EXAMPLES_DIR / "minimal.yaml"), maxExecutionTime=text))
+
+    assert [e.path for e in error.errors] == ["spec.maxExecutionTime"], error.errors
+    assert str(error.errors[0]).startswith(
+        f'spec.maxExecutionTime: Invalid value: "{text}": spec.maxExecutionTime in body should match'
     )
-    assert str(in_days.errors[1]) == (
-        "spec.maxExecutionTime: Invalid value: \"string\": type conversion error from 'string' to "
-        "'google.protobuf.Duration' evaluating rule: duration(self) >= duration('1s')"
+
+
+def test_every_duration_field_guards_its_bounds_rules_with_its_pattern() -> None:
+    bad = with_spec(
+        load(EXAMPLES_DIR / "minimal.yaml"),
+        model={"name": "gpt-4.1-mini", "requestTimeout": "two minutes"},
+        streaming={"heartbeatInterval": "often"},
+        tools={"callTimeout": "1 minute"},
+        progressDeadline="10 min",
     )
+    error = rejection(bad)
+
+    assert sorted(e.path for e in error.errors) == [
+        "spec.model.requestTimeout",
+        "spec.progressDeadline",
+        "spec.streaming.heartbeatInterval",
+        "spec.tools.callTimeout",
+    ]
+    assert all("should match" in e.detail for e in error.errors), error.errors
 
 
 # --- types ---------------------------------------------------------------------------------------------
