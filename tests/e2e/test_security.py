@@ -100,8 +100,8 @@ async def test_no_secret_value_reaches_objects_logs_or_metrics_after_a_full_run(
 
 
 async def everything_in_namespace(kube: KubeClient) -> list[tuple[str, JsonObject]]:
-    """Every object in the client's namespace that an admin can list, of every namespaced resource the API
-    server's discovery names (built-in and custom): (kind, object) pairs."""
+    """Every object an admin can list in the client's namespace and cluster-wide (cluster-scoped kinds), of
+    every resource the API server's discovery names (built-in and custom): (kind, object) pairs."""
     group_versions = ["v1"]
     for group in (await kube.request("GET", "/apis")).get("groups") or []:
         group_versions.append(group["preferredVersion"]["groupVersion"])
@@ -109,9 +109,10 @@ async def everything_in_namespace(kube: KubeClient) -> list[tuple[str, JsonObjec
     for group_version in group_versions:
         prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
         for resource in (await kube.request("GET", prefix)).get("resources") or []:
-            if "/" in resource["name"] or not resource.get("namespaced") or "list" not in resource.get("verbs", []):
+            if "/" in resource["name"] or "list" not in resource.get("verbs", []):
                 continue
-            items = await kube.list(f"{prefix}/namespaces/{kube.namespace}/{resource['name']}")
+            scope = f"/namespaces/{kube.namespace}" if resource.get("namespaced") else ""
+            items = await kube.list(f"{prefix}{scope}/{resource['name']}")
             found.extend((resource["kind"], item) for item in items)
     return found
 
