@@ -74,6 +74,7 @@ def pod_object(
     created: datetime = T0,
     deleting: bool = False,
     exit_code: int | None = None,
+    waiting: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "name": name,
@@ -85,6 +86,9 @@ def pod_object(
     status: dict[str, Any] = {"phase": phase, "startTime": iso(created)}
     if exit_code is not None:
         status["containerStatuses"] = [{"name": "runner", "state": {"terminated": {"exitCode": exit_code}}}]
+    if waiting is not None:
+        reason, message = waiting
+        status["containerStatuses"] = [{"name": "runner", "state": {"waiting": {"reason": reason, "message": message}}}]
     return {"metadata": meta, "status": status}
 
 

@@ -84,6 +84,16 @@ class JobObservation:
         return condition if condition is not None and condition.status == "True" else None
 
 
+# Waiting reasons of a container on its normal way to running: nothing to tell the user about.
+_STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+_WAITING_MESSAGE_LIMIT = 300
+
+
+def _reason_and_message(reason: str, message: str) -> str:
+    text = f"{reason}: {message}" if message else reason
+    return text if len(text) <= _WAITING_MESSAGE_LIMIT else text[: _WAITING_MESSAGE_LIMIT - 3] + "..."
+
+
 @dataclasses.dataclass(frozen=True)
 class PodObservation:
     name: str
@@ -94,6 +104,9 @@ class PodObservation:
     deleting: bool
     exit_code: int | None
     disrupted: bool
+    # Why the runner container has not started, as the kubelet or the scheduler says it ("ImagePullBackOff:
+    # Back-off pulling image ..."); empty while it is only being created.
+    waiting: str = ""
 
     @classmethod
     def from_object(cls, pod: Mapping[str, Any]) -> "PodObservation":
@@ -103,11 +116,19 @@ class PodObservation:
             (ref.get("uid", "") for ref in meta.get("ownerReferences") or [] if ref.get("kind") == "Job"), ""
         )
         exit_code: int | None = None
+        waiting = ""
         for container in status.get("containerStatuses") or []:
             if container.get("name") == RUNNER_CONTAINER:
-                terminated = (container.get("state") or {}).get("terminated")
+                state = container.get("state") or {}
+                terminated = state.get("terminated")
                 if terminated is not None:
                     exit_code = terminated.get("exitCode")
+                reason = (state.get("waiting") or {}).get("reason", "")
+                if reason and reason not in _STARTING_REASONS:
+                    waiting = _reason_and_message(reason, state["waiting"].get("message", ""))
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+                waiting = waiting or _reason_and_message("Unschedulable", condition.get("message", ""))
         disrupted = any(
             c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in status.get("conditions") or []
         )
@@ -120,6 +141,7 @@ class PodObservation:
             deleting=bool(meta.get("deletionTimestamp")),
             exit_code=exit_code,
             disrupted=disrupted,
+            waiting=waiting,
         )
 
     @property

@@ -333,13 +333,15 @@ def decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Deci
     else:
         status.phase = next_phase(current.phase, Phase.PENDING)
         status.reason = c.REASON_RESUMED if current.phase == Phase.SUSPENDED else c.REASON_PENDING
+        # Say why the pod is not running when the kubelet or the scheduler says it: an image that cannot be pulled, a
+        # missing Secret, a pod no node takes. The run still ends by its progress deadline and restarts.
+        stuck = next((pod for pod in pods if pod.waiting and not pod.deleting), None)
+        waiting = f"waiting for runner pod {stuck.name}: {stuck.waiting}" if stuck else "waiting for a runner pod"
         if not reported:
-            status.message = "waiting for a runner pod" + (
+            status.message = waiting + (
                 "; it resumes from the checkpoint" if status.iteration or status.restarts else ""
             )
-        set_condition(
-            status, c.RUNNING, False, c.REASON_PENDING, "waiting for a runner pod", now=now, generation=ctx.generation
-        )
+        set_condition(status, c.RUNNING, False, c.REASON_PENDING, waiting, now=now, generation=ctx.generation)
 
     if report is not None and report.pod != ctx.previous_report_pod and report.resumed_from_iteration is not None:
         decision.events.append(

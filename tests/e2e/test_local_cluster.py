@@ -108,3 +108,18 @@ async def test_evicted_runner_resumes_without_using_up_a_restart(cluster, kube):
     assert evicted.exit_code is not None
     await cluster.node.wait_finished(cluster.namespace, replacement.name, timeout=10)
     assert replacement.exit_code == 0
+
+
+async def test_a_runner_image_no_registry_serves_leaves_the_run_pending_saying_why(cluster, kube):
+    run = agent_run("q5", cluster, runner={"image": "registry.example/agentrun-runner:missing"})
+    await kube.create(agentruns_path(cluster.namespace), run)
+
+    async def says_why():
+        status = await run_status(kube, "q5")
+        return status if "ImagePullBackOff" in (status.get("message") or "") else None
+
+    status = await wait_for(says_why, "the run's message to name the image pull failure")
+    assert status["phase"] == "Pending"
+    assert "registry.example/agentrun-runner:missing" in status["message"]
+    running = next(c for c in status["conditions"] if c["type"] == "Running")
+    assert (running["status"], running["message"]) == ("False", status["message"])

@@ -85,6 +85,30 @@ def test_running_pod_makes_the_run_running_and_says_so_once() -> None:
     assert new.start_time == T0
 
 
+def test_a_pod_that_cannot_start_says_why_in_the_message_and_the_running_condition() -> None:
+    pull = ("ImagePullBackOff", 'Back-off pulling image "registry.example/agent:1"')
+    decision = decide(
+        accepted_status(), observed(job_object(active=1), [pod_object(phase="Pending", waiting=pull)]), ctx(2)
+    )
+
+    assert decision.status.phase == Phase.PENDING
+    expected = (
+        'waiting for runner pod q3-runner-abcde: ImagePullBackOff: Back-off pulling image "registry.example/agent:1"'
+    )
+    assert decision.status.message == expected
+    running = condition_of(decision.status, c.RUNNING)
+    assert running is not None
+    assert (running.status, running.message) == ("False", expected)
+
+
+def test_a_pod_on_its_normal_way_to_running_is_only_waited_for() -> None:
+    creating = ("ContainerCreating", "")
+    decision = decide(
+        accepted_status(), observed(job_object(active=1), [pod_object(phase="Pending", waiting=creating)]), ctx(2)
+    )
+    assert decision.status.message == "waiting for a runner pod"
+
+
 def test_progress_report_is_mirrored_and_only_progress_is_rate_limited() -> None:
     running = decide(accepted_status(), observed(job_object(active=1), [pod_object()]), ctx(2)).status
     report = progress(
