@@ -33,11 +33,19 @@ async def local_cluster(
     *,
     scripted: bool = True,
     timings: OperatorTimings | None = None,
+    operator_behind_proxy: bool = False,
 ) -> AsyncIterator[LocalCluster]:
     """A LocalCluster in a fresh namespace answering model calls with ``script``, with the Secret runs name
     (``model-key``). With ``scripted``, skips where OPENAI_BASE_URL points runs at a real endpoint (the test
-    reads the scripted server's records)."""
-    async with LocalCluster(testbed, state_dir, model_script=script, timings=timings or OperatorTimings()) as running:
+    reads the scripted server's records). With ``operator_behind_proxy``, the operator's API requests go
+    through ``cluster.api_proxy``, which can fail them."""
+    async with LocalCluster(
+        testbed,
+        state_dir,
+        model_script=script,
+        timings=timings or OperatorTimings(),
+        operator_behind_proxy=operator_behind_proxy,
+    ) as running:
         if scripted:
             needs_scripted_model(running)
         await running.create_model_secret("model-key", "api-key")

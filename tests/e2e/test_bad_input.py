@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.e2e.runs import assert_result, condition, kubectl, needs_scripted_model
-from tests.harness.agentruns import AGENTRUNS, agent_run, wait_for_end, wait_for_status
+from tests.harness.agentruns import agent_run, agentruns_path, wait_for_end, wait_for_status
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.nodeagent.kube import namespaced_path
 
@@ -78,12 +78,12 @@ async def assert_operator_healthy(cluster: LocalCluster) -> None:
 
 async def test_runs_naming_a_missing_secret_or_storage_class_wait_with_a_reason_while_others_succeed(cluster, kube):
     needs_scripted_model(cluster)
-    await kube.create(AGENTRUNS, agent_run("good", cluster, streaming={"enabled": False}))
+    await kube.create(agentruns_path(cluster.namespace), agent_run("good", cluster, streaming={"enabled": False}))
     no_secret = agent_run("no-secret", cluster)
     no_secret["spec"]["model"]["apiKeySecretRef"] = {"name": "nowhere", "key": "api-key"}
-    await kube.create(AGENTRUNS, no_secret)
+    await kube.create(agentruns_path(cluster.namespace), no_secret)
     await kube.create(
-        AGENTRUNS,
+        agentruns_path(cluster.namespace),
         agent_run("no-class", cluster, checkpoint={"store": "PersistentVolumeClaim", "storageClassName": "gold"}),
     )
 
@@ -105,7 +105,7 @@ async def test_runs_naming_a_missing_secret_or_storage_class_wait_with_a_reason_
     assert good["phase"] == "Succeeded", good
     assert_result(good)
     for name in ("no-secret", "no-class"):
-        assert await kube.get(namespaced_path("batch/v1", "jobs", "default", f"{name}-runner")) is None
+        assert await kube.get(namespaced_path("batch/v1", "jobs", cluster.namespace, f"{name}-runner")) is None
     await assert_operator_healthy(cluster)
 
 
@@ -113,7 +113,7 @@ async def test_a_run_waiting_for_its_secret_starts_once_the_secret_exists(cluste
     needs_scripted_model(cluster)
     run = agent_run("late-secret", cluster, streaming={"enabled": False})
     run["spec"]["model"]["apiKeySecretRef"] = {"name": "late-key", "key": "api-key"}
-    await kube.create(AGENTRUNS, run)
+    await kube.create(agentruns_path(cluster.namespace), run)
     await wait_for_status(
         kube, "late-secret", lambda s: (condition(s, "Accepted") or {}).get("reason") == "SecretNotFound", "waiting"
     )
@@ -183,6 +183,7 @@ class SpecFuzzer:
 
     def __init__(self, cluster: LocalCluster) -> None:
         self.base = agent_run("fuzz", cluster, suspend=True)
+        self.namespace = cluster.namespace
         self.api = kubernetes.client.CustomObjectsApi(
             kubernetes.config.new_client_from_config(str(cluster.kubeconfig_path))
         )
@@ -200,7 +201,7 @@ class SpecFuzzer:
         rejection: kubernetes.client.ApiException | None = None
         try:
             self.api.create_namespaced_custom_object(
-                "agentrun.dev", "v1alpha1", "default", "agentruns", run, field_validation="Strict"
+                "agentrun.dev", "v1alpha1", self.namespace, "agentruns", run, field_validation="Strict"
             )
         except kubernetes.client.ApiException as error:
             rejection = error
@@ -221,7 +222,7 @@ class SpecFuzzer:
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            run = self.api.get_namespaced_custom_object("agentrun.dev", "v1alpha1", "default", "agentruns", name)
+            run = self.api.get_namespaced_custom_object("agentrun.dev", "v1alpha1", self.namespace, "agentruns", name)
             status = run.get("status") or {}
             waiting = (condition(status, "Accepted") or {}).get("status") == "False"  # e.g. for its Secret
             if status.get("phase") and status.get("reason") and (status["phase"] != "Pending" or waiting):
@@ -235,7 +236,7 @@ class SpecFuzzer:
 
 async def test_fuzzed_specs_are_rejected_naming_a_field_or_get_a_phase_and_reason(cluster, kube):
     fuzzer = SpecFuzzer(cluster)
-    await kube.create(AGENTRUNS, agent_run("bystander", cluster, streaming={"enabled": False}))
+    await kube.create(agentruns_path(cluster.namespace), agent_run("bystander", cluster, streaming={"enabled": False}))
 
     @settings(max_examples=25, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(SPEC_MUTATIONS)

@@ -10,6 +10,7 @@ import asyncio
 import collections
 import os
 import random
+from pathlib import Path
 
 import kubernetes
 import pytest
@@ -22,13 +23,14 @@ from tests.e2e.runs import (
     fetching_run,
     fetching_script,
     kubectl,
+    local_cluster,
     needs_scripted_model,
     tool_ledger,
     wait_for_iteration,
     with_model_faults,
 )
 from tests.harness.agentruns import (
-    AGENTRUNS,
+    agentruns_path,
     requests_of,
     run_object,
     runner_pods,
@@ -40,6 +42,7 @@ from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import Answer, Failure, Hang, Reply, Script, by_turn, call, research_script
 from tests.harness.nodeagent.kube import KubeClient
 from tests.harness.runner import ToolServer
+from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +60,7 @@ def answer_with(cluster: LocalCluster, script: Script) -> None:
 
 async def create_fetching_run(cluster: LocalCluster, kube: KubeClient, name: str) -> str:
     """Create run `name`, which fetches the tool server's sources; returns its uid."""
-    created = await kube.create(AGENTRUNS, fetching_run(name, cluster))
+    created = await kube.create(agentruns_path(cluster.namespace), fetching_run(name, cluster))
     uid: str = created["metadata"]["uid"]
     return uid
 
@@ -82,9 +85,9 @@ async def kill_runner_after(cluster: LocalCluster, kube: KubeClient, name: str, 
     """SIGKILL the run's live runner process ``delay`` seconds after it started; False if there was none."""
     await asyncio.sleep(delay)
     for pod in await runner_pods(kube, name):
-        runtime = cluster.executor.runtime("default", pod["metadata"]["name"])
+        runtime = cluster.node.runtime(cluster.namespace, pod["metadata"]["name"])
         if runtime.exit_code is None and pod["status"].get("phase") == "Running":
-            cluster.executor.kill_pod_process("default", pod["metadata"]["name"])
+            cluster.node.kill_pod_process(cluster.namespace, pod["metadata"]["name"])
             return True
     return False
 
@@ -136,7 +139,7 @@ async def test_runner_killed_during_a_fetch_replays_its_key_and_the_tool_runs_on
     uid = await create_fetching_run(cluster, kube, "mid-fetch")
     await wait_for(lambda: _tool_in_flight(tools), "the slow fetch to start", timeout=30)
     [pod] = await runner_pods(kube, "mid-fetch")
-    cluster.executor.kill_pod_process("default", pod["metadata"]["name"])
+    cluster.node.kill_pod_process(cluster.namespace, pod["metadata"]["name"])
 
     status = await wait_for_end(kube, "mid-fetch")
     assert status["phase"] == "Succeeded", status
@@ -154,7 +157,7 @@ async def _live_runner(cluster: LocalCluster, kube: KubeClient, name: str) -> bo
     if (await run_object(kube, name)).get("status", {}).get("phase") in ("Succeeded", "Failed"):
         return True
     return any(
-        cluster.executor.runtime("default", p["metadata"]["name"]).exit_code is None
+        cluster.node.runtime(cluster.namespace, p["metadata"]["name"]).exit_code is None
         for p in await runner_pods(kube, name)
         if p["status"].get("phase") == "Running"
     )
@@ -199,28 +202,35 @@ async def test_run_resumes_after_its_pod_is_deleted_with_kubectl(cluster, kube, 
     assert_each_source_fetched_once(tools, uid)
 
 
-async def test_run_succeeds_through_api_server_errors_throttling_and_dropped_watches(cluster, kube, tools):
-    answer_with(cluster, fetching_script(tools, delay=0.3))
-    uid = await create_fetching_run(cluster, kube, "flaky-api")
-    await wait_for_status(kube, "flaky-api", lambda s: s.get("phase") == "Running", "Running")
-    faults = cluster.apiserver.faults
-    # Writes and lists only: this test's own status reads (GETs) must not use the faults up.
-    writes_and_lists = ("patch", "update", "create", "list")
-    errors = faults.inject(500, count=6, match=lambda r: r.verb in writes_and_lists)
-    await asyncio.sleep(0.5)
-    throttled = faults.inject(429, count=6, retry_after=1, match=lambda r: r.verb in writes_and_lists)
-    dropped = faults.drop_watches()
-    await asyncio.sleep(1.0)
-    dropped += faults.drop_watches()
+async def test_run_succeeds_through_api_server_errors_throttling_and_dropped_watches(
+    testbed: KubeTestbed, tmp_path: Path, tools: ToolServer
+) -> None:
+    async with (
+        local_cluster(testbed, tmp_path, fetching_script(tools, delay=0.3), operator_behind_proxy=True) as cluster,
+        KubeClient(str(cluster.kubeconfig_path)) as kube,
+    ):
+        proxy = cluster.api_proxy
+        assert proxy is not None
+        uid = await create_fetching_run(cluster, kube, "flaky-api")
+        await wait_for_status(kube, "flaky-api", lambda s: s.get("phase") == "Running", "Running")
+        faults = proxy.faults
+        # The operator's writes and lists (its requests go through the proxy; this test's own do not).
+        writes_and_lists = ("patch", "update", "create", "list")
+        errors = faults.inject(500, count=6, match=lambda r: r.verb in writes_and_lists)
+        await asyncio.sleep(0.5)
+        throttled = faults.inject(429, count=6, retry_after=1, match=lambda r: r.verb in writes_and_lists)
+        dropped = faults.drop_watches()
+        await asyncio.sleep(1.0)
+        dropped += faults.drop_watches()
 
-    status = await wait_for_end(kube, "flaky-api")
-    assert status["phase"] == "Succeeded", status
-    assert status["restarts"] == 0
-    assert_result(status)
-    assert (errors.hits, throttled.hits) == (6, 6)
-    assert dropped >= 2
-    assert_each_source_fetched_once(tools, uid)
-    assert "Traceback" not in cluster.operator.log()
+        status = await wait_for_end(kube, "flaky-api")
+        assert status["phase"] == "Succeeded", (status, cluster.operator.log()[-5000:])
+        assert status["restarts"] == 0
+        assert_result(status)
+        assert (errors.hits, throttled.hits) == (6, 6), (errors.hits, throttled.hits, proxy.requests.summary())
+        assert dropped >= 2
+        assert_each_source_fetched_once(tools, uid)
+        assert "Traceback" not in cluster.operator.log()
 
 
 async def test_run_succeeds_through_model_429_storms_500s_and_a_hang_past_the_request_timeout(cluster, kube, tools):
@@ -234,7 +244,7 @@ async def test_run_succeeds_through_model_429_storms_500s_and_a_hang_past_the_re
     model = {"requestTimeout": "2s", "maxRetries": 4}
     run = fetching_run("model-faults", cluster)
     run["spec"]["model"].update(model)
-    uid = (await kube.create(AGENTRUNS, run))["metadata"]["uid"]
+    uid = (await kube.create(agentruns_path(cluster.namespace), run))["metadata"]["uid"]
 
     status = await wait_for_end(kube, "model-faults")
     assert status["phase"] == "Succeeded", status
@@ -252,7 +262,7 @@ async def patch_spec(cluster: LocalCluster, name: str, **fields: object) -> None
     def patch() -> None:
         with kubernetes.config.new_client_from_config(str(cluster.kubeconfig_path)) as api:
             kubernetes.client.CustomObjectsApi(api).patch_namespaced_custom_object(
-                "agentrun.dev", "v1alpha1", "default", "agentruns", name, {"spec": fields}
+                "agentrun.dev", "v1alpha1", cluster.namespace, "agentruns", name, {"spec": fields}
             )
 
     await asyncio.to_thread(patch)
@@ -284,7 +294,7 @@ async def _no_live_runner(cluster: LocalCluster, kube: KubeClient, name: str) ->
 
 async def test_cancel_during_a_slow_tool_call_ends_the_run_cancelled(cluster, kube, tools):
     answer_with(cluster, research_script(fetch_urls=[tools.url("slow/20")], delay=0.1))
-    await kube.create(AGENTRUNS, fetching_run("cancelled", cluster))
+    await kube.create(agentruns_path(cluster.namespace), fetching_run("cancelled", cluster))
     await wait_for(lambda: _tool_in_flight(tools), "the slow fetch to start", timeout=30)
     code, _, err = await kubectl(
         cluster, "patch", "agentruns", "cancelled", "--type=merge", "-p", '{"spec": {"cancel": true}}'
@@ -308,7 +318,7 @@ async def test_model_call_hanging_past_max_execution_time_ends_the_run_timed_out
     # The runner keeps a 10 s margin of maxExecutionTime for its last checkpoint: 15 s leaves it 5.
     run = fetching_run("hung", cluster, maxExecutionTime="15s")
     run["spec"]["model"]["requestTimeout"] = "1h"
-    await kube.create(AGENTRUNS, run)
+    await kube.create(agentruns_path(cluster.namespace), run)
 
     status = await wait_for_end(kube, "hung", timeout=25)
     assert status["phase"] == "TimedOut", status

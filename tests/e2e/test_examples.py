@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from tests.harness.demo import point_at_model
-from tests.harness.executor import MountNamespaceUnavailableError
 from tests.harness.local_cluster import REPO_ROOT, LocalCluster
 from tests.harness.model_server import stepwise_script
+from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.e2e
 
@@ -61,14 +61,11 @@ def example_manifests() -> dict[str, list[dict[str, Any]]]:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    try:
-        async with LocalCluster(tmp_path, model_script=stepwise_script(STEPS)) as running:
-            if running.model.real:
-                pytest.skip("needs the scripted model (10 answers per run); a real endpoint (OPENAI_BASE_URL) is set")
-            yield running
-    except MountNamespaceUnavailableError as error:
-        pytest.skip(str(error))
+async def cluster(testbed: KubeTestbed, tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    async with LocalCluster(testbed, tmp_path, model_script=stepwise_script(STEPS)) as running:
+        if running.model.real:
+            pytest.skip("needs the scripted model (10 answers per run); a real endpoint (OPENAI_BASE_URL) is set")
+        yield running
 
 
 async def apply_examples(cluster: LocalCluster, kubectl: Kubectl) -> dict[str, dict[str, Any]]:
@@ -82,20 +79,11 @@ async def apply_examples(cluster: LocalCluster, kubectl: Kubectl) -> dict[str, d
                 runs[document["metadata"]["name"]] = point_at_model(document, cluster.model)
             else:
                 others.append(document)
-    storage_classes = {
-        run["spec"].get("checkpoint", {}).get("storageClassName") for run in runs.values()
-    } - {None}  # fmt: skip
-    # What a cluster has already: a default StorageClass for claims that name none, and any an example names.
-    for index, name in enumerate(sorted(storage_classes) or ["standard"]):
-        storage_class = {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {"name": name},
-            "provisioner": "local.agentrun.dev/executor",
-        }
-        if index == 0:
-            storage_class["metadata"]["annotations"] = {"storageclass.kubernetes.io/is-default-class": "true"}
-        others.append(storage_class)
+    # Claims that name no class get the cluster's default StorageClass (the testbed's local provisioner), as
+    # on any cluster with one; a class an example named would have to exist already.
+    named_classes = {run["spec"].get("checkpoint", {}).get("storageClassName") for run in runs.values()} - {None}
+    existing = {item["metadata"]["name"] for item in (await kubectl.get_json("storageclasses"))["items"]}
+    assert named_classes <= existing, f"examples name StorageClasses this cluster lacks: {named_classes - existing}"
     await kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(others))
     await kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(list(runs.values())))
     return runs

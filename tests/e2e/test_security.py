@@ -5,7 +5,7 @@ import asyncio
 import base64
 import json
 import secrets
-from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -20,10 +20,8 @@ from tests.e2e.runs import (
     fetching_script,
     needs_scripted_model,
 )
-from tests.harness.agentruns import AGENTRUNS, runner_pods, wait_for_end, wait_for_status
-from tests.harness.local_cluster import LocalCluster
-from tests.harness.nodeagent.kube import KubeClient, namespaced_path
-from tests.harness.rbac import RbacAuthorizer, Request, ServiceAccount
+from tests.harness.agentruns import agentruns_path, runner_pods, wait_for_end, wait_for_status
+from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.sse_client import dispatched_events
 
 pytestmark = pytest.mark.e2e
@@ -40,11 +38,11 @@ def leaks(text: str, value: str) -> bool:
 
 async def create_secret(kube: KubeClient, name: str, key: str, value: str) -> None:
     body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {key: value}}
-    await kube.create(namespaced_path("v1", "secrets", "default"), body)
+    await kube.create(namespaced_path("v1", "secrets", kube.namespace), body)
 
 
 async def stream_token(kube: KubeClient, run: str) -> str:
-    secret = await kube.get(namespaced_path("v1", "secrets", "default", f"{run}-stream-token"))
+    secret = await kube.get(namespaced_path("v1", "secrets", kube.namespace, f"{run}-stream-token"))
     assert secret is not None
     return base64.b64decode(secret["data"]["token"]).decode()
 
@@ -57,7 +55,7 @@ async def test_no_secret_value_reaches_objects_logs_or_metrics_after_a_full_run(
     await create_secret(kube, "leak-check-key", "api-key", api_key)
     run = fetching_run("leak-check", cluster, streaming={"enabled": True})
     run["spec"]["model"]["apiKeySecretRef"] = {"name": "leak-check-key", "key": "api-key"}
-    uid = (await kube.create(AGENTRUNS, run))["metadata"]["uid"]
+    uid = (await kube.create(agentruns_path(cluster.namespace), run))["metadata"]["uid"]
     status = await wait_for_end(kube, "leak-check")
     assert status["phase"] == "Succeeded", status
     assert_result(status)
@@ -66,24 +64,33 @@ async def test_no_secret_value_reaches_objects_logs_or_metrics_after_a_full_run(
     assert {r.headers.get("Authorization") for r in cluster.model_server.requests} == {f"Bearer {api_key}"}
     token = await stream_token(kube, "leak-check")
 
+    own_secret = {"leak-check-key": api_key, "leak-check-stream-token": token}
     places = 0
-    for (group, plural, namespace, name), stored in cluster.apiserver.store.objects.items():
-        text = json.dumps(stored)
+    holders: set[str] = set()
+    for kind, obj in await everything_in_namespace(kube):
+        name = obj["metadata"]["name"]
         places += 1
-        own_secret = {"leak-check-key": api_key, "leak-check-stream-token": token}
+        text = json.dumps(obj)
         for value in (api_key, token):
-            if (group, plural) == ("", "secrets") and own_secret.get(name) == value:
+            if kind == "Secret" and own_secret.get(name) == value:
+                if leaks(text, value):
+                    holders.add(name)
                 continue
-            assert not leaks(text, value), f"{plural}/{namespace}/{name} holds a secret value"
-    events = cluster.apiserver.store.all_of("Event", "default")
+            assert not leaks(text, value), f"{kind} {name} holds a secret value"
+    assert holders == set(own_secret), holders  # the scan read Secret data: it would have seen a leaked value
+    events = await kube.list(namespaced_path("v1", "events", cluster.namespace))
     assert events, "the operator wrote no Events to check"
 
-    logs = [cluster.operator.log_path, *sorted((cluster.state_dir / "executor" / "logs").rglob("*.log"))]
-    assert len(logs) >= 2, logs  # the operator's log and at least one runner container's
-    for log in logs:
-        text = Path(log).read_text(errors="replace")
+    # The operator's output, and every container's log as `kubectl logs` reads it.
+    logs = {"operator": cluster.operator.log()}
+    for pod in await kube.list(namespaced_path("v1", "pods", cluster.namespace)):
+        pod_path = namespaced_path("v1", "pods", cluster.namespace, pod["metadata"]["name"])
+        logs[pod["metadata"]["name"]] = await kube.request_text(f"{pod_path}/log")
+    assert len(logs) >= 2, logs.keys()  # the operator's log and at least one runner container's
+    assert all(logs.values()), [source for source, text in logs.items() if not text]
+    for source, text in logs.items():
         for value in (api_key, token):
-            assert not leaks(text, value), f"{log} holds a secret value"
+            assert not leaks(text, value), f"the log of {source} holds a secret value"
     async with aiohttp.ClientSession() as session, session.get(cluster.operator.metrics_url) as response:
         metrics = await response.text()
     assert "agentrun_runs" in metrics
@@ -92,71 +99,108 @@ async def test_no_secret_value_reaches_objects_logs_or_metrics_after_a_full_run(
     assert places > 10
 
 
-def authorizer(cluster: LocalCluster) -> RbacAuthorizer:
-    store = cluster.apiserver.store
-    return RbacAuthorizer(
-        store.all_of("Role"),
-        store.all_of("RoleBinding"),
-        store.all_of("ClusterRole"),
-        store.all_of("ClusterRoleBinding"),
-    )
+async def everything_in_namespace(kube: KubeClient) -> list[tuple[str, JsonObject]]:
+    """Every object an admin can list in the client's namespace and cluster-wide (cluster-scoped kinds), of
+    every resource the API server's discovery names (built-in and custom): (kind, object) pairs."""
+    group_versions = ["v1"]
+    for group in (await kube.request("GET", "/apis")).get("groups") or []:
+        group_versions.append(group["preferredVersion"]["groupVersion"])
+    found: list[tuple[str, JsonObject]] = []
+    for group_version in group_versions:
+        prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        for resource in (await kube.request("GET", prefix)).get("resources") or []:
+            if "/" in resource["name"] or "list" not in resource.get("verbs", []):
+                continue
+            scope = f"/namespaces/{kube.namespace}" if resource.get("namespaced") else ""
+            items = await kube.list(f"{prefix}{scope}/{resource['name']}")
+            found.extend((resource["kind"], item) for item in items)
+    return found
+
+
+async def access_review(kube: KubeClient, user: str, attributes: dict[str, Any]) -> bool:
+    """The API server's own answer to "may this user do that" (a SubjectAccessReview, as `kubectl auth can-i
+    --as` asks it), with the ServiceAccount's groups, which RBAC bindings may name."""
+    namespace = user.split(":")[2]
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+            "resourceAttributes": attributes,
+        },
+    }
+    answer = await kube.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+    return bool(answer["status"].get("allowed"))
 
 
 @pytest.mark.parametrize("store", ["ConfigMap", "PersistentVolumeClaim"])
 async def test_runner_service_account_reaches_only_its_own_runs_configmaps(cluster, kube, store):
     for name in ("mine", "theirs"):
         run = fetching_run(name, cluster, checkpoint={"store": store}, suspend=True)
-        await kube.create(AGENTRUNS, run)
+        await kube.create(agentruns_path(cluster.namespace), run)
     for name in ("mine", "theirs"):
         await wait_for_status(kube, name, lambda s: s.get("phase") == "Suspended", "Suspended")
-    pod_spec = (await kube.get(namespaced_path("batch/v1", "jobs", "default", "mine-runner")))["spec"]["template"]
-    account = ServiceAccount("default", pod_spec["spec"]["serviceAccountName"])
-    assert account.name == "mine-runner"
-    rbac = authorizer(cluster)
+    job = await kube.get(namespaced_path("batch/v1", "jobs", cluster.namespace, "mine-runner"))
+    assert job is not None
+    account = job["spec"]["template"]["spec"]["serviceAccountName"]
+    assert account == "mine-runner"
+    user = f"system:serviceaccount:{cluster.namespace}:{account}"
 
-    def can(verb: str, resource: str, name: str | None = None, group: str = "", namespace: str = "default") -> bool:
-        return rbac.can(account, Request(verb, resource, namespace, name, group))
+    async def can(
+        verb: str, resource: str, name: str | None = None, group: str = "", namespace: str | None = cluster.namespace
+    ) -> bool:
+        attributes = {"verb": verb, "group": group, "resource": resource}
+        subresource = None
+        if "/" in resource:
+            attributes["resource"], subresource = resource.split("/", 1)
+            attributes["subresource"] = subresource
+        if name is not None:
+            attributes["name"] = name
+        if namespace is not None:
+            attributes["namespace"] = namespace
+        return await access_review(kube, user, attributes)
 
     own = [contract.progress_name("mine")]
     if store == "ConfigMap":
         own.append(contract.checkpoint_segment_name("mine", 0))
     for configmap in own:
-        assert can("get", "configmaps", configmap)
-        assert can("patch", "configmaps", configmap)
-        assert can("update", "configmaps", configmap)
+        assert await can("get", "configmaps", configmap)
+        assert await can("patch", "configmaps", configmap)
+        assert await can("update", "configmaps", configmap)
     # Its own run's ConfigMaps only: not another run's, not its config, not by listing.
     for configmap in (contract.progress_name("theirs"), contract.checkpoint_segment_name("theirs", 0)):
         for verb in ("get", "patch", "update", "delete"):
-            assert not can(verb, "configmaps", configmap), (verb, configmap)
-    assert not can("delete", "configmaps", own[0])
-    assert not can("list", "configmaps")
-    assert not can("watch", "configmaps")
+            assert not await can(verb, "configmaps", configmap), (verb, configmap)
+    assert not await can("delete", "configmaps", own[0])
+    assert not await can("list", "configmaps")
+    assert not await can("watch", "configmaps")
     # Creating needs no name, so RBAC cannot narrow it: allowed only when the run checkpoints to ConfigMaps.
-    assert can("create", "configmaps") == (store == "ConfigMap")
+    assert (await can("create", "configmaps")) == (store == "ConfigMap")
     # No Secret at all, its own stream token included (the kubelet, not the runner, reads that one).
     for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
-        assert not can(verb, "secrets", "mine-stream-token"), verb
-        assert not can(verb, "secrets"), verb
-    assert not can("get", "secrets", "model-key")
+        assert not await can(verb, "secrets", "mine-stream-token"), verb
+        assert not await can(verb, "secrets"), verb
+    assert not await can("get", "secrets", "model-key")
     for verb in ("get", "list", "patch", "delete"):
-        assert not can(verb, "agentruns", "theirs", group="agentrun.dev"), verb
-        assert not can(verb, "agentruns", "mine", group="agentrun.dev"), verb
+        assert not await can(verb, "agentruns", "theirs", group="agentrun.dev"), verb
+        assert not await can(verb, "agentruns", "mine", group="agentrun.dev"), verb
     for resource, group in (("pods", ""), ("pods/exec", ""), ("jobs", "batch"), ("roles", "rbac.authorization.k8s.io")):
-        assert not can("create", resource, group=group), resource
-    assert not can("get", "configmaps", own[0], namespace="kube-system")
-    assert not can("list", "namespaces", namespace=None)
+        assert not await can("create", resource, group=group), resource
+    assert not await can("get", "configmaps", own[0], namespace="kube-system")
+    assert not await can("list", "namespaces", namespace=None)
 
 
 async def test_stream_refuses_a_missing_or_wrong_token_and_serves_the_right_one(cluster, kube, tools):
     needs_scripted_model(cluster)
     assert cluster.model_server is not None
     cluster.model_server.script = fetching_script(tools, delay=0.5)
-    await kube.create(AGENTRUNS, fetching_run("streamed", cluster, streaming={"enabled": True}))
+    await kube.create(agentruns_path(cluster.namespace), fetching_run("streamed", cluster, streaming={"enabled": True}))
     await wait_for_status(kube, "streamed", lambda s: s.get("phase") == "Running", "Running")
     token = await stream_token(kube, "streamed")
     [pod] = await runner_pods(kube, "streamed")
-    # The address the Service's endpoints would name: the pod's IP, unless the cluster binds runners elsewhere.
-    host = cluster.runner_env.get("AGENTRUN_RUNNER_STREAM_HOST") or pod["status"]["podIP"]
+    # The address the Service's endpoints name: the pod's IP (each pod on the node agent has its own).
+    host = pod["status"]["podIP"]
     url = f"http://{host}:{contract.STREAM_PORT}/events"
     async with httpx.AsyncClient(timeout=10) as client:
         for headers in ({}, {"Authorization": "Bearer not-the-token"}, {"Authorization": token}):

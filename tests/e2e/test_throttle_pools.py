@@ -1,5 +1,5 @@
 """Throttle pools end to end: the real operator (with its permit server), real runner processes under
-the local Job executor, and the scripted model server, standing in for the provider, recording every
+runner pods on the node agent, and the scripted model server, standing in for the provider, recording every
 call it answers and how many it answers at once."""
 
 import asyncio
@@ -11,22 +11,22 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.runs import local_cluster
-from tests.harness.agentruns import AGENTRUNS, agent_run, requests_of, runner_pods, wait_for, wait_for_end
+from tests.harness.agentruns import agent_run, agentruns_path, requests_of, runner_pods, wait_for, wait_for_end
 from tests.harness.local_cluster import LocalCluster, OperatorTimings
 from tests.harness.model_server import ChatRequest, Hang, Reply, Script, research_script, stepwise_script
 from tests.harness.nodeagent.kube import JsonObject, KubeClient
 from tests.harness.pool_runs import (
-    POOLS,
     PoolRunsPlan,
     pool_status,
     pooled_run,
+    pools_path,
     run_pool_scenario,
     throttle_pool,
 )
+from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.e2e
 
-NAMESPACE = "default"
 # The operator's lease for these tests (AGENTRUN_PERMIT_LEASE_SECONDS): a killed holder's permit is back
 # within this long, and each runner renews its leases every third of it.
 LEASE_SECONDS = 2.0
@@ -37,10 +37,10 @@ LEASE_SECONDS = 2.0
 # below could fail.
 @pytest.mark.timeout(300)
 async def test_twenty_runs_on_a_pool_of_two_in_flight_and_sixty_a_minute_keep_its_limits_fairly(
-    tmp_path: Path,
+    testbed: KubeTestbed, tmp_path: Path
 ) -> None:
     plan = PoolRunsPlan(runs=20, max_in_flight=2, requests_per_minute=60, calls_per_run=4, queue_budget_seconds=60)
-    async with local_cluster(tmp_path, plan.model_script()) as cluster:
+    async with local_cluster(testbed, tmp_path, plan.model_script()) as cluster:
         outcome = await run_pool_scenario(cluster, plan)
     summary = "\n".join(outcome.summary())
 
@@ -80,25 +80,30 @@ def holding_the_first_call_of(run: str, script: Script, hold_seconds: float) -> 
     return holding
 
 
-async def test_a_runner_killed_while_holding_a_permit_gives_it_back_after_the_lease_timeout(tmp_path: Path) -> None:
+async def test_a_runner_killed_while_holding_a_permit_gives_it_back_after_the_lease_timeout(
+    testbed: KubeTestbed, tmp_path: Path
+) -> None:
     hold_seconds = 60.0  # far longer than the test: only the lease timeout can free the permit
     script = holding_the_first_call_of("holder", stepwise_script(3), hold_seconds)
     timings = OperatorTimings(permit_lease_seconds=LEASE_SECONDS)
     async with (
-        local_cluster(tmp_path, script, timings=timings) as cluster,
+        local_cluster(testbed, tmp_path, script, timings=timings) as cluster,
         KubeClient(str(cluster.kubeconfig_path)) as kube,
     ):
         model = cluster.model_server
         assert model is not None
-        await kube.create(POOLS, throttle_pool("one-at-a-time", max_in_flight=1, requests_per_minute=600))
+        await kube.create(
+            pools_path(cluster.namespace),
+            throttle_pool("one-at-a-time", cluster.namespace, max_in_flight=1, requests_per_minute=600),
+        )
         plan = PoolRunsPlan(pool="one-at-a-time", calls_per_run=3)
-        await kube.create(AGENTRUNS, pooled_run("holder", cluster, plan))
+        await kube.create(agentruns_path(cluster.namespace), pooled_run("holder", cluster, plan))
 
         async def held() -> bool:
             return model.in_flight == 1 and bool(requests_of(model, "holder"))
 
         await wait_for(held, "the holder's call to be held at the model")
-        await kube.create(AGENTRUNS, pooled_run("waiter", cluster, plan))
+        await kube.create(agentruns_path(cluster.namespace), pooled_run("waiter", cluster, plan))
 
         async def waiter_queued() -> JsonObject | None:
             status = await pool_status(kube, "one-at-a-time")
@@ -109,7 +114,7 @@ async def test_a_runner_killed_while_holding_a_permit_gives_it_back_after_the_le
         await asyncio.sleep(2 * LEASE_SECONDS)
         assert not requests_of(model, "waiter")
         [pod] = await runner_pods(kube, "holder")
-        cluster.executor.kill_pod_process(NAMESPACE, pod["metadata"]["name"])
+        cluster.node.kill_pod_process(cluster.namespace, pod["metadata"]["name"])
         killed_at = time.monotonic()
 
         async def waiter_called() -> ChatRequest | None:
@@ -131,22 +136,24 @@ async def test_a_runner_killed_while_holding_a_permit_gives_it_back_after_the_le
     print(f"the killed runner's permit was back {freed_after:.2f}s after the kill (lease {LEASE_SECONDS:g}s)")
 
 
-def _shared_pool(max_in_flight: int) -> JsonObject:
-    pool = throttle_pool("shared", max_in_flight=max_in_flight, requests_per_minute=6000)
+def _shared_pool(namespace: str, max_in_flight: int) -> JsonObject:
+    pool = throttle_pool("shared", namespace, max_in_flight=max_in_flight, requests_per_minute=6000)
     pool["spec"]["burstRequests"] = 10
     return pool
 
 
-async def test_runs_sharing_a_pool_of_one_never_call_the_model_at_once_and_all_succeed(tmp_path: Path) -> None:
+async def test_runs_sharing_a_pool_of_one_never_call_the_model_at_once_and_all_succeed(
+    testbed: KubeTestbed, tmp_path: Path
+) -> None:
     # Each answer takes a while, so calls of different runs would overlap if nothing held them back.
     async with (
-        local_cluster(tmp_path, research_script(delay=0.4)) as cluster,
+        local_cluster(testbed, tmp_path, research_script(delay=0.4)) as cluster,
         KubeClient(str(cluster.kubeconfig_path)) as kube,
     ):
-        await kube.create(POOLS, _shared_pool(max_in_flight=1))
+        await kube.create(pools_path(cluster.namespace), _shared_pool(cluster.namespace, max_in_flight=1))
         runs = ["pool-a", "pool-b", "pool-c"]
         for name in runs:
-            await kube.create(AGENTRUNS, _throttled_run(name, cluster, "shared"))
+            await kube.create(agentruns_path(cluster.namespace), _throttled_run(name, cluster, "shared"))
 
         statuses = {name: await wait_for_end(kube, name) for name in runs}
         assert {name: s["phase"] for name, s in statuses.items()} == dict.fromkeys(runs, "Succeeded"), statuses
@@ -177,17 +184,19 @@ def _throttled_run(name: str, cluster: LocalCluster, pool: str) -> JsonObject:
     return agent_run(name, cluster, streaming={"enabled": False}, throttle=throttle)
 
 
-async def test_a_run_naming_a_pool_that_does_not_exist_runs_on_its_own_limits_and_says_so(tmp_path: Path) -> None:
+async def test_a_run_naming_a_pool_that_does_not_exist_runs_on_its_own_limits_and_says_so(
+    testbed: KubeTestbed, tmp_path: Path
+) -> None:
     async with (
-        local_cluster(tmp_path, research_script(delay=0.4)) as cluster,
+        local_cluster(testbed, tmp_path, research_script(delay=0.4)) as cluster,
         KubeClient(str(cluster.kubeconfig_path)) as kube,
     ):
-        await kube.create(AGENTRUNS, _throttled_run("lonely", cluster, "no-such-pool"))
+        await kube.create(agentruns_path(cluster.namespace), _throttled_run("lonely", cluster, "no-such-pool"))
 
         status = await wait_for_end(kube, "lonely")
 
         assert status["phase"] == "Succeeded", status
         [pod] = await runner_pods(kube, "lonely")
-        log = cluster.executor.read_log(NAMESPACE, pod["metadata"]["name"])
-    assert "no ThrottlePool 'no-such-pool' in namespace 'default'" in log
+        log = cluster.node.read_log(cluster.namespace, pod["metadata"]["name"])
+    assert f"no ThrottlePool 'no-such-pool' in namespace '{cluster.namespace}'" in log
     assert "use only this run's own spec.throttle limits" in log

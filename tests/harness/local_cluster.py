@@ -33,6 +33,7 @@ from typing import Self
 
 import aiohttp
 
+from tests.harness.apiproxy import ApiProxy
 from tests.harness.controlplane import write_kubeconfig
 from tests.harness.identities import operator_identity
 from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, research_script
@@ -200,6 +201,8 @@ class LocalCluster:
     operator_env: Mapping[str, str] = field(default_factory=dict)
     """Extra operator env vars, over the timings."""
     start_operator: bool = True
+    operator_behind_proxy: bool = False
+    """The operator reaches the API server through an ApiProxy (``api_proxy``), whose faults a test can inject."""
 
     operator: OperatorProcess = field(init=False)
     model: ModelEndpoint = field(init=False)
@@ -207,6 +210,8 @@ class LocalCluster:
     kubeconfig_path: Path = field(init=False)
     """A cluster admin's kubeconfig whose context names this cluster's namespace (for kubectl and test set-up)."""
     operator_kubeconfig_path: Path = field(init=False)
+    api_proxy: ApiProxy | None = field(init=False, default=None)
+    """With ``operator_behind_proxy``: the proxy between the operator and the API server (faults, request log)."""
     """The operator's: its own ServiceAccount's token and the chart's RBAC, nothing more."""
     _stack: contextlib.AsyncExitStack = field(init=False, default_factory=contextlib.AsyncExitStack)
 
@@ -244,8 +249,15 @@ class LocalCluster:
         )
         identity = await asyncio.to_thread(operator_identity, control_plane)
         await asyncio.to_thread(identity.grant, self.namespace)
+        if self.operator_behind_proxy:
+            self.api_proxy = await self._stack.enter_async_context(
+                ApiProxy(control_plane.url, ca_file=control_plane.ca_file)
+            )
         self.operator_kubeconfig_path = await asyncio.to_thread(
-            identity.kubeconfig, self.state_dir / "operator.kubeconfig", self.namespace
+            identity.kubeconfig,
+            self.state_dir / "operator.kubeconfig",
+            self.namespace,
+            self.api_proxy.url if self.api_proxy is not None else None,
         )
         self.model = await self._start_model()
         env = {

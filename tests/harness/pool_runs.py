@@ -1,7 +1,7 @@
 """Throttle pools on real runs: many AgentRuns on a LocalCluster share one ThrottlePool, and the scripted
 model server, standing in for the provider, records what reached it. Used by the e2e test and the bench.
 
-    async with LocalCluster(tmp, model_script=plan.model_script()) as cluster:
+    async with LocalCluster(testbed, tmp, model_script=plan.model_script()) as cluster:
         await cluster.create_model_secret("model-key", "api-key")
         outcome = await run_pool_scenario(cluster, plan)
 
@@ -18,12 +18,16 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from tests.harness.agentruns import AGENTRUNS, TERMINAL_PHASES, agent_run, requests_of, wait_for
+from tests.harness.agentruns import TERMINAL_PHASES, agent_run, agentruns_path, requests_of, wait_for
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import CallSpan, ChatRequest, Script, most_in_window, paced, stepwise_script
 from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 
-POOLS: Final = namespaced_path("agentrun.dev/v1alpha1", "throttlepools", "default")
+
+def pools_path(namespace: str) -> str:
+    return namespaced_path("agentrun.dev/v1alpha1", "throttlepools", namespace)
+
+
 # The rate the pool holds while the runs start: its bucket starts empty, so no grant for a minute.
 HOLDING_REQUESTS_PER_MINUTE: Final = 1
 
@@ -159,17 +163,17 @@ def pooled_run(name: str, cluster: LocalCluster, plan: PoolRunsPlan) -> JsonObje
     )
 
 
-def throttle_pool(name: str, *, max_in_flight: int, requests_per_minute: int) -> JsonObject:
+def throttle_pool(name: str, namespace: str, *, max_in_flight: int, requests_per_minute: int) -> JsonObject:
     return {
         "apiVersion": "agentrun.dev/v1alpha1",
         "kind": "ThrottlePool",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"maxRequestsInFlight": max_in_flight, "requestsPerMinute": requests_per_minute},
     }
 
 
 async def pool_status(kube: KubeClient, name: str) -> JsonObject:
-    pool = await kube.get(f"{POOLS}/{name}")
+    pool = await kube.get(f"{pools_path(kube.namespace)}/{name}")
     status: JsonObject = (pool or {}).get("status") or {}
     return status
 
@@ -182,11 +186,14 @@ async def run_pool_scenario(cluster: LocalCluster, plan: PoolRunsPlan) -> PoolRu
     names = plan.run_names()
     async with KubeClient(str(cluster.kubeconfig_path)) as kube:
         holding = throttle_pool(
-            plan.pool, max_in_flight=plan.max_in_flight, requests_per_minute=HOLDING_REQUESTS_PER_MINUTE
+            plan.pool,
+            cluster.namespace,
+            max_in_flight=plan.max_in_flight,
+            requests_per_minute=HOLDING_REQUESTS_PER_MINUTE,
         )
-        await kube.create(POOLS, holding)
+        await kube.create(pools_path(cluster.namespace), holding)
         for name in names:
-            await kube.create(AGENTRUNS, pooled_run(name, cluster, plan))
+            await kube.create(agentruns_path(cluster.namespace), pooled_run(name, cluster, plan))
 
         async def all_waiting() -> JsonObject | None:
             status = await pool_status(kube, plan.pool)
@@ -194,14 +201,16 @@ async def run_pool_scenario(cluster: LocalCluster, plan: PoolRunsPlan) -> PoolRu
 
         await wait_for(all_waiting, f"all {plan.runs} runs to queue at the pool", plan.start_timeout_seconds)
         opened_at = time.monotonic()
-        await kube.merge_patch(f"{POOLS}/{plan.pool}", {"spec": {"requestsPerMinute": plan.requests_per_minute}})
+        await kube.merge_patch(
+            f"{pools_path(cluster.namespace)}/{plan.pool}", {"spec": {"requestsPerMinute": plan.requests_per_minute}}
+        )
 
         statuses: dict[str, JsonObject] = {}
 
         async def all_ended() -> bool:
             for name in names:
                 if name not in statuses:
-                    run = await kube.get(f"{AGENTRUNS}/{name}")
+                    run = await kube.get(f"{agentruns_path(cluster.namespace)}/{name}")
                     status: JsonObject = (run or {}).get("status") or {}
                     if status.get("phase") in TERMINAL_PHASES:
                         statuses[name] = status

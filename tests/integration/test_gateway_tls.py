@@ -1,65 +1,70 @@
 """The stream gateway verifies the Kubernetes API server's certificate, always: with the CA bundle it is given,
 else the in-cluster CA or the system trust store; a certificate that does not verify is refused, and the
-gateway says which setting to change. The API server is the emulated one behind a TLS front on 127.0.0.1."""
+gateway says which setting to change. The API server is the real one of the test control plane, serving a
+certificate its own CA signed."""
 
 import asyncio
+import dataclasses
 import logging
 import os
+import shutil
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from agentrun_gateway.settings import GatewaySettings, SettingsError
-from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.fake_stream_runner import FakeStreamRunner
-from tests.harness.gateway import ApiEndpoint, Gateway, fast_settings, read_until_finished, stream_token_secret
+from tests.harness.gateway import (
+    ApiEndpoint,
+    Gateway,
+    fast_settings,
+    gateway_endpoint,
+    read_until_finished,
+    stream_token_secret,
+)
 from tests.harness.local_cluster import REPO_ROOT
-from tests.harness.tls import OPENSSL, LoopbackCertificates, loopback_certificates, tls_front
+from tests.harness.run_identity import AGENTRUN_API, set_run_phase
+from tests.harness.testbed import KubeTestbed
+from tests.harness.tls import OPENSSL, make_ca, openssl
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(OPENSSL is None, reason="needs the openssl command line tool"),
 ]
 
-NAMESPACE = "team"
 RUN = "r1"
 STREAM_TOKEN = "tls-stream-token"
 CA_SETTING = "AGENTRUN_GATEWAY_KUBE_CA_FILE"
 
 
-@pytest.fixture
-def certificates(tmp_path: Path) -> LoopbackCertificates:
-    return loopback_certificates(tmp_path)
+@dataclasses.dataclass(frozen=True)
+class Trust:
+    """Hashed trust directories, as the system's store is laid out: one holding the cluster's CA, one another CA."""
 
-
-def add_stream_token(kube: EmulatedApiServer, namespace: str, run: str, token: str) -> None:
-    """The run's namespace and its stream-token Secret, on the emulator."""
-    store = kube.store
-    store.create(store.resource("namespaces"), None, {"metadata": {"name": namespace}})
-    store.create(store.resource("secrets"), namespace, stream_token_secret(namespace, run, token))
-
-
-def set_run_phase(kube: EmulatedApiServer, namespace: str, run: str, phase: str) -> None:
-    """Write the AgentRun's status.phase, as the operator would, on the emulator."""
-    store = kube.store
-    patch = {"status": {"phase": phase}}
-    store.patch(
-        store.resource("agentruns"), namespace, run, "application/merge-patch+json", patch, subresource="status"
-    )
+    cluster: Path
+    other: Path
 
 
 @pytest.fixture
-async def https_api_url(apiserver: EmulatedApiServer, certificates: LoopbackCertificates) -> AsyncIterator[str]:
-    """The emulated API server, with a run that has ended and its stream token, reached over HTTPS."""
-    add_stream_token(apiserver, NAMESPACE, RUN, STREAM_TOKEN)
-    store = apiserver.store
+def trust(testbed: KubeTestbed, tmp_path: Path) -> Trust:
+    cluster = tmp_path / "cluster-trust"
+    cluster.mkdir()
+    shutil.copy(testbed.control_plane.ca_file, cluster / "cluster-ca.pem")
+    openssl("rehash", cluster.name, cwd=tmp_path)
+    return Trust(cluster=cluster, other=make_ca(tmp_path, "other-ca"))
+
+
+@pytest.fixture
+def api(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> ApiEndpoint:
+    """A Running run with its stream token in the test's namespace, and the gateway's ServiceAccount there."""
+    secret = stream_token_secret(namespace, RUN, STREAM_TOKEN)
+    testbed.admin.post(f"/api/v1/namespaces/{namespace}/secrets", json=secret).raise_for_status()
     run = {
         "apiVersion": "agentrun.dev/v1alpha1",
         "kind": "AgentRun",
-        "metadata": {"name": RUN, "namespace": NAMESPACE},
+        "metadata": {"name": RUN, "namespace": namespace},
         "spec": {
             "instructions": "Relay.",
             "input": "Go.",
@@ -68,12 +73,9 @@ async def https_api_url(apiserver: EmulatedApiServer, certificates: LoopbackCert
             "maxIterations": 1,
         },
     }
-    store.create(store.resource("agentruns"), NAMESPACE, run)
-    set_run_phase(apiserver, NAMESPACE, RUN, "Running")
-    backend_port = urlsplit(apiserver.url).port
-    assert backend_port is not None
-    async with tls_front(backend_port, certificates.server) as port:
-        yield f"https://127.0.0.1:{port}"
+    testbed.admin.post(f"{AGENTRUN_API}/namespaces/{namespace}/agentruns", json=run).raise_for_status()
+    set_run_phase(testbed, namespace, RUN, "Running")
+    return gateway_endpoint(testbed, namespace, tmp_path)
 
 
 @pytest.fixture
@@ -91,52 +93,42 @@ def system_trust(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
     monkeypatch.setenv("SSL_CERT_DIR", str(directory))
 
 
-async def read(apiserver: EmulatedApiServer, runner: FakeStreamRunner, **settings: str) -> int:
+async def read(api: ApiEndpoint, namespace: str, runner: FakeStreamRunner, **settings: str) -> int:
     """One reader through a gateway with these settings: the HTTP status it gets."""
-    async with Gateway(
-        fast_settings(ApiEndpoint(str(apiserver.url)), runner.port, **settings), NAMESPACE, RUN
-    ) as gateway:
+    async with Gateway(fast_settings(api, runner.port, **settings), namespace, RUN) as gateway:
         status, _ = await asyncio.wait_for(read_until_finished(gateway.url, STREAM_TOKEN), 20)
     return status
 
 
 async def test_an_api_server_the_trust_store_does_not_verify_is_refused_and_the_log_names_the_setting(
-    apiserver: EmulatedApiServer,
+    api: ApiEndpoint,
+    namespace: str,
     runner: FakeStreamRunner,
-    https_api_url: str,
-    certificates: LoopbackCertificates,
+    trust: Trust,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    system_trust(monkeypatch, certificates.other_trust)
+    system_trust(monkeypatch, trust.other)
     with caplog.at_level(logging.WARNING, logger="agentrun_gateway"):
-        status = await read(apiserver, runner, kube_api_url=https_api_url, kube_ca_file="")
+        status = await read(api, namespace, runner, kube_ca_file="")
 
-    assert status == 503  # never read without verifying: not the Secret, not the run
+    # Never read without verifying: the handshake fails before any request (the Secret, the run) is sent.
+    assert status == 503
     assert any(CA_SETTING in record.getMessage() and "certificate" in record.getMessage() for record in caplog.records)
-    assert [r.resource for r in apiserver.requests if r.resource == "secrets"] == []
 
 
 async def test_without_a_ca_file_the_system_trust_store_verifies_the_api_server(
-    apiserver: EmulatedApiServer,
-    runner: FakeStreamRunner,
-    https_api_url: str,
-    certificates: LoopbackCertificates,
-    monkeypatch: pytest.MonkeyPatch,
+    api: ApiEndpoint, namespace: str, runner: FakeStreamRunner, trust: Trust, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    system_trust(monkeypatch, certificates.trust)
-    assert await read(apiserver, runner, kube_api_url=https_api_url, kube_ca_file="") == 200
+    system_trust(monkeypatch, trust.cluster)
+    assert await read(api, namespace, runner, kube_ca_file="") == 200
 
 
 async def test_the_configured_ca_file_verifies_the_api_server(
-    apiserver: EmulatedApiServer,
-    runner: FakeStreamRunner,
-    https_api_url: str,
-    certificates: LoopbackCertificates,
-    monkeypatch: pytest.MonkeyPatch,
+    api: ApiEndpoint, namespace: str, runner: FakeStreamRunner, trust: Trust, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    system_trust(monkeypatch, certificates.other_trust)
-    assert await read(apiserver, runner, kube_api_url=https_api_url, kube_ca_file=str(certificates.ca_file)) == 200
+    system_trust(monkeypatch, trust.other)
+    assert await read(api, namespace, runner, kube_ca_file=api.ca_file) == 200
 
 
 def test_a_ca_file_that_cannot_be_read_is_a_settings_error_naming_the_variable(tmp_path: Path) -> None:
