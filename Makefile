@@ -117,7 +117,7 @@ soak: install ## Random runner SIGKILLs over 10x the CI trials (AGENTRUN_SOAK=10
 	AGENTRUN_SOAK=$${AGENTRUN_SOAK:-10} $(BIN)/pytest -p no:cacheprovider -s tests/e2e/test_chaos.py -k random
 
 .PHONY: local-cluster
-local-cluster: install ## Run the whole path here (emulated API server, operator, Job executor, model) until Ctrl-C
+local-cluster: install kube-binaries ## Run the whole path here (real control plane, node agent, operator, scripted model) until Ctrl-C
 	$(PY) -m tests.harness.local_cluster --state-dir .local-cluster
 
 include mk/cluster.mk
