@@ -1,14 +1,17 @@
-"""Fixtures for integration tests against the emulated apiserver."""
+"""Fixtures for integration tests: the real control plane's namespaces, and (until it goes) the emulated apiserver."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.inprocess_operator import Cluster
+from tests.harness.testbed import KubeTestbed
 
 AGENTRUNS = "/apis/agentrun.dev/v1alpha1/namespaces/default/agentruns"
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
@@ -39,3 +42,12 @@ async def http(apiserver: EmulatedApiServer) -> AsyncIterator[aiohttp.ClientSess
     """A plain HTTP client on the emulated apiserver's URL."""
     async with aiohttp.ClientSession(base_url=apiserver.url + "/") as session:
         yield session
+
+
+@pytest.fixture
+def cluster(testbed: KubeTestbed, tmp_path: Path, request: pytest.FixtureRequest) -> Generator[Cluster, None, None]:
+    """A namespace of the real control plane whose pods no node runs (the test plays the kubelet), the
+    operator's ServiceAccount granted the chart's rules in it; deleted afterwards."""
+    cluster = Cluster.create_for(testbed, request.node.name, tmp_path)
+    yield cluster
+    testbed.delete_namespace(cluster.namespace)
