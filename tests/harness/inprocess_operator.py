@@ -383,6 +383,11 @@ class Cluster:
                 stopped.append(pod["metadata"]["name"])
         return stopped
 
+    def pod_gone(self, name: str) -> bool:
+        """Playing the kubelet meanwhile (a pod being deleted is stopped and reported), is the pod gone?"""
+        self.play_kubelet()
+        return self.get("Pod", name) is None
+
     # -- the runner -----------------------------------------------------------------------------------
 
     def report(self, run: str = "q3", *, iteration: int, pod: str = "", **fields: Any) -> None:
