@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import httpx
 import kopf
@@ -403,7 +403,7 @@ class Cluster:
         self.patch("ConfigMap", contract.progress_name(run), {"data": {contract.PROGRESS_KEY: json.dumps(document)}})
 
 
-async def eventually(check: Callable[[], T], *, timeout: float = 10.0, message: str = "") -> T:
+async def eventually(check: Callable[[], T | None | Literal[False]], *, timeout: float = 10.0, message: str = "") -> T:
     """Poll until check() returns a truthy value (and return it), or fail naming what was awaited."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -413,7 +413,7 @@ async def eventually(check: Callable[[], T], *, timeout: float = 10.0, message: 
         except (AssertionError, KeyError, TypeError):
             last = None
         if last:
-            return last
+            return cast(T, last)
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {message or check}; last value: {last!r}")
 
