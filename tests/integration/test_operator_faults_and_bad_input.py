@@ -40,11 +40,8 @@ async def test_server_errors_and_throttling_for_a_while_still_end_in_the_right_o
         assert len(cluster.store.all_of("Job", "default")) == 1
 
 
-async def test_missing_api_key_secret_is_a_clear_retried_condition_until_it_appears(
-    apiserver: EmulatedApiServer,
-) -> None:
-    cluster = Cluster(apiserver)
-    async with running_operator(apiserver):
+async def test_missing_api_key_secret_is_a_clear_retried_condition_until_it_appears(cluster: Cluster) -> None:
+    async with running_operator(cluster):
         cluster.create(run_manifest())
         accepted = await eventually(
             lambda: (cond := cluster.condition(c.ACCEPTED)) is not None and cond["status"] == "False" and cond,
@@ -59,10 +56,9 @@ async def test_missing_api_key_secret_is_a_clear_retried_condition_until_it_appe
         await eventually(lambda: (cluster.condition(c.ACCEPTED) or {}).get("status") == "True")
 
 
-async def test_missing_storage_class_is_reported_on_the_field(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_missing_storage_class_is_reported_on_the_field(cluster: Cluster) -> None:
     cluster.add_api_key_secret()
-    async with running_operator(apiserver):
+    async with running_operator(cluster):
         cluster.create(run_manifest(checkpoint={"store": "PersistentVolumeClaim", "storageClassName": "absent"}))
         accepted = await eventually(
             lambda: (cond := cluster.condition(c.ACCEPTED)) is not None and cond["status"] == "False" and cond
