@@ -11,6 +11,10 @@ from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, 
 
 pytestmark = pytest.mark.integration
 
+PENDING_PROXY = (
+    "pending: injects API faults and reads the request log, which needs the API proxy (tests.harness.apiproxy)"
+)
+
 CRD = Path(__file__).resolve().parents[2] / "crds" / "agentruns.agentrun.dev.yaml"
 
 
@@ -19,6 +23,7 @@ def child_create(record: RequestRecord) -> bool:
     return record.verb == "create" and record.kind not in ("Event", "AgentRun", "")
 
 
+@pytest.mark.skip(reason=PENDING_PROXY)
 async def test_server_errors_and_throttling_for_a_while_still_end_in_the_right_outcome(
     apiserver: EmulatedApiServer,
 ) -> None:
@@ -75,6 +80,7 @@ async def lax_apiserver() -> AsyncIterator[EmulatedApiServer]:
         yield server
 
 
+@pytest.mark.skip(reason=PENDING_PROXY)
 async def test_spec_that_slipped_past_admission_fails_naming_the_field_and_is_not_retried(
     lax_apiserver: EmulatedApiServer,
 ) -> None:

@@ -9,6 +9,10 @@ from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, 
 
 pytestmark = pytest.mark.integration
 
+PENDING_PROXY = (
+    "pending: counts the operator's requests, which needs the API proxy's request log (tests.harness.apiproxy)"
+)
+
 
 def child_uids(cluster: Cluster) -> dict[str, str]:
     kinds = ["Job", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Secret", "Service"]
@@ -40,12 +44,14 @@ async def test_restarted_operator_adopts_children_and_creates_no_second_job(clus
         await eventually(lambda: cluster.status().get("phase") == "Succeeded")
 
 
+@pytest.mark.skip(reason=PENDING_PROXY)
 @pytest.mark.parametrize("kill_after_requests", [2, 5, 9])
 async def test_operator_killed_midway_through_creating_children_finishes_the_job_once(
     apiserver: EmulatedApiServer, kill_after_requests: int
 ) -> None:
+    cluster = Cluster(apiserver)
     cluster.add_api_key_secret()
-    first = await start_operator(cluster)
+    first = await start_operator(apiserver)
     baseline = len(apiserver.requests)
     cluster.create(run_manifest())
     creates = 0
@@ -56,10 +62,10 @@ async def test_operator_killed_midway_through_creating_children_finishes_the_job
         await asyncio.sleep(0.005)
     await first.kill()
 
-    async with running_operator(cluster):
+    async with running_operator(apiserver):
         await eventually(lambda: cluster.get("Job", "q3-runner"), message="the Job")
         await eventually(lambda: (cluster.condition("Accepted") or {}).get("status") == "True", message="Accepted")
-        assert len(cluster.items("Job")) == 1
+        assert len(cluster.store.all_of("Job", "default")) == 1
         assert (
             len([s for s in cluster.store.all_of("Secret", "default") if s["metadata"]["name"] == "q3-stream-token"])
             == 1
