@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import httpx
 import kopf
+import yaml
 
 import agentrun_operator.handlers  # noqa: F401 - registers the handlers with kopf's default registry
 from agentrun_api import constants, contract
@@ -193,6 +194,17 @@ class Cluster:
         identity.grant(namespace)
         kubeconfig = identity.kubeconfig(state_dir / "operator.kubeconfig", namespace)
         return cls(testbed, namespace, kubeconfig)
+
+    def operator_connection(self) -> kopf.ConnectionInfo:
+        """The operator's credentials (its ServiceAccount token), for the operator's own KubeClient."""
+        config = yaml.safe_load(self.operator_kubeconfig.read_text())
+        server = config["clusters"][0]["cluster"]
+        return kopf.ConnectionInfo(
+            server=server["server"],
+            ca_path=server["certificate-authority"],
+            token=config["users"][0]["user"]["token"],
+            default_namespace=self.namespace,
+        )
 
     # -- REST -----------------------------------------------------------------------------------------
 

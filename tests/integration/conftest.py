@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.harness.apiserver import EmulatedApiServer
-from tests.harness.inprocess_operator import Cluster
+from tests.harness.inprocess_operator import Cluster, run_manifest
 from tests.harness.testbed import KubeTestbed
 
 AGENTRUNS = "/apis/agentrun.dev/v1alpha1/namespaces/default/agentruns"
@@ -44,8 +45,44 @@ async def http(apiserver: EmulatedApiServer) -> AsyncIterator[aiohttp.ClientSess
         yield session
 
 
+@pytest.fixture(scope="session")
+def garbage_collector_ready(testbed: KubeTestbed, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Wait until the garbage collector deletes what an AgentRun owns. It learns of new resources (the CRDs,
+    installed just after the control plane starts) by rediscovering the API every 30 s, so a session's first
+    test would otherwise see children of a deleted run outlive it by up to half a minute."""
+    probe = Cluster(testbed, testbed.create_namespace("gc-probe", schedulable=False), Path())
+    try:
+        owner = probe.create(run_manifest("probe"))
+        probe.create(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": "probe-child",
+                    "ownerReferences": [
+                        {
+                            "apiVersion": owner["apiVersion"],
+                            "kind": owner["kind"],
+                            "name": "probe",
+                            "uid": owner["metadata"]["uid"],
+                        }
+                    ],
+                },
+            }
+        )
+        probe.delete(owner["kind"], "probe")
+        deadline = time.monotonic() + 90
+        while probe.get("ConfigMap", "probe-child") is not None:
+            assert time.monotonic() < deadline, "the garbage collector never deleted an AgentRun's child"
+            time.sleep(0.2)
+    finally:
+        testbed.delete_namespace(probe.namespace)
+
+
 @pytest.fixture
-def cluster(testbed: KubeTestbed, tmp_path: Path, request: pytest.FixtureRequest) -> Generator[Cluster, None, None]:
+def cluster(
+    testbed: KubeTestbed, garbage_collector_ready: None, tmp_path: Path, request: pytest.FixtureRequest
+) -> Generator[Cluster, None, None]:
     """A namespace of the real control plane whose pods no node runs (the test plays the kubelet), the
     operator's ServiceAccount granted the chart's rules in it; deleted afterwards."""
     cluster = Cluster.create_for(testbed, request.node.name, tmp_path)

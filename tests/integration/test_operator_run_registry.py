@@ -1,4 +1,4 @@
-"""The operator's own run registry and leader election, against the emulated API server over real HTTP:
+"""The operator's own run registry and leader election, on the real control plane with the operator's token:
 no finalizer on AgentRuns (a run deleted while no operator runs is gone at once), the finalizer of an
 earlier kopf-daemon version removed on upgrade, and a leader that cannot renew its Lease stepping down
 before any standby may take over."""
@@ -22,16 +22,21 @@ from agentrun_operator.reconcile import OperatorContext
 from agentrun_operator.settings import OperatorSettings
 from agentrun_operator.supervisors import LEGACY_ANNOTATIONS, LEGACY_FINALIZER, RunRegistry
 from tests.harness.apiserver import EmulatedApiServer
-from tests.harness.inprocess_operator import NAMESPACE, Cluster, eventually, run_manifest, running_operator
+from tests.harness.identities import SYSTEM_NAMESPACE
+from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, running_operator
 from tests.harness.local_cluster import free_port
 
 pytestmark = pytest.mark.integration
 
+PENDING_PROXY = (
+    "pending: counts the operator's requests, which needs the API proxy's request log (tests.harness.apiproxy)"
+)
+NAMESPACE = "default"  # the emulator's namespace, for the tests pending the API proxy
 
-async def test_a_run_deleted_while_no_operator_runs_is_gone_at_once(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+
+async def test_a_run_deleted_while_no_operator_runs_is_gone_at_once(cluster: Cluster) -> None:
     cluster.add_api_key_secret()
-    async with running_operator(apiserver):
+    async with running_operator(cluster):
         cluster.create(run_manifest("q3"))
         await eventually(lambda: cluster.get("Job", "q3-runner"), message="the Job")
         await eventually(lambda: cluster.status().get("phase") == "Pending", message="Pending")
@@ -59,6 +64,7 @@ def legacy_run(name: str) -> dict[str, object]:
     return run
 
 
+@pytest.mark.skip(reason=PENDING_PROXY)
 async def test_the_finalizer_of_an_earlier_version_is_removed_and_nothing_else(apiserver: EmulatedApiServer) -> None:
     cluster = Cluster(apiserver)
     cluster.add_api_key_secret()
@@ -84,21 +90,21 @@ async def test_the_finalizer_of_an_earlier_version_is_removed_and_nothing_else(a
         assert metadata_writes() == settled
 
 
-async def test_a_run_being_deleted_with_the_old_finalizer_is_released(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_a_run_being_deleted_with_the_old_finalizer_is_released(cluster: Cluster) -> None:
     run = legacy_run("stuck")
     run["metadata"]["finalizers"] = [LEGACY_FINALIZER]  # type: ignore[index]
     cluster.create(run)
     cluster.delete(constants.KIND, "stuck")  # held by the finalizer: deletionTimestamp set, object kept
     assert cluster.get(constants.KIND, "stuck") is not None
-    async with running_operator(apiserver):
+    async with running_operator(cluster):
         await eventually(lambda: cluster.get(constants.KIND, "stuck") is None, message="the deletion to complete")
 
 
-def election(identity: str) -> LeaderElection:
+def election(identity: str, lease: str) -> LeaderElection:
+    """The chart's election: a Lease in the operator's own namespace (one per test, as tests share it)."""
     return LeaderElection(
-        lease_name="agentrun-operator",
-        namespace=NAMESPACE,
+        lease_name=lease,
+        namespace=SYSTEM_NAMESPACE,
         identity=identity,
         lease_duration_seconds=3,
         renew_deadline_seconds=2,
@@ -106,8 +112,9 @@ def election(identity: str) -> LeaderElection:
     )
 
 
-async def test_a_leader_that_cannot_renew_stops_before_the_lease_could_expire(apiserver: EmulatedApiServer) -> None:
-    info = kopf.ConnectionInfo(server=apiserver.url, token="test")
+async def test_a_leader_that_cannot_renew_stops_before_the_lease_could_expire(cluster: Cluster) -> None:
+    info = cluster.operator_connection()
+    lease = f"agentrun-operator-{cluster.namespace}"
     transitions: list[tuple[str, str, float]] = []
 
     def recorder(identity: str, what: str) -> Callable[[], Awaitable[None]]:
@@ -118,7 +125,7 @@ async def test_a_leader_that_cannot_renew_stops_before_the_lease_could_expire(ap
 
     clients = [KubeClient(info), KubeClient(info)]
     electors = [
-        LeaderElector(client, election(name), on_lead=recorder(name, "lead"), on_follow=recorder(name, "follow"))
+        LeaderElector(client, election(name, lease), on_lead=recorder(name, "lead"), on_follow=recorder(name, "follow"))
         for client, name in zip(clients, ("a", "b"), strict=True)
     ]
     tasks = [asyncio.create_task(electors[0].run())]
@@ -142,8 +149,10 @@ async def test_a_leader_that_cannot_renew_stops_before_the_lease_could_expire(ap
         await asyncio.gather(*tasks, return_exceptions=True)
         for client in clients:
             await client.close()
+        cluster.admin.delete(f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NAMESPACE}/leases/{lease}")
 
 
+@pytest.mark.skip(reason=PENDING_PROXY)
 async def test_a_replica_leading_again_reads_runs_afresh_whose_status_it_stopped_keeping(
     apiserver: EmulatedApiServer,
 ) -> None:
