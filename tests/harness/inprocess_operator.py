@@ -27,6 +27,7 @@ import agentrun_operator.handlers  # noqa: F401 - registers the handlers with ko
 from agentrun_api import constants, contract
 from agentrun_operator.permits.settings import PermitSettings
 from agentrun_operator.settings import OperatorSettings
+from tests.harness.controlplane import write_kubeconfig
 from tests.harness.identities import operator_identity
 from tests.harness.testbed import KubeTestbed
 
@@ -194,6 +195,18 @@ class Cluster:
         identity.grant(namespace)
         kubeconfig = identity.kubeconfig(state_dir / "operator.kubeconfig", namespace)
         return cls(testbed, namespace, kubeconfig)
+
+    def admin_kubeconfig(self, path: Path) -> Path:
+        """A cluster admin's kubeconfig whose context names this namespace (for kubectl)."""
+        control_plane = self.testbed.control_plane
+        return write_kubeconfig(
+            path,
+            control_plane.url,
+            control_plane.ca_file,
+            user="admin",
+            client=control_plane.admin_credentials,
+            namespace=self.namespace,
+        )
 
     def operator_connection(self) -> kopf.ConnectionInfo:
         """The operator's credentials (its ServiceAccount token), for the operator's own KubeClient."""
@@ -415,7 +428,7 @@ class Cluster:
         self.patch("ConfigMap", contract.progress_name(run), {"data": {contract.PROGRESS_KEY: json.dumps(document)}})
 
 
-async def eventually(check: Callable[[], T | None | Literal[False]], *, timeout: float = 10.0, message: str = "") -> T:
+async def eventually(check: Callable[[], T | Literal[False] | None], *, timeout: float = 10.0, message: str = "") -> T:
     """Poll until check() returns a truthy value (and return it), or fail naming what was awaited."""
     deadline = time.monotonic() + timeout
     last: Any = None
