@@ -109,7 +109,7 @@ bench-gateway: install ## Measure the stream gateway's relay lag and memory with
 	$(PY) bench/gateway_fanout.py --readers 100
 
 .PHONY: demo
-demo: install ## See it work: examples/minimal.yaml from Pending to Succeeded, its runner killed and resumed (< 1 min, root)
+demo: install kube-binaries ## See it work: examples/minimal.yaml from Pending to Succeeded, its runner killed and resumed (< 1 min, root)
 	$(PY) -m tests.harness.demo
 
 .PHONY: soak
