@@ -27,8 +27,9 @@ import agentrun_operator.handlers  # noqa: F401 - registers the handlers with ko
 from agentrun_api import constants, contract
 from agentrun_operator.permits.settings import PermitSettings
 from agentrun_operator.settings import OperatorSettings
+from tests.harness.apiproxy import ApiProxy
 from tests.harness.controlplane import write_kubeconfig
-from tests.harness.identities import operator_identity
+from tests.harness.identities import SYSTEM_NAMESPACE, operator_identity
 from tests.harness.testbed import KubeTestbed
 
 MERGE = "application/merge-patch+json"
@@ -180,10 +181,14 @@ class Cluster:
     would do, as a cluster admin. The Job controller, garbage collector and scheduler are the real ones;
     no method here writes a Job's status."""
 
-    def __init__(self, testbed: KubeTestbed, namespace: str, operator_kubeconfig: Path) -> None:
+    def __init__(
+        self, testbed: KubeTestbed, namespace: str, operator_kubeconfig: Path, operator_token: str = ""
+    ) -> None:
         self.testbed = testbed
         self.namespace = namespace
+        # Where the operator logs in from: the API server, or the API proxy in front of it (``through``).
         self.operator_kubeconfig = operator_kubeconfig
+        self.operator_token = operator_token
         self.admin: httpx.Client = testbed.admin
         self._played: set[str] = set()  # pods this kubelet has started (by uid)
 
@@ -193,8 +198,23 @@ class Cluster:
         namespace = testbed.create_namespace(prefix, schedulable=False)
         identity = operator_identity(testbed.control_plane)
         identity.grant(namespace)
-        kubeconfig = identity.kubeconfig(state_dir / "operator.kubeconfig", namespace)
-        return cls(testbed, namespace, kubeconfig)
+        token = identity.token()
+        kubeconfig = write_kubeconfig(
+            state_dir / "operator.kubeconfig",
+            testbed.control_plane.url,
+            testbed.control_plane.ca_file,
+            user=f"system:serviceaccount:{SYSTEM_NAMESPACE}:{identity.account}",
+            token=token,
+            namespace=namespace,
+        )
+        return cls(testbed, namespace, kubeconfig, token)
+
+    def through(self, proxy: ApiProxy, state_dir: Path) -> None:
+        """From now on the operator reaches the API server through `proxy` (its request log and faults),
+        with the same ServiceAccount token."""
+        self.operator_kubeconfig = proxy.write_kubeconfig(
+            state_dir / "operator-proxied.kubeconfig", self.operator_token, namespace=self.namespace
+        )
 
     def admin_kubeconfig(self, path: Path) -> Path:
         """A cluster admin's kubeconfig whose context names this namespace (for kubectl)."""
@@ -214,7 +234,7 @@ class Cluster:
         server = config["clusters"][0]["cluster"]
         return kopf.ConnectionInfo(
             server=server["server"],
-            ca_path=server["certificate-authority"],
+            ca_path=server.get("certificate-authority"),
             token=config["users"][0]["user"]["token"],
             default_namespace=self.namespace,
         )

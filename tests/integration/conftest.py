@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.harness.apiproxy import ApiProxy
 from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.inprocess_operator import Cluster, run_manifest
 from tests.harness.testbed import KubeTestbed
@@ -88,3 +89,15 @@ def cluster(
     cluster = Cluster.create_for(testbed, request.node.name, tmp_path)
     yield cluster
     testbed.delete_namespace(cluster.namespace)
+
+
+@pytest.fixture
+async def proxy(cluster: Cluster, tmp_path: Path) -> AsyncIterator[ApiProxy]:
+    """The API proxy in front of the real API server, the operator's way to it from then on: its request log
+    (``proxy.requests``) and fault hook (``proxy.faults``). The test's own requests go around it, so every
+    logged request is the operator's."""
+    control_plane = cluster.testbed.control_plane
+    async with ApiProxy(control_plane.url, ca_file=control_plane.ca_file) as api_proxy:
+        cluster.through(api_proxy, tmp_path)
+        yield api_proxy
+    assert not api_proxy.internal_errors, api_proxy.internal_errors
