@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from tests.harness.apiserver import EmulatedApiServer  # the midway test waits for the API proxy
+from tests.harness.apiproxy import ApiProxy
 from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, running_operator, start_operator
 
 pytestmark = pytest.mark.integration
@@ -44,33 +44,28 @@ async def test_restarted_operator_adopts_children_and_creates_no_second_job(clus
         await eventually(lambda: cluster.status().get("phase") == "Succeeded")
 
 
-@pytest.mark.skip(reason=PENDING_PROXY)
 @pytest.mark.parametrize("kill_after_requests", [2, 5, 9])
 async def test_operator_killed_midway_through_creating_children_finishes_the_job_once(
-    apiserver: EmulatedApiServer, kill_after_requests: int
+    cluster: Cluster, proxy: ApiProxy, kill_after_requests: int
 ) -> None:
-    cluster = Cluster(apiserver)
     cluster.add_api_key_secret()
-    first = await start_operator(apiserver)
-    baseline = len(apiserver.requests)
+    first = await start_operator(cluster)
+    baseline = len(proxy.requests)
     cluster.create(run_manifest())
     creates = 0
     for _ in range(400):
-        creates = sum(1 for r in list(apiserver.requests)[baseline:] if r.verb == "create" and r.kind != "Event")
+        creates = sum(1 for r in list(proxy.requests)[baseline:] if r.verb == "create" and r.kind != "Event")
         if creates >= kill_after_requests:
             break
         await asyncio.sleep(0.005)
     await first.kill()
 
-    async with running_operator(apiserver):
+    async with running_operator(cluster):
         await eventually(lambda: cluster.get("Job", "q3-runner"), message="the Job")
         await eventually(lambda: (cluster.condition("Accepted") or {}).get("status") == "True", message="Accepted")
-        assert len(cluster.store.all_of("Job", "default")) == 1
-        assert (
-            len([s for s in cluster.store.all_of("Secret", "default") if s["metadata"]["name"] == "q3-stream-token"])
-            == 1
-        )
-        cluster.start_pod()
+        assert len(cluster.items("Job")) == 1
+        assert len([s for s in cluster.items("Secret") if s["metadata"]["name"] == "q3-stream-token"]) == 1
+        await cluster.start_pod()
         await eventually(lambda: cluster.status().get("phase") == "Running")
 
 
