@@ -21,17 +21,12 @@ from agentrun_operator.metrics import Metrics
 from agentrun_operator.reconcile import OperatorContext
 from agentrun_operator.settings import OperatorSettings
 from agentrun_operator.supervisors import LEGACY_ANNOTATIONS, LEGACY_FINALIZER, RunRegistry
-from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.apiproxy import ApiProxy
 from tests.harness.identities import SYSTEM_NAMESPACE
 from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, running_operator
 from tests.harness.local_cluster import free_port
 
 pytestmark = pytest.mark.integration
-
-PENDING_PROXY = (
-    "pending: counts the operator's requests, which needs the API proxy's request log (tests.harness.apiproxy)"
-)
-NAMESPACE = "default"  # the emulator's namespace, for the tests pending the API proxy
 
 
 async def test_a_run_deleted_while_no_operator_runs_is_gone_at_once(cluster: Cluster) -> None:
@@ -64,12 +59,12 @@ def legacy_run(name: str) -> dict[str, object]:
     return run
 
 
-@pytest.mark.skip(reason=PENDING_PROXY)
-async def test_the_finalizer_of_an_earlier_version_is_removed_and_nothing_else(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_the_finalizer_of_an_earlier_version_is_removed_and_nothing_else(
+    cluster: Cluster, proxy: ApiProxy
+) -> None:
     cluster.add_api_key_secret()
     cluster.create(legacy_run("old"))
-    async with running_operator(apiserver):
+    async with running_operator(cluster):
         await eventually(
             lambda: cluster.run("old")["metadata"].get("finalizers") == ["example.com/keep-me"],
             message="kopf's finalizer removed",
@@ -80,7 +75,7 @@ async def test_the_finalizer_of_an_earlier_version_is_removed_and_nothing_else(a
         await eventually(lambda: cluster.get("Job", "old-runner"), message="the Job of the upgraded run")
 
         def metadata_writes() -> int:
-            return apiserver.requests.count(verb="patch", kind=constants.KIND, subresource="")
+            return proxy.requests.count(verb="patch", kind=constants.KIND, subresource="")
 
         # The clean-up is a few writes once per upgraded run (kopf's finalizer removal and the registry's
         # annotation removal, each retried at most on a 409 between them), then no more metadata writes.
@@ -152,11 +147,9 @@ async def test_a_leader_that_cannot_renew_stops_before_the_lease_could_expire(cl
         cluster.admin.delete(f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NAMESPACE}/leases/{lease}")
 
 
-@pytest.mark.skip(reason=PENDING_PROXY)
 async def test_a_replica_leading_again_reads_runs_afresh_whose_status_it_stopped_keeping(
-    apiserver: EmulatedApiServer,
+    cluster: Cluster, proxy: ApiProxy
 ) -> None:
-    cluster = Cluster(apiserver)
     cluster.create(run_manifest("q3"))
     accepted = {
         "type": "Accepted",
@@ -168,14 +161,14 @@ async def test_a_replica_leading_again_reads_runs_afresh_whose_status_it_stopped
     cluster.patch(constants.KIND, "q3", {"status": {"phase": "Pending", "conditions": [accepted]}}, status=True)
     op = OperatorContext(
         settings=OperatorSettings(),
-        kube=KubeClient(kopf.ConnectionInfo(server=apiserver.url, token="test")),
+        kube=KubeClient(cluster.operator_connection()),
         metrics=Metrics.create(),
         http=aiohttp.ClientSession(),
     )
     runs = RunRegistry(op, max_concurrent_admissions=2)
     nothing: Callable[[tuple[str, str]], list[Any]] = lambda key: []  # noqa: E731 - no Job, pods or report yet
     runs.attach(jobs=nothing, pods=nothing, progress=nothing)
-    key = (NAMESPACE, "q3")
+    key = (cluster.namespace, "q3")
     try:
         await runs.lead()
         runs.observe("ADDED", cluster.run())
@@ -183,12 +176,12 @@ async def test_a_replica_leading_again_reads_runs_afresh_whose_status_it_stopped
         await eventually(lambda: "status" not in (runs.latest(key) or {"status": 1}), message="the status dropped")
         runs.observe("MODIFIED", cluster.run())
         assert "status" not in (runs.latest(key) or {})
-        assert apiserver.requests.count(verb="get", kind=constants.KIND) == 0
+        assert proxy.requests.count(verb="get", kind=constants.KIND) == 0
 
         await runs.follow()
         assert runs.supervised == set()
         await runs.lead()  # leading again: the new supervisor needs the status, read from the API server
-        await eventually(lambda: apiserver.requests.count(verb="get", kind=constants.KIND) == 1, message="one GET")
+        await eventually(lambda: proxy.requests.count(verb="get", kind=constants.KIND) == 1, message="one GET")
         await eventually(lambda: runs.supervised == {key}, message="supervised again")
         assert cluster.status()["phase"] == "Pending"  # the fresh status was the base, nothing was lost
     finally:
