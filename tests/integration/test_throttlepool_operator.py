@@ -19,12 +19,11 @@ from agentrun_operator.permits.server import PermitServer, PoolRegistry
 from agentrun_operator.permits.status_writer import PoolStatusWriter, status_from_snapshot
 from agentrun_operator.supervisors import LEGACY_FINALIZER
 from agentrun_runner.throttle_remote import RemoteLimiter
+from tests.harness.apiproxy import ApiProxy
 from tests.harness.inprocess_operator import FAST, Cluster, eventually, running_operator
 from tests.harness.kubectl import kubectl
 
 pytestmark = pytest.mark.integration
-
-PENDING_PROXY = "pending: counts status writes, which needs the API proxy's request log (tests.harness.apiproxy)"
 
 REPO = Path(__file__).resolve().parents[2]
 STATUS_INTERVAL = FAST.permits.status_interval_seconds
@@ -73,14 +72,13 @@ def _pool_status(cluster: Cluster) -> dict[str, Any]:
     return status
 
 
-@pytest.mark.skip(reason=PENDING_PROXY)
-async def test_a_declared_pool_grants_permits_and_shows_them_in_its_status(cluster: Cluster) -> None:
+async def test_a_declared_pool_grants_permits_and_shows_them_in_its_status(cluster: Cluster, proxy: ApiProxy) -> None:
     _declare(cluster, ["run-1"], max_in_flight=1)
     async with running_operator(cluster) as operator:
         server: PermitServer = operator.memo.permit_server
         limiter = _limiter(cluster, server, "run-1")
         measured_from = time.monotonic()
-        writes_before = _status_writes(cluster)
+        writes_before = _status_writes(proxy)
         permit, _ = await limiter.acquire(max_wait_seconds=10)
         await eventually(
             lambda: _pool_status(cluster).get("inFlight") == 1 and _pool_status(cluster).get("grantedLastMinute") == 1,
@@ -95,7 +93,7 @@ async def test_a_declared_pool_grants_permits_and_shows_them_in_its_status(clust
         assert _pool_status(cluster)["observedGeneration"] == 1
         await asyncio.sleep(4 * STATUS_INTERVAL)  # an idle pool: nothing changes, nothing is written
         elapsed = time.monotonic() - measured_from
-        assert 2 <= _status_writes(cluster) - writes_before <= elapsed / STATUS_INTERVAL + 1
+        assert 2 <= _status_writes(proxy) - writes_before <= elapsed / STATUS_INTERVAL + 1
 
 
 async def test_raising_a_pools_limit_live_lets_a_waiting_call_through(cluster: Cluster) -> None:
@@ -180,11 +178,8 @@ async def test_only_the_leader_writes_and_a_new_leader_rewrites_what_the_old_one
         await kube.close()
 
 
-def _status_writes(cluster: Cluster) -> int:
-    """The pool's status writes so far (pending: the API proxy's request log; the emulator's was this)."""
-    apiserver: Any = None
-    writes: int = apiserver.requests.count(verb="patch", resource="throttlepools", subresource="status")
-    return writes
+def _status_writes(proxy: ApiProxy) -> int:
+    return proxy.requests.count(verb="patch", resource="throttlepools", subresource="status")
 
 
 async def test_kubectl_get_throttlepools_shows_in_flight_queue_and_rate(cluster: Cluster, tmp_path: Path) -> None:
