@@ -14,10 +14,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agentrun_operator import permissions
 from agentrun_operator.leadership import LEADER_LABEL
+from agentrun_operator.permissions import Mode
+from tests.harness.apiproxy import ApiProxy
 from tests.harness.identities import SYSTEM_NAMESPACE
 from tests.harness.inprocess_operator import Cluster, eventually, run_manifest
 from tests.harness.local_cluster import free_port
+from tests.integration.test_operator_rbac import granted
 
 pytestmark = pytest.mark.integration
 
@@ -170,7 +174,9 @@ async def two_replicas_one_leading(cluster: Cluster) -> AsyncIterator[tuple[Oper
             assert " 403" not in replica.output, replica.output[-3000:]
 
 
-async def test_the_standby_takes_over_within_the_lease_when_the_leader_is_killed(cluster: Cluster) -> None:
+async def test_the_standby_takes_over_within_the_lease_when_the_leader_is_killed(
+    cluster: Cluster, proxy: ApiProxy
+) -> None:
     async with two_replicas_one_leading(cluster) as (leader, standby):
         held = lease(cluster)
         assert held is not None
@@ -215,6 +221,11 @@ async def test_the_standby_takes_over_within_the_lease_when_the_leader_is_killed
         ]
         status, _ = await standby.ask_for_permit()
         assert status != 503  # it leads now: the pool is looked up (unknown here), not refused for leadership
+        # Everything both replicas asked of the API server, Lease and pod label included, is in the chart's RBAC
+        # for the namespace they watch and their own.
+        rules = permissions.rules_for(Mode.NAMESPACED) + permissions.own_namespace_rules()
+        refused = {(r.verb, r.resource, r.subresource) for r in proxy.requests if r.verb and not granted(r, rules)}
+        assert refused == set()
 
 
 async def test_a_stopping_leader_hands_over_at_once_and_unlabels_its_pod(cluster: Cluster) -> None:
