@@ -1,6 +1,8 @@
 """Count the API requests the operator makes over one run's whole life, by kind and verb.
 
-Runs the real operator in-process against the emulated API server and plays the runner: a pod that
+Starts a real control plane (etcd, kube-apiserver, controller-manager, scheduler: tests.harness.testbed),
+runs the real operator in-process with its ServiceAccount token through the API proxy that counts its
+requests (tests.harness.apiproxy), and plays the kubelet and the runner: a pod that
 reports progress (with a checkpoint) every --report-every seconds for --iterations iterations, then
 succeeds; then the run is deleted. Time is scaled down: the defaults keep production's ratio of the
 runner's report interval to the operator's status interval (2 s : 2 s) at a tenth of the time.
@@ -12,28 +14,30 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import tempfile
 import time
 from pathlib import Path
 
-from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.apiproxy import ApiProxy
 from tests.harness.inprocess_operator import FAST, Cluster, RunPace, running_operator, simulate_run_life
+from tests.harness.testbed import KubeTestbed
 
-CRD = Path(__file__).resolve().parents[1] / "crds" / "agentruns.agentrun.dev.yaml"
 
-
-async def measure(iterations: int, report_every: float, min_interval: float) -> str:
-    async with EmulatedApiServer([CRD]) as apiserver:
-        cluster = Cluster(apiserver)
+async def measure(
+    testbed: KubeTestbed, state_dir: Path, iterations: int, report_every: float, min_interval: float
+) -> str:
+    cluster = Cluster.create_for(testbed, "bench-api-requests", state_dir)
+    control_plane = testbed.control_plane
+    async with ApiProxy(control_plane.url, ca_file=control_plane.ca_file) as proxy:
+        cluster.through(proxy, state_dir)
         cluster.add_api_key_secret()
         settings = dataclasses.replace(FAST, status_min_interval_seconds=min_interval)
-        async with running_operator(apiserver, settings):
-            apiserver.requests.clear()
+        async with running_operator(cluster, settings):
+            proxy.requests.clear()
             started = time.monotonic()
-            await simulate_run_life(
-                apiserver, cluster, RunPace(iterations=iterations, report_every_seconds=report_every)
-            )
+            await simulate_run_life(cluster, RunPace(iterations=iterations, report_every_seconds=report_every))
             lifetime = time.monotonic() - started
-        requests = apiserver.requests
+        requests = proxy.requests
         status_writes = requests.count(verb="patch", kind="AgentRun", subresource="status")
         reads = sum(requests.count(verb=verb) for verb in ("get", "list"))
         writes = sum(requests.count(verb=verb) for verb in ("create", "update", "patch", "delete"))
@@ -59,7 +63,8 @@ def main() -> None:
     if args.quick:
         args.iterations = 5
     logging.basicConfig(level=logging.ERROR)
-    print(asyncio.run(measure(args.iterations, args.report_every, args.min_interval)))
+    with tempfile.TemporaryDirectory(prefix="agentrun-bench-") as tmp, KubeTestbed(Path(tmp) / "testbed") as testbed:
+        print(asyncio.run(measure(testbed, Path(tmp), args.iterations, args.report_every, args.min_interval)))
 
 
 if __name__ == "__main__":
