@@ -423,6 +423,8 @@ class Cluster:
         them Failed, so the Job controller can count and replace them. Returns the pods it stopped."""
         stopped = []
         for pod in self.items("Pod"):
+            if pod["metadata"]["uid"] not in self._played:
+                continue  # never started here: no kubelet has it (the pod garbage collector's, unscheduled)
             if pod["metadata"].get("deletionTimestamp") and (pod.get("status") or {}).get("phase") not in TERMINAL:
                 self.fail_pod(pod["metadata"]["name"], exit_code=143)
                 stopped.append(pod["metadata"]["name"])
