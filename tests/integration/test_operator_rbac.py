@@ -1,9 +1,9 @@
 """The chart's RBAC fits the real operator: every request it makes in runs' whole lives is granted, and every
 grant is either used here or explained.
 
-The operator runs against the emulated API server, which logs every request as an audit log would (verb,
-group, resource, subresource). The test's own writes (playing kubectl, the kubelet and the Job controller) go
-straight into the store, so every logged request is the operator's.
+The operator runs on the real control plane with its own ServiceAccount token, through the API proxy, which logs
+every request as an audit log would (verb, group, resource, subresource). The test's own requests (playing
+kubectl, the kubelet and the runner) go around the proxy, so every logged request is the operator's.
 """
 
 from collections.abc import Iterable
@@ -12,7 +12,7 @@ import pytest
 
 from agentrun_operator import permissions
 from agentrun_operator.permissions import Mode
-from tests.harness.apiserver import EmulatedApiServer, RequestRecord
+from tests.harness.apiproxy import ApiProxy, RequestRecord
 from tests.harness.inprocess_operator import Cluster, ShiftableClock, eventually, run_manifest, running_operator
 
 pytestmark = pytest.mark.integration
@@ -48,9 +48,9 @@ def granted(record: RequestRecord, rules: Iterable[permissions.Rule]) -> bool:
     )
 
 
-def resource_requests(apiserver: EmulatedApiServer) -> list[RequestRecord]:
+def resource_requests(proxy: ApiProxy) -> list[RequestRecord]:
     # Requests without a verb are discovery and version lookups, open to every authenticated user.
-    return [record for record in apiserver.requests if record.verb]
+    return [record for record in proxy.requests if record.verb]
 
 
 async def live_runs(cluster: Cluster, clock: ShiftableClock) -> None:
@@ -58,7 +58,7 @@ async def live_runs(cluster: Cluster, clock: ShiftableClock) -> None:
     cluster.add_api_key_secret()
     cluster.create(run_manifest(ttlSecondsAfterFinished=0))
     await eventually(lambda: cluster.get("Job", "q3-runner"), message="the Job")
-    pod = cluster.start_pod()
+    pod = await cluster.start_pod()
     await eventually(lambda: cluster.status().get("phase") == "Running")
     cluster.report(iteration=2, pod=pod)
     cluster.patch("AgentRun", "q3", {"spec": {"suspend": True}})
@@ -77,23 +77,25 @@ async def live_runs(cluster: Cluster, clock: ShiftableClock) -> None:
 
     cluster.create(run_manifest("s1", progressDeadline="60s"))
     await eventually(lambda: cluster.get("Job", "s1-runner"), message="the third Job")
-    silent = cluster.start_pod("s1")
+    silent = await cluster.start_pod("s1")
     await eventually(lambda: cluster.status("s1").get("phase") == "Running")
     clock.advance(61)
-    await eventually(lambda: cluster.get("Pod", silent) is None, message="the silent pod deleted")
+    await eventually(lambda: cluster.pod_gone(silent), message="the silent pod deleted")
 
     cluster.create(run_manifest("p1", checkpoint={"store": "PersistentVolumeClaim", "storageClassName": "fast"}))
     await eventually(lambda: cluster.status("p1").get("reason"), message="p1 waiting for its StorageClass")
 
 
-async def test_runs_need_nothing_beyond_the_clusterwide_rules_and_use_the_rest(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_runs_need_nothing_beyond_the_namespaced_rules_and_use_the_rest(
+    cluster: Cluster, proxy: ApiProxy
+) -> None:
     clock = ShiftableClock()
-    async with running_operator(apiserver, clock=clock):
+    async with running_operator(cluster, clock=clock):
         await live_runs(cluster, clock)
 
-    rules = permissions.rules_for(Mode.CLUSTERWIDE)
-    requests = resource_requests(apiserver)
+    # The operator watches one namespace (AGENTRUN_WATCH_NAMESPACE), as the chart with watchNamespace installs it.
+    rules = permissions.rules_for(Mode.NAMESPACED)
+    requests = resource_requests(proxy)
     refused = sorted({(r.verb, r.group, r.resource, r.subresource) for r in requests if not granted(r, rules)})
     assert refused == [], f"the operator made requests its RBAC does not grant: {refused}"
 

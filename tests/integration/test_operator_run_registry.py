@@ -1,4 +1,4 @@
-"""The operator's own run registry and leader election, against the emulated API server over real HTTP:
+"""The operator's own run registry and leader election, on the real control plane with the operator's token:
 no finalizer on AgentRuns (a run deleted while no operator runs is gone at once), the finalizer of an
 earlier kopf-daemon version removed on upgrade, and a leader that cannot renew its Lease stepping down
 before any standby may take over."""
@@ -21,17 +21,17 @@ from agentrun_operator.metrics import Metrics
 from agentrun_operator.reconcile import OperatorContext
 from agentrun_operator.settings import OperatorSettings
 from agentrun_operator.supervisors import LEGACY_ANNOTATIONS, LEGACY_FINALIZER, RunRegistry
-from tests.harness.apiserver import EmulatedApiServer
-from tests.harness.inprocess_operator import NAMESPACE, Cluster, eventually, run_manifest, running_operator
+from tests.harness.apiproxy import ApiProxy
+from tests.harness.identities import SYSTEM_NAMESPACE
+from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, running_operator
 from tests.harness.local_cluster import free_port
 
 pytestmark = pytest.mark.integration
 
 
-async def test_a_run_deleted_while_no_operator_runs_is_gone_at_once(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_a_run_deleted_while_no_operator_runs_is_gone_at_once(cluster: Cluster) -> None:
     cluster.add_api_key_secret()
-    async with running_operator(apiserver):
+    async with running_operator(cluster):
         cluster.create(run_manifest("q3"))
         await eventually(lambda: cluster.get("Job", "q3-runner"), message="the Job")
         await eventually(lambda: cluster.status().get("phase") == "Pending", message="Pending")
@@ -59,11 +59,12 @@ def legacy_run(name: str) -> dict[str, object]:
     return run
 
 
-async def test_the_finalizer_of_an_earlier_version_is_removed_and_nothing_else(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_the_finalizer_of_an_earlier_version_is_removed_and_nothing_else(
+    cluster: Cluster, proxy: ApiProxy
+) -> None:
     cluster.add_api_key_secret()
     cluster.create(legacy_run("old"))
-    async with running_operator(apiserver):
+    async with running_operator(cluster):
         await eventually(
             lambda: cluster.run("old")["metadata"].get("finalizers") == ["example.com/keep-me"],
             message="kopf's finalizer removed",
@@ -74,7 +75,7 @@ async def test_the_finalizer_of_an_earlier_version_is_removed_and_nothing_else(a
         await eventually(lambda: cluster.get("Job", "old-runner"), message="the Job of the upgraded run")
 
         def metadata_writes() -> int:
-            return apiserver.requests.count(verb="patch", kind=constants.KIND, subresource="")
+            return proxy.requests.count(verb="patch", kind=constants.KIND, subresource="")
 
         # The clean-up is a few writes once per upgraded run (kopf's finalizer removal and the registry's
         # annotation removal, each retried at most on a 409 between them), then no more metadata writes.
@@ -84,21 +85,21 @@ async def test_the_finalizer_of_an_earlier_version_is_removed_and_nothing_else(a
         assert metadata_writes() == settled
 
 
-async def test_a_run_being_deleted_with_the_old_finalizer_is_released(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_a_run_being_deleted_with_the_old_finalizer_is_released(cluster: Cluster) -> None:
     run = legacy_run("stuck")
     run["metadata"]["finalizers"] = [LEGACY_FINALIZER]  # type: ignore[index]
     cluster.create(run)
     cluster.delete(constants.KIND, "stuck")  # held by the finalizer: deletionTimestamp set, object kept
     assert cluster.get(constants.KIND, "stuck") is not None
-    async with running_operator(apiserver):
+    async with running_operator(cluster):
         await eventually(lambda: cluster.get(constants.KIND, "stuck") is None, message="the deletion to complete")
 
 
-def election(identity: str) -> LeaderElection:
+def election(identity: str, lease: str) -> LeaderElection:
+    """The chart's election: a Lease in the operator's own namespace (one per test, as tests share it)."""
     return LeaderElection(
-        lease_name="agentrun-operator",
-        namespace=NAMESPACE,
+        lease_name=lease,
+        namespace=SYSTEM_NAMESPACE,
         identity=identity,
         lease_duration_seconds=3,
         renew_deadline_seconds=2,
@@ -106,8 +107,9 @@ def election(identity: str) -> LeaderElection:
     )
 
 
-async def test_a_leader_that_cannot_renew_stops_before_the_lease_could_expire(apiserver: EmulatedApiServer) -> None:
-    info = kopf.ConnectionInfo(server=apiserver.url, token="test")
+async def test_a_leader_that_cannot_renew_stops_before_the_lease_could_expire(cluster: Cluster) -> None:
+    info = cluster.operator_connection()
+    lease = f"agentrun-operator-{cluster.namespace}"
     transitions: list[tuple[str, str, float]] = []
 
     def recorder(identity: str, what: str) -> Callable[[], Awaitable[None]]:
@@ -118,7 +120,7 @@ async def test_a_leader_that_cannot_renew_stops_before_the_lease_could_expire(ap
 
     clients = [KubeClient(info), KubeClient(info)]
     electors = [
-        LeaderElector(client, election(name), on_lead=recorder(name, "lead"), on_follow=recorder(name, "follow"))
+        LeaderElector(client, election(name, lease), on_lead=recorder(name, "lead"), on_follow=recorder(name, "follow"))
         for client, name in zip(clients, ("a", "b"), strict=True)
     ]
     tasks = [asyncio.create_task(electors[0].run())]
@@ -142,12 +144,12 @@ async def test_a_leader_that_cannot_renew_stops_before_the_lease_could_expire(ap
         await asyncio.gather(*tasks, return_exceptions=True)
         for client in clients:
             await client.close()
+        cluster.admin.delete(f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NAMESPACE}/leases/{lease}")
 
 
 async def test_a_replica_leading_again_reads_runs_afresh_whose_status_it_stopped_keeping(
-    apiserver: EmulatedApiServer,
+    cluster: Cluster, proxy: ApiProxy
 ) -> None:
-    cluster = Cluster(apiserver)
     cluster.create(run_manifest("q3"))
     accepted = {
         "type": "Accepted",
@@ -159,14 +161,14 @@ async def test_a_replica_leading_again_reads_runs_afresh_whose_status_it_stopped
     cluster.patch(constants.KIND, "q3", {"status": {"phase": "Pending", "conditions": [accepted]}}, status=True)
     op = OperatorContext(
         settings=OperatorSettings(),
-        kube=KubeClient(kopf.ConnectionInfo(server=apiserver.url, token="test")),
+        kube=KubeClient(cluster.operator_connection()),
         metrics=Metrics.create(),
         http=aiohttp.ClientSession(),
     )
     runs = RunRegistry(op, max_concurrent_admissions=2)
     nothing: Callable[[tuple[str, str]], list[Any]] = lambda key: []  # noqa: E731 - no Job, pods or report yet
     runs.attach(jobs=nothing, pods=nothing, progress=nothing)
-    key = (NAMESPACE, "q3")
+    key = (cluster.namespace, "q3")
     try:
         await runs.lead()
         runs.observe("ADDED", cluster.run())
@@ -174,12 +176,12 @@ async def test_a_replica_leading_again_reads_runs_afresh_whose_status_it_stopped
         await eventually(lambda: "status" not in (runs.latest(key) or {"status": 1}), message="the status dropped")
         runs.observe("MODIFIED", cluster.run())
         assert "status" not in (runs.latest(key) or {})
-        assert apiserver.requests.count(verb="get", kind=constants.KIND) == 0
+        assert proxy.requests.count(verb="get", kind=constants.KIND) == 0
 
         await runs.follow()
         assert runs.supervised == set()
         await runs.lead()  # leading again: the new supervisor needs the status, read from the API server
-        await eventually(lambda: apiserver.requests.count(verb="get", kind=constants.KIND) == 1, message="one GET")
+        await eventually(lambda: proxy.requests.count(verb="get", kind=constants.KIND) == 1, message="one GET")
         await eventually(lambda: runs.supervised == {key}, message="supervised again")
         assert cluster.status()["phase"] == "Pending"  # the fresh status was the base, nothing was lost
     finally:

@@ -8,7 +8,6 @@ import pytest
 
 from agentrun_api import conditions as c
 from agentrun_operator.kubectl_plugin import stream_path
-from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.inprocess_operator import FAST, Cluster, eventually, run_manifest, running_operator
 
 pytestmark = pytest.mark.integration
@@ -24,11 +23,10 @@ def chain_warnings(cluster: Cluster, run: str) -> list[dict[str, object]]:
 
 
 async def test_a_run_longer_than_a_capped_hop_gets_a_warning_with_the_chain_table_and_one_that_fits_none(
-    apiserver: EmulatedApiServer,
+    cluster: Cluster,
 ) -> None:
-    cluster = Cluster(apiserver)
     cluster.add_api_key_secret()
-    async with running_operator(apiserver, BEHIND_GKE_INGRESS):
+    async with running_operator(cluster, BEHIND_GKE_INGRESS):
         cluster.create(run_manifest("long", maxExecutionTime="30h"))
         cluster.create(run_manifest("short", maxExecutionTime="2h"))
 
@@ -56,7 +54,7 @@ async def test_a_run_longer_than_a_capped_hop_gets_a_warning_with_the_chain_tabl
         assert stream_path(cluster.run("long"), None)[0] == "gke-ingress"
 
     # A restarted operator admits both runs again (resume): no second Event, the conditions stay.
-    async with running_operator(apiserver, BEHIND_GKE_INGRESS):
+    async with running_operator(cluster, BEHIND_GKE_INGRESS):
         await eventually(lambda: cluster.condition(c.ACCEPTED, "long"), message="long accepted")
         assert len(chain_warnings(cluster, "long")) == 1
         assert chain_warnings(cluster, "short") == []
@@ -65,10 +63,9 @@ async def test_a_run_longer_than_a_capped_hop_gets_a_warning_with_the_chain_tabl
         assert cut_again["status"] == "False"
 
 
-async def test_a_runs_own_exposure_is_checked_behind_the_controller_it_names(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_a_runs_own_exposure_is_checked_behind_the_controller_it_names(cluster: Cluster) -> None:
     cluster.add_api_key_secret()
-    async with running_operator(apiserver):  # the cluster's controller: ingress-nginx, which has no whole-response cap
+    async with running_operator(cluster):  # the cluster's controller: ingress-nginx, which has no whole-response cap
         cluster.create(
             run_manifest(
                 "own",

@@ -9,7 +9,6 @@ from aiohttp import web
 
 from agentrun_api import conditions as c
 from agentrun_operator import webhook
-from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, running_operator
 
 pytestmark = pytest.mark.integration
@@ -48,9 +47,8 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
         await runner.cleanup()
 
 
-def cluster_with_signing_key(apiserver: EmulatedApiServer) -> Cluster:
-    """The cluster with the model's API key and the webhook signing key (Secret `hook-key`, key `key`)."""
-    cluster = Cluster(apiserver)
+def add_signing_key(cluster: Cluster) -> None:
+    """The model's API key and the webhook signing key (Secret `hook-key`, key `key`)."""
     cluster.add_api_key_secret()
     cluster.create(
         {
@@ -60,7 +58,6 @@ def cluster_with_signing_key(apiserver: EmulatedApiServer) -> Cluster:
             "stringData": {"key": SIGNING_KEY.decode()},
         }
     )
-    return cluster
 
 
 async def start_run_with_webhook(cluster: Cluster, url: str, *, max_attempts: int) -> str:
@@ -75,15 +72,15 @@ async def start_run_with_webhook(cluster: Cluster, url: str, *, max_attempts: in
         )
     )
     await eventually(lambda: cluster.get("Job", "q3-runner"))
-    return cluster.start_pod()
+    return await cluster.start_pod()
 
 
 async def test_webhook_is_retried_until_delivered_and_every_attempt_is_signed(
-    apiserver: EmulatedApiServer, receiver: tuple[Receiver, str]
+    cluster: Cluster, receiver: tuple[Receiver, str]
 ) -> None:
     hook, url = receiver
-    cluster = cluster_with_signing_key(apiserver)
-    async with running_operator(apiserver):
+    add_signing_key(cluster)
+    async with running_operator(cluster):
         pod = await start_run_with_webhook(cluster, url, max_attempts=4)
         cluster.report(
             iteration=4,
@@ -116,12 +113,12 @@ async def test_webhook_is_retried_until_delivered_and_every_attempt_is_signed(
 
 
 async def test_webhook_gives_up_after_max_attempts_without_touching_the_phase(
-    apiserver: EmulatedApiServer, receiver: tuple[Receiver, str]
+    cluster: Cluster, receiver: tuple[Receiver, str]
 ) -> None:
     hook, url = receiver
     hook.failures = 100
-    cluster = cluster_with_signing_key(apiserver)
-    async with running_operator(apiserver):
+    add_signing_key(cluster)
+    async with running_operator(cluster):
         pod = await start_run_with_webhook(cluster, url, max_attempts=2)
         cluster.report(iteration=1, pod=pod, outcome="ModelRequestRejected")
         await eventually(lambda: (cluster.status().get("notification") or {}).get("attempts") == 2)

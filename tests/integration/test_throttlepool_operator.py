@@ -1,16 +1,16 @@
-"""The real kopf operator (in process, all its handlers) against the emulated apiserver serving the generated
+"""The real kopf operator (in process, all its handlers) on the real control plane serving the generated
 ThrottlePool CRD (its schema validates every object and status write): a declared pool is served by the
 permit server, an edit of its limits takes effect live, and its state reaches the pool's status at a
 bounded rate; pools carry no finalizer, so one is deleted even while no operator runs."""
 
 import asyncio
 import base64
+import dataclasses
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import kopf
 import pytest
 
 from agentrun_operator.kube import KubeClient
@@ -19,8 +19,8 @@ from agentrun_operator.permits.server import PermitServer, PoolRegistry
 from agentrun_operator.permits.status_writer import PoolStatusWriter, status_from_snapshot
 from agentrun_operator.supervisors import LEGACY_FINALIZER
 from agentrun_runner.throttle_remote import RemoteLimiter
-from tests.harness.apiserver import EmulatedApiServer
-from tests.harness.inprocess_operator import FAST, NAMESPACE, Cluster, eventually, running_operator
+from tests.harness.apiproxy import ApiProxy
+from tests.harness.inprocess_operator import FAST, Cluster, eventually, running_operator
 from tests.harness.kubectl import kubectl
 
 pytestmark = pytest.mark.integration
@@ -29,9 +29,13 @@ REPO = Path(__file__).resolve().parents[2]
 STATUS_INTERVAL = FAST.permits.status_interval_seconds
 
 
-def _limiter(server: PermitServer, run: str) -> RemoteLimiter:
+def _limiter(cluster: Cluster, server: PermitServer, run: str) -> RemoteLimiter:
     return RemoteLimiter(
-        server_url=f"http://127.0.0.1:{server.port}", namespace=NAMESPACE, pool="shared", run=run, token=f"{run}-token"
+        server_url=f"http://127.0.0.1:{server.port}",
+        namespace=cluster.namespace,
+        pool="shared",
+        run=run,
+        token=f"{run}-token",
     )
 
 
@@ -57,20 +61,24 @@ def _declare(cluster: Cluster, runs: list[str], *, max_in_flight: int, finalizer
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Admin:
+    kubeconfig_path: Path
+
+
 def _pool_status(cluster: Cluster) -> dict[str, Any]:
     pool = cluster.get("ThrottlePool", "shared")
     status: dict[str, Any] = (pool or {}).get("status") or {}
     return status
 
 
-async def test_a_declared_pool_grants_permits_and_shows_them_in_its_status(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_a_declared_pool_grants_permits_and_shows_them_in_its_status(cluster: Cluster, proxy: ApiProxy) -> None:
     _declare(cluster, ["run-1"], max_in_flight=1)
-    async with running_operator(apiserver) as operator:
+    async with running_operator(cluster) as operator:
         server: PermitServer = operator.memo.permit_server
-        limiter = _limiter(server, "run-1")
+        limiter = _limiter(cluster, server, "run-1")
         measured_from = time.monotonic()
-        writes_before = _status_writes(apiserver)
+        writes_before = _status_writes(proxy)
         permit, _ = await limiter.acquire(max_wait_seconds=10)
         await eventually(
             lambda: _pool_status(cluster).get("inFlight") == 1 and _pool_status(cluster).get("grantedLastMinute") == 1,
@@ -85,15 +93,14 @@ async def test_a_declared_pool_grants_permits_and_shows_them_in_its_status(apise
         assert _pool_status(cluster)["observedGeneration"] == 1
         await asyncio.sleep(4 * STATUS_INTERVAL)  # an idle pool: nothing changes, nothing is written
         elapsed = time.monotonic() - measured_from
-        assert 2 <= _status_writes(apiserver) - writes_before <= elapsed / STATUS_INTERVAL + 1
+        assert 2 <= _status_writes(proxy) - writes_before <= elapsed / STATUS_INTERVAL + 1
 
 
-async def test_raising_a_pools_limit_live_lets_a_waiting_call_through(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_raising_a_pools_limit_live_lets_a_waiting_call_through(cluster: Cluster) -> None:
     _declare(cluster, ["holder", "waiter"], max_in_flight=1)
-    async with running_operator(apiserver) as operator:
+    async with running_operator(cluster) as operator:
         server: PermitServer = operator.memo.permit_server
-        holder, waiter = _limiter(server, "holder"), _limiter(server, "waiter")
+        holder, waiter = _limiter(cluster, server, "holder"), _limiter(cluster, server, "waiter")
         held, _ = await holder.acquire(max_wait_seconds=10)
         waiting = asyncio.create_task(waiter.acquire(max_wait_seconds=30))
         await eventually(lambda: _pool_status(cluster).get("queueDepth") == 1, message="the waiter to queue")
@@ -113,21 +120,19 @@ async def test_raising_a_pools_limit_live_lets_a_waiting_call_through(apiserver:
             await limiter.aclose()
 
 
-async def test_a_pool_is_deleted_at_once_while_no_operator_runs(apiserver: EmulatedApiServer) -> None:
+async def test_a_pool_is_deleted_at_once_while_no_operator_runs(cluster: Cluster) -> None:
     # After `helm uninstall` the operator is gone first: a finalizer would leave the pool Terminating.
-    cluster = Cluster(apiserver)
     _declare(cluster, ["run-1"], max_in_flight=1)
-    async with running_operator(apiserver):
+    async with running_operator(cluster):
         await eventually(lambda: _pool_status(cluster).get("accepting") is True, message="the pool's first status")
         assert not (cluster.get("ThrottlePool", "shared") or {})["metadata"].get("finalizers")
     cluster.delete("ThrottlePool", "shared")
     assert cluster.get("ThrottlePool", "shared") is None
 
 
-async def test_the_finalizer_an_earlier_version_left_on_a_pool_is_removed(apiserver: EmulatedApiServer) -> None:
-    cluster = Cluster(apiserver)
+async def test_the_finalizer_an_earlier_version_left_on_a_pool_is_removed(cluster: Cluster) -> None:
     _declare(cluster, ["run-1"], max_in_flight=1, finalizers=[LEGACY_FINALIZER, "example.com/keep-me"])
-    async with running_operator(apiserver):
+    async with running_operator(cluster):
         await eventually(
             lambda: (
                 (cluster.get("ThrottlePool", "shared") or {})["metadata"].get("finalizers") == ["example.com/keep-me"]
@@ -138,16 +143,15 @@ async def test_the_finalizer_an_earlier_version_left_on_a_pool_is_removed(apiser
 
 
 async def test_only_the_leader_writes_and_a_new_leader_rewrites_what_the_old_one_left(
-    apiserver: EmulatedApiServer,
+    cluster: Cluster,
 ) -> None:
-    cluster = Cluster(apiserver)
     _declare(cluster, [], max_in_flight=1)
     registry = PoolRegistry(PoolTiming(lease_seconds=0.0, max_penalty_seconds=600), asyncio.get_running_loop().time)
-    registry.configure(NAMESPACE, "shared", PoolLimits(max_in_flight=1, requests_per_minute=600))
-    kube = KubeClient(kopf.ConnectionInfo(server=apiserver.url, token="emulated"))
+    registry.configure(cluster.namespace, "shared", PoolLimits(max_in_flight=1, requests_per_minute=600))
+    kube = KubeClient(cluster.operator_connection())
     writer = PoolStatusWriter(kube, registry, interval_seconds=0.0)
     try:
-        writer.track(NAMESPACE, "shared", generation=1, status={})
+        writer.track(cluster.namespace, "shared", generation=1, status={})
         registry.leading = False
         assert await writer.write_changed() == 0
         assert _pool_status(cluster) == {}
@@ -174,14 +178,13 @@ async def test_only_the_leader_writes_and_a_new_leader_rewrites_what_the_old_one
         await kube.close()
 
 
-def _status_writes(apiserver: EmulatedApiServer) -> int:
-    return apiserver.requests.count(verb="patch", resource="throttlepools", subresource="status")
+def _status_writes(proxy: ApiProxy) -> int:
+    return proxy.requests.count(verb="patch", resource="throttlepools", subresource="status")
 
 
-async def test_kubectl_get_throttlepools_shows_in_flight_queue_and_rate(
-    apiserver: EmulatedApiServer, tmp_path: Path
-) -> None:
-    code, out, err = await kubectl(apiserver, tmp_path, "apply", "-f", str(REPO / "examples" / "throttlepool.yaml"))
+async def test_kubectl_get_throttlepools_shows_in_flight_queue_and_rate(cluster: Cluster, tmp_path: Path) -> None:
+    admin = Admin(cluster.admin_kubeconfig(tmp_path / "admin.kubeconfig"))
+    code, out, err = await kubectl(admin, tmp_path, "apply", "-f", str(REPO / "examples" / "throttlepool.yaml"))
     assert code == 0, err
     live = status_from_snapshot(
         PoolSnapshot(
@@ -197,13 +200,13 @@ async def test_kubectl_get_throttlepools_shows_in_flight_queue_and_rate(
         now=datetime.now(UTC),
     )
     status = {key: value for key, value in live.items() if value is not None}
-    Cluster(apiserver).patch("ThrottlePool", "shared-openai", {"status": status}, status=True)
-    code, out, err = await kubectl(apiserver, tmp_path, "get", "throttlepools")
+    cluster.patch("ThrottlePool", "shared-openai", {"status": status}, status=True)
+    code, out, err = await kubectl(admin, tmp_path, "get", "throttlepools")
     assert code == 0, err
     header, row = out.splitlines()
     assert header.split() == ["NAME", "IN-FLIGHT", "QUEUED", "RATE", "AGE"]
     assert row.split()[:4] == ["shared-openai", "4", "23", "58"]
-    code, out, err = await kubectl(apiserver, tmp_path, "get", "tp", "-o", "wide")
+    code, out, err = await kubectl(admin, tmp_path, "get", "tp", "-o", "wide")
     assert code == 0, err
     assert out.splitlines()[0].split() == ["NAME", "IN-FLIGHT", "QUEUED", "RATE", "AGE", "MAX-IN-FLIGHT", "RPM"]
     assert out.splitlines()[1].split()[5:] == ["4", "60"]
