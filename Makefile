@@ -6,9 +6,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
+# The variables that target descriptions name (kind-$(KIND_CLUSTER)): `make help` prints their values, passed to
+# awk through its environment, instead of the unexpanded references.
+HELP_TARGETS := '^[a-zA-Z0-9_-]+:.*?\#\# '
+HELP_VARIABLES = $(sort $(shell grep -hE $(HELP_TARGETS) $(MAKEFILE_LIST) | sed 's/^[^\#]*\#\# //' \
+	| grep -oE '\$$\([A-Za-z0-9_]+\)' | tr -d '$$()'))
+
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@grep -hE $(HELP_TARGETS) $(MAKEFILE_LIST) | $(foreach name,$(HELP_VARIABLES),$(name)='$($(name))') \
+		awk 'BEGIN{FS=":.*?## "}{ \
+			text = $$2; \
+			while (match(text, /\$$\([A-Za-z0-9_]+\)/)) \
+				text = substr(text, 1, RSTART - 1) ENVIRON[substr(text, RSTART + 2, RLENGTH - 3)] substr(text, RSTART + RLENGTH); \
+			printf "  \033[36m%-14s\033[0m %s\n", $$1, text }'
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -98,7 +109,7 @@ bench-gateway: install ## Measure the stream gateway's relay lag and memory with
 	$(PY) bench/gateway_fanout.py --readers 100
 
 .PHONY: demo
-demo: install ## See it work: examples/minimal.yaml from Pending to Succeeded, its runner killed and resumed (< 1 min, root)
+demo: install kube-binaries ## See it work: examples/minimal.yaml from Pending to Succeeded, its runner killed and resumed (< 1 min, root)
 	$(PY) -m tests.harness.demo
 
 .PHONY: soak

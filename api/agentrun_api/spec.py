@@ -32,6 +32,11 @@ HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*
 MUTABLE_SPEC_FIELDS = frozenset({"suspend", "cancel"})
 
 
+def _cel_string(text: str) -> str:
+    """``text`` as a single-quoted CEL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 @dataclass(frozen=True)
 class DurationBounds:
     """Annotated metadata of a duration field: its pattern and bounds, by CEL at admission and by pydantic here."""
@@ -55,12 +60,22 @@ class DurationBounds:
     ) -> JsonSchemaValue:
         json_schema = handler(schema)
         json_schema.update(pattern=DURATION_PATTERN, maxLength=32)
+        # The API server runs these rules even when the pattern already failed; unguarded, duration()
+        # would then fail to convert the value (or take "-5m" as negative) and each bound would add an
+        # error that says nothing the pattern's error does not.
+        guard = f"!self.matches({_cel_string(DURATION_PATTERN)}) || "
         rules = [
-            {"rule": f"duration(self) >= duration('{self.minimum}')", "message": f"must be at least {self.minimum}"}
+            {
+                "rule": f"{guard}duration(self) >= duration('{self.minimum}')",
+                "message": f"must be at least {self.minimum}",
+            }
         ]
         if self.maximum is not None:
             rules.append(
-                {"rule": f"duration(self) <= duration('{self.maximum}')", "message": f"must be at most {self.maximum}"}
+                {
+                    "rule": f"{guard}duration(self) <= duration('{self.maximum}')",
+                    "message": f"must be at most {self.maximum}",
+                }
             )
         json_schema["x-kubernetes-validations"] = rules
         return json_schema

@@ -36,10 +36,10 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = GatewaySettings.from_env()
-    except SettingsError as error:
+        asyncio.run(serve(settings))
+    except SettingsError as error:  # from the environment, or a CA bundle that cannot be loaded at startup
         print(f"agentrun-gateway: {error}", file=sys.stderr)
         return 2
-    asyncio.run(serve(settings))
     return 0
 
 

@@ -17,6 +17,7 @@ from agentrun_api.constants import GROUP, PLURAL, VERSION
 from agentrun_api.contract import STREAM_TOKEN_KEY, stream_token_secret_name
 from agentrun_api.durations import parse_duration
 from agentrun_api.status import TERMINAL_PHASES, Phase
+from agentrun_gateway.settings import KUBE_CA_FILE_ENV
 
 # Projected service account tokens rotate (hourly by default); re-read the file this often.
 TOKEN_FILE_REREAD_SECONDS = 60.0
@@ -72,6 +73,11 @@ class KubeApi:
                 if resp.status >= 300:
                     raise KubeApiError(f"{method} {path}: HTTP {resp.status}")
                 payload = await resp.json(content_type=None)
+        except aiohttp.ClientConnectorCertificateError as error:
+            raise KubeApiError(
+                f"{method} {path}: the API server's certificate does not verify ({error.certificate_error}); set "
+                f"{KUBE_CA_FILE_ENV} to the CA bundle that signed it"
+            ) from None
         except (aiohttp.ClientError, TimeoutError) as error:
             raise KubeApiError(f"{method} {path}: {type(error).__name__}: {error}") from None
         if not isinstance(payload, dict):

@@ -10,3 +10,7 @@ EVENTS_RELAYED = Counter("agentrun_gateway_events_relayed_total", "Events writte
 AUTH_REJECTIONS = Counter(
     "agentrun_gateway_auth_rejections_total", "Readers turned away", ["reason"]
 )  # reason: unauthenticated | forbidden
+UPSTREAM_TOO_LARGE = Counter(
+    "agentrun_gateway_upstream_too_large_total",
+    "Runner connections dropped because a line or event passed AGENTRUN_GATEWAY_UPSTREAM_MAX_EVENT_BYTES",
+)

@@ -25,7 +25,7 @@ from agentrun_gateway import metrics
 from agentrun_gateway.auth import SingleFlight, StreamTokens, TtlCache
 from agentrun_gateway.kube import KubeApi, KubeApiError, RunInfo
 from agentrun_gateway.settings import GatewaySettings
-from agentrun_gateway.sse import HEARTBEAT, SSE_HEADERS, SseEvent, SseParser, final_event
+from agentrun_gateway.sse import HEARTBEAT, SSE_HEADERS, SseEvent, SseParser, SseTooLargeError, final_event
 
 log = logging.getLogger(__name__)
 
@@ -319,12 +319,17 @@ class Relay:
                 if response.status != 200:
                     log.info("runner of %s/%s answered HTTP %d; re-attaching", namespace, run, response.status)
                     return result
-                parser = SseParser()
+                parser = SseParser(self._settings.upstream_max_event_bytes)
                 while True:
                     chunk = await asyncio.wait_for(response.content.readany(), idle)
                     if not chunk:
                         return result  # the runner closed the stream (pod stopping, reader queue overflow)
-                    for event in parser.feed(chunk):
+                    too_large: SseTooLargeError | None = None
+                    try:
+                        events = parser.feed(chunk)
+                    except SseTooLargeError as error:
+                        events, too_large = error.complete, error
+                    for event in events:
                         if event.id is None or event.id <= result.last_id:
                             continue  # already relayed: a restarted runner replays from its checkpoint
                         await client.deliver(event)
@@ -333,6 +338,19 @@ class Relay:
                         if event.event == FINISHED:
                             result.finished = True
                             return result
+                    if too_large is not None:
+                        # Leaving the response unread closes this connection; the caller re-attaches after
+                        # its backoff, so a runner stuck on such an event costs at most one buffer at a time.
+                        metrics.UPSTREAM_TOO_LARGE.inc()
+                        log.warning(
+                            "runner of %s/%s sent %s after event %d (the limit is "
+                            "AGENTRUN_GATEWAY_UPSTREAM_MAX_EVENT_BYTES); dropping the connection and re-attaching",
+                            namespace,
+                            run,
+                            too_large,
+                            result.last_id,
+                        )
+                        return result
         except TimeoutError:
             log.info("runner of %s/%s silent for %.0f s; re-attaching", namespace, run, idle)
         except (aiohttp.ClientError, OSError) as error:

@@ -3,7 +3,6 @@
 import asyncio
 import logging
 import re
-import ssl
 from dataclasses import dataclass
 
 import aiohttp
@@ -89,18 +88,12 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _kube_ssl(settings: GatewaySettings) -> ssl.SSLContext | bool:
-    if not settings.kube_api_url.startswith("https://"):
-        return False
-    if not settings.kube_ca_file:
-        return False
-    return ssl.create_default_context(cafile=settings.kube_ca_file)
-
-
 async def _start(app: web.Application) -> None:
     settings = app[SETTINGS]
+    kube_tls = settings.kube_tls_context()
     kube_session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=_kube_ssl(settings)), timeout=aiohttp.ClientTimeout(total=10)
+        connector=aiohttp.TCPConnector(ssl=kube_tls if kube_tls is not None else True),
+        timeout=aiohttp.ClientTimeout(total=10),
     )
     # No connection cap: each reader holds one upstream stream; the pool's idle time sits below the
     # runner's keep-alive (see stream_timeouts.runner_server_timeouts).

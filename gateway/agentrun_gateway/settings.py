@@ -1,16 +1,21 @@
 """The stream gateway's settings, read from environment variables (one documented field each)."""
 
 import os
+import ssl
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, get_args
 
 from agentrun_api.contract import STREAM_PORT
 from agentrun_api.spec import IngressController
+from agentrun_gateway.sse import DEFAULT_MAX_EVENT_BYTES
 from agentrun_operator.stream_timeouts import StreamBudget, render_stream_route
 from agentrun_operator.stream_timeouts.budget import GATEWAY_UPSTREAM_POOL_IDLE_SECONDS, UPSTREAM_IDLE_HEARTBEATS
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+IN_CLUSTER_CA_FILE = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
 ENV_PREFIX = "AGENTRUN_GATEWAY_"
+KUBE_CA_FILE_ENV = f"{ENV_PREFIX}KUBE_CA_FILE"
 
 
 class SettingsError(ValueError):
@@ -50,6 +55,10 @@ class GatewaySettings:
     """Seconds an idle connection to a runner stays pooled; the runner's keep-alive is set above it."""
     upstream_connect_timeout_seconds: float = 5.0
     """Timeout of connecting to a runner and receiving its response headers."""
+    upstream_max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    """Largest line or event (its field lines together) read from a runner, in bytes (4 MiB). A runner
+    that sends more has its connection dropped (a warning is logged and counted) and is re-attached to,
+    so no runner can make the gateway buffer without end."""
     reattach_initial_delay_seconds: float = 0.2
     """First wait before re-attaching to a runner that went away; doubles up to the maximum."""
     reattach_max_delay_seconds: float = 5.0
@@ -71,8 +80,10 @@ class GatewaySettings:
     """Kubernetes API server URL; empty means in-cluster (KUBERNETES_SERVICE_HOST/PORT)."""
     kube_token_file: str = f"{SERVICE_ACCOUNT_DIR}/token"
     """The gateway's own service account token (re-read periodically: projected tokens rotate)."""
-    kube_ca_file: str = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
-    """CA bundle of the API server; empty disables verification (tests on plain HTTP only)."""
+    kube_ca_file: str = ""
+    """CA bundle (PEM) that verifies the API server's certificate; empty means the in-cluster CA
+    (``/var/run/secrets/kubernetes.io/serviceaccount/ca.crt``) when the pod has it, else the system trust
+    store. Verification is never turned off."""
 
     def __post_init__(self) -> None:
         if self.controller not in get_args(IngressController):
@@ -80,12 +91,28 @@ class GatewaySettings:
                 f"{ENV_PREFIX}CONTROLLER={self.controller!r} is not a known controller; use one of "
                 + ", ".join(get_args(IngressController))
             )
+        if self.upstream_max_event_bytes <= 0:
+            raise SettingsError(f"{ENV_PREFIX}UPSTREAM_MAX_EVENT_BYTES must be a positive number of bytes")
         if "{namespace}" not in self.upstream_url or "{name}" not in self.upstream_url:
             raise SettingsError(f"{ENV_PREFIX}UPSTREAM_URL must contain {{namespace}} and {{name}}")
         if self.keep_alive_seconds <= 0:
             object.__setattr__(self, "keep_alive_seconds", keep_alive_behind(self.controller))
         if not self.kube_api_url:
             object.__setattr__(self, "kube_api_url", _in_cluster_api_url())
+
+    def kube_tls_context(self) -> ssl.SSLContext | None:
+        """How the API server's certificate is verified; None for a plain-HTTP API URL (nothing to verify)."""
+        if not self.kube_api_url.startswith("https://"):
+            return None
+        ca_file = self.kube_ca_file or (IN_CLUSTER_CA_FILE if Path(IN_CLUSTER_CA_FILE).is_file() else None)
+        try:
+            return ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as error:
+            raise SettingsError(
+                f"{KUBE_CA_FILE_ENV}={self.kube_ca_file!r}: cannot load the API server's CA bundle {ca_file} "
+                f"({error.strerror or error}); set it to a readable PEM file, or leave it empty for the in-cluster "
+                "CA or the system trust store"
+            ) from None
 
     def upstream_idle_for(self, heartbeat_seconds: float) -> float:
         if self.upstream_idle_seconds > 0:

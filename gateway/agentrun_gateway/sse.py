@@ -4,6 +4,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+# The default bound on one line or one event read from a runner (AGENTRUN_GATEWAY_UPSTREAM_MAX_EVENT_BYTES).
+# A runner writes each event's data as one JSON line; its largest events are tool calls carrying a model's
+# arguments, far below this. What a runner sends past it is a fault, never a reason to grow memory.
+DEFAULT_MAX_EVENT_BYTES = 4 * 1024 * 1024
+
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -31,29 +36,58 @@ def final_event(payload: dict[str, Any]) -> SseEvent:
     return SseEvent(id=None, event="finished", data=json.dumps(payload, separators=(",", ":")))
 
 
+class SseTooLargeError(ValueError):
+    """A line or an event passed the parser's limit. ``complete`` holds the events completed before it
+    in the same chunk, which are good to relay."""
+
+    def __init__(self, limit: int, complete: list[SseEvent]) -> None:
+        super().__init__(f"a line or event of more than {limit} bytes")
+        self.limit = limit
+        self.complete = complete
+
+
 class SseParser:
     """Incremental parser: feed bytes as they arrive, get complete events back.
 
     Comment lines (heartbeats) produce no event but are reported, since any byte proves the runner alive.
+    Memory is bounded by ``max_event_bytes``: an unfinished line, or the field lines of an event not yet
+    dispatched, that grow past it raise `SseTooLargeError`; the parser is then spent.
     """
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._max_event_bytes = max_event_bytes
+        self._pending = bytearray()  # the start of a line whose end has not arrived
+        self._event_bytes = 0  # bytes of the field lines of the event being assembled
         self._id: str | None = None
         self._event = "message"
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
-        self._buffer += chunk
         events: list[SseEvent] = []
-        while True:
-            newline = self._buffer.find(b"\n")
-            if newline < 0:
-                return events
-            raw, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
-            event = self._line(raw.rstrip(b"\r").decode("utf-8", errors="replace"))
+        searched = len(self._pending)  # the pending bytes hold no line end: search only what is new
+        self._pending += chunk
+        line_start = 0
+        newline = self._pending.find(b"\n", searched)
+        while newline >= 0:
+            raw = bytes(self._pending[line_start:newline]).rstrip(b"\r")
+            line_start = newline + 1
+            newline = self._pending.find(b"\n", line_start)
+            if raw and not raw.startswith(b":"):  # comments are not kept, so they do not count
+                self._event_bytes += len(raw) + 1
+                if self._event_bytes > self._max_event_bytes:
+                    raise self._too_large(events)
+            event = self._line(raw.decode("utf-8", errors="replace"))
             if event is not None:
                 events.append(event)
+        del self._pending[:line_start]
+        if self._event_bytes + len(self._pending) > self._max_event_bytes:
+            raise self._too_large(events)
+        return events
+
+    def _too_large(self, complete: list[SseEvent]) -> SseTooLargeError:
+        self._pending.clear()
+        self._data = []
+        return SseTooLargeError(self._max_event_bytes, complete)
 
     def _line(self, line: str) -> SseEvent | None:
         if line == "":
@@ -71,6 +105,7 @@ class SseParser:
         return None  # "retry" and unknown fields are ignored, as the SSE spec says
 
     def _dispatch(self) -> SseEvent | None:
+        self._event_bytes = 0
         if not self._data and self._id is None:
             self._event = "message"
             return None

@@ -9,6 +9,8 @@ import argparse
 import base64
 import functools
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -25,11 +27,13 @@ from pydantic import ValidationError
 from agentrun_api import constants, contract
 from agentrun_api.durations import format_duration, parse_duration
 from agentrun_api.spec import AgentRunSpec, IngressController
+from agentrun_api.status import TERMINAL_PHASES
 from agentrun_operator.stream_timeouts import Hop, StreamBudget, format_chain_table, stream_chain
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a Unix tool whose reader went away
 
 # The stream: seconds before the first reconnect when the server sent no `retry:` field, the cap on any wait,
 # and how many reconnects in a row may bring no new event before the plugin gives up.
@@ -253,22 +257,32 @@ def follow_stream(
     last_event_id: str | None = None,
     max_reconnects: int = DEFAULT_MAX_RECONNECTS,
     sleep: Callable[[float], None] = time.sleep,
+    run_phase: Callable[[], str | None] = lambda: None,
+    unreachable_hint: str = "pass --url with an address this machine reaches",
 ) -> int:
-    """Print a run's events until `finished`; reconnect with Last-Event-ID whenever the connection drops."""
+    """Print a run's events until `finished`; reconnect with Last-Event-ID whenever the connection drops.
+
+    ``run_phase`` tells, before each connection, the run's phase when it can be read. A run that has ended
+    is not followed but replayed once: what its stream still serves is printed, then the command ends (0).
+    An address that never answered is not retried: the error says how to reach the stream
+    (``unreachable_hint``)."""
     parser = SseParser()
     parser.last_event_id = last_event_id
     failures = 0
+    answered = False  # whether the address ever answered over HTTP: only then is a reconnect worth it
     headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     timeout = httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT_SECONDS)
     with httpx.Client(timeout=timeout) as http:
         while True:
+            phase = run_phase()
             if parser.last_event_id is not None:
                 headers["Last-Event-ID"] = parser.last_event_id
             problem = ""
             try:
                 with http.stream("GET", url, headers=headers) as response:
+                    answered = True
                     if response.status_code == 204:
                         return EXIT_OK  # the server says there is nothing more to follow
                     if response.status_code in (401, 403):
@@ -293,6 +307,12 @@ def follow_stream(
                         problem = "the server closed the stream"
             except httpx.TransportError as error:
                 problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            if not answered:
+                raise PluginError(f"cannot reach the stream at {url} ({problem}): {unreachable_hint}")
+            if phase in TERMINAL_PHASES:
+                after = f" after event {parser.last_event_id}" if parser.last_event_id is not None else ""
+                sys.stderr.write(f"the run ended {phase}; its stream has nothing more{after} ({problem})\n")
+                return EXIT_OK
             failures += 1
             if failures > max_reconnects:
                 raise PluginError(
@@ -303,6 +323,27 @@ def follow_stream(
             resume = f" from event {parser.last_event_id}" if parser.last_event_id is not None else ""
             sys.stderr.write(f"stream interrupted ({problem}); reconnecting{resume} in {delay:g}s\n")
             sleep(delay)
+
+
+def in_cluster_address(url: str) -> bool:
+    """Whether the URL names a Service by its cluster DNS name, which resolves only inside the cluster."""
+    host = httpx.URL(url).host
+    return host.endswith(".svc") or ".svc." in host
+
+
+def unreachable_hint(url: str, run: str, namespace: str) -> str:
+    """What to do when the stream's address does not answer: the flag, and the setting behind the URL."""
+    forward = (
+        f"`kubectl port-forward -n {namespace} svc/{run}-stream {contract.STREAM_PORT}:{contract.STREAM_PORT_NAME}` "
+        f"and pass --url http://127.0.0.1:{contract.STREAM_PORT}/events"
+    )
+    if in_cluster_address(url):
+        return (
+            f"that is an address inside the cluster: run {forward} (while the runner pod is up), or have the operator "
+            "publish streams through the stream gateway (chart values gateway.enabled and operator.streamBaseURL) "
+            f"and use its URL; `kubectl agentrun result {run}` shows an ended run's outcome"
+        )
+    return f"pass --url with an address this machine reaches (for example {forward})"
 
 
 def stream_token(target: Target, run: str) -> str:
@@ -335,7 +376,30 @@ def command_stream(target: Target, args: argparse.Namespace, out: TextIO) -> int
                 f"{args.run}-stream (port {contract.STREAM_PORT_NAME}) and its /events path"
             )
     token = args.token or stream_token(target, args.run)
-    return follow_stream(url, token, out, last_event_id=args.last_event_id, max_reconnects=args.max_reconnects)
+    # With --url and --token the stream needs no API server, and none is asked (there may be no kubeconfig).
+    uses_api = not (args.url and args.token)
+
+    def run_phase() -> str | None:
+        if not uses_api:
+            return None
+        try:
+            phase = (get_run(target, args.run).get("status") or {}).get("phase")
+        except (PluginError, urllib3.exceptions.HTTPError):
+            return None  # not knowing the phase only means following as if the run were live
+        return str(phase) if phase else None
+
+    return follow_stream(
+        url,
+        token,
+        out,
+        last_event_id=args.last_event_id,
+        max_reconnects=args.max_reconnects,
+        run_phase=run_phase,
+        # With --url the plugin may have no kubeconfig to name a namespace from.
+        unreachable_hint=unreachable_hint(
+            url, args.run, args.namespace or ("<namespace>" if args.url else target.namespace)
+        ),
+    )
 
 
 # --- result -------------------------------------------------------------------------------------------------------
@@ -388,9 +452,16 @@ def format_result_summary(run: dict[str, Any]) -> str:
 def command_result(target: Target, args: argparse.Namespace, out: TextIO) -> int:
     run = get_run(target, args.run)
     out.write(format_result_summary(run))
-    result = (run.get("status") or {}).get("result") or {}
+    status = run.get("status") or {}
+    result = status.get("result") or {}
     if not result.get("ref"):
-        out.write(f"agentrun {args.run} has no stored result yet\n")
+        if status.get("phase") in TERMINAL_PHASES:
+            out.write(
+                f"agentrun {args.run} ended {status['phase']} without a stored result: a result is stored only "
+                "with the agent's final answer\n"
+            )
+        else:
+            out.write(f"agentrun {args.run} has no stored result yet\n")
         return EXIT_OK
     if args.summary_only:
         return EXIT_OK
@@ -439,7 +510,7 @@ def steering_command(
     def command(target: Target, args: argparse.Namespace, out: TextIO) -> int:
         run = get_run(target, args.run)
         phase = (run.get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed", "TimedOut", "Cancelled"):
+        if phase in TERMINAL_PHASES:
             raise PluginError(f"agentrun {args.run} already ended as {phase}; nothing to {verb}")
         patch_spec(target, args.run, spec_fields)
         out.write(f"{constants.SINGULAR}.{constants.GROUP}/{args.run} {done}\n")
@@ -626,7 +697,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     output = out or sys.stdout
     try:
         code: int = args.handler(Target(args.kubeconfig, args.context, args.namespace), args, output)
+        output.flush()  # here, not at exit, so a reader that went away is noticed below
         return code
+    except BrokenPipeError:
+        # The reader of the output went away (`kubectl agentrun logs X | head`): stop quietly, as Unix tools
+        # do. Standard output goes to /dev/null so the interpreter's last flush has nothing to complain about.
+        if output is sys.stdout:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except PluginError as error:
         sys.stderr.write(f"error: {error}\n")
         return EXIT_ERROR

@@ -135,9 +135,16 @@ def stream_url(owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings) 
     return f"http://{stream_service_name(owner.name)}.{owner.namespace}.svc:{contract.STREAM_PORT}/events"
 
 
-def _mirror_progress(status: AgentRunStatus, observed: Observed, ctx: RunContext) -> contract.ProgressReport | None:
-    """Copy the facts of the runner's report into the status; return the report."""
+def _mirror_progress(
+    status: AgentRunStatus, observed: Observed, ctx: RunContext, *, ended: bool
+) -> contract.ProgressReport | None:
+    """Copy the facts of the runner's report into the status; return the report.
+
+    Once the run has ended, only the runner's account of the end (a report with its outcome) replaces the
+    message: a runner stopped by the end (its Job suspended) reports that a next pod resumes, which never
+    happens to an ended run."""
     report = observed.report_for(ctx.owner.uid)
+    may_rewrite_message = not ended or (report is not None and report.outcome is not None)
     if report is not None:
         status.iteration = report.iteration
         status.usage = report.usage
@@ -147,14 +154,21 @@ def _mirror_progress(status: AgentRunStatus, observed: Observed, ctx: RunContext
             status.last_checkpoint = CheckpointInfo.model_validate(report.last_checkpoint.model_dump())
         if report.result is not None:
             status.result = Result(summary=report.result.summary, ref=report.result.ref, bytes=report.result.bytes)
-        if report.message:
+        if report.message and may_rewrite_message:
             status.message = report.message
         if report.started_at is not None and (status.start_time is None or report.started_at < status.start_time):
             status.start_time = report.started_at
-    elif observed.progress is not None and observed.progress.error:
+    elif observed.progress is not None and observed.progress.error and may_rewrite_message:
         status.message = observed.progress.error
     status.progress = f"{status.iteration}/{ctx.spec.max_iterations}"
     return report
+
+
+def _result_note(status: AgentRunStatus) -> str:
+    """What an ended run's message says of its result: what status.result holds, nothing more."""
+    if status.result is not None:
+        return "the result so far is kept"
+    return "no result is stored: the run ended before the agent's final answer"
 
 
 def _restarts(status: AgentRunStatus, job: JobObservation | None) -> int:
@@ -197,7 +211,7 @@ def decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Deci
     spec, now = ctx.spec, ctx.now
     status.observed_generation = ctx.generation
     status.job_name = job_name(ctx.owner.name)
-    report = _mirror_progress(status, observed, ctx)
+    report = _mirror_progress(status, observed, ctx, ended=current.phase is not None and current.phase.terminal)
     job = observed.job
     status.restarts = _restarts(status, job)
     pods = observed.current_pods()
@@ -234,7 +248,7 @@ def decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Deci
         return end(
             Phase.FAILED,
             c.REASON_TOKEN_BUDGET,
-            f"{status.usage.total_tokens} tokens used, over spec.tokenBudget ({spec.token_budget}); the result so far is kept",
+            f"{status.usage.total_tokens} tokens used, over spec.tokenBudget ({spec.token_budget}); {_result_note(status)}",
             *stop,
         )
     if job is not None:

@@ -1,7 +1,6 @@
 """The whole path on one machine: AgentRun in, Succeeded out, through the real operator, the local Job
 executor and the real runner, with a model server scripted per test."""
 
-
 import pytest
 
 from tests.e2e.runs import needs_scripted_model, runner_logs

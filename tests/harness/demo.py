@@ -2,10 +2,12 @@
 
     python -m tests.harness.demo
 
-Starts a LocalCluster (emulated API server, the real operator, the local Job executor, the scripted
-model unless OPENAI_API_KEY and OPENAI_BASE_URL are set), applies examples/secret.yaml and
+Starts a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, built
+by `make kube-binaries`) with a node agent for pods, and on it a LocalCluster (the real operator with its own
+ServiceAccount, the scripted model unless OPENAI_API_KEY and OPENAI_BASE_URL are set), applies examples/secret.yaml and
 examples/minimal.yaml with the real kubectl, shows `kubectl get agentruns -w` as it runs, SIGKILLs the
-runner in the middle, shows the replacement resuming from its checkpoint, then prints the status, the
+runner in the middle, shows the real Job controller's replacement resuming from its checkpoint and the runner's
+`kubectl logs`, then prints the status, the
 Events, the result and the run's event stream (read over SSE from the runner, with Last-Event-ID across
 the kill). Exit 0 when the run succeeded; 1 with one clear message when something did not work.
 """
@@ -30,11 +32,13 @@ import yaml
 from httpx_sse import SSEError, aconnect_sse
 
 from agentrun_api.contract import STREAM_PORT
-from tests.harness.executor import MountNamespaceUnavailableError, check_mount_namespaces
+from tests.harness.controlplane import BinariesMissingError, find_binaries
 from tests.harness.local_cluster import REPO_ROOT, LocalCluster, ModelEndpoint
-from tests.harness.model_server import stepwise_script
+from tests.harness.model_server import Script, stepwise_script
+from tests.harness.nodeagent import MountNamespaceUnavailableError, check_mount_namespaces
 from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.sse_client import dispatched_events
+from tests.harness.testbed import KubeTestbed
 
 RUN = "minimal"
 NAMESPACE = "default"
@@ -78,12 +82,14 @@ def section(title: str) -> None:
 def banner(real_model: bool) -> None:
     say("agentrun-operator demo: examples/minimal.yaml from Pending to Succeeded, with a runner killed on the way")
     say()
-    say("  REAL      the operator (kopf, `python -m agentrun_operator`), the runner (`python -m agentrun_runner`")
-    say("            on the official openai SDK), kubectl, and HTTP between all of them on 127.0.0.1")
+    say("  REAL      Kubernetes: etcd, kube-apiserver (RBAC, the CRD's schema and CEL), kube-controller-manager")
+    say("            (the Job controller, garbage collector) and kube-scheduler, built from their Go modules")
+    say("            the operator (kopf, `python -m agentrun_operator`, its own ServiceAccount and RBAC), the runner")
+    say("            (`python -m agentrun_runner` on the official openai SDK), kubectl, and HTTP on 127.0.0.1")
     if real_model:
         say("            the model: a real OpenAI-compatible endpoint (OPENAI_BASE_URL, OPENAI_API_KEY)")
-    say("  EMULATED  the Kubernetes API server (tests/harness/apiserver), the Job controller and kubelet")
-    say("            (tests/harness/executor: pods are local processes in their own mount namespaces)")
+    say("  EMULATED  the kubelet: a node agent (tests/harness/nodeagent) runs each pod the scheduler binds to its")
+    say("            Node as local processes in their own mount namespaces, with the pod's real token and volumes")
     if not real_model:
         say(
             f"            the model: a scripted OpenAI-compatible server on 127.0.0.1 ({STEPS} answers, "
@@ -276,13 +282,13 @@ class Demo:
         if not running:
             raise DemoError("no Running runner pod to kill")
         pod: str = running[-1]["metadata"]["name"]
-        runtime = self.cluster.executor.runtime(NAMESPACE, pod)
+        runtime = self.cluster.node.runtime(NAMESPACE, pod)
         pid = runtime.process.pid if runtime.process is not None else "?"
         say(
             f"\n  chaos: SIGKILL to runner pod {pod} (pid {pid}), checkpointed at iteration "
             f"{status['lastCheckpoint']['iteration']}: no SIGTERM, no chance to save anything"
         )
-        self.cluster.executor.kill_pod_process(NAMESPACE, pod)
+        self.cluster.node.kill_pod_process(NAMESPACE, pod)
         return pod
 
     async def show_resume(self, killed: str) -> None:
@@ -292,11 +298,12 @@ class Demo:
             return fresh[-1] if fresh else None
 
         exit_code = await wait_for(
-            lambda: _now(lambda: self.cluster.executor.runtime(NAMESPACE, killed).exit_code), "the killed pod to end"
+            lambda: _now(lambda: self.cluster.node.runtime(NAMESPACE, killed).exit_code), "the killed pod to end"
         )
         say(f"  pod {killed} ended with exit code {exit_code} (128 + SIGKILL)")
         pod = await wait_for(replacement, "a replacement runner pod")
-        say(f"  the Job started a replacement pod: {pod['metadata']['name']}")
+        say(f"  the real Job controller started a replacement pod: {pod['metadata']['name']}")
+        await self.kubectl.run("get", "pods", "-l", f"batch.kubernetes.io/job-name={RUN}-runner", "-o", "wide")
 
         async def resumed() -> JsonObject | None:
             found = [e for e in await self.run_events() if e.get("reason") == "Resumed"]
@@ -381,6 +388,12 @@ class Demo:
             "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
         )
 
+        pods = await self.runner_pods()
+        if pods:
+            last = pods[-1]["metadata"]["name"]
+            say("  The last runner's output, through the API server from the node (kubectl logs):")
+            await self.kubectl.run("logs", last, "--tail=6")
+
         section("The result")
         result = status.get("result") or {}
         say(f"  status.result.summary: {result.get('summary', '')}")
@@ -415,6 +428,10 @@ def preflight() -> Path:
     """What the demo needs from this machine, checked before anything starts; kubectl's path."""
     binary = kubectl_binary()
     try:
+        find_binaries()
+    except BinariesMissingError as error:
+        raise DemoError(str(error)) from None
+    try:
         check_mount_namespaces()
     except MountNamespaceUnavailableError as error:
         raise DemoError(
@@ -431,13 +448,24 @@ async def demo(state_dir: Path, binary: Path) -> None:
     main_task = asyncio.current_task()
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    section("Starting the local cluster")
+    section("Starting a Kubernetes control plane, a node and the operator")
     script = stepwise_script(STEPS, delay=ANSWER_DELAY_SECONDS)
-    async with LocalCluster(state_dir, namespace=NAMESPACE, model_script=script) as cluster:
-        say(f"  emulated API server  {cluster.apiserver.url}  (KUBECONFIG={cluster.kubeconfig_path})")
-        say(f"  operator             pid {cluster.operator.process.pid if cluster.operator.process else '?'}")
-        say(f"  model                {cluster.model.base_url} ({'real' if cluster.model.real else 'scripted'})")
+    testbed = KubeTestbed(state_dir / "testbed")
+    await asyncio.to_thread(testbed.start)
+    try:
+        await run_on(testbed, state_dir, binary, script, started)
+    finally:
+        await asyncio.to_thread(testbed.stop)
+
+
+async def run_on(testbed: KubeTestbed, state_dir: Path, binary: Path, script: Script, started: float) -> None:
+    async with LocalCluster(testbed, state_dir, namespace=NAMESPACE, model_script=script) as cluster:
+        say(f"  control plane  {testbed.control_plane.url}  (KUBECONFIG={cluster.kubeconfig_path})")
+        say(f"  operator       pid {cluster.operator.process.pid if cluster.operator.process else '?'}")
+        say(f"  model          {cluster.model.base_url} ({'real' if cluster.model.real else 'scripted'})")
         kubectl = Kubectl(binary, cluster.kubeconfig_path)
+        await kubectl.run("version")
+        await kubectl.run("get", "nodes", "-o", "wide")
         watch = Watch(kubectl)
         async with KubeClient(str(cluster.kubeconfig_path)) as kube:
             run = Demo(cluster, kube, kubectl)
@@ -473,8 +501,8 @@ async def demo(state_dir: Path, binary: Path) -> None:
         say(f"  runner pods: {', '.join(pods)}")
         id_range = f", ids {ids[0]}..{ids[-1]}" if ids else ""
         say(f"  restarts: {status.get('restarts', 0)}; stream events: {len(ids)}{id_range}")
-        say(f"  emulated: the API server, the Job controller and kubelet{'' if cluster.model.real else ', the model'}")
-        say("  stopping the operator, the executor's pods, the API server and the model server")
+        say(f"  emulated: the kubelet (the node agent){'' if cluster.model.real else ', the model'}")
+        say("  stopping the operator, the node's pods, the control plane and the model server")
     how = "after a SIGKILL, resumed from its checkpoint" if killed is not None else "(no kill: it ended first)"
     say(f"\nDemo finished in {time.monotonic() - started:.1f}s: {RUN} Succeeded {how}.")
 
@@ -491,7 +519,7 @@ def main() -> int:
         asyncio.run(demo(state_dir, binary))
     except DemoError as error:
         say(f"\ndemo FAILED: {error}")
-        say(f"logs kept in {state_dir} (operator.log, executor/logs/)")
+        say(f"logs kept in {state_dir} (operator.log, testbed/control-plane/logs/, testbed/node/logs/)")
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):
         say(f"\ndemo interrupted; every process it started is stopped; logs kept in {state_dir}")

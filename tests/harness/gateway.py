@@ -33,21 +33,21 @@ def runner_events_url(port: int) -> str:
 
 
 def fast_settings(kube: EmulatedApiServer, upstream_port: int, **overrides: Any) -> GatewaySettings:
-    """Gateway settings with short delays and caches, so a test sees in seconds what takes minutes."""
-    return GatewaySettings(
-        host="127.0.0.1",
-        port=0,
-        upstream_url=runner_events_url(upstream_port),
-        kube_api_url=str(kube.url),
-        kube_token_file="",
-        kube_ca_file="",
-        reattach_initial_delay_seconds=0.05,
-        reattach_max_delay_seconds=0.2,
-        ended_drain_seconds=0.3,
-        run_cache_seconds=0.05,
-        shutdown_timeout_seconds=0.1,
-        **overrides,
-    )
+    """Gateway settings with short delays and caches, so a test sees in seconds what takes minutes; any
+    field may be overridden."""
+    fields: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "upstream_url": runner_events_url(upstream_port),
+        "kube_api_url": str(kube.url),
+        "kube_token_file": "",
+        "reattach_initial_delay_seconds": 0.05,
+        "reattach_max_delay_seconds": 0.2,
+        "ended_drain_seconds": 0.3,
+        "run_cache_seconds": 0.05,
+        "shutdown_timeout_seconds": 0.1,
+    }
+    return GatewaySettings(**{**fields, **overrides})
 
 
 class Gateway:
@@ -102,7 +102,6 @@ async def gateway_process(
         "AGENTRUN_GATEWAY_UPSTREAM_URL": runner_events_url(upstream_port),
         "AGENTRUN_GATEWAY_KUBE_API_URL": str(kube.url),
         "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": "",
-        "AGENTRUN_GATEWAY_KUBE_CA_FILE": "",
         # What the gateway image holds (gateway/Dockerfile); the runner's package decodes checkpoints.
         "PYTHONPATH": os.pathsep.join(str(REPO_ROOT / part) for part in ("api", "operator", "runner_image", "gateway")),
     }

@@ -38,6 +38,8 @@ CRD_PATHS = sorted((REPO_ROOT / "crds").glob("*.yaml"))
 SOURCE_ROOTS = [REPO_ROOT / "api", REPO_ROOT / "operator", REPO_ROOT / "runner_image", REPO_ROOT / "gateway", REPO_ROOT]
 NODE_NAME = "agentrun-node"
 READY_TIMEOUT_SECONDS = 60.0
+NODE_SELECTOR_ANNOTATION = "scheduler.alpha.kubernetes.io/node-selector"
+UNSCHEDULABLE_SELECTOR = "agentrun.dev/test-node=none"
 
 # The project's images, as the node has them: each repository's ENTRYPOINT, run from this checkout.
 PROJECT_IMAGES = {
@@ -169,14 +171,17 @@ class KubeTestbed:
                 ),
             )
 
-    def create_namespace(self, prefix: str) -> str:
-        """A new namespace, returned once its default ServiceAccount exists (pods need it)."""
+    def create_namespace(self, prefix: str, *, schedulable: bool = True) -> str:
+        """A new namespace, returned once its default ServiceAccount exists (pods need it).
+
+        ``schedulable=False``: its pods get a node selector no node matches (the PodNodeSelector admission
+        plugin), so the real Job controller creates them but no node runs them; the test plays the kubelet
+        by writing their status."""
         name = namespace_name(prefix)
-        body = {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": name, "labels": {"agentrun.dev/test": "true"}},
-        }
+        metadata: dict[str, Any] = {"name": name, "labels": {"agentrun.dev/test": "true"}}
+        if not schedulable:
+            metadata["annotations"] = {NODE_SELECTOR_ANNOTATION: UNSCHEDULABLE_SELECTOR}
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
         self.admin.post("/api/v1/namespaces", json=body).raise_for_status()
         self._wait(
             f"namespace {name}'s default ServiceAccount",

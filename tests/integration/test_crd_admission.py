@@ -23,6 +23,7 @@ from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import AgentRunStatus, Phase
 from tests.harness.testbed import KubeTestbed
 from tests.unit.example_manifests import EXAMPLES_DIR, BadExample, agentrun_examples, bad_examples, load
+from tests.unit.test_example_budgets import shown_agentruns
 
 pytestmark = pytest.mark.integration
 
@@ -299,24 +300,50 @@ def test_durations_within_the_bounds_are_accepted(api: Api, duration: str) -> No
 
 @pytest.mark.parametrize(
     ("duration", "message"),
-    [("169h", 'Invalid value: "169h": must be at most 168h'), ("500ms", 'Invalid value: "500ms": must be at least 1s')],
+    [
+        ("169h", 'Invalid value: "169h": must be at most 168h'),
+        ("168.5h", 'Invalid value: "168.5h": must be at most 168h'),
+        ("500ms", 'Invalid value: "500ms": must be at least 1s'),
+    ],
 )
 def test_durations_out_of_bounds_are_refused_by_the_cel_rules(api: Api, duration: str, message: str) -> None:
     status = api.refused(with_spec(minimal(), maxExecutionTime=duration))
     assert causes(status) == [("spec.maxExecutionTime", message)]
 
 
-@pytest.mark.parametrize("duration", ["5d", "1h 30m", "ten"])
-def test_durations_kubernetes_cannot_parse_are_refused_by_the_pattern(api: Api, duration: str) -> None:
+@pytest.mark.parametrize("duration", ["ten minutes", "5d", "-5m", "1h 30m"])
+def test_a_value_that_is_not_a_duration_gets_only_the_pattern_error(api: Api, duration: str) -> None:
+    # The bounds rules are guarded by the pattern: without the guard, duration() fails to convert the value
+    # (or converts a negative one) and each bound adds an error of its own that says nothing new.
     status = api.refused(with_spec(minimal(), maxExecutionTime=duration))
 
-    found = causes(status)
-    assert found[0] == (
-        "spec.maxExecutionTime",
-        f'Invalid value: "{duration}": spec.maxExecutionTime in body should match '
-        "'^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$'",
+    assert causes(status) == [
+        (
+            "spec.maxExecutionTime",
+            f'Invalid value: "{duration}": spec.maxExecutionTime in body should match '
+            "'^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$'",
+        )
+    ]
+
+
+def test_every_duration_field_guards_its_bounds_rules_with_its_pattern(api: Api) -> None:
+    bad = with_spec(
+        minimal(),
+        model={"name": "gpt-4.1-mini", "requestTimeout": "two minutes"},
+        streaming={"heartbeatInterval": "often"},
+        tools={"callTimeout": "1 minute"},
+        progressDeadline="10 min",
     )
-    assert {field for field, _ in found} == {"spec.maxExecutionTime"}
+
+    found = causes(api.refused(bad))
+
+    assert sorted(field for field, _ in found) == [
+        "spec.model.requestTimeout",
+        "spec.progressDeadline",
+        "spec.streaming.heartbeatInterval",
+        "spec.tools.callTimeout",
+    ]
+    assert all("should match" in message for _, message in found), found
 
 
 # --- types ---------------------------------------------------------------------------------------------
@@ -689,6 +716,12 @@ def test_the_operators_status_write_of_a_pool_is_admitted(api: Api) -> None:
 
 
 # --- the chart's first run -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("where", "manifest"), shown_agentruns(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_agentrun_shown_in_the_docs_and_notes_is_accepted(api: Api, where: str, manifest: dict[str, Any]) -> None:
+    answer = api.create(manifest, dry_run=True)
+    assert answer.status_code == 201, f"{where}: {answer.text}"
 
 
 def test_the_first_run_in_the_charts_notes_is_accepted(api: Api) -> None:

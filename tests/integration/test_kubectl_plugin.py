@@ -3,6 +3,11 @@
 import asyncio
 import base64
 import io
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -10,6 +15,7 @@ import pytest
 
 from agentrun_operator import kubectl_plugin
 from tests.harness.apiserver import EmulatedApiServer
+from tests.harness.local_cluster import REPO_ROOT
 from tests.harness.sse_server import SseServer
 from tests.integration.conftest import AGENTRUNS, MERGE
 from tests.integration.conftest import agentrun as minimal_agentrun
@@ -150,6 +156,21 @@ async def test_result_prints_the_summary_and_the_full_result_from_the_configmap_
     assert (await plugin(apiserver, "result", "q3", "--summary-only"))[1].endswith("  Vendor B wins.\n")
 
 
+async def test_result_of_a_run_that_ended_without_one_says_so_as_its_status_does(
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
+) -> None:
+    await call(http, "POST", AGENTRUNS, agentrun("spent"))
+    message = "used 1100 tokens of the tokenBudget of 1000 before finishing"
+    await set_status(http, "spent", {"phase": "Failed", "reason": "TokenBudgetExceeded", "message": message})
+
+    code, out, _ = await plugin(apiserver, "result", "spent")
+    assert code == 0
+    assert out.startswith(f"phase:    Failed\nreason:   TokenBudgetExceeded\nmessage:  {message}\n")
+    assert out.splitlines()[-1] == (
+        "agentrun spent ended Failed without a stored result: a result is stored only with the agent's final answer"
+    )
+
+
 async def test_result_with_a_missing_store_names_it(apiserver: EmulatedApiServer, http: aiohttp.ClientSession) -> None:
     await call(http, "POST", AGENTRUNS, agentrun("q3"))
     result = {"summary": "x", "ref": "configmap/q3-ckpt-9#result", "bytes": 1}
@@ -175,6 +196,69 @@ async def test_stream_reads_the_token_secret_and_follows_the_status_url(
     assert [r.get("Authorization") for r in runner.requests] == ["Bearer t0ken", "Bearer t0ken"]
     assert runner.requests[1]["Last-Event-ID"] == "1"
     assert "reconnecting from event 1" in err
+
+
+async def with_stream_token(http: aiohttp.ClientSession, run: str) -> None:
+    token = base64.b64encode(b"t0ken").decode()
+    await call(http, "POST", f"{CORE}/secrets", {"metadata": {"name": f"{run}-stream-token"}, "data": {"token": token}})
+
+
+async def test_stream_of_an_ended_run_replays_what_its_stream_has_once_and_exits_0(
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
+) -> None:
+    events = [("iteration", '{"iteration": 1}'), ("checkpoint", '{"iteration": 1}')]  # no `finished` to be had
+    with SseServer(events, retry_ms=1) as stream:
+        await call(http, "POST", AGENTRUNS, agentrun("q3"))
+        await set_status(http, "q3", {"phase": "Failed", "reason": "RunnerLost", "streamURL": stream.url})
+        await with_stream_token(http, "q3")
+
+        code, out, err = await plugin(apiserver, "stream", "q3", "--max-reconnects", "2")
+    assert (code, out.splitlines()) == (0, ['[1] iteration {"iteration": 1}', '[2] checkpoint {"iteration": 1}'])
+    assert len(stream.requests) == 1
+    assert err == "the run ended Failed; its stream has nothing more after event 2 (the server closed the stream)\n"
+
+
+async def test_stream_at_an_address_that_does_not_answer_fails_at_once_saying_what_to_do(
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession
+) -> None:
+    await call(http, "POST", AGENTRUNS, agentrun("q3"))
+    await set_status(http, "q3", {"phase": "Running", "streamURL": "http://127.0.0.1:9/events"})
+    await with_stream_token(http, "q3")
+
+    code, out, err = await plugin(apiserver, "stream", "q3", "--max-reconnects", "2")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: cannot reach the stream at http://127.0.0.1:9/events (ConnectError")
+    assert "kubectl port-forward -n default svc/q3-stream 8080:stream` and pass --url" in err
+    assert "reconnecting" not in err
+    assert err.count("\n") == 1
+
+
+async def test_logs_piped_into_head_end_quietly_when_head_stops_reading(
+    apiserver: EmulatedApiServer, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    await call(http, "POST", AGENTRUNS, agentrun("q3"))
+    pod = {
+        "metadata": {"name": "q3-runner-a", "labels": {"agentrun.dev/run": "q3"}},
+        "spec": {"containers": [{"name": "runner", "image": "agentrun-runner:dev"}]},
+    }
+    await call(http, "POST", f"{CORE}/pods", pod)
+    # Far more than a pipe holds, so the plugin is still writing when head has gone.
+    apiserver.pod_logs[("default", "q3-runner-a")] = "".join(f"iteration {n}\n" for n in range(100_000))
+    plugin_command = shlex.join(
+        [sys.executable, "-m", "agentrun_operator.kubectl_plugin", "--kubeconfig", str(apiserver.kubeconfig_path)]
+    )
+    script = (
+        f"{plugin_command} logs q3 2>{tmp_path / 'stderr'} | head -n 2; echo ${{PIPESTATUS[0]}} >{tmp_path / 'status'}"
+    )
+    # As in a user's shell: buffered output (unbuffered text output drops what a short write leaves unwritten).
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = os.pathsep.join(str(REPO_ROOT / part) for part in ("api", "operator"))
+    shell = await asyncio.create_subprocess_exec("bash", "-c", script, stdout=asyncio.subprocess.PIPE, env=env)
+    shown, _ = await asyncio.wait_for(shell.communicate(), 60)
+
+    assert shown.decode().splitlines()[1] == "iteration 0"  # after the pod's header
+    assert (tmp_path / "stderr").read_text() == ""  # no traceback, no "Exception ignored"
+    assert (tmp_path / "status").read_text().strip() == str(128 + signal.SIGPIPE)
 
 
 async def test_stream_without_access_to_the_token_secret_asks_for_token(

@@ -1,15 +1,12 @@
 """The runner image's trust settings (no CA bundle file, the hashed certificate directory) still
 verify the model endpoint's certificate through the real openai SDK, and load no certificate up front.
 
-Certificates are made by the ``openssl`` command line tool; the hashed directory by ``openssl rehash``,
-as Debian's update-ca-certificates makes /etc/ssl/certs.
+Certificates are made by the ``openssl`` command line tool (tests.harness.tls).
 """
 
 import random
 import re
-import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,51 +15,21 @@ from agentrun_runner.model import ModelClient, ModelFailedError
 from agentrun_runner.settings import RunnerSettings
 from tests.harness.model_server import Answer, ModelServer, by_turn
 from tests.harness.runner import API_KEY, make_spec
+from tests.harness.tls import OPENSSL, loopback_certificates
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command line tool"),
+    pytest.mark.skipif(OPENSSL is None, reason="needs the openssl command line tool"),
 ]
 
 DOCKERFILE = Path(__file__).resolve().parents[2] / "runner_image" / "Dockerfile"
 
 
-def openssl(*arguments: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *arguments], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def make_ca(directory: Path, name: str) -> Path:
-    """A CA certificate in its own hashed trust directory; returns the directory."""
-    trust = directory / f"{name}-trust"
-    trust.mkdir()
-    openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{trust.name}/{name}.pem", "-days", "1", "-subj", f"/CN={name}",
-        cwd=directory,
-    )  # fmt: skip
-    openssl("rehash", trust.name, cwd=directory)
-    return trust
-
-
 @pytest.fixture
 def certificates(tmp_path: Path) -> tuple[ssl.SSLContext, Path, Path]:
     """A server context for 127.0.0.1 signed by one CA; that CA's trust directory and another's."""
-    trust = make_ca(tmp_path, "model-ca")
-    other = make_ca(tmp_path, "other-ca")
-    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
-        cwd=tmp_path,
-    )  # fmt: skip
-    openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", f"{trust.name}/model-ca.pem", "-CAkey", "model-ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "san.ext",
-        cwd=tmp_path,
-    )  # fmt: skip
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
-    return server, trust, other
+    made = loopback_certificates(tmp_path)
+    return made.server, made.trust, made.other_trust
 
 
 def image_trust_settings() -> dict[str, str]:

@@ -15,7 +15,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 from prometheus_client import REGISTRY
 
 from tests.harness.apiserver import EmulatedApiServer
-from tests.harness.fake_stream_runner import FakeStreamRunner
+from tests.harness.fake_stream_runner import FakeStreamRunner, LoggedEvent
 from tests.harness.gateway import (
     MERGE_PATCH,
     Gateway,
@@ -217,6 +217,33 @@ async def test_relay_recovers_when_the_runs_stream_token_is_replaced(
         await runner.emit("finished", {"phase": "Succeeded"})
         await asyncio.wait_for(reader, 10)
     assert as_log(received) == _upstream_log(runner)
+
+
+async def test_a_runner_event_past_the_limit_drops_that_connection_and_the_gateway_re_attaches(
+    kube: EmulatedApiServer, runner: FakeStreamRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    limit = 64 * 1024
+    dropped_before = REGISTRY.get_sample_value("agentrun_gateway_upstream_too_large_total") or 0.0
+    received: list[ServerSentEvent] = []
+    async with (
+        Gateway(fast_settings(kube, runner.port, upstream_max_event_bytes=limit), NAMESPACE, RUN) as gateway,
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client,
+    ):
+        reader = asyncio.create_task(_follow(client, gateway.url, received))
+        await runner.emit("token", {"text": "before"})
+        await _wait_for(lambda: len(received) == 1)
+        await runner.emit("tool_call", {"arguments": "x" * (4 * limit)})  # a broken runner's event
+        await _wait_for(lambda: runner.connections >= 3)  # dropped, and re-attached to (with backoff) again
+        assert len(received) == 1  # the reader only had heartbeats meanwhile
+        # The runner's replacement pod serves the event within bounds; the reader goes on from event 1.
+        runner.log[1] = LoggedEvent(2, "tool_call", {"arguments": "x"})
+        await runner.emit("finished", {"phase": "Succeeded"})
+        await asyncio.wait_for(reader, 10)
+
+    assert as_log(received) == _upstream_log(runner)
+    dropped = (REGISTRY.get_sample_value("agentrun_gateway_upstream_too_large_total") or 0.0) - dropped_before
+    assert dropped >= 2
+    assert any("AGENTRUN_GATEWAY_UPSTREAM_MAX_EVENT_BYTES" in record.getMessage() for record in caplog.records)
 
 
 async def test_kubernetes_api_outage_answers_503(gateway: Gateway, kube: EmulatedApiServer) -> None:

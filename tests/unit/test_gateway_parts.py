@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from agentrun_gateway.auth import SingleFlight, TtlCache
 from agentrun_gateway.relay import RunFeed
 from agentrun_gateway.settings import GatewaySettings, SettingsError, keep_alive_behind
-from agentrun_gateway.sse import SseEvent, SseParser, final_event
+from agentrun_gateway.sse import SseEvent, SseParser, SseTooLargeError, final_event
 
 pytestmark = pytest.mark.unit
 
@@ -39,6 +39,42 @@ def test_non_numeric_ids_are_not_taken_as_positions() -> None:
     assert SseParser().feed(b"id: abc\nevent: token\ndata: 1\n\n") == [SseEvent(None, "token", "1")]
 
 
+def bytes_fed_until_refused(parser: SseParser, chunk: bytes, most: int) -> int:
+    """Feed ``chunk`` again and again: how many bytes the parser took in all, with the chunk it refused."""
+    fed = 0
+    while fed < most:
+        fed += len(chunk)
+        try:
+            parser.feed(chunk)
+        except SseTooLargeError:
+            return fed
+    raise AssertionError(f"{most} bytes without an end of line were not refused")
+
+
+def test_a_line_past_the_limit_is_refused_with_the_chunk_that_passes_it() -> None:
+    parser = SseParser(max_event_bytes=1000)
+    assert parser.feed(b"id: 1\nevent: token\ndata: a\n\n") == [SseEvent(1, "token", "a")]
+    # A runner that never ends its line: refused once the limit is passed, not when the sender stops.
+    assert 1000 < bytes_fed_until_refused(parser, b"data: " + b"x" * 94, most=1_000_000) <= 1100
+
+
+def test_an_event_of_many_short_lines_past_the_limit_is_an_error_that_keeps_the_events_before_it() -> None:
+    chunk = b"id: 1\nevent: token\ndata: a\n\n" + b"data: 0123456789\n" * 100  # never dispatched
+    with pytest.raises(SseTooLargeError, match="more than 1000 bytes") as caught:
+        SseParser(max_event_bytes=1000).feed(chunk)
+    assert caught.value.complete == [SseEvent(1, "token", "a")]
+
+
+def test_events_up_to_the_limit_and_endless_heartbeats_pass() -> None:
+    parser = SseParser(max_event_bytes=100)
+    event = SseEvent(7, "token", "x" * 60)
+    assert len(event.encode()) <= 100
+    assert parser.feed(event.encode()) == [event]
+    for _ in range(1000):  # comments are dropped as they come, so they never add up
+        assert parser.feed(b": heartbeat\n\n") == []
+    assert parser.feed(event.encode()) == [event]
+
+
 def test_settings_read_the_environment_and_derive_the_keep_alive_from_the_controller() -> None:
     settings = GatewaySettings.from_env(
         {
@@ -60,6 +96,7 @@ def test_settings_read_the_environment_and_derive_the_keep_alive_from_the_contro
         ({"AGENTRUN_GATEWAY_PORT": "eighty"}, "AGENTRUN_GATEWAY_PORT='eighty' is not a valid int"),
         ({"AGENTRUN_GATEWAY_CONTROLLER": "nginx"}, "is not a known controller"),
         ({"AGENTRUN_GATEWAY_UPSTREAM_URL": "http://runner/events"}, "must contain {namespace} and {name}"),
+        ({"AGENTRUN_GATEWAY_UPSTREAM_MAX_EVENT_BYTES": "0"}, "must be a positive number of bytes"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:

@@ -20,11 +20,13 @@ from agentrun_operator.kubectl_plugin import (
     format_event,
     format_result_summary,
     format_table,
+    in_cluster_address,
     oldest_first,
     parse_result_ref,
     pod_header,
     stream_lines,
     stream_path,
+    unreachable_hint,
 )
 from agentrun_operator.stream_timeouts import StreamBudget, format_chain_table, stream_chain
 from tests.harness.sse_server import SseServer
@@ -126,10 +128,63 @@ def test_stream_refused_token_is_a_clear_error() -> None:
 
 def test_stream_gives_up_after_reconnects_without_progress() -> None:
     waits: list[float] = []
-    # Port 9 (discard) on loopback: nothing listens, every connection is refused.
-    with pytest.raises(PluginError, match="gave up after 3 reconnects"):
-        follow_stream("http://127.0.0.1:9/events", None, io.StringIO(), max_reconnects=3, sleep=waits.append)
+    with (
+        SseServer(EVENTS, status=503) as unavailable,
+        pytest.raises(PluginError, match=r"gave up after 3 reconnects without a new event \(HTTP 503\)"),
+    ):
+        follow_stream(unavailable.url, None, io.StringIO(), max_reconnects=3, sleep=waits.append)
     assert waits == [1.0, 2.0, 3.0]
+
+
+def test_stream_at_an_address_that_never_answers_fails_at_once_saying_what_to_do() -> None:
+    waits: list[float] = []
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused.
+    with pytest.raises(
+        PluginError, match=r"cannot reach the stream at http://127\.0\.0\.1:9/events \(ConnectError.*--url"
+    ):
+        follow_stream("http://127.0.0.1:9/events", None, io.StringIO(), max_reconnects=3, sleep=waits.append)
+    assert waits == []
+
+
+UNFINISHED = [("iteration", "one"), ("checkpoint", "two")]  # what a runner served before it went away
+
+
+def test_stream_of_an_ended_run_is_replayed_once_and_ends_without_reconnecting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = io.StringIO()
+    waits: list[float] = []
+    with SseServer(UNFINISHED, retry_ms=10) as ended:
+        code = follow_stream(ended.url, None, out, sleep=waits.append, run_phase=lambda: "Succeeded")
+    assert code == 0
+    assert out.getvalue().splitlines() == ["[1] iteration one", "[2] checkpoint two"]
+    assert len(ended.requests) == 1
+    assert waits == []
+    assert capsys.readouterr().err == (
+        "the run ended Succeeded; its stream has nothing more after event 2 (the server closed the stream)\n"
+    )
+
+
+def test_stream_of_a_run_that_ends_while_followed_is_replayed_once_more_then_ends() -> None:
+    out = io.StringIO()
+    phases = iter(["Running", "Failed"])
+    with SseServer(UNFINISHED, drop_first_after=1, retry_ms=10) as runner:
+        code = follow_stream(runner.url, None, out, sleep=lambda _: None, run_phase=lambda: next(phases))
+    assert code == 0
+    assert out.getvalue().splitlines() == ["[1] iteration one", "[2] checkpoint two"]
+    assert [request.get("Last-Event-ID") for request in runner.requests] == [None, "1"]
+
+
+def test_unreachable_hint_says_how_to_reach_an_in_cluster_address() -> None:
+    inside = unreachable_hint("http://q3-stream.team-a.svc:8080/events", "q3", "team-a")
+    assert "kubectl port-forward -n team-a svc/q3-stream 8080:stream" in inside
+    assert "--url http://127.0.0.1:8080/events" in inside
+    assert "operator.streamBaseURL" in inside
+    assert "kubectl agentrun result q3" in inside
+    assert in_cluster_address("http://q3-stream.team-a.svc.cluster.local:8080/events")
+    outside = unreachable_hint("https://agents.example.com/runs/team-a/q3/events", "q3", "team-a")
+    assert outside.startswith("pass --url with an address this machine reaches")
+    assert not in_cluster_address("https://agents.example.com/runs/team-a/q3/events")
 
 
 def test_result_ref_forms() -> None:

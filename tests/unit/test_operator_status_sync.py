@@ -227,7 +227,68 @@ def test_operator_ends_a_run_over_its_token_budget_and_keeps_the_result() -> Non
     assert (decision.status.phase, decision.status.reason) == (Phase.FAILED, c.REASON_TOKEN_BUDGET)
     assert decision.status.result is not None
     assert decision.status.result.summary == "partial"
+    assert "the result so far is kept" in decision.status.message
     assert decision.actions == [SetJobSuspended(True)]
+
+
+def test_a_run_the_operator_ends_over_its_token_budget_says_it_has_no_result_as_its_status_shows() -> None:
+    # What the runner reports after the step that crossed the budget: usage, and no result (the runner
+    # stores one only with the agent's final answer).
+    report = progress(
+        iteration=9, reported=at(40), usage={"promptTokens": 900, "completionTokens": 200, "totalTokens": 1100}
+    )
+    decision = decide(
+        accepted_status(Phase.RUNNING),
+        observed(job_object(active=1), [pod_object()], report),
+        ctx(41, spec_of(tokenBudget=1000)),
+    )
+    status = decision.status
+    assert (status.phase, status.reason) == (Phase.FAILED, c.REASON_TOKEN_BUDGET)
+    assert status.result is None
+    assert status.message == (
+        "1100 tokens used, over spec.tokenBudget (1000); no result is stored: the run ended before the agent's "
+        "final answer"
+    )
+    failed = condition_of(status, c.FAILED)
+    assert failed is not None
+    assert failed.message == status.message
+
+
+def test_a_runner_stopped_after_the_run_ended_does_not_rewrite_its_message() -> None:
+    over = progress(
+        iteration=9, reported=at(40), usage={"promptTokens": 900, "completionTokens": 200, "totalTokens": 1100}
+    )
+    ended = decide(
+        accepted_status(Phase.RUNNING),
+        observed(job_object(active=1), [pod_object()], over),
+        ctx(41, spec_of(tokenBudget=1000)),
+    ).status
+    # The suspended Job's pod gets SIGTERM: the runner checkpoints and says a next pod would resume, which
+    # never happens to an ended run.
+    stopping = progress(
+        iteration=9,
+        reported=at(42),
+        usage={"promptTokens": 900, "completionTokens": 200, "totalTokens": 1100},
+        message="stopped at iteration 9 (SIGTERM); the next pod resumes here",
+    )
+    after = decide(
+        ended, observed(job_object(active=0, suspend=True), [], stopping), ctx(43, spec_of(tokenBudget=1000))
+    )
+
+    assert after.status.phase == Phase.FAILED
+    assert after.status.message == ended.message
+
+    # The runner's own account of the end (a report with its outcome) is still taken.
+    outcome = progress(
+        iteration=9,
+        reported=at(44),
+        outcome="TokenBudgetExceeded",
+        message="used 1100 tokens of the tokenBudget of 1000 before finishing",
+    )
+    final = decide(
+        after.status, observed(job_object(active=0, suspend=True), [], outcome), ctx(45, spec_of(tokenBudget=1000))
+    )
+    assert final.status.message == "used 1100 tokens of the tokenBudget of 1000 before finishing"
 
 
 def test_silent_runner_is_replaced_while_restarts_remain_then_the_run_fails() -> None:

@@ -312,7 +312,9 @@ class ControlPlane:
                 f"--service-account-key-file={self.service_account_keys.cert}",
                 f"--service-account-signing-key-file={self.service_account_keys.key}",
                 "--authorization-mode=Node,RBAC",
-                "--enable-admission-plugins=NodeRestriction",
+                # PodNodeSelector: a namespace's annotation can keep its pods off every node (tests that play the
+                # kubelet themselves use it).
+                "--enable-admission-plugins=NodeRestriction,PodNodeSelector",
                 f"--kubelet-client-certificate={self.kubelet_client.cert}",
                 f"--kubelet-client-key={self.kubelet_client.key}",
                 f"--kubelet-certificate-authority={pki / 'ca.crt'}",
