@@ -35,8 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), *(str(ROOT / part) for part in ("api", "operator", "runner_image"))]
 
-from tests.harness.nodeagent.kube import ApiError, KubeClient, namespaced_path  # noqa: E402
 from tests.harness.local_cluster import OperatorProcess  # noqa: E402
+from tests.harness.nodeagent.kube import ApiError, KubeClient, namespaced_path  # noqa: E402
 from tests.harness.procstat import cpu_seconds, rss_mib  # noqa: E402
 
 NAMESPACE = "bench"

@@ -4,8 +4,8 @@ simulated: each run loops model calls against a scripted OpenAI-compatible endpo
 every call first taking a permit from a real permit server through RemoteLimiter; a quarter of the
 runs make three calls at once (parallel tool calls).
 
-real runs: the issue's scenario on the local cluster (emulated API server, the operator as a process
-with its permit server, runner pods as processes under the local Job executor): 20 AgentRuns of 4
+real runs: the issue's scenario on the local cluster (the real control plane, the operator as a process
+with its permit server, runner pods on the real control plane, run as processes by the node agent): 20 AgentRuns of 4
 model calls on a ThrottlePool of 2 in flight and 60 per minute (tests/harness/pool_runs.py).
 
 Each prints the achieved rate against the limit, the most calls the model endpoint saw in flight,
@@ -23,10 +23,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from tests.harness.executor import MountNamespaceUnavailableError
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import ModelServer, most_in_window
+from tests.harness.nodeagent import MountNamespaceUnavailableError, check_mount_namespaces
 from tests.harness.pool_runs import PoolRunsPlan, run_pool_scenario
+from tests.harness.testbed import KubeTestbed
 from tests.harness.throttle import arrivals_by_run, permit_server, provider_script, run_scenario
 
 from agentrun_operator.permits.pool import PoolLimits
@@ -69,17 +70,24 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 async def bench_real_runs(plan: PoolRunsPlan) -> None:
+    try:
+        check_mount_namespaces()
+    except MountNamespaceUnavailableError as error:
+        print(f"real runs: skipped, the node agent cannot run pods here: {error}")
+        return
     with tempfile.TemporaryDirectory(prefix="throttle-pool-bench-") as state_dir:
+        testbed = KubeTestbed(Path(state_dir) / "testbed")
+        await asyncio.to_thread(testbed.start)
         try:
-            async with LocalCluster(Path(state_dir), model_script=plan.model_script()) as cluster:
+            print(f"on Kubernetes {testbed.version} (the real control plane and the node agent)", flush=True)
+            async with LocalCluster(testbed, Path(state_dir), model_script=plan.model_script()) as cluster:
                 if cluster.model.real:
                     print("real runs: skipped, OPENAI_BASE_URL is set (the phase reads the scripted model's records)")
                     return
                 await cluster.create_model_secret("model-key", "api-key")
                 outcome = await run_pool_scenario(cluster, plan)
-        except MountNamespaceUnavailableError as error:
-            print(f"real runs: skipped, the local Job executor cannot run pods here: {error}")
-            return
+        finally:
+            await asyncio.to_thread(testbed.stop)
     print("\n".join(outcome.summary()))
 
 
@@ -108,7 +116,7 @@ def main() -> None:
         print("== simulated runs (RemoteLimiter clients)", flush=True)
         asyncio.run(bench(args))
     if args.phase in ("real-runs", "all"):
-        print("== real runs (operator, runner processes, local Job executor)", flush=True)
+        print("== real runs (operator, runner pods on the real control plane and the node agent)", flush=True)
         asyncio.run(bench_real_runs(plan))
 
 

