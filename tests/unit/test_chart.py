@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from agentrun_api import constants
-from agentrun_api.admission import CrdAdmission
 from agentrun_api.spec import AgentRunSpec
 from agentrun_operator import permissions
 from agentrun_operator.leadership import LEADER_LABEL
@@ -380,9 +379,9 @@ def test_notes_tell_how_to_apply_and_watch_a_first_run_that_the_api_accepts() ->
     run = yaml.safe_load(manifest.group(1))
     assert run["apiVersion"] == constants.API_VERSION
     assert run["kind"] == constants.KIND
-    # What the API server would do with it: the chart's CRD schema with its CEL rules, strict decoding.
-    crd = find(render_objects(), "CustomResourceDefinition", constants.CRD_NAME)
-    CrdAdmission.from_crd(crd).admit(run)
+    # The models accept it; the real API server's verdict is
+    # tests/integration/test_crd_admission.py::test_the_first_run_in_the_charts_notes_is_accepted.
+    assert set(run) == {"apiVersion", "kind", "metadata", "spec"}
     AgentRunSpec.model_validate(run["spec"])
 
 

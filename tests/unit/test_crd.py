@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from agentrun_api import constants
-from agentrun_api.admission import CrdAdmission, load_agentrun_admission
 from agentrun_api.crd import build_crd, build_throttlepool_crd, render_crd
 
 pytestmark = pytest.mark.unit
@@ -102,10 +101,3 @@ def test_the_crd_is_a_valid_custom_resource_definition_for_kubernetes() -> None:
     # kubernetes-validate checks the manifest against the API's own OpenAPI schema for the CRD kind.
     validated_as = kubernetes_validate.validate(build_crd(), kubernetes_validate.latest_version(), strict=True)
     assert kubernetes_validate.latest_version().startswith(validated_as)
-
-
-def test_admission_loaded_from_the_package_checks_the_committed_schema() -> None:
-    committed = CrdAdmission.from_crd(yaml.safe_load(COMMITTED_CRD.read_text()))
-    assert load_agentrun_admission().schema == committed.schema
-    assert (committed.kind, committed.group, committed.version) == (constants.KIND, constants.GROUP, constants.VERSION)
-    assert committed.status_subresource

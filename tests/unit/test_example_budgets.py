@@ -1,7 +1,8 @@
 """Every AgentRun a newcomer copies fits its own time budget: the operator's budget check has no warning for it.
 
 The manifests are the ones in examples/, in the README and docs, and in the chart's install notes; each is
-admitted as the API server would (defaults applied), then checked with the operator's own budget function.
+parsed by the models (whose defaults are the CRD's), then checked with the operator's own budget function. That
+the real API server accepts each of them is tests/integration/test_crd_admission.py's.
 """
 
 import re
@@ -10,7 +11,6 @@ from typing import Any
 import pytest
 import yaml
 
-from agentrun_api.admission import load_agentrun_admission
 from agentrun_operator.budget import compute_budget
 from agentrun_operator.parsing import parse_spec
 from agentrun_operator.settings import OperatorSettings
@@ -21,7 +21,6 @@ pytestmark = pytest.mark.unit
 REPO_ROOT = EXAMPLES_DIR.parent
 MARKDOWN_YAML = re.compile(r"^```ya?ml\n(.*?)^```", re.MULTILINE | re.DOTALL)
 NOTES_HEREDOC = re.compile(r"<<'YAML'\n(.*?)^YAML$", re.MULTILINE | re.DOTALL)
-ADMISSION = load_agentrun_admission()
 
 
 def agentruns_in(text: str, block: re.Pattern[str]) -> list[dict[str, Any]]:
@@ -57,7 +56,7 @@ def test_the_readme_and_the_chart_notes_are_among_the_manifests_checked() -> Non
     ("where", "manifest"), shown_agentruns(), ids=lambda value: value if isinstance(value, str) else ""
 )
 def test_every_shown_agentrun_fits_its_time_budget(where: str, manifest: dict[str, Any]) -> None:
-    spec = parse_spec(ADMISSION.admit(manifest))
+    spec = parse_spec(manifest)
     budget = compute_budget(spec, deadline_grace_seconds=OperatorSettings().deadline_grace_seconds)
 
     assert budget.fits, f"{where}: {budget.explain()}"

@@ -70,3 +70,38 @@ def test_bad_manifest_exits_1_with_a_field_named_error_and_no_traceback(
 def test_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["render", "-f", str(tmp_path / "absent.yaml")]) == 1
     assert "absent.yaml" in capsys.readouterr().err
+
+
+def test_a_top_level_field_outside_the_api_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "-f", write(tmp_path, GOOD + "spek: {}\n")]) == 1
+    assert "unknown field spek" in capsys.readouterr().err
+
+
+def test_errors_come_from_the_models_naming_the_field_and_what_it_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD.replace("maxExecutionTime: 30m", "maxExecutionTime: 169h")
+    assert main(["render", "-f", write(tmp_path, text)]) == 1
+    assert capsys.readouterr().err == (
+        "error: AgentRun q3: spec.maxExecutionTime: Value error, '169h' is longer than the maximum of 168h\n"
+    )
+
+
+def test_kubeconfig_flags_need_server_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["render", "-f", write(tmp_path, GOOD), "--kubeconfig", str(tmp_path / "config")])
+    assert exited.value.code == 2
+    assert "--kubeconfig and --context apply only with --server-dry-run" in capsys.readouterr().err
+
+
+def test_server_dry_run_without_a_usable_kubeconfig_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config"
+    config.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    code = main(["render", "-f", write(tmp_path, GOOD), "--server-dry-run", "--kubeconfig", str(config)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.startswith("error: --server-dry-run: cannot load the kubeconfig: ")
+    assert "Traceback" not in captured.err
+    assert captured.out == ""

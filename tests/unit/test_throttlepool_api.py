@@ -1,6 +1,5 @@
 """The ThrottlePool API: models, the generated CRD, and the operator's translation of spec and status."""
 
-import functools
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ import yaml
 from pydantic import ValidationError
 
 from agentrun_api import crd, throttlepool
-from agentrun_api.admission import AdmissionError, CrdAdmission
 from agentrun_operator.permits.handlers import limits_from_spec
 from agentrun_operator.permits.pool import PoolLimits, PoolSnapshot
 from agentrun_operator.permits.settings import PermitSettings
@@ -27,21 +25,6 @@ EXAMPLE = REPO / "examples" / "throttlepool.yaml"
 def openapi_schema() -> dict[str, Any]:
     schema: dict[str, Any] = crd.build_throttlepool_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return schema
-
-
-@functools.cache
-def admission() -> CrdAdmission:
-    """The API server's validation of ThrottlePools: schema, defaults, pruning, as from the generated CRD."""
-    return CrdAdmission.from_crd(crd.build_throttlepool_crd())
-
-
-def pool_object(spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "agentrun.dev/v1alpha1",
-        "kind": "ThrottlePool",
-        "metadata": {"name": "openai-org", "namespace": "team-a"},
-        "spec": spec,
-    }
 
 
 def snapshot(**overrides: Any) -> PoolSnapshot:
@@ -85,9 +68,11 @@ def test_printer_columns_show_live_status_fields() -> None:
             assert column["jsonPath"].removeprefix(".status.") in status_fields
 
 
-def test_a_pool_with_limits_is_accepted_by_the_schema() -> None:
+# What the real API server makes of pools (schema, defaults, status writes): tests/integration/test_crd_admission.py.
+
+
+def test_a_pool_with_limits_is_accepted_by_the_model() -> None:
     spec = {"maxRequestsInFlight": 8, "requestsPerMinute": 500, "tokensPerMinute": 200_000}
-    admission().admit(pool_object(spec), None, strict=True)
     parsed = throttlepool.ThrottlePoolSpec.model_validate(spec)
     assert (parsed.max_requests_in_flight, parsed.burst_requests, parsed.tokens_per_minute) == (8, 1, 200_000)
 
@@ -101,31 +86,27 @@ def test_a_pool_with_limits_is_accepted_by_the_schema() -> None:
         ({"maxRequestsInFlight": 2, "requestsPerMinute": 60, "tokensPerMinute": 0}, "tokensPerMinute"),
     ],
 )
-def test_a_bad_pool_is_refused_by_schema_and_operator_naming_the_field(spec: dict[str, Any], field: str) -> None:
-    with pytest.raises(AdmissionError, match=rf"spec\.{field}"):
-        admission().admit(pool_object(spec), None, strict=True)
+def test_a_bad_pool_is_refused_by_model_and_operator_naming_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        throttlepool.ThrottlePoolSpec.model_validate(spec)
     with pytest.raises(ValueError, match=rf"spec\.{field}"):
         limits_from_spec(spec)
 
 
-def test_the_example_pool_is_admitted_with_defaults_and_parses() -> None:
-    admitted = admission().admit(yaml.safe_load(EXAMPLE.read_text()), None, strict=True)
-    assert admitted["spec"]["burstRequests"] == 1  # the default, filled in by the API server
-    assert limits_from_spec(admitted["spec"]).max_in_flight == 4
+def test_the_example_pool_parses_with_the_models_defaults() -> None:
+    spec = yaml.safe_load(EXAMPLE.read_text())["spec"]
+    assert throttlepool.ThrottlePoolSpec.model_validate(spec).burst_requests == 1
+    assert limits_from_spec(spec).max_in_flight == 4
 
 
-def test_the_api_server_refuses_a_pool_without_limits_naming_the_field() -> None:
-    with pytest.raises(AdmissionError, match=r"spec\.requestsPerMinute"):
-        admission().admit(pool_object({"maxRequestsInFlight": 2}), None, strict=True)
+def test_the_model_refuses_a_pool_without_limits_naming_the_field() -> None:
+    with pytest.raises(ValidationError, match="requestsPerMinute"):
+        throttlepool.ThrottlePoolSpec.model_validate({"maxRequestsInFlight": 2})
 
 
-def test_a_status_write_of_the_operator_is_admitted() -> None:
-    stored = admission().admit(yaml.safe_load(EXAMPLE.read_text()), None, strict=True)
-    written = {
-        **stored,
-        "status": status_from_snapshot(snapshot(paused_for_seconds=3), generation=1, now=datetime.now(UTC)),
-    }
-    assert admission().admit_status(written, stored, strict=True)["status"]["queueDepth"] == 7
+def test_a_status_write_of_the_operator_parses_as_the_status_model() -> None:
+    written = status_from_snapshot(snapshot(paused_for_seconds=3), generation=1, now=datetime.now(UTC))
+    assert throttlepool.ThrottlePoolStatus.model_validate(written).queue_depth == 7
 
 
 def test_the_spec_model_is_frozen_and_rejects_unknown_fields() -> None:
@@ -154,9 +135,7 @@ def test_status_reports_the_live_figures_in_camel_case() -> None:
         "accepting": True,
         "observedGeneration": 3,
     }
-    stored = admission().admit(pool_object({"maxRequestsInFlight": 1, "requestsPerMinute": 1}), None, strict=True)
-    written = {**stored, "status": {k: v for k, v in status.items() if v is not None}}
-    assert admission().admit_status(written, stored, strict=True)["status"]["grantedLastMinute"] == 58
+    assert throttlepool.ThrottlePoolStatus.model_validate(status).granted_last_minute == 58
 
 
 def test_status_says_when_a_provider_penalty_ends_and_whether_the_pool_grants_yet() -> None:
