@@ -28,7 +28,7 @@ import httpx
 from tests.harness.apiproxy import RequestLog, ThreadedApiProxy
 from tests.harness.identities import operator_identity
 from tests.harness.local_cluster import OperatorProcess, OperatorTimings
-from tests.harness.nodeagent.settings import ExecutorSettings
+from tests.harness.nodeagent.settings import NodeSettings
 from tests.harness.testbed import IMAGE_ENV, KubeTestbed
 
 from agentrun_api import constants, contract
@@ -203,7 +203,7 @@ async def measure(
             retry_delay_seconds=0.5,
         )
         env = {
-            **ExecutorSettings().base_env,
+            **NodeSettings().base_env,
             "PYTHONPATH": IMAGE_ENV["PYTHONPATH"],
             "KUBECONFIG": str(kubeconfig),
             "AGENTRUN_WATCH_NAMESPACE": namespace,

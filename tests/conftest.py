@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.controlplane import BinariesMissingError, find_binaries
 from tests.harness.nodeagent import MountNamespaceUnavailableError, check_mount_namespaces
 from tests.harness.testbed import KubeTestbed
@@ -42,15 +41,6 @@ def namespace(testbed: KubeTestbed, request: pytest.FixtureRequest) -> Generator
     name = testbed.create_namespace(request.node.name)
     yield name
     testbed.delete_namespace(name)
-
-
-@pytest.fixture
-async def apiserver() -> AsyncIterator[EmulatedApiServer]:
-    """An emulated kube-apiserver on 127.0.0.1 with the AgentRun and ThrottlePool CRDs installed; fails the test
-    if the emulator itself raised while serving."""
-    async with EmulatedApiServer([AGENTRUN_CRD, THROTTLEPOOL_CRD]) as server:
-        yield server
-    assert not server.handler.internal_errors, server.handler.internal_errors
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -1,8 +1,8 @@
 """ConfigMap reads and writes against the Kubernetes API, on aiohttp.
 
 Credentials: in a pod, the in-cluster service account, read here from its mounted files (the token
-is re-read at every request, so kubelet's rotation needs nothing more); when KUBECONFIG is set (the
-local Job executor sets it), the official client's kubeconfig loader, imported only then. Importing
+is re-read at every request, so kubelet's rotation needs nothing more); when KUBECONFIG is set (a runner
+started outside a pod, as some tests and benchmarks do), the official client's kubeconfig loader, imported only then. Importing
 the ``kubernetes`` package costs about a second at every pod start (it loads all its generated API
 classes), which was most of a resumed pod's time before its first model call.
 """

@@ -38,7 +38,7 @@ from tests.harness.controlplane import write_kubeconfig
 from tests.harness.identities import operator_identity
 from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, research_script
 from tests.harness.nodeagent.kube import KubeClient, namespaced_path
-from tests.harness.nodeagent.settings import ExecutorSettings
+from tests.harness.nodeagent.settings import NodeSettings
 from tests.harness.nodeagent.threaded import NodeAgentThread
 from tests.harness.testbed import KubeTestbed
 
@@ -261,7 +261,7 @@ class LocalCluster:
         )
         self.model = await self._start_model()
         env = {
-            **ExecutorSettings().base_env,
+            **NodeSettings().base_env,
             "PYTHONPATH": _python_path(),
             "KUBECONFIG": str(self.operator_kubeconfig_path),
             "AGENTRUN_WATCH_NAMESPACE": self.namespace,

@@ -30,7 +30,7 @@ import yaml
 from tests.harness.background import BackgroundLoop
 from tests.harness.controlplane import ControlPlane
 from tests.harness.controlplane.provisioner import LocalVolumeProvisioner
-from tests.harness.nodeagent.settings import ExecutorSettings, InClusterApi
+from tests.harness.nodeagent.settings import InClusterApi, NodeSettings
 from tests.harness.nodeagent.threaded import NodeAgentThread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -95,11 +95,11 @@ class KubeTestbed:
         self._background.call(provisioner.__aenter__, timeout=30)
         self._provisioner = provisioner
         node_kubeconfig, serving = self.control_plane.issue_node_credentials(NODE_NAME)
-        base_env = {**ExecutorSettings().base_env, **IMAGE_ENV}
-        settings = ExecutorSettings(
+        base_env = {**NodeSettings().base_env, **IMAGE_ENV}
+        settings = NodeSettings(
             node_name=NODE_NAME,
             base_env=base_env,
-            shared_host_paths=(*ExecutorSettings().shared_host_paths, *(str(root) for root in SOURCE_ROOTS)),
+            shared_host_paths=(*NodeSettings().shared_host_paths, *(str(root) for root in SOURCE_ROOTS)),
             image_commands=PROJECT_IMAGES,
             in_cluster_api=InClusterApi("127.0.0.1", self.control_plane.apiserver_port),
         )

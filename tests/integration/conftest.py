@@ -1,4 +1,4 @@
-"""Fixtures for integration tests: the real control plane's namespaces, and (until it goes) the emulated apiserver."""
+"""Fixtures and helpers of the integration tests on the real control plane."""
 
 from __future__ import annotations
 
@@ -7,19 +7,13 @@ from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.harness.apiproxy import ApiProxy
-from tests.harness.apiserver import EmulatedApiServer
 from tests.harness.inprocess_operator import Cluster, run_manifest
 from tests.harness.testbed import KubeTestbed
 
-AGENTRUNS = "/apis/agentrun.dev/v1alpha1/namespaces/default/agentruns"
-CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
 MERGE = {"Content-Type": "application/merge-patch+json"}
-JSON_PATCH = {"Content-Type": "application/json-patch+json"}
-STRATEGIC = {"Content-Type": "application/strategic-merge-patch+json"}
 
 
 def agentrun(name: str, **spec: Any) -> dict[str, Any]:
@@ -37,13 +31,6 @@ def agentrun(name: str, **spec: Any) -> dict[str, Any]:
             **spec,
         },
     }
-
-
-@pytest.fixture
-async def http(apiserver: EmulatedApiServer) -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain HTTP client on the emulated apiserver's URL."""
-    async with aiohttp.ClientSession(base_url=apiserver.url + "/") as session:
-        yield session
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.nodeagent.settings import ExecutorSettings
+from tests.harness.nodeagent.settings import NodeSettings
 from tests.integration.node_env import node_env
 
 pytestmark = pytest.mark.integration
@@ -76,7 +76,7 @@ async def test_volumes_appear_at_mount_paths_and_only_the_claim_survives_pod_res
     await env.job_condition("vols", "Complete")
     shared_entries_under_tmp = {
         Path(path).relative_to("/tmp").parts[0]
-        for path in ExecutorSettings().shared_host_paths
+        for path in NodeSettings().shared_host_paths
         if Path(path).is_relative_to("/tmp")
     }
     pods = await env.pods("vols")

@@ -5,13 +5,13 @@ Test tooling, not the product; see README.md in this package for what it does an
 
 from tests.harness.nodeagent.agent import NodeAgent
 from tests.harness.nodeagent.pods import MountNamespaceUnavailableError, PodRuntime, check_mount_namespaces
-from tests.harness.nodeagent.settings import ExecutorSettings, InClusterApi
+from tests.harness.nodeagent.settings import InClusterApi, NodeSettings
 
 __all__ = [
-    "ExecutorSettings",
     "InClusterApi",
     "MountNamespaceUnavailableError",
     "NodeAgent",
+    "NodeSettings",
     "PodRuntime",
     "check_mount_namespaces",
 ]

@@ -27,7 +27,7 @@ from tests.harness.controlplane.pki import CertificatePair
 from tests.harness.nodeagent.kube import ApiError, JsonObject, KubeClient, namespaced_path
 from tests.harness.nodeagent.logserver import ContainerLogServer
 from tests.harness.nodeagent.pods import LOCAL_IP, PodRuntime, check_mount_namespaces
-from tests.harness.nodeagent.settings import ExecutorSettings
+from tests.harness.nodeagent.settings import NodeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class NodeAgent:
         ca_file: Path,
         *,
         state_dir: Path,
-        settings: ExecutorSettings,
+        settings: NodeSettings,
         kubernetes_version: str = "",
     ) -> None:
         self.kubeconfig = kubeconfig
@@ -265,7 +265,6 @@ class NodeAgent:
             kube=self.kube,
             pod=pod,
             state_dir=self.state_dir,
-            credentials_dir=self.state_dir / "unused-credentials",
             settings=self.settings,
             notify=self.poke,
         )

@@ -57,15 +57,14 @@ def _decode(values: Mapping[str, str], *, base64_encoded: bool) -> dict[str, byt
 
 
 class PodEnvironment:
-    """Reads and caches the Secrets and ConfigMaps one pod start needs; with ``issue_tokens``, asks the
-    TokenRequest API for the pod's ServiceAccount tokens as a kubelet does (bound to the pod)."""
+    """Reads and caches the Secrets and ConfigMaps one pod start needs, and asks the TokenRequest API for the
+    pod's ServiceAccount tokens as a kubelet does (bound to the pod)."""
 
-    def __init__(self, kube: KubeClient, pod: JsonObject, *, issue_tokens: bool = False) -> None:
+    def __init__(self, kube: KubeClient, pod: JsonObject) -> None:
         self._kube = kube
         self._pod = pod
         self._namespace: str = pod["metadata"]["namespace"]
         self._cache: dict[tuple[str, str], dict[str, bytes] | None] = {}
-        self.issue_tokens = issue_tokens
 
     async def service_account_token(self, projection: Mapping[str, Any]) -> bytes:
         """A token for the pod's ServiceAccount, bound to the pod: what the kubelet writes into a projected
@@ -161,7 +160,7 @@ class PodEnvironment:
         selected = FIELD_SELECTOR.match(field_path)
         if selected:
             return str((metadata.get(selected.group(1)) or {}).get(selected.group(2), ""))
-        raise ContainerConfigError(f"unsupported fieldRef fieldPath {field_path!r} (local executor)")
+        raise ContainerConfigError(f"unsupported fieldRef fieldPath {field_path!r} (node agent)")
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -231,7 +230,7 @@ def container_argv(container: JsonObject, env: Mapping[str, str], image_commands
         repository = image_repository(str(container.get("image", "")))
         if repository not in image_commands:
             raise ContainerCommandError(
-                f"container {container['name']!r} has no command and the local executor runs no images; "
+                f"container {container['name']!r} has no command and the node has no ENTRYPOINT for its image; "
                 f"set command, or map image {repository!r} in image_commands"
             )
         command = list(image_commands[repository])
@@ -249,7 +248,7 @@ def _write_files(directory: Path, files: Mapping[str, bytes]) -> None:
 
 
 async def prepare_volumes(
-    pod: JsonObject, source: PodEnvironment, kube: KubeClient, pod_dir: Path, claims_dir: Path
+    pod: JsonObject, source: PodEnvironment, kube: KubeClient, pod_dir: Path
 ) -> dict[str, tuple[Path, bool]]:
     """Materialise each pod volume as a local directory: name -> (directory, read-only by nature)."""
     namespace = pod["metadata"]["namespace"]
@@ -267,14 +266,7 @@ async def prepare_volumes(
             found = await kube.get(path)
             if found is None:
                 raise VolumeSetupError(f'persistentvolumeclaim "{claim}" not found')
-            if source.issue_tokens:
-                directory = await _bound_volume_path(kube, claim, found)
-            else:
-                # The legacy executor binds the claim as the PV controller would; its data lives as long as
-                # the executor's state dir.
-                await kube.merge_patch(path + "/status", {"status": {"phase": "Bound"}})
-                directory = claims_dir / namespace / claim
-                directory.mkdir(parents=True, exist_ok=True)
+            directory = await _bound_volume_path(kube, claim, found)
             volumes[name] = (directory, bool(volume["persistentVolumeClaim"].get("readOnly")))
         elif "configMap" in volume or "secret" in volume:
             kind, spec = ("ConfigMap", volume["configMap"]) if "configMap" in volume else ("Secret", volume["secret"])
@@ -293,7 +285,7 @@ async def prepare_volumes(
             volumes[name] = (Path(volume["hostPath"]["path"]), False)
         else:
             kinds = sorted(set(volume) - {"name"})
-            raise VolumeSetupError(f"volume {name!r}: type {kinds} is not emulated by the local executor")
+            raise VolumeSetupError(f"volume {name!r}: type {kinds} is not supported by the node agent")
     return volumes
 
 
@@ -331,10 +323,9 @@ async def _projected_files(volume: JsonObject, source: PodEnvironment) -> dict[s
                 if "fieldRef" not in item:
                     raise VolumeSetupError(f"downwardAPI item {item['path']!r}: only fieldRef is emulated")
                 files[item["path"]] = source.field(item["fieldRef"]["fieldPath"]).encode()
-        elif "serviceAccountToken" in projection and source.issue_tokens:
+        elif "serviceAccountToken" in projection:
             token = projection["serviceAccountToken"]
             files[token["path"]] = await source.service_account_token(token)
-        # Without issue_tokens (the legacy executor) token projections are skipped: the process gets KUBECONFIG.
     return files
 
 

@@ -1,7 +1,7 @@
 """A small asyncio client for the Kubernetes REST API, configured from a kubeconfig file.
 
-The executor talks to whatever API server the kubeconfig names (the project's emulator, kmock, or a
-real cluster), so it uses only plain REST: list, get, create, merge-patch, delete, watch and the
+The node agent and the tests talk to whatever API server the kubeconfig names (the test control plane or a
+real cluster) in plain REST: list, get, create, merge-patch, delete, watch and the
 status subresource. The official ``kubernetes`` package reads the kubeconfig (contexts, tokens,
 client certificates, exec plugins); the requests themselves go over aiohttp.
 """

@@ -1,6 +1,6 @@
 """Set up one container's mounts, then become the container's command (stdlib only; run as a script).
 
-The executor starts this as ``unshare --mount --propagation private -- python launcher.py SPEC``,
+The node agent starts this as ``unshare --mount --propagation private -- python launcher.py SPEC``,
 so every mount below happens in a mount namespace private to this container and vanishes with it.
 SPEC is a JSON file: {"mounts": [{"source", "target", "readOnly"}], "sharedPaths", "workingDir", "argv", "env"}.
 sharedPaths are host directories that stay visible at their own path even where a volume covers them
@@ -66,13 +66,13 @@ def main() -> None:
         if spec.get("workingDir"):
             os.chdir(spec["workingDir"])
     except OSError as error:
-        print(f"local executor: cannot set up the container: {error}", file=sys.stderr, flush=True)
+        print(f"node agent: cannot set up the container: {error}", file=sys.stderr, flush=True)
         sys.exit(EXIT_SETUP_FAILED)
     argv = spec["argv"]
     try:
         os.execvpe(argv[0], argv, spec["env"])
     except OSError as error:
-        print(f"local executor: cannot run {argv[0]!r}: {error}", file=sys.stderr, flush=True)
+        print(f"node agent: cannot run {argv[0]!r}: {error}", file=sys.stderr, flush=True)
         sys.exit(EXIT_COMMAND_NOT_FOUND)
 
 

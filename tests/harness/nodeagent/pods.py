@@ -27,7 +27,6 @@ from tests.harness.nodeagent.containers import (
     ContainerConfigError,
     ContainerLaunch,
     ImagePullError,
-    Mount,
     PodEnvironment,
     VolumeSetupError,
     check_image,
@@ -37,14 +36,13 @@ from tests.harness.nodeagent.containers import (
     prepare_volumes,
 )
 from tests.harness.nodeagent.kube import (
-    MERGE_PATCH,
     STRATEGIC_MERGE_PATCH,
     ApiError,
     JsonObject,
     KubeClient,
     namespaced_path,
 )
-from tests.harness.nodeagent.settings import ExecutorSettings
+from tests.harness.nodeagent.settings import NodeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +51,7 @@ UNSHARE = ["unshare", "--mount", "--propagation", "private", "--"]
 LOCAL_IP = "127.0.0.1"  # the node's address (status.hostIP)
 # Every pod gets an address of its own, as a pod network gives it: 127.0.0.0/8 is loopback as a whole on
 # Linux, so two runners both serving containerPort 8080 on their podIP do not collide. Numbering starts at a
-# random place, so executors of two processes side by side (a demo next to a test run) rarely meet.
+# random place, so node agents of two processes side by side (a demo next to a test run) rarely meet.
 _pod_addresses = itertools.count(random.randrange(250 * 250))
 
 
@@ -62,10 +60,6 @@ def next_pod_ip() -> str:
     return f"127.2.{(n // 250) % 250}.{n % 250 + 1}"
 
 
-# Where a container finds the executor's kubeconfig: the stand-in for the service account mount
-# (/var/run/secrets/kubernetes.io/serviceaccount), at a fixed path no volume of the pod covers.
-CREDENTIALS_MOUNT_PATH = "/var/run/secrets/local-executor"
-KUBECONFIG_FILE = "kubeconfig"
 STATUS_WRITE_ATTEMPTS = 20  # about 15 s of retries at most
 
 
@@ -88,7 +82,7 @@ def condition(type_: str, status: bool, reason: str = "", message: str = "") -> 
 
 
 class MountNamespaceUnavailableError(RuntimeError):
-    """This machine does not let the executor give pods their own mount namespace (not root?)."""
+    """This machine does not let the node agent give pods their own mount namespace (not root?)."""
 
 
 def check_mount_namespaces() -> None:
@@ -99,11 +93,11 @@ def check_mount_namespaces() -> None:
         )
     except FileNotFoundError as error:
         raise MountNamespaceUnavailableError(
-            "the local Job executor needs `unshare` (util-linux) to give each pod its own mounts"
+            "the node agent needs `unshare` (util-linux) to give each pod its own mounts"
         ) from error
     if result.returncode != 0:
         raise MountNamespaceUnavailableError(
-            "the local Job executor cannot create a private mount namespace with bind mounts "
+            "the node agent cannot create a private mount namespace with bind mounts "
             f"(it needs root or CAP_SYS_ADMIN): {result.stderr.strip()[-300:]}"
         )
 
@@ -117,8 +111,7 @@ class PodRuntime:
         kube: KubeClient,
         pod: JsonObject,
         state_dir: Path,
-        credentials_dir: Path,
-        settings: ExecutorSettings,
+        settings: NodeSettings,
         notify: Callable[[], None],
     ) -> None:
         self.namespace: str = pod["metadata"]["namespace"]
@@ -126,19 +119,13 @@ class PodRuntime:
         self._pod = pod
         self._spec: JsonObject = pod.get("spec") or {}
         self._kube = kube
-        self._credentials_dir = credentials_dir
         self._settings = settings
         self._notify = notify
         self.pod_dir = state_dir / "pods" / self.namespace / self.name
         self.log_dir = state_dir / "logs" / self.namespace / self.name
-        self._claims_dir = state_dir / "claims"
         self._path = namespaced_path("v1", "pods", self.namespace, self.name)
-        in_cluster = settings.in_cluster_api is not None
-        # The scheduler owns PodScheduled on a real control plane; the legacy executor plays the scheduler too.
-        self._conditions: dict[str, JsonObject] = (
-            {} if in_cluster else {"PodScheduled": condition("PodScheduled", True)}
-        )
-        self._status_patch_type = STRATEGIC_MERGE_PATCH if in_cluster else MERGE_PATCH
+        # PodScheduled is the scheduler's; the node writes the conditions a kubelet owns.
+        self._conditions: dict[str, JsonObject] = {}
         self._container_statuses: list[JsonObject] = []
         self._init_statuses: list[JsonObject] = []
         self._start_time = now_rfc3339()
@@ -220,7 +207,7 @@ class PodRuntime:
                 # A strategic merge, as the kubelet's status manager writes: conditions merge by type, so those the
                 # node does not own (DisruptionTarget from an eviction, PodScheduled) stay as others wrote them.
                 await self._kube.merge_patch(
-                    self._path + "/status", {"status": self._status()}, content_type=self._status_patch_type
+                    self._path + "/status", {"status": self._status()}, content_type=STRATEGIC_MERGE_PATCH
                 )
                 break
             except (ApiError, aiohttp.ClientError, TimeoutError) as error:
@@ -257,25 +244,18 @@ class PodRuntime:
         pod = self._pod
         # kubelet knows the pod's IP before it starts containers: the downward API can hand it in.
         pod.setdefault("status", {})["podIP"] = self.pod_ip
-        in_cluster = self._settings.in_cluster_api
+        api = self._settings.in_cluster_api
         containers = [*(self._spec.get("initContainers") or []), self._spec["containers"][0]]
-        if in_cluster is not None:
-            for container in containers:
-                check_image(container, self._settings.image_commands)
-        source = PodEnvironment(self._kube, pod, issue_tokens=in_cluster is not None)
-        volumes = await prepare_volumes(pod, source, self._kube, self.pod_dir, self._claims_dir)
+        for container in containers:
+            check_image(container, self._settings.image_commands)
+        source = PodEnvironment(self._kube, pod)
+        volumes = await prepare_volumes(pod, source, self._kube, self.pod_dir)
         launches: list[ContainerLaunch] = []
         for container in containers:
             env = dict(self._settings.base_env)
-            env["HOSTNAME"] = self.name
-            extra_mounts: list[Mount] = []
-            if in_cluster is not None:
-                env.update(
-                    {"KUBERNETES_SERVICE_HOST": in_cluster.host, "KUBERNETES_SERVICE_PORT": str(in_cluster.port)}
-                )
-            else:
-                env["KUBECONFIG"] = f"{CREDENTIALS_MOUNT_PATH}/{KUBECONFIG_FILE}"
-                extra_mounts.append(Mount(self._credentials_dir, CREDENTIALS_MOUNT_PATH, read_only=True))
+            env.update(
+                {"HOSTNAME": self.name, "KUBERNETES_SERVICE_HOST": api.host, "KUBERNETES_SERVICE_PORT": str(api.port)}
+            )
             env.update(await container_env(container, source))
             launches.append(
                 ContainerLaunch(
@@ -283,7 +263,7 @@ class PodRuntime:
                     argv=container_argv(container, env, self._settings.image_commands),
                     env=env,
                     working_dir=container.get("workingDir"),
-                    mounts=[*container_mounts(container, volumes), *extra_mounts],
+                    mounts=container_mounts(container, volumes),
                 )
             )
         return launches[:-1], launches[-1]
@@ -316,7 +296,7 @@ class PodRuntime:
         try:
             await self._run_pod()
         except Exception:
-            logger.exception("pod %s/%s: the executor failed to run it", self.namespace, self.name)
+            logger.exception("pod %s/%s: the node agent failed to run it", self.namespace, self.name)
             self.phase = "Failed"
             await self._write_status()
         finally:

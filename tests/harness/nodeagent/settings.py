@@ -1,4 +1,4 @@
-"""Settings of the node agent (and of the legacy local Job executor that shares its pod runtime)."""
+"""Settings of the node agent."""
 
 import os
 import sys
@@ -23,33 +23,27 @@ class InClusterApi:
 
 
 @dataclass(frozen=True)
-class ExecutorSettings:
+class NodeSettings:
     resync_interval_seconds: float = 1.0
-    """Seconds between full re-lists of Jobs and Pods besides watch events (default 1): the safety net
-    for API servers whose watches drop events, and the clock for activeDeadlineSeconds."""
+    """Seconds between full re-lists of the node's pods besides watch events (default 1): the safety net for a
+    watch that drops events."""
 
     config_retry_seconds: float = 0.5
     """Seconds between retries of a pod waiting on a missing Secret, ConfigMap or claim (default 0.5;
     kubelet backs off for longer, but tests create the missing object and want the pod to start soon)."""
 
-    pod_backoff_base_seconds: float = 0.0
-    """Delay before a replacement pod after the n-th failure is base x 2^(n-1) seconds (default 0).
-    Kubernetes uses 10 s doubling up to 6 min; locally that would only make tests slow."""
-
     container_restart_backoff_seconds: float = 0.1
     """Delay before kubelet restarts a container in place under restartPolicy OnFailure (default 0.1;
     Kubernetes: 10 s doubling up to 5 min)."""
 
-    image_commands: Mapping[str, list[str]] = field(default_factory=dict)
-    """Command to run for a container that has none, by image repository (no tag): the stand-in for
-    an image's ENTRYPOINT, e.g. {"ghcr.io/x/agentrun-runner": ["python", "-m", "agentrun_runner"]}.
-    With ``in_cluster_api`` set (the node agent) these are also the only images the node can pull: any
-    other image leaves its pod waiting in ErrImagePull, as a kubelet without registry access would."""
+    in_cluster_api: InClusterApi = field(default_factory=lambda: InClusterApi("127.0.0.1", 6443))
+    """Where containers reach the API server as in-cluster clients (with a real ServiceAccount token from the
+    TokenRequest API, so the API server enforces the pod's own RBAC)."""
 
-    in_cluster_api: InClusterApi | None = None
-    """Set by the node agent: containers get the in-cluster environment and a real ServiceAccount token from
-    the TokenRequest API, so the API server enforces the pod's own RBAC. None (the legacy executor): each
-    container gets a copy of the executor's kubeconfig instead."""
+    image_commands: Mapping[str, list[str]] = field(default_factory=dict)
+    """The images this node has, by repository (no tag), each with its ENTRYPOINT, the command a container
+    without one runs: e.g. {"ghcr.io/x/agentrun-runner": ["python", "-m", "agentrun_runner"]}. Any other image
+    leaves its pod waiting in ErrImagePull, as a kubelet without registry access would."""
 
     base_env: Mapping[str, str] = field(default_factory=_host_base_env)
     """Environment every container starts from before the pod's env (default: PATH, HOME and locale of
@@ -60,8 +54,8 @@ class ExecutorSettings:
     emptyDir on /tmp over a checkout in /tmp, say): the stand-in for an image's own files. Default: this
     Python's installation; add the source roots a container runs from."""
 
-    node_name: str = "local-executor"
-    """spec.nodeName given to the pods this executor runs."""
+    node_name: str = "agentrun-node"
+    """The Node this agent registers; it runs the pods bound to it."""
 
     kill_timeout_seconds: float = 5.0
     """Seconds to wait for a SIGKILLed process to be reaped before giving up on it (default 5)."""

@@ -13,7 +13,7 @@ from tests.harness.background import BackgroundLoop
 from tests.harness.controlplane.pki import CertificatePair
 from tests.harness.nodeagent.agent import NodeAgent
 from tests.harness.nodeagent.pods import PodRuntime
-from tests.harness.nodeagent.settings import ExecutorSettings
+from tests.harness.nodeagent.settings import NodeSettings
 
 START_TIMEOUT_SECONDS = 60.0
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -30,7 +30,7 @@ class NodeAgentThread:
         ca_file: Path,
         *,
         state_dir: Path,
-        settings: ExecutorSettings,
+        settings: NodeSettings,
         kubernetes_version: str,
     ) -> None:
         self._background = background
