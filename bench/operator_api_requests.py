@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import httpx
 from tests.harness.apiproxy import RequestLog, ThreadedApiProxy
 from tests.harness.identities import operator_identity
+from tests.harness.inprocess_operator import now_iso, running_pod_status
 from tests.harness.local_cluster import OperatorProcess, OperatorTimings
 from tests.harness.nodeagent.settings import NodeSettings
 from tests.harness.testbed import IMAGE_ENV, KubeTestbed
@@ -37,10 +38,6 @@ RUN = "q3"
 MERGE = {"Content-Type": "application/merge-patch+json"}
 T = TypeVar("T")
 WATCHED = {"AgentRun", "Job", "Pod", "ConfigMap", "ThrottlePool"}  # what the operator watches (handlers.py)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Hands:
@@ -84,26 +81,8 @@ class Hands:
 
     def start_pod(self, pod: dict[str, Any]) -> str:
         """What the kubelet writes once the runner container runs."""
-        started = now_iso()
-        containers = [
-            {
-                "name": container["name"],
-                "image": container["image"],
-                "imageID": "",
-                "ready": True,
-                "started": True,
-                "restartCount": 0,
-                "state": {"running": {"startedAt": started}},
-            }
-            for container in pod["spec"]["containers"]
-        ]
         name: str = pod["metadata"]["name"]
-        status = {
-            "phase": "Running",
-            "startTime": started,
-            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": started}],
-            "containerStatuses": containers,
-        }
+        status = running_pod_status(pod)
         self.send("PATCH", f"{self.core}/pods/{name}/status", {"status": status}, MERGE)
         return name
 

@@ -56,6 +56,29 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def running_pod_status(pod: dict[str, Any]) -> dict[str, Any]:
+    """What the kubelet writes once a pod's containers run: phase Running, Ready, each container started."""
+    started = now_iso()
+    containers = [
+        {
+            "name": container["name"],
+            "image": container["image"],
+            "imageID": "",
+            "ready": True,
+            "started": True,
+            "restartCount": 0,
+            "state": {"running": {"startedAt": started}},
+        }
+        for container in pod["spec"]["containers"]
+    ]
+    return {
+        "phase": "Running",
+        "startTime": started,
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": started}],
+        "containerStatuses": containers,
+    }
+
+
 def run_manifest(name: str = "q3", **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "instructions": "You are a careful researcher.",
@@ -219,14 +242,7 @@ class Cluster:
     def admin_kubeconfig(self, path: Path) -> Path:
         """A cluster admin's kubeconfig whose context names this namespace (for kubectl)."""
         control_plane = self.testbed.control_plane
-        return write_kubeconfig(
-            path,
-            control_plane.url,
-            control_plane.ca_file,
-            user="admin",
-            client=control_plane.admin_credentials,
-            namespace=self.namespace,
-        )
+        return control_plane.admin_kubeconfig_for(path, self.namespace)
 
     def operator_connection(self) -> kopf.ConnectionInfo:
         """The operator's credentials (its ServiceAccount token), for the operator's own KubeClient."""
@@ -352,32 +368,7 @@ class Cluster:
         pod = await eventually(next_pod, timeout=timeout, message=f"the Job controller's next pod of {run}")
         name: str = pod["metadata"]["name"]
         self._played.add(pod["metadata"]["uid"])
-        started = now_iso()
-        containers = [
-            {
-                "name": container["name"],
-                "image": container["image"],
-                "imageID": "",
-                "ready": True,
-                "started": True,
-                "restartCount": 0,
-                "state": {"running": {"startedAt": started}},
-            }
-            for container in pod["spec"]["containers"]
-        ]
-        self.patch(
-            "Pod",
-            name,
-            {
-                "status": {
-                    "phase": "Running",
-                    "startTime": started,
-                    "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": started}],
-                    "containerStatuses": containers,
-                }
-            },
-            status=True,
-        )
+        self.patch("Pod", name, {"status": running_pod_status(pod)}, status=True)
         return name
 
     def fail_pod(self, name: str, *, exit_code: int = 1, reason: str = "Error") -> None:

@@ -34,7 +34,6 @@ from typing import Self
 import aiohttp
 
 from tests.harness.apiproxy import ApiProxy
-from tests.harness.controlplane import write_kubeconfig
 from tests.harness.identities import operator_identity
 from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, research_script
 from tests.harness.nodeagent.kube import KubeClient, namespaced_path
@@ -239,14 +238,7 @@ class LocalCluster:
             self.namespace = await asyncio.to_thread(self.testbed.create_namespace, self.state_dir.name)
             self._stack.callback(self.testbed.delete_namespace, self.namespace)
         control_plane = self.testbed.control_plane
-        self.kubeconfig_path = write_kubeconfig(
-            self.state_dir / "admin.kubeconfig",
-            control_plane.url,
-            control_plane.ca_file,
-            user="admin",
-            client=control_plane.admin_credentials,
-            namespace=self.namespace,
-        )
+        self.kubeconfig_path = control_plane.admin_kubeconfig_for(self.state_dir / "admin.kubeconfig", self.namespace)
         identity = await asyncio.to_thread(operator_identity, control_plane)
         await asyncio.to_thread(identity.grant, self.namespace)
         if self.operator_behind_proxy:

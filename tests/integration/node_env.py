@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.harness.controlplane import write_kubeconfig
 from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.nodeagent.threaded import JOB_NAME_LABEL, NodeAgentThread
 from tests.harness.testbed import KubeTestbed
@@ -119,13 +118,6 @@ class NodeEnv:
 async def node_env(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> AsyncIterator[NodeEnv]:
     """The node agent's view of one test namespace, with a cluster admin's client on it."""
     control_plane = testbed.control_plane
-    kubeconfig = write_kubeconfig(
-        tmp_path / "admin.kubeconfig",
-        control_plane.url,
-        control_plane.ca_file,
-        user="admin",
-        client=control_plane.admin_credentials,
-        namespace=namespace,
-    )
+    kubeconfig = control_plane.admin_kubeconfig_for(tmp_path / "admin.kubeconfig", namespace)
     async with KubeClient(str(kubeconfig)) as kube:
         yield NodeEnv(kube, testbed.node, namespace, kubeconfig)

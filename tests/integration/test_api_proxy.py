@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import signal
 import ssl
@@ -23,14 +21,11 @@ import aiohttp.web
 import pytest
 import yaml
 from aiohttp.typedefs import Handler
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from multidict import CIMultiDictProxy
 from yarl import URL
 
 from tests.harness.apiproxy import ApiProxy, Faults, RequestInfo, RequestRecord, ThreadedApiProxy, parse_request_info
+from tests.harness.controlplane.pki import CertificateAuthority, CertificatePair
 
 pytestmark = pytest.mark.integration
 
@@ -41,90 +36,7 @@ CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
 READ_TIMEOUT_SECONDS = 5.0
 
 
-# ----- a CA and certificates for the upstream, made fresh for the module -----
-
-
-@dataclass
-class CertificateAuthority:
-    name: str
-    key: ec.EllipticCurvePrivateKey
-    certificate: x509.Certificate
-    directory: Path
-
-    @classmethod
-    def create(cls, name: str, directory: Path) -> CertificateAuthority:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        directory.mkdir(parents=True, exist_ok=True)
-        authority = cls(name, key, certificate, directory)
-        authority.ca_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        return authority
-
-    @property
-    def ca_file(self) -> Path:
-        return self.directory / f"{self.name}-ca.crt"
-
-    def issue(self, common_name: str, *, server: bool) -> tuple[Path, Path]:
-        """A leaf certificate and key signed by this CA: for 127.0.0.1 when `server`, else for client auth."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
-        )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-                ),
-                critical=False,
-            )
-        certificate = builder.sign(self.key, hashes.SHA256())
-        certificate_path = self.directory / f"{self.name}-{common_name}.crt"
-        key_path = self.directory / f"{self.name}-{common_name}.key"
-        certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        return certificate_path, key_path
+# ----- a CA and certificates for the upstream, made fresh for the module (the control plane's PKI code) -----
 
 
 @dataclass
@@ -136,17 +48,22 @@ class Pki:
     client: tuple[Path, Path]
 
 
+def _pair(certificate: CertificatePair) -> tuple[Path, Path]:
+    return certificate.cert, certificate.key
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     directory = tmp_path_factory.mktemp("pki")
-    trusted = CertificateAuthority.create("trusted", directory)
-    untrusted = CertificateAuthority.create("untrusted", directory)
+    trusted = CertificateAuthority(directory / "trusted", "trusted")
+    untrusted = CertificateAuthority(directory / "untrusted", "untrusted")
+    loopback = {"dns_names": ("localhost",), "ip_addresses": ("127.0.0.1",), "server": True}
     return Pki(
         trusted=trusted,
         untrusted=untrusted,
-        server=trusted.issue("apiserver", server=True),
-        untrusted_server=untrusted.issue("impostor", server=True),
-        client=trusted.issue("system:proxy-client", server=False),
+        server=_pair(trusted.issue("apiserver", "apiserver", **loopback)),
+        untrusted_server=_pair(untrusted.issue("impostor", "impostor", **loopback)),
+        client=_pair(trusted.issue("proxy-client", "system:proxy-client", client=True)),
     )
 
 
@@ -298,13 +215,13 @@ class FakeApiServer:
 
 @pytest.fixture
 async def upstream(pki: Pki) -> AsyncIterator[FakeApiServer]:
-    async with FakeApiServer(pki.server, pki.trusted.ca_file) as server:
+    async with FakeApiServer(pki.server, pki.trusted.cert) as server:
         yield server
 
 
 @pytest.fixture
 async def proxy(upstream: FakeApiServer, pki: Pki) -> AsyncIterator[ApiProxy]:
-    async with ApiProxy(upstream.url, ca_file=pki.trusted.ca_file) as running:
+    async with ApiProxy(upstream.url, ca_file=pki.trusted.cert) as running:
         yield running
     assert running.internal_errors == []
 
@@ -560,7 +477,7 @@ async def test_client_headers_path_and_body_reach_the_upstream(
 async def test_a_request_without_a_token_is_sent_with_the_client_certificate(upstream: FakeApiServer, pki: Pki) -> None:
     certificate, key = pki.client
     async with (
-        ApiProxy(upstream.url, ca_file=pki.trusted.ca_file, client_cert=certificate, client_key=key) as proxy,
+        ApiProxy(upstream.url, ca_file=pki.trusted.cert, client_cert=certificate, client_key=key) as proxy,
         aiohttp.ClientSession(base_url=proxy.url) as session,
     ):
         anonymous = (await call(session, "GET", "/api/v1/namespaces/default/secrets/s")).json()
@@ -799,7 +716,7 @@ async def test_a_client_that_hangs_up_ends_its_watch_upstream(
 
 
 async def test_stopping_the_proxy_ends_its_open_watches_at_once(upstream: FakeApiServer, pki: Pki) -> None:
-    proxy = ApiProxy(upstream.url, ca_file=pki.trusted.ca_file, shutdown_timeout_seconds=30)
+    proxy = ApiProxy(upstream.url, ca_file=pki.trusted.cert, shutdown_timeout_seconds=30)
     await proxy.start()
     url = proxy.url
     try:
@@ -843,8 +760,8 @@ async def test_protocol_upgrades_are_refused_not_forwarded(
 
 async def test_an_upstream_with_a_certificate_from_an_unknown_ca_is_refused(pki: Pki) -> None:
     async with (
-        FakeApiServer(pki.untrusted_server, pki.trusted.ca_file) as impostor,
-        ApiProxy(impostor.url, ca_file=pki.trusted.ca_file) as proxy,
+        FakeApiServer(pki.untrusted_server, pki.trusted.cert) as impostor,
+        ApiProxy(impostor.url, ca_file=pki.trusted.cert) as proxy,
         aiohttp.ClientSession(base_url=proxy.url, headers=AUTH) as session,
     ):
         answer = await call(session, "GET", CONFIGMAPS)
@@ -860,7 +777,7 @@ async def test_an_upstream_with_a_certificate_from_an_unknown_ca_is_refused(pki:
 
 def test_the_upstream_must_be_https(pki: Pki) -> None:
     with pytest.raises(ValueError, match="https://"):
-        ApiProxy("http://127.0.0.1:6443", ca_file=pki.trusted.ca_file)
+        ApiProxy("http://127.0.0.1:6443", ca_file=pki.trusted.cert)
 
 
 # ----- from synchronous code and other processes -----
@@ -870,7 +787,7 @@ async def test_threaded_proxy_serves_synchronous_clients_with_a_kubeconfig(
     upstream: FakeApiServer, pki: Pki, tmp_path: Path
 ) -> None:
     def synchronous_client() -> tuple[int, int, dict[str, Any], int, list[str]]:
-        with ThreadedApiProxy(upstream.url, ca_file=pki.trusted.ca_file) as proxy:
+        with ThreadedApiProxy(upstream.url, ca_file=pki.trusted.cert) as proxy:
             config_path = proxy.write_kubeconfig(tmp_path / "kube" / "config", TOKEN, namespace="agents")
             config = yaml.safe_load(config_path.read_text())
             request = urllib.request.Request(proxy.url + CONFIGMAPS, headers=AUTH)
@@ -905,7 +822,7 @@ async def test_the_command_line_proxy_prints_its_url_and_a_summary(
         "--upstream",
         upstream.url,
         "--ca-file",
-        str(pki.trusted.ca_file),
+        str(pki.trusted.cert),
         "--port",
         "0",
         "--kubeconfig",

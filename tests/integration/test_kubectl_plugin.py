@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from agentrun_operator import kubectl_plugin
-from tests.harness.controlplane import write_kubeconfig
 from tests.harness.local_cluster import REPO_ROOT
 from tests.harness.run_identity import AGENTRUN_API, RBAC_API
 from tests.harness.sse_server import SseServer
@@ -65,14 +64,7 @@ class Cluster:
 @pytest.fixture
 def cluster(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> Cluster:
     control_plane = testbed.control_plane
-    kubeconfig = write_kubeconfig(
-        tmp_path / "admin.kubeconfig",
-        control_plane.url,
-        control_plane.ca_file,
-        user="admin",
-        client=control_plane.admin_credentials,
-        namespace=namespace,
-    )
+    kubeconfig = control_plane.admin_kubeconfig_for(tmp_path / "admin.kubeconfig", namespace)
     return Cluster(testbed, namespace, kubeconfig)
 
 

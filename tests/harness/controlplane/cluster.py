@@ -240,6 +240,12 @@ class ControlPlane:
         serving = self.ca.issue(f"node-{node_name}-serving", node_name, ip_addresses=(LOOPBACK,), server=True)
         return self._kubeconfig(f"node-{node_name}", client), serving
 
+    def admin_kubeconfig_for(self, path: Path, namespace: str) -> Path:
+        """A cluster admin's kubeconfig whose context names ``namespace``, as kubectl users keep one per team."""
+        return write_kubeconfig(
+            path, self.url, self.ca_file, user="admin", client=self.admin_credentials, namespace=namespace
+        )
+
     def kubeconfig_for_token(self, path: Path, token: str, *, user: str, namespace: str | None = None) -> Path:
         return write_kubeconfig(path, self.url, self.ca_file, user=user, token=token, namespace=namespace)
 
