@@ -21,6 +21,7 @@ from agentrun_api import constants
 from agentrun_api.crd import build_crd
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import AgentRunStatus, Phase
+from tests.harness.release_neutral import release_neutral
 from tests.harness.testbed import KubeTestbed
 from tests.unit.example_manifests import EXAMPLES_DIR, BadExample, agentrun_examples, bad_examples, load
 from tests.unit.test_example_budgets import shown_agentruns
@@ -138,7 +139,7 @@ def test_every_bad_example_is_refused_with_an_error_naming_its_field(api: Api, b
     answer = api.create(bad.manifest, dry_run=True)
 
     status = answer.json()
-    assert bad.expect in status["message"]
+    assert release_neutral(bad.expect) in release_neutral(status["message"])
     if answer.status_code == 400:
         # Strict decoding refuses unknown fields before validation, naming them in the message only.
         assert status["reason"] == "BadRequest"
@@ -154,15 +155,19 @@ def test_every_bad_example_is_refused_with_an_error_naming_its_field(api: Api, b
 def test_an_unsupported_enum_value_lists_the_supported_values(api: Api) -> None:
     status = api.refused(with_spec(minimal(), checkpoint={"store": "Disk"}))
 
-    assert status["message"] == (
-        'AgentRun.agentrun.dev "minimal" is invalid: [spec.checkpoint.store: Unsupported value: "Disk": '
-        'supported values: "ConfigMap", "PersistentVolumeClaim", ' + ": ".join(CEL_SKIPPED) + "]"
+    assert release_neutral(status["message"]) == (
+        release_neutral(
+            'AgentRun.agentrun.dev "minimal" is invalid: [spec.checkpoint.store: Unsupported value: "Disk": '
+            'supported values: "ConfigMap", "PersistentVolumeClaim", ' + ": ".join(CEL_SKIPPED) + "]"
+        )
     )
-    assert status["details"]["causes"][0] == {
-        "reason": "FieldValueNotSupported",
-        "message": 'Unsupported value: "Disk": supported values: "ConfigMap", "PersistentVolumeClaim"',
-        "field": "spec.checkpoint.store",
-    }
+    assert release_neutral(status["details"]["causes"][0]) == release_neutral(
+        {
+            "reason": "FieldValueNotSupported",
+            "message": 'Unsupported value: "Disk": supported values: "ConfigMap", "PersistentVolumeClaim"',
+            "field": "spec.checkpoint.store",
+        }
+    )
 
 
 def test_one_error_is_reported_without_brackets_with_its_cause(api: Api) -> None:
@@ -201,19 +206,24 @@ def test_all_field_errors_are_reported_at_once(api: Api) -> None:
     status = api.refused(obj)
 
     found = causes(status)
-    assert found[-1] == CEL_SKIPPED
-    assert sorted(found) == sorted(
-        [
-            ("spec.model", "Required value"),
-            ("spec.input", 'Invalid value: "": spec.input in body should be at least 1 chars long'),
-            ("spec.maxIterations", "Invalid value: 0: spec.maxIterations in body should be greater than or equal to 1"),
-            (
-                "spec.throttle.pool",
-                'Invalid value: "Not A Label": spec.throttle.pool in body should match '
-                "'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'",
-            ),
-            CEL_SKIPPED,
-        ]
+    assert release_neutral(found[-1]) == release_neutral(CEL_SKIPPED)
+    assert sorted(release_neutral(found)) == sorted(
+        release_neutral(
+            [
+                ("spec.model", "Required value"),
+                ("spec.input", 'Invalid value: "": spec.input in body should be at least 1 chars long'),
+                (
+                    "spec.maxIterations",
+                    "Invalid value: 0: spec.maxIterations in body should be greater than or equal to 1",
+                ),
+                (
+                    "spec.throttle.pool",
+                    'Invalid value: "Not A Label": spec.throttle.pool in body should match '
+                    "'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'",
+                ),
+                CEL_SKIPPED,
+            ]
+        )
     )
 
 
@@ -228,9 +238,11 @@ def test_unknown_fields_fail_strict_decoding_before_any_validation(api: Api) -> 
     status = api.refused(obj, code=400)
 
     assert status["reason"] == "BadRequest"
-    assert status["message"] == (
-        'AgentRun in version "v1alpha1" cannot be handled as a AgentRun: strict decoding error: '
-        'unknown field "metadata.labelz", unknown field "spec.foo", unknown field "spec.model.temprature"'
+    assert release_neutral(status["message"]) == (
+        release_neutral(
+            'AgentRun in version "v1alpha1" cannot be handled as a AgentRun: strict decoding error: '
+            'unknown field "metadata.labelz", unknown field "spec.foo", unknown field "spec.model.temprature"'
+        )
     )
 
 
@@ -283,9 +295,9 @@ def test_defaults_are_stored_and_applied_before_the_rules_run(api: Api) -> None:
     }
     # The checkpoint rule sees the defaulted store: a PVC size with no store named is refused.
     status = api.refused(with_spec(minimal(), checkpoint={"size": "1Gi"}))
-    assert causes(status) == [
-        ("spec.checkpoint", "Invalid value: storageClassName and size apply only when store is PersistentVolumeClaim")
-    ]
+    assert release_neutral(causes(status)) == release_neutral(
+        [("spec.checkpoint", "Invalid value: storageClassName and size apply only when store is PersistentVolumeClaim")]
+    )
 
 
 # --- durations: the pattern and the CEL bounds -----------------------------------------------------------
@@ -308,7 +320,7 @@ def test_durations_within_the_bounds_are_accepted(api: Api, duration: str) -> No
 )
 def test_durations_out_of_bounds_are_refused_by_the_cel_rules(api: Api, duration: str, message: str) -> None:
     status = api.refused(with_spec(minimal(), maxExecutionTime=duration))
-    assert causes(status) == [("spec.maxExecutionTime", message)]
+    assert release_neutral(causes(status)) == release_neutral([("spec.maxExecutionTime", message)])
 
 
 @pytest.mark.parametrize("duration", ["ten minutes", "5d", "-5m", "1h 30m"])
@@ -317,13 +329,15 @@ def test_a_value_that_is_not_a_duration_gets_only_the_pattern_error(api: Api, du
     # (or converts a negative one) and each bound adds an error of its own that says nothing new.
     status = api.refused(with_spec(minimal(), maxExecutionTime=duration))
 
-    assert causes(status) == [
-        (
-            "spec.maxExecutionTime",
-            f'Invalid value: "{duration}": spec.maxExecutionTime in body should match '
-            "'^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$'",
-        )
-    ]
+    assert release_neutral(causes(status)) == release_neutral(
+        [
+            (
+                "spec.maxExecutionTime",
+                f'Invalid value: "{duration}": spec.maxExecutionTime in body should match '
+                "'^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$'",
+            )
+        ]
+    )
 
 
 def test_every_duration_field_guards_its_bounds_rules_with_its_pattern(api: Api) -> None:
@@ -337,12 +351,14 @@ def test_every_duration_field_guards_its_bounds_rules_with_its_pattern(api: Api)
 
     found = causes(api.refused(bad))
 
-    assert sorted(field for field, _ in found) == [
-        "spec.model.requestTimeout",
-        "spec.progressDeadline",
-        "spec.streaming.heartbeatInterval",
-        "spec.tools.callTimeout",
-    ]
+    assert release_neutral(sorted(field for field, _ in found)) == release_neutral(
+        [
+            "spec.model.requestTimeout",
+            "spec.progressDeadline",
+            "spec.streaming.heartbeatInterval",
+            "spec.tools.callTimeout",
+        ]
+    )
     assert all("should match" in message for _, message in found), found
 
 
@@ -358,12 +374,16 @@ def test_integer_and_number_are_told_apart(api: Api) -> None:
     status = api.refused(with_spec(minimal(), maxIterations=2.5, suspend="yes"))
 
     found = causes(status)
-    assert (
-        "spec.maxIterations",
-        'Invalid value: "number": spec.maxIterations in body must be of type integer: "number"',
-    ) in found
-    assert ("spec.suspend", 'Invalid value: "string": spec.suspend in body must be of type boolean: "string"') in found
-    assert found[-1] == CEL_SKIPPED
+    assert release_neutral(
+        (
+            "spec.maxIterations",
+            'Invalid value: "number": spec.maxIterations in body must be of type integer: "number"',
+        )
+    ) in release_neutral(found)
+    assert release_neutral(
+        ("spec.suspend", 'Invalid value: "string": spec.suspend in body must be of type boolean: "string"')
+    ) in release_neutral(found)
+    assert release_neutral(found[-1]) == release_neutral(CEL_SKIPPED)
 
 
 # --- updates: the run-defining spec is immutable -------------------------------------------------------
@@ -374,15 +394,17 @@ def test_changing_max_iterations_after_create_is_refused_as_immutable(api: Api) 
 
     status = api.update_refused(with_spec(old, maxIterations=20))
 
-    assert status["message"] == (
-        'AgentRun.agentrun.dev "minimal" is invalid: spec.maxIterations: Invalid value: 20: '
-        "maxIterations is immutable; create a new AgentRun to change it"
+    assert release_neutral(status["message"]) == (
+        release_neutral(
+            'AgentRun.agentrun.dev "minimal" is invalid: spec.maxIterations: Invalid value: 20: '
+            "maxIterations is immutable; create a new AgentRun to change it"
+        )
     )
     # A merge patch is refused alike.
     patched = api.http.patch(f"{api.agentruns}/minimal", json={"spec": {"maxIterations": 6}}, headers=MERGE)
-    assert causes(status_of(patched, 422)) == [
-        ("spec.maxIterations", "Invalid value: 6: maxIterations is immutable; create a new AgentRun to change it")
-    ]
+    assert release_neutral(causes(status_of(patched, 422))) == release_neutral(
+        [("spec.maxIterations", "Invalid value: 6: maxIterations is immutable; create a new AgentRun to change it")]
+    )
 
 
 @pytest.mark.parametrize(
@@ -400,19 +422,21 @@ def test_each_run_defining_field_is_immutable(api: Api, change: dict[str, Any], 
 
     found = causes(api.update_refused(with_spec(old, **change)))
 
-    assert [f for f, _ in found] == [f"spec.{field}"]
+    assert release_neutral([f for f, _ in found]) == release_neutral([f"spec.{field}"])
     assert found[0][1].endswith(f"{field} is immutable; create a new AgentRun to change it")
 
 
 def test_adding_an_optional_field_after_create_is_refused(api: Api) -> None:
     old = api.created(minimal())
-    assert causes(api.update_refused(with_spec(old, tokenBudget=5000))) == [
-        (
-            "spec",
-            "Invalid value: tokenBudget, completionWebhook, ttlSecondsAfterFinished "
-            "cannot be added or removed after creation",
-        )
-    ]
+    assert release_neutral(causes(api.update_refused(with_spec(old, tokenBudget=5000)))) == release_neutral(
+        [
+            (
+                "spec",
+                "Invalid value: tokenBudget, completionWebhook, ttlSecondsAfterFinished "
+                "cannot be added or removed after creation",
+            )
+        ]
+    )
 
 
 def test_suspend_may_be_set_and_cleared_after_create(api: Api) -> None:
@@ -430,7 +454,9 @@ def test_cancel_may_be_set_but_never_undone(api: Api) -> None:
 
     status = api.update_refused(with_spec(cancelled, cancel=False))
 
-    assert causes(status) == [("spec.cancel", "Invalid value: false: cancel cannot be undone once set")]
+    assert release_neutral(causes(status)) == release_neutral(
+        [("spec.cancel", "Invalid value: false: cancel cannot be undone once set")]
+    )
 
 
 # --- status: only through the status subresource ----------------------------------------------------------
@@ -498,11 +524,15 @@ def test_status_is_validated_against_the_status_schema(api: Api) -> None:
     # The schema's errors come in no fixed order (the API server walks maps); the CEL note comes last.
     (phase,) = [message for field, message in found if field == "status.phase"]
     assert phase.startswith('Unsupported value: "Bogus": supported values: "Pending", "Running"')
-    assert ("status.iteration", "Invalid value: -1: iteration in body should be greater than or equal to 0") in found
-    assert (
-        "status.usage.totalTokens",
-        'Invalid value: "string": usage.totalTokens in body must be of type integer: "string"',
-    ) in found
+    assert release_neutral(
+        ("status.iteration", "Invalid value: -1: iteration in body should be greater than or equal to 0")
+    ) in release_neutral(found)
+    assert release_neutral(
+        (
+            "status.usage.totalTokens",
+            'Invalid value: "string": usage.totalTokens in body must be of type integer: "string"',
+        )
+    ) in release_neutral(found)
 
 
 def test_status_times_must_be_rfc3339(api: Api) -> None:
@@ -513,16 +543,21 @@ def test_status_times_must_be_rfc3339(api: Api) -> None:
     bad = {**old, "status": {"startTime": "yesterday", "completionTime": "2026-13-01T00:00:00Z"}}
     found = causes(api.update_refused(bad, subresource="/status"))
 
-    assert found[-1] == CEL_SKIPPED
-    assert sorted(found) == [
-        CEL_SKIPPED,
-        (
-            "status.completionTime",
-            'Invalid value: "2026-13-01T00:00:00Z": completionTime in body must be of type date-time: '
-            '"2026-13-01T00:00:00Z"',
-        ),
-        ("status.startTime", 'Invalid value: "yesterday": startTime in body must be of type date-time: "yesterday"'),
-    ]
+    assert release_neutral(found[-1]) == release_neutral(CEL_SKIPPED)
+    assert sorted(release_neutral(found)) == release_neutral(
+        [
+            CEL_SKIPPED,
+            (
+                "status.completionTime",
+                'Invalid value: "2026-13-01T00:00:00Z": completionTime in body must be of type date-time: '
+                '"2026-13-01T00:00:00Z"',
+            ),
+            (
+                "status.startTime",
+                'Invalid value: "yesterday": startTime in body must be of type date-time: "yesterday"',
+            ),
+        ]
+    )
 
 
 def test_unknown_status_fields_fail_strict_decoding(api: Api) -> None:
@@ -531,7 +566,9 @@ def test_unknown_status_fields_fail_strict_decoding(api: Api) -> None:
     status = api.update_refused({**old, "status": {"secretKey": "x"}}, code=400, subresource="/status")
 
     assert status["reason"] == "BadRequest"
-    assert 'strict decoding error: unknown field "status.secretKey"' in status["message"]
+    assert release_neutral('strict decoding error: unknown field "status.secretKey"') in release_neutral(
+        status["message"]
+    )
 
 
 def test_status_fields_outside_the_schema_are_pruned_without_strict_validation(api: Api) -> None:
@@ -678,7 +715,7 @@ def test_a_pool_with_limits_is_accepted(api: Api) -> None:
     ],
 )
 def test_a_bad_pool_is_refused_naming_the_field(api: Api, spec: dict[str, Any], cause: tuple[str, str]) -> None:
-    assert causes(api.refused(pool(spec))) == [cause]
+    assert release_neutral(causes(api.refused(pool(spec)))) == release_neutral([cause])
 
 
 def test_the_example_pool_is_created_with_its_defaults(api: Api) -> None:

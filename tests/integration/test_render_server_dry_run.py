@@ -10,6 +10,7 @@ import yaml
 
 from agentrun_api import constants
 from agentrun_operator.cli import main
+from tests.harness.release_neutral import release_neutral
 from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.integration
@@ -74,7 +75,7 @@ def test_a_run_the_server_refuses_is_an_error_with_its_message(
 
     captured = capsys.readouterr()
     assert captured.err.startswith("error: the API server refused the run (dry run): ")
-    assert named in captured.err
+    assert release_neutral(named) in release_neutral(captured.err)
     assert "Traceback" not in captured.err
     assert captured.out == ""
 
@@ -97,7 +98,9 @@ def test_a_missing_namespace_or_context_is_a_clear_error(
     testbed: KubeTestbed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert render(testbed, tmp_path, RUN, "-n", "no-such-namespace") == 1
-    assert 'namespaces "no-such-namespace" not found (404 NotFound)' in capsys.readouterr().err
+    assert release_neutral('namespaces "no-such-namespace" not found (404 NotFound)') in release_neutral(
+        capsys.readouterr().err
+    )
 
     assert render(testbed, tmp_path, RUN, "--context", "elsewhere") == 1
     err = capsys.readouterr().err
