@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.controlplane import BinariesMissingError, find_binaries
-from tests.harness.nodeagent import MountNamespaceUnavailableError, check_mount_namespaces
+from tests.harness.ground_check import require_real_ground
 from tests.harness.testbed import KubeTestbed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,14 +21,7 @@ THROTTLEPOOL_CRD = REPO_ROOT / "crds" / "throttlepools.agentrun.dev.yaml"
 def testbed(tmp_path_factory: pytest.TempPathFactory) -> Generator[KubeTestbed, None, None]:
     """The real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler), its node agent and
     volume provisioner, with the project's CRDs: one per test session. Tests isolate themselves by namespace."""
-    try:
-        find_binaries()
-    except BinariesMissingError as error:
-        pytest.fail(str(error), pytrace=False)
-    try:
-        check_mount_namespaces()
-    except MountNamespaceUnavailableError as error:
-        pytest.skip(f"the node agent cannot run pods here: {error}")
+    require_real_ground("the test control plane")
     with KubeTestbed(tmp_path_factory.mktemp("testbed")) as bed:
         yield bed
         assert not bed.node.reconcile_errors, bed.node.reconcile_errors

@@ -31,26 +31,18 @@ def _apply(admin: httpx.Client, path: str, body: dict[str, Any]) -> None:
     answer.raise_for_status()
 
 
+def _rbac_object(kind: str, name: str, namespace: str | None) -> dict[str, Any]:
+    metadata = {"name": name, "namespace": namespace} if namespace else {"name": name}
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": metadata}
+
+
 def _role(kind: str, name: str, rules: list[Rule], namespace: str | None = None) -> dict[str, Any]:
-    metadata: dict[str, str] = {"name": name}
-    if namespace:
-        metadata["namespace"] = namespace
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": kind,
-        "metadata": metadata,
-        "rules": [rule.as_policy_rule() for rule in rules],
-    }
+    return {**_rbac_object(kind, name, namespace), "rules": [rule.as_policy_rule() for rule in rules]}
 
 
 def _binding(kind: str, name: str, role_kind: str, role: str, account: str, namespace: str | None) -> dict[str, Any]:
-    metadata: dict[str, str] = {"name": name}
-    if namespace:
-        metadata["namespace"] = namespace
     return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": kind,
-        "metadata": metadata,
+        **_rbac_object(kind, name, namespace),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": SYSTEM_NAMESPACE}],
     }

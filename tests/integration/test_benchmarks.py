@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.controlplane import BinariesMissingError, find_binaries
-from tests.harness.nodeagent import MountNamespaceUnavailableError, check_mount_namespaces
+from tests.harness.ground_check import require_real_ground
 
 pytestmark = pytest.mark.integration
 
@@ -95,14 +94,7 @@ async def run_quick(script: str) -> tuple[int, str]:
 @pytest.mark.parametrize("script", list(FIGURES))
 async def test_benchmark_prints_its_figures_in_quick_mode(script: str) -> None:
     if script in ON_CONTROL_PLANE:
-        try:
-            find_binaries()
-        except BinariesMissingError as error:
-            pytest.fail(str(error), pytrace=False)
-        try:
-            check_mount_namespaces()
-        except MountNamespaceUnavailableError as error:
-            pytest.skip(f"the node agent cannot run here, so {script}'s control plane cannot start: {error}")
+        require_real_ground(f"{script}'s control plane")
     code, output = await run_quick(script)
     assert code == 0, f"{script} exited with {code}:\n{output[-3000:]}"
     missing = [label for label in FIGURES[script] if label not in output]
