@@ -40,12 +40,12 @@ crd-validators: $(CRD_VALIDATORS) ## Install the published third-party CRD schem
 
 .PHONY: fmt
 fmt: install ## Format the code
-	$(BIN)/ruff format api operator runner_image gateway tests bench
-	$(BIN)/ruff check --fix api operator runner_image gateway tests bench
+	$(BIN)/ruff format api common operator runner_image gateway tests bench
+	$(BIN)/ruff check --fix api common operator runner_image gateway tests bench
 
 .PHONY: lint
 lint: install ## Lint with ruff
-	$(BIN)/ruff check api operator runner_image gateway tests bench
+	$(BIN)/ruff check api common operator runner_image gateway tests bench
 
 .PHONY: typecheck
 typecheck: install ## Type-check with mypy (strict)

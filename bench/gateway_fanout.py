@@ -45,7 +45,7 @@ import aiohttp
 
 BENCH_FILE = Path(__file__).resolve()
 ROOT = BENCH_FILE.parents[1]
-SOURCE_PATHS = [str(ROOT), *(str(ROOT / part) for part in ("api", "operator", "runner_image", "gateway"))]
+SOURCE_PATHS = [str(ROOT), *(str(ROOT / part) for part in ("api", "common", "operator", "runner_image", "gateway"))]
 sys.path[:0] = SOURCE_PATHS
 
 from tests.harness.fake_stream_runner import FakeStreamRunner  # noqa: E402

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), *(str(ROOT / part) for part in ("api", "operator", "runner_image"))]
+sys.path[:0] = [str(ROOT), *(str(ROOT / part) for part in ("api", "common", "operator", "runner_image"))]
 
 from tests.harness.identities import operator_identity  # noqa: E402
 from tests.harness.local_cluster import OperatorProcess  # noqa: E402

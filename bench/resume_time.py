@@ -31,13 +31,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "api"), str(ROOT / "runner_image"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "api"), str(ROOT / "common"), str(ROOT / "runner_image"), str(ROOT)]
 
 from tests.harness.model_server import Answer, ModelServer, by_turn, call  # noqa: E402
 from tests.harness.runner import RunnerProcess, make_config, make_spec, runner_env  # noqa: E402
 
 # What the image compiles at build (the runner Dockerfile's compileall of /opt/app).
-IMAGE_PACKAGES = (ROOT / "api" / "agentrun_api", ROOT / "runner_image" / "agentrun_runner")
+IMAGE_PACKAGES = (
+    ROOT / "api" / "agentrun_api",
+    ROOT / "common" / "agentrun_common",
+    ROOT / "runner_image" / "agentrun_runner",
+)
 
 
 # The runner image's environment that changes how fast a process starts (not its paths).

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "api"), str(ROOT / "runner_image"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "api"), str(ROOT / "common"), str(ROOT / "runner_image"), str(ROOT)]
 
 from tests.harness.model_server import Answer, ModelServer, by_turn, call  # noqa: E402
 from tests.harness.run_identity import provision_run  # noqa: E402

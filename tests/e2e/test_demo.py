@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.local_cluster import REPO_ROOT, SOURCE_ROOTS
+from tests.harness.local_cluster import REPO_ROOT
 from tests.harness.nodeagent import MountNamespaceUnavailableError, check_mount_namespaces
+from tests.harness.source_roots import pythonpath
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +27,7 @@ def demo_output() -> tuple[int, str]:
         pytest.skip(str(error))
     # The scripted model, whatever this machine's environment says: the demo's kill needs its slow answers.
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    env["PYTHONPATH"] = os.pathsep.join(str(root) for root in SOURCE_ROOTS)
+    env["PYTHONPATH"] = pythonpath()
     finished = subprocess.run(
         [sys.executable, "-m", "tests.harness.demo"],
         cwd=REPO_ROOT,

@@ -22,8 +22,9 @@ from agentrun_api import contract
 from agentrun_gateway.server import create_app, create_runner
 from agentrun_gateway.settings import GatewaySettings
 from tests.harness.identities import gateway_identity
-from tests.harness.local_cluster import REPO_ROOT, free_port
+from tests.harness.local_cluster import free_port
 from tests.harness.runner import RunnerProcess
+from tests.harness.source_roots import pythonpath
 from tests.harness.sse_client import dispatched_events
 from tests.harness.testbed import KubeTestbed
 
@@ -127,7 +128,7 @@ async def gateway_process(
         "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": api.token_file,
         "AGENTRUN_GATEWAY_KUBE_CA_FILE": api.ca_file,
         # What the gateway image holds (gateway/Dockerfile); the runner's package decodes checkpoints.
-        "PYTHONPATH": os.pathsep.join(str(REPO_ROOT / part) for part in ("api", "operator", "runner_image", "gateway")),
+        "PYTHONPATH": pythonpath(),
     }
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "agentrun_gateway", env=env, stderr=stderr)
     try:

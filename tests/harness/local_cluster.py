@@ -39,11 +39,11 @@ from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, resea
 from tests.harness.nodeagent.kube import KubeClient, namespaced_path
 from tests.harness.nodeagent.settings import NodeSettings
 from tests.harness.nodeagent.threaded import NodeAgentThread
+from tests.harness.source_roots import pythonpath
 from tests.harness.testbed import KubeTestbed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_PATHS = sorted((REPO_ROOT / "crds").glob("*.yaml"))
-SOURCE_ROOTS = [REPO_ROOT / "api", REPO_ROOT / "operator", REPO_ROOT / "runner_image", REPO_ROOT]
 SCRIPTED_API_KEY = "scripted-model-key"  # the scripted server accepts any key; runs still need a Secret
 
 
@@ -56,7 +56,7 @@ def free_port() -> int:
 
 
 def _python_path() -> str:
-    return os.pathsep.join(str(root) for root in SOURCE_ROOTS)
+    return pythonpath()
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from agentrun_runner.checkpoint import ConfigMapStore, PvcStore
 from agentrun_runner.kube import ConfigMaps, load_configuration
 from agentrun_runner.settings import RunnerSettings
 from agentrun_runner.state import RunState
+from tests.harness.source_roots import pythonpath
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STREAM_TOKEN = "test-stream-token"
@@ -80,7 +81,7 @@ def runner_env(tmp_path: Path, config: RunnerConfig, extra: Mapping[str, str] | 
     }
     env.update(
         {
-            "PYTHONPATH": os.pathsep.join(str(REPO_ROOT / part) for part in ("api", "runner_image", ".")),
+            "PYTHONPATH": pythonpath(),
             "AGENTRUN_CONFIG": str(config_path),
             "OPENAI_API_KEY": API_KEY,
             "AGENTRUN_STREAM_TOKEN": STREAM_TOKEN,

@@ -14,7 +14,6 @@ for a person: ``python -m tests.harness.testbed --state-dir DIR`` (``make contro
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import secrets
 import signal
@@ -32,10 +31,10 @@ from tests.harness.controlplane import ControlPlane
 from tests.harness.controlplane.provisioner import LocalVolumeProvisioner
 from tests.harness.nodeagent.settings import InClusterApi, NodeSettings
 from tests.harness.nodeagent.threaded import NodeAgentThread
+from tests.harness.source_roots import SOURCE_ROOTS, pythonpath
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_PATHS = sorted((REPO_ROOT / "crds").glob("*.yaml"))
-SOURCE_ROOTS = [REPO_ROOT / "api", REPO_ROOT / "operator", REPO_ROOT / "runner_image", REPO_ROOT / "gateway", REPO_ROOT]
 NODE_NAME = "agentrun-node"
 READY_TIMEOUT_SECONDS = 60.0
 NODE_SELECTOR_ANNOTATION = "scheduler.alpha.kubernetes.io/node-selector"
@@ -53,7 +52,7 @@ PROJECT_IMAGES = {
 # What every container gets on top of its pod's env, the stand-in for the images' ENV: the checkout on
 # PYTHONPATH, and a 1 s linger of a runner's stream after its outcome (30 s in the image) so tests end soon.
 IMAGE_ENV = {
-    "PYTHONPATH": os.pathsep.join(str(root) for root in SOURCE_ROOTS),
+    "PYTHONPATH": pythonpath(),
     "AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "1",
 }
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.ground_check import require_real_ground
+from tests.harness.source_roots import pythonpath
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +71,7 @@ QUICK_TIMEOUT_SECONDS = 240  # one benchmark's quick mode, its control plane's s
 async def run_quick(script: str) -> tuple[int, str]:
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", "gateway", ".")),
+        "PYTHONPATH": pythonpath(),
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,

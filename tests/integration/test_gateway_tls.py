@@ -24,8 +24,8 @@ from tests.harness.gateway import (
     read_until_finished,
     stream_token_secret,
 )
-from tests.harness.local_cluster import REPO_ROOT
 from tests.harness.run_identity import AGENTRUN_API, set_run_phase
+from tests.harness.source_roots import pythonpath
 from tests.harness.testbed import KubeTestbed
 from tests.harness.tls import OPENSSL, make_ca, openssl
 
@@ -146,7 +146,7 @@ async def test_python_m_agentrun_gateway_with_an_unreadable_ca_file_exits_with_o
         "AGENTRUN_GATEWAY_PORT": "0",
         "AGENTRUN_GATEWAY_KUBE_API_URL": "https://127.0.0.1:9",
         CA_SETTING: str(tmp_path / "missing.crt"),
-        "PYTHONPATH": os.pathsep.join(str(REPO_ROOT / part) for part in ("api", "operator", "runner_image", "gateway")),
+        "PYTHONPATH": pythonpath(),
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agentrun_gateway", env=env, stderr=asyncio.subprocess.PIPE

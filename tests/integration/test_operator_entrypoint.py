@@ -5,16 +5,14 @@ import os
 import signal
 import socket
 import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.harness.inprocess_operator import Cluster, eventually, run_manifest
+from tests.harness.source_roots import pythonpath
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -39,7 +37,7 @@ async def test_operator_process_serves_health_and_metrics_and_reconciles(cluster
         **os.environ,
         "KUBECONFIG": str(cluster.operator_kubeconfig),
         "AGENTRUN_WATCH_NAMESPACE": cluster.namespace,
-        "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", ".")),
+        "PYTHONPATH": pythonpath(),
         "AGENTRUN_HEALTH_PORT": str(health),
         "AGENTRUN_METRICS_PORT": str(metrics),
         "AGENTRUN_LOG_FORMAT": "json",

@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,11 +20,11 @@ from tests.harness.apiproxy import ApiProxy
 from tests.harness.identities import SYSTEM_NAMESPACE
 from tests.harness.inprocess_operator import Cluster, eventually, run_manifest
 from tests.harness.local_cluster import free_port
+from tests.harness.source_roots import pythonpath
 from tests.integration.test_operator_rbac import granted
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 # Short Lease timing so a takeover takes seconds; the chart's defaults are 15 / 10 / 2.
 LEASE_SECONDS, RENEW_DEADLINE_SECONDS, RETRY_SECONDS = 3, 2, 0.5
 
@@ -42,7 +41,7 @@ class OperatorReplica:
             # The operator's ServiceAccount token and the chart's RBAC, its Lease in its own namespace.
             "KUBECONFIG": str(cluster.operator_kubeconfig),
             "AGENTRUN_WATCH_NAMESPACE": cluster.namespace,
-            "PYTHONPATH": os.pathsep.join(str(ROOT / part) for part in ("api", "operator", "runner_image", ".")),
+            "PYTHONPATH": pythonpath(),
             "AGENTRUN_HEALTH_PORT": "0",
             "AGENTRUN_METRICS_PORT": "0",
             # Each replica's permit server on its own loopback port (in a cluster each pod has its own IP).

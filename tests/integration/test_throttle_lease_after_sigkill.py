@@ -5,16 +5,15 @@ import asyncio
 import os
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 
 from agentrun_operator.permits.pool import PoolLimits
+from tests.harness.source_roots import pythonpath
 from tests.harness.throttle import NAMESPACE, POOL, limiter_for, permit_server
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 LEASE = 1.0
 
 HOLDER = """
@@ -34,7 +33,7 @@ async def test_a_runner_killed_while_holding_a_permit_returns_it_after_the_lease
     limits = PoolLimits(max_in_flight=1, requests_per_minute=600)
     async with permit_server(["doomed", "next"], limits, lease_seconds=LEASE) as server:
         url = f"http://127.0.0.1:{server.port}"
-        paths = os.pathsep.join(str(REPO / part) for part in ("api", "operator", "runner_image", "."))
+        paths = pythonpath()
         holder = await asyncio.create_subprocess_exec(
             sys.executable, "-c", HOLDER, url, env={**os.environ, "PYTHONPATH": paths}, stdout=asyncio.subprocess.PIPE
         )

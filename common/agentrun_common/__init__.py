@@ -1,0 +1,6 @@
+"""What the operator, the runner and the stream gateway share at run time.
+
+One Kubernetes client, one SSE codec, one duration parser, one retry policy and one settings loader, imported
+by all three processes. It depends only on what every image already has (aiohttp, pydantic), so each image
+keeps its own dependencies.
+"""
