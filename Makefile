@@ -60,8 +60,8 @@ crds: install ## Regenerate crds/ from the pydantic models
 chart-sync: install ## Copy crds/, the RBAC rules and the stream routes into the Helm chart (tests fail when they differ)
 	rm -f helm/agentrun-operator/files/crds/*.yaml
 	cp crds/*.yaml helm/agentrun-operator/files/crds/
-	PYTHONPATH=api:operator $(PY) -m agentrun_operator.permissions > helm/agentrun-operator/files/rbac-rules.yaml
-	PYTHONPATH=api:operator $(PY) -m agentrun_operator.chart_routes > helm/agentrun-operator/files/stream-routes.yaml
+	PYTHONPATH=api:common:operator $(PY) -m agentrun_operator.permissions > helm/agentrun-operator/files/rbac-rules.yaml
+	PYTHONPATH=api:common:operator $(PY) -m agentrun_operator.chart_routes > helm/agentrun-operator/files/stream-routes.yaml
 
 # The real control plane the integration and e2e tests run on, built from Kubernetes' Go modules.
 KUBE_MINOR ?= $(shell cat tests/kube/default-minor)
