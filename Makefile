@@ -79,7 +79,7 @@ control-plane: install kube-binaries ## Run the real control plane with a node a
 test: install crd-validators kube-binaries ## Run the whole test suite (unit, integration, e2e on the real control plane)
 	$(BIN)/pytest
 
-BENCH_PATH := PYTHONPATH=api:operator:runner_image:gateway:.
+BENCH_PATH := PYTHONPATH=api:common:operator:runner_image:gateway:.
 BENCH_QUICK ?=
 
 .PHONY: bench
