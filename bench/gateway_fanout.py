@@ -50,6 +50,7 @@ sys.path[:0] = SOURCE_PATHS
 
 from tests.harness.fake_stream_runner import FakeStreamRunner  # noqa: E402
 from tests.harness.gateway import ApiEndpoint, gateway_endpoint, gateway_process, stream_token_secret  # noqa: E402
+from tests.harness.identities import grant_stream_token_to_gateway  # noqa: E402
 from tests.harness.local_cluster import free_port  # noqa: E402
 from tests.harness.model_server import Answer, ModelServer, by_turn, call  # noqa: E402
 from tests.harness.procstat import cpu_seconds, rss_mib  # noqa: E402
@@ -132,6 +133,7 @@ class Kube:
         admin.post(f"/apis/agentrun.dev/v1alpha1/namespaces/{self.namespace}/agentruns", json=body).raise_for_status()
         secret = stream_token_secret(self.namespace, name, token)
         admin.post(f"/api/v1/namespaces/{self.namespace}/secrets", json=secret).raise_for_status()
+        grant_stream_token_to_gateway(admin, self.namespace, name)
         set_run_phase(self.testbed, self.namespace, name, "Running")
 
 

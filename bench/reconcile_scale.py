@@ -248,7 +248,13 @@ async def baseline_phase(bench: Bench, runs: int) -> PhaseResult:
 
         async def create_children(run: dict[str, Any]) -> None:
             owner = children.RunOwner.from_body(run)
-            objects = children.build_children(owner, parse_spec(run), settings, stream_token=secrets.token_urlsafe(32))
+            objects = children.build_children(
+                owner,
+                parse_spec(run),
+                settings,
+                stream_token=secrets.token_urlsafe(32),
+                permit_key=secrets.token_urlsafe(32),
+            )
             creates[0] = 1 + len(objects)
             for obj in objects:
                 api, plural = CHILD_RESOURCES[obj["kind"]]

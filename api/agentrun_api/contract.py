@@ -28,12 +28,16 @@ CONFIG_FILE: Final = "run.json"
 CONFIG_ENV: Final = "AGENTRUN_CONFIG"  # path of the config file; the Job sets it to the mounted file
 API_KEY_ENV: Final = "OPENAI_API_KEY"  # the official SDK reads this name
 STREAM_TOKEN_ENV: Final = "AGENTRUN_STREAM_TOKEN"
+# The runner's credential at the permit server: its own random key in the Secret <run>-permit-key, mounted
+# only into the runner pod. Never the stream token, which every reader of the run's stream holds.
+PERMIT_KEY_ENV: Final = "AGENTRUN_PERMIT_KEY"
 POD_NAME_ENV: Final = "POD_NAME"
 # The pod's own IP (downward API status.podIP): the runner binds its stream server there, the address
 # the <run>-stream Service's endpoints point at.
 POD_IP_ENV: Final = "POD_IP"
 PROGRESS_KEY: Final = "progress.json"
 STREAM_TOKEN_KEY: Final = "token"
+PERMIT_KEY_KEY: Final = "key"
 CHECKPOINT_MOUNT_PATH: Final = "/var/lib/agentrun/checkpoint"  # PVC store
 WORKSPACE_PATH: Final = "/var/lib/agentrun/workspace"  # emptyDir; its files are part of the checkpoint
 STREAM_PORT: Final = 8080
@@ -74,6 +78,10 @@ def events_archive_name(run: str, index: int) -> str:
 
 def stream_token_secret_name(run: str) -> str:
     return f"{run}-stream-token"
+
+
+def permit_key_secret_name(run: str) -> str:
+    return f"{run}-permit-key"
 
 
 class ContractModel(BaseModel):

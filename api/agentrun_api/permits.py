@@ -11,10 +11,11 @@ Every model call of a run in a ThrottlePool first obtains a permit over HTTP:
 ``DELETE .../permits/<lease>?tokensUsed=N`` releases it (204), charging the call's tokens.
 ``POST .../penalties`` (body ``PenaltyReport``) reports a provider 429 with Retry-After (202).
 
-Each request carries the run's own credential: ``Authorization: Bearer <stream token>`` (the Secret
-``<run>-stream-token`` the runner already receives as ``AGENTRUN_STREAM_TOKEN``) and the run's name in
-``RUN_HEADER``; the server checks the token against that Secret in the pool's namespace, so a run can
-only draw from pools of its own namespace.
+Each request carries the run's permit key: ``Authorization: Bearer <permit key>`` (the Secret
+``<run>-permit-key``, which only the runner pod receives, as ``AGENTRUN_PERMIT_KEY``) and the run's name in
+``RUN_HEADER``; the server checks the key against that Secret in the pool's namespace, so a run can only
+draw from pools of its own namespace. The run's stream token is refused: every reader of the run's stream
+holds it, and a reader must not be able to take permits, report penalties or pause a pool.
 """
 
 from typing import Final, Literal

@@ -77,7 +77,8 @@ class SingleFlight(Generic[K, V]):
 
 
 class StreamTokens:
-    """The runs' stream tokens, read from their Secrets and cached briefly (they are also the runner's token)."""
+    """The runs' stream tokens, read from their Secrets (the operator grants the gateway each one by name), cached
+    briefly."""
 
     def __init__(self, kube: KubeApi, ttl: float) -> None:
         self._kube = kube

@@ -1,6 +1,6 @@
 """The few Kubernetes API calls the gateway makes, over its aiohttp session.
 
-Reads: the run's stream-token Secret, the AgentRun (phase, heartbeat interval) and, for readers of
+Reads: the run's stream-token Secret (granted by name, per run, by the operator), the AgentRun (phase, heartbeat interval) and, for readers of
 an ended run, its checkpoint segment ConfigMaps (the event log). Writes: TokenReview
 and SubjectAccessReview, to check a reader's Kubernetes bearer token against RBAC.
 """
@@ -65,10 +65,13 @@ class KubeApi:
                 self._token = None  # out of cluster (tests): the API server is reached without a token
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, absent: tuple[int, ...] = (404,)
+    ) -> dict[str, Any] | None:
+        """The answer's JSON object, or None when the status is one of ``absent``."""
         try:
             async with self._session.request(method, self._base + path, json=body, headers=self._headers()) as resp:
-                if resp.status == 404:
+                if resp.status in absent:
                     return None
                 if resp.status >= 300:
                     raise KubeApiError(f"{method} {path}: HTTP {resp.status}")
@@ -85,8 +88,11 @@ class KubeApi:
         return payload
 
     async def stream_token(self, namespace: str, run: str) -> str | None:
-        """The run's stream token, or None when its Secret (or the key) does not exist."""
-        secret = await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{stream_token_secret_name(run)}")
+        """The run's stream token, or None when its Secret (or the key) does not exist or is not granted to us."""
+        # The gateway may read only the stream-token Secrets the operator granted it (Role <run>-stream-reader):
+        # for a run that does not exist, or whose grant is still being created, the API server answers 403.
+        path = f"/api/v1/namespaces/{namespace}/secrets/{stream_token_secret_name(run)}"
+        secret = await self._request("GET", path, absent=(403, 404))
         encoded = (secret or {}).get("data", {}).get(STREAM_TOKEN_KEY)
         if not encoded:
             return None

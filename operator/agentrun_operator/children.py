@@ -36,6 +36,8 @@ ROLE_CONFIG: Final = "config"
 ROLE_PROGRESS: Final = "progress"
 ROLE_CHECKPOINT: Final = "checkpoint"
 ROLE_STREAM_TOKEN: Final = "stream-token"  # noqa: S105 - a role label, not a password
+ROLE_PERMIT_KEY: Final = "permit-key"
+ROLE_STREAM_READER: Final = "stream-reader"
 ROLE_STREAM: Final = "stream"
 
 
@@ -46,6 +48,11 @@ def job_name(run: str) -> str:
 def identity_name(run: str) -> str:
     """ServiceAccount, Role and RoleBinding share this name."""
     return f"{run}-runner"
+
+
+def stream_reader_name(run: str) -> str:
+    """The Role and RoleBinding that let the stream gateway read this run's stream token."""
+    return f"{run}-stream-reader"
 
 
 def stream_service_name(run: str) -> str:
@@ -143,6 +150,19 @@ def build_stream_token_secret(owner: RunOwner, token: str) -> dict[str, Any]:
     )
 
 
+def build_permit_key_secret(owner: RunOwner, key: str) -> dict[str, Any]:
+    """The runner's credential at the permit server; only the runner pod mounts it (no reader ever gets it)."""
+    return _object(
+        "v1",
+        "Secret",
+        contract.permit_key_secret_name(owner.name),
+        owner.name,
+        ROLE_PERMIT_KEY,
+        type="Opaque",
+        stringData={contract.PERMIT_KEY_KEY: key},
+    )
+
+
 def build_service_account(owner: RunOwner) -> dict[str, Any]:
     return _object(
         "v1", "ServiceAccount", identity_name(owner.name), owner.name, ROLE_IDENTITY, automountServiceAccountToken=True
@@ -196,6 +216,35 @@ def build_role_binding(owner: RunOwner) -> dict[str, Any]:
     )
 
 
+def build_stream_reader_role(run: str) -> dict[str, Any]:
+    """`get` on this run's stream-token Secret, by name: the gateway needs the token to check readers and to
+    attach to the runner's stream, and RBAC by resourceNames keeps every other Secret out of its reach."""
+    rule = {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "resourceNames": [contract.stream_token_secret_name(run)],
+        "verbs": ["get"],
+    }
+    return _object(
+        "rbac.authorization.k8s.io/v1", "Role", stream_reader_name(run), run, ROLE_STREAM_READER, rules=[rule]
+    )
+
+
+def build_stream_reader_binding(run: str, gateway_service_account: str) -> dict[str, Any]:
+    """Binds ``build_stream_reader_role`` to the gateway's ServiceAccount ("<namespace>/<name>")."""
+    namespace, _, account = gateway_service_account.partition("/")
+    name = stream_reader_name(run)
+    return _object(
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+        name,
+        run,
+        ROLE_STREAM_READER,
+        roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        subjects=[{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+    )
+
+
 def build_checkpoint_claim(owner: RunOwner, spec: AgentRunSpec) -> dict[str, Any]:
     claim_spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
@@ -242,6 +291,12 @@ def _runner_env(owner: RunOwner, spec: AgentRunSpec) -> list[dict[str, Any]]:
                     "name": contract.stream_token_secret_name(owner.name),
                     "key": contract.STREAM_TOKEN_KEY,
                 }
+            },
+        },
+        {
+            "name": contract.PERMIT_KEY_ENV,
+            "valueFrom": {
+                "secretKeyRef": {"name": contract.permit_key_secret_name(owner.name), "key": contract.PERMIT_KEY_KEY}
             },
         },
         {"name": "HOME", "value": TMP_PATH},  # the root filesystem is read-only
@@ -366,7 +421,7 @@ def build_job(
 
 
 def build_children(
-    owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings, *, stream_token: str
+    owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings, *, stream_token: str, permit_key: str
 ) -> list[dict[str, Any]]:
     """Every object of a run, in creation order: what the Job needs exists before the Job."""
     objects = [
@@ -376,11 +431,15 @@ def build_children(
         build_runner_config_map(owner, spec, settings),
         build_progress_config_map(owner),
         build_stream_token_secret(owner, stream_token),
+        build_permit_key_secret(owner, permit_key),
     ]
     if spec.checkpoint.store == "PersistentVolumeClaim":
         objects.append(build_checkpoint_claim(owner, spec))
     if spec.streaming.enabled:
         objects.append(build_stream_service(owner))
+        if settings.gateway_service_account:
+            objects.append(build_stream_reader_role(owner.name))
+            objects.append(build_stream_reader_binding(owner.name, settings.gateway_service_account))
     objects.append(build_job(owner, spec, settings))
     kopf.adopt(objects, owner=owner.as_owner_body())  # type: ignore[arg-type]
     return objects

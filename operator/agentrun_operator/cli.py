@@ -138,7 +138,7 @@ def render_run(
     except InvalidSpecError as error:
         raise RenderError(f"AgentRun {meta['name']}: {error}") from None
     owner = RunOwner(namespace=namespace, name=meta["name"], uid=meta.get("uid") or PLACEHOLDER_UID)
-    return build_children(owner, spec, settings, stream_token=PLACEHOLDER_TOKEN)
+    return build_children(owner, spec, settings, stream_token=PLACEHOLDER_TOKEN, permit_key=PLACEHOLDER_TOKEN)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

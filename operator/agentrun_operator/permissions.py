@@ -108,9 +108,10 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("secrets",),
         ("create", "get"),
         cluster_scoped=False,
-        why="create the run's <run>-stream-token Secret; get reads the API-key Secret's existence, adopts the "
-        "token Secret after a 409, and checks a runner's token at the permit server (no list or watch: the "
-        "operator never enumerates Secrets)",
+        why="create the run's <run>-stream-token and <run>-permit-key Secrets; get reads the API-key Secret's "
+        "existence, adopts those Secrets after a 409, checks a runner's permit key at the permit server, and lets "
+        "the operator grant the stream gateway `get` on one stream-token Secret (a Role may only grant what its "
+        "creator holds); no list or watch: the operator never enumerates Secrets",
     ),
     Rule(
         "",
@@ -125,7 +126,8 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("roles", "rolebindings"),
         ("create", "get"),
         cluster_scoped=False,
-        why="the runner's least-privilege Role and RoleBinding <run>-runner; get adopts after a 409",
+        why="the runner's least-privilege Role and RoleBinding <run>-runner, and <run>-stream-reader (the stream "
+        "gateway's `get` on that run's stream-token Secret alone); get adopts after a 409",
     ),
     Rule(
         "",
@@ -171,7 +173,9 @@ OPERATOR_RULES: tuple[Rule, ...] = (
 )
 
 
-# The stream gateway (chart value gateway.enabled) runs under its own ServiceAccount with these rules.
+# The stream gateway (chart value gateway.enabled) runs under its own ServiceAccount with these rules. It faces
+# the internet, so it holds no rule on Secrets: the operator grants it `get` on each streaming run's
+# <run>-stream-token Secret alone, by name, in the run's Role <run>-stream-reader (children.py).
 GATEWAY_RULES: tuple[Rule, ...] = (
     Rule(
         "agentrun.dev",
@@ -179,13 +183,6 @@ GATEWAY_RULES: tuple[Rule, ...] = (
         ("get",),
         cluster_scoped=False,
         why="the gateway reads a run's phase and heartbeat interval before relaying its stream",
-    ),
-    Rule(
-        "",
-        ("secrets",),
-        ("get",),
-        cluster_scoped=False,
-        why="the gateway checks a reader's bearer token against the run's <run>-stream-token Secret",
     ),
     Rule(
         "",

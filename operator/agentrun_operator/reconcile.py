@@ -226,7 +226,9 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
 
     accepted = condition_of(current, c.ACCEPTED)
     already_accepted = accepted is not None and accepted.status == "True"
-    objects = children.build_children(owner, spec, op.settings, stream_token=secrets.token_urlsafe(32))
+    objects = children.build_children(
+        owner, spec, op.settings, stream_token=secrets.token_urlsafe(32), permit_key=secrets.token_urlsafe(32)
+    )
     created: list[str] = []
     for obj in objects:
         if obj["kind"] == "Job" and already_accepted:

@@ -57,6 +57,11 @@ class OperatorSettings:
     # AGENTRUN_GATEWAY_CONTROLLER). Each run's stream chain is checked behind it (condition
     # StreamChainFits); a run with spec.streaming.ingress is checked behind the controller it names.
     stream_controller: IngressController = "ingress-nginx"
+    # AGENTRUN_GATEWAY_SERVICE_ACCOUNT ("<namespace>/<name>"; the chart sets it when gateway.enabled): the
+    # stream gateway's ServiceAccount. Each streaming run gets a Role <run>-stream-reader bound to it that
+    # allows `get` on that run's <run>-stream-token Secret and nothing else, so the internet-facing gateway
+    # holds no Secret permission of its own. Empty: no gateway reads the runs' streams.
+    gateway_service_account: str = ""
     # AGENTRUN_DEADLINE_GRACE_SECONDS (seconds, default 60): the Job's activeDeadlineSeconds is
     # maxExecutionTime plus this, so the runner's own soft deadline always fires first.
     deadline_grace_seconds: int = 60
@@ -103,6 +108,13 @@ class OperatorSettings:
             raise SettingsError(
                 f"AGENTRUN_STREAM_CONTROLLER must be one of {', '.join(controllers)}, not {stream_controller!r}"
             )
+        gateway_service_account = env.get("AGENTRUN_GATEWAY_SERVICE_ACCOUNT", "").strip()
+        gateway_namespace, _, gateway_account = gateway_service_account.partition("/")
+        if gateway_service_account and not (gateway_namespace and gateway_account and "/" not in gateway_account):
+            raise SettingsError(
+                f"AGENTRUN_GATEWAY_SERVICE_ACCOUNT must be <namespace>/<name> of the stream gateway's "
+                f"ServiceAccount, not {gateway_service_account!r}"
+            )
         try:
             permits = PermitSettings.from_env(env)
         except ValueError as error:
@@ -125,6 +137,7 @@ class OperatorSettings:
             log_format="json" if log_format == "json" else "text",
             stream_base_url=env.get("AGENTRUN_STREAM_BASE_URL", "").strip().rstrip("/"),
             stream_controller=next(c for c in controllers if c == stream_controller),
+            gateway_service_account=gateway_service_account,
             deadline_grace_seconds=int(
                 _number(env, "AGENTRUN_DEADLINE_GRACE_SECONDS", defaults.deadline_grace_seconds)
             ),

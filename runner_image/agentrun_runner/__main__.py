@@ -27,6 +27,7 @@ from agentrun_api.contract import (
     CONFIG_MOUNT_PATH,
     EXIT_INVALID_CONFIG,
     EXIT_OUTCOME_RECORDED,
+    PERMIT_KEY_ENV,
     POD_IP_ENV,
     POD_NAME_ENV,
     STREAM_TOKEN_ENV,
@@ -76,7 +77,7 @@ def load_config(path: Path) -> RunnerConfig:
         raise ConfigProblemError(f"runner config {path} is invalid: {problems}") from None
 
 
-def build_limiter(config: RunnerConfig, stream_token: str, on_pool_missing: Callable[[str], None]) -> Limiter | None:
+def build_limiter(config: RunnerConfig, permit_key: str, on_pool_missing: Callable[[str], None]) -> Limiter | None:
     """The throttle in front of model calls: None when the run has no throttle; else the run's own
     in-process limits (spec.throttle), and, when the operator named a permit server, the permits of
     the ThrottlePool the run names as well (while that pool exists)."""
@@ -89,7 +90,7 @@ def build_limiter(config: RunnerConfig, stream_token: str, on_pool_missing: Call
     if config.permit_server_url:
         from agentrun_runner.throttle_remote import PooledLimiter, RemoteLimiter
 
-        return PooledLimiter(own, RemoteLimiter.for_run(config, stream_token), on_pool_missing=on_pool_missing)
+        return PooledLimiter(own, RemoteLimiter.for_run(config, permit_key), on_pool_missing=on_pool_missing)
     return own
 
 
@@ -117,6 +118,11 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
     stream_token = os.environ.get(STREAM_TOKEN_ENV, "")
     if spec.streaming.enabled and not stream_token:
         raise ConfigProblemError(f"streaming is enabled but {STREAM_TOKEN_ENV} is not set (Secret <run>-stream-token)")
+    permit_key = os.environ.get(PERMIT_KEY_ENV, "")
+    if config.permit_server_url and spec.throttle.enabled and not permit_key:
+        raise ConfigProblemError(
+            f"the run draws throttle permits but {PERMIT_KEY_ENV} is not set (Secret <run>-permit-key)"
+        )
     configmaps: ConfigMaps | None = None
     if config.checkpoint.store == "ConfigMap" or not settings.progress_file:
         configmaps = ConfigMaps(load_configuration(), config.run.namespace, owner=config.run)
@@ -153,7 +159,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
         log.warning("%s", message)
         agent.announce(message)  # the run's status message; the agent exists before any model call
 
-    limiter = build_limiter(config, stream_token, pool_missing)
+    limiter = build_limiter(config, permit_key, pool_missing)
     model = ModelClient(
         spec.model,
         api_key=os.environ.get(API_KEY_ENV),

@@ -113,7 +113,7 @@ class RemoteLimiter:
 
     @classmethod
     def for_run(cls, config: RunnerConfig, token: str) -> "RemoteLimiter":
-        """The limiter of a run whose config names a permit server; token is its AGENTRUN_STREAM_TOKEN."""
+        """The limiter of a run whose config names a permit server; token is its AGENTRUN_PERMIT_KEY."""
         if config.permit_server_url is None:
             raise ValueError("the runner config has no permitServerUrl: the run uses an in-process limiter")
         return cls(

@@ -5,6 +5,7 @@ import asyncio
 import base64
 import json
 import secrets
+import ssl
 from typing import Any
 
 import aiohttp
@@ -12,7 +13,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from agentrun_api import contract
+from agentrun_api import contract, permits
 from tests.e2e.runs import (
     assert_each_source_fetched_once,
     assert_result,
@@ -21,6 +22,7 @@ from tests.e2e.runs import (
     needs_scripted_model,
 )
 from tests.harness.agentruns import agentruns_path, runner_pods, wait_for_end, wait_for_status
+from tests.harness.identities import gateway_identity
 from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.sse_client import dispatched_events
 
@@ -63,15 +65,18 @@ async def test_no_secret_value_reaches_objects_logs_or_metrics_after_a_full_run(
     # The key was really used: the model saw it, so its absence everywhere else means something.
     assert {r.headers.get("Authorization") for r in cluster.model_server.requests} == {f"Bearer {api_key}"}
     token = await stream_token(kube, "leak-check")
+    permit_secret = await kube.get(namespaced_path("v1", "secrets", kube.namespace, "leak-check-permit-key"))
+    assert permit_secret is not None
+    permit_key = base64.b64decode(permit_secret["data"][contract.PERMIT_KEY_KEY]).decode()
 
-    own_secret = {"leak-check-key": api_key, "leak-check-stream-token": token}
+    own_secret = {"leak-check-key": api_key, "leak-check-stream-token": token, "leak-check-permit-key": permit_key}
     places = 0
     holders: set[str] = set()
     for kind, obj in await everything_in_namespace(kube):
         name = obj["metadata"]["name"]
         places += 1
         text = json.dumps(obj)
-        for value in (api_key, token):
+        for value in (api_key, token, permit_key):
             if kind == "Secret" and own_secret.get(name) == value:
                 if leaks(text, value):
                     holders.add(name)
@@ -89,12 +94,12 @@ async def test_no_secret_value_reaches_objects_logs_or_metrics_after_a_full_run(
     assert len(logs) >= 2, logs.keys()  # the operator's log and at least one runner container's
     assert all(logs.values()), [source for source, text in logs.items() if not text]
     for source, text in logs.items():
-        for value in (api_key, token):
+        for value in (api_key, token, permit_key):
             assert not leaks(text, value), f"the log of {source} holds a secret value"
     async with aiohttp.ClientSession() as session, session.get(cluster.operator.metrics_url) as response:
         metrics = await response.text()
     assert "agentrun_runs" in metrics
-    for value in (api_key, token):
+    for value in (api_key, token, permit_key):
         assert not leaks(metrics, value)
     assert places > 10
 
@@ -232,3 +237,70 @@ async def _get_when_listening(client: httpx.AsyncClient, url: str, headers: dict
         except httpx.ConnectError:
             await asyncio.sleep(0.1)
     return await client.get(url, headers=headers)
+
+
+async def test_a_stream_reader_can_neither_take_permits_nor_read_the_permit_key(cluster, kube, tools):
+    """The stream token is every reader's; the runner's permit key is its own, and the internet-facing gateway
+    reads that run's stream token and no other Secret."""
+    needs_scripted_model(cluster)
+    assert cluster.model_server is not None
+    cluster.model_server.script = fetching_script(tools, delay=0.1)
+    pool = {
+        "apiVersion": "agentrun.dev/v1alpha1",
+        "kind": "ThrottlePool",
+        "metadata": {"name": "shared"},
+        "spec": {"maxRequestsInFlight": 2, "requestsPerMinute": 600},
+    }
+    await kube.create(namespaced_path("agentrun.dev/v1alpha1", "throttlepools", cluster.namespace), pool)
+    run = fetching_run("pooled", cluster, streaming={"enabled": True}, throttle={"enabled": True, "pool": "shared"})
+    await kube.create(agentruns_path(cluster.namespace), run)
+    status = await wait_for_end(kube, "pooled")
+    assert status["phase"] == "Succeeded", status  # its permits came from the pool, asked with its permit key
+    token = await stream_token(kube, "pooled")
+    secret = await kube.get(namespaced_path("v1", "secrets", kube.namespace, contract.permit_key_secret_name("pooled")))
+    assert secret is not None
+    permit_key = base64.b64decode(secret["data"][contract.PERMIT_KEY_KEY]).decode()
+    assert permit_key != token
+
+    server = cluster.operator.permit_server_url
+    request = {"requestId": "reader-tries-1", "maxWaitSeconds": 1}
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        def headers(bearer: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {bearer}", permits.RUN_HEADER: "pooled"}
+
+        permits_url = server + permits.permits_path(cluster.namespace, "shared")
+        penalties_url = server + permits.penalties_path(cluster.namespace, "shared")
+        refused = await client.post(permits_url, json=request, headers=headers(token))
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["reason"] == "Unauthorized"
+        penalty = await client.post(penalties_url, json={"retryAfterSeconds": 600}, headers=headers(token))
+        assert penalty.status_code == 401, penalty.text
+        granted = await client.post(permits_url, json=request, headers=headers(permit_key))
+        assert granted.status_code == 201, granted.text
+        lease = granted.json()["leaseId"]
+        released = await client.delete(
+            server + permits.lease_path(cluster.namespace, "shared", lease), headers=headers(permit_key)
+        )
+        assert released.status_code == 204, released.text
+
+    # The gateway, with its chart rules in this namespace and its real ServiceAccount token.
+    gateway = gateway_identity(cluster.testbed.control_plane)
+    gateway.grant(cluster.namespace)
+    await create_secret(kube, "unrelated", "password", "hunter2")
+    control_plane = cluster.testbed.control_plane
+    core = f"{control_plane.url}/api/v1/namespaces/{cluster.namespace}/secrets"
+    async with httpx.AsyncClient(
+        verify=ssl.create_default_context(cafile=str(control_plane.ca_file)),
+        headers={"Authorization": f"Bearer {gateway.token()}"},
+        timeout=10,
+    ) as as_gateway:
+        readable = await as_gateway.get(f"{core}/{contract.stream_token_secret_name('pooled')}")
+        assert readable.status_code == 200, readable.text
+        for name in (contract.permit_key_secret_name("pooled"), "unrelated", "no-such-secret"):
+            answer = await as_gateway.get(f"{core}/{name}")
+            assert answer.status_code == 403, (name, answer.text)
+            assert "hunter2" not in answer.text
+        assert (await as_gateway.get(core)).status_code == 403  # no listing either
+        other = await as_gateway.get(f"{control_plane.url}/api/v1/namespaces/kube-system/secrets/anything")
+        assert other.status_code == 403

@@ -12,11 +12,15 @@ from typing import Any
 
 import httpx
 
+from agentrun_operator import children
 from agentrun_operator.permissions import GATEWAY_RULES, OPERATOR_RULES, Mode, Rule, own_namespace_rules, rules_for
 from tests.harness.controlplane import ControlPlane, write_kubeconfig
 
 SYSTEM_NAMESPACE = "agentrun-system"
 TOKEN_SECONDS = 6 * 3600
+GATEWAY_ACCOUNT = "agentrun-stream-gateway"
+# The operator's AGENTRUN_GATEWAY_SERVICE_ACCOUNT in tests: the gateway identity below.
+GATEWAY_SERVICE_ACCOUNT = f"{SYSTEM_NAMESPACE}/{GATEWAY_ACCOUNT}"
 
 
 def _apply(admin: httpx.Client, path: str, body: dict[str, Any]) -> None:
@@ -140,4 +144,14 @@ def operator_identity(control_plane: ControlPlane) -> ComponentIdentity:
 
 
 def gateway_identity(control_plane: ControlPlane) -> ComponentIdentity:
-    return ComponentIdentity(control_plane, "agentrun-stream-gateway", GATEWAY_RULES)
+    return ComponentIdentity(control_plane, GATEWAY_ACCOUNT, GATEWAY_RULES)
+
+
+def grant_stream_token_to_gateway(admin: httpx.Client, namespace: str, run: str) -> None:
+    """What the operator grants the gateway for a streaming run (its Role and RoleBinding <run>-stream-reader):
+    `get` on that run's stream-token Secret alone. The gateway's own rules hold nothing on Secrets."""
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+    role = children.build_stream_reader_role(run)
+    binding = children.build_stream_reader_binding(run, GATEWAY_SERVICE_ACCOUNT)
+    _apply(admin, f"{rbac}/roles", {**role, "metadata": {**role["metadata"], "namespace": namespace}})
+    _apply(admin, f"{rbac}/rolebindings", {**binding, "metadata": {**binding["metadata"], "namespace": namespace}})

@@ -29,7 +29,7 @@ from agentrun_operator.permits.settings import PermitSettings
 from agentrun_operator.settings import OperatorSettings
 from tests.harness.apiproxy import ApiProxy
 from tests.harness.controlplane import write_kubeconfig
-from tests.harness.identities import SYSTEM_NAMESPACE, operator_identity
+from tests.harness.identities import GATEWAY_SERVICE_ACCOUNT, SYSTEM_NAMESPACE, operator_identity
 from tests.harness.testbed import KubeTestbed
 
 MERGE = "application/merge-patch+json"
@@ -48,6 +48,7 @@ FAST = OperatorSettings(
     webhook_backoff_max_seconds=1.0,
     webhook_timeout_seconds=2.0,
     retry_delay_seconds=0.5,
+    gateway_service_account=GATEWAY_SERVICE_ACCOUNT,
     permits=PermitSettings(host="127.0.0.1", port=0, lease_seconds=1.0, status_interval_seconds=0.5),
 )
 

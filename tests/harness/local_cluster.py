@@ -34,7 +34,7 @@ from typing import Self
 import aiohttp
 
 from tests.harness.apiproxy import ApiProxy
-from tests.harness.identities import operator_identity
+from tests.harness.identities import GATEWAY_SERVICE_ACCOUNT, operator_identity
 from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, research_script
 from tests.harness.nodeagent.kube import KubeClient, namespaced_path
 from tests.harness.nodeagent.settings import NodeSettings
@@ -257,6 +257,7 @@ class LocalCluster:
             "PYTHONPATH": _python_path(),
             "KUBECONFIG": str(self.operator_kubeconfig_path),
             "AGENTRUN_WATCH_NAMESPACE": self.namespace,
+            "AGENTRUN_GATEWAY_SERVICE_ACCOUNT": GATEWAY_SERVICE_ACCOUNT,
             **self.timings.env(),
             **self.operator_env,
         }

@@ -19,6 +19,7 @@ import httpx
 from agentrun_api.spec import AgentRunSpec
 from agentrun_operator import children
 from agentrun_operator.children import RunOwner
+from tests.harness.identities import grant_stream_token_to_gateway
 from tests.harness.testbed import KubeTestbed
 
 AGENTRUN_API = "/apis/agentrun.dev/v1alpha1"
@@ -79,6 +80,7 @@ def provision_run(
     if stream_token is not None:
         secret = children.build_stream_token_secret(owner, stream_token)
         _create(admin, f"{core}/secrets", _owned(secret, owner))
+        grant_stream_token_to_gateway(admin, namespace, name)
     account = children.identity_name(name)
     answer = admin.post(
         f"{core}/serviceaccounts/{account}/token",

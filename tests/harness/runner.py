@@ -179,7 +179,7 @@ class InProcessRun:
 
 
 async def run_in_process(
-    config: RunnerConfig, tmp_path: Path, *, stream_token: str = STREAM_TOKEN, **settings: Any
+    config: RunnerConfig, tmp_path: Path, *, stream_token: str = STREAM_TOKEN, permit_key: str = "", **settings: Any
 ) -> InProcessRun:
     """Run the runner's main coroutine in this event loop (PVC store, file progress sink).
 
@@ -191,9 +191,10 @@ async def run_in_process(
         "stream_host": "127.0.0.1",
     }
     values.update(settings)
-    saved = {name: os.environ.get(name) for name in ("OPENAI_API_KEY", "AGENTRUN_STREAM_TOKEN")}
+    saved = {name: os.environ.get(name) for name in ("OPENAI_API_KEY", "AGENTRUN_STREAM_TOKEN", "AGENTRUN_PERMIT_KEY")}
     os.environ["OPENAI_API_KEY"] = API_KEY
     os.environ["AGENTRUN_STREAM_TOKEN"] = stream_token
+    os.environ["AGENTRUN_PERMIT_KEY"] = permit_key
     try:
         code = await runner_main.run(config, RunnerSettings(**values))
     finally:

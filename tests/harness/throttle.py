@@ -23,7 +23,7 @@ POOL = "shared-key"
 
 
 def token_of(run: str) -> str:
-    return f"stream-token-of-{run}"
+    return f"permit-key-of-{run}"
 
 
 @contextlib.asynccontextmanager

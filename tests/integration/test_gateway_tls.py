@@ -24,6 +24,7 @@ from tests.harness.gateway import (
     read_until_finished,
     stream_token_secret,
 )
+from tests.harness.identities import grant_stream_token_to_gateway
 from tests.harness.run_identity import AGENTRUN_API, set_run_phase
 from tests.harness.source_roots import pythonpath
 from tests.harness.testbed import KubeTestbed
@@ -61,6 +62,7 @@ def api(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> ApiEndpoint:
     """A Running run with its stream token in the test's namespace, and the gateway's ServiceAccount there."""
     secret = stream_token_secret(namespace, RUN, STREAM_TOKEN)
     testbed.admin.post(f"/api/v1/namespaces/{namespace}/secrets", json=secret).raise_for_status()
+    grant_stream_token_to_gateway(testbed.admin, namespace, RUN)
     run = {
         "apiVersion": "agentrun.dev/v1alpha1",
         "kind": "AgentRun",

@@ -23,7 +23,10 @@ async def test_new_run_gets_every_child_and_goes_pending_running_succeeded(clust
             ("ConfigMap", "q3-runner-config"),
             ("ConfigMap", "q3-progress"),
             ("Secret", "q3-stream-token"),
+            ("Secret", "q3-permit-key"),
             ("Service", "q3-stream"),
+            ("Role", "q3-stream-reader"),
+            ("RoleBinding", "q3-stream-reader"),
         ]:
             child = cluster.get(kind, name)
             assert child is not None, f"{kind}/{name} missing"

@@ -8,6 +8,7 @@ import pytest
 
 from agentrun_api.contract import Outcome, RunnerConfig
 from agentrun_operator.permits.pool import PoolLimits
+from agentrun_runner.__main__ import ConfigProblemError
 from tests.harness.model_server import Answer, ModelServer, by_turn, call
 from tests.harness.runner import STREAM_TOKEN, make_config, make_spec, run_in_process
 from tests.harness.throttle import NAMESPACE, POOL, limiter_for, permit_server, token_of
@@ -33,7 +34,7 @@ async def test_model_calls_take_permits_from_the_pool(tmp_path: Path) -> None:
         ModelServer(script) as model,
     ):
         config = pooled_config(model.base_url, f"http://127.0.0.1:{server.port}", tmp_path, wait=10)
-        run = await run_in_process(config, tmp_path, stream_token=token_of(RUN))
+        run = await run_in_process(config, tmp_path, permit_key=token_of(RUN))
         snapshot = server.registry.snapshot(NAMESPACE, POOL)
 
     assert run.progress.outcome is Outcome.SUCCEEDED
@@ -52,7 +53,7 @@ async def test_a_pool_that_stays_full_ends_the_run_with_queue_timeout(tmp_path: 
         permit, _ = await holder.acquire(max_wait_seconds=5)
         try:
             config = pooled_config(model.base_url, f"http://127.0.0.1:{server.port}", tmp_path, wait=1)
-            run = await run_in_process(config, tmp_path, stream_token=token_of(RUN))
+            run = await run_in_process(config, tmp_path, permit_key=token_of(RUN))
         finally:
             await permit.release()
             await holder.aclose()
@@ -63,3 +64,26 @@ async def test_a_pool_that_stays_full_ends_the_run_with_queue_timeout(tmp_path: 
     assert run.progress.queue_wait.max_seconds >= 1.0
     assert model.requests == []
     assert STREAM_TOKEN not in run.progress.message
+
+
+async def test_the_runner_asks_for_permits_with_its_permit_key_and_not_its_stream_token(tmp_path: Path) -> None:
+    """The pool knows the run only by its permit key: a runner presenting its stream token gets no permit."""
+    async with (
+        permit_server([RUN], PoolLimits(max_in_flight=1, requests_per_minute=600), lease_seconds=1) as server,
+        ModelServer(by_turn([Answer("done")])) as model,
+    ):
+        config = pooled_config(model.base_url, f"http://127.0.0.1:{server.port}", tmp_path, wait=1)
+        run = await run_in_process(config, tmp_path, stream_token=token_of(RUN), permit_key="not-the-permit-key")
+        snapshot = server.registry.snapshot(NAMESPACE, POOL)
+
+    assert run.progress.outcome is Outcome.THROTTLE_QUEUE_TIMEOUT
+    assert "Unauthorized" in run.progress.message
+    assert model.requests == []
+    assert snapshot is not None
+    assert snapshot.granted_last_minute == 0
+
+
+async def test_a_pooled_run_without_its_permit_key_is_a_config_problem(tmp_path: Path) -> None:
+    config = pooled_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9", tmp_path, wait=1)
+    with pytest.raises(ConfigProblemError, match="AGENTRUN_PERMIT_KEY is not set"):
+        await run_in_process(config, tmp_path, permit_key="")

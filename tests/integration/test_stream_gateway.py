@@ -27,6 +27,7 @@ from tests.harness.gateway import (
     gateway_process,
     stream_token_secret,
 )
+from tests.harness.identities import grant_stream_token_to_gateway
 from tests.harness.run_identity import AGENTRUN_API, RBAC_API, set_run_phase
 from tests.harness.sse_client import dispatched_events
 from tests.harness.testbed import KubeTestbed
@@ -84,6 +85,7 @@ def _account_token(testbed: KubeTestbed, namespace: str, name: str) -> str:
 @pytest.fixture
 def kube(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> Team:
     _create(testbed, f"/api/v1/namespaces/{namespace}/secrets", stream_token_secret(namespace, RUN, STREAM_TOKEN))
+    grant_stream_token_to_gateway(testbed.admin, namespace, RUN)
     _create(testbed, f"{AGENTRUN_API}/namespaces/{namespace}/agentruns", _agentrun(namespace))
     set_run_phase(testbed, namespace, RUN, "Running")
     alice, bob = (_account_token(testbed, namespace, name) for name in ("alice", "bob"))

@@ -163,7 +163,7 @@ async def test_a_pool_that_does_not_exist_is_named_in_the_failure() -> None:
         ["run"], PoolLimits(max_in_flight=1, requests_per_minute=60), lease_seconds=LEASE
     ) as server:
         limiter = RemoteLimiter(
-            server_url=server_url(server.port), namespace=NAMESPACE, pool="typo", run="run", token="stream-token-of-run"
+            server_url=server_url(server.port), namespace=NAMESPACE, pool="typo", run="run", token="permit-key-of-run"
         )
         with pytest.raises(QueueTimeoutError) as caught:
             await limiter.acquire(max_wait_seconds=20)

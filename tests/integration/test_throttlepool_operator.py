@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agentrun_api import contract
 from agentrun_operator.kube import KubeClient
 from agentrun_operator.permits.pool import PoolLimits, PoolSnapshot, PoolTiming
 from agentrun_operator.permits.server import PermitServer, PoolRegistry
@@ -40,15 +41,15 @@ def _limiter(cluster: Cluster, server: PermitServer, run: str) -> RemoteLimiter:
 
 
 def _declare(cluster: Cluster, runs: list[str], *, max_in_flight: int, finalizers: list[str] | None = None) -> None:
-    """The runs' stream-token Secrets (their permit credentials) and the pool."""
+    """The runs' permit-key Secrets (their permit credentials) and the pool."""
     for run in runs:
-        token = base64.b64encode(f"{run}-token".encode()).decode()
+        key = base64.b64encode(f"{run}-token".encode()).decode()
         cluster.create(
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
-                "metadata": {"name": f"{run}-stream-token"},
-                "data": {"token": token},
+                "metadata": {"name": contract.permit_key_secret_name(run)},
+                "data": {contract.PERMIT_KEY_KEY: key},
             }
         )
     cluster.create(

@@ -56,6 +56,9 @@ OPERATOR_SETTINGS_ENV = {
     "AGENTRUN_LEASE_RETRY_PERIOD_SECONDS",
     # The controller in front of the stream gateway, from gateway.controller (OperatorSettings.stream_controller).
     "AGENTRUN_STREAM_CONTROLLER",
+    # The stream gateway's ServiceAccount, granted each streaming run's stream-token Secret by name
+    # (OperatorSettings.gateway_service_account); empty without the gateway.
+    "AGENTRUN_GATEWAY_SERVICE_ACCOUNT",
 }
 
 
@@ -278,6 +281,16 @@ def test_operator_env_sets_exactly_the_operator_settings() -> None:
     assert env["AGENTRUN_LOG_FORMAT"] == "json"
     assert env["AGENTRUN_DEADLINE_GRACE_SECONDS"] == "60"
     assert env["AGENTRUN_STREAM_CONTROLLER"] == "ingress-nginx"
+    assert env["AGENTRUN_GATEWAY_SERVICE_ACCOUNT"] == ""  # no gateway: no run grants one its stream token
+
+
+def test_the_operator_grants_stream_tokens_to_the_gateways_own_service_account() -> None:
+    objects = render_objects({"gateway": {"enabled": True, "route": {"host": "a.example.com"}}})
+    gateway = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("stream-gateway"))
+    operator = next(o for o in objects if o["kind"] == "Deployment" and o is not gateway)
+    account = gateway["spec"]["template"]["spec"]["serviceAccountName"]
+    expected = f"{gateway['metadata']['namespace']}/{account}"
+    assert env_of(operator_container([operator]))["AGENTRUN_GATEWAY_SERVICE_ACCOUNT"] == expected
 
 
 def test_operator_and_gateway_take_the_stream_controller_from_the_one_value() -> None:

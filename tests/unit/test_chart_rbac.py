@@ -41,8 +41,21 @@ def test_every_rule_says_why_and_grants_no_wildcard_or_escalation() -> None:
 def test_secrets_can_be_neither_listed_nor_watched() -> None:
     (secrets,) = [rule for rule in permissions.OPERATOR_RULES if "secrets" in rule.resources]
     assert set(secrets.verbs) == {"create", "get"}
-    (gateway_secrets,) = [rule for rule in permissions.GATEWAY_RULES if "secrets" in rule.resources]
-    assert set(gateway_secrets.verbs) == {"get"}
+
+
+def test_the_internet_facing_gateway_holds_no_rule_on_secrets() -> None:
+    """The operator grants it each streaming run's stream-token Secret by name (Role <run>-stream-reader)."""
+    assert not [rule for rule in permissions.GATEWAY_RULES if "secrets" in rule.resources]
+    gateway = {"enabled": True, "route": {"host": "agents.example.com"}}
+    for values in ({"gateway": gateway}, {"watchNamespace": "agents", "gateway": gateway}):
+        roles = [
+            obj
+            for obj in rbac_objects(values)
+            if obj["metadata"]["name"] == "agentrun-operator-stream-gateway" and obj["kind"] in ("Role", "ClusterRole")
+        ]
+        assert roles
+        for role in roles:
+            assert not [rule for rule in role["rules"] if "secrets" in rule["resources"]], role
 
 
 def test_operator_holds_every_configmap_verb_a_runner_role_may_grant() -> None:
@@ -132,11 +145,11 @@ def test_gateway_gets_its_own_least_privilege_rbac() -> None:
     )
 
 
-def test_namespaced_gateway_reads_secrets_and_checkpoints_only_in_the_watched_namespace() -> None:
+def test_namespaced_gateway_reads_runs_and_checkpoints_only_in_the_watched_namespace() -> None:
     values = {"watchNamespace": "agents", "gateway": {"enabled": True, "route": {"host": "agents.example.com"}}}
     objects = rbac_objects(values)
     role = find(objects, "Role", "agentrun-operator-stream-gateway")
     assert role["metadata"]["namespace"] == "agents"
-    assert {r for rule in role["rules"] for r in rule["resources"]} == {"agentruns", "secrets", "configmaps"}
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"agentruns", "configmaps"}
     cluster_role = find(objects, "ClusterRole", "agentrun-operator-stream-gateway")
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"tokenreviews", "subjectaccessreviews"}

@@ -54,7 +54,7 @@ def spec_of(**overrides: Any) -> AgentRunSpec:
 
 
 def children_of(variant: str) -> dict[str, dict[str, Any]]:
-    objects = build_children(OWNER, spec_of(**SPEC_VARIANTS[variant]), SETTINGS, stream_token="tok")
+    objects = build_children(OWNER, spec_of(**SPEC_VARIANTS[variant]), SETTINGS, stream_token="tok", permit_key="key")
     return {f"{o['kind']}/{o['metadata']['name']}": o for o in objects}
 
 
@@ -72,6 +72,7 @@ def test_children_have_deterministic_names_and_the_documented_set() -> None:
         "Job/q3-runner",
         "Role/q3-runner",
         "RoleBinding/q3-runner",
+        "Secret/q3-permit-key",
         "Secret/q3-stream-token",
         "Service/q3-stream",
         "ServiceAccount/q3-runner",
@@ -134,7 +135,9 @@ def test_pvc_store_role_may_write_the_event_archive_and_nothing_else() -> None:
 
 def test_pvc_store_without_a_stream_needs_no_archive_and_no_create() -> None:
     spec = spec_of(checkpoint={"store": "PersistentVolumeClaim"}, streaming={"enabled": False})
-    role = next(o for o in build_children(OWNER, spec, SETTINGS, stream_token="tok") if o["kind"] == "Role")
+    role = next(
+        o for o in build_children(OWNER, spec, SETTINGS, stream_token="tok", permit_key="key") if o["kind"] == "Role"
+    )
     assert role["rules"] == [
         {
             "apiGroups": [""],
@@ -291,3 +294,34 @@ def test_runner_stream_keep_alive_outlasts_the_gateways_pooled_connections() -> 
     expected = runner_server_timeouts(StreamBudget.from_spec(spec_of())).keep_alive_seconds
     assert config.stream_keep_alive_seconds == expected
     assert config.stream_keep_alive_seconds > GATEWAY_UPSTREAM_POOL_IDLE_SECONDS
+
+
+def test_the_runner_gets_its_permit_key_and_stream_token_from_two_secrets() -> None:
+    objects = children_of("defaults")
+    env = {e["name"]: e for e in objects["Job/q3-runner"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[contract.PERMIT_KEY_ENV]["valueFrom"]["secretKeyRef"] == {"name": "q3-permit-key", "key": "key"}
+    assert env[contract.STREAM_TOKEN_ENV]["valueFrom"]["secretKeyRef"] == {"name": "q3-stream-token", "key": "token"}
+    assert objects["Secret/q3-permit-key"]["stringData"] == {"key": "key"}
+    assert objects["Secret/q3-stream-token"]["stringData"] == {"token": "tok"}
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_gateway_is_granted_the_streaming_runs_stream_token_alone(version: str) -> None:
+    settings = OperatorSettings(gateway_service_account="agentrun-system/gateway")
+    objects = {
+        f"{o['kind']}/{o['metadata']['name']}": o
+        for o in build_children(OWNER, spec_of(), settings, stream_token="tok", permit_key="key")
+    }
+    role, binding = objects["Role/q3-stream-reader"], objects["RoleBinding/q3-stream-reader"]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["q3-stream-token"], "verbs": ["get"]}
+    ]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gateway", "namespace": "agentrun-system"}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "q3-stream-reader"}
+    for obj in (role, binding):
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+        kubernetes_validate.validate(obj, version, strict=True)
+    not_streaming = build_children(
+        OWNER, spec_of(streaming={"enabled": False}), settings, stream_token="tok", permit_key="key"
+    )
+    assert not [o for o in not_streaming if o["metadata"]["name"] == "q3-stream-reader"]

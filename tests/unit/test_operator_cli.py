@@ -35,15 +35,18 @@ def test_render_prints_every_child_as_valid_yaml(tmp_path: Path, capsys: pytest.
     kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
     assert "Job/q3-runner" in kinds
     assert "Secret/q3-stream-token" in kinds
-    assert len(kinds) == 8
+    assert "Secret/q3-permit-key" in kinds
+    assert len(kinds) == 9
     for obj in objects:
         kubernetes_validate.validate(obj, "1.37.0", strict=True)
 
 
 def test_render_never_prints_a_real_stream_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["render", "-f", write(tmp_path, GOOD)])
-    secret = next(o for o in yaml.safe_load_all(capsys.readouterr().out) if o["kind"] == "Secret")
-    assert secret["stringData"]["token"] == "generated-by-the-operator-at-creation"
+    secrets = [o for o in yaml.safe_load_all(capsys.readouterr().out) if o["kind"] == "Secret"]
+    assert [list(secret["stringData"].values()) for secret in secrets] == [
+        ["generated-by-the-operator-at-creation"]
+    ] * 2
 
 
 @pytest.mark.parametrize(

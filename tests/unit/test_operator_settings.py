@@ -52,6 +52,9 @@ def test_every_named_variable_is_read() -> None:
         ("AGENTRUN_LOG_FORMAT", "xml"),
         ("AGENTRUN_DEADLINE_GRACE_SECONDS", "-5"),
         ("AGENTRUN_STREAM_CONTROLLER", "nginx"),
+        ("AGENTRUN_GATEWAY_SERVICE_ACCOUNT", "agentrun-stream-gateway"),
+        ("AGENTRUN_GATEWAY_SERVICE_ACCOUNT", "agentrun-system/"),
+        ("AGENTRUN_GATEWAY_SERVICE_ACCOUNT", "a/b/c"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_variable(name: str, value: str) -> None:
@@ -126,3 +129,9 @@ def test_without_a_lease_the_operator_is_a_single_replica_leading_from_the_start
 def test_bad_leader_election_settings_are_rejected_naming_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         OperatorSettings.from_env(env)
+
+
+def test_the_gateway_service_account_is_read_as_namespace_and_name() -> None:
+    env = {"AGENTRUN_GATEWAY_SERVICE_ACCOUNT": " agentrun-system/agentrun-stream-gateway "}
+    assert OperatorSettings.from_env(env).gateway_service_account == "agentrun-system/agentrun-stream-gateway"
+    assert OperatorSettings.from_env({}).gateway_service_account == ""

@@ -1,8 +1,10 @@
-"""Who may draw permits: a run, proven by its own stream token.
+"""Who may draw permits: a run, proven by its permit key.
 
-The runner already holds its run's stream token (env ``AGENTRUN_STREAM_TOKEN``, from the Secret
-``<run>-stream-token``), so no second per-run Secret is minted: the permit server reads that Secret in
-the pool's namespace and compares. Only digests of expected tokens are kept, for a short while.
+The operator mints each run a random key in the Secret ``<run>-permit-key``, which only the runner pod
+receives (env ``AGENTRUN_PERMIT_KEY``); the permit server reads that Secret in the pool's namespace and
+compares. It is not the stream token: every reader of a run's stream holds that one, and a reader must
+not be able to take permits, report penalties or pause a pool. Only digests of expected keys are kept,
+for a short while.
 """
 
 import hashlib
@@ -30,8 +32,8 @@ def _digest(token: bytes) -> bytes:
     return hashlib.sha256(token).digest()
 
 
-class StreamTokenVerifier:
-    """Checks a presented token against the run's stream-token Secret, read through the Kubernetes API."""
+class PermitKeyVerifier:
+    """Checks a presented key against the run's permit-key Secret, read through the Kubernetes API."""
 
     def __init__(self, kube: KubeClient, *, cache_seconds: float, clock: Callable[[], float]) -> None:
         self._kube = kube
@@ -53,9 +55,9 @@ class StreamTokenVerifier:
         return expected is not None and hmac.compare_digest(expected, _digest(token.encode()))
 
     async def _read_expected(self, namespace: str, run: str) -> bytes | None:
-        name = contract.stream_token_secret_name(run)
+        name = contract.permit_key_secret_name(run)
         try:
-            token = await self._kube.read_secret_key(namespace, name, contract.STREAM_TOKEN_KEY)
+            token = await self._kube.read_secret_key(namespace, name, contract.PERMIT_KEY_KEY)
         except ApiError as error:
             if error.status == 403:
                 return None

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from agentrun_api import constants, throttlepool
 from agentrun_operator.kube import KubeClient
-from agentrun_operator.permits.credentials import StreamTokenVerifier
+from agentrun_operator.permits.credentials import PermitKeyVerifier
 from agentrun_operator.permits.pool import PoolLimits
 from agentrun_operator.permits.server import PermitServer, start_permit_server
 from agentrun_operator.permits.settings import PermitSettings
@@ -57,7 +57,7 @@ def _writer(memo: Any) -> PoolStatusWriter:
 async def start_permits(memo: Any, kube: KubeClient, settings: PermitSettings) -> None:
     """Start the permit server; the operator's startup calls it with its own API client, through which
     runs' credentials are checked."""
-    verifier = StreamTokenVerifier(kube, cache_seconds=settings.credential_cache_seconds, clock=time.monotonic)
+    verifier = PermitKeyVerifier(kube, cache_seconds=settings.credential_cache_seconds, clock=time.monotonic)
     memo.permit_server = server = await start_permit_server(settings, verifier)
     memo.pool_status_writer = writer = PoolStatusWriter(
         kube, server.registry, interval_seconds=settings.status_interval_seconds

@@ -121,7 +121,9 @@ class _Handlers:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token or not run:
             return _refusal(
-                401, "Unauthorized", f"send the run's stream token as a bearer token and {protocol.RUN_HEADER}"
+                401,
+                "Unauthorized",
+                f"send the run's permit key (AGENTRUN_PERMIT_KEY) as a bearer token and {protocol.RUN_HEADER}",
             )
         try:
             allowed = await self.verifier.verify(namespace, run, token)
