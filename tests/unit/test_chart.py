@@ -56,6 +56,11 @@ OPERATOR_SETTINGS_ENV = {
     "AGENTRUN_LEASE_RETRY_PERIOD_SECONDS",
     # The controller in front of the stream gateway, from gateway.controller (OperatorSettings.stream_controller).
     "AGENTRUN_STREAM_CONTROLLER",
+    # The platform policy, from policy.* (agentrun_operator.policy).
+    "AGENTRUN_POLICY_ALLOWED_IMAGES",
+    "AGENTRUN_POLICY_REQUIRE_IMAGE_DIGEST",
+    "AGENTRUN_POLICY_ALLOWED_MODEL_HOSTS",
+    "AGENTRUN_POLICY_ALLOWED_WEBHOOK_HOSTS",
 }
 
 
