@@ -1,5 +1,6 @@
 """The completion webhook: delivered after the end, retried with backoff, signed, recorded apart from the phase."""
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -209,3 +210,26 @@ async def test_a_webhook_host_the_policy_no_longer_allows_is_not_posted_to(
 
     assert hook.deliveries == []
     assert "not allowed by the operator's policy" in cluster.status()["notification"]["lastError"]
+
+
+async def test_a_run_refused_by_the_policy_is_never_notified_even_after_an_operator_restart(
+    cluster: Cluster, receiver: tuple[Receiver, str]
+) -> None:
+    """Refused at admission, it never ran: like a run with an invalid spec, its webhook stays silent."""
+    hook, url = receiver
+    add_signing_key(cluster)
+    refusing = dataclasses.replace(FAST, policy=Policy(allowed_images=("registry.example/*",)))
+    cluster.create(
+        run_manifest(
+            runner={"image": "docker.io/someone/else:1"},
+            completionWebhook={"url": url, "signingKeySecretRef": {"name": "hook-key", "key": "key"}},
+        )
+    )
+    async with running_operator(cluster, refusing):
+        await eventually(lambda: cluster.status().get("reason") == "PolicyViolation", message="refused")
+    async with running_operator(cluster, refusing):  # a new operator supervises the ended run afresh
+        await asyncio.sleep(2.0)  # four supervise intervals: time for a delivery that must not happen
+
+    assert hook.deliveries == []
+    assert "notification" not in cluster.status()
+    assert cluster.get("Job", "q3-runner") is None
