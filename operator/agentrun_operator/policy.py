@@ -153,6 +153,10 @@ def _patterns(env: Mapping[str, str], name: str, shape: re.Pattern[str], example
         return ALLOW_ANY
     patterns = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
     for pattern in patterns:
-        if pattern != ANY and not shape.match(pattern):
+        # An image pattern with a tag or digest could never match: images are compared by repository.
+        tagged = shape is _REPOSITORY_PATTERN and repository_of(pattern.removesuffix("/*")) != pattern.removesuffix(
+            "/*"
+        )
+        if pattern != ANY and (tagged or not shape.match(pattern)):
             raise PolicyError(f"{name}: {pattern!r} is not a valid pattern; write, for example, {example!r} or '*'")
     return patterns

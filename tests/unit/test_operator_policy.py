@@ -117,6 +117,7 @@ def test_host_of_a_url_without_host_is_empty_and_never_allowed() -> None:
     ("variable", "value"),
     [
         ("AGENTRUN_POLICY_ALLOWED_IMAGES", "ghcr.io/acme/**"),
+        ("AGENTRUN_POLICY_ALLOWED_IMAGES", "ghcr.io/acme/runner:1.2"),
         ("AGENTRUN_POLICY_ALLOWED_MODEL_HOSTS", "https://api.openai.com"),
         ("AGENTRUN_POLICY_ALLOWED_WEBHOOK_HOSTS", "hooks.*.example.com"),
         ("AGENTRUN_POLICY_REQUIRE_IMAGE_DIGEST", "yes"),
