@@ -20,7 +20,7 @@ Set to the empty string, a list allows nothing.
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -117,7 +117,11 @@ def repository_of(image: str) -> str:
 
 
 def host_of(url: str) -> str:
-    """The URL's host, lower case, without user part or port ("" when the URL has none)."""
+    """The URL's host, lower case, without user part or port ("" when the URL has none, or is ambiguous)."""
+    if "\\" in url:
+        # Parsers disagree on a backslash (WHATWG reads it as "/", urllib as part of the user info), so the
+        # host checked here could differ from the one a client connects to.
+        return ""
     try:
         return (urlsplit(url).hostname or "").lower()
     except ValueError:
@@ -132,11 +136,13 @@ def _image_matches(pattern: str, repository: str) -> bool:
     return repository == pattern
 
 
-def _host_allowed(patterns: Iterable[str], host: str) -> bool:
+def _host_allowed(patterns: tuple[str, ...], host: str) -> bool:
+    if ANY in patterns:
+        return True
     if not host:
         return False
     for pattern in patterns:
-        if pattern == ANY or host == pattern.strip("[]"):
+        if host == pattern.strip("[]"):
             return True
         if pattern.startswith("*.") and host.endswith(pattern[1:]):
             return True

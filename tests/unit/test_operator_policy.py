@@ -87,6 +87,7 @@ def test_model_hosts_exact_wildcard_and_ip() -> None:
     assert not policy.model_host_allowed("https://api.openai.com.evil.example/v1")
     assert not policy.model_host_allowed("https://evil.example/v1#api.openai.com")
     assert not policy.model_host_allowed("https://api.openai.com@evil.example/v1")
+    assert not policy.model_host_allowed("https://evil.example\\@api.openai.com/v1")  # parsers disagree on it
 
 
 def test_a_model_host_message_names_the_host_never_the_url() -> None:
@@ -108,9 +109,10 @@ def test_webhook_hosts_and_an_empty_list_allows_nothing() -> None:
         enforce(spec(completionWebhook=hook), closed)
 
 
-def test_host_of_a_url_without_host_is_empty_and_never_allowed() -> None:
+def test_a_url_without_a_clear_host_is_allowed_only_by_a_policy_that_allows_any() -> None:
     assert host_of("http://[::1") == ""
-    assert not Policy().model_host_allowed("http://[::1")
+    assert not Policy(allowed_model_hosts=("::1",)).model_host_allowed("http://[::1")
+    assert Policy().model_host_allowed("http://[::1")
 
 
 @pytest.mark.parametrize(
