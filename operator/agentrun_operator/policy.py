@@ -16,15 +16,21 @@ working; the chart sets all of them, see docs/security.md):
   ``*.example.com`` for its subdomains; ``*`` is any.
 - AGENTRUN_POLICY_ALLOWED_WEBHOOK_HOSTS: hosts of spec.completionWebhook.url, as above.
 Set to the empty string, a list allows nothing.
+- AGENTRUN_POLICY_DEFAULT_RUNNER_RESOURCES: JSON ``{"requests": {...}, "limits": {...}}``, the runner
+  container's resources for runs that set no spec.runner.resources at all (only then: mixed with a run's
+  own values, a default request could exceed the run's limit).
 """
 
 import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from typing import Final
 from urllib.parse import urlsplit
 
-from agentrun_api.spec import AgentRunSpec
+import pydantic
+
+from agentrun_api.spec import AgentRunSpec, ResourceRequirements
 
 REASON_POLICY_VIOLATION: Final = "PolicyViolation"
 ANY: Final = "*"
@@ -53,6 +59,8 @@ class Policy:
     require_image_digest: bool = False
     allowed_model_hosts: tuple[str, ...] = ALLOW_ANY
     allowed_webhook_hosts: tuple[str, ...] = ALLOW_ANY
+    # Runner container resources for runs that set none; empty: none (the namespace's LimitRange, if any).
+    default_runner_resources: ResourceRequirements = dataclasses.field(default_factory=ResourceRequirements)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Policy":
@@ -68,6 +76,7 @@ class Policy:
             allowed_webhook_hosts=_patterns(
                 env, "AGENTRUN_POLICY_ALLOWED_WEBHOOK_HOSTS", _HOST_PATTERN, "hooks.example.com"
             ),
+            default_runner_resources=_resources(env, "AGENTRUN_POLICY_DEFAULT_RUNNER_RESOURCES"),
         )
 
     def image_allowed(self, image: str) -> bool:
@@ -166,3 +175,20 @@ def _patterns(env: Mapping[str, str], name: str, shape: re.Pattern[str], example
         if pattern != ANY and (tagged or not shape.match(pattern)):
             raise PolicyError(f"{name}: {pattern!r} is not a valid pattern; write, for example, {example!r} or '*'")
     return patterns
+
+
+def _resources(env: Mapping[str, str], name: str) -> ResourceRequirements:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ResourceRequirements()
+    try:
+        return ResourceRequirements.model_validate(json.loads(raw))
+    except (ValueError, pydantic.ValidationError) as error:
+        detail = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+            for problem in (error.errors(include_url=False) if isinstance(error, pydantic.ValidationError) else [])
+        ) or str(error)
+        raise PolicyError(
+            f'{name}: {detail}; write JSON such as {{"requests": {{"cpu": "250m", "memory": "512Mi"}}, '
+            f'"limits": {{"memory": "1Gi"}}}}'
+        ) from None

@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 
 from agentrun_api import contract
-from agentrun_api.spec import AgentRunSpec
+from agentrun_api.spec import AgentRunSpec, ResourceRequirements
 from agentrun_operator.children import RunOwner, build_job
 from agentrun_operator.settings import OperatorSettings
 from tests.harness.chart import NAMESPACE, NEWEST_KUBERNETES, OLDEST_KUBERNETES, ci_scenarios, find, render_objects
@@ -149,6 +149,7 @@ def test_a_fresh_install_allows_only_its_runner_image_and_the_openai_api_and_no_
     assert settings.policy.allowed_model_hosts == ("api.openai.com",)
     assert settings.policy.allowed_webhook_hosts == ()
     assert settings.policy.require_image_digest is False
+    assert settings.policy.default_runner_resources == ResourceRequirements()
 
 
 def test_policy_values_reach_the_operator_and_always_allow_the_default_runner_image() -> None:
@@ -157,6 +158,10 @@ def test_policy_values_reach_the_operator_and_always_allow_the_default_runner_im
     assert settings.policy.require_image_digest is True
     assert settings.policy.allowed_model_hosts == ("api.openai.com", "*.models.internal.example")
     assert settings.policy.allowed_webhook_hosts == ("hooks.example.com",)
+    assert settings.policy.default_runner_resources.model_dump() == {
+        "requests": {"cpu": "250m", "memory": "512Mi"},
+        "limits": {"memory": "1Gi"},
+    }
 
 
 @pytest.mark.parametrize(
@@ -164,6 +169,7 @@ def test_policy_values_reach_the_operator_and_always_allow_the_default_runner_im
     [
         {"policy": {"allowedModelHosts": ["https://api.openai.com/v1"]}},
         {"policy": {"allowedImages": ["ghcr.io/acme/**"]}},
+        {"policy": {"defaultRunnerResources": {"requests": {"cpu": "lots"}}}},
         {"networkPolicy": {"runners": {"egress": [{"cidr": "everything"}]}}},
     ],
 )

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from agentrun_api.spec import AgentRunSpec
+from agentrun_operator.children import RunOwner, build_job
 from agentrun_operator.policy import Policy, PolicyViolationError, enforce, host_of, repository_of
 from agentrun_operator.settings import OperatorSettings, SettingsError
 
@@ -148,3 +149,33 @@ def test_settings_read_the_policy_and_refuse_a_default_image_it_does_not_allow()
         OperatorSettings.from_env(
             {"AGENTRUN_RUNNER_IMAGE": "ghcr.io/other/runner:2", "AGENTRUN_POLICY_ALLOWED_IMAGES": "ghcr.io/acme/*"}
         )
+
+
+def test_default_runner_resources_apply_only_to_runs_that_set_none() -> None:
+    default = '{"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}'
+    settings = OperatorSettings.from_env({"AGENTRUN_POLICY_DEFAULT_RUNNER_RESOURCES": default})
+    owner = RunOwner(namespace="team-a", name="q3", uid="u")
+
+    def container_resources(run: AgentRunSpec) -> Any:
+        (container,) = build_job(owner, run, settings)["spec"]["template"]["spec"]["containers"]
+        return container.get("resources")
+
+    assert container_resources(spec()) == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
+    # A run's own values win whole: mixed with the default's request, its 256Mi limit would be below 512Mi.
+    own = spec(runner={"resources": {"limits": {"memory": "256Mi"}}})
+    assert container_resources(own) == {"limits": {"memory": "256Mi"}}
+    assert "resources" not in build_job(owner, spec(), OperatorSettings())["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("{not json", "Expecting property name"),
+        ('{"requests": {"cpu": "lots"}}', "requests.cpu"),
+        ('{"requests": {}, "limitz": {}}', "limitz"),
+    ],
+)
+def test_malformed_default_runner_resources_stop_the_operator_naming_the_variable(value: str, named: str) -> None:
+    with pytest.raises(SettingsError, match="AGENTRUN_POLICY_DEFAULT_RUNNER_RESOURCES") as refused:
+        OperatorSettings.from_env({"AGENTRUN_POLICY_DEFAULT_RUNNER_RESOURCES": value})
+    assert named in str(refused.value)
