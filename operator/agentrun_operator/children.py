@@ -353,11 +353,10 @@ def build_job(
         container["ports"] = [
             {"name": contract.STREAM_PORT_NAME, "containerPort": contract.STREAM_PORT, "protocol": "TCP"}
         ]
-    resources = {
-        k: dict(v)
-        for k, v in (("requests", spec.runner.resources.requests), ("limits", spec.runner.resources.limits))
-        if v
-    }
+    wanted = spec.runner.resources
+    if not wanted.requests and not wanted.limits:
+        wanted = settings.policy.default_runner_resources  # the platform's default for runs that set none
+    resources = {k: dict(v) for k, v in (("requests", wanted.requests), ("limits", wanted.limits)) if v}
     if resources:
         container["resources"] = resources
     pod_spec: dict[str, Any] = {

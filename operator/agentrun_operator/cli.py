@@ -22,6 +22,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from agentrun_api import constants
+from agentrun_operator import policy
 from agentrun_operator.children import RunOwner, build_children
 from agentrun_operator.parsing import InvalidSpecError, parse_spec
 from agentrun_operator.settings import OperatorSettings, SettingsError
@@ -135,8 +136,11 @@ def render_run(
         run = server_dry_run(api, {**run, "metadata": {**meta, "namespace": namespace}}, namespace)
     try:
         spec = parse_spec(run)
+        policy.enforce(spec, settings.policy)  # the operator would refuse it: no objects to show
     except InvalidSpecError as error:
         raise RenderError(f"AgentRun {meta['name']}: {error}") from None
+    except policy.PolicyViolationError as error:
+        raise RenderError(f"AgentRun {meta['name']}: {error.reason}: {error}") from None
     owner = RunOwner(namespace=namespace, name=meta["name"], uid=meta.get("uid") or PLACEHOLDER_UID)
     return build_children(owner, spec, settings, stream_token=PLACEHOLDER_TOKEN, permit_key=PLACEHOLDER_TOKEN)
 

@@ -22,7 +22,7 @@ from agentrun_api import conditions as c
 from agentrun_api import constants
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import AgentRunStatus, Notification, Phase
-from agentrun_operator import children, webhook
+from agentrun_operator import children, policy, webhook
 from agentrun_operator.budget import compute_budget
 from agentrun_operator.kube import ApiError, KubeClient
 from agentrun_operator.metrics import Metrics
@@ -168,16 +168,18 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
     status.observed_generation = generation
     try:
         spec = parse_spec(body)
-    except InvalidSpecError as error:
+        policy.enforce(spec, op.settings.policy)
+    except (InvalidSpecError, policy.PolicyViolationError) as error:
         message = str(error)[:1024]
+        reason = error.reason if isinstance(error, policy.PolicyViolationError) else c.REASON_INVALID_SPEC
         status.phase = Phase.FAILED
-        status.reason = c.REASON_INVALID_SPEC
+        status.reason = reason
         status.message = message
         status.completion_time = now
-        set_condition(status, c.ACCEPTED, False, c.REASON_INVALID_SPEC, message, now=now, generation=generation)
-        set_condition(status, c.FAILED, True, c.REASON_INVALID_SPEC, message, now=now, generation=generation)
+        set_condition(status, c.ACCEPTED, False, reason, message, now=now, generation=generation)
+        set_condition(status, c.FAILED, True, reason, message, now=now, generation=generation)
         await write_status(op, owner, status)
-        kopf.warn(body, reason=c.REASON_INVALID_SPEC, message=message)
+        kopf.warn(body, reason=reason, message=message)
         op.record_phase((owner.namespace, owner.name), Phase.FAILED)
         raise kopf.PermanentError(message) from None
 
@@ -338,6 +340,8 @@ class Supervisor:
             spec = parse_spec(self.body)
         except InvalidSpecError:
             return None  # admission recorded it as Failed
+        if self.status.reason == policy.REASON_POLICY_VIOLATION:
+            return None  # refused at admission: nothing of it ran, nobody is notified (as for an invalid spec)
         settings, now = self.op.settings, self.op.clock()
         ctx = RunContext(
             owner=self.owner,
@@ -461,6 +465,7 @@ class Supervisor:
                 note.event_id,
                 now=now,
                 timeout_seconds=settings.webhook_timeout_seconds,
+                host_allowed=settings.policy.webhook_host_allowed(hook.url),
             )
         note = note.model_copy(
             update={

@@ -14,6 +14,7 @@ from typing import Literal, get_args
 from agentrun_api.spec import IngressController
 from agentrun_operator.leadership import LeaderElection
 from agentrun_operator.permits.settings import PermitSettings
+from agentrun_operator.policy import Policy, PolicyError
 
 DEFAULT_RUNNER_IMAGE = "ghcr.io/agentrun/agentrun-runner:0.1.0"
 
@@ -28,8 +29,12 @@ class OperatorSettings:
 
     # AGENTRUN_WATCH_NAMESPACE: the one namespace to watch; empty watches all namespaces.
     watch_namespace: str = ""
-    # AGENTRUN_RUNNER_IMAGE: runner image for runs whose spec.runner.image is unset.
+    # AGENTRUN_RUNNER_IMAGE: runner image for runs whose spec.runner.image is unset (the policy's default
+    # image: it must be one the policy's allowed images admit).
     runner_image: str = DEFAULT_RUNNER_IMAGE
+    # The platform's bounds on runs' images, model hosts and webhook hosts (AGENTRUN_POLICY_*; see
+    # ``agentrun_operator.policy``). Unset: anything is allowed.
+    policy: Policy = dataclasses.field(default_factory=Policy)
     # AGENTRUN_STATUS_MIN_INTERVAL_SECONDS (seconds, default 2): least time between two status
     # writes that only carry progress, however fast the runner iterates; phase changes go out at once.
     status_min_interval_seconds: float = 2.0
@@ -119,9 +124,21 @@ class OperatorSettings:
             permits = PermitSettings.from_env(env)
         except ValueError as error:
             raise SettingsError(str(error)) from None
+        runner_image = env.get("AGENTRUN_RUNNER_IMAGE", "").strip() or defaults.runner_image
+        try:
+            policy = Policy.from_env(env)
+        except PolicyError as error:
+            raise SettingsError(str(error)) from None
+        if not policy.image_allowed(runner_image):
+            # Every run without spec.runner.image would be refused: fail at startup, not per run.
+            raise SettingsError(
+                f"AGENTRUN_RUNNER_IMAGE {runner_image!r} is not among AGENTRUN_POLICY_ALLOWED_IMAGES "
+                f"({', '.join(policy.allowed_images) or 'none'}); add its repository there"
+            )
         return cls(
             watch_namespace=env.get("AGENTRUN_WATCH_NAMESPACE", defaults.watch_namespace).strip(),
-            runner_image=env.get("AGENTRUN_RUNNER_IMAGE", "").strip() or defaults.runner_image,
+            runner_image=runner_image,
+            policy=policy,
             status_min_interval_seconds=_number(
                 env, "AGENTRUN_STATUS_MIN_INTERVAL_SECONDS", defaults.status_min_interval_seconds
             ),

@@ -4,6 +4,12 @@ Signature: ``X-AgentRun-Signature: sha256=<hex>`` where hex is HMAC-SHA256, keye
 value, over ``<timestamp>.<body>``; the timestamp goes in ``X-AgentRun-Timestamp`` (Unix seconds) so a
 receiver can reject old deliveries, and ``X-AgentRun-Event-Id`` is the same on every retry of one
 event so a receiver can drop duplicates.
+
+Redirects are never followed: the operator posts from the cluster's most privileged pod, and a
+receiver answering 3xx could otherwise point it at any address the policy never allowed (the
+metadata service, the API server, an in-cluster Service). A 3xx is a failed attempt, retried like
+any other, and says so. The host is checked against the policy's allowed webhook hosts before each
+attempt too, so a policy tightened after a run was admitted still holds.
 """
 
 import dataclasses
@@ -80,8 +86,11 @@ async def deliver(
     *,
     now: datetime,
     timeout_seconds: float,
+    host_allowed: bool = True,
 ) -> DeliveryResult:
-    """One attempt. Any 2xx is delivered; anything else is an error to retry."""
+    """One attempt. Any 2xx is delivered; anything else (a 3xx included) is an error to retry."""
+    if not host_allowed:
+        return DeliveryResult(ok=False, error="the webhook URL's host is not allowed by the operator's policy")
     timestamp = int(now.timestamp())
     headers: Mapping[str, str] = {
         "Content-Type": "application/json",
@@ -92,10 +101,21 @@ async def deliver(
     }
     try:
         async with session.post(
-            url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_seconds)
+            url,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_seconds),
+            allow_redirects=False,
         ) as response:
             if 200 <= response.status < 300:
                 return DeliveryResult(ok=True)
+            if 300 <= response.status < 400:
+                # The Location is not repeated: it may carry a token, and it is not where the run asked to post.
+                return DeliveryResult(
+                    ok=False,
+                    error=f"HTTP {response.status} redirect from the webhook URL; redirects are not followed, "
+                    "set spec.completionWebhook.url to the final URL",
+                )
             return DeliveryResult(ok=False, error=f"HTTP {response.status} from the webhook URL")
     except (aiohttp.ClientError, TimeoutError) as error:
         return DeliveryResult(ok=False, error=f"{type(error).__name__} posting to the webhook URL")

@@ -1,5 +1,7 @@
 """The completion webhook: delivered after the end, retried with backoff, signed, recorded apart from the phase."""
 
+import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,7 +11,8 @@ from aiohttp import web
 
 from agentrun_api import conditions as c
 from agentrun_operator import webhook
-from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, running_operator
+from agentrun_operator.policy import Policy
+from tests.harness.inprocess_operator import FAST, Cluster, eventually, run_manifest, running_operator
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +135,101 @@ async def test_webhook_gives_up_after_max_attempts_without_touching_the_phase(
     notified = cluster.condition(c.NOTIFIED)
     assert notified is not None
     assert notified["status"] == "False"
+
+
+@pytest.fixture
+async def redirecting_receiver() -> AsyncIterator[tuple[list[str], str]]:
+    """A loopback server whose webhook path answers 307 to a second path that would accept the POST."""
+    reached: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        reached.append(request.path)
+        raise web.HTTPTemporaryRedirect("/landing?token=from-the-location")
+
+    async def landing(request: web.Request) -> web.Response:
+        reached.append(request.path)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hooks/agentrun", redirect)
+    app.router.add_post("/landing", landing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield reached, f"http://127.0.0.1:{port}/hooks/agentrun"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_redirect_is_a_failed_delivery_and_is_never_followed(
+    cluster: Cluster, redirecting_receiver: tuple[list[str], str]
+) -> None:
+    reached, url = redirecting_receiver
+    add_signing_key(cluster)
+    async with running_operator(cluster):
+        pod = await start_run_with_webhook(cluster, url, max_attempts=2)
+        cluster.report(
+            iteration=1,
+            pod=pod,
+            outcome="Succeeded",
+            result={"summary": "done", "ref": "configmap/q3-ckpt-0#result", "bytes": 4},
+        )
+        await eventually(lambda: (cluster.status().get("notification") or {}).get("attempts") == 2)
+
+    assert reached == ["/hooks/agentrun", "/hooks/agentrun"]  # the Location was never posted to
+    notification = cluster.status()["notification"]
+    assert notification["delivered"] is False
+    assert "HTTP 307 redirect" in notification["lastError"]
+    assert "redirects are not followed" in notification["lastError"]
+    assert "from-the-location" not in json.dumps(cluster.run())
+    notified = cluster.condition(c.NOTIFIED)
+    assert notified is not None
+    assert (notified["status"], notified["reason"]) == ("False", c.REASON_DELIVERY_FAILED)
+
+
+async def test_a_webhook_host_the_policy_no_longer_allows_is_not_posted_to(
+    cluster: Cluster, receiver: tuple[Receiver, str]
+) -> None:
+    """A run admitted under an open policy, delivered after the policy was narrowed (operator restarted)."""
+    hook, url = receiver
+    add_signing_key(cluster)
+    narrowed = dataclasses.replace(FAST, policy=Policy(allowed_webhook_hosts=("hooks.example.com",)))
+    async with running_operator(cluster):
+        pod = await start_run_with_webhook(cluster, url, max_attempts=1)
+    cluster.report(
+        iteration=1,
+        pod=pod,
+        outcome="Succeeded",
+        result={"summary": "done", "ref": "configmap/q3-ckpt-0#result", "bytes": 4},
+    )
+    async with running_operator(cluster, narrowed):
+        await eventually(lambda: (cluster.status().get("notification") or {}).get("attempts") == 1)
+
+    assert hook.deliveries == []
+    assert "not allowed by the operator's policy" in cluster.status()["notification"]["lastError"]
+
+
+async def test_a_run_refused_by_the_policy_is_never_notified_even_after_an_operator_restart(
+    cluster: Cluster, receiver: tuple[Receiver, str]
+) -> None:
+    """Refused at admission, it never ran: like a run with an invalid spec, its webhook stays silent."""
+    hook, url = receiver
+    add_signing_key(cluster)
+    refusing = dataclasses.replace(FAST, policy=Policy(allowed_images=("registry.example/*",)))
+    cluster.create(
+        run_manifest(
+            runner={"image": "docker.io/someone/else:1"},
+            completionWebhook={"url": url, "signingKeySecretRef": {"name": "hook-key", "key": "key"}},
+        )
+    )
+    async with running_operator(cluster, refusing):
+        await eventually(lambda: cluster.status().get("reason") == "PolicyViolation", message="refused")
+    async with running_operator(cluster, refusing):  # a new operator supervises the ended run afresh
+        await asyncio.sleep(2.0)  # four supervise intervals: time for a delivery that must not happen
+
+    assert hook.deliveries == []
+    assert "notification" not in cluster.status()
+    assert cluster.get("Job", "q3-runner") is None

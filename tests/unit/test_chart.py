@@ -59,6 +59,12 @@ OPERATOR_SETTINGS_ENV = {
     # The stream gateway's ServiceAccount, granted each streaming run's stream-token Secret by name
     # (OperatorSettings.gateway_service_account); empty without the gateway.
     "AGENTRUN_GATEWAY_SERVICE_ACCOUNT",
+    # The platform policy, from policy.* (agentrun_operator.policy).
+    "AGENTRUN_POLICY_ALLOWED_IMAGES",
+    "AGENTRUN_POLICY_REQUIRE_IMAGE_DIGEST",
+    "AGENTRUN_POLICY_ALLOWED_MODEL_HOSTS",
+    "AGENTRUN_POLICY_ALLOWED_WEBHOOK_HOSTS",
+    "AGENTRUN_POLICY_DEFAULT_RUNNER_RESOURCES",
 }
 
 

@@ -108,3 +108,15 @@ def test_server_dry_run_without_a_usable_kubeconfig_is_a_clear_error(
     assert captured.err.startswith("error: --server-dry-run: cannot load the kubeconfig: ")
     assert "Traceback" not in captured.err
     assert captured.out == ""
+
+
+def test_render_refuses_a_run_the_operators_policy_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The AGENTRUN_POLICY_* variables the operator has: what it would refuse, render shows no objects for."""
+    monkeypatch.setenv("AGENTRUN_POLICY_ALLOWED_MODEL_HOSTS", "models.example.com")
+    assert main(["render", "-f", write(tmp_path, GOOD)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: AgentRun q3: PolicyViolation: spec.model.baseURL: host 'api.openai.com'")
+    assert "models.example.com" in captured.err

@@ -97,3 +97,23 @@ app.kubernetes.io/component: stream-gateway
 {{- printf "%s://%s" (ternary "https" "http" (ne .Values.gateway.route.tlsSecretName "")) .Values.gateway.route.host }}
 {{- end }}
 {{- end }}
+
+{{/* Egress rules to CIDRs: call with a list of {cidr, except, ports}; empty ports allow any port. */}}
+{{- define "agentrun-operator.cidrEgress" -}}
+{{- range . }}
+- to:
+    - ipBlock:
+        cidr: {{ .cidr }}
+        {{- with .except }}
+        except:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+  {{- with .ports }}
+  ports:
+    {{- range . }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- end }}
