@@ -25,9 +25,9 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from agentrun_api import constants, contract
-from agentrun_api.durations import format_duration, parse_duration
 from agentrun_api.spec import AgentRunSpec, IngressController
 from agentrun_api.status import TERMINAL_PHASES
+from agentrun_common.durations import format_duration, parse_duration
 from agentrun_operator.stream_timeouts import Hop, StreamBudget, format_chain_table, stream_chain
 
 EXIT_OK = 0

@@ -32,7 +32,7 @@ from agentrun_api.contract import (
     STREAM_TOKEN_ENV,
     RunnerConfig,
 )
-from agentrun_api.durations import parse_duration
+from agentrun_common.durations import parse_duration
 from agentrun_runner.agent import Agent
 from agentrun_runner.archive import archive_ended_run
 from agentrun_runner.checkpoint import CheckpointError, CheckpointStore, ConfigMapStore, PvcStore
