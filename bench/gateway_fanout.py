@@ -57,6 +57,8 @@ from tests.harness.run_identity import set_run_phase  # noqa: E402
 from tests.harness.runner import STREAM_TOKEN, RunnerProcess, load_state, make_config, make_spec, runner_env  # noqa: E402
 from tests.harness.testbed import KubeTestbed  # noqa: E402
 
+from agentrun_common.sse import SseParser  # noqa: E402
+
 TOKEN = "bench-stream-token"
 RUN = "fanout"
 
@@ -86,20 +88,15 @@ async def _reader(session: aiohttp.ClientSession, url: str, lags: list[float], c
     async with session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
         assert response.status == 200, response.status
         connected.append(1)
-        buffer = b""
+        parser = SseParser()
         async for chunk in response.content.iter_any():
             now = time.monotonic()
-            buffer += chunk
-            *blocks, buffer = buffer.split(b"\n\n")
-            for block in blocks:
-                data = [line[6:] for line in block.split(b"\n") if line.startswith(b"data: ")]
-                if not data:
-                    continue
-                payload = json.loads(data[0])
+            for event in parser.feed(chunk):
+                payload = json.loads(event.data)
                 if "t" in payload:
                     lags.append(now - payload["t"])
                     received += 1
-                if b"event: finished" in block:
+                if event.event == "finished":
                     return received
     return received
 

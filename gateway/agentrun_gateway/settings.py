@@ -8,7 +8,7 @@ from typing import Any, get_args
 
 from agentrun_api.contract import STREAM_PORT
 from agentrun_api.spec import IngressController
-from agentrun_gateway.sse import DEFAULT_MAX_EVENT_BYTES
+from agentrun_common.sse import DEFAULT_MAX_EVENT_BYTES
 from agentrun_operator.stream_timeouts import StreamBudget, render_stream_route
 from agentrun_operator.stream_timeouts.budget import GATEWAY_UPSTREAM_POOL_IDLE_SECONDS, UPSTREAM_IDLE_HEARTBEATS
 
