@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agentrun_common.settings import SettingsError
 from agentrun_common.sse import SseEvent, SseParser
 from agentrun_gateway.auth import SingleFlight, TtlCache
 from agentrun_gateway.relay import RunFeed, final_event
-from agentrun_gateway.settings import GatewaySettings, SettingsError, keep_alive_behind
+from agentrun_gateway.settings import GatewaySettings, keep_alive_behind
 
 pytestmark = pytest.mark.unit
 
@@ -38,8 +39,12 @@ def test_settings_read_the_environment_and_derive_the_keep_alive_from_the_contro
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"AGENTRUN_GATEWAY_PORT": "eighty"}, "AGENTRUN_GATEWAY_PORT='eighty' is not a valid int"),
-        ({"AGENTRUN_GATEWAY_CONTROLLER": "nginx"}, "is not a known controller"),
+        ({"AGENTRUN_GATEWAY_PORT": "eighty"}, "AGENTRUN_GATEWAY_PORT='eighty' is not a whole number: set it to one"),
+        (
+            {"AGENTRUN_GATEWAY_AUTH_CACHE_SECONDS": "soon"},
+            "AGENTRUN_GATEWAY_AUTH_CACHE_SECONDS='soon' is not a number of seconds",
+        ),
+        ({"AGENTRUN_GATEWAY_CONTROLLER": "nginx"}, "AGENTRUN_GATEWAY_CONTROLLER='nginx' is not one of ingress-nginx, "),
         ({"AGENTRUN_GATEWAY_UPSTREAM_URL": "http://runner/events"}, "must contain {namespace} and {name}"),
         ({"AGENTRUN_GATEWAY_UPSTREAM_MAX_EVENT_BYTES": "0"}, "must be a positive number of bytes"),
     ],

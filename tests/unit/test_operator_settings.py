@@ -2,7 +2,8 @@
 
 import pytest
 
-from agentrun_operator.settings import DEFAULT_RUNNER_IMAGE, OperatorSettings, SettingsError
+from agentrun_common.settings import SettingsError
+from agentrun_operator.settings import DEFAULT_RUNNER_IMAGE, OperatorSettings
 
 pytestmark = pytest.mark.unit
 
