@@ -209,14 +209,11 @@ async def _id_reader(session: aiohttp.ClientSession, url: str, connected: list[f
     async with session.get(url, headers={"Authorization": f"Bearer {STREAM_TOKEN}"}) as response:
         assert response.status == 200, response.status
         connected.append(time.monotonic())
-        buffer = b""
+        parser = SseParser()
         async for chunk in response.content.iter_any():
-            buffer += chunk
-            *blocks, buffer = buffer.split(b"\n\n")
-            for block in blocks:
-                lines = block.split(b"\n")
-                ids += [int(line[4:]) for line in lines if line.startswith(b"id: ")]
-                if b"event: finished" in lines:
+            for event in parser.feed(chunk):
+                ids += [event.sequence] if event.sequence is not None else []
+                if event.event == "finished":
                     return ids
     return ids
 
