@@ -126,11 +126,9 @@ class SseParser:
                 del self._pending[: len(_BYTE_ORDER_MARK)]
                 searched = 0
         line_start = 0
-        for end in _LINE_END.finditer(self._pending, max(searched, 0)):
-            if end.group() == b"\r" and end.end() == len(self._pending):
-                break  # a CR last in the chunk may be the first half of a CRLF: decide once more bytes are here
-            raw = bytes(self._pending[line_start : end.start()])
-            line_start = end.end()
+        for line_end, next_start in self._line_ends(max(searched, 0)):
+            raw = bytes(self._pending[line_start:line_end])
+            line_start = next_start
             if raw and not raw.startswith(b":"):  # comments are not kept, so they do not count
                 self._event_bytes += len(raw) + 1
                 if self._event_bytes > self.max_event_bytes:
@@ -143,8 +141,23 @@ class SseParser:
             raise self._too_large(events)
         return events
 
+    def _line_ends(self, searched: int) -> list[tuple[int, int]]:
+        """Where each complete line from ``searched`` on ends, and where the next begins."""
+        pending = self._pending
+        if pending.find(b"\r", searched) < 0:  # LF only, as every sender here writes: the fast path
+            ends = []
+            newline = pending.find(b"\n", searched)
+            while newline >= 0:
+                ends.append((newline, newline + 1))
+                newline = pending.find(b"\n", newline + 1)
+            return ends
+        ends = [(end.start(), end.end()) for end in _LINE_END.finditer(pending, searched)]
+        if ends and ends[-1][0] == len(pending) - 1 and pending.endswith(b"\r"):
+            ends.pop()  # a CR last in the chunk may be the first half of a CRLF: decide once more bytes are here
+        return ends
+
     def _too_large(self, complete: list[SseEvent]) -> SseTooLargeError:
-        self._pending = bytearray()  # a new buffer: the line scan may still hold a view of the old one
+        self._pending.clear()
         self._data = []
         return SseTooLargeError(self.max_event_bytes, complete)
 
