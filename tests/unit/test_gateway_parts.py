@@ -34,6 +34,7 @@ def test_settings_read_the_environment_and_derive_the_keep_alive_from_the_contro
     assert keep_alive_behind("ingress-nginx") == 80
     assert settings.upstream_idle_for(15) == 45
     assert settings.upstream_url == "http://{name}-stream.{namespace}.svc:8080/events"
+    assert GatewaySettings.from_env({"AGENTRUN_GATEWAY_AUTH_CACHE_SECONDS": "1m"}).auth_cache_seconds == 60.0
 
 
 @pytest.mark.parametrize(
