@@ -59,15 +59,18 @@ def encode_event(event: str, data: str, *, id: str | int | None = None, retry_ms
         lines.append(f"event: {event}")
     if retry_ms is not None:
         lines.append(f"retry: {retry_ms}")
-    lines.extend(f"data: {line}" for line in data.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+    lines.extend(f"data: {line}" for line in _lines(data))
     return ("\n".join(lines) + "\n\n").encode()
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of a text, split on any end of line the event-stream format knows (CRLF, LF, CR)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def encode_comment(text: str) -> bytes:
     """A comment block (``: text``): readers dispatch nothing, but every byte keeps idle timers from firing."""
-    return "".join(f": {line}\n" for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")).encode() + (
-        b"\n"
-    )
+    return "".join(f": {line}\n" for line in _lines(text)).encode() + b"\n"
 
 
 def encode_retry(retry_ms: int) -> bytes:
