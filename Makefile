@@ -53,8 +53,8 @@ typecheck: install ## Type-check with mypy (strict)
 
 .PHONY: crds
 crds: install ## Regenerate crds/ from the pydantic models
-	PYTHONPATH=api $(PY) -m agentrun_api.crd > crds/agentruns.agentrun.dev.yaml
-	PYTHONPATH=api $(PY) -m agentrun_api.crd --all crds
+	PYTHONPATH=api:common $(PY) -m agentrun_api.crd > crds/agentruns.agentrun.dev.yaml
+	PYTHONPATH=api:common $(PY) -m agentrun_api.crd --all crds
 
 .PHONY: chart-sync
 chart-sync: install ## Copy crds/, the RBAC rules and the stream routes into the Helm chart (tests fail when they differ)

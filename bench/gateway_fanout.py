@@ -58,6 +58,8 @@ from tests.harness.run_identity import set_run_phase  # noqa: E402
 from tests.harness.runner import STREAM_TOKEN, RunnerProcess, load_state, make_config, make_spec, runner_env  # noqa: E402
 from tests.harness.testbed import KubeTestbed  # noqa: E402
 
+from agentrun_common.sse import SseParser  # noqa: E402
+
 TOKEN = "bench-stream-token"
 RUN = "fanout"
 
@@ -87,20 +89,15 @@ async def _reader(session: aiohttp.ClientSession, url: str, lags: list[float], c
     async with session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
         assert response.status == 200, response.status
         connected.append(1)
-        buffer = b""
+        parser = SseParser()
         async for chunk in response.content.iter_any():
             now = time.monotonic()
-            buffer += chunk
-            *blocks, buffer = buffer.split(b"\n\n")
-            for block in blocks:
-                data = [line[6:] for line in block.split(b"\n") if line.startswith(b"data: ")]
-                if not data:
-                    continue
-                payload = json.loads(data[0])
+            for event in parser.feed(chunk):
+                payload = json.loads(event.data)
                 if "t" in payload:
                     lags.append(now - payload["t"])
                     received += 1
-                if b"event: finished" in block:
+                if event.event == "finished":
                     return received
     return received
 
@@ -214,14 +211,11 @@ async def _id_reader(session: aiohttp.ClientSession, url: str, connected: list[f
     async with session.get(url, headers={"Authorization": f"Bearer {STREAM_TOKEN}"}) as response:
         assert response.status == 200, response.status
         connected.append(time.monotonic())
-        buffer = b""
+        parser = SseParser()
         async for chunk in response.content.iter_any():
-            buffer += chunk
-            *blocks, buffer = buffer.split(b"\n\n")
-            for block in blocks:
-                lines = block.split(b"\n")
-                ids += [int(line[4:]) for line in lines if line.startswith(b"id: ")]
-                if b"event: finished" in lines:
+            for event in parser.feed(chunk):
+                ids += [event.sequence] if event.sequence is not None else []
+                if event.event == "finished":
                     return ids
     return ids
 

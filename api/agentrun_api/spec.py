@@ -14,7 +14,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
-from agentrun_api.durations import DURATION_FORMS, DURATION_PATTERN, parse_duration
+from agentrun_common.durations import DURATION_FORMS, DURATION_PATTERN, parse_duration
 
 TAKES_DURATION = f"Takes {DURATION_FORMS}."
 

@@ -7,8 +7,9 @@ import sys
 
 from aiohttp import web
 
+from agentrun_common.settings import SettingsError
 from agentrun_gateway.server import create_app, create_runner
-from agentrun_gateway.settings import GatewaySettings, SettingsError
+from agentrun_gateway.settings import GatewaySettings
 
 log = logging.getLogger("agentrun_gateway")
 

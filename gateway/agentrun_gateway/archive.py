@@ -15,8 +15,8 @@ from agentrun_api.contract import (
     checkpoint_segment_name,
     events_archive_name,
 )
+from agentrun_common.sse import SseEvent, SseParser
 from agentrun_gateway.kube import KubeApi
-from agentrun_gateway.sse import SseEvent, SseParser
 from agentrun_runner.archive import decode_archive, read_manifest
 from agentrun_runner.checkpoint.configmap import decode_segments
 from agentrun_runner.events import Event
@@ -46,7 +46,7 @@ class RunArchive:
             return None
         parser = SseParser()
         wire = b"".join(format_event(event) for event in events)
-        return [event for event in parser.feed(wire) if event.id is not None and event.id > last_id]
+        return [event for event in parser.feed(wire) if (event.sequence or 0) > last_id]
 
     async def _archived(self, namespace: str, run: str) -> list[Event] | None:
         first = await self._kube.configmap_data(namespace, events_archive_name(run, 0))

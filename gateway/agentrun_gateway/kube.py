@@ -15,8 +15,8 @@ import aiohttp
 
 from agentrun_api.constants import GROUP, PLURAL, VERSION
 from agentrun_api.contract import STREAM_TOKEN_KEY, stream_token_secret_name
-from agentrun_api.durations import parse_duration
 from agentrun_api.status import TERMINAL_PHASES, Phase
+from agentrun_common.durations import parse_duration
 from agentrun_gateway.settings import KUBE_CA_FILE_ENV
 
 # Projected service account tokens rotate (hourly by default); re-read the file this often.

@@ -12,24 +12,31 @@ an ended run, is relayed on its own connection.
 
 import asyncio
 import bisect
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 
+from agentrun_common.sse import HEARTBEAT, SSE_HEADERS, SseEvent, SseParser, SseTooLargeError
 from agentrun_gateway import metrics
 from agentrun_gateway.auth import SingleFlight, StreamTokens, TtlCache
 from agentrun_gateway.kube import KubeApi, KubeApiError, RunInfo
 from agentrun_gateway.settings import GatewaySettings
-from agentrun_gateway.sse import HEARTBEAT, SSE_HEADERS, SseEvent, SseParser, SseTooLargeError, final_event
 
 log = logging.getLogger(__name__)
 
 FINISHED = "finished"
+
+
+def final_event(payload: dict[str, Any]) -> SseEvent:
+    """The gateway's own closing event, when the run ended without the runner's ``finished`` reaching us.
+    It has no id, so a client's Last-Event-ID stays on the runner's last event."""
+    return SseEvent(event=FINISHED, data=json.dumps(payload, separators=(",", ":")))
 
 
 class EventArchive(Protocol):
@@ -162,12 +169,13 @@ class RunFeed:
         return None
 
     async def deliver(self, event: SseEvent) -> None:
-        if event.id is None:
+        sequence = event.sequence
+        if sequence is None:
             self.final = event
         else:
             self._events.append(event)
-            self._ids.append(event.id)
-            self.last_id = event.id
+            self._ids.append(sequence)
+            self.last_id = sequence
             if len(self._events) > self._memory:
                 del self._events[0], self._ids[0]
         async with self._changed:
@@ -190,7 +198,7 @@ class RunFeed:
             backlog = self._events[bisect.bisect_right(self._ids, position) :]  # a copy: the feed moves on
             for event in backlog:
                 await client.deliver(event)
-                position = event.id or position
+                position = event.sequence or position
                 if event.event == FINISHED:
                     return position, True
             if self.done and position >= self.last_id:
@@ -330,10 +338,11 @@ class Relay:
                     except SseTooLargeError as error:
                         events, too_large = error.complete, error
                     for event in events:
-                        if event.id is None or event.id <= result.last_id:
+                        sequence = event.sequence
+                        if sequence is None or sequence <= result.last_id:
                             continue  # already relayed: a restarted runner replays from its checkpoint
                         await client.deliver(event)
-                        result.last_id = event.id
+                        result.last_id = sequence
                         result.relayed += 1
                         if event.event == FINISHED:
                             result.finished = True
@@ -364,10 +373,11 @@ class Relay:
         if events is None:
             replay = "unavailable" if last_id == 0 else "partial"
         for event in events or ():
-            if event.id is None or event.id <= last_id:
+            sequence = event.sequence
+            if sequence is None or sequence <= last_id:
                 continue
             await client.deliver(event)
-            last_id = event.id
+            last_id = sequence
             if event.event == FINISHED:
                 return
         if not client.prepared and last_id > 0:

@@ -1,14 +1,16 @@
-"""The stream gateway's settings, read from environment variables (one documented field each)."""
+"""The stream gateway's settings, read from environment variables (one documented field each) by the shared loader."""
 
 import os
 import ssl
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 from agentrun_api.contract import STREAM_PORT
 from agentrun_api.spec import IngressController
-from agentrun_gateway.sse import DEFAULT_MAX_EVENT_BYTES
+from agentrun_common.settings import Count, Port, Seconds, SettingsError, load_settings
+from agentrun_common.sse import DEFAULT_MAX_EVENT_BYTES
 from agentrun_operator.stream_timeouts import StreamBudget, render_stream_route
 from agentrun_operator.stream_timeouts.budget import GATEWAY_UPSTREAM_POOL_IDLE_SECONDS, UPSTREAM_IDLE_HEARTBEATS
 
@@ -16,10 +18,6 @@ SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 IN_CLUSTER_CA_FILE = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
 ENV_PREFIX = "AGENTRUN_GATEWAY_"
 KUBE_CA_FILE_ENV = f"{ENV_PREFIX}KUBE_CA_FILE"
-
-
-class SettingsError(ValueError):
-    """An environment variable holds a value the gateway cannot use; the message names it and the fix."""
 
 
 def keep_alive_behind(controller: IngressController) -> float:
@@ -36,45 +34,46 @@ def _in_cluster_api_url() -> str:
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    """Each field is read from ``AGENTRUN_GATEWAY_<FIELD NAME IN UPPER CASE>`` when set."""
+    """Each field is read from ``AGENTRUN_GATEWAY_<FIELD NAME IN UPPER CASE>`` when set and not blank; seconds
+    as a number or a duration such as "90s"."""
 
     host: str = "0.0.0.0"  # noqa: S104 - a pod serves on all its interfaces
     """Address to listen on."""
-    port: int = 8080
+    port: Port = 8080
     """Port to listen on (the chart's Service targets it as port "http")."""
     upstream_url: str = "http://{name}-stream.{namespace}.svc:" + str(STREAM_PORT) + "/events"
     """Runner stream URL pattern; ``{namespace}`` and ``{name}`` are filled in. Tests point it at 127.0.0.1."""
     controller: IngressController = "ingress-nginx"
     """The ingress or gateway controller in front of the gateway; sets the default keep-alive."""
-    keep_alive_seconds: float = 0.0
+    keep_alive_seconds: Seconds = 0.0
     """Idle seconds before an idle keep-alive client connection is closed; 0 derives it from ``controller``
     (the proxy's pooled idle time plus a margin, so the proxy always closes first: no 502 race)."""
-    upstream_idle_seconds: float = 0.0
+    upstream_idle_seconds: Seconds = 0.0
     """Seconds without a byte from the runner before re-attaching; 0 means 3 heartbeat intervals of the run."""
-    upstream_pool_idle_seconds: float = float(GATEWAY_UPSTREAM_POOL_IDLE_SECONDS)
+    upstream_pool_idle_seconds: Seconds = float(GATEWAY_UPSTREAM_POOL_IDLE_SECONDS)
     """Seconds an idle connection to a runner stays pooled; the runner's keep-alive is set above it."""
-    upstream_connect_timeout_seconds: float = 5.0
+    upstream_connect_timeout_seconds: Seconds = 5.0
     """Timeout of connecting to a runner and receiving its response headers."""
     upstream_max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     """Largest line or event (its field lines together) read from a runner, in bytes (4 MiB). A runner
     that sends more has its connection dropped (a warning is logged and counted) and is re-attached to,
     so no runner can make the gateway buffer without end."""
-    reattach_initial_delay_seconds: float = 0.2
+    reattach_initial_delay_seconds: Seconds = 0.2
     """First wait before re-attaching to a runner that went away; doubles up to the maximum."""
-    reattach_max_delay_seconds: float = 5.0
+    reattach_max_delay_seconds: Seconds = 5.0
     """Longest wait between re-attach attempts (a pod replacement takes seconds to minutes)."""
-    auth_cache_seconds: float = 10.0
+    auth_cache_seconds: Seconds = 10.0
     """How long a stream token or an RBAC decision is reused before the API server is asked again."""
-    run_cache_seconds: float = 2.0
+    run_cache_seconds: Seconds = 2.0
     """How long an AgentRun's phase and heartbeat interval are reused (bounds API load under many readers)."""
-    ended_drain_seconds: float = 2.0
+    ended_drain_seconds: Seconds = 2.0
     """After the run ended: how long to wait for the runner's replay before concluding it has no more events."""
-    feed_memory_events: int = 4096
+    feed_memory_events: Count = 4096
     """Events of a running run kept in memory for the readers sharing its upstream connection; a reader
     resuming from an older position gets a connection of its own."""
-    default_heartbeat_seconds: float = 15.0
+    default_heartbeat_seconds: Seconds = 15.0
     """Heartbeat interval for a run whose spec does not say (the API's default)."""
-    shutdown_timeout_seconds: float = 2.0
+    shutdown_timeout_seconds: Seconds = 2.0
     """On SIGTERM, how long open streams get before they are cut (clients resume on another replica)."""
     kube_api_url: str = ""
     """Kubernetes API server URL; empty means in-cluster (KUBERNETES_SERVICE_HOST/PORT)."""
@@ -120,17 +119,5 @@ class GatewaySettings:
         return UPSTREAM_IDLE_HEARTBEATS * heartbeat_seconds
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "GatewaySettings":
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for spec in fields(cls):
-            key = ENV_PREFIX + spec.name.upper()
-            if key not in env:
-                continue
-            raw = env[key]
-            kind = type(spec.default)
-            try:
-                values[spec.name] = kind(raw) if kind in (int, float) else raw
-            except ValueError:
-                raise SettingsError(f"{key}={raw!r} is not a valid {kind.__name__}") from None
-        return cls(**values)
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "GatewaySettings":
+        return load_settings(cls, environ, prefix=ENV_PREFIX)

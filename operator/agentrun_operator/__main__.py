@@ -13,8 +13,9 @@ for _optional_client in ("kubernetes", "kubernetes_asyncio", "pykube"):
 
 import kopf  # noqa: E402 - after hiding the optional clients from it
 
+from agentrun_common.settings import SettingsError  # noqa: E402
 from agentrun_operator.logs import configure_logging  # noqa: E402
-from agentrun_operator.settings import OperatorSettings, SettingsError  # noqa: E402
+from agentrun_operator.settings import OperatorSettings  # noqa: E402
 
 
 def main() -> int:

@@ -19,9 +19,9 @@ hard stop behind the runner's own soft deadline.
 import dataclasses
 import math
 
-from agentrun_api.durations import parse_duration
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import Budget
+from agentrun_common.durations import parse_duration
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,10 +22,11 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from agentrun_api import constants
+from agentrun_common.settings import SettingsError
 from agentrun_operator import policy
 from agentrun_operator.children import RunOwner, build_children
 from agentrun_operator.parsing import InvalidSpecError, parse_spec
-from agentrun_operator.settings import OperatorSettings, SettingsError
+from agentrun_operator.settings import OperatorSettings
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 PLACEHOLDER_TOKEN = "generated-by-the-operator-at-creation"  # noqa: S105 - a placeholder, not a secret

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO, cast, get_args
@@ -25,9 +25,10 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from agentrun_api import constants, contract
-from agentrun_api.durations import format_duration, parse_duration
 from agentrun_api.spec import AgentRunSpec, IngressController
 from agentrun_api.status import TERMINAL_PHASES
+from agentrun_common.durations import format_duration, parse_duration
+from agentrun_common.sse import SseEvent, SseParser, SseTooLargeError
 from agentrun_operator.stream_timeouts import Hop, StreamBudget, format_chain_table, stream_chain
 
 EXIT_OK = 0
@@ -182,71 +183,20 @@ def command_logs(target: Target, args: argparse.Namespace, out: TextIO) -> int:
 # --- stream -------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SseEvent:
-    """One Server-Sent Event as dispatched by the parser."""
-
-    id: str | None
-    event: str
-    data: str
-
-
-class SseParser:
-    """The event-stream format of the HTML standard: fields per line, an empty line dispatches, ':' comments."""
-
-    def __init__(self) -> None:
-        self.last_event_id: str | None = None
-        self.retry_seconds: float | None = None
-        self._event = ""
-        self._data: list[str] = []
-        self._id_seen = False
-
-    def feed(self, line: str) -> SseEvent | None:
-        """Take one line (without its end of line); return an event when the line completes one."""
-        if line == "":
-            return self._dispatch()
-        if line.startswith(":"):
-            return None  # a comment: the server's heartbeat
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            self._event = value
-        elif field == "data":
-            self._data.append(value)
-        elif field == "id" and "\0" not in value:
-            self.last_event_id = value
-            self._id_seen = True
-        elif field == "retry" and value.isdigit():
-            self.retry_seconds = int(value) / 1000
-        return None
-
-    def _dispatch(self) -> SseEvent | None:
-        event = SseEvent(
-            id=self.last_event_id if self._id_seen else None, event=self._event or "message", data="\n".join(self._data)
-        )
-        has_data = bool(self._data)
-        self._event, self._data, self._id_seen = "", [], False
-        return event if has_data else None
-
-
 def format_event(event: SseEvent) -> str:
     """One line per event (multi-line data stays indented under it): `[id] type data`."""
     data = event.data.replace("\n", "\n    ")
     return f"[{event.id if event.id is not None else '-'}] {event.event} {data}"
 
 
-def stream_lines(response: httpx.Response) -> Iterator[str]:
-    """Lines of a streamed body, split on CRLF, LF or CR as the event-stream format allows."""
-    pending = ""
-    for chunk in response.iter_text():
-        pending += chunk
-        # A CR at the end of a chunk may be the first half of a CRLF: decide once the next chunk is here.
-        held = "\r" if pending.endswith("\r") else ""
-        lines = pending.removesuffix(held).replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        pending = lines.pop() + held
-        yield from lines
-    if pending:
-        yield pending.removesuffix("\r")
+def write_events(events: list[SseEvent], out: TextIO) -> bool:
+    """Print each event on its line; whether the last was the run's `finished`."""
+    for event in events:
+        out.write(format_event(event) + "\n")
+        out.flush()
+        if event.event == FINISHED_EVENT:
+            return True
+    return False
 
 
 def follow_stream(
@@ -295,14 +245,17 @@ def follow_stream(
                     if response.status_code != 200:
                         problem = f"HTTP {response.status_code}"
                     else:
-                        for line in stream_lines(response):
-                            event = parser.feed(line)
-                            if event is None:
-                                continue
-                            failures = 0
-                            out.write(format_event(event) + "\n")
-                            out.flush()
-                            if event.event == FINISHED_EVENT:
+                        for chunk in response.iter_bytes():
+                            try:
+                                events = parser.feed(chunk)
+                            except SseTooLargeError as error:
+                                write_events(error.complete, out)
+                                raise PluginError(
+                                    f"the stream sent {error}; this is not a run's event stream"
+                                ) from None
+                            if events:
+                                failures = 0
+                            if write_events(events, out):
                                 return EXIT_OK
                         problem = "the server closed the stream"
             except httpx.TransportError as error:
@@ -319,7 +272,8 @@ def follow_stream(
                     f"gave up after {max_reconnects} reconnects without a new event ({problem}); an in-cluster "
                     f"address needs `kubectl port-forward` and --url"
                 )
-            delay = min(parser.retry_seconds or DEFAULT_RECONNECT_SECONDS * failures, MAX_RECONNECT_SECONDS)
+            retry = parser.retry_ms / 1000 if parser.retry_ms else DEFAULT_RECONNECT_SECONDS * failures
+            delay = min(retry, MAX_RECONNECT_SECONDS)
             resume = f" from event {parser.last_event_id}" if parser.last_event_id is not None else ""
             sys.stderr.write(f"stream interrupted ({problem}); reconnecting{resume} in {delay:g}s\n")
             sleep(delay)

@@ -22,11 +22,12 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
 
 from agentrun_api import constants
+from agentrun_common.settings import Env, PositiveSeconds
 from agentrun_operator.kube import ApiError, KubeClient
 
 logger = logging.getLogger(__name__)
@@ -42,23 +43,23 @@ class LeaderElection:
 
     # Name of the Lease [AGENTRUN_LEADER_ELECTION_LEASE]. Empty: one replica, leader from the start,
     # no Lease (two replicas without a Lease would both reconcile every run).
-    lease_name: str = ""
+    lease_name: Annotated[str, Env(name="AGENTRUN_LEADER_ELECTION_LEASE")] = ""
     # Namespace of the Lease [AGENTRUN_LEADER_ELECTION_NAMESPACE], default the pod's own (POD_NAMESPACE).
-    namespace: str = ""
+    namespace: Annotated[str, Env(name="AGENTRUN_LEADER_ELECTION_NAMESPACE", fallbacks=("POD_NAMESPACE",))] = ""
     # This replica's identity in the Lease [POD_NAME from the downward API]; empty: host name and process id.
-    identity: str = ""
+    identity: Annotated[str, Env(name="POD_NAME")] = ""
     # The pod to label while leading: POD_NAME and POD_NAMESPACE from the downward API. Empty when the
     # operator does not run in a pod (tests, a laptop): no label then.
-    pod_name: str = ""
-    pod_namespace: str = ""
+    pod_name: Annotated[str, Env(name="POD_NAME")] = ""
+    pod_namespace: Annotated[str, Env(name="POD_NAMESPACE")] = ""
     # Seconds a Lease lasts without renewal [AGENTRUN_LEASE_DURATION_SECONDS], default 15: the longest a
     # killed leader's runs go unsupervised, and how long a standby waits before taking over.
-    lease_duration_seconds: float = 15.0
+    lease_duration_seconds: Annotated[PositiveSeconds, Env(name="AGENTRUN_LEASE_DURATION_SECONDS")] = 15.0
     # Seconds the leader keeps trying to renew before it stops leading [AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS],
     # default 10; less than the lease duration, so the leader has stopped before anyone may take over.
-    renew_deadline_seconds: float = 10.0
+    renew_deadline_seconds: Annotated[PositiveSeconds, Env(name="AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS")] = 10.0
     # Seconds between two attempts to acquire or renew [AGENTRUN_LEASE_RETRY_PERIOD_SECONDS], default 2.
-    retry_period_seconds: float = 2.0
+    retry_period_seconds: Annotated[PositiveSeconds, Env(name="AGENTRUN_LEASE_RETRY_PERIOD_SECONDS")] = 2.0
 
     def __post_init__(self) -> None:
         if not 0 < self.retry_period_seconds < self.renew_deadline_seconds < self.lease_duration_seconds:

@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 
 from agentrun_api import conditions as c
 from agentrun_api import contract
-from agentrun_api.durations import parse_duration
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import AgentRunStatus, CheckpointInfo, Condition, Phase, Result, next_phase
+from agentrun_common.durations import parse_duration
 from agentrun_operator.children import RunOwner, job_name, stream_service_name
 from agentrun_operator.observations import JobObservation, Observed
 from agentrun_operator.settings import OperatorSettings

@@ -33,7 +33,8 @@ from agentrun_api.contract import (
     STREAM_TOKEN_ENV,
     RunnerConfig,
 )
-from agentrun_api.durations import parse_duration
+from agentrun_common.durations import parse_duration
+from agentrun_common.settings import SettingsError
 from agentrun_runner.agent import Agent
 from agentrun_runner.archive import archive_ended_run
 from agentrun_runner.checkpoint import CheckpointError, CheckpointStore, ConfigMapStore, PvcStore
@@ -41,7 +42,7 @@ from agentrun_runner.events import EventLog
 from agentrun_runner.kube import ConfigMaps, KubeError, load_configuration
 from agentrun_runner.model import ModelClient
 from agentrun_runner.progress import ConfigMapProgressSink, FileProgressSink, ProgressReporter, ProgressSink
-from agentrun_runner.settings import InvalidSettingError, RunnerSettings
+from agentrun_runner.settings import RunnerSettings
 from agentrun_runner.state import RunState
 from agentrun_runner.throttle import InProcessLimiter, Limiter
 from agentrun_runner.tools import Toolbox, Workspace
@@ -251,7 +252,7 @@ def main() -> None:
         settings = RunnerSettings.from_env()
         config = load_config(Path(os.environ.get(CONFIG_ENV) or f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE}"))
         code = asyncio.run(run(config, settings))
-    except (ConfigProblemError, InvalidSettingError) as problem:
+    except (ConfigProblemError, SettingsError) as problem:
         # The only exit that fails the Job at once (its podFailurePolicy) and the run as InvalidSpec:
         # reserved for what the user must fix, never for an error met while running.
         log.error("%s", problem)

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agentrun_api.contract import Outcome, ProgressReport, ResultRef, RunnerConfig
-from agentrun_api.durations import parse_duration
 from agentrun_api.status import CheckpointInfo, QueueWait, Usage
+from agentrun_common.durations import parse_duration
 from agentrun_runner.checkpoint import CheckpointError, CheckpointStore
 from agentrun_runner.events import EventLog
 from agentrun_runner.model import (

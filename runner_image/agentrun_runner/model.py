@@ -27,8 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 
-from agentrun_api.durations import parse_duration
 from agentrun_api.spec import ModelSpec
+from agentrun_common.durations import parse_duration
 from agentrun_runner.settings import RunnerSettings
 from agentrun_runner.state import Message
 from agentrun_runner.throttle import Limiter, MetersTokens, QueueTimeoutError

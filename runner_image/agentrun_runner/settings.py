@@ -1,41 +1,39 @@
 """Settings of the runner process that are not part of the operator's RunnerConfig.
 
 They tune the process, not the run: a run behaves the same under any of them. Each can be set by
-an environment variable (``AGENTRUN_RUNNER_<FIELD NAME IN CAPITALS>``); the defaults suit a pod.
+an environment variable (``AGENTRUN_RUNNER_<FIELD NAME IN CAPITALS>``, read by the shared loader: seconds
+as a number or a duration such as "90s"); the defaults suit a pod.
 """
 
-import dataclasses
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Self
 
+from agentrun_common.settings import Count, Seconds, load_settings
+
 ENV_PREFIX = "AGENTRUN_RUNNER_"
-
-
-class InvalidSettingError(ValueError):
-    """An AGENTRUN_RUNNER_* variable whose value does not parse; the message names it."""
 
 
 @dataclass(frozen=True)
 class RunnerSettings:
     # Seconds the stream server keeps serving the replay and the final `finished` event after the run
     # ended, so clients (and the stream gateway) that were reconnecting still see the end. Default 30.
-    sse_linger_seconds: float = 30.0
+    sse_linger_seconds: Seconds = 30.0
     # Events buffered per stream client. A client further behind than this is disconnected (it resumes
     # with Last-Event-ID); the agent never waits for a reader. Default 1024 events.
-    sse_client_queue_size: int = 1024
+    sse_client_queue_size: Count = 1024
     # Event ids each checkpoint reserves: readers see an event only once a checkpoint covers its
     # id, and a replacement pod numbers its events above the reservation, so no id is ever reused.
     # A long streamed answer writes a small checkpoint every half reservation. Default 1000.
-    event_id_reserve: int = 1000
+    event_id_reserve: Count = 1000
     # First backoff of a retried model call, in seconds; doubled per attempt, with full jitter. Default 1.
-    retry_base_seconds: float = 1.0
+    retry_base_seconds: Seconds = 1.0
     # Longest backoff between model call attempts, in seconds, unless Retry-After asks for more. Default 30.
-    retry_max_backoff_seconds: float = 30.0
+    retry_max_backoff_seconds: Seconds = 30.0
     # Characters of a tool's output the model sees; the rest is cut with a note. Default 65536.
-    max_tool_output_chars: int = 65_536
+    max_tool_output_chars: Count = 65_536
     # Bytes read_file returns at most. Default 1 MiB.
-    max_read_file_bytes: int = 1_048_576
+    max_read_file_bytes: Count = 1_048_576
     # Address the stream server binds. Empty (the default): the pod's IP from POD_IP, which the
     # Service's endpoints point at, or all interfaces when POD_IP is unset; tests use 127.0.0.1.
     stream_host: str = ""
@@ -44,19 +42,6 @@ class RunnerSettings:
     progress_file: str = ""
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Self:
-        """Read every field from AGENTRUN_RUNNER_<NAME>; unset variables keep the defaults."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for field in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + field.name.upper())
-            if raw is None:
-                continue
-            kind: type[float] | type[int] | type[str] = type(field.default)  # type: ignore[assignment]
-            try:
-                values[field.name] = kind(raw)
-            except ValueError:
-                raise InvalidSettingError(
-                    f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not a valid {kind.__name__}"
-                ) from None
-        return cls(**values)  # type: ignore[arg-type]
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Read every field from AGENTRUN_RUNNER_<NAME>; unset or blank variables keep the defaults."""
+        return load_settings(cls, environ, prefix=ENV_PREFIX)

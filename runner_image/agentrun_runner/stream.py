@@ -13,20 +13,14 @@ import logging
 
 from aiohttp import web
 
+from agentrun_common.sse import HEARTBEAT, SSE_HEADERS, encode_event
 from agentrun_runner.events import Event, EventLog
 
 log = logging.getLogger(__name__)
 
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
-
 
 def format_event(event: Event) -> bytes:
-    data = json.dumps(event.data, separators=(",", ":"))
-    return f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n".encode()
+    return encode_event(event.type, json.dumps(event.data, separators=(",", ":")), id=event.id)
 
 
 class StreamServer:
@@ -118,7 +112,7 @@ class StreamServer:
             try:
                 event = await asyncio.wait_for(queue.get(), timeout=self._heartbeat)
             except TimeoutError:
-                await response.write(b": heartbeat\n\n")
+                await response.write(HEARTBEAT)
                 continue
             if event.id <= last_id:
                 continue  # already sent from the backlog

@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from agentrun_common.sse import HEARTBEAT, SSE_HEADERS, encode_event
+
 
 @dataclass(frozen=True)
 class LoggedEvent:
@@ -27,7 +29,7 @@ class LoggedEvent:
     emitted_at: float = field(compare=False, default=0.0)  # time.monotonic() when emitted, for lag measurements
 
     def encode(self) -> bytes:
-        return f"id: {self.id}\nevent: {self.type}\ndata: {json.dumps(self.data)}\n\n".encode()
+        return encode_event(self.type, json.dumps(self.data), id=self.id)
 
 
 class FakeStreamRunner:
@@ -78,9 +80,7 @@ class FakeStreamRunner:
         last_id = int(request.headers.get("Last-Event-ID") or 0)
         if self.replay_from is not None:
             last_id = min(last_id, self.replay_from)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
+        response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         self.open_streams += 1
         try:
@@ -104,4 +104,4 @@ class FakeStreamRunner:
                 try:
                     await asyncio.wait_for(self._changed.wait_for(self._beyond(last_id)), self.heartbeat_seconds)
                 except TimeoutError:
-                    await response.write(b": heartbeat\n\n")
+                    await response.write(HEARTBEAT)

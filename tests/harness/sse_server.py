@@ -9,6 +9,8 @@ import threading
 from types import TracebackType
 from typing import Any
 
+from agentrun_common.sse import HEARTBEAT, SSE_HEADERS, encode_event, encode_retry
+
 
 class SseServer:
     """Serve `events` ((type, data) pairs) at any path; `requests` records each request's headers."""
@@ -36,8 +38,8 @@ class SseServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "no-cache")
+                for name, value in SSE_HEADERS.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(server.body(self.headers.get("Last-Event-ID"), first=len(server.requests) == 1))
                 self.close_connection = True
@@ -57,12 +59,12 @@ class SseServer:
         end = len(self.events)
         if first and self.drop_first_after is not None:
             end = min(end, self.drop_first_after)
-        lines = [f"retry: {self.retry_ms}\n\n"] if self.retry_ms is not None else []
-        lines.append(": heartbeat\n\n")
+        blocks = [encode_retry(self.retry_ms)] if self.retry_ms is not None else []
+        blocks.append(HEARTBEAT)
         for number in range(after + 1, end + 1):
             event, data = self.events[number - 1]
-            lines.append(f"id: {number}\nevent: {event}\ndata: {data}\n\n")
-        return "".join(lines).encode()
+            blocks.append(encode_event(event, data, id=number))
+        return b"".join(blocks)
 
     def __enter__(self) -> "SseServer":
         self._thread.start()

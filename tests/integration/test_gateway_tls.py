@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agentrun_gateway.settings import GatewaySettings, SettingsError
+from agentrun_common.settings import SettingsError
+from agentrun_gateway.settings import GatewaySettings
 from tests.harness.fake_stream_runner import FakeStreamRunner
 from tests.harness.gateway import (
     ApiEndpoint,

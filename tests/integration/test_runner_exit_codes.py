@@ -40,6 +40,6 @@ async def test_a_setting_that_does_not_parse_exits_as_an_invalid_config(tmp_path
         code = await process.wait()
 
     assert code == EXIT_INVALID_CONFIG
-    assert "AGENTRUN_RUNNER_SSE_CLIENT_QUEUE_SIZE='many' is not a valid int" in process.output
+    assert "AGENTRUN_RUNNER_SSE_CLIENT_QUEUE_SIZE='many' is not a whole number" in process.output
     assert "Traceback" not in process.output
     assert model.requests == []

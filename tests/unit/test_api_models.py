@@ -3,11 +3,8 @@
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agentrun_api.durations import format_duration, parse_duration
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import TERMINAL_PHASES, IllegalTransitionError, Phase, next_phase
 from tests.unit.example_manifests import BadExample, agentrun_examples, bad_examples, load
@@ -33,33 +30,6 @@ def test_the_model_refuses_every_bad_example_naming_the_field(bad: BadExample) -
 
     rendered = pydantic_errors(caught.value)
     assert any(bad.model_error in line for line in rendered), rendered
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400), ("250ms", 0.25)],
-)
-def test_parse_duration_reads_kubernetes_style_durations(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["-5m", "5d", "ten", "", "1h 30m", "5"])
-def test_parse_duration_refuses_other_forms_naming_the_accepted_ones(text: str) -> None:
-    with pytest.raises(ValueError, match='a duration such as "90s"'):
-        parse_duration(text)
-
-
-@settings(max_examples=100)
-@given(st.integers(min_value=1, max_value=10 * 24 * 3600))
-def test_format_duration_round_trips_through_parse_duration(seconds: int) -> None:
-    text = format_duration(seconds)
-    assert parse_duration(text) == seconds
-    assert format_duration(parse_duration(text)) == text
-
-
-@pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (59, "59s"), (60, "1m"), (5400, "1h30m"), (90061, "25h1m1s")])
-def test_format_duration_writes_the_shortest_spelling(seconds: int, text: str) -> None:
-    assert format_duration(seconds) == text
 
 
 @pytest.mark.parametrize("ended", sorted(TERMINAL_PHASES))

@@ -1,4 +1,4 @@
-"""The stream gateway's pure parts: SSE parsing and encoding, settings, caches."""
+"""The stream gateway's pure parts: its closing event, settings, caches, the shared feed."""
 
 import asyncio
 
@@ -6,73 +6,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agentrun_common.settings import SettingsError
+from agentrun_common.sse import SseEvent, SseParser
 from agentrun_gateway.auth import SingleFlight, TtlCache
-from agentrun_gateway.relay import RunFeed
-from agentrun_gateway.settings import GatewaySettings, SettingsError, keep_alive_behind
-from agentrun_gateway.sse import SseEvent, SseParser, SseTooLargeError, final_event
+from agentrun_gateway.relay import RunFeed, final_event
+from agentrun_gateway.settings import GatewaySettings, keep_alive_behind
 
 pytestmark = pytest.mark.unit
-
-
-def test_parser_reassembles_events_split_anywhere_and_skips_comments() -> None:
-    wire = (
-        b': heartbeat\n\nid: 7\nevent: token\ndata: {"a":1}\n\nid: 8\r\nevent: finished\r\ndata: x\r\ndata: y\r\n\r\n'
-    )
-    for split in range(1, len(wire)):
-        parser = SseParser()
-        events = parser.feed(wire[:split]) + parser.feed(wire[split:])
-        assert events == [SseEvent(7, "token", '{"a":1}'), SseEvent(8, "finished", "x\ny")]
-
-
-def test_encoded_event_parses_back_to_itself() -> None:
-    event = SseEvent(12, "tool_result", "line one\nline two")
-    assert SseParser().feed(event.encode()) == [event]
 
 
 def test_final_event_has_no_id_so_the_reader_keeps_its_position() -> None:
     encoded = final_event({"phase": "Failed"}).encode()
     assert b"id:" not in encoded
-    assert SseParser().feed(encoded) == [SseEvent(None, "finished", '{"phase":"Failed"}')]
-
-
-def test_non_numeric_ids_are_not_taken_as_positions() -> None:
-    assert SseParser().feed(b"id: abc\nevent: token\ndata: 1\n\n") == [SseEvent(None, "token", "1")]
-
-
-def bytes_fed_until_refused(parser: SseParser, chunk: bytes, most: int) -> int:
-    """Feed ``chunk`` again and again: how many bytes the parser took in all, with the chunk it refused."""
-    fed = 0
-    while fed < most:
-        fed += len(chunk)
-        try:
-            parser.feed(chunk)
-        except SseTooLargeError:
-            return fed
-    raise AssertionError(f"{most} bytes without an end of line were not refused")
-
-
-def test_a_line_past_the_limit_is_refused_with_the_chunk_that_passes_it() -> None:
-    parser = SseParser(max_event_bytes=1000)
-    assert parser.feed(b"id: 1\nevent: token\ndata: a\n\n") == [SseEvent(1, "token", "a")]
-    # A runner that never ends its line: refused once the limit is passed, not when the sender stops.
-    assert 1000 < bytes_fed_until_refused(parser, b"data: " + b"x" * 94, most=1_000_000) <= 1100
-
-
-def test_an_event_of_many_short_lines_past_the_limit_is_an_error_that_keeps_the_events_before_it() -> None:
-    chunk = b"id: 1\nevent: token\ndata: a\n\n" + b"data: 0123456789\n" * 100  # never dispatched
-    with pytest.raises(SseTooLargeError, match="more than 1000 bytes") as caught:
-        SseParser(max_event_bytes=1000).feed(chunk)
-    assert caught.value.complete == [SseEvent(1, "token", "a")]
-
-
-def test_events_up_to_the_limit_and_endless_heartbeats_pass() -> None:
-    parser = SseParser(max_event_bytes=100)
-    event = SseEvent(7, "token", "x" * 60)
-    assert len(event.encode()) <= 100
-    assert parser.feed(event.encode()) == [event]
-    for _ in range(1000):  # comments are dropped as they come, so they never add up
-        assert parser.feed(b": heartbeat\n\n") == []
-    assert parser.feed(event.encode()) == [event]
+    assert SseParser().feed(encoded) == [SseEvent("finished", '{"phase":"Failed"}')]
 
 
 def test_settings_read_the_environment_and_derive_the_keep_alive_from_the_controller() -> None:
@@ -88,13 +34,18 @@ def test_settings_read_the_environment_and_derive_the_keep_alive_from_the_contro
     assert keep_alive_behind("ingress-nginx") == 80
     assert settings.upstream_idle_for(15) == 45
     assert settings.upstream_url == "http://{name}-stream.{namespace}.svc:8080/events"
+    assert GatewaySettings.from_env({"AGENTRUN_GATEWAY_AUTH_CACHE_SECONDS": "1m"}).auth_cache_seconds == 60.0
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"AGENTRUN_GATEWAY_PORT": "eighty"}, "AGENTRUN_GATEWAY_PORT='eighty' is not a valid int"),
-        ({"AGENTRUN_GATEWAY_CONTROLLER": "nginx"}, "is not a known controller"),
+        ({"AGENTRUN_GATEWAY_PORT": "eighty"}, "AGENTRUN_GATEWAY_PORT='eighty' is not a whole number: set it to one"),
+        (
+            {"AGENTRUN_GATEWAY_AUTH_CACHE_SECONDS": "soon"},
+            "AGENTRUN_GATEWAY_AUTH_CACHE_SECONDS='soon' is not a number of seconds",
+        ),
+        ({"AGENTRUN_GATEWAY_CONTROLLER": "nginx"}, "AGENTRUN_GATEWAY_CONTROLLER='nginx' is not one of ingress-nginx, "),
         ({"AGENTRUN_GATEWAY_UPSTREAM_URL": "http://runner/events"}, "must contain {namespace} and {name}"),
         ({"AGENTRUN_GATEWAY_UPSTREAM_MAX_EVENT_BYTES": "0"}, "must be a positive number of bytes"),
     ],
@@ -165,12 +116,12 @@ def test_feed_readers_get_every_event_after_their_position_once_or_are_told_to_c
         sinks = [_CollectingSink(yields) for _, yields in readers]
         tasks = [asyncio.create_task(feed.read(max(p, start), s)) for p, s in zip(positions, sinks, strict=True)]
         for event_id in range(start + 1, total + 1):
-            await feed.deliver(SseEvent(event_id, "finished" if event_id == total else "token", str(event_id)))
+            await feed.deliver(SseEvent("finished" if event_id == total else "token", str(event_id), str(event_id)))
             await asyncio.sleep(0)
         await feed.close()
         results = await asyncio.gather(*tasks)
         for position, sink, (reached, complete) in zip(positions, sinks, results, strict=True):
-            ids = [e.id for e in sink.events]
+            ids = [e.sequence for e in sink.events]
             first = max(position, start) + 1
             assert ids == list(range(first, first + len(ids)))  # in order, no gap, no repeat
             if complete:

@@ -6,15 +6,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from agentrun_common.sse import DEFAULT_MAX_EVENT_BYTES, SseEvent
 from agentrun_operator import kubectl_plugin
 from agentrun_operator.kubectl_plugin import (
     PluginError,
     RunnerPod,
-    SseEvent,
-    SseParser,
     budget_rows,
     follow_stream,
     format_event,
@@ -24,7 +22,6 @@ from agentrun_operator.kubectl_plugin import (
     oldest_first,
     parse_result_ref,
     pod_header,
-    stream_lines,
     stream_path,
     unreachable_hint,
 )
@@ -34,51 +31,11 @@ from tests.harness.sse_server import SseServer
 pytestmark = pytest.mark.unit
 
 
-def parse(text: str) -> tuple[list[SseEvent], SseParser]:
-    parser = SseParser()
-    events = [event for line in text.split("\n") if (event := parser.feed(line)) is not None]
-    return events, parser
-
-
-def test_sse_parser_joins_data_lines_and_keeps_the_last_event_id() -> None:
-    events, parser = parse('id: 7\nevent: iteration\ndata: {"n": 7}\ndata: more\n\n: heartbeat\n\n')
-    assert events == [SseEvent(id="7", event="iteration", data='{"n": 7}\nmore')]
-    assert parser.last_event_id == "7"
-
-
-def test_sse_parser_ignores_heartbeats_and_events_without_data() -> None:
-    events, parser = parse(": keep-alive\n\nid: 3\n\nevent: token\n\n")
-    assert events == []
-    assert parser.last_event_id == "3"  # an id alone still moves the resume point, as the standard says
-
-
-def test_sse_parser_defaults_the_type_and_reads_retry_in_milliseconds() -> None:
-    events, parser = parse("retry: 2500\ndata:x\n\n")
-    assert events == [SseEvent(id=None, event="message", data="x")]
-    assert parser.retry_seconds == 2.5
-
-
-@pytest.mark.parametrize(
-    "chunks",
-    [
-        [b"data: a\r\n\r\ndata: b\r\n\r\n"],
-        [b"data: a\r", b"\n\r", b"\ndata: b\r\n", b"\r\n"],  # CRLF split across chunks
-        [b"data: a\r\rdata: b\r\r"],  # bare CR line ends
-        [b"data: a\n\ndata: b\n\n"],
-    ],
-)
-def test_stream_lines_handle_every_line_ending_across_chunk_boundaries(chunks: list[bytes]) -> None:
-    response = httpx.Response(200, content=iter(chunks))
-    parser = SseParser()
-    events = [event for line in stream_lines(response) if (event := parser.feed(line)) is not None]
-    assert [event.data for event in events] == ["a", "b"]
-
-
 def test_format_event_puts_one_event_on_one_line() -> None:
-    assert format_event(SseEvent(id="12", event="tool_call", data='{"name": "search"}')) == (
+    assert format_event(SseEvent(event="tool_call", data='{"name": "search"}', id="12")) == (
         '[12] tool_call {"name": "search"}'
     )
-    assert format_event(SseEvent(id=None, event="token", data="a\nb")) == "[-] token a\n    b"
+    assert format_event(SseEvent(event="token", data="a\nb")) == "[-] token a\n    b"
 
 
 EVENTS = [("iteration", "one"), ("checkpoint", "two"), ("finished", '{"phase": "Succeeded"}')]
@@ -111,6 +68,14 @@ def test_stream_reconnects_with_last_event_id_and_stops_at_finished(sse: SseServ
     assert "Last-Event-ID" not in first
     assert second["Last-Event-ID"] == "2"
     assert waits == [0.01]  # the server's retry: field, in seconds
+
+
+def test_stream_prints_what_came_before_an_endless_event_then_stops_with_an_error() -> None:
+    events = [("iteration", "one"), ("token", "x" * (DEFAULT_MAX_EVENT_BYTES + 1))]
+    out = io.StringIO()
+    with SseServer(events) as server, pytest.raises(PluginError, match=f"more than {DEFAULT_MAX_EVENT_BYTES} bytes"):
+        follow_stream(server.url, None, out, sleep=lambda _: None)
+    assert out.getvalue().splitlines() == ["[1] iteration one"]
 
 
 def test_stream_resumes_after_a_given_event_id(sse: SseServer) -> None:

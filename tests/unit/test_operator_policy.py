@@ -5,9 +5,10 @@ from typing import Any
 import pytest
 
 from agentrun_api.spec import AgentRunSpec
+from agentrun_common.settings import SettingsError
 from agentrun_operator.children import RunOwner, build_job
 from agentrun_operator.policy import Policy, PolicyViolationError, enforce, host_of, repository_of
-from agentrun_operator.settings import OperatorSettings, SettingsError
+from agentrun_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
 

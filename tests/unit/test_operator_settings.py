@@ -2,7 +2,8 @@
 
 import pytest
 
-from agentrun_operator.settings import DEFAULT_RUNNER_IMAGE, OperatorSettings, SettingsError
+from agentrun_common.settings import SettingsError
+from agentrun_operator.settings import DEFAULT_RUNNER_IMAGE, OperatorSettings
 
 pytestmark = pytest.mark.unit
 
@@ -135,3 +136,30 @@ def test_the_gateway_service_account_is_read_as_namespace_and_name() -> None:
     env = {"AGENTRUN_GATEWAY_SERVICE_ACCOUNT": " agentrun-system/agentrun-stream-gateway "}
     assert OperatorSettings.from_env(env).gateway_service_account == "agentrun-system/agentrun-stream-gateway"
     assert OperatorSettings.from_env({}).gateway_service_account == ""
+
+
+def test_seconds_may_be_durations_and_blank_variables_keep_the_defaults() -> None:
+    settings = OperatorSettings.from_env(
+        {
+            "AGENTRUN_SUPERVISE_INTERVAL_SECONDS": "1m",
+            "AGENTRUN_DEADLINE_GRACE_SECONDS": "1m30s",
+            "AGENTRUN_PERMIT_LEASE_SECONDS": "20s",
+            "AGENTRUN_LEASE_DURATION_SECONDS": "30s",
+            "AGENTRUN_METRICS_PORT": "",
+            "AGENTRUN_RUNNER_IMAGE": " ",
+        }
+    )
+    assert (settings.supervise_interval_seconds, settings.deadline_grace_seconds) == (60.0, 90)
+    assert (settings.permits.lease_seconds, settings.leader_election.lease_duration_seconds) == (20.0, 30.0)
+    assert (settings.metrics_port, settings.runner_image) == (8000, DEFAULT_RUNNER_IMAGE)
+
+
+def test_the_lease_namespace_variable_wins_over_the_pods_namespace() -> None:
+    settings = OperatorSettings.from_env(
+        {
+            "AGENTRUN_LEADER_ELECTION_LEASE": "agentrun-operator",
+            "AGENTRUN_LEADER_ELECTION_NAMESPACE": "leases",
+            "POD_NAMESPACE": "agentrun-system",
+        }
+    )
+    assert (settings.leader_election.namespace, settings.leader_election.pod_namespace) == ("leases", "agentrun-system")

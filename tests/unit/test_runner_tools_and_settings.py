@@ -108,5 +108,11 @@ def test_settings_come_from_env_with_their_types() -> None:
     assert settings.sse_linger_seconds == 2.5
     assert settings.sse_client_queue_size == 8
     assert settings.event_id_reserve == RunnerSettings().event_id_reserve
-    with pytest.raises(ValueError, match="AGENTRUN_RUNNER_SSE_CLIENT_QUEUE_SIZE='many' is not a valid int"):
+    with pytest.raises(ValueError, match="AGENTRUN_RUNNER_SSE_CLIENT_QUEUE_SIZE='many' is not a whole number"):
         RunnerSettings.from_env({"AGENTRUN_RUNNER_SSE_CLIENT_QUEUE_SIZE": "many"})
+
+
+def test_runner_seconds_may_be_durations_and_sizes_must_be_positive() -> None:
+    assert RunnerSettings.from_env({"AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "1m"}).sse_linger_seconds == 60.0
+    with pytest.raises(ValueError, match="AGENTRUN_RUNNER_SSE_CLIENT_QUEUE_SIZE='0' is out of range"):
+        RunnerSettings.from_env({"AGENTRUN_RUNNER_SSE_CLIENT_QUEUE_SIZE": "0"})

@@ -1,8 +1,10 @@
-"""Settings of the permit server, read from the operator's environment."""
+"""Settings of the permit server, read from the operator's environment (AGENTRUN_PERMIT_<FIELD>)."""
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Annotated
+
+from agentrun_common.settings import Env, Port, Seconds, load_settings
 
 
 @dataclass(frozen=True)
@@ -13,20 +15,20 @@ class PermitSettings:
     # reach it through the operator's Service.
     host: str = "0.0.0.0"  # noqa: S104 - the server is meant to be reached from runner pods
     # TCP port of the permit server [AGENTRUN_PERMIT_PORT], default 8090; the Service targets it.
-    port: int = 8090
+    port: Port = 8090
     # Seconds a lease lives without renewal [AGENTRUN_PERMIT_LEASE_SECONDS], default 15. A runner
     # killed while holding a permit returns it after this long; it is also how long a pool grants
     # nothing after the operator starts, so permits held from before a restart are re-counted.
-    lease_seconds: float = 15.0
+    lease_seconds: Seconds = 15.0
     # Longest pool-wide pause one provider Retry-After may impose [AGENTRUN_PERMIT_MAX_PENALTY_SECONDS],
     # default 600: a mistaken or hostile header must not freeze a pool for days.
-    max_penalty_seconds: float = 600.0
+    max_penalty_seconds: Seconds = 600.0
     # Seconds between ThrottlePool status writes per pool [AGENTRUN_POOL_STATUS_INTERVAL_SECONDS],
     # default 5: the live columns of `kubectl get throttlepools` without hammering the API server.
-    status_interval_seconds: float = 5.0
+    status_interval_seconds: Annotated[Seconds, Env(name="AGENTRUN_POOL_STATUS_INTERVAL_SECONDS")] = 5.0
     # Seconds a run's stream-token Secret is cached [AGENTRUN_PERMIT_CREDENTIAL_CACHE_SECONDS],
     # default 60: one Secret read per run per minute, not one per model call.
-    credential_cache_seconds: float = 60.0
+    credential_cache_seconds: Seconds = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:  # 0: any free port (tests)
@@ -46,28 +48,4 @@ class PermitSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "PermitSettings":
-        env = os.environ if env is None else env
-        defaults = cls()
-
-        def number(name: str, default: float) -> float:
-            raw = env.get(name, "")
-            if not raw:
-                return default
-            try:
-                return float(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-
-        port_raw = env.get("AGENTRUN_PERMIT_PORT", "")
-        if port_raw and not port_raw.isdigit():
-            raise ValueError(f"AGENTRUN_PERMIT_PORT must be a TCP port (1-65535), got {port_raw!r}")
-        return cls(
-            host=env.get("AGENTRUN_PERMIT_HOST", "") or defaults.host,
-            port=int(port_raw) if port_raw else defaults.port,
-            lease_seconds=number("AGENTRUN_PERMIT_LEASE_SECONDS", defaults.lease_seconds),
-            max_penalty_seconds=number("AGENTRUN_PERMIT_MAX_PENALTY_SECONDS", defaults.max_penalty_seconds),
-            status_interval_seconds=number("AGENTRUN_POOL_STATUS_INTERVAL_SECONDS", defaults.status_interval_seconds),
-            credential_cache_seconds=number(
-                "AGENTRUN_PERMIT_CREDENTIAL_CACHE_SECONDS", defaults.credential_cache_seconds
-            ),
-        )
+        return load_settings(cls, env, prefix="AGENTRUN_PERMIT_")

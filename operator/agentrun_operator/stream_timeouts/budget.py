@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-from agentrun_api.durations import parse_duration
 from agentrun_api.spec import MAX_EXECUTION_TIME_SECONDS, AgentRunSpec
+from agentrun_common.durations import parse_duration
 
 # An idle timer is set to at least this many heartbeat intervals: one lost or delayed heartbeat
 # (a GC pause, a slow replay, a congested hop) must never cut a healthy stream.

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, get_args
 
-from agentrun_api.durations import format_duration
 from agentrun_api.spec import IngressController
+from agentrun_common.durations import format_duration
 from agentrun_operator.stream_timeouts.budget import (
     GATEWAY_UPSTREAM_POOL_IDLE_SECONDS,
     IDLE_HEARTBEATS,

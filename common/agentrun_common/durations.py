@@ -1,9 +1,12 @@
-"""Kubernetes-style duration strings ("90s", "30m", "2h", "1h30m").
+"""Kubernetes-style duration strings ("90s", "30m", "2h", "1h30m"): the project's one duration parser.
 
 The accepted form is the subset of Go's ``time.ParseDuration`` that Kubernetes CEL's
-``duration()`` also accepts, so the same string is checked at admission and parsed here.
+``duration()`` also accepts, so the same string is checked at admission (the CRD's pattern is
+``DURATION_PATTERN``) and parsed here, by the operator, the runner, the gateway and the settings
+loader alike. Spelling a duration for a proxy's own dialect is ``agentrun_operator.stream_timeouts.durations``.
 """
 
+import math
 import re
 from typing import Final
 
@@ -19,9 +22,24 @@ _WHOLE = re.compile(DURATION_PATTERN)
 
 def parse_duration(text: str) -> float:
     """Return the duration in seconds, or raise ValueError naming the accepted forms."""
-    if not isinstance(text, str) or not _WHOLE.match(text):
+    if not isinstance(text, str) or not _WHOLE.fullmatch(text):
         raise ValueError(f"{text!r} is not {DURATION_FORMS}")
     return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _PART.findall(text))
+
+
+def parse_seconds(text: str) -> float:
+    """Seconds from a bare non-negative number ("30", "2.5") or a duration ("90s", "1h30m").
+
+    A bare number is how every ``*_SECONDS`` setting has always been written; a duration is accepted too.
+    """
+    stripped = text.strip()
+    try:
+        seconds = float(stripped)
+    except ValueError:
+        return parse_duration(stripped)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{text!r} is not a number of seconds at least 0, nor {DURATION_FORMS}")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
