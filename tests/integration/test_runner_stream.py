@@ -11,7 +11,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 
 from agentrun_api.contract import EXIT_INVALID_CONFIG, EXIT_OUTCOME_RECORDED
 from tests.harness.model_server import Answer, ModelServer, by_turn, call
-from tests.harness.runner import API_KEY, STREAM_TOKEN, RunnerProcess, make_config, make_spec, runner_env
+from tests.harness.runner import API_KEY, STREAM_TOKEN, RunnerProcess, make_config, make_spec, read_progress, runner_env
 from tests.harness.sse_client import dispatched_events
 
 pytestmark = pytest.mark.integration
@@ -129,3 +129,64 @@ async def test_invalid_config_exits_with_the_invalid_config_code_and_names_the_f
     assert code == EXIT_INVALID_CONFIG
     assert "spec.maxIterations" in process.output
     assert "Traceback" not in process.output
+
+
+LONG_ANSWER = " ".join(f"w{i}" for i in range(80))
+
+
+async def read_until_killed(port: int, pod: RunnerProcess, kill_after_tokens: int) -> list[ServerSentEvent]:
+    """A live reader that SIGKILLs the runner mid-answer and keeps what it got until the connection died."""
+    seen: list[ServerSentEvent] = []
+    try:
+        async with (
+            httpx.AsyncClient(timeout=15) as client,
+            aconnect_sse(client, "GET", f"http://127.0.0.1:{port}/events", headers=AUTH) as source,
+        ):
+            async for event in dispatched_events(source):
+                seen.append(event)
+                if sum(1 for e in seen if e.event == "token") == kill_after_tokens:
+                    pod.kill()
+    except httpx.HTTPError:
+        pass  # the connection died with the pod
+    return seen
+
+
+async def test_what_a_live_reader_saw_through_a_sigkill_equals_the_replay_and_interrupted_usage_counts(
+    tmp_path: Path,
+) -> None:
+    async with ModelServer(by_turn([Answer(content=LONG_ANSWER, chunk_delay=0.03)])) as model:
+        config = make_config(make_spec(model.base_url, **STREAMING), tmp_path)
+        env = runner_env(tmp_path, config, {"AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "3"})
+
+        first_pod = await RunnerProcess(env).start()
+        live = await read_until_killed(await first_pod.stream_port(), first_pod, kill_after_tokens=10)
+        await first_pod.wait()
+
+        second_pod = await RunnerProcess(env).start()
+        port = await second_pod.stream_port()
+        live += await follow(port, live[-1].id)
+        replay = await follow(port, None)
+        assert await second_pod.wait() == EXIT_OUTCOME_RECORDED
+
+    # Every event a live reader saw is in the log, under the same id: no reader sees what a replay lacks.
+    assert [(e.id, e.event, e.data) for e in live] == [(e.id, e.event, e.data) for e in replay]
+    assert live[-1].event == "finished"
+    iterations = [e.json() for e in replay if e.event == "iteration"]
+    # The interrupted attempt's tokens stay in the log; the retry says so, so a page drops that text.
+    assert [(i["iteration"], i.get("retry", False)) for i in iterations] == [(1, False), (1, True)]
+    retry_at = next(n for n, e in enumerate(replay) if e.event == "iteration" and e.json().get("retry"))
+    interrupted_tokens = [e for e in replay[:retry_at] if e.event == "token"]
+    assert len(interrupted_tokens) >= 10
+    assert "".join(e.json()["text"] for e in replay[retry_at:] if e.event == "token").strip() == LONG_ANSWER
+
+    # Usage counts what the provider served: both prompts (the interrupted call's too) and the
+    # tokens streamed before the kill, not just the answer that completed.
+    usage = read_progress(tmp_path).usage
+    assert len(model.requests) == 2
+    served_prompts = sum(request.size // 4 + 1 for request in model.requests)
+    answered = [span for span in model.spans if span.answered]
+    assert len(answered) == 1
+    answer_completion = len(LONG_ANSWER) // 4 + 1
+    assert usage.prompt_tokens >= served_prompts
+    assert usage.completion_tokens >= answer_completion + len(interrupted_tokens)
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
