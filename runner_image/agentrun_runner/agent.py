@@ -176,12 +176,19 @@ class Agent:
     async def _model_step(self) -> None:
         counters = self.state.counters
         iteration = counters.step + 1
-        retry = self._count_interrupted_call(iteration)
+        streamed = self._count_interrupted_call(iteration)
+        retry = streamed is not None
         self.events.emit(
             "iteration",
             {"iteration": iteration, "maxIterations": self._spec.max_iterations} | ({"retry": True} if retry else {}),
         )
-        self._progress(f"iteration {iteration}: calling the model")
+        if retry:
+            self._progress(
+                f"iteration {iteration}: calling the model again; the call a lost pod had in flight is counted in "
+                f"usage ({streamed} streamed tokens, its prompt as this call's)"
+            )
+        else:
+            self._progress(f"iteration {iteration}: calling the model")
 
         def on_token(text: str) -> None:
             self.events.emit("token", {"iteration": iteration, "text": text})
@@ -206,29 +213,29 @@ class Agent:
         self.state.messages.append(answer.message)
         await self.checkpoint()
 
-    def _count_interrupted_call(self, iteration: int) -> bool:
-        """Count a call of this iteration that a lost pod had in flight; True when there was one.
+    def _count_interrupted_call(self, iteration: int) -> int | None:
+        """Count a call of this iteration that a lost pod had in flight; its streamed tokens, or None.
 
         Its iteration event is in the log but its answer is not: the provider got the prompt and may
         have streamed part of an answer. Counted: the streamed tokens the log holds (one a chunk), and
         the prompt once this iteration's answer tells its size. A call whose iteration event was never
         written is unknown and not counted (docs/checkpoints.md)."""
         streamed = 0
-        for event in reversed(self.state.events):
+        for event in reversed(self.events.events):
             if event.type == "token" and event.data.get("iteration") == iteration:
                 streamed += 1
             elif event.type == "iteration":
                 if event.data.get("iteration") != iteration:
-                    return False
+                    return None
                 counters = self.state.counters
                 counters.interrupted_calls += 1
                 counters.unbilled_prompts += 1
                 counters.completion_tokens += streamed
                 log.info("iteration %d: counting the call a lost pod had in flight (%d tokens)", iteration, streamed)
-                return True
+                return streamed
             elif event.type != "checkpoint":
-                return False
-        return False
+                return None
+        return None
 
     def _note_queue_wait(self, seconds: float) -> None:
         counters = self.state.counters

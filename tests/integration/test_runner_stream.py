@@ -166,6 +166,9 @@ async def test_what_a_live_reader_saw_through_a_sigkill_equals_the_replay_and_in
         port = await second_pod.stream_port()
         live += await follow(port, live[-1].id)
         replay = await follow(port, None)
+        counted = await second_pod.wait_for_log(
+            r"iteration 1: counting the call a lost pod had in flight \((\d+) tokens"
+        )
         assert await second_pod.wait() == EXIT_OUTCOME_RECORDED
 
     # Every event a live reader saw is in the log, under the same id: no reader sees what a replay lacks.
@@ -177,6 +180,7 @@ async def test_what_a_live_reader_saw_through_a_sigkill_equals_the_replay_and_in
     retry_at = next(n for n, e in enumerate(replay) if e.event == "iteration" and e.json().get("retry"))
     interrupted_tokens = [e for e in replay[:retry_at] if e.event == "token"]
     assert len(interrupted_tokens) >= 10
+    assert int(counted[1]) == len(interrupted_tokens)
     assert "".join(e.json()["text"] for e in replay[retry_at:] if e.event == "token").strip() == LONG_ANSWER
 
     # Usage counts what the provider served: both prompts (the interrupted call's too) and the
