@@ -189,6 +189,8 @@ class Agent:
             )
         else:
             self._progress(f"iteration {iteration}: calling the model")
+        # Sent at once without a throttle; with one, once a permit came (_note_queue_wait).
+        counters.call_in_flight = 0 if self._spec.throttle.enabled else iteration
 
         def on_token(text: str) -> None:
             self.events.emit("token", {"iteration": iteration, "text": text})
@@ -206,6 +208,7 @@ class Agent:
             max_completion_tokens=max_completion_tokens,
         )
         counters.step = iteration
+        counters.call_in_flight = 0
         # The prompts of interrupted attempts were these messages too: priced as this one.
         counters.prompt_tokens += answer.prompt_tokens * (1 + counters.unbilled_prompts)
         counters.unbilled_prompts = 0
@@ -216,29 +219,28 @@ class Agent:
     def _count_interrupted_call(self, iteration: int) -> int | None:
         """Count a call of this iteration that a lost pod had in flight; its streamed tokens, or None.
 
-        Its iteration event is in the log but its answer is not: the provider got the prompt and may
-        have streamed part of an answer. Counted: the streamed tokens the log holds (one a chunk), and
-        the prompt once this iteration's answer tells its size. A call whose iteration event was never
+        The log says the call was sent and not answered: the provider got the prompt and may have
+        streamed part of an answer. Counted: the streamed tokens the log holds (one a chunk), and the
+        prompt once this iteration's answer tells its size. A call sent after the last record was
         written is unknown and not counted (docs/checkpoints.md)."""
+        counters = self.state.counters
+        if counters.call_in_flight != iteration:
+            return None
         streamed = 0
         for event in reversed(self.events.events):
+            if event.type == "iteration":
+                break
             if event.type == "token" and event.data.get("iteration") == iteration:
                 streamed += 1
-            elif event.type == "iteration":
-                if event.data.get("iteration") != iteration:
-                    return None
-                counters = self.state.counters
-                counters.interrupted_calls += 1
-                counters.unbilled_prompts += 1
-                counters.completion_tokens += streamed
-                log.info("iteration %d: counting the call a lost pod had in flight (%d tokens)", iteration, streamed)
-                return streamed
-            elif event.type != "checkpoint":
-                return None
-        return None
+        counters.interrupted_calls += 1
+        counters.unbilled_prompts += 1
+        counters.completion_tokens += streamed
+        log.info("iteration %d: counting the call a lost pod had in flight (%d tokens)", iteration, streamed)
+        return streamed
 
     def _note_queue_wait(self, seconds: float) -> None:
         counters = self.state.counters
+        counters.call_in_flight = counters.step + 1  # the permit came: the call goes out now
         counters.queue_wait_last = seconds
         counters.queue_wait_max = max(counters.queue_wait_max, seconds)
         counters.queue_wait_total += seconds

@@ -46,9 +46,11 @@ class Counters:
     queue_wait_last: float = 0.0
     queue_wait_max: float = 0.0
     queue_wait_total: float = 0.0
-    # Model calls a lost pod had in flight (their iteration event logged, no answer). Each is counted
-    # in the tokens: prompt as the retry's prompt (the same messages), completion as the streamed
-    # tokens logged before the loss; see docs/checkpoints.md.
+    # The iteration whose model call was sent (past any throttle queue) and not answered yet, or 0.
+    call_in_flight: int = 0
+    # Model calls a lost pod had in flight. Each is counted in the tokens: prompt as the retry's
+    # prompt (the same messages), completion as the streamed tokens logged before the loss; see
+    # docs/checkpoints.md.
     interrupted_calls: int = 0
     unbilled_prompts: int = 0  # interrupted calls whose prompt the retry's answer has yet to price
     started_at: str | None = None
