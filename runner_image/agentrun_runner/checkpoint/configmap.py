@@ -6,7 +6,7 @@ key would pass ``CONFIGMAP_SEGMENT_LIMIT_BYTES`` (under the API server's 1 MiB o
 record larger than the space left is split into parts across segments.
 
 Checkpoints are bound to the run's uid: every record carries it and every segment is owned by the
-run's AgentRun. A segment owned by anyone else (a deleted run of the same name whose segments the
+run's AgentRun. A segment the run does not own (a deleted run of the same name whose segments the
 garbage collector has not removed yet, or one planted by another run) is claimed empty on load, and
 a record of another uid is dropped as an unusable one is: a recreated run starts fresh.
 """
@@ -113,7 +113,7 @@ class ConfigMapStore:
                 if found is None:
                     break
                 data, owners = found
-                if owners != {self._run_uid}:
+                if self._run_uid not in owners:
                     await self._configmaps.claim(name, self._labels)
                     claimed.append(name)
                     continue  # the foreign run's later segments are claimed too, before we reach them
