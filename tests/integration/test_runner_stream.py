@@ -2,6 +2,8 @@
 runner process was replaced (the event log is part of the checkpoint), and the linger after the end.
 Read with httpx-sse from a real runner subprocess."""
 
+import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +196,44 @@ async def test_what_a_live_reader_saw_through_a_sigkill_equals_the_replay_and_in
     assert usage.prompt_tokens >= served_prompts
     assert usage.completion_tokens >= answer_completion + len(interrupted_tokens)
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+async def test_a_call_lost_while_waiting_in_the_throttle_queue_is_not_counted(tmp_path: Path) -> None:
+    # One request a minute: the second model call waits in the run's throttle queue when the pod dies.
+    script = by_turn([Answer(content="step one", tool_calls=[call("list_files")]), Answer(content="all done")])
+    throttled = {**STREAMING, "throttle": {"enabled": True, "requestsPerMinute": 1}}
+    async with ModelServer(script) as model:
+        config = make_config(make_spec(model.base_url, **throttled), tmp_path)
+        env = runner_env(tmp_path, config, {"AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "3"})
+
+        first_pod = await RunnerProcess(env).start()
+        port = await first_pod.stream_port()
+        async with asyncio.timeout(45):
+            while not any(e.event == "iteration" and e.json()["iteration"] == 2 for e in await follow_until_idle(port)):
+                await asyncio.sleep(0.1)
+        assert len(model.requests) == 1, "the second call is still queued"
+        first_pod.kill()
+        await first_pod.wait()
+
+        second_pod = await RunnerProcess(env).start()
+        assert await second_pod.wait() == EXIT_OUTCOME_RECORDED
+
+    assert len(model.requests) == 2
+    assert not any("counting the call a lost pod had in flight" in line for line in second_pod.log)
+    usage = read_progress(tmp_path).usage
+    # Exactly what the provider served: the queued call never reached it.
+    assert usage.prompt_tokens == sum(request.size // 4 + 1 for request in model.requests)
+
+
+async def follow_until_idle(port: int) -> list[ServerSentEvent]:
+    """The events published so far (reads until the stream is quiet for a moment)."""
+    seen: list[ServerSentEvent] = []
+    with contextlib.suppress(TimeoutError):
+        async with (
+            httpx.AsyncClient(timeout=15) as client,
+            aconnect_sse(client, "GET", f"http://127.0.0.1:{port}/events", headers=AUTH) as source,
+        ):
+            async with asyncio.timeout(0.5):
+                async for event in dispatched_events(source):
+                    seen.append(event)
+    return seen
