@@ -94,6 +94,8 @@ bench: install kube-binaries ## Every benchmark, figures and ratios (docs/perfor
 	$(BENCH_PATH) $(PY) bench/resume_time.py $(BENCH_QUICK)
 	@echo "== stream fan-out: 100 SSE readers on one run, relay lag and the agent's iteration rate without and with them (bench/gateway_fanout.py)"
 	$(BENCH_PATH) $(PY) bench/gateway_fanout.py $(BENCH_QUICK)
+	@echo "== the stream bound to the checkpoint log: token latency and checkpoint writes per run, before/after (bench/stream_log.py)"
+	$(BENCH_PATH) $(PY) bench/stream_log.py $(BENCH_QUICK)
 	@echo "== throttle pool: rate, concurrency, fairness (bench/throttle_pool.py)"
 	$(BENCH_PATH) $(PY) bench/throttle_pool.py $(BENCH_QUICK)
 

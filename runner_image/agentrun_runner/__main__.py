@@ -130,9 +130,11 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
     store: CheckpointStore
     if config.checkpoint.store == "ConfigMap":
         assert configmaps is not None
-        store = ConfigMapStore(configmaps, config.run.name, max_segments=config.checkpoint.max_segments)
+        store = ConfigMapStore(
+            configmaps, config.run.name, run_uid=config.run.uid, max_segments=config.checkpoint.max_segments
+        )
     else:
-        store = PvcStore(Path(config.checkpoint.mount_path), f"{config.run.name}-ckpt")
+        store = PvcStore(Path(config.checkpoint.mount_path), f"{config.run.name}-ckpt", run_uid=config.run.uid)
     sink: ProgressSink
     if settings.progress_file:
         sink = FileProgressSink(Path(settings.progress_file))
@@ -151,7 +153,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
             break
     workspace = Workspace(Path(config.workspace_path), state.note_file_written, settings.max_read_file_bytes)
     workspace.restore(state.files)
-    events = EventLog(state.events, ceiling=state.counters.event_id_ceiling, reserve=settings.event_id_reserve)
+    events = EventLog(state.events, numbered_after=state.legacy_event_ceiling)
     resumed_from = state.counters.step if state.records else None
 
     reporter = ProgressReporter(sink, config.progress_interval_seconds)
@@ -179,6 +181,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
         toolbox=toolbox,
         pod=os.environ.get(POD_NAME_ENV) or socket.gethostname(),
         resumed_from_iteration=resumed_from,
+        event_flush_seconds=settings.event_flush_seconds,
     )
     server: StreamServer | None = None
     if spec.streaming.enabled:

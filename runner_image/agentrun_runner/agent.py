@@ -1,7 +1,8 @@
 """The agent loop: model call, tool calls, checkpoint, repeat, until an outcome.
 
 Every step is checkpointed (after each model answer and each tool result), so a replaced pod
-resumes at the step it was on; a tool call already in the log is not run again. Limits end the run
+resumes at the step it was on; a tool call already in the log is not run again. Events between
+steps (streamed tokens) are written within ``event_flush_seconds``; readers see only written events. Limits end the run
 with their own outcome: iterations, the wall-clock budget (counted across restarts), the token
 budget, the throttle queue wait, and model errors.
 """
@@ -48,7 +49,7 @@ class RunEnd:
 def _log_failure(future: "asyncio.Future[None]") -> None:
     if not future.cancelled() and future.exception() is not None:
         # The loop's own next checkpoint fails the same way and ends the run with CheckpointError.
-        log.error("checkpoint to reserve event ids failed: %s", future.exception())
+        log.error("checkpoint of pending events failed: %s", future.exception())
 
 
 class Clock:
@@ -75,6 +76,7 @@ class Agent:
         toolbox: Toolbox,
         pod: str,
         resumed_from_iteration: int | None,
+        event_flush_seconds: float = 0.2,
     ) -> None:
         self._config = config
         self._spec = config.spec
@@ -95,7 +97,8 @@ class Agent:
         self._call_timeout = parse_duration(self._spec.tools.call_timeout)
         self._checkpoint_lock = asyncio.Lock()
         self._writing: asyncio.Future[None] | None = None
-        self._reserving: asyncio.Future[None] | None = None
+        self._flush_after = event_flush_seconds
+        self._flushing: asyncio.Future[None] | None = None
         self._last_checkpoint: CheckpointInfo | None = None
         self._message = ""
         if state.counters.started_at is None:
@@ -108,14 +111,14 @@ class Agent:
 
     async def run(self) -> RunEnd:
         """Run to an outcome and record it (result first, then the outcome)."""
-        self.events.on_low_headroom = self._reserve_event_ids
+        self.events.on_pending = self._schedule_flush
         if not self.state.messages:
             self.state.messages = [
                 {"role": "system", "content": self._spec.instructions},
                 {"role": "user", "content": self._spec.input},
             ]
         try:
-            # Persist this pod's start (and its event id reservation) before anything is shown.
+            # Persist this pod's start before anything is shown.
             await self.checkpoint()
             end = await self._loop()
         except CheckpointError as error:
@@ -173,8 +176,21 @@ class Agent:
     async def _model_step(self) -> None:
         counters = self.state.counters
         iteration = counters.step + 1
-        self.events.emit("iteration", {"iteration": iteration, "maxIterations": self._spec.max_iterations})
-        self._progress(f"iteration {iteration}: calling the model")
+        streamed = self._count_interrupted_call(iteration)
+        retry = streamed is not None
+        self.events.emit(
+            "iteration",
+            {"iteration": iteration, "maxIterations": self._spec.max_iterations} | ({"retry": True} if retry else {}),
+        )
+        if retry:
+            self._progress(
+                f"iteration {iteration}: calling the model again; the call a lost pod had in flight is counted in "
+                f"usage ({streamed} streamed tokens, its prompt as this call's)"
+            )
+        else:
+            self._progress(f"iteration {iteration}: calling the model")
+        # Sent at once without a throttle; with one, once a permit came (_note_queue_wait).
+        counters.call_in_flight = 0 if self._spec.throttle.enabled else iteration
 
         def on_token(text: str) -> None:
             self.events.emit("token", {"iteration": iteration, "text": text})
@@ -192,13 +208,39 @@ class Agent:
             max_completion_tokens=max_completion_tokens,
         )
         counters.step = iteration
-        counters.prompt_tokens += answer.prompt_tokens
+        counters.call_in_flight = 0
+        # The prompts of interrupted attempts were these messages too: priced as this one.
+        counters.prompt_tokens += answer.prompt_tokens * (1 + counters.unbilled_prompts)
+        counters.unbilled_prompts = 0
         counters.completion_tokens += answer.completion_tokens
         self.state.messages.append(answer.message)
         await self.checkpoint()
 
+    def _count_interrupted_call(self, iteration: int) -> int | None:
+        """Count a call of this iteration that a lost pod had in flight; its streamed tokens, or None.
+
+        The log says the call was sent and not answered: the provider got the prompt and may have
+        streamed part of an answer. Counted: the streamed tokens the log holds (one a chunk), and the
+        prompt once this iteration's answer tells its size. A call sent after the last record was
+        written is unknown and not counted (docs/checkpoints.md)."""
+        counters = self.state.counters
+        if counters.call_in_flight != iteration:
+            return None
+        streamed = 0
+        for event in reversed(self.events.events):
+            if event.type == "iteration":
+                break
+            if event.type == "token" and event.data.get("iteration") == iteration:
+                streamed += 1
+        counters.interrupted_calls += 1
+        counters.unbilled_prompts += 1
+        counters.completion_tokens += streamed
+        log.info("iteration %d: counting the call a lost pod had in flight (%d tokens)", iteration, streamed)
+        return streamed
+
     def _note_queue_wait(self, seconds: float) -> None:
         counters = self.state.counters
+        counters.call_in_flight = counters.step + 1  # the permit came: the call goes out now
         counters.queue_wait_last = seconds
         counters.queue_wait_max = max(counters.queue_wait_max, seconds)
         counters.queue_wait_total += seconds
@@ -252,36 +294,52 @@ class Agent:
 
     # -- checkpoints, progress, the end ---------------------------------------------------------
 
-    async def checkpoint(self) -> None:
+    async def checkpoint(self, *, announce: bool = True, only_if_events_pending: bool = False) -> None:
+        """Write a record of what is new; ``announce`` it with a `checkpoint` event (which the next
+        record carries) when it ends a step of the loop."""
         async with self._checkpoint_lock:
             await self._settle()
+            if only_if_events_pending and not self.events.pending:
+                return
             self.state.counters.elapsed_seconds = self.clock.elapsed()
-            self.state.counters.event_id_ceiling = self.events.next_ceiling()
             record = self.state.delta(self.events.events)
             # Shielded: a SIGTERM that cancels the loop must not cut a record in half, and the next
             # record (suspend's) must know this one was written.
-            self._writing = asyncio.ensure_future(self._write(record))
+            self._writing = asyncio.ensure_future(self._write(record, announce=announce))
             await asyncio.shield(self._writing)
 
-    def _reserve_event_ids(self) -> None:
-        if self._reserving is None or self._reserving.done():
-            self._reserving = asyncio.ensure_future(self.checkpoint())
-            self._reserving.add_done_callback(_log_failure)
+    def _schedule_flush(self) -> None:
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush_later())
+            self._flushing.add_done_callback(_log_failure)
+
+    async def _flush_later(self) -> None:
+        # Events emitted meanwhile (a burst of tokens) share the write; a step checkpoint that comes
+        # first writes them and leaves nothing to do here.
+        await asyncio.sleep(self._flush_after)
+        await self.checkpoint(announce=False, only_if_events_pending=True)
+
+    def _stop_flushing(self) -> None:
+        """The last record comes next: it carries every pending event, and nothing is written after it."""
+        self.events.on_pending = None
+        if self._flushing is not None:
+            self._flushing.cancel()
 
     async def _settle(self) -> None:
         """Wait for a write that a cancellation left running."""
         if self._writing is not None and not self._writing.done():
             await asyncio.wait([self._writing])
 
-    async def _write(self, record: dict[str, Any]) -> None:
+    async def _write(self, record: dict[str, Any], *, announce: bool) -> None:
         counters = self.state.counters
         written = await self._store.append(record)
         self.state.mark_saved(record)
-        self.events.raise_ceiling(record["counters"]["event_id_ceiling"])
+        if record["events"]:
+            self.events.publish(record["events"][-1]["id"])
         self._last_checkpoint = CheckpointInfo(
             iteration=counters.step, time=datetime.now(UTC), bytes=written, total_bytes=self._store.total_bytes
         )
-        if counters.outcome is None:
+        if announce and counters.outcome is None:
             self.events.emit("checkpoint", {"iteration": counters.step, "record": record["seq"], "bytes": written})
         self._progress(self._message)
 
@@ -348,6 +406,7 @@ class Agent:
             },
         )
         self._message = end.message
+        self._stop_flushing()
         try:
             await self.checkpoint()
         except CheckpointError as error:
@@ -358,6 +417,7 @@ class Agent:
     async def suspend(self) -> None:
         """Checkpoint what the interrupted loop had (SIGTERM); the next pod resumes from it."""
         self._message = f"stopped at iteration {self.state.counters.step} (SIGTERM); the next pod resumes here"
+        self._stop_flushing()
         await self._settle()
-        await self.checkpoint()
+        await self.checkpoint(announce=False)  # the pod stops: an announcement would never be written
         await self._reporter.flush()

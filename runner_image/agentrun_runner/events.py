@@ -1,10 +1,11 @@
 """The run's event log: every event the stream serves, with a monotonic integer id.
 
-The log is part of the checkpoint, so a replaced pod replays from ``Last-Event-ID`` too. An id is
-never shown to a reader before it is covered by a checkpointed *ceiling*: each checkpoint reserves
-ids up to ``ceiling`` and readers see events only up to the last persisted ceiling. A pod that
-resumes starts numbering above that ceiling, so an id a reader saw from a lost pod is never reused
-for a different event (ids may jump after a restart; they never repeat or go back).
+The log is part of the checkpoint, and a reader sees an event only once a checkpoint record that
+holds it is written: what any reader saw is exactly what a replay from the log gives, through any
+pod loss. An event emitted but not yet written is lost with its pod unseen, so a replacement pod
+numbers its events right after the last logged one and no id ever names two different events.
+Writing is the agent's job: ``on_pending`` tells it there are events to write, ``publish`` that
+they are written.
 """
 
 import asyncio
@@ -52,56 +53,54 @@ class Subscription:
 class EventLog:
     """Append-only list of events; appending never waits for a reader."""
 
-    def __init__(self, events: Sequence[Event] = (), *, ceiling: int = 0, reserve: int = 1000) -> None:
-        self._events: list[Event] = list(events)
+    def __init__(self, logged: Sequence[Event] = (), *, numbered_after: int = 0) -> None:
+        """``logged``: the events the checkpoint holds. ``numbered_after``: ids up to here were used
+        already (a checkpoint written before ids were bound to the log reserved ids ahead)."""
+        self._events: list[Event] = list(logged)
         self._ids: list[int] = [event.id for event in self._events]
-        self._ceiling = max(ceiling, self._ids[-1] if self._ids else 0)
-        self._next_id = self._ceiling + 1  # above anything a lost pod may have shown
-        self._reserve = reserve
+        self._published = self._ids[-1] if self._ids else 0
+        self._next_id = max(self._published, numbered_after) + 1
         self._subscriptions: set[Subscription] = set()
-        # Called when the ids left under the ceiling run low; it should write a checkpoint.
-        self.on_low_headroom: Callable[[], None] | None = None
+        # Called after each emit while events wait to be written; it should schedule a checkpoint.
+        self.on_pending: Callable[[], None] | None = None
 
     @property
     def events(self) -> Sequence[Event]:
         return self._events
 
     @property
-    def ceiling(self) -> int:
-        """Highest id readers may see: covered by a persisted checkpoint."""
-        return self._ceiling
+    def published(self) -> int:
+        """Highest id readers may see: held by a written checkpoint record."""
+        return self._published
 
-    def next_ceiling(self) -> int:
-        """The ceiling the next checkpoint reserves."""
-        return self._next_id - 1 + self._reserve
+    @property
+    def pending(self) -> bool:
+        return bool(self._ids) and self._ids[-1] > self._published
 
     def emit(self, type_: EventType, data: dict[str, Any]) -> Event:
         event = Event(id=self._next_id, type=type_, data=data)
         self._next_id += 1
         self._events.append(event)
         self._ids.append(event.id)
-        if event.id <= self._ceiling:
-            for subscription in list(self._subscriptions):
-                subscription.offer(event)
-        if self._ceiling - event.id < self._reserve // 2 and self.on_low_headroom is not None:
-            self.on_low_headroom()
+        if self.on_pending is not None:
+            self.on_pending()
         return event
 
-    def raise_ceiling(self, ceiling: int) -> None:
-        """A checkpoint with this ceiling was written: show the events it covers."""
-        if ceiling <= self._ceiling:
+    def publish(self, up_to: int) -> None:
+        """A checkpoint record holding the events up to this id was written: show them."""
+        if up_to <= self._published:
             return
-        start = bisect.bisect_right(self._ids, self._ceiling)
-        end = bisect.bisect_right(self._ids, ceiling)
-        self._ceiling = ceiling
+        start = bisect.bisect_right(self._ids, self._published)
+        end = bisect.bisect_right(self._ids, up_to)
+        self._published = up_to
         for event in self._events[start:end]:
             for subscription in list(self._subscriptions):
                 subscription.offer(event)
 
     def after(self, last_id: int) -> list[Event]:
-        """Visible events with an id above ``last_id``, oldest first."""
+        """Published events with an id above ``last_id``, oldest first."""
         start = bisect.bisect_right(self._ids, last_id)
-        end = bisect.bisect_right(self._ids, self._ceiling)
+        end = bisect.bisect_right(self._ids, self._published)
         return self._events[start:end]
 
     def subscribe(self, queue_size: int) -> Subscription:

@@ -124,6 +124,7 @@ class ConfigMaps:
         self.namespace = namespace
         # ConfigMaps the runner creates belong to its AgentRun, so deleting the run collects them.
         self._owner_references = [owner_reference(owner)] if owner is not None else []
+        self.owner_uid = owner.uid if owner is not None else None
 
     async def _call(
         self,
@@ -174,13 +175,27 @@ class ConfigMaps:
 
     async def get_data(self, name: str) -> dict[str, str] | None:
         """The ConfigMap's data, or None when it does not exist."""
+        found = await self.get_owned_data(name)
+        return None if found is None else found[0]
+
+    async def get_owned_data(self, name: str) -> tuple[dict[str, str], set[str]] | None:
+        """The ConfigMap's data and the uids of its owners, or None when it does not exist."""
         status, payload = await self._call("GET", name, read_object=True)
         if status == 404:
             return None
         if status != 200 or not isinstance(payload, dict):
             raise self._fail("read", self.namespace, name, status, payload)
         data = payload.get("data") or {}
-        return {key: value for key, value in data.items() if isinstance(value, str)}
+        owners = {str(ref.get("uid")) for ref in payload.get("metadata", {}).get("ownerReferences") or []}
+        return {key: value for key, value in data.items() if isinstance(value, str)}, owners
+
+    async def claim(self, name: str, labels: dict[str, str]) -> None:
+        """Make an existing ConfigMap this client's owner's, emptied of its data: one left by a deleted
+        run of the same name, or planted by someone else, must not be read or extended."""
+        body = {"metadata": {"labels": labels, "ownerReferences": self._owner_references}, "data": None}
+        status, payload = await self._call("PATCH", name, body, MERGE_PATCH)
+        if status not in (200, 404):
+            raise self._fail("claim", self.namespace, name, status, payload)
 
     async def create(self, name: str, data: dict[str, str], labels: dict[str, str]) -> bool:
         """Create it; False when it exists already."""

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Self
 
-from agentrun_common.settings import Count, Seconds, load_settings
+from agentrun_common.settings import Count, PositiveSeconds, Seconds, load_settings
 
 ENV_PREFIX = "AGENTRUN_RUNNER_"
 
@@ -22,10 +22,11 @@ class RunnerSettings:
     # Events buffered per stream client. A client further behind than this is disconnected (it resumes
     # with Last-Event-ID); the agent never waits for a reader. Default 1024 events.
     sse_client_queue_size: Count = 1024
-    # Event ids each checkpoint reserves: readers see an event only once a checkpoint covers its
-    # id, and a replacement pod numbers its events above the reservation, so no id is ever reused.
-    # A long streamed answer writes a small checkpoint every half reservation. Default 1000.
-    event_id_reserve: Count = 1000
+    # Longest time, in seconds, an event waits to be written to the checkpoint log. Readers see an
+    # event only once it is written (so what they saw is what a replay gives, through any pod loss):
+    # this bounds what the write adds to a streamed token's latency, and events that arrive together
+    # share one write. Default 0.2.
+    event_flush_seconds: PositiveSeconds = 0.2
     # First backoff of a retried model call, in seconds; doubled per attempt, with full jitter. Default 1.
     retry_base_seconds: Seconds = 1.0
     # Longest backoff between model call attempts, in seconds, unless Retry-After asks for more. Default 30.

@@ -46,7 +46,13 @@ class Counters:
     queue_wait_last: float = 0.0
     queue_wait_max: float = 0.0
     queue_wait_total: float = 0.0
-    event_id_ceiling: int = 0  # ids up to here may have been shown; a resumed pod numbers above
+    # The iteration whose model call was sent (past any throttle queue) and not answered yet, or 0.
+    call_in_flight: int = 0
+    # Model calls a lost pod had in flight. Each is counted in the tokens: prompt as the retry's
+    # prompt (the same messages), completion as the streamed tokens logged before the loss; see
+    # docs/checkpoints.md.
+    interrupted_calls: int = 0
+    unbilled_prompts: int = 0  # interrupted calls whose prompt the retry's answer has yet to price
     started_at: str | None = None
     outcome: str | None = None
     outcome_message: str = ""
@@ -66,6 +72,9 @@ class RunState:
     files: dict[str, str] = field(default_factory=dict)  # workspace path -> text
     counters: Counters = field(default_factory=Counters)
     records: int = 0  # records folded in; the next record's sequence number
+    # Ids a checkpoint written before events were bound to the log may have shown (it reserved ids
+    # ahead); the log numbers above them.
+    legacy_event_ceiling: int = 0
     result: str | None = None
     # What the last record covered; everything past these marks goes into the next delta. Messages,
     # tool-log entries and events are only ever appended, so a count marks where the new ones start
@@ -115,7 +124,9 @@ class RunState:
             self.tool_log[tool.key] = tool
         self.events.extend(Event.from_json(raw) for raw in record["events"])
         self.files.update(record["files"])
-        self.counters = Counters(**record["counters"])
+        counters = dict(record["counters"])
+        self.legacy_event_ceiling = max(self.legacy_event_ceiling, int(counters.pop("event_id_ceiling", 0)))
+        self.counters = Counters(**counters)
         if record.get("result") is not None:
             self.result = record["result"]
         self.mark_saved(record)

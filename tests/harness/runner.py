@@ -208,7 +208,7 @@ async def run_in_process(
 
 async def load_state(config: RunnerConfig) -> RunState:
     """The state a runner would resume from (PVC store)."""
-    loaded = await PvcStore(Path(config.checkpoint.mount_path), "test").load()
+    loaded = await PvcStore(Path(config.checkpoint.mount_path), "test", run_uid=config.run.uid).load()
     assert loaded.problem is None, loaded.problem
     state = RunState()
     for record in loaded.records:
@@ -221,14 +221,16 @@ async def load_configmap_state(config: RunnerConfig, kubeconfig: Path) -> tuple[
     saved = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(kubeconfig)
     try:
-        configmaps = ConfigMaps(load_configuration(), config.run.namespace)
+        configmaps = ConfigMaps(load_configuration(), config.run.namespace, owner=config.run)
     finally:
         if saved is None:
             os.environ.pop("KUBECONFIG")
         else:
             os.environ["KUBECONFIG"] = saved
     try:
-        loaded = await ConfigMapStore(configmaps, config.run.name, max_segments=config.checkpoint.max_segments).load()
+        loaded = await ConfigMapStore(
+            configmaps, config.run.name, run_uid=config.run.uid, max_segments=config.checkpoint.max_segments
+        ).load()
     finally:
         await configmaps.close()
     state = RunState()

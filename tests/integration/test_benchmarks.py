@@ -54,6 +54,7 @@ FIGURES = {
         '"runner_every_reader_got_the_runners_log": true',
     ),
     "throttle_pool.py": ("achieved rate", "fairness spread", ON_KUBERNETES),
+    "stream_log.py": ("latency p50", "ckpt writes", "before (", "now, flush 0.2 s (default)", " writes"),
 }
 
 

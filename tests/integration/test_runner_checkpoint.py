@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from agentrun_api.contract import CONFIGMAP_SEGMENT_LIMIT_BYTES, EXIT_OUTCOME_RECORDED, Outcome, RunIdentity
-from agentrun_runner.checkpoint import CheckpointError, ConfigMapStore, PvcStore
+from agentrun_runner.checkpoint import CheckpointError, ConfigMapStore, PvcStore, encode_record
+from agentrun_runner.checkpoint.records import bind_record
 from agentrun_runner.kube import ConfigMaps, load_configuration
 from tests.harness.apiproxy import ApiProxy
 from tests.harness.model_server import Answer, ModelServer, by_turn, call
@@ -87,7 +88,7 @@ async def test_corrupt_checkpoint_falls_back_to_last_good_state_and_says_so(tmp_
     assert run.state.messages[-1] == {"role": "assistant", "content": "finished"}
     assert sum(1 for m in run.state.messages if m["role"] == "assistant") == 7
     # The damaged tail was cut, so the store loads clean now.
-    assert (await PvcStore(log_path.parent, "x").load()).problem is None
+    assert (await PvcStore(log_path.parent, "x", run_uid=config.run.uid).load()).problem is None
 
 
 async def test_first_record_corrupt_starts_over_and_reports_it(tmp_path: Path) -> None:
@@ -142,7 +143,8 @@ async def configmaps(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> As
             kubeconfig = proxy.write_kubeconfig(tmp_path / f"{run}.kubeconfig", provisioned.token, namespace=namespace)
             os.environ["KUBECONFIG"] = str(kubeconfig)
             try:
-                client = ConfigMaps(load_configuration(), namespace)
+                owner = RunIdentity(namespace=namespace, name=run, uid=provisioned.uid)
+                client = ConfigMaps(load_configuration(), namespace, owner=owner)
             finally:
                 os.environ.pop("KUBECONFIG")
             clients.append(client)
@@ -155,13 +157,18 @@ async def configmaps(testbed: KubeTestbed, namespace: str, tmp_path: Path) -> As
                 await client.close()
 
 
+def uid_of(client: ConfigMaps) -> str:
+    assert client.owner_uid is not None
+    return client.owner_uid
+
+
 def record(seq: int, payload: str) -> dict[str, object]:
     return {"seq": seq, "payload": payload}
 
 
 async def test_configmap_state_over_1mib_spills_into_segments_with_small_writes(configmaps: Backend) -> None:
     client = await configmaps.open("big")
-    store = ConfigMapStore(client, "big", max_segments=36)
+    store = ConfigMapStore(client, "big", run_uid=uid_of(client), max_segments=36)
     assert (await store.load()).records == []
     for seq in range(40):  # 40 x ~60 KB: about 2.4 MB of state in all
         await store.append(record(seq, chr(ord("a") + seq % 26) * 60_000))
@@ -175,7 +182,7 @@ async def test_configmap_state_over_1mib_spills_into_segments_with_small_writes(
     assert max(writes) < 62_000, "each write carries one record, not the history"
     assert writes[-1] - writes[0] < 16, "the 40th write is as small as the first"
 
-    reloaded = await ConfigMapStore(client, "big", max_segments=36).load()
+    reloaded = await ConfigMapStore(client, "big", run_uid=uid_of(client), max_segments=36).load()
     assert reloaded.problem is None
     assert [r["seq"] for r in reloaded.records] == list(range(40))
     assert reloaded.records[39]["payload"] == "n" * 60_000
@@ -183,13 +190,13 @@ async def test_configmap_state_over_1mib_spills_into_segments_with_small_writes(
 
 async def test_a_record_larger_than_a_segment_is_split_and_read_back(configmaps: Backend) -> None:
     client = await configmaps.open("huge")
-    store = ConfigMapStore(client, "huge", max_segments=36)
+    store = ConfigMapStore(client, "huge", run_uid=uid_of(client), max_segments=36)
     await store.load()
     await store.append(record(0, "small"))
     await store.append(record(1, "z" * 2_000_000))
     await store.append(record(2, "after"))
     assert len(configmaps.segments("huge")) == 3
-    reloaded = await ConfigMapStore(client, "huge", max_segments=36).load()
+    reloaded = await ConfigMapStore(client, "huge", run_uid=uid_of(client), max_segments=36).load()
     assert reloaded.problem is None
     assert [r["payload"][:5] for r in reloaded.records] == ["small", "zzzzz", "after"]
     assert len(reloaded.records[1]["payload"]) == 2_000_000
@@ -197,7 +204,7 @@ async def test_a_record_larger_than_a_segment_is_split_and_read_back(configmaps:
 
 async def test_configmap_segments_past_the_cap_fail_with_advice(configmaps: Backend) -> None:
     client = await configmaps.open("capped")
-    store = ConfigMapStore(client, "capped", max_segments=2, segment_limit_bytes=10_000)
+    store = ConfigMapStore(client, "capped", run_uid=uid_of(client), max_segments=2, segment_limit_bytes=10_000)
     await store.load()
     for seq in range(4):  # two segments of 10 kB hold four 4 kB records
         await store.append(record(seq, "q" * 4_000))
@@ -205,9 +212,59 @@ async def test_configmap_segments_past_the_cap_fail_with_advice(configmaps: Back
         await store.append(record(4, "q" * 4_000))
 
 
+async def test_segments_another_run_left_or_planted_are_claimed_empty_and_not_resumed(
+    configmaps: Backend,
+) -> None:
+    client = await configmaps.open("reused")
+    # Segments under this run's name that it did not write: planted by another runner (or kept from a
+    # deleted run of the same name), holding a conversation stamped with another uid, over two segments.
+    planter = ConfigMaps(client._access, configmaps.namespace)
+    try:
+        foreign = ConfigMapStore(
+            planter, "reused", run_uid="uid-of-another-run", max_segments=36, segment_limit_bytes=9_000
+        )
+        await foreign.load()
+        for seq in range(3):
+            await foreign.append(record(seq, "the other run's conversation " * 150))
+    finally:
+        await planter.close()
+    assert len(configmaps.segments("reused")) == 2
+
+    store = ConfigMapStore(client, "reused", run_uid=uid_of(client), max_segments=36)
+    loaded = await store.load()
+    assert loaded.records == []
+    assert loaded.problem is not None
+    assert "reused-ckpt-0, reused-ckpt-1 belonged to another run" in loaded.problem
+    for segment in configmaps.segments("reused"):
+        assert not segment.get("data"), segment["metadata"]["name"]
+        assert [ref["uid"] for ref in segment["metadata"]["ownerReferences"]] == [uid_of(client)]
+
+    await store.append(record(0, "this run's own"))
+    reloaded = await ConfigMapStore(client, "reused", run_uid=uid_of(client), max_segments=36).load()
+    assert reloaded.problem is None
+    assert [r["payload"] for r in reloaded.records] == ["this run's own"]
+
+
+async def test_a_record_of_another_uid_in_an_owned_segment_is_dropped(configmaps: Backend) -> None:
+    client = await configmaps.open("mixed")
+    store = ConfigMapStore(client, "mixed", run_uid=uid_of(client), max_segments=36)
+    await store.load()
+    await store.append(record(0, "ours"))
+    planted = encode_record(bind_record(record(1, "planted"), "uid-of-another-run")).decode("ascii")
+    await client.patch_data("mixed-ckpt-0", {"r00000001-000": planted})
+
+    loaded = await ConfigMapStore(client, "mixed", run_uid=uid_of(client), max_segments=36).load()
+    assert [r["payload"] for r in loaded.records] == ["ours"]
+    assert loaded.problem is not None
+    assert "uid-of-another-run" in loaded.problem
+    data = await client.get_data("mixed-ckpt-0")
+    assert data is not None
+    assert sorted(data) == ["r00000000-000"]
+
+
 async def test_corrupt_configmap_record_is_dropped_and_reported(configmaps: Backend) -> None:
     client = await configmaps.open("bad")
-    store = ConfigMapStore(client, "bad", max_segments=36)
+    store = ConfigMapStore(client, "bad", run_uid=uid_of(client), max_segments=36)
     await store.load()
     for seq in range(5):
         await store.append(record(seq, f"state {seq}"))
@@ -216,7 +273,7 @@ async def test_corrupt_configmap_record_is_dropped_and_reported(configmaps: Back
     damaged = data["r00000003-000"].replace("state 3", "state 9")
     await client.patch_data("bad-ckpt-0", {"r00000003-000": damaged})
 
-    loaded = await ConfigMapStore(client, "bad", max_segments=36).load()
+    loaded = await ConfigMapStore(client, "bad", run_uid=uid_of(client), max_segments=36).load()
     assert [r["seq"] for r in loaded.records] == [0, 1, 2]
     assert loaded.problem is not None
     assert "checkpoint record 3" in loaded.problem
@@ -225,7 +282,7 @@ async def test_corrupt_configmap_record_is_dropped_and_reported(configmaps: Back
     data = await client.get_data("bad-ckpt-0")
     assert data is not None
     assert sorted(data) == ["r00000000-000", "r00000001-000", "r00000002-000"]
-    again = ConfigMapStore(client, "bad", max_segments=36)
+    again = ConfigMapStore(client, "bad", run_uid=uid_of(client), max_segments=36)
     assert (await again.load()).problem is None
     await again.append(record(3, "state 3 again"))
     assert json.loads((await again.load()).records[3]["payload"].join('""')) == "state 3 again"
@@ -244,7 +301,7 @@ async def test_segments_the_runner_creates_are_owned_by_its_agentrun_and_collect
     finally:
         os.environ.pop("KUBECONFIG")
     try:
-        checkpoints = ConfigMapStore(client, "owned", max_segments=36)
+        checkpoints = ConfigMapStore(client, "owned", run_uid=uid_of(client), max_segments=36)
         await checkpoints.load()
         await checkpoints.append(record(0, "state"))
     finally:

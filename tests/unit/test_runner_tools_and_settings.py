@@ -107,7 +107,7 @@ def test_settings_come_from_env_with_their_types() -> None:
     )
     assert settings.sse_linger_seconds == 2.5
     assert settings.sse_client_queue_size == 8
-    assert settings.event_id_reserve == RunnerSettings().event_id_reserve
+    assert settings.event_flush_seconds == RunnerSettings().event_flush_seconds
     with pytest.raises(ValueError, match="AGENTRUN_RUNNER_SSE_CLIENT_QUEUE_SIZE='many' is not a whole number"):
         RunnerSettings.from_env({"AGENTRUN_RUNNER_SSE_CLIENT_QUEUE_SIZE": "many"})
 

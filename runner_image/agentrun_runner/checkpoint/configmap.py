@@ -4,6 +4,11 @@ Each record is one key (``r<seq>-<part>``) merged into the current segment with 
 patch, so a write sends only the new record, never the history. A segment is closed when the next
 key would pass ``CONFIGMAP_SEGMENT_LIMIT_BYTES`` (under the API server's 1 MiB object limit); a
 record larger than the space left is split into parts across segments.
+
+Checkpoints are bound to the run's uid: every record carries it and every segment is owned by the
+run's AgentRun. A segment the run does not own (a deleted run of the same name whose segments the
+garbage collector has not removed yet, or one planted by another run) is claimed empty on load, and
+a record of another uid is dropped as an unusable one is: a recreated run starts fresh.
 """
 
 import re
@@ -12,7 +17,14 @@ from typing import Any
 
 from agentrun_api import constants
 from agentrun_api.contract import CONFIGMAP_SEGMENT_LIMIT_BYTES, checkpoint_segment_name
-from agentrun_runner.checkpoint.records import CorruptRecordError, Loaded, decode_record, encode_record
+from agentrun_runner.checkpoint.records import (
+    CorruptRecordError,
+    Loaded,
+    bind_record,
+    check_owner,
+    decode_record,
+    encode_record,
+)
 from agentrun_runner.checkpoint.store import CheckpointError
 from agentrun_runner.kube import ConfigMaps, KubeError
 
@@ -33,9 +45,10 @@ class DecodedSegments:
     unusable: set[int]  # sequence numbers of records at and after the first unusable one
 
 
-def decode_segments(run: str, segments: list[dict[str, str]]) -> DecodedSegments:
-    """The records held in a run's segment ConfigMaps' data (segment 0 first). Reads only: the store
-    drops the unusable tail, readers such as the stream gateway just stop before it."""
+def decode_segments(run: str, segments: list[dict[str, str]], run_uid: str | None = None) -> DecodedSegments:
+    """The records held in a run's segment ConfigMaps' data (segment 0 first), up to the first that is
+    unusable or, given ``run_uid``, of another run. Reads only: the store drops the unusable tail,
+    readers such as the stream gateway just stop before it."""
     parts: dict[int, list[tuple[int, int, str]]] = {}  # seq -> (part, segment, value)
     for index, data in enumerate(segments):
         for key, value in data.items():
@@ -50,7 +63,10 @@ def decode_segments(run: str, segments: list[dict[str, str]]) -> DecodedSegments
         try:
             if not pieces or [p[0] for p in pieces] != list(range(len(pieces))):
                 raise CorruptRecordError("record parts are missing")
-            records.append(decode_record("".join(p[2] for p in pieces).encode("ascii")))
+            record = decode_record("".join(p[2] for p in pieces).encode("ascii"))
+            if run_uid is not None:
+                check_owner(record, run_uid)
+            records.append(record)
         except (CorruptRecordError, UnicodeEncodeError) as error:
             problem = f"checkpoint record {seq} in ConfigMap segments of {run} is unusable ({error})"
             break
@@ -66,11 +82,13 @@ class ConfigMapStore:
         configmaps: ConfigMaps,
         run: str,
         *,
+        run_uid: str,
         max_segments: int,
         segment_limit_bytes: int = CONFIGMAP_SEGMENT_LIMIT_BYTES,
     ) -> None:
         self._configmaps = configmaps
         self._run = run
+        self._run_uid = run_uid
         self._max_segments = max_segments
         self._limit = segment_limit_bytes
         self._segment = 0  # the segment the next key goes into
@@ -87,17 +105,31 @@ class ConfigMapStore:
 
     async def load(self) -> Loaded:
         segments: list[dict[str, str]] = []
+        claimed: list[str] = []
         try:
             for index in range(self._max_segments):
-                data = await self._configmaps.get_data(checkpoint_segment_name(self._run, index))
-                if not data:
+                name = checkpoint_segment_name(self._run, index)
+                found = await self._configmaps.get_owned_data(name)
+                if found is None:
+                    break
+                data, owners = found
+                if self._run_uid not in owners:
+                    await self._configmaps.claim(name, self._labels)
+                    claimed.append(name)
+                    continue  # the foreign run's later segments are claimed too, before we reach them
+                if claimed or not data:
                     break
                 segments.append(data)
         except KubeError as error:
             raise CheckpointError(str(error)) from error
 
-        decoded = decode_segments(self._run, segments)
+        decoded = decode_segments(self._run, segments, self._run_uid)
         records, problem, bad = decoded.records, decoded.problem, decoded.unusable
+        if claimed:
+            problem = (
+                f"checkpoint ConfigMap(s) {', '.join(claimed)} belonged to another run (a deleted run of the same "
+                f"name, or planted by another run), not to this run ({self._run_uid}); emptied and not resumed"
+            )
         if bad:
             await self._drop(segments, bad)
 
@@ -128,7 +160,7 @@ class ConfigMapStore:
                     raise CheckpointError(str(error)) from error
 
     async def append(self, record: dict[str, Any]) -> int:
-        frame = encode_record(record).decode("ascii")
+        frame = encode_record(bind_record(record, self._run_uid)).decode("ascii")
         seq = int(record["seq"])
         offset = 0
         part = 0

@@ -1,11 +1,22 @@
-"""Checkpoint store on a mounted volume: one append-only log file, fsynced after every record."""
+"""Checkpoint store on a mounted volume: one append-only log file, fsynced after every record.
+
+Every record carries the run's uid; a record of another run (a claim kept from a deleted run of the
+same name) ends the log there and is cut off, as a corrupt one is.
+"""
 
 import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
-from agentrun_runner.checkpoint.records import CorruptRecordError, Loaded, decode_next, encode_record
+from agentrun_runner.checkpoint.records import (
+    CorruptRecordError,
+    Loaded,
+    bind_record,
+    check_owner,
+    decode_next,
+    encode_record,
+)
 from agentrun_runner.checkpoint.store import CheckpointError
 
 LOG_FILE = "checkpoint.log"
@@ -21,8 +32,9 @@ def _fsync_directory(path: Path) -> None:
 
 
 class PvcStore:
-    def __init__(self, directory: Path, claim_name: str) -> None:
+    def __init__(self, directory: Path, claim_name: str, *, run_uid: str) -> None:
         self._directory = directory
+        self._run_uid = run_uid
         self._claim_name = claim_name
         self._log = directory / LOG_FILE
         self._total = 0
@@ -45,6 +57,7 @@ class PvcStore:
         while offset < len(data):
             try:
                 record, end = decode_next(data, offset)
+                check_owner(record, self._run_uid)
             except CorruptRecordError as error:
                 problem = f"checkpoint record {len(records)} at byte {offset} of {LOG_FILE} is unusable ({error})"
                 break
@@ -59,7 +72,7 @@ class PvcStore:
         return Loaded(records=records, problem=problem, total_bytes=offset)
 
     async def append(self, record: dict[str, Any]) -> int:
-        frame = encode_record(record)
+        frame = encode_record(bind_record(record, self._run_uid))
         try:
             await asyncio.to_thread(self._append, frame)
         except OSError as error:

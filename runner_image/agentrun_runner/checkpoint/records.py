@@ -17,6 +17,25 @@ class CorruptRecordError(ValueError):
     """A record whose frame, length or checksum is wrong."""
 
 
+class ForeignRecordError(CorruptRecordError):
+    """A record of another run: a deleted run of the same name, or one a foreign runner wrote."""
+
+
+def bind_record(record: dict[str, Any], run_uid: str) -> dict[str, Any]:
+    """The record as stored: stamped with the uid of the run it belongs to."""
+    return {**record, "uid": run_uid}
+
+
+def check_owner(record: dict[str, Any], run_uid: str) -> None:
+    """Checkpoints are trusted by the run's uid, never by its name alone."""
+    owner = record.get("uid")
+    if owner != run_uid:
+        raise ForeignRecordError(
+            f"it belongs to run uid {owner!r}, not to this run ({run_uid}): left by a deleted run of the same "
+            "name, or written by another run; it is not resumed"
+        )
+
+
 def encode_record(record: dict[str, Any]) -> bytes:
     payload = json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode("ascii")
     return b"%010d %s\n%s\n" % (len(payload), hashlib.sha256(payload).hexdigest().encode("ascii"), payload)
