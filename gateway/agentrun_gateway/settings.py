@@ -8,9 +8,9 @@ from typing import Any, get_args
 
 from agentrun_api.contract import STREAM_PORT
 from agentrun_api.spec import IngressController
+from agentrun_common.stream_timeouts import StreamBudget, render_stream_route
+from agentrun_common.stream_timeouts.budget import GATEWAY_UPSTREAM_POOL_IDLE_SECONDS, UPSTREAM_IDLE_HEARTBEATS
 from agentrun_gateway.sse import DEFAULT_MAX_EVENT_BYTES
-from agentrun_operator.stream_timeouts import StreamBudget, render_stream_route
-from agentrun_operator.stream_timeouts.budget import GATEWAY_UPSTREAM_POOL_IDLE_SECONDS, UPSTREAM_IDLE_HEARTBEATS
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 IN_CLUSTER_CA_FILE = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
