@@ -3,7 +3,7 @@
 Credentials: in a pod, the in-cluster service account, its token read again at every request (the kubelet
 rotates it); with KUBECONFIG set (a runner started outside a pod, as some tests and benchmarks do), that
 kubeconfig. Neither imports the ``kubernetes`` package, which costs most of a second at every pod start (it
-loads all its generated API classes); see docs/architecture.md, "One Kubernetes client".
+loads all its generated API classes); see docs/performance.md for the figures.
 """
 
 from typing import Any
