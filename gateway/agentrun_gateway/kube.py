@@ -14,7 +14,9 @@ from agentrun_api.contract import STREAM_TOKEN_KEY, stream_token_secret_name
 from agentrun_api.durations import parse_duration
 from agentrun_api.status import TERMINAL_PHASES, Phase
 from agentrun_common.kube import ApiError, KubeClient
+from agentrun_common.kube.client import CERTIFICATE_NOT_VERIFIED
 from agentrun_common.retry import RetryPolicy
+from agentrun_gateway.settings import KUBE_CA_FILE_ENV
 
 # A reader waits on these calls: a short retry, then the reader gets a 503 and retries itself.
 READER_RETRY = RetryPolicy(attempts=3, first_backoff_seconds=0.2, max_backoff_seconds=1.0, max_retry_after_seconds=2.0)
@@ -59,6 +61,13 @@ class KubeApi:
         except ApiError as error:
             if error.not_found:
                 return None
+            if error.reason == CERTIFICATE_NOT_VERIFIED:
+                raise ApiError(
+                    error.status,
+                    error.reason,
+                    f"{error.message}; set {KUBE_CA_FILE_ENV} to the CA bundle that signed it",
+                    what=what,
+                ) from None
             raise
         if not isinstance(payload, dict):
             raise ApiError(200, "BadAnswer", "the answer is not a JSON object", what=what)

@@ -20,6 +20,8 @@ DEFAULT_RETRY = RetryPolicy()
 
 # Status 0: the server was not reached or did not answer.
 UNREACHABLE = 0
+# The reason of an ApiError for a server certificate that does not verify: not retried, it will not heal.
+CERTIFICATE_NOT_VERIFIED = "CertificateNotVerified"
 
 
 class ApiError(Exception):
@@ -47,6 +49,13 @@ class ApiError(Exception):
     @property
     def unreachable(self) -> bool:
         return self.status == UNREACHABLE
+
+    @property
+    def retryable(self) -> bool:
+        """Worth another attempt: the server is busy or was not reached (but not an untrusted certificate)."""
+        if self.unreachable:
+            return self.reason != CERTIFICATE_NOT_VERIFIED
+        return RetryPolicy.retryable(self.status)
 
 
 class KubeClient:
@@ -100,9 +109,7 @@ class KubeClient:
                     reloaded = True
                     self._reload()
                     continue
-                if not (error.unreachable or self._retry.retryable(error.status)) or not self._retry.more_after(
-                    attempt
-                ):
+                if not error.retryable or not self._retry.more_after(attempt):
                     raise
                 await asyncio.sleep(self._retry.delay(attempt, error.retry_after))
                 attempt += 1
@@ -150,9 +157,8 @@ class KubeClient:
         except aiohttp.ClientConnectorCertificateError as error:
             raise ApiError(
                 UNREACHABLE,
-                "CertificateNotVerified",
-                f"the API server's certificate does not verify ({error.certificate_error}); give the CA bundle "
-                "that signed it",
+                CERTIFICATE_NOT_VERIFIED,
+                f"the API server's certificate does not verify against the CA bundle given ({error.certificate_error})",
                 what=what,
             ) from None
         except (aiohttp.ClientError, TimeoutError) as error:
