@@ -79,7 +79,7 @@ class GatewaySettings:
     kube_api_url: str = ""
     """Kubernetes API server URL; empty means in-cluster (KUBERNETES_SERVICE_HOST/PORT)."""
     kube_token_file: str = f"{SERVICE_ACCOUNT_DIR}/token"
-    """The gateway's own service account token (re-read periodically: projected tokens rotate)."""
+    """The gateway's own service account token (read at every request: projected tokens rotate)."""
     kube_ca_file: str = ""
     """CA bundle (PEM) that verifies the API server's certificate; empty means the in-cluster CA
     (``/var/run/secrets/kubernetes.io/serviceaccount/ca.crt``) when the pod has it, else the system trust
