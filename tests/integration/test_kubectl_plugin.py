@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from agentrun_operator import kubectl_plugin
-from tests.harness.local_cluster import REPO_ROOT
 from tests.harness.run_identity import AGENTRUN_API, RBAC_API
+from tests.harness.source_roots import pythonpath
 from tests.harness.sse_server import SseServer
 from tests.harness.testbed import KubeTestbed
 from tests.integration.conftest import MERGE
@@ -302,7 +302,7 @@ async def test_logs_piped_into_head_end_quietly_when_head_stops_reading(cluster:
     )
     # As in a user's shell: buffered output (unbuffered text output drops what a short write leaves unwritten).
     env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
-    env["PYTHONPATH"] = os.pathsep.join(str(REPO_ROOT / part) for part in ("api", "operator"))
+    env["PYTHONPATH"] = pythonpath()
     shell = await asyncio.create_subprocess_exec("bash", "-c", script, stdout=asyncio.subprocess.PIPE, env=env)
     shown, _ = await asyncio.wait_for(shell.communicate(), 60)
 
