@@ -12,8 +12,8 @@ Each prints the achieved rate against the limit, the most calls the model endpoi
 queue waits (p50/p99), and the fairness spread (largest distance of a run's share of the calls from
 the mean share, while all runs contend).
 
-    PYTHONPATH=api:operator:runner_image:. python bench/throttle_pool.py --rpm 600 --seconds 30
-    PYTHONPATH=api:operator:runner_image:. python bench/throttle_pool.py --phase real-runs
+    PYTHONPATH=api:common:operator:runner_image:. python bench/throttle_pool.py --rpm 600 --seconds 30
+    PYTHONPATH=api:common:operator:runner_image:. python bench/throttle_pool.py --phase real-runs
 """
 
 import argparse
