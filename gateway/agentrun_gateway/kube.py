@@ -1,4 +1,4 @@
-"""The few Kubernetes API calls the gateway makes, over its aiohttp session.
+"""The few Kubernetes API calls the gateway makes, over the shared client (``agentrun_common.kube``).
 
 Reads: the run's stream-token Secret (granted by name, per run, by the operator), the AgentRun (phase, heartbeat interval) and, for readers of
 an ended run, its checkpoint segment ConfigMaps (the event log). Writes: TokenReview
@@ -6,25 +6,23 @@ and SubjectAccessReview, to check a reader's Kubernetes bearer token against RBA
 """
 
 import base64
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 from agentrun_api.constants import GROUP, PLURAL, VERSION
 from agentrun_api.contract import STREAM_TOKEN_KEY, stream_token_secret_name
 from agentrun_api.status import TERMINAL_PHASES, Phase
 from agentrun_common.durations import parse_duration
+from agentrun_common.kube import ApiError, KubeClient
+from agentrun_common.kube.client import CERTIFICATE_NOT_VERIFIED
+from agentrun_common.retry import RetryPolicy
 from agentrun_gateway.settings import KUBE_CA_FILE_ENV
 
-# Projected service account tokens rotate (hourly by default); re-read the file this often.
-TOKEN_FILE_REREAD_SECONDS = 60.0
+# A reader waits on these calls: a short retry, then the reader gets a 503 and retries itself.
+READER_RETRY = RetryPolicy(attempts=3, first_backoff_seconds=0.2, max_backoff_seconds=1.0, max_retry_after_seconds=2.0)
 
-
-class KubeApiError(Exception):
-    """The API server answered with an unexpected status or could not be reached."""
+# The one error type of an API call (named for the gateway's callers).
+KubeApiError = ApiError
 
 
 @dataclass(frozen=True)
@@ -45,54 +43,53 @@ class Identity:
 
 
 class KubeApi:
-    def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, token_file: str | None, default_heartbeat_seconds: float
-    ) -> None:
-        self._session = session
-        self._base = base_url.rstrip("/")
-        self._token_file = Path(token_file) if token_file else None
-        self._token: str | None = None
-        self._token_read_at = float("-inf")
+    """The gateway's calls over the shared client, whose credentials read a rotated token file again."""
+
+    def __init__(self, client: KubeClient, default_heartbeat_seconds: float) -> None:
+        self._client = client
         self._default_heartbeat = default_heartbeat_seconds
 
-    def _headers(self) -> dict[str, str]:
-        now = time.monotonic()
-        if self._token_file is not None and now - self._token_read_at > TOKEN_FILE_REREAD_SECONDS:
-            self._token_read_at = now
-            try:
-                self._token = self._token_file.read_text().strip() or None
-            except OSError:
-                self._token = None  # out of cluster (tests): the API server is reached without a token
-        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+    async def close(self) -> None:
+        await self._client.close()
 
     async def _request(
-        self, method: str, path: str, body: dict[str, Any] | None = None, *, absent: tuple[int, ...] = (404,)
+        self,
+        method: str,
+        path: str,
+        what: str,
+        body: dict[str, Any] | None = None,
+        *,
+        absent: tuple[int, ...] = (404,),
     ) -> dict[str, Any] | None:
-        """The answer's JSON object, or None when the status is one of ``absent``."""
+        """The answer, or None when the status is one of ``absent`` (the object does not exist)."""
         try:
-            async with self._session.request(method, self._base + path, json=body, headers=self._headers()) as resp:
-                if resp.status in absent:
-                    return None
-                if resp.status >= 300:
-                    raise KubeApiError(f"{method} {path}: HTTP {resp.status}")
-                payload = await resp.json(content_type=None)
-        except aiohttp.ClientConnectorCertificateError as error:
-            raise KubeApiError(
-                f"{method} {path}: the API server's certificate does not verify ({error.certificate_error}); set "
-                f"{KUBE_CA_FILE_ENV} to the CA bundle that signed it"
-            ) from None
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise KubeApiError(f"{method} {path}: {type(error).__name__}: {error}") from None
+            payload = await self._client.request(method, path, body=body, what=what)
+        except ApiError as error:
+            if error.status in absent:
+                return None
+            if error.reason == CERTIFICATE_NOT_VERIFIED:
+                raise ApiError(
+                    error.status,
+                    error.reason,
+                    f"{error.message}; set {KUBE_CA_FILE_ENV} to the CA bundle that signed it",
+                    what=what,
+                ) from None
+            raise
         if not isinstance(payload, dict):
-            raise KubeApiError(f"{method} {path}: the answer is not a JSON object")
+            raise ApiError(200, "BadAnswer", "the answer is not a JSON object", what=what)
         return payload
 
     async def stream_token(self, namespace: str, run: str) -> str | None:
         """The run's stream token, or None when its Secret (or the key) does not exist or is not granted to us."""
         # The gateway may read only the stream-token Secrets the operator granted it (Role <run>-stream-reader):
         # for a run that does not exist, or whose grant is still being created, the API server answers 403.
-        path = f"/api/v1/namespaces/{namespace}/secrets/{stream_token_secret_name(run)}"
-        secret = await self._request("GET", path, absent=(403, 404))
+        name = stream_token_secret_name(run)
+        secret = await self._request(
+            "GET",
+            f"/api/v1/namespaces/{namespace}/secrets/{name}",
+            f"read Secret {namespace}/{name}",
+            absent=(403, 404),
+        )
         encoded = (secret or {}).get("data", {}).get(STREAM_TOKEN_KEY)
         if not encoded:
             return None
@@ -100,7 +97,9 @@ class KubeApi:
 
     async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A ConfigMap's data, or None when it does not exist."""
-        obj = await self._request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+        obj = await self._request(
+            "GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}", f"read ConfigMap {namespace}/{name}"
+        )
         if obj is None:
             return None
         data = obj.get("data") or {}
@@ -108,7 +107,11 @@ class KubeApi:
 
     async def run_info(self, namespace: str, run: str) -> RunInfo | None:
         """The run's phase and heartbeat interval, or None when the AgentRun does not exist."""
-        obj = await self._request("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{run}")
+        obj = await self._request(
+            "GET",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{run}",
+            f"read AgentRun {namespace}/{run}",
+        )
         if obj is None:
             return None
         raw_phase = obj.get("status", {}).get("phase")
@@ -125,6 +128,7 @@ class KubeApi:
         review = await self._request(
             "POST",
             "/apis/authentication.k8s.io/v1/tokenreviews",
+            "create TokenReview",
             {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
         )
         status = (review or {}).get("status", {})
@@ -140,6 +144,7 @@ class KubeApi:
         review = await self._request(
             "POST",
             "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            f"create SubjectAccessReview for agentruns/{run} in {namespace}",
             {
                 "apiVersion": "authorization.k8s.io/v1",
                 "kind": "SubjectAccessReview",

@@ -4,17 +4,19 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agentrun_common.kube import Credentials, KubeClient
 from agentrun_gateway import metrics
 from agentrun_gateway.archive import RunArchive
 from agentrun_gateway.auth import Authenticator, Decision, StreamTokens
-from agentrun_gateway.kube import KubeApi, KubeApiError
+from agentrun_gateway.kube import READER_RETRY, KubeApi, KubeApiError
 from agentrun_gateway.relay import ClientStream, EventArchive, Relay, RunDirectory
-from agentrun_gateway.settings import GatewaySettings
+from agentrun_gateway.settings import IN_CLUSTER_CA_FILE, GatewaySettings
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,7 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 @dataclass
 class _Parts:
-    kube_session: aiohttp.ClientSession
+    kube: KubeApi
     upstream_session: aiohttp.ClientSession
     auth: Authenticator
     runs: RunDirectory
@@ -88,32 +90,41 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def _kube_credentials(settings: GatewaySettings) -> Credentials:
+    """The gateway's own: its token file read again at every request (projected tokens rotate); none when the
+    file is absent (an API server reached without a token, as in some tests)."""
+    settings.kube_tls_context()  # a clear error for an unreadable CA bundle
+    ca_file = settings.kube_ca_file or (IN_CLUSTER_CA_FILE if Path(IN_CLUSTER_CA_FILE).is_file() else None)
+    token_file = Path(settings.kube_token_file) if settings.kube_token_file else None
+    return Credentials(
+        server=settings.kube_api_url.rstrip("/"),
+        token_file=token_file if token_file is not None and token_file.is_file() else None,
+        ca_file=ca_file,
+    )
+
+
 async def _start(app: web.Application) -> None:
     settings = app[SETTINGS]
-    kube_tls = settings.kube_tls_context()
-    kube_session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=kube_tls if kube_tls is not None else True),
-        timeout=aiohttp.ClientTimeout(total=10),
+    kube = KubeApi(
+        KubeClient(_kube_credentials(settings), timeout_seconds=10, retry=READER_RETRY),
+        settings.default_heartbeat_seconds,
     )
     # No connection cap: each reader holds one upstream stream; the pool's idle time sits below the
     # runner's keep-alive (see stream_timeouts.runner_server_timeouts).
     upstream_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=settings.upstream_pool_idle_seconds)
     )
-    kube = KubeApi(kube_session, settings.kube_api_url, settings.kube_token_file, settings.default_heartbeat_seconds)
     tokens = StreamTokens(kube, settings.auth_cache_seconds)
     runs = RunDirectory(kube, settings.run_cache_seconds)
     # Ended runs whose runner is gone are replayed from what it left in ConfigMaps unless a test passes its own archive.
     relay = Relay(settings, upstream_session, runs, tokens, app.get(ARCHIVE) or RunArchive(kube))
-    app[PARTS] = _Parts(
-        kube_session, upstream_session, Authenticator(kube, tokens, settings.auth_cache_seconds), runs, relay
-    )
+    app[PARTS] = _Parts(kube, upstream_session, Authenticator(kube, tokens, settings.auth_cache_seconds), runs, relay)
 
 
 async def _stop(app: web.Application) -> None:
     parts = app[PARTS]
     await parts.relay.close()
-    await asyncio.gather(parts.kube_session.close(), parts.upstream_session.close())
+    await asyncio.gather(parts.kube.close(), parts.upstream_session.close())
 
 
 def create_app(settings: GatewaySettings, archive: EventArchive | None = None) -> web.Application:

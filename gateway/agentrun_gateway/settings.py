@@ -11,8 +11,8 @@ from agentrun_api.contract import STREAM_PORT
 from agentrun_api.spec import IngressController
 from agentrun_common.settings import Count, Port, Seconds, SettingsError, load_settings
 from agentrun_common.sse import DEFAULT_MAX_EVENT_BYTES
-from agentrun_operator.stream_timeouts import StreamBudget, render_stream_route
-from agentrun_operator.stream_timeouts.budget import GATEWAY_UPSTREAM_POOL_IDLE_SECONDS, UPSTREAM_IDLE_HEARTBEATS
+from agentrun_common.stream_timeouts import StreamBudget, render_stream_route
+from agentrun_common.stream_timeouts.budget import GATEWAY_UPSTREAM_POOL_IDLE_SECONDS, UPSTREAM_IDLE_HEARTBEATS
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 IN_CLUSTER_CA_FILE = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
@@ -78,7 +78,7 @@ class GatewaySettings:
     kube_api_url: str = ""
     """Kubernetes API server URL; empty means in-cluster (KUBERNETES_SERVICE_HOST/PORT)."""
     kube_token_file: str = f"{SERVICE_ACCOUNT_DIR}/token"
-    """The gateway's own service account token (re-read periodically: projected tokens rotate)."""
+    """The gateway's own service account token (read at every request: projected tokens rotate)."""
     kube_ca_file: str = ""
     """CA bundle (PEM) that verifies the API server's certificate; empty means the in-cluster CA
     (``/var/run/secrets/kubernetes.io/serviceaccount/ca.crt``) when the pod has it, else the system trust

@@ -1,6 +1,6 @@
 """The stream gateway's one stable route, for every controller, as data the Helm chart renders.
 
-``render_stream_route`` (agentrun_operator.stream_timeouts) knows each ingress or gateway controller's timeout
+``render_stream_route`` (agentrun_common.stream_timeouts) knows each ingress or gateway controller's timeout
 settings; a Helm template cannot run it. So ``make chart-sync`` writes its output for the longest run the API
 admits into ``helm/agentrun-operator/files/stream-routes.yaml``, with placeholders where the chart's values go
 (the chart replaces them), and a test fails when the file and this module disagree.
@@ -12,8 +12,8 @@ from typing import Any, Final
 import yaml
 
 from agentrun_api.spec import IngressController
-from agentrun_operator.stream_timeouts import CONTROLLERS, StreamBudget, render_stream_route
-from agentrun_operator.stream_timeouts.controllers import DEFAULT_INGRESS_CLASS, RouteTarget
+from agentrun_common.stream_timeouts import CONTROLLERS, StreamBudget, render_stream_route
+from agentrun_common.stream_timeouts.controllers import DEFAULT_INGRESS_CLASS, RouteTarget
 
 # Placeholders the chart's template replaces with values (see templates/gateway.yaml).
 NAMESPACE: Final = "@NAMESPACE@"

@@ -14,9 +14,9 @@ import kopf
 
 from agentrun_api import constants, contract
 from agentrun_api.spec import AgentRunSpec
+from agentrun_common.stream_timeouts.budget import StreamBudget, runner_server_timeouts
 from agentrun_operator.budget import compute_budget
 from agentrun_operator.settings import OperatorSettings
-from agentrun_operator.stream_timeouts.budget import StreamBudget, runner_server_timeouts
 
 # The longest run name whose children still have valid names: a Service name is a DNS label
 # (63 characters), and "<run>-stream" adds 7.

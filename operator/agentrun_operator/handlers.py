@@ -23,8 +23,9 @@ import aiohttp
 import kopf
 
 from agentrun_api import constants, throttlepool
+from agentrun_common.kube import credentials
 from agentrun_operator.children import ROLE_PROGRESS, ROLE_RUNNER
-from agentrun_operator.kube import KubeClient
+from agentrun_operator.kube import KubeClient, connection_info
 from agentrun_operator.leadership import LeaderElector
 from agentrun_operator.metrics import Metrics, start_metrics_server
 from agentrun_operator.observations import JobObservation, PodObservation, ProgressObservation
@@ -96,11 +97,13 @@ async def start(
     selectors["v1", "configmaps"] = (
         f"{constants.LABEL_MANAGED_BY}={constants.MANAGED_BY},{constants.LABEL_ROLE}={ROLE_PROGRESS}"
     )
-    info = kopf.login_with_kubeconfig(settings=settings) or kopf.login_with_service_account(settings=settings)
-    if info is None:
-        raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod with a service account")
     metrics = Metrics.create()
-    kube = KubeClient(info)
+    try:
+        # A loader, not fixed credentials: the client and kopf (``login``) read a rotated token again.
+        memo.credentials = credentials.loader()
+        kube = KubeClient(memo.credentials)
+    except credentials.CredentialsError as error:
+        raise kopf.PermanentError(str(error)) from None
     memo.agentrun = OperatorContext(
         settings=config,
         kube=kube,
@@ -108,7 +111,6 @@ async def start(
         http=aiohttp.ClientSession(),
         clock=getattr(memo, "clock", None) or utcnow,
     )
-    memo.connection = info
     memo.runs = RunRegistry(memo.agentrun, max_concurrent_admissions=config.max_concurrent_admissions)
     await start_permits(memo, kube, config.permits)
     if config.metrics_port:
@@ -143,8 +145,12 @@ async def _start_leading_or_electing(memo: Any, config: OperatorSettings) -> Non
 
 @kopf.on.login()
 def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
-    info: kopf.ConnectionInfo = memo.connection
-    return info
+    """Read the credentials again at every call: kopf calls this at start, when the last ones expire (soon, so
+    a rotated token file is picked up), and after a 401; it refuses the very credentials the server refused."""
+    try:
+        return connection_info(memo.credentials())
+    except credentials.CredentialsError as error:
+        raise kopf.TemporaryError(str(error), delay=1.0) from None
 
 
 @kopf.on.cleanup()

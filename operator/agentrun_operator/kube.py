@@ -1,22 +1,25 @@
-"""A small async Kubernetes API client for the operator's own requests.
+"""The operator's own requests to the API server, over the shared client (``agentrun_common.kube``).
 
-kopf keeps its client private, so the operator talks to the API server through this one, with the
-same credentials kopf logs in with (``kopf.ConnectionInfo``). It knows exactly the kinds the
-operator touches, and nothing else, so every request it can make is listed here.
+kopf keeps its client private, so the operator talks to the API server through this one, with the same
+credentials kopf logs in with. It knows exactly the kinds the operator touches, and nothing else, so every
+request it can make is listed here.
 """
 
 import base64
 import dataclasses
-import json
-import ssl
-import tempfile
-from collections.abc import Mapping
+import datetime
+import os
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-import aiohttp
 import kopf
 
 from agentrun_api import constants, throttlepool
+from agentrun_common.kube import ApiError, Credentials
+from agentrun_common.kube import KubeClient as _SharedClient
+from agentrun_common.kube.credentials import token_expiry
+
+__all__ = ["KINDS", "ApiError", "Kind", "KubeClient"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,89 +47,56 @@ KINDS: Final[Mapping[str, Kind]] = {
 }
 
 
-class ApiError(Exception):
-    """The API server answered with an error status."""
+class KubeClient(_SharedClient):
+    """The operator's calls. ``credentials``: kopf's, fixed ones, or a loader called again on a 401."""
 
-    def __init__(self, status: int, reason: str, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-        self.retry_after = retry_after  # seconds, from a 429's Retry-After header
-
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404
-
-    @property
-    def conflict(self) -> bool:
-        return self.status == 409
-
-
-class KubeClient:
-    """Requests to the API server over one aiohttp session. Close it with ``close()``."""
-
-    def __init__(self, info: kopf.ConnectionInfo, *, timeout_seconds: float = 30.0) -> None:
-        self._server = info.server.rstrip("/")
-        headers: dict[str, str] = {"Accept": "application/json"}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        elif info.username and info.password:
-            headers["Authorization"] = aiohttp.BasicAuth(info.username, info.password).encode()
-        connector = aiohttp.TCPConnector(ssl=_ssl_context(info) if self._server.startswith("https") else False)
-        self._session = aiohttp.ClientSession(
-            headers=headers, connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_seconds)
-        )
-
-    async def close(self) -> None:
-        await self._session.close()
-
-    async def request(
+    def __init__(
         self,
-        method: str,
-        path: str,
+        credentials: kopf.ConnectionInfo | Credentials | Callable[[], Credentials],
         *,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type} if data is not None else {}
-        async with self._session.request(
-            method, self._server + path, data=data, params=params, headers=headers
-        ) as response:
-            text = await response.text()
-            if response.status >= 400:
-                retry_after = response.headers.get("Retry-After", "")
-                wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
-                try:
-                    detail = json.loads(text)
-                except ValueError:
-                    raise ApiError(response.status, response.reason or "", text[:500], retry_after=wait) from None
-                raise ApiError(
-                    response.status, str(detail.get("reason", "")), str(detail.get("message", text)), retry_after=wait
-                )
-            parsed: dict[str, Any] = json.loads(text) if text else {}
-            return parsed
+        timeout_seconds: float = 30.0,
+    ) -> None:
+        if isinstance(credentials, kopf.ConnectionInfo):
+            credentials = from_connection_info(credentials)
+        super().__init__(credentials, timeout_seconds=timeout_seconds)
 
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
         kind = KINDS[obj["kind"]]
-        return await self.request("POST", kind.collection(obj["metadata"]["namespace"]), body=obj)
+        created: dict[str, Any] = await self.request(
+            "POST",
+            kind.collection(meta["namespace"]),
+            body=obj,
+            what=f"create {obj['kind']} {meta['namespace']}/{meta.get('name', '')}",
+        )
+        return created
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
-        return await self.request("GET", f"{KINDS[kind].collection(namespace)}/{name}")
+        found: dict[str, Any] = await self.request(
+            "GET", f"{KINDS[kind].collection(namespace)}/{name}", what=f"read {kind} {namespace}/{name}"
+        )
+        return found
 
     async def merge_patch(
         self, kind: str, namespace: str, name: str, patch: Mapping[str, Any], *, subresource: str = ""
     ) -> dict[str, Any]:
         path = f"{KINDS[kind].collection(namespace)}/{name}" + (f"/{subresource}" if subresource else "")
-        return await self.request("PATCH", path, body=patch, content_type="application/merge-patch+json")
+        patched: dict[str, Any] = await self.request(
+            "PATCH",
+            path,
+            body=patch,
+            content_type="application/merge-patch+json",
+            what=f"patch {kind} {namespace}/{name}" + (f" {subresource}" if subresource else ""),
+        )
+        return patched
 
     async def delete(self, kind: str, namespace: str, name: str, *, propagation: str = "Background") -> None:
         """Delete, treating an object already gone as deleted."""
         path = f"{KINDS[kind].collection(namespace)}/{name}"
         try:
-            await self.request("DELETE", path, body={"propagationPolicy": propagation})
+            await self.request(
+                "DELETE", path, body={"propagationPolicy": propagation}, what=f"delete {kind} {namespace}/{name}"
+            )
         except ApiError as error:
             if not error.not_found:
                 raise
@@ -144,7 +114,9 @@ class KubeClient:
 
     async def storage_class_exists(self, name: str) -> bool:
         try:
-            await self.request("GET", f"/apis/storage.k8s.io/v1/storageclasses/{name}")
+            await self.request(
+                "GET", f"/apis/storage.k8s.io/v1/storageclasses/{name}", what=f"read StorageClass {name}"
+            )
         except ApiError as error:
             if error.not_found:
                 return False
@@ -152,28 +124,59 @@ class KubeClient:
         return True
 
 
-def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if info.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if info.ca_path:
-        context.load_verify_locations(cafile=info.ca_path)
-    elif info.ca_data:
-        data = info.ca_data.encode() if isinstance(info.ca_data, str) else info.ca_data
-        context.load_verify_locations(cadata=base64.b64decode(data).decode())
-    if info.certificate_path and info.private_key_path:
-        context.load_cert_chain(info.certificate_path, info.private_key_path)
-    elif info.certificate_data and info.private_key_data:
-        # The ssl module loads client certificates only from files.
-        with tempfile.NamedTemporaryFile("wb") as cert, tempfile.NamedTemporaryFile("wb") as key:
-            cert.write(_decoded(info.certificate_data))
-            key.write(_decoded(info.private_key_data))
-            cert.flush()
-            key.flush()
-            context.load_cert_chain(cert.name, key.name)
-    return context
+# kopf asks ``handlers.login`` again this long before the token it holds expires, by when the kubelet has
+# rotated the token file (at 80% of the token's lifetime). kopf closes its connections when credentials expire,
+# restarting its watches, so the expiry is the token's own, not a short fixed period.
+TOKEN_RENEWAL_MARGIN: Final = datetime.timedelta(minutes=2)
+# ... but never sooner than this, should the file still hold a token that is about to expire.
+MIN_CREDENTIALS_LIFETIME: Final = datetime.timedelta(seconds=10)
 
 
-def _decoded(data: str | bytes) -> bytes:
-    return base64.b64decode(data.encode() if isinstance(data, str) else data)
+def connection_info(credentials: Credentials) -> kopf.ConnectionInfo:
+    """The credentials as kopf takes them, with the token read now and expiring before the token does."""
+    token = credentials.current_token()
+    expiry = token_expiry(token)
+    now = datetime.datetime.now(datetime.UTC)
+    return kopf.ConnectionInfo(
+        server=credentials.server,
+        ca_path=credentials.ca_file,
+        ca_data=credentials.ca_data.encode() if credentials.ca_data else None,
+        insecure=credentials.insecure,
+        username=credentials.username,
+        password=credentials.password,
+        scheme=credentials.scheme,
+        token=token,
+        certificate_path=credentials.cert_file,
+        certificate_data=credentials.cert_data.encode() if credentials.cert_data else None,
+        private_key_path=credentials.key_file,
+        private_key_data=credentials.key_data.encode() if credentials.key_data else None,
+        default_namespace=credentials.default_namespace,
+        expiration=None if expiry is None else max(expiry - TOKEN_RENEWAL_MARGIN, now + MIN_CREDENTIALS_LIFETIME),
+    )
+
+
+def from_connection_info(info: kopf.ConnectionInfo) -> Credentials:
+    """kopf's credentials as the shared client takes them."""
+    return Credentials(
+        server=info.server.rstrip("/"),
+        token=info.token,
+        scheme=info.scheme or "Bearer",
+        username=info.username,
+        password=info.password,
+        ca_file=_path(info.ca_path),
+        ca_data=_text(info.ca_data),
+        cert_file=_path(info.certificate_path),
+        key_file=_path(info.private_key_path),
+        cert_data=_text(info.certificate_data),
+        key_data=_text(info.private_key_data),
+        insecure=bool(info.insecure),
+        default_namespace=info.default_namespace,
+    )
+
+
+def _path(value: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None) -> str | None:
+    return None if value is None else os.fsdecode(value)
+
+
+def _text(data: str | bytes | None) -> str | None:
+    return data.decode() if isinstance(data, bytes) else data

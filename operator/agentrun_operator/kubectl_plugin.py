@@ -29,7 +29,7 @@ from agentrun_api.spec import AgentRunSpec, IngressController
 from agentrun_api.status import TERMINAL_PHASES
 from agentrun_common.durations import format_duration, parse_duration
 from agentrun_common.sse import SseEvent, SseParser, SseTooLargeError
-from agentrun_operator.stream_timeouts import Hop, StreamBudget, format_chain_table, stream_chain
+from agentrun_common.stream_timeouts import Hop, StreamBudget, format_chain_table, stream_chain
 
 EXIT_OK = 0
 EXIT_ERROR = 1

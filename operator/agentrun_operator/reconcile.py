@@ -22,6 +22,7 @@ from agentrun_api import conditions as c
 from agentrun_api import constants
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import AgentRunStatus, Notification, Phase
+from agentrun_common.stream_timeouts import check_stream_chain
 from agentrun_operator import children, policy, webhook
 from agentrun_operator.budget import compute_budget
 from agentrun_operator.kube import ApiError, KubeClient
@@ -44,7 +45,6 @@ from agentrun_operator.status_sync import (
     transition_events,
     write_urgency,
 )
-from agentrun_operator.stream_timeouts import check_stream_chain
 
 RunKey = tuple[str, str]  # (namespace, name)
 # Longest wait of a supervisor for its run's acceptance without a wake: a safety net only.

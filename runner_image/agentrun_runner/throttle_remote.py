@@ -13,7 +13,6 @@ does not exist is not an error: the run keeps its own limits and says so (``Pool
 import asyncio
 import contextlib
 import logging
-import re
 import uuid
 from collections.abc import Callable
 from typing import Final
@@ -23,6 +22,7 @@ from pydantic import ValidationError
 
 from agentrun_api import permits as protocol
 from agentrun_api.contract import RunnerConfig
+from agentrun_common.retry import RetryPolicy, parse_retry_after
 from agentrun_runner.throttle import Limiter, Permit, QueueTimeoutError
 
 __all__ = ["PoolNotFoundError", "PooledLimiter", "QueueTimeoutError", "RemoteLimiter", "RemotePermit"]
@@ -31,11 +31,15 @@ logger = logging.getLogger(__name__)
 
 # Extra seconds an HTTP request may take beyond the wait it asked for, for the answer to travel.
 ANSWER_GRACE_SECONDS: Final = 5.0
-# First and longest pause between attempts to reach an unreachable permit server.
+# First and longest pause between attempts to reach an unreachable permit server (attempts are bounded by the
+# call's wait, not counted).
 FIRST_RETRY_SECONDS: Final = 0.2
 MAX_RETRY_SECONDS: Final = 5.0
-# A Retry-After header in seconds (the permit server never sends the HTTP-date form).
-_SECONDS: Final = re.compile(r"[0-9]{1,4}(\.[0-9]{1,3})?")
+PERMIT_RETRY: Final = RetryPolicy(
+    first_backoff_seconds=FIRST_RETRY_SECONDS,
+    max_backoff_seconds=MAX_RETRY_SECONDS,
+    max_retry_after_seconds=MAX_RETRY_SECONDS,
+)
 # A pool-wide pause longer than this is not believed (same cap as the server's default).
 MAX_PENALTY_SECONDS: Final = 600.0
 # After the permit server said the pool does not exist, how long calls use only the run's own limits
@@ -132,7 +136,7 @@ class RemoteLimiter:
         loop = asyncio.get_running_loop()
         started = loop.time()
         request_id = uuid.uuid4().hex
-        retry_pause = FIRST_RETRY_SECONDS
+        failures = 0
         problem = ""
         while True:
             waited = loop.time() - started
@@ -173,10 +177,9 @@ class RemoteLimiter:
                     f"no throttle permit from pool {self.pool_name} within {max_wait_seconds:g}s: {problem}"
                 )
             # A Retry-After from the server says when to ask again; otherwise back off exponentially.
-            pause = asked_to_wait if asked_to_wait is not None else retry_pause
-            await asyncio.sleep(min(pause, remaining))
+            await asyncio.sleep(min(PERMIT_RETRY.delay(failures, asked_to_wait), remaining))
             if asked_to_wait is None:
-                retry_pause = min(retry_pause * 2, MAX_RETRY_SECONDS)
+                failures += 1
 
     def penalize(self, retry_after_seconds: float) -> None:
         seconds = min(max(0.0, retry_after_seconds), MAX_PENALTY_SECONDS)
@@ -217,8 +220,7 @@ class RemoteLimiter:
             timeout=aiohttp.ClientTimeout(total=max_wait + ANSWER_GRACE_SECONDS),
         ) as response:
             payload = await response.read()
-            retry_after = response.headers.get("Retry-After", "")
-            asked_to_wait = min(float(retry_after), MAX_RETRY_SECONDS) if _SECONDS.fullmatch(retry_after) else None
+            asked_to_wait = parse_retry_after(response.headers.get("Retry-After"))
             try:
                 if response.status == 201:
                     return protocol.PermitGrant.model_validate_json(payload), None

@@ -16,6 +16,7 @@ import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 from prometheus_client import REGISTRY
 
+from agentrun_gateway.kube import READER_RETRY
 from tests.harness.apiproxy import ApiProxy
 from tests.harness.fake_stream_runner import FakeStreamRunner, LoggedEvent
 from tests.harness.gateway import (
@@ -270,20 +271,38 @@ async def test_a_runner_event_past_the_limit_drops_that_connection_and_the_gatew
 
 
 async def test_kubernetes_api_outage_answers_503(kube: Team, runner: FakeStreamRunner) -> None:
-    # The gateway reaches the API server through the fault-injecting proxy, with its own token.
+    # The gateway reaches the API server through the fault-injecting proxy, with its own token. An outage
+    # outlasts the reader's retries (a single 500 is retried away).
     async with ApiProxy(kube.testbed.control_plane.url, ca_file=kube.testbed.control_plane.ca_file) as proxy:
-        proxy.faults.inject(500, count=1, match=lambda request: request.kind == "Secret")
+        proxy.faults.inject(500, count=READER_RETRY.attempts, match=lambda request: request.kind == "Secret")
         through_proxy = ApiEndpoint(proxy.url, kube.api.token_file)
         async with (
             Gateway(fast_settings(through_proxy, runner.port), kube.namespace, RUN) as gateway,
             httpx.AsyncClient() as client,
         ):
             response = await client.get(gateway.url, headers={"Authorization": f"Bearer {STREAM_TOKEN}"})
-        # The injected failure is what the gateway met: the Secret read was refused at the proxy, once.
-        assert proxy.requests.count(kind="Secret", verb="get") >= 1
+        # The injected failures are what the gateway met: the Secret read, refused at the proxy at each attempt.
+        assert proxy.requests.count(kind="Secret", verb="get") == READER_RETRY.attempts
         assert proxy.faults.pending == []
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "2"
+
+
+async def test_a_single_kubernetes_api_error_is_retried_and_the_reader_served(
+    kube: Team, runner: FakeStreamRunner
+) -> None:
+    async with ApiProxy(kube.testbed.control_plane.url, ca_file=kube.testbed.control_plane.ca_file) as proxy:
+        proxy.faults.inject(503, count=1, match=lambda request: request.kind == "Secret")
+        through_proxy = ApiEndpoint(proxy.url, kube.api.token_file)
+        async with (
+            Gateway(fast_settings(through_proxy, runner.port), kube.namespace, RUN) as gateway,
+            httpx.AsyncClient() as client,
+            client.stream("GET", gateway.url, headers={"Authorization": f"Bearer {STREAM_TOKEN}"}) as response,
+        ):
+            status = response.status_code
+        assert proxy.requests.count(kind="Secret", verb="get") == 2
+        assert proxy.faults.pending == []
+    assert status == 200
 
 
 async def test_reader_resuming_from_before_the_shared_feed_memory_is_served_on_its_own(

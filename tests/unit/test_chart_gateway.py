@@ -1,14 +1,14 @@
 """The stream gateway in the chart: the route the chart renders for each controller is the one
-agentrun_operator.stream_timeouts renders for the same target, and everything else is wired to it."""
+agentrun_common.stream_timeouts renders for the same target, and everything else is wired to it."""
 
 from typing import Any, get_args
 
 import pytest
 
 from agentrun_api.spec import IngressController
+from agentrun_common.stream_timeouts import StreamBudget, render_stream_route
+from agentrun_common.stream_timeouts.controllers import RouteTarget
 from agentrun_operator import chart_routes
-from agentrun_operator.stream_timeouts import StreamBudget, render_stream_route
-from agentrun_operator.stream_timeouts.controllers import RouteTarget
 from tests.harness.chart import CHART_DIR, NAMESPACE, ci_scenarios, find, render, render_objects
 
 pytestmark = pytest.mark.unit

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from agentrun_common.sse import DEFAULT_MAX_EVENT_BYTES, SseEvent
+from agentrun_common.stream_timeouts import StreamBudget, format_chain_table, stream_chain
 from agentrun_operator import kubectl_plugin
 from agentrun_operator.kubectl_plugin import (
     PluginError,
@@ -25,7 +26,6 @@ from agentrun_operator.kubectl_plugin import (
     stream_path,
     unreachable_hint,
 )
-from agentrun_operator.stream_timeouts import StreamBudget, format_chain_table, stream_chain
 from tests.harness.sse_server import SseServer
 
 pytestmark = pytest.mark.unit

@@ -7,6 +7,11 @@ import pytest
 
 from agentrun_api import constants, contract
 from agentrun_api.spec import AgentRunSpec
+from agentrun_common.stream_timeouts.budget import (
+    GATEWAY_UPSTREAM_POOL_IDLE_SECONDS,
+    StreamBudget,
+    runner_server_timeouts,
+)
 from agentrun_operator.children import (
     RESTARTS_BEFORE_ANNOTATION,
     RunOwner,
@@ -15,11 +20,6 @@ from agentrun_operator.children import (
     runner_config,
 )
 from agentrun_operator.settings import OperatorSettings
-from agentrun_operator.stream_timeouts.budget import (
-    GATEWAY_UPSTREAM_POOL_IDLE_SECONDS,
-    StreamBudget,
-    runner_server_timeouts,
-)
 from tests.operator_samples import manifest
 
 pytestmark = pytest.mark.unit

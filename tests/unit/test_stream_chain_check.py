@@ -6,7 +6,7 @@ import pytest
 
 from agentrun_api import conditions as c
 from agentrun_api.spec import AgentRunSpec
-from agentrun_operator.stream_timeouts import (
+from agentrun_common.stream_timeouts import (
     CONTROLLERS,
     HopStatus,
     StreamBudget,
@@ -14,7 +14,7 @@ from agentrun_operator.stream_timeouts import (
     format_chain_table,
     stream_chain,
 )
-from agentrun_operator.stream_timeouts.run_check import EVENT_MESSAGE_LIMIT
+from agentrun_common.stream_timeouts.run_check import EVENT_MESSAGE_LIMIT
 from tests.operator_samples import manifest
 
 pytestmark = pytest.mark.unit

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentrun_api.spec import AgentRunSpec
-from agentrun_operator.stream_timeouts import (
+from agentrun_common.stream_timeouts import (
     CONTROLLERS,
     HopStatus,
     RouteTarget,
@@ -29,7 +29,7 @@ from agentrun_operator.stream_timeouts import (
     render_stream_route,
     stream_chain,
 )
-from agentrun_operator.stream_timeouts.durations import GATEWAY_API_DURATION_PATTERN, is_valid_gateway_api_duration
+from agentrun_common.stream_timeouts.durations import GATEWAY_API_DURATION_PATTERN, is_valid_gateway_api_duration
 
 pytestmark = pytest.mark.unit
 

@@ -11,9 +11,9 @@ from typing import Final
 
 from agentrun_api import conditions as c
 from agentrun_api.spec import AgentRunSpec, IngressController
-from agentrun_operator.stream_timeouts.budget import StreamBudget
-from agentrun_operator.stream_timeouts.chain import Hop, HopStatus, format_chain_table
-from agentrun_operator.stream_timeouts.controllers import stream_chain
+from agentrun_common.stream_timeouts.budget import StreamBudget
+from agentrun_common.stream_timeouts.chain import Hop, HopStatus, format_chain_table
+from agentrun_common.stream_timeouts.controllers import stream_chain
 
 # The longest Event message, in bytes: the Events API (events.k8s.io/v1) rejects a note above 1 KiB
 # (NoteLengthLimit in Kubernetes' event validation), and kopf cuts core/v1 messages at 1024 characters.

@@ -1,23 +1,23 @@
 """Generated timeouts for every hop of a run's stream: client, load balancer, ingress or gateway,
 stream gateway, runner. See docs/streaming.md."""
 
-from agentrun_operator.stream_timeouts.budget import (
+from agentrun_common.stream_timeouts.budget import (
     ServerTimeouts,
     StreamBudget,
     gateway_server_timeouts,
     runner_server_timeouts,
 )
-from agentrun_operator.stream_timeouts.chain import Hop, HopStatus, TimerKind, format_chain_table
-from agentrun_operator.stream_timeouts.controllers import (
+from agentrun_common.stream_timeouts.chain import Hop, HopStatus, TimerKind, format_chain_table
+from agentrun_common.stream_timeouts.controllers import (
     CONTROLLERS,
     RenderedRoute,
     RouteTarget,
     render_stream_route,
     stream_chain,
 )
-from agentrun_operator.stream_timeouts.durations import gateway_api_duration
-from agentrun_operator.stream_timeouts.exposure import per_run_exposure_allowed
-from agentrun_operator.stream_timeouts.run_check import StreamChainCheck, check_stream_chain, controller_for
+from agentrun_common.stream_timeouts.durations import gateway_api_duration
+from agentrun_common.stream_timeouts.exposure import per_run_exposure_allowed
+from agentrun_common.stream_timeouts.run_check import StreamChainCheck, check_stream_chain, controller_for
 
 __all__ = [
     "CONTROLLERS",

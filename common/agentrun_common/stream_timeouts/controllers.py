@@ -12,7 +12,7 @@ from typing import Any, Final, get_args
 
 from agentrun_api.spec import IngressController
 from agentrun_common.durations import format_duration
-from agentrun_operator.stream_timeouts.budget import (
+from agentrun_common.stream_timeouts.budget import (
     GATEWAY_UPSTREAM_POOL_IDLE_SECONDS,
     IDLE_HEARTBEATS,
     ServerTimeouts,
@@ -20,8 +20,8 @@ from agentrun_operator.stream_timeouts.budget import (
     gateway_server_timeouts,
     runner_server_timeouts,
 )
-from agentrun_operator.stream_timeouts.chain import Hop, HopStatus, TimerKind
-from agentrun_operator.stream_timeouts.durations import (
+from agentrun_common.stream_timeouts.chain import Hop, HopStatus, TimerKind
+from agentrun_common.stream_timeouts.durations import (
     gateway_api_duration,
     integer_seconds,
     seconds_with_unit,

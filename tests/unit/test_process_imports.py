@@ -1,0 +1,38 @@
+"""What each process image holds is what it imports: the runner never loads the official Kubernetes client
+(its image does not have it), and the gateway loads neither the operator's package nor kopf."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness.source_roots import pythonpath
+
+pytestmark = pytest.mark.unit
+
+
+def loaded_after(statement: str) -> set[str]:
+    probe = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env={"PYTHONPATH": pythonpath()}, capture_output=True, text=True, check=True
+    )
+    return {name.split(".")[0] for name in done.stdout.split()}
+
+
+def test_runner_with_a_kubeconfig_loads_no_kubernetes_package() -> None:
+    loaded = loaded_after(
+        "import agentrun_runner.__main__, agentrun_runner.kube as kube, tempfile, pathlib; "
+        "path = pathlib.Path(tempfile.mkdtemp()) / 'config'; "
+        "path.write_text('current-context: c\\ncontexts: [{name: c, context: {cluster: k, user: u}}]\\n'"
+        "'clusters: [{name: k, cluster: {server: \"http://127.0.0.1:1\"}}]\\nusers: [{name: u, user: {token: t}}]\\n'); "
+        "import os; os.environ['KUBECONFIG'] = str(path); kube.load_configuration()"
+    )
+    assert "agentrun_runner" in loaded
+    assert "kubernetes" not in loaded
+
+
+def test_gateway_loads_neither_the_operator_nor_kopf() -> None:
+    loaded = loaded_after("import agentrun_gateway.__main__, agentrun_gateway.server")
+    assert "agentrun_gateway" in loaded
+    assert "agentrun_operator" not in loaded
+    assert "kopf" not in loaded
