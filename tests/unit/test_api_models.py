@@ -82,5 +82,5 @@ def test_a_run_names_a_cluster_pool_or_a_namespaced_pool_not_both() -> None:
     base = {"instructions": "x", "input": "y", "model": {"name": "m"}, "maxExecutionTime": "5m", "maxIterations": 1}
     spec = AgentRunSpec.model_validate({**base, "throttle": {"enabled": True, "clusterPool": "org"}})
     assert spec.throttle.cluster_pool == "org"
-    with pytest.raises(ValidationError, match="either throttle.pool or throttle.clusterPool"):
+    with pytest.raises(ValidationError, match=r"either throttle\.pool or throttle\.clusterPool"):
         AgentRunSpec.model_validate({**base, "throttle": {"enabled": True, "pool": "team", "clusterPool": "org"}})
