@@ -194,3 +194,18 @@ def test_settings_come_from_the_environment() -> None:
 def test_bad_settings_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ValueError, match=variable):
         PermitSettings.from_env({variable: value})
+
+
+def test_the_cluster_pool_example_declares_a_pool_and_grants_use_on_it() -> None:
+    items = yaml.safe_load((REPO / "examples" / "clusterthrottlepool.yaml").read_text())["items"]
+    pool, role, binding = items
+    assert pool["kind"] == "ClusterThrottlePool"
+    assert limits_from_spec(pool["spec"]).requests_per_minute == 500
+    (rule,) = role["rules"]
+    assert rule == {
+        "apiGroups": ["agentrun.dev"],
+        "resources": ["clusterthrottlepools"],
+        "resourceNames": [pool["metadata"]["name"]],
+        "verbs": ["use"],
+    }
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
