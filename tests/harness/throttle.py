@@ -14,7 +14,7 @@ import openai
 from agentrun_operator.permits.access import StaticAccess
 from agentrun_operator.permits.credentials import StaticCredentials
 from agentrun_operator.permits.pool import Aimd, PoolLimits, PoolTiming
-from agentrun_operator.permits.server import PermitServer, PoolRegistry, start_permit_server
+from agentrun_operator.permits.server import CLUSTER_SCOPE, PermitServer, PoolRegistry, start_permit_server
 from agentrun_operator.permits.settings import PermitSettings
 from agentrun_runner.throttle_remote import QueueTimeoutError, RemoteLimiter
 from tests.harness.model_server import Answer, ChatRequest, Failure, ModelServer, Reply, Script
@@ -29,16 +29,27 @@ def token_of(run: str) -> str:
 
 @contextlib.asynccontextmanager
 async def permit_server(
-    runs: list[str], limits: PoolLimits, *, lease_seconds: float, port: int = 0, aimd: Aimd | None = None
+    runs: list[str],
+    limits: PoolLimits,
+    *,
+    lease_seconds: float,
+    port: int = 0,
+    aimd: Aimd | None = None,
+    cluster_pools: dict[str, bool] | None = None,
 ) -> AsyncIterator[PermitServer]:
     """A permit server knowing the runs' credentials and serving one pool, NAMESPACE/POOL (rate adapting to
-    429s as ``aimd`` says, the server's default without)."""
+    429s as ``aimd`` says, the server's default without), and with the same limits each ClusterThrottlePool
+    of ``cluster_pools``, which NAMESPACE may use where the value is True."""
     settings = PermitSettings(host="127.0.0.1", port=port, lease_seconds=lease_seconds)
     credentials = StaticCredentials({(NAMESPACE, run): token_of(run) for run in runs})
     timing = PoolTiming(settings.lease_seconds, settings.max_penalty_seconds, aimd or Aimd())
     registry = PoolRegistry(timing, asyncio.get_running_loop().time)
-    server = await start_permit_server(settings, credentials, StaticAccess(set()), registry=registry)
+    cluster_pools = cluster_pools or {}
+    access = StaticAccess({(NAMESPACE, name) for name, allowed in cluster_pools.items() if allowed})
+    server = await start_permit_server(settings, credentials, access, registry=registry)
     server.registry.configure(NAMESPACE, POOL, limits)
+    for name in cluster_pools:
+        server.registry.configure(CLUSTER_SCOPE, name, limits)
     try:
         yield server
     finally:
