@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 _NAME = DNS_LABEL_PATTERN.strip("^$")
 _POOL_ROUTE = f"/pools/{{namespace:{_NAME}}}/{{pool:{_NAME}}}"
 _CLUSTER_POOL_ROUTE = f"/clusterpools/{{pool:{_NAME}}}/namespaces/{{namespace:{_NAME}}}"
+_TOKEN_COUNT = re.compile(r"[0-9]{1,12}")
 # The registry's namespace of ClusterThrottlePools: no namespace is named "".
 CLUSTER_SCOPE = ""
 
@@ -43,9 +44,6 @@ def _key_of(request: web.Request) -> tuple[str, str]:
     """The registry key of the pool a request names."""
     namespace = CLUSTER_SCOPE if _is_cluster_pool(request) else request.match_info["namespace"]
     return (namespace, request.match_info["pool"])
-
-
-_TOKEN_COUNT = re.compile(r"[0-9]{1,12}")
 
 
 class PoolRegistry:
@@ -159,11 +157,10 @@ class _Handlers:
             # Clients retry on 503; runners fall back to their own limits only on PoolNotFound.
             return _refusal(503, "Unavailable", "the permit server has just started and is reading the ThrottlePools")
         if pool is None:
-            missing = (
-                f"no ClusterThrottlePool {pool_name!r}"
-                if cluster
-                else (f"no ThrottlePool {pool_name!r} in namespace {namespace!r}")
-            )
+            if cluster:
+                missing = f"no ClusterThrottlePool {pool_name!r}"
+            else:
+                missing = f"no ThrottlePool {pool_name!r} in namespace {namespace!r}"
             return _refusal(404, "PoolNotFound", f"{missing}; create it first")
         return run, pool
 
