@@ -1,8 +1,14 @@
-"""Benchmark: runs sharing one throttle pool, in real time. Two phases:
+"""Benchmark: runs sharing one throttle pool, in real time. Three phases:
 
 simulated: each run loops model calls against a scripted OpenAI-compatible endpoint on 127.0.0.1,
 every call first taking a permit from a real permit server through RemoteLimiter; a quarter of the
 runs make three calls at once (parallel tool calls).
+
+hidden limit: the same simulated runs against a provider that enforces a rate limit it does not
+publish (a token bucket below the pool's declared requestsPerMinute; a call over it gets 429 with
+Retry-After: 1), once with a fixed-rate pool (429s only pause it, for Retry-After) and once with the
+adaptive pool (AIMD: each 429 halves its rate, which climbs back while none come). Each prints the
+calls answered per minute, the 429 count, and the ratio of the answered rate to the hidden limit.
 
 real runs: the issue's scenario on the local cluster (the real control plane, the operator as a process
 with its permit server, runner pods on the real control plane, run as processes by the node agent): 20 AgentRuns of 4
@@ -13,6 +19,7 @@ queue waits (p50/p99), and the fairness spread (largest distance of a run's shar
 the mean share, while all runs contend).
 
     PYTHONPATH=api:common:operator:runner_image:. python bench/throttle_pool.py --rpm 600 --seconds 30
+    PYTHONPATH=api:common:operator:runner_image:. python bench/throttle_pool.py --phase hidden-limit
     PYTHONPATH=api:common:operator:runner_image:. python bench/throttle_pool.py --phase real-runs
 """
 
@@ -28,9 +35,9 @@ from tests.harness.model_server import ModelServer, most_in_window
 from tests.harness.nodeagent import MountNamespaceUnavailableError, check_mount_namespaces
 from tests.harness.pool_runs import PoolRunsPlan, run_pool_scenario
 from tests.harness.testbed import KubeTestbed
-from tests.harness.throttle import arrivals_by_run, permit_server, provider_script, run_scenario
+from tests.harness.throttle import HiddenLimit, arrivals_by_run, permit_server, provider_script, run_scenario
 
-from agentrun_operator.permits.pool import PoolLimits
+from agentrun_operator.permits.pool import Aimd, PoolLimits
 
 
 async def bench(args: argparse.Namespace) -> None:
@@ -69,6 +76,40 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"fairness spread       {result.fairness_spread() * 100:.1f}% of the mean share")
 
 
+async def bench_hidden_limit(args: argparse.Namespace, *, adaptive: bool) -> None:
+    loop = asyncio.get_running_loop()
+    runs = [f"run-{i:02d}" for i in range(args.hidden_runs)]
+    latencies = random.Random(2)
+    provider = HiddenLimit(
+        requests_per_minute=args.hidden_rpm,
+        burst=args.hidden_burst,
+        latency=lambda _: latencies.uniform(args.min_latency, args.max_latency),
+    )
+    model = ModelServer(provider.script, clock=loop.time)
+    limits = PoolLimits(max_in_flight=args.hidden_in_flight, requests_per_minute=args.declared_rpm)
+    aimd = Aimd() if adaptive else Aimd(decrease_factor=1.0)
+    async with permit_server(runs, limits, lease_seconds=args.lease, aimd=aimd) as server, model:
+        opened_at = loop.time() + args.lease
+        stop_at = opened_at + args.hidden_seconds
+        await run_scenario(
+            permit_url=f"http://127.0.0.1:{server.port}",
+            model_url=model.base_url,
+            runs=runs,
+            parallel_calls=lambda _: 2,
+            queue_budget_seconds=args.budget,
+            opened_at=opened_at,
+            stop_at=stop_at,
+        )
+    answered = sum(1 for at in provider.answered_at if opened_at <= at < stop_at)
+    rejected = sum(1 for at in provider.rejected_at if opened_at <= at < stop_at)
+    rate = answered / args.hidden_seconds * 60
+    name = "adaptive (AIMD)" if adaptive else "fixed rate"
+    print(
+        f"{name:<16} answered {rate:6.1f}/min   429s {rejected:5d} ({rejected / args.hidden_seconds * 60:.1f}/min)   "
+        f"achieved/hidden limit {rate / args.hidden_rpm:.2f}"
+    )
+
+
 async def bench_real_runs(plan: PoolRunsPlan) -> None:
     try:
         check_mount_namespaces()
@@ -101,8 +142,17 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=120.0, help="queue budget of every call, seconds")
     parser.add_argument("--min-latency", type=float, default=0.05)
     parser.add_argument("--max-latency", type=float, default=0.15)
+    parser.add_argument("--hidden-rpm", type=float, default=600, help="the provider's unpublished limit, per minute")
+    parser.add_argument("--hidden-burst", type=float, default=5, help="calls the provider lets through back to back")
+    parser.add_argument("--declared-rpm", type=int, default=1200, help="the pool's requestsPerMinute (above the limit)")
+    parser.add_argument("--hidden-in-flight", type=int, default=16, help="the pool's maxRequestsInFlight")
+    parser.add_argument("--hidden-runs", type=int, default=8, help="simulated runs, two calls at once each")
+    parser.add_argument("--hidden-seconds", type=float, default=60.0, help="measured window of each pool")
     parser.add_argument(
-        "--phase", choices=("simulated", "real-runs", "all"), default="all", help="which phase to run (default all)"
+        "--phase",
+        choices=("simulated", "hidden-limit", "real-runs", "all"),
+        default="all",
+        help="which phase to run (default all)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke test: 4 simulated runs for 3 s; 4 real runs of 2 calls at 120/min"
@@ -110,11 +160,19 @@ def main() -> None:
     args = parser.parse_args()
     plan = PoolRunsPlan()
     if args.quick:
-        args.runs, args.seconds = 4, 3.0
+        args.runs, args.seconds, args.hidden_seconds = 4, 3.0, 8.0
         plan = PoolRunsPlan(runs=4, calls_per_run=2, requests_per_minute=120)
     if args.phase in ("simulated", "all"):
         print("== simulated runs (RemoteLimiter clients)", flush=True)
         asyncio.run(bench(args))
+    if args.phase in ("hidden-limit", "all"):
+        print(
+            f"== hidden provider limit ({args.hidden_rpm:g}/min, burst {args.hidden_burst:g}; pool declares "
+            f"{args.declared_rpm}/min): fixed rate vs adaptive",
+            flush=True,
+        )
+        asyncio.run(bench_hidden_limit(args, adaptive=False))
+        asyncio.run(bench_hidden_limit(args, adaptive=True))
     if args.phase in ("real-runs", "all"):
         print("== real runs (operator, runner pods on the real control plane and the node agent)", flush=True)
         asyncio.run(bench_real_runs(plan))

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from agentrun_api import constants, throttlepool
+from agentrun_api import clusterthrottlepool, constants, throttlepool
 from agentrun_api.spec import MUTABLE_SPEC_FIELDS, AgentRunSpec
 from agentrun_api.status import AgentRunStatus
 
@@ -165,7 +165,12 @@ class CrdNames:
 
 
 def _namespaced_crd(
-    names: CrdNames, printer_columns: list[dict[str, Any]], spec_schema: dict[str, Any], status_schema: dict[str, Any]
+    names: CrdNames,
+    printer_columns: list[dict[str, Any]],
+    spec_schema: dict[str, Any],
+    status_schema: dict[str, Any],
+    *,
+    scope: str = "Namespaced",
 ) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -176,7 +181,7 @@ def _namespaced_crd(
         },
         "spec": {
             "group": constants.GROUP,
-            "scope": "Namespaced",
+            "scope": scope,
             "names": {
                 "kind": names.kind,
                 "listKind": f"{names.kind}List",
@@ -247,6 +252,12 @@ THROTTLEPOOL_PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.grantedLastMinute",
         "description": "Permits granted in the last minute.",
     },
+    {
+        "name": "Current-RPM",
+        "type": "integer",
+        "jsonPath": ".status.currentRequestsPerMinute",
+        "description": "The rate granted at now, lowered on provider 429s.",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp", "description": "Time since creation."},
     {
         "name": "Max-In-Flight",
@@ -284,6 +295,24 @@ def build_throttlepool_crd() -> dict[str, Any]:
     return _namespaced_crd(names, THROTTLEPOOL_PRINTER_COLUMNS, spec_schema, status_schema)
 
 
+def build_clusterthrottlepool_crd() -> dict[str, Any]:
+    """The ClusterThrottlePool CRD: a ThrottlePool's spec and status, cluster-scoped, for runs of many namespaces."""
+    spec_schema = _schema_of(clusterthrottlepool.ClusterThrottlePoolSpec, "validation")
+    spec_schema["description"] = clusterthrottlepool.ClusterThrottlePoolSpec.__doc__
+    status_schema = _schema_of(clusterthrottlepool.ClusterThrottlePoolStatus, "serialization")
+    status_schema["description"] = clusterthrottlepool.ClusterThrottlePoolStatus.__doc__
+    names = CrdNames(
+        crd_name=clusterthrottlepool.CRD_NAME,
+        kind=clusterthrottlepool.KIND,
+        plural=clusterthrottlepool.PLURAL,
+        singular=clusterthrottlepool.SINGULAR,
+        short_names=tuple(clusterthrottlepool.SHORT_NAMES),
+        description="A ClusterThrottlePool is one provider budget shared by AgentRuns of every namespace allowed "
+        "to use it (RBAC verb 'use' on clusterthrottlepools) that name it in spec.throttle.clusterPool.",
+    )
+    return _namespaced_crd(names, THROTTLEPOOL_PRINTER_COLUMNS, spec_schema, status_schema, scope="Cluster")
+
+
 class _NoAliasDumper(yaml.SafeDumper):
     """Writes repeated sub-schemas out in full: anchors and aliases confuse readers of a CRD."""
 
@@ -309,7 +338,7 @@ def render_throttlepool_crd() -> str:
 def write_all(directory: Path) -> list[Path]:
     """Write every CRD into directory, one file each, named after the CRD."""
     written = []
-    for crd in (build_crd(), build_throttlepool_crd()):
+    for crd in (build_crd(), build_throttlepool_crd(), build_clusterthrottlepool_crd()):
         path = directory / f"{crd['metadata']['name']}.yaml"
         path.write_text(_render(crd))
         written.append(path)

@@ -16,6 +16,11 @@ Each request carries the run's permit key: ``Authorization: Bearer <permit key>`
 ``RUN_HEADER``; the server checks the key against that Secret in the pool's namespace, so a run can only
 draw from pools of its own namespace. The run's stream token is refused: every reader of the run's stream
 holds it, and a reader must not be able to take permits, report penalties or pause a pool.
+
+``/clusterpools/<pool>/namespaces/<namespace>/...`` are the same requests for a ClusterThrottlePool:
+the server checks the credential in ``<namespace>`` and then whether the run's ServiceAccount may
+``use`` the pool (403, reason ``Forbidden``, saying what to grant, when it may not).
+A ``PenaltyReport`` of 0 seconds reports a 429 without Retry-After: it lowers the pool's rate only.
 """
 
 from typing import Final, Literal
@@ -29,20 +34,24 @@ TOKENS_USED_PARAM: Final = "tokensUsed"
 MAX_WAIT_SECONDS: Final = 86_400.0
 
 
-def pool_path(namespace: str, pool: str) -> str:
+def pool_path(namespace: str, pool: str, *, cluster: bool = False) -> str:
+    """Where a run of ``namespace`` asks for permits of ``pool``: its namespace's ThrottlePool, or with
+    ``cluster`` the ClusterThrottlePool of that name (the namespace then says whose credential to check)."""
+    if cluster:
+        return f"/clusterpools/{pool}/namespaces/{namespace}"
     return f"/pools/{namespace}/{pool}"
 
 
-def permits_path(namespace: str, pool: str) -> str:
-    return f"{pool_path(namespace, pool)}/permits"
+def permits_path(namespace: str, pool: str, *, cluster: bool = False) -> str:
+    return f"{pool_path(namespace, pool, cluster=cluster)}/permits"
 
 
-def lease_path(namespace: str, pool: str, lease_id: str) -> str:
-    return f"{permits_path(namespace, pool)}/{lease_id}"
+def lease_path(namespace: str, pool: str, lease_id: str, *, cluster: bool = False) -> str:
+    return f"{permits_path(namespace, pool, cluster=cluster)}/{lease_id}"
 
 
-def penalties_path(namespace: str, pool: str) -> str:
-    return f"{pool_path(namespace, pool)}/penalties"
+def penalties_path(namespace: str, pool: str, *, cluster: bool = False) -> str:
+    return f"{pool_path(namespace, pool, cluster=cluster)}/penalties"
 
 
 class PermitMessage(BaseModel):
@@ -67,7 +76,14 @@ class PermitGrant(PermitMessage):
 
 class PermitRefusal(PermitMessage):
     reason: Literal[
-        "QueueTimeout", "PoolNotFound", "Unauthorized", "BadRequest", "Superseded", "Unavailable", "LeaseNotFound"
+        "QueueTimeout",
+        "PoolNotFound",
+        "Unauthorized",
+        "Forbidden",
+        "BadRequest",
+        "Superseded",
+        "Unavailable",
+        "LeaseNotFound",
     ]
     message: str
     queue_depth: int | None = None

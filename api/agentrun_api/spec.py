@@ -136,6 +136,24 @@ class ModelSpec(SpecModel):
 class ThrottleSpec(SpecModel):
     """A queue in front of every model call. Runs that name the same pool share its limits."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.maxConcurrentRequests)",
+                    "message": "throttle.maxConcurrentRequests was removed: a run makes one model call at a time, "
+                    "so it never limited anything; delete it, and limit calls in flight across runs with "
+                    "maxRequestsInFlight of a ThrottlePool or ClusterThrottlePool",
+                },
+                {
+                    "rule": "!has(self.clusterPool) || self.pool == 'default'",
+                    "message": "set either pool (a ThrottlePool of this namespace) or clusterPool (a "
+                    "ClusterThrottlePool), not both",
+                },
+            ]
+        }
+    )
+
     enabled: bool = Field(default=False, description="Put every model call of this run behind the throttle queue.")
     pool: str = Field(
         default="default",
@@ -144,8 +162,19 @@ class ThrottleSpec(SpecModel):
         pattern=DNS_LABEL_PATTERN,
         description="Name of the throttle pool; runs naming the same pool share one provider budget.",
     )
-    max_concurrent_requests: int = Field(
-        default=4, ge=1, le=10_000, description="Model calls in flight at once for this run's queue."
+    cluster_pool: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of a ClusterThrottlePool to draw permits from instead of pool: one budget for runs of "
+        "many namespaces. The run's namespace must be allowed to use it (RBAC verb 'use' on clusterthrottlepools).",
+    )
+    # Kept only so runs stored before its removal still parse; admission refuses it (the rule above).
+    max_concurrent_requests: int | None = Field(
+        default=None,
+        description="Removed (a run makes one model call at a time): refused at admission. Limit calls in flight "
+        "across runs with a pool's maxRequestsInFlight.",
     )
     requests_per_minute: int = Field(
         default=60, ge=1, le=1_000_000, description="Model calls started per minute for this run's queue."
@@ -156,6 +185,12 @@ class ThrottleSpec(SpecModel):
         le=86_400,
         description="Longest wait for a permit, in seconds; past it the run fails with reason ThrottleQueueTimeout.",
     )
+
+    @model_validator(mode="after")
+    def _one_pool(self) -> "ThrottleSpec":
+        if self.cluster_pool is not None and self.pool != "default":
+            raise ValueError("set either throttle.pool or throttle.clusterPool, not both")
+        return self
 
 
 class CheckpointSpec(SpecModel):

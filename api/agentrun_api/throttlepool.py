@@ -62,6 +62,12 @@ class ThrottlePoolStatus(StatusModel):
     granted_last_minute: int = Field(
         default=0, ge=0, description="Permits granted in the last 60 seconds (the achieved rate per minute)."
     )
+    current_requests_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="The rate the pool grants at now: requestsPerMinute, lowered on each provider 429 and climbing "
+        "back while none come (additive increase, multiplicative decrease).",
+    )
     throttled_until: datetime | None = Field(
         default=None,
         description="Set while a 429 with Retry-After from the provider pauses the whole pool: when grants resume.",

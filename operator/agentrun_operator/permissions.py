@@ -79,6 +79,28 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         why="the pools' live status (in flight, queued, rate) for `kubectl get throttlepools`",
     ),
     Rule(
+        "agentrun.dev",
+        ("clusterthrottlepools",),
+        ("list", "watch", "patch"),
+        cluster_scoped=True,
+        why="kopf watches ClusterThrottlePools (pools shared by runs of many namespaces) to configure the permit "
+        "server and patches their metadata (its progress annotations)",
+    ),
+    Rule(
+        "agentrun.dev",
+        ("clusterthrottlepools/status",),
+        ("patch",),
+        cluster_scoped=True,
+        why="the cluster pools' live status for `kubectl get clusterthrottlepools`",
+    ),
+    Rule(
+        "authorization.k8s.io",
+        ("subjectaccessreviews",),
+        ("create",),
+        cluster_scoped=True,
+        why="before granting a permit of a ClusterThrottlePool, ask whether the run's ServiceAccount may 'use' it",
+    ),
+    Rule(
         "batch",
         ("jobs",),
         ("create", "get", "list", "watch", "patch", "delete"),

@@ -85,9 +85,8 @@ def build_limiter(config: RunnerConfig, permit_key: str, on_pool_missing: Callab
     throttle = config.spec.throttle
     if not throttle.enabled:
         return None
-    own = InProcessLimiter(
-        max_concurrent=throttle.max_concurrent_requests, requests_per_minute=throttle.requests_per_minute
-    )
+    # A run makes one model call at a time, so its own limit is on the pace only.
+    own = InProcessLimiter(max_concurrent=1, requests_per_minute=throttle.requests_per_minute)
     if config.permit_server_url:
         from agentrun_runner.throttle_remote import PooledLimiter, RemoteLimiter
 

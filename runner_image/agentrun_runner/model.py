@@ -250,8 +250,9 @@ class ModelClient:
                     raise ModelRejectedError(_rejection_message(self._spec, error)) from None
                 last_problem = f"HTTP {error.status_code}"
                 delay = retry_after_seconds(error.response.headers)
-                if error.status_code == 429 and delay is not None and self._limiter is not None:
-                    self._limiter.penalize(delay)
+                if error.status_code == 429 and self._limiter is not None:
+                    # Even without Retry-After: a pool lowers its rate on every reported 429.
+                    self._limiter.penalize(delay or 0.0)
             except TimeoutError:
                 last_problem = f"no answer within model.requestTimeout ({self._spec.request_timeout})"
             except openai.APIConnectionError as error:

@@ -25,7 +25,14 @@ from agentrun_api.contract import RunnerConfig
 from agentrun_common.retry import RetryPolicy, parse_retry_after
 from agentrun_runner.throttle import Limiter, Permit, QueueTimeoutError
 
-__all__ = ["PoolNotFoundError", "PooledLimiter", "QueueTimeoutError", "RemoteLimiter", "RemotePermit"]
+__all__ = [
+    "PoolForbiddenError",
+    "PoolNotFoundError",
+    "PooledLimiter",
+    "QueueTimeoutError",
+    "RemoteLimiter",
+    "RemotePermit",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +56,10 @@ POOL_RECHECK_SECONDS: Final = 30.0
 
 class PoolNotFoundError(QueueTimeoutError):
     """The permit server has no ThrottlePool of that name in the run's namespace."""
+
+
+class PoolForbiddenError(QueueTimeoutError):
+    """The run's namespace may not use the ClusterThrottlePool it names: waiting would not change that."""
 
 
 class RemotePermit:
@@ -103,11 +114,13 @@ class RemoteLimiter:
         pool: str,
         run: str,
         token: str,
+        cluster: bool = False,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self._base = server_url.rstrip("/")
         self._namespace = namespace
         self._pool = pool
+        self._cluster = cluster  # pool names a ClusterThrottlePool
         self._headers = {"Authorization": f"Bearer {token}", protocol.RUN_HEADER: run}
         self._session = session
         self._owns_session = session is None
@@ -120,17 +133,19 @@ class RemoteLimiter:
         """The limiter of a run whose config names a permit server; token is its AGENTRUN_PERMIT_KEY."""
         if config.permit_server_url is None:
             raise ValueError("the runner config has no permitServerUrl: the run uses an in-process limiter")
+        throttle = config.spec.throttle
         return cls(
             server_url=config.permit_server_url,
             namespace=config.run.namespace,
-            pool=config.spec.throttle.pool,
+            pool=throttle.cluster_pool or throttle.pool,
             run=config.run.name,
             token=token,
+            cluster=throttle.cluster_pool is not None,
         )
 
     @property
     def pool_name(self) -> str:
-        return f"{self._namespace}/{self._pool}"
+        return f"ClusterThrottlePool {self._pool}" if self._cluster else f"{self._namespace}/{self._pool}"
 
     async def acquire(self, *, max_wait_seconds: float) -> tuple[RemotePermit, float]:
         loop = asyncio.get_running_loop()
@@ -168,6 +183,8 @@ class RemoteLimiter:
                     )
                 if answer.reason == "PoolNotFound":
                     raise PoolNotFoundError(f"{answer.message} (pool {self.pool_name})")
+                if answer.reason == "Forbidden":
+                    raise PoolForbiddenError(f"no throttle permit from pool {self.pool_name}: {answer.message}")
                 # Unauthorized, Unavailable: may heal (the Secret is being created, the API server is back,
                 # the replica reached is not the leader and the Service is about to route to the one that is).
                 problem = f"the permit server refused: {answer.reason}: {answer.message}"
@@ -212,7 +229,7 @@ class RemoteLimiter:
     ) -> tuple[protocol.PermitGrant | protocol.PermitRefusal, float | None]:
         """The server's answer, and the seconds its Retry-After header asks to wait (None without one)."""
         body = protocol.PermitRequest(request_id=request_id, max_wait_seconds=max_wait, waited_seconds=waited)
-        url = self._base + protocol.permits_path(self._namespace, self._pool)
+        url = self._base + protocol.permits_path(self._namespace, self._pool, cluster=self._cluster)
         async with self._http().post(
             url,
             json=body.model_dump(mode="json", by_alias=True),
@@ -231,7 +248,7 @@ class RemoteLimiter:
                 ) from None
 
     async def _renew(self, lease_id: str) -> bool:
-        url = self._base + protocol.lease_path(self._namespace, self._pool, lease_id)
+        url = self._base + protocol.lease_path(self._namespace, self._pool, lease_id, cluster=self._cluster)
         async with self._http().put(
             url, headers=self._headers, timeout=aiohttp.ClientTimeout(total=ANSWER_GRACE_SECONDS)
         ) as response:
@@ -241,7 +258,7 @@ class RemoteLimiter:
             raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
 
     async def _release(self, lease_id: str, tokens_used: int | None) -> None:
-        url = self._base + protocol.lease_path(self._namespace, self._pool, lease_id)
+        url = self._base + protocol.lease_path(self._namespace, self._pool, lease_id, cluster=self._cluster)
         params = {protocol.TOKENS_USED_PARAM: str(tokens_used)} if tokens_used is not None else {}
         try:
             async with self._http().delete(
@@ -253,7 +270,7 @@ class RemoteLimiter:
             logger.warning("cannot release throttle lease (%s); it expires by itself", type(error).__name__)
 
     async def _report_penalty(self, seconds: float) -> None:
-        url = self._base + protocol.penalties_path(self._namespace, self._pool)
+        url = self._base + protocol.penalties_path(self._namespace, self._pool, cluster=self._cluster)
         body = protocol.PenaltyReport(retry_after_seconds=seconds)
         try:
             async with self._http().post(

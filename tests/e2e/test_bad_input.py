@@ -149,7 +149,7 @@ MUTATIONS: dict[str, st.SearchStrategy[Any]] = {
         st.fixed_dictionaries({"name": NAMES, "key": NAMES}),
         ANY_SCALAR,
     ),
-    "throttle.maxConcurrentRequests": st.one_of(st.integers(-2, 20_000), ANY_SCALAR),
+    "throttle.requestsPerMinute": st.one_of(st.integers(-2, 2_000_000), ANY_SCALAR),
     "throttle.pool": NAMES,
     "checkpoint": st.one_of(
         st.fixed_dictionaries(

@@ -156,7 +156,6 @@ def pooled_run(name: str, cluster: LocalCluster, plan: PoolRunsPlan) -> JsonObje
         throttle={
             "enabled": True,
             "pool": plan.pool,
-            "maxConcurrentRequests": 4,
             "requestsPerMinute": 600,
             "maxSecondsToWaitInQueue": plan.queue_budget_seconds,
         },

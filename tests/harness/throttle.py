@@ -7,13 +7,14 @@ import contextlib
 import statistics
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import openai
 
+from agentrun_operator.permits.access import StaticAccess
 from agentrun_operator.permits.credentials import StaticCredentials
-from agentrun_operator.permits.pool import PoolLimits
-from agentrun_operator.permits.server import PermitServer, start_permit_server
+from agentrun_operator.permits.pool import Aimd, PoolLimits, PoolTiming
+from agentrun_operator.permits.server import CLUSTER_SCOPE, PermitServer, PoolRegistry, start_permit_server
 from agentrun_operator.permits.settings import PermitSettings
 from agentrun_runner.throttle_remote import QueueTimeoutError, RemoteLimiter
 from tests.harness.model_server import Answer, ChatRequest, Failure, ModelServer, Reply, Script
@@ -28,13 +29,27 @@ def token_of(run: str) -> str:
 
 @contextlib.asynccontextmanager
 async def permit_server(
-    runs: list[str], limits: PoolLimits, *, lease_seconds: float, port: int = 0
+    runs: list[str],
+    limits: PoolLimits,
+    *,
+    lease_seconds: float,
+    port: int = 0,
+    aimd: Aimd | None = None,
+    cluster_pools: dict[str, bool] | None = None,
 ) -> AsyncIterator[PermitServer]:
-    """A permit server knowing the runs' credentials and serving one pool, NAMESPACE/POOL."""
+    """A permit server knowing the runs' credentials and serving one pool, NAMESPACE/POOL (rate adapting to
+    429s as ``aimd`` says, the server's default without), and with the same limits each ClusterThrottlePool
+    of ``cluster_pools``, which NAMESPACE may use where the value is True."""
     settings = PermitSettings(host="127.0.0.1", port=port, lease_seconds=lease_seconds)
     credentials = StaticCredentials({(NAMESPACE, run): token_of(run) for run in runs})
-    server = await start_permit_server(settings, credentials)
+    timing = PoolTiming(settings.lease_seconds, settings.max_penalty_seconds, aimd or Aimd())
+    registry = PoolRegistry(timing, asyncio.get_running_loop().time)
+    cluster_pools = cluster_pools or {}
+    access = StaticAccess({(NAMESPACE, name) for name, allowed in cluster_pools.items() if allowed})
+    server = await start_permit_server(settings, credentials, access, registry=registry)
     server.registry.configure(NAMESPACE, POOL, limits)
+    for name in cluster_pools:
+        server.registry.configure(CLUSTER_SCOPE, name, limits)
     try:
         yield server
     finally:
@@ -57,6 +72,37 @@ def provider_script(
         return Answer("done", delay=latency(request.index))
 
     return script
+
+
+@dataclass
+class HiddenLimit:
+    """A provider that enforces a rate limit it does not publish: a token bucket of ``requests_per_minute``
+    holding at most ``burst`` calls; a call finding it empty is answered 429 at once (with
+    ``Retry-After`` when ``retry_after`` is set), others "done" after ``latency(n)`` seconds."""
+
+    requests_per_minute: float
+    burst: float
+    latency: Callable[[int], float]
+    retry_after: str | None = "1"
+    rejected_at: list[float] = field(default_factory=list)
+    answered_at: list[float] = field(default_factory=list)
+    _level: float | None = None
+    _refilled_at: float = 0.0
+
+    def script(self, request: ChatRequest) -> Reply:
+        now = request.received_at
+        if self._level is None:
+            self._level = self.burst
+        else:
+            refill = (now - self._refilled_at) * self.requests_per_minute / 60.0
+            self._level = min(self.burst, self._level + refill)
+        self._refilled_at = now
+        if self._level < 1.0:
+            self.rejected_at.append(now)
+            return Failure(429, retry_after=self.retry_after, message="rate limit reached (hidden)")
+        self._level -= 1.0
+        self.answered_at.append(now)
+        return Answer("done", delay=self.latency(request.index))
 
 
 def arrivals_by_run(model: ModelServer) -> list[tuple[float, str]]:
@@ -113,7 +159,8 @@ async def run_scenario(
                 )
                 permit.record_tokens(answer.usage.total_tokens if answer.usage else 0)
             except openai.RateLimitError as error:
-                limiter.penalize(float(error.response.headers.get("retry-after", "1")))
+                # As the runner does: every 429 is reported, with its Retry-After or 0 without one.
+                limiter.penalize(float(error.response.headers.get("retry-after", "0")))
             finally:
                 await permit.release()
 

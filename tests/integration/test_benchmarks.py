@@ -53,7 +53,7 @@ FIGURES = {
         '"runner_rate_ratio"',
         '"runner_every_reader_got_the_runners_log": true',
     ),
-    "throttle_pool.py": ("achieved rate", "fairness spread", ON_KUBERNETES),
+    "throttle_pool.py": ("achieved rate", "fairness spread", "achieved/hidden limit", ON_KUBERNETES),
     "stream_log.py": ("latency p50", "ckpt writes", "before (", "now, flush 0.2 s (default)", " writes"),
 }
 

@@ -149,6 +149,22 @@ def test_every_bad_example_is_refused_with_an_error_naming_its_field(api: Api, b
         assert bad.field in {field for field, _ in causes(status)}, status
 
 
+def test_a_run_still_carrying_max_concurrent_requests_is_refused_saying_it_was_removed(api: Api) -> None:
+    status = api.refused(with_spec(minimal(), throttle={"enabled": True, "maxConcurrentRequests": 4}))
+
+    assert "spec.throttle" in {field for field, _ in causes(status)}, status
+    assert "throttle.maxConcurrentRequests was removed" in status["message"]
+    assert "maxRequestsInFlight" in status["message"]
+
+
+def test_a_run_naming_both_a_pool_and_a_cluster_pool_is_refused(api: Api) -> None:
+    status = api.refused(with_spec(minimal(), throttle={"enabled": True, "pool": "team", "clusterPool": "org"}))
+
+    assert "set either pool" in status["message"], status
+    stored = api.created(with_spec(minimal(), throttle={"enabled": True, "clusterPool": "org"}))
+    assert stored["spec"]["throttle"]["clusterPool"] == "org"
+
+
 # --- wording -------------------------------------------------------------------------------------------
 
 
@@ -284,7 +300,6 @@ def test_defaults_are_stored_and_applied_before_the_rules_run(api: Api) -> None:
     assert stored["spec"]["throttle"] == {
         "enabled": False,
         "pool": "default",
-        "maxConcurrentRequests": 4,
         "requestsPerMinute": 60,
         "maxSecondsToWaitInQueue": 60,
     }
@@ -634,7 +649,7 @@ def test_the_property_covers_the_bounded_integers_of_the_spec() -> None:
         "maxIterations",
         "tokenBudget",
         "model.maxOutputTokens",
-        "throttle.maxConcurrentRequests",
+        "throttle.requestsPerMinute",
         "retries.maxRestarts",
         "completionWebhook.maxAttempts",
     }
@@ -742,6 +757,8 @@ def test_the_operators_status_write_of_a_pool_is_admitted(api: Api) -> None:
         paused_for_seconds=3.0,
         opens_in_seconds=0.0,
         leases_expired_total=0,
+        requests_per_minute=420.0,
+        rate_decreases_total=1,
     )
     status = status_from_snapshot(snapshot, generation=1, now=datetime.now(UTC))
 

@@ -35,6 +35,12 @@ NOT_REACHED_HERE = {
     ("rbac.authorization.k8s.io", "rolebindings", "get"): "adopting after a 409 on create",
     ("agentrun.dev", "throttlepools", "patch"): "kopf's annotations on ThrottlePools (agentrun_operator.permits)",
     ("agentrun.dev", "throttlepools/status", "patch"): "the pools' live status (agentrun_operator.permits)",
+    ("agentrun.dev", "clusterthrottlepools", "patch"): "kopf's annotations on ClusterThrottlePools "
+    "(test_clusterthrottlepool_operator.py)",
+    ("agentrun.dev", "clusterthrottlepools/status", "patch"): "the cluster pools' live status "
+    "(test_clusterthrottlepool_operator.py)",
+    ("authorization.k8s.io", "subjectaccessreviews", "create"): "whether a run may 'use' a ClusterThrottlePool "
+    "(test_clusterthrottlepool_operator.py)",
     ("agentrun.dev", "agentruns", "patch"): "clean-up after an earlier operator version "
     "(test_operator_run_registry.py): kopf's finalizer and annotations",
 }

@@ -12,13 +12,14 @@ import socket
 import pytest
 from prometheus_client import REGISTRY
 
-from agentrun_operator.permits.pool import PoolLimits, PoolSnapshot
+from agentrun_operator.permits.pool import Aimd, PoolLimits, PoolSnapshot
 from agentrun_operator.permits.server import PermitServer
 from agentrun_runner.throttle_remote import QueueTimeoutError, RemoteLimiter
 from tests.harness.model_server import ModelServer, most_in_window
 from tests.harness.throttle import (
     NAMESPACE,
     POOL,
+    HiddenLimit,
     arrivals_by_run,
     limiter_for,
     permit_server,
@@ -105,6 +106,48 @@ async def test_a_provider_429_slows_every_run_of_the_pool() -> None:
     assert {run for _, run in later} == set(runs)
     assert not [at for at, _ in later if first_429_at < at < first_429_at + retry_after]
     assert result.timeouts == []
+
+
+async def against_a_hidden_limit(aimd: Aimd, *, retry_after: str | None) -> tuple[HiddenLimit, float, int]:
+    """Eight runs of two parallel calls, for 60 s of loop time, on a pool declaring 1200/min against a
+    provider that allows 600/min (burst 5): the provider's record, the window's length, and how often
+    the pool lowered its rate."""
+    runs = [f"run-{i}" for i in range(8)]
+    latencies = random.Random(3)
+    provider = HiddenLimit(600, 5, lambda _: latencies.uniform(0.05, 0.15), retry_after=retry_after)
+    model = ModelServer(provider.script, clock=loop_time)
+    limits = PoolLimits(max_in_flight=16, requests_per_minute=1200)
+    seconds = 60.0
+    async with permit_server(runs, limits, lease_seconds=LEASE, aimd=aimd) as server, model:
+        await asyncio.sleep(LEASE)
+        await run_scenario(
+            permit_url=server_url(server.port),
+            model_url=model.base_url,
+            runs=runs,
+            parallel_calls=lambda run: 2,
+            queue_budget_seconds=120,
+            opened_at=loop_time(),
+            stop_at=loop_time() + seconds,
+        )
+        decreases = pool_state(server).rate_decreases_total
+    return provider, seconds, decreases
+
+
+@pytest.mark.parametrize("retry_after", ["1", None], ids=["with-retry-after", "without-retry-after"])
+async def test_the_adaptive_pool_finds_a_hidden_provider_limit_with_few_429s(retry_after: str | None) -> None:
+    fixed, seconds, fixed_decreases = await against_a_hidden_limit(Aimd(decrease_factor=1.0), retry_after=retry_after)
+    adaptive, _, adaptive_decreases = await against_a_hidden_limit(Aimd(), retry_after=retry_after)
+    assert fixed_decreases == 0
+    assert adaptive_decreases >= 1  # every 429 was reported, with or without Retry-After
+    figures = {
+        "fixed": (len(fixed.answered_at), len(fixed.rejected_at)),
+        "adaptive": (len(adaptive.answered_at), len(adaptive.rejected_at)),
+    }
+    # The adaptive pool answers close to the hidden limit (600/min, plus its burst) while rarely exceeding it ...
+    assert 0.7 * 600 <= len(adaptive.answered_at) / seconds * 60 <= 600 + 5, figures
+    assert len(adaptive.rejected_at) <= 0.05 * len(adaptive.answered_at), figures
+    # ... where the fixed rate keeps hitting it: several times the 429s.
+    assert len(fixed.rejected_at) >= 3 * max(1, len(adaptive.rejected_at)), figures
 
 
 async def test_a_call_past_its_queue_budget_fails_with_the_queue_depth() -> None:

@@ -196,6 +196,8 @@ async def test_kubectl_get_throttlepools_shows_in_flight_queue_and_rate(cluster:
             paused_for_seconds=0,
             opens_in_seconds=0,
             leases_expired_total=0,
+            requests_per_minute=420.0,
+            rate_decreases_total=1,
         ),
         generation=1,
         now=datetime.now(UTC),
@@ -205,9 +207,18 @@ async def test_kubectl_get_throttlepools_shows_in_flight_queue_and_rate(cluster:
     code, out, err = await kubectl(admin, tmp_path, "get", "throttlepools")
     assert code == 0, err
     header, row = out.splitlines()
-    assert header.split() == ["NAME", "IN-FLIGHT", "QUEUED", "RATE", "AGE"]
-    assert row.split()[:4] == ["shared-openai", "4", "23", "58"]
+    assert header.split() == ["NAME", "IN-FLIGHT", "QUEUED", "RATE", "CURRENT-RPM", "AGE"]
+    assert row.split()[:5] == ["shared-openai", "4", "23", "58", "420"]
     code, out, err = await kubectl(admin, tmp_path, "get", "tp", "-o", "wide")
     assert code == 0, err
-    assert out.splitlines()[0].split() == ["NAME", "IN-FLIGHT", "QUEUED", "RATE", "AGE", "MAX-IN-FLIGHT", "RPM"]
-    assert out.splitlines()[1].split()[5:] == ["4", "60"]
+    assert out.splitlines()[0].split() == [
+        "NAME",
+        "IN-FLIGHT",
+        "QUEUED",
+        "RATE",
+        "CURRENT-RPM",
+        "AGE",
+        "MAX-IN-FLIGHT",
+        "RPM",
+    ]
+    assert out.splitlines()[1].split()[6:] == ["4", "60"]

@@ -46,3 +46,11 @@ def test_next_phase_keeps_an_ended_run_ended(ended: Phase, desired: Phase) -> No
 @pytest.mark.parametrize("desired", list(Phase))
 def test_next_phase_lets_a_live_run_move_anywhere(current: Phase | None, desired: Phase) -> None:
     assert next_phase(current, desired) is desired
+
+
+def test_a_run_names_a_cluster_pool_or_a_namespaced_pool_not_both() -> None:
+    base = {"instructions": "x", "input": "y", "model": {"name": "m"}, "maxExecutionTime": "5m", "maxIterations": 1}
+    spec = AgentRunSpec.model_validate({**base, "throttle": {"enabled": True, "clusterPool": "org"}})
+    assert spec.throttle.cluster_pool == "org"
+    with pytest.raises(ValidationError, match=r"either throttle\.pool or throttle\.clusterPool"):
+        AgentRunSpec.model_validate({**base, "throttle": {"enabled": True, "pool": "team", "clusterPool": "org"}})

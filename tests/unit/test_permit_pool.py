@@ -279,3 +279,61 @@ async def test_a_call_that_gave_up_does_not_cost_its_run_a_turn() -> None:
     assert not other.done()
     pool.release("unlucky", first.lease.lease_id, tokens_used=None)
     await other
+
+
+async def grant_times_over(pool: Pool, seconds: float) -> list[float]:
+    """Grant times of calls kept queued for `seconds` (released at once, so only the rate limits)."""
+    log: list[tuple[str, float]] = []
+    stop_at = now() + seconds
+
+    async def worker(run: str) -> None:
+        while now() < stop_at:
+            await call(pool, run, hold=0.0, log=log)
+
+    await asyncio.gather(*(worker(f"run-{i}") for i in range(4)))
+    return [t for _, t in log if t < stop_at]
+
+
+async def test_a_provider_429_halves_the_rate_and_it_climbs_back_to_the_declared_one() -> None:
+    pool = make_pool(max_in_flight=100, rpm=600)  # 10 per second declared
+    await asyncio.sleep(LEASE)  # the pool opens
+    before = await grant_times_over(pool, 5)
+    assert len(before) == pytest.approx(50, abs=2)
+    penalized_at = now()
+    pool.penalize(0)  # a 429 without Retry-After: no pause, a lower rate
+    assert pool.snapshot().requests_per_minute == pytest.approx(300)
+    assert pool.snapshot().rate_decreases_total == 1
+    after = await grant_times_over(pool, 1)
+    assert len(after) <= 6  # about 5 per second, climbing by 2 % of 600/min each second
+    # Additive increase: 12/min per second, so 300 -> 600 in 25 s.
+    await asyncio.sleep(10)
+    assert pool.snapshot().requests_per_minute == pytest.approx(300 + (now() - penalized_at) * 12)
+    await asyncio.sleep(25)
+    assert pool.snapshot().requests_per_minute == 600  # never above the declared rate
+    recovered = await grant_times_over(pool, 5)
+    assert len(recovered) == pytest.approx(50, abs=2)
+
+
+async def test_429s_of_calls_started_before_a_decrease_count_once() -> None:
+    pool = make_pool(max_in_flight=100, rpm=600)
+    for _ in range(5):  # five calls in flight at the old rate all come back 429
+        pool.penalize(0)
+    assert pool.snapshot().requests_per_minute == pytest.approx(300)
+    await asyncio.sleep(2.0)  # past the hold: a new 429 is new evidence
+    pool.penalize(0)
+    assert pool.snapshot().rate_decreases_total == 2
+    assert pool.snapshot().requests_per_minute == pytest.approx((300 + 2 * 12) / 2)
+
+
+async def test_repeated_429s_never_take_the_rate_below_its_floor() -> None:
+    pool = make_pool(max_in_flight=100, rpm=60)
+    for _ in range(20):
+        pool.penalize(0)
+        await asyncio.sleep(2.0)
+    assert pool.snapshot().requests_per_minute >= 1.0
+
+
+async def test_lowering_the_declared_rate_caps_the_current_one() -> None:
+    pool = make_pool(max_in_flight=100, rpm=600)
+    pool.reconfigure(PoolLimits(max_in_flight=100, requests_per_minute=120))
+    assert pool.snapshot().requests_per_minute == 120

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "crds" / "throttlepools.agentrun.dev.yaml"
+COMMITTED_CLUSTER = REPO / "crds" / "clusterthrottlepools.agentrun.dev.yaml"
 EXAMPLE = REPO / "examples" / "throttlepool.yaml"
 
 
@@ -36,6 +37,8 @@ def snapshot(**overrides: Any) -> PoolSnapshot:
         "paused_for_seconds": 0.0,
         "opens_in_seconds": 0.0,
         "leases_expired_total": 0,
+        "requests_per_minute": 420.0,
+        "rate_decreases_total": 1,
     }
     return PoolSnapshot(**{**values, **overrides})
 
@@ -44,11 +47,26 @@ def test_the_committed_crd_is_the_generated_one() -> None:
     assert COMMITTED.read_text() == crd.render_throttlepool_crd(), "run `make crds` and commit the result"
 
 
-def test_writing_all_crds_writes_both_definitions(tmp_path: Path) -> None:
+def test_writing_all_crds_writes_every_definition(tmp_path: Path) -> None:
     written = crd.write_all(tmp_path)
-    assert sorted(path.name for path in written) == ["agentruns.agentrun.dev.yaml", "throttlepools.agentrun.dev.yaml"]
+    assert sorted(path.name for path in written) == [
+        "agentruns.agentrun.dev.yaml",
+        "clusterthrottlepools.agentrun.dev.yaml",
+        "throttlepools.agentrun.dev.yaml",
+    ]
     assert (tmp_path / "agentruns.agentrun.dev.yaml").read_text() == crd.render_crd()
     assert (tmp_path / "throttlepools.agentrun.dev.yaml").read_text() == COMMITTED.read_text()
+    assert (tmp_path / "clusterthrottlepools.agentrun.dev.yaml").read_text() == COMMITTED_CLUSTER.read_text()
+
+
+def test_the_cluster_pool_crd_is_a_valid_cluster_scoped_definition_with_the_pools_schema() -> None:
+    document = yaml.safe_load(COMMITTED_CLUSTER.read_text())
+    kubernetes_validate.validate(document, "1.37", strict=True)
+    assert document["spec"]["scope"] == "Cluster"
+    assert document["spec"]["names"]["kind"] == "ClusterThrottlePool"
+    namespaced = yaml.safe_load(COMMITTED.read_text())
+    schema = document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    assert schema["spec"] == namespaced["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
 
 
 def test_the_crd_is_a_valid_namespaced_custom_resource_definition() -> None:
@@ -61,7 +79,7 @@ def test_the_crd_is_a_valid_namespaced_custom_resource_definition() -> None:
 
 def test_printer_columns_show_live_status_fields() -> None:
     columns = {c["name"].upper(): c for c in crd.THROTTLEPOOL_PRINTER_COLUMNS if "priority" not in c}
-    assert list(columns) == ["IN-FLIGHT", "QUEUED", "RATE", "AGE"]
+    assert list(columns) == ["IN-FLIGHT", "QUEUED", "RATE", "CURRENT-RPM", "AGE"]
     status_fields = set(openapi_schema()["properties"]["status"]["properties"])
     for column in columns.values():
         if column["jsonPath"].startswith(".status."):
@@ -131,6 +149,7 @@ def test_status_reports_the_live_figures_in_camel_case() -> None:
         "queueDepth": 7,
         "waitingRuns": 4,
         "grantedLastMinute": 58,
+        "currentRequestsPerMinute": 420,
         "throttledUntil": None,
         "accepting": True,
         "observedGeneration": 3,
@@ -175,3 +194,18 @@ def test_settings_come_from_the_environment() -> None:
 def test_bad_settings_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ValueError, match=variable):
         PermitSettings.from_env({variable: value})
+
+
+def test_the_cluster_pool_example_declares_a_pool_and_grants_use_on_it() -> None:
+    items = yaml.safe_load((REPO / "examples" / "clusterthrottlepool.yaml").read_text())["items"]
+    pool, role, binding = items
+    assert pool["kind"] == "ClusterThrottlePool"
+    assert limits_from_spec(pool["spec"]).requests_per_minute == 500
+    (rule,) = role["rules"]
+    assert rule == {
+        "apiGroups": ["agentrun.dev"],
+        "resources": ["clusterthrottlepools"],
+        "resourceNames": [pool["metadata"]["name"]],
+        "verbs": ["use"],
+    }
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]

@@ -18,6 +18,11 @@ Semantics across an operator restart (permit state lives in the operator's memor
 - A runner that cannot reach the permit server never calls the model unthrottled: it retries
   within its queue budget, then fails with ThrottleQueueTimeout saying the server was unreachable.
 
-Modules: ``pool`` (the scheduling, clock-injected), ``server`` (HTTP), ``credentials`` (who may ask),
-``settings``, ``metrics``, ``handlers`` (kopf handlers for ThrottlePool, imported by the operator).
+A pool's rate adapts to provider 429s (``pool.Aimd``); like the rest of its state, the adapted rate
+lives in memory and starts again at the declared rate after a restart.
+
+Modules: ``pool`` (the scheduling and the adaptive rate, clock-injected), ``server`` (HTTP),
+``credentials`` (who may ask), ``access`` (who may use a ClusterThrottlePool), ``settings``,
+``metrics``, ``handlers`` (kopf handlers for ThrottlePool and ClusterThrottlePool, imported by the
+operator).
 """

@@ -1,4 +1,4 @@
-"""kopf handlers of ThrottlePool: declare pools to the permit server and to the writer of their status.
+"""kopf handlers of ThrottlePool and ClusterThrottlePool: declare pools to the permit server and to the writer of their status.
 
 The operator's handlers module imports this module: the import registers the handlers, and the
 operator's startup calls ``start_permits`` (settings ``OperatorSettings.permits``).
@@ -16,15 +16,17 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from agentrun_api import constants, throttlepool
+from agentrun_api import clusterthrottlepool, constants, throttlepool
 from agentrun_operator.kube import KubeClient
+from agentrun_operator.permits.access import SubjectAccessReviewAccess
 from agentrun_operator.permits.credentials import PermitKeyVerifier
 from agentrun_operator.permits.pool import PoolLimits
-from agentrun_operator.permits.server import PermitServer, start_permit_server
+from agentrun_operator.permits.server import CLUSTER_SCOPE, PermitServer, start_permit_server
 from agentrun_operator.permits.settings import PermitSettings
 from agentrun_operator.permits.status_writer import PoolStatusWriter
 
 _RESOURCE = (constants.GROUP, constants.VERSION, throttlepool.PLURAL)
+_CLUSTER_RESOURCE = (constants.GROUP, constants.VERSION, clusterthrottlepool.PLURAL)
 
 
 def limits_from_spec(spec: Mapping[str, Any]) -> PoolLimits:
@@ -58,7 +60,8 @@ async def start_permits(memo: Any, kube: KubeClient, settings: PermitSettings) -
     """Start the permit server; the operator's startup calls it with its own API client, through which
     runs' credentials are checked."""
     verifier = PermitKeyVerifier(kube, cache_seconds=settings.credential_cache_seconds, clock=time.monotonic)
-    memo.permit_server = server = await start_permit_server(settings, verifier)
+    access = SubjectAccessReviewAccess(kube, cache_seconds=settings.credential_cache_seconds, clock=time.monotonic)
+    memo.permit_server = server = await start_permit_server(settings, verifier, access)
     memo.pool_status_writer = writer = PoolStatusWriter(
         kube, server.registry, interval_seconds=settings.status_interval_seconds
     )
@@ -76,10 +79,13 @@ async def stop_permits(memo: Any, **_: Any) -> None:
 @kopf.on.resume(*_RESOURCE)
 @kopf.on.create(*_RESOURCE)
 @kopf.on.update(*_RESOURCE, field="spec")
+@kopf.on.resume(*_CLUSTER_RESOURCE)
+@kopf.on.create(*_CLUSTER_RESOURCE)
+@kopf.on.update(*_CLUSTER_RESOURCE, field="spec")
 async def declare_pool(
     spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, namespace: str | None, name: str, memo: Any, **_: Any
 ) -> None:
-    assert namespace is not None  # ThrottlePool is namespaced
+    namespace = namespace or CLUSTER_SCOPE  # a ClusterThrottlePool has none
     try:
         limits = limits_from_spec(spec)
     except ValueError as error:
@@ -89,8 +95,10 @@ async def declare_pool(
 
 
 @kopf.on.event(*_RESOURCE)
+@kopf.on.event(*_CLUSTER_RESOURCE)
 async def forget_deleted_pool(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     # A watch event, not a deletion handler: pools carry no finalizer, so deleting one is never blocked.
-    if type == "DELETED" and namespace is not None:
+    if type == "DELETED":
+        namespace = namespace or CLUSTER_SCOPE
         _writer(memo).forget(namespace, name)
         _server(memo).registry.remove(namespace, name)

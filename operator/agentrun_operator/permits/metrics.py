@@ -13,4 +13,5 @@ QUEUE_WAIT_SECONDS: Final = Histogram(
 
 
 def pool_label(namespace: str, pool: str) -> str:
-    return f"{namespace}/{pool}"
+    """``<namespace>/<name>`` of a ThrottlePool, ``<name>`` of a ClusterThrottlePool (namespace "")."""
+    return f"{namespace}/{pool}" if namespace else pool

@@ -11,11 +11,19 @@ running, fewer leases than ``max_requests_in_flight``, one request in the rate b
 token limit, a token bucket not in debt. Both buckets start empty, so a restarted or re-declared
 pool can never add a burst on top of what its previous life granted (see ``permits`` for the
 restart semantics). Everything is computed from an injected clock, so tests fast-forward time.
+
+The rate bucket fills at the pool's *current* rate, which adapts to the provider (AIMD): a provider
+429 reported by a run multiplies it by ``Aimd.decrease_factor`` (once per ``Aimd.hold_seconds``: the
+429s of calls already started at the old rate are one signal, not many), and every second without
+one adds ``Aimd.increase_fraction_per_second`` of the declared rate, up to the declared rate. The
+declared ``requestsPerMinute`` is thus a ceiling the pool probes towards, and a provider's limit
+below it (shared with other clients, or never published) is found rather than hammered.
 """
 
 import asyncio
 import heapq
 import itertools
+import math
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -46,11 +54,35 @@ class PoolLimits:
 
 
 @dataclass(frozen=True)
+class Aimd:
+    """How a pool's rate adapts to provider 429s: additive increase, multiplicative decrease."""
+
+    # The rate is multiplied by this on a 429; 1.0 turns adaptation off (a fixed rate, paused only
+    # by Retry-After). One half, as in TCP: the rate converges near the provider's limit in a few steps.
+    decrease_factor: float = 0.5
+    # 429s within this long of the last decrease do not decrease again: they answer calls started
+    # before it, at the old rate.
+    hold_seconds: float = 2.0
+    # Each second without a 429 adds this share of the declared rate (0.02: from half the declared
+    # rate back to all of it in 25 s), so a limit that was lifted is found again.
+    increase_fraction_per_second: float = 0.02
+    # The rate never falls below this, so a pool keeps probing whatever the provider answers.
+    min_requests_per_minute: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.decrease_factor <= 1:
+            raise ValueError("decrease_factor must be in (0, 1]")
+        if self.hold_seconds < 0 or self.increase_fraction_per_second < 0 or self.min_requests_per_minute <= 0:
+            raise ValueError("hold_seconds and increase_fraction_per_second must be >= 0, min_requests_per_minute > 0")
+
+
+@dataclass(frozen=True)
 class PoolTiming:
     """Time settings every pool of one permit server shares."""
 
     lease_seconds: float  # a lease not renewed within this long is returned to the pool
     max_penalty_seconds: float  # longest pause one Retry-After may impose; guards against absurd values
+    aimd: Aimd = field(default_factory=Aimd)
 
 
 class QueueTimeoutError(Exception):
@@ -98,6 +130,8 @@ class PoolSnapshot:
     paused_for_seconds: float  # left of a provider penalty; 0 when none
     opens_in_seconds: float  # left of the first lease period; 0 once granting
     leases_expired_total: int  # leases returned because their holder stopped renewing
+    requests_per_minute: float  # the current (adapted) rate; the declared one without recent 429s
+    rate_decreases_total: int  # times a provider 429 lowered the rate
 
 
 @dataclass(order=True)
@@ -125,6 +159,9 @@ class Pool:
         self._paused_until = now
         self._request_level = 0.0
         self._token_level = 0.0
+        self._rate_per_minute = float(limits.requests_per_minute)
+        self._decreased_at = -math.inf
+        self._rate_decreases = 0
         self._refilled_at = now
         self._leases: dict[str, Lease] = {}
         self._lease_of_request: dict[tuple[str, str], str] = {}
@@ -225,15 +262,24 @@ class Pool:
         return released
 
     def penalize(self, retry_after_seconds: float) -> None:
-        """A provider answered 429 with Retry-After: no grants for the whole pool until it has passed."""
+        """A provider answered 429: lower the pool's rate (see Aimd) and, for a Retry-After, grant
+        nothing to the whole pool until it has passed."""
+        now = self._clock()
+        self._refill(now)
+        aimd = self._timing.aimd
+        if aimd.decrease_factor < 1 and now >= self._decreased_at + aimd.hold_seconds:
+            self._rate_per_minute = max(aimd.min_requests_per_minute, self._rate_per_minute * aimd.decrease_factor)
+            self._decreased_at = now
+            self._rate_decreases += 1
         seconds = min(max(0.0, retry_after_seconds), self._timing.max_penalty_seconds)
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
+        self._paused_until = max(self._paused_until, now + seconds)
         self._dispatch()
 
     def reconfigure(self, limits: PoolLimits) -> None:
         self._refill(self._clock())
         self._limits = limits
         self._request_level = min(self._request_level, limits.burst)
+        self._rate_per_minute = min(self._rate_per_minute, float(limits.requests_per_minute))
         self._dispatch()
 
     def close(self) -> None:
@@ -253,6 +299,7 @@ class Pool:
         now = self._clock()
         self._expire_leases(now)
         self._trim_grant_times(now)
+        self._refill(now)
         return PoolSnapshot(
             in_flight=len(self._leases),
             queue_depth=len(self._waiting),
@@ -261,6 +308,8 @@ class Pool:
             paused_for_seconds=max(0.0, self._paused_until - now),
             opens_in_seconds=max(0.0, self.opens_at - now),
             leases_expired_total=self._leases_expired,
+            requests_per_minute=self._rate_per_minute,
+            rate_decreases_total=self._rate_decreases,
         )
 
     # The scheduler: grant while possible, then sleep until the earliest moment something may change.
@@ -296,7 +345,8 @@ class Pool:
             return self._paused_until
         if len(self._leases) >= self._limits.max_in_flight:
             return min(lease.expires_at for lease in self._leases.values())
-        per_second = self._limits.requests_per_minute / 60.0
+        # At the current rate; should it rise meanwhile, the dispatch then grants and looks again.
+        per_second = self._rate_per_minute / 60.0
         if self._request_level < 1.0 - _EPSILON:
             return now + (1.0 - self._request_level) / per_second
         tokens_per_minute = self._limits.tokens_per_minute
@@ -307,9 +357,15 @@ class Pool:
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self._refilled_at)
         self._refilled_at = now
+        # The bucket fills at the rate of the start of the interval (never more than was allowed), then
+        # the rate climbs additively towards the declared one.
         self._request_level = min(
-            float(self._limits.burst), self._request_level + elapsed * self._limits.requests_per_minute / 60.0
+            float(self._limits.burst), self._request_level + elapsed * self._rate_per_minute / 60.0
         )
+        ceiling = float(self._limits.requests_per_minute)
+        if self._rate_per_minute < ceiling:
+            climb = elapsed * ceiling * self._timing.aimd.increase_fraction_per_second
+            self._rate_per_minute = min(ceiling, self._rate_per_minute + climb)
         if self._limits.tokens_per_minute is not None:
             # The token bucket holds at most one second of tokens: spare capacity is not hoarded into bursts.
             per_second = self._limits.tokens_per_minute / 60.0

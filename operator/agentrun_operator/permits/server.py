@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from agentrun_api import permits as protocol
 from agentrun_api.spec import DNS_LABEL_PATTERN
+from agentrun_operator.permits.access import AccessLookupError, PoolAccess, how_to_grant
 from agentrun_operator.permits.credentials import CredentialLookupError, CredentialVerifier
 from agentrun_operator.permits.metrics import QUEUE_WAIT_SECONDS, pool_label
 from agentrun_operator.permits.pool import (
@@ -29,11 +30,25 @@ logger = logging.getLogger(__name__)
 
 _NAME = DNS_LABEL_PATTERN.strip("^$")
 _POOL_ROUTE = f"/pools/{{namespace:{_NAME}}}/{{pool:{_NAME}}}"
+_CLUSTER_POOL_ROUTE = f"/clusterpools/{{pool:{_NAME}}}/namespaces/{{namespace:{_NAME}}}"
 _TOKEN_COUNT = re.compile(r"[0-9]{1,12}")
+# The registry's namespace of ClusterThrottlePools: no namespace is named "".
+CLUSTER_SCOPE = ""
+
+
+def _is_cluster_pool(request: web.Request) -> bool:
+    return request.path.startswith("/clusterpools/")
+
+
+def _key_of(request: web.Request) -> tuple[str, str]:
+    """The registry key of the pool a request names."""
+    namespace = CLUSTER_SCOPE if _is_cluster_pool(request) else request.match_info["namespace"]
+    return (namespace, request.match_info["pool"])
 
 
 class PoolRegistry:
-    """The pools this operator serves, keyed by (namespace, name); fed by the ThrottlePool handlers."""
+    """The pools this operator serves, keyed by (namespace, name), ClusterThrottlePools by (CLUSTER_SCOPE,
+    name); fed by the pools' kopf handlers."""
 
     def __init__(self, timing: PoolTiming, clock: Callable[[], float]) -> None:
         self.timing = timing
@@ -106,6 +121,7 @@ def _refusal(status: int, reason: str, message: str, *, retry_after: int | None 
 class _Handlers:
     registry: PoolRegistry
     verifier: CredentialVerifier
+    access: PoolAccess
 
     async def _authorize(self, request: web.Request) -> tuple[str, Pool] | web.Response:
         """The calling run's name and the pool, or the refusal to send."""
@@ -131,14 +147,23 @@ class _Handlers:
             return _refusal(503, "Unavailable", f"cannot check the run's credential now: {error}")
         if not allowed:
             return _refusal(401, "Unauthorized", f"not the credential of run {namespace}/{run}")
-        pool = self.registry.get(namespace, pool_name)
+        cluster = _is_cluster_pool(request)
+        pool = self.registry.get(*_key_of(request))
+        if pool is not None and cluster:
+            try:
+                if not await self.access.may_use(namespace, run, pool_name):
+                    return _refusal(403, "Forbidden", how_to_grant(namespace, run, pool_name))
+            except AccessLookupError as error:
+                return _refusal(503, "Unavailable", f"cannot check who may use the pool now: {error}")
         if pool is None and self.registry.learning:
             # Clients retry on 503; runners fall back to their own limits only on PoolNotFound.
             return _refusal(503, "Unavailable", "the permit server has just started and is reading the ThrottlePools")
         if pool is None:
-            return _refusal(
-                404, "PoolNotFound", f"no ThrottlePool {pool_name!r} in namespace {namespace!r}; create it first"
-            )
+            if cluster:
+                missing = f"no ClusterThrottlePool {pool_name!r}"
+            else:
+                missing = f"no ThrottlePool {pool_name!r} in namespace {namespace!r}"
+            return _refusal(404, "PoolNotFound", f"{missing}; create it first")
         return run, pool
 
     async def acquire(self, request: web.Request) -> web.Response:
@@ -150,7 +175,7 @@ class _Handlers:
             wanted = protocol.PermitRequest.model_validate(await request.json())
         except (ValueError, ValidationError) as error:
             return _refusal(400, "BadRequest", f"the body is not a PermitRequest: {error}")
-        label = pool_label(request.match_info["namespace"], request.match_info["pool"])
+        label = pool_label(*_key_of(request))
         try:
             grant = await pool.acquire(
                 run,
@@ -207,10 +232,10 @@ class _Handlers:
         except (ValueError, ValidationError) as error:
             return _refusal(400, "BadRequest", f"the body is not a PenaltyReport: {error}")
         logger.info(
-            "run %s saw a provider 429: pausing pool %s/%s for %.1fs",
-            run,
+            "run %s/%s saw a provider 429: lowering the rate of pool %s, pausing it for %.1fs",
             request.match_info["namespace"],
-            request.match_info["pool"],
+            run,
+            pool_label(*_key_of(request)),
             report.retry_after_seconds,
         )
         pool.penalize(report.retry_after_seconds)
@@ -221,14 +246,15 @@ async def _healthz(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def create_app(registry: PoolRegistry, verifier: CredentialVerifier) -> web.Application:
-    handlers = _Handlers(registry, verifier)
+def create_app(registry: PoolRegistry, verifier: CredentialVerifier, access: PoolAccess) -> web.Application:
+    handlers = _Handlers(registry, verifier, access)
     app = web.Application()
     app.router.add_get("/healthz", _healthz)
-    app.router.add_post(f"{_POOL_ROUTE}/permits", handlers.acquire)
-    app.router.add_put(f"{_POOL_ROUTE}/permits/{{lease}}", handlers.renew)
-    app.router.add_delete(f"{_POOL_ROUTE}/permits/{{lease}}", handlers.release)
-    app.router.add_post(f"{_POOL_ROUTE}/penalties", handlers.penalize)
+    for route in (_POOL_ROUTE, _CLUSTER_POOL_ROUTE):
+        app.router.add_post(f"{route}/permits", handlers.acquire)
+        app.router.add_put(f"{route}/permits/{{lease}}", handlers.renew)
+        app.router.add_delete(f"{route}/permits/{{lease}}", handlers.release)
+        app.router.add_post(f"{route}/penalties", handlers.penalize)
     return app
 
 
@@ -248,6 +274,7 @@ class PermitServer:
 async def start_permit_server(
     settings: PermitSettings,
     verifier: CredentialVerifier,
+    access: PoolAccess,
     *,
     clock: Callable[[], float] | None = None,
     registry: PoolRegistry | None = None,
@@ -260,7 +287,7 @@ async def start_permit_server(
     if registry is None:
         registry = PoolRegistry(PoolTiming(settings.lease_seconds, settings.max_penalty_seconds), loop_clock)
     # handler_cancellation: a client that hangs up while queued gives up its place at once.
-    runner = web.AppRunner(create_app(registry, verifier), handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(create_app(registry, verifier, access), handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

@@ -18,10 +18,10 @@ from typing import Any
 
 import aiohttp
 
-from agentrun_api import throttlepool
+from agentrun_api import clusterthrottlepool, constants, throttlepool
 from agentrun_operator.kube import ApiError, KubeClient
 from agentrun_operator.permits.pool import PoolSnapshot
-from agentrun_operator.permits.server import PoolRegistry
+from agentrun_operator.permits.server import CLUSTER_SCOPE, PoolRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def status_from_snapshot(snapshot: PoolSnapshot, *, generation: int, now: dateti
         queue_depth=snapshot.queue_depth,
         waiting_runs=snapshot.waiting_runs,
         granted_last_minute=snapshot.granted_last_minute,
+        current_requests_per_minute=round(snapshot.requests_per_minute),
         throttled_until=throttled_until,
         accepting=snapshot.opens_in_seconds <= 0,
         observed_generation=generation,
@@ -122,16 +123,22 @@ class PoolStatusWriter:
             if all(tracked.status.get(key) == value for key, value in fresh.items()):
                 continue
             try:
-                await self._kube.merge_patch(
-                    throttlepool.KIND, namespace, name, {"status": fresh}, subresource="status"
-                )
+                await self._write(namespace, name, fresh)
             except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                 if isinstance(error, ApiError) and error.not_found:
                     self.forget(namespace, name)  # deleted; its DELETED event is on its way
                 else:
-                    logger.warning("status of ThrottlePool %s/%s not written, retrying: %s", namespace, name, error)
+                    logger.warning("status of pool %s/%s not written, retrying: %s", namespace, name, error)
                 continue
             tracked.status.update(fresh)
             tracked.written_at = now
             written += 1
         return written
+
+    async def _write(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        body = {"status": status}
+        if namespace != CLUSTER_SCOPE:
+            await self._kube.merge_patch(throttlepool.KIND, namespace, name, body, subresource="status")
+            return
+        path = f"/apis/{constants.API_VERSION}/{clusterthrottlepool.PLURAL}/{name}/status"
+        await self._kube.request("PATCH", path, body=body, content_type="application/merge-patch+json")
