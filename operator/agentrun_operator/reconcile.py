@@ -132,17 +132,29 @@ async def create_or_adopt(op: OperatorContext, obj: Mapping[str, Any], owner: ch
     )
 
 
+async def _secret_problem(op: OperatorContext, namespace: str, name: str, key: str) -> str | None:
+    """What is wrong with the Secret a run reads a key from, or None. Names keys only, never values."""
+    try:
+        secret = await op.kube.get("Secret", namespace, name)
+    except ApiError as error:
+        if error.not_found:
+            return f"Secret {name!r} not found in namespace {namespace!r}"
+        raise
+    keys = sorted((secret.get("data") or {}).keys())
+    if key in keys:
+        return None
+    return f"Secret {name!r} has no key {key!r} (its keys: {', '.join(keys) or 'none'})"
+
+
 async def _missing_prerequisite(
     op: OperatorContext, owner: children.RunOwner, spec: AgentRunSpec
 ) -> tuple[str, str] | None:
-    """A Secret or StorageClass the run needs and cannot have yet: (reason, message to act on)."""
+    """A Secret or StorageClass the run needs and cannot have yet: (reason, what is missing, on its field)."""
     ref = spec.model.api_key_secret_ref
-    if ref is not None and await op.kube.read_secret_key(owner.namespace, ref.name, ref.key) is None:
-        return (
-            c.REASON_SECRET_NOT_FOUND,
-            f"spec.model.apiKeySecretRef: Secret {ref.name!r} with key {ref.key!r} not found in namespace "
-            f"{owner.namespace!r}; create it and the run starts",
-        )
+    if ref is not None:
+        problem = await _secret_problem(op, owner.namespace, ref.name, ref.key)
+        if problem is not None:
+            return c.REASON_SECRET_NOT_FOUND, f"spec.model.apiKeySecretRef: {problem}"
     storage_class = spec.checkpoint.storage_class_name
     if (
         spec.checkpoint.store == "PersistentVolumeClaim"
@@ -151,9 +163,39 @@ async def _missing_prerequisite(
     ):
         return (
             c.REASON_STORAGE_CLASS_NOT_FOUND,
-            f"spec.checkpoint.storageClassName: StorageClass {storage_class!r} does not exist; create it or name another",
+            f"spec.checkpoint.storageClassName: StorageClass {storage_class!r} does not exist",
         )
     return None
+
+
+def prerequisite_grace_seconds(settings: OperatorSettings, max_execution_seconds: float) -> float:
+    """How long after its creation a run waits for a missing prerequisite: the operator's grace, at most the
+    run's maxExecutionTime (a run must not outlive its own time limit waiting to start)."""
+    return min(settings.prerequisite_grace_seconds, max_execution_seconds)
+
+
+def _created_at(body: Mapping[str, Any]) -> datetime | None:
+    created = (body.get("metadata") or {}).get("creationTimestamp")
+    if isinstance(created, datetime):
+        return created
+    return datetime.fromisoformat(created) if isinstance(created, str) and created else None
+
+
+async def _end_at_admission(
+    body: kopf.Body, op: OperatorContext, status: AgentRunStatus, reason: str, message: str, generation: int
+) -> None:
+    """The run can never be admitted: a terminal Failed phase naming why, its condition and an Event."""
+    owner = children.RunOwner.from_body(body)
+    now = op.clock()
+    status.phase = Phase.FAILED
+    status.reason = reason
+    status.message = message
+    status.completion_time = now
+    set_condition(status, c.ACCEPTED, False, reason, message, now=now, generation=generation)
+    set_condition(status, c.FAILED, True, reason, message, now=now, generation=generation)
+    await write_status(op, owner, status)
+    kopf.warn(body, reason=reason, message=message)
+    op.record_phase((owner.namespace, owner.name), Phase.FAILED)
 
 
 async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
@@ -170,15 +212,7 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
         spec = parse_spec(body)
     except InvalidSpecError as error:
         message = str(error)[:1024]
-        status.phase = Phase.FAILED
-        status.reason = c.REASON_INVALID_SPEC
-        status.message = message
-        status.completion_time = now
-        set_condition(status, c.ACCEPTED, False, c.REASON_INVALID_SPEC, message, now=now, generation=generation)
-        set_condition(status, c.FAILED, True, c.REASON_INVALID_SPEC, message, now=now, generation=generation)
-        await write_status(op, owner, status)
-        kopf.warn(body, reason=c.REASON_INVALID_SPEC, message=message)
-        op.record_phase((owner.namespace, owner.name), Phase.FAILED)
+        await _end_at_admission(body, op, status, c.REASON_INVALID_SPEC, message, generation)
         raise kopf.PermanentError(message) from None
 
     budget = compute_budget(spec, deadline_grace_seconds=op.settings.deadline_grace_seconds)
@@ -215,14 +249,22 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
 
     missing = await _missing_prerequisite(op, owner, spec)
     if missing is not None:
-        reason, message = missing
+        reason, problem = missing
+        grace = prerequisite_grace_seconds(op.settings, budget.max_execution_seconds)
+        created_at = _created_at(body)
+        waited = (now - created_at).total_seconds() if created_at is not None else 0.0
+        if waited >= grace:
+            message = f"{problem}; still missing {waited:.0f}s after the run was created (grace {grace:.0f}s)"
+            await _end_at_admission(body, op, status, reason, message[:1024], generation)
+            raise kopf.PermanentError(message)
+        message = f"{problem}; create it and the run starts (it fails if still missing {grace:.0f}s after creation)"
         status.message = message
         status.reason = reason
         set_condition(status, c.ACCEPTED, False, reason, message, now=now, generation=generation)
         if status != current:
             await write_status(op, owner, status)
             kopf.warn(body, reason=reason, message=message)
-        raise kopf.TemporaryError(message, delay=op.settings.retry_delay_seconds)
+        raise kopf.TemporaryError(message, delay=min(op.settings.retry_delay_seconds, max(grace - waited, 0.1)))
 
     accepted = condition_of(current, c.ACCEPTED)
     already_accepted = accepted is not None and accepted.status == "True"

@@ -77,6 +77,10 @@ class OperatorSettings:
     # AGENTRUN_RETRY_DELAY_SECONDS (seconds, default 30): delay before retrying a run whose Secret
     # or StorageClass is missing; the user is told in a condition meanwhile.
     retry_delay_seconds: float = 30.0
+    # AGENTRUN_PREREQUISITE_GRACE_SECONDS (seconds, default 300): how long after its creation a run may wait
+    # for a missing Secret (or Secret key) or StorageClass; then it ends Failed with a reason naming what is
+    # missing. Never longer than the run's spec.maxExecutionTime.
+    prerequisite_grace_seconds: float = 300.0
     # AGENTRUN_PERMIT_SERVER_URL: URL at which runner pods reach this operator's permit server
     # (its Service, e.g. http://agentrun-operator-permits.agentrun-system:8090). Runs with
     # spec.throttle.enabled get it in their RunnerConfig and draw permits from the ThrottlePool they
@@ -143,6 +147,9 @@ class OperatorSettings:
             ),
             retry_delay_seconds=_number(
                 env, "AGENTRUN_RETRY_DELAY_SECONDS", defaults.retry_delay_seconds, positive=True
+            ),
+            prerequisite_grace_seconds=_number(
+                env, "AGENTRUN_PREREQUISITE_GRACE_SECONDS", defaults.prerequisite_grace_seconds
             ),
             permit_server_url=env.get("AGENTRUN_PERMIT_SERVER_URL", "").strip().rstrip("/"),
             permits=permits,
