@@ -48,7 +48,7 @@ SUPERVISION_RETRY_MAX_SECONDS = 60.0
 
 def supervision_backoff_seconds(failures: int) -> float:
     """The wait before restarting a supervision that has crashed ``failures`` times in a row."""
-    return min(SUPERVISION_RETRY_FIRST_SECONDS * 2 ** (failures - 1), SUPERVISION_RETRY_MAX_SECONDS)
+    return min(SUPERVISION_RETRY_FIRST_SECONDS * 2.0 ** (failures - 1), SUPERVISION_RETRY_MAX_SECONDS)
 
 
 class StopFlag:
