@@ -20,6 +20,7 @@ import pydantic
 
 from agentrun_api import conditions as c
 from agentrun_api import constants
+from agentrun_api.names import run_name_problem
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import AgentRunStatus, Notification, Phase
 from agentrun_operator import children, webhook
@@ -208,6 +209,10 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
     now = op.clock()
     status = current.model_copy(deep=True)
     status.observed_generation = generation
+    name_problem = run_name_problem(owner.name)
+    if name_problem is not None:
+        await _end_at_admission(body, op, status, c.REASON_INVALID_NAME, name_problem, generation)
+        raise kopf.PermanentError(name_problem)
     try:
         spec = parse_spec(body)
     except InvalidSpecError as error:
@@ -273,8 +278,16 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
     for obj in objects:
         if obj["kind"] == "Job" and already_accepted:
             continue  # a lost Job is the supervisor's to replace, counting the restart
-        if await create_or_adopt(op, obj, owner):
-            created.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        try:
+            if await create_or_adopt(op, obj, owner):
+                created.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        except ApiError as error:
+            if error.status != 422:
+                raise
+            # Invalid now is invalid on every retry: end the run, saying which child and why.
+            message = f"the API server rejected {obj['kind']} {obj['metadata']['name']}: {error.message}"[:1024]
+            await _end_at_admission(body, op, status, c.REASON_CHILD_REJECTED, message, generation)
+            raise kopf.PermanentError(message) from None
 
     if not already_accepted:
         status.message = "children created; waiting for the runner pod"

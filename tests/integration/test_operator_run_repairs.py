@@ -1,15 +1,21 @@
 """Runs that would end wrongly or never end: a crashed supervision, lost companions, bad names, a missing Secret."""
 
 import dataclasses
+from collections.abc import Generator
+from pathlib import Path
 
 import pytest
+import yaml
 
 from agentrun_api import conditions as c
-from agentrun_api import constants
+from agentrun_api import constants, names
 from tests.harness.apiproxy import ApiProxy, RequestRecord
 from tests.harness.inprocess_operator import FAST, Cluster, eventually, run_manifest, running_operator
+from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.integration
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "agentruns.agentrun.dev.yaml"
 
 
 def _status_write(record: RequestRecord) -> bool:
@@ -83,3 +89,53 @@ async def test_a_secret_without_the_key_fails_naming_the_keys_it_has_never_their
         events = " ".join(e.get("message", "") for e in cluster.events())
         assert "its keys: org, token" in events
         assert "sk-secret-value" not in events
+
+
+def test_the_api_server_refuses_names_the_run_cannot_carry(cluster: Cluster) -> None:
+    for name, words in [
+        ("q3.v2", "must be a DNS-1035 label"),
+        ("a" * (names.RUN_NAME_MAX_LENGTH + 1), f"must be at most {names.RUN_NAME_MAX_LENGTH} characters"),
+    ]:
+        answer = cluster.admin.post(cluster.path(constants.KIND), json=run_manifest(name=name))
+        assert answer.status_code == 422, answer.text
+        assert words in answer.json()["message"]
+    longest = "a" * names.RUN_NAME_MAX_LENGTH
+    assert cluster.admin.post(cluster.path(constants.KIND), json=run_manifest(name=longest)).status_code == 201
+
+
+@pytest.fixture
+def crd_without_name_rule(testbed: KubeTestbed) -> Generator[None, None, None]:
+    """The AgentRun CRD as a version before the name rule was: any name is admitted. Today's CRD comes back after."""
+    crd = yaml.safe_load(CRD.read_text())
+    for version in crd["spec"]["versions"]:
+        version["schema"]["openAPIV3Schema"].pop("x-kubernetes-validations", None)
+    answer = testbed.admin.patch(
+        f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}",
+        params={"fieldManager": "agentrun-tests", "force": "true"},
+        headers={"Content-Type": "application/apply-patch+yaml"},
+        content=yaml.safe_dump(crd),
+    )
+    answer.raise_for_status()
+    try:
+        yield
+    finally:
+        testbed.install_crds()
+
+
+async def test_a_name_that_slipped_past_admission_ends_the_run_with_a_reason_and_no_children(
+    crd_without_name_rule: None, cluster: Cluster
+) -> None:
+    cluster.add_api_key_secret()
+    bad = run_manifest(name="q3.v2")
+    await eventually(
+        lambda: cluster.admin.post(cluster.path(constants.KIND), json=bad).status_code == 201,
+        message="the CRD without the name rule to admit the dotted name",
+    )
+    async with running_operator(cluster):
+        await eventually(lambda: cluster.status("q3.v2").get("phase") == "Failed", message="phase Failed")
+        status = cluster.status("q3.v2")
+        assert status["reason"] == c.REASON_INVALID_NAME
+        assert "DNS-1035 label" in status["message"]
+        await eventually(lambda: c.REASON_INVALID_NAME in cluster.event_reasons("q3.v2"), message="the Event")
+        for kind in ("ServiceAccount", "Role", "ConfigMap", "Secret", "Service", "Job"):
+            assert [o for o in cluster.items(kind) if o["metadata"]["name"].startswith("q3.v2")] == [], kind
