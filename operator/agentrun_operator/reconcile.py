@@ -19,7 +19,7 @@ import kopf
 import pydantic
 
 from agentrun_api import conditions as c
-from agentrun_api import constants
+from agentrun_api import constants, contract
 from agentrun_api.names import run_name_problem
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import AgentRunStatus, Notification, Phase
@@ -336,6 +336,7 @@ class Supervisor:
         self.last_report_pod = ""
         self.ttl_done = False
         self.deferred_events: list[EventNote] = []
+        self.companions_checked_at: datetime | None = None
 
     def observe(self) -> Observed:
         jobs = [j for j in self._jobs(self.key) if isinstance(j, JobObservation) and not j.deleting]
@@ -403,6 +404,8 @@ class Supervisor:
             job_deleted_for_ttl=self.ttl_done,
         )
         observed = self.observe()
+        if self.status.phase is None or not self.status.phase.terminal:
+            await self._restore_companions(spec, now, progress_missing=observed.progress is None)
         decision = decide(self.status, observed, ctx)
         for action in decision.actions:
             await self._act(action, spec, now)
@@ -477,6 +480,44 @@ class Supervisor:
                 reason="Cleaned",
                 message=f"ttlSecondsAfterFinished passed: deleted Job {job} and its pods; the result stays in status.result",
             )
+
+    async def _restore_companions(self, spec: AgentRunSpec, now: datetime, *, progress_missing: bool) -> None:
+        """Create again any companion of the live run that was deleted: the progress ConfigMap as soon as the
+        watch shows it gone (the runner's outcome goes there), every companion once per check interval."""
+        if self.companions_checked_at is None:
+            self.companions_checked_at = now  # admission has just made them: no burst of reads at start-up
+        interval = timedelta(seconds=self.op.settings.companion_check_interval_seconds)
+        due = now - self.companions_checked_at >= interval
+        if not due and not progress_missing:
+            return
+        if due:
+            self.companions_checked_at = now
+        companions = children.build_companions(
+            self.owner, spec, self.op.settings, stream_token=secrets.token_urlsafe(32)
+        )
+        if not due:
+            progress = contract.progress_name(self.owner.name)
+            companions = [o for o in companions if o["kind"] == "ConfigMap" and o["metadata"]["name"] == progress]
+        restored: list[str] = []
+        for obj in companions:
+            meta = obj["metadata"]
+            try:
+                await self.op.kube.get(obj["kind"], meta["namespace"], meta["name"])
+                continue
+            except ApiError as error:
+                if not error.not_found:
+                    raise
+            try:
+                await self.op.kube.create(obj)
+            except ApiError as error:
+                if not error.conflict:  # made meanwhile (by the runner, for its progress ConfigMap): fine
+                    raise
+                continue
+            restored.append(f"{obj['kind']}/{meta['name']}")
+        if restored:
+            message = f"created again after it was deleted: {', '.join(restored)}"
+            self.logger.warning("%s", message)
+            kopf.warn(self.body, reason=c.REASON_COMPANION_RESTORED, message=message)
 
     async def _notify(self, spec: AgentRunSpec) -> float | None:
         """Deliver the completion webhook; returns seconds until the next attempt, or None when done."""

@@ -33,7 +33,13 @@ class ConfigMapProgressSink:
     def __init__(self, configmaps: ConfigMaps, run: str) -> None:
         self._configmaps = configmaps
         self._name = progress_name(run)
-        self._labels = {constants.LABEL_RUN: run, constants.LABEL_ROLE: "progress"}
+        # The operator's labels: should the runner have to create the ConfigMap again (it was deleted), the
+        # operator's watch, which selects on them, still sees the outcome.
+        self._labels = {
+            constants.LABEL_MANAGED_BY: constants.MANAGED_BY,
+            constants.LABEL_RUN: run,
+            constants.LABEL_ROLE: "progress",
+        }
 
     async def write(self, report: ProgressReport) -> None:
         await self._configmaps.put_data(self._name, {PROGRESS_KEY: _render(report)}, self._labels)

@@ -1,7 +1,9 @@
 """Runs that would end wrongly or never end: a crashed supervision, lost companions, bad names, a missing Secret."""
 
 import dataclasses
+import os
 from collections.abc import Generator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,13 @@ import yaml
 
 from agentrun_api import conditions as c
 from agentrun_api import constants, names
+from agentrun_api.contract import ProgressReport, RunIdentity, progress_name
+from agentrun_runner.kube import ConfigMaps, load_configuration
+from agentrun_runner.progress import ConfigMapProgressSink
 from tests.harness.apiproxy import ApiProxy, RequestRecord
 from tests.harness.inprocess_operator import FAST, Cluster, eventually, run_manifest, running_operator
+from tests.harness.run_identity import provision_run
+from tests.harness.runner import make_spec
 from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.integration
@@ -139,3 +146,76 @@ async def test_a_name_that_slipped_past_admission_ends_the_run_with_a_reason_and
         await eventually(lambda: c.REASON_INVALID_NAME in cluster.event_reasons("q3.v2"), message="the Event")
         for kind in ("ServiceAccount", "Role", "ConfigMap", "Secret", "Service", "Job"):
             assert [o for o in cluster.items(kind) if o["metadata"]["name"].startswith("q3.v2")] == [], kind
+
+
+async def test_deleted_companions_of_a_live_run_are_created_again_and_the_run_succeeds(cluster: Cluster) -> None:
+    cluster.add_api_key_secret()
+    settings = dataclasses.replace(FAST, companion_check_interval_seconds=1.0)
+    async with running_operator(cluster, settings):
+        cluster.create(run_manifest())
+        await eventually(lambda: cluster.get("Job", "q3-runner"), message="the Job")
+        pod = await cluster.start_pod()
+        await eventually(lambda: cluster.status().get("phase") == "Running", message="phase Running")
+        uid = cluster.run()["metadata"]["uid"]
+        companions = [
+            ("ConfigMap", "q3-progress"),
+            ("ConfigMap", "q3-runner-config"),
+            ("Secret", "q3-stream-token"),
+            ("Service", "q3-stream"),
+            ("ServiceAccount", "q3-runner"),
+            ("Role", "q3-runner"),
+            ("RoleBinding", "q3-runner"),
+        ]
+        for kind, name in companions:
+            before = cluster.get(kind, name)
+            assert before is not None, f"{kind}/{name}"
+            cluster.delete(kind, name)
+
+            def recreated(kind: str = kind, name: str = name, old: str = before["metadata"]["uid"]) -> bool:
+                now = cluster.get(kind, name)
+                return now is not None and now["metadata"]["uid"] != old
+
+            await eventually(recreated, timeout=15, message=f"{kind}/{name} created again")
+            again = cluster.get(kind, name)
+            assert again is not None
+            assert again["metadata"]["ownerReferences"][0]["uid"] == uid
+            assert again["metadata"]["labels"][constants.LABEL_MANAGED_BY] == constants.MANAGED_BY
+        await eventually(
+            lambda: c.REASON_COMPANION_RESTORED in cluster.event_reasons(), message="the CompanionRestored Event"
+        )
+        assert cluster.status()["phase"] == "Running"
+        cluster.report(
+            iteration=3,
+            pod=pod,
+            outcome="Succeeded",
+            result={"summary": "kept", "ref": "configmap/q3-ckpt-0#result", "bytes": 4},
+        )
+        await eventually(lambda: cluster.status().get("phase") == "Succeeded", timeout=15, message="phase Succeeded")
+        assert cluster.status()["result"]["summary"] == "kept"
+
+
+async def test_a_progress_configmap_the_runner_creates_again_carries_the_labels_the_operator_watches(
+    testbed: KubeTestbed, namespace: str, tmp_path: Path
+) -> None:
+    spec = make_spec("http://127.0.0.1:9/v1", checkpoint={"store": "ConfigMap"})  # its Role may create ConfigMaps
+    run = provision_run(testbed, namespace, spec, tmp_path, name="relabel")
+    path = f"/api/v1/namespaces/{namespace}/configmaps/{progress_name('relabel')}"
+    testbed.admin.delete(path).raise_for_status()
+    os.environ["KUBECONFIG"] = str(run.kubeconfig)
+    try:
+        client = ConfigMaps(
+            load_configuration(), namespace, owner=RunIdentity(namespace=namespace, name="relabel", uid=run.uid)
+        )
+    finally:
+        os.environ.pop("KUBECONFIG")
+    try:
+        report = ProgressReport(run_uid=run.uid, pod="p", iteration=1, reported_at=datetime.now(UTC))
+        await ConfigMapProgressSink(client, "relabel").write(report)
+    finally:
+        await client.close()
+    created = testbed.admin.get(path).json()
+    labels = created["metadata"]["labels"]
+    assert labels[constants.LABEL_MANAGED_BY] == constants.MANAGED_BY
+    assert labels[constants.LABEL_ROLE] == "progress"
+    assert labels[constants.LABEL_RUN] == "relabel"
+    assert created["metadata"]["ownerReferences"][0]["uid"] == run.uid
