@@ -35,6 +35,8 @@ NOT_REACHED_HERE = {
     ("rbac.authorization.k8s.io", "rolebindings", "get"): "adopting after a 409 on create",
     ("agentrun.dev", "throttlepools", "patch"): "kopf's annotations on ThrottlePools (agentrun_operator.permits)",
     ("agentrun.dev", "throttlepools/status", "patch"): "the pools' live status (agentrun_operator.permits)",
+    ("agentrun.dev", "agentruns", "get"): "reading a run afresh for a supervision started again "
+    "(test_operator_run_repairs.py, test_operator_leadership.py)",
     ("agentrun.dev", "agentruns", "patch"): "clean-up after an earlier operator version "
     "(test_operator_run_registry.py): kopf's finalizer and annotations",
 }
