@@ -337,6 +337,7 @@ class Supervisor:
         self.ttl_done = False
         self.deferred_events: list[EventNote] = []
         self.companions_checked_at: datetime | None = None
+        self.progress_seen = False  # the watch has shown the progress ConfigMap: its absence then means deleted
 
     def observe(self) -> Observed:
         jobs = [j for j in self._jobs(self.key) if isinstance(j, JobObservation) and not j.deleting]
@@ -405,7 +406,10 @@ class Supervisor:
         )
         observed = self.observe()
         if self.status.phase is None or not self.status.phase.terminal:
-            await self._restore_companions(spec, now, progress_missing=observed.progress is None)
+            # Not yet seen is not missing: the watch may not have delivered the ConfigMap admission just made.
+            progress_deleted = self.progress_seen and observed.progress is None
+            await self._restore_companions(spec, now, progress_missing=progress_deleted)
+            self.progress_seen = observed.progress is not None  # after a failed restore, the next step retries
         decision = decide(self.status, observed, ctx)
         for action in decision.actions:
             await self._act(action, spec, now)

@@ -219,3 +219,34 @@ async def test_a_progress_configmap_the_runner_creates_again_carries_the_labels_
     assert labels[constants.LABEL_ROLE] == "progress"
     assert labels[constants.LABEL_RUN] == "relabel"
     assert created["metadata"]["ownerReferences"][0]["uid"] == run.uid
+
+
+async def test_a_deleted_progress_configmap_is_created_again_at_once_and_the_outcome_still_counts(
+    cluster: Cluster,
+) -> None:
+    cluster.add_api_key_secret()
+    assert FAST.companion_check_interval_seconds >= 60  # so only the watch can bring it back within the test
+    async with running_operator(cluster):
+        cluster.create(run_manifest())
+        await eventually(lambda: cluster.get("Job", "q3-runner"), message="the Job")
+        pod = await cluster.start_pod()
+        await eventually(lambda: cluster.status().get("phase") == "Running", message="phase Running")
+        old = cluster.get("ConfigMap", "q3-progress")
+        assert old is not None
+        cluster.delete("ConfigMap", "q3-progress")
+        await eventually(
+            lambda: (
+                (cm := cluster.get("ConfigMap", "q3-progress")) is not None
+                and cm["metadata"]["uid"] != old["metadata"]["uid"]
+            ),
+            timeout=10,
+            message="the progress ConfigMap created again",
+        )
+        cluster.report(
+            iteration=2,
+            pod=pod,
+            outcome="Succeeded",
+            result={"summary": "still here", "ref": "configmap/q3-ckpt-0#result", "bytes": 10},
+        )
+        await eventually(lambda: cluster.status().get("phase") == "Succeeded", timeout=15, message="phase Succeeded")
+        assert cluster.status()["result"]["summary"] == "still here"
