@@ -250,3 +250,19 @@ async def test_a_deleted_progress_configmap_is_created_again_at_once_and_the_out
         )
         await eventually(lambda: cluster.status().get("phase") == "Succeeded", timeout=15, message="phase Succeeded")
         assert cluster.status()["result"]["summary"] == "still here"
+
+
+async def test_a_child_the_api_server_refuses_as_invalid_ends_the_run_instead_of_retrying(
+    cluster: Cluster, proxy: ApiProxy
+) -> None:
+    cluster.add_api_key_secret()
+    async with running_operator(cluster):
+        refused = proxy.faults.inject(422, match=lambda r: r.verb == "create" and r.kind == "Service")
+        cluster.create(run_manifest())
+        await eventually(lambda: cluster.status().get("phase") == "Failed", message="phase Failed")
+        status = cluster.status()
+        assert status["reason"] == c.REASON_CHILD_REJECTED
+        assert "the API server rejected Service q3-stream" in status["message"]
+        await eventually(lambda: c.REASON_CHILD_REJECTED in cluster.event_reasons(), message="the Event")
+        assert refused.hits == 1
+        assert cluster.get("Job", "q3-runner") is None
