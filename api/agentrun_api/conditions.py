@@ -19,6 +19,9 @@ STREAM_CHAIN_FITS: Final = "StreamChainFits"  # every timer between a reader and
 # Reasons (CamelCase, as Kubernetes conventions ask).
 REASON_CREATED: Final = "ChildrenCreated"
 REASON_INVALID_SPEC: Final = "InvalidSpec"
+REASON_INVALID_NAME: Final = "InvalidName"  # metadata.name breaks agentrun_api.names' rule
+REASON_COMPANION_RESTORED: Final = "CompanionRestored"  # a deleted companion of a live run was created again
+REASON_CHILD_REJECTED: Final = "ChildRejected"  # the API server refused one of the run's children as invalid
 REASON_SECRET_NOT_FOUND: Final = "SecretNotFound"
 REASON_STORAGE_CLASS_NOT_FOUND: Final = "StorageClassNotFound"
 REASON_PENDING: Final = "Pending"

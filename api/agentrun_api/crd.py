@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
 from agentrun_api import clusterthrottlepool, constants, throttlepool
+from agentrun_api import names as run_names
 from agentrun_api.spec import MUTABLE_SPEC_FIELDS, AgentRunSpec
 from agentrun_api.status import AgentRunStatus
 
@@ -235,7 +236,10 @@ def build_crd() -> dict[str, Any]:
         description="An AgentRun runs one AI agent task to completion as a Job: checkpointed after "
         "every step, resumed after pod loss, bounded by its time, iteration and token budgets.",
     )
-    return _namespaced_crd(names, PRINTER_COLUMNS, spec_schema, status_schema)
+    crd = _namespaced_crd(names, PRINTER_COLUMNS, spec_schema, status_schema)
+    for version in crd["spec"]["versions"]:
+        version["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] = run_names.cel_rules()
+    return crd
 
 
 THROTTLEPOOL_PRINTER_COLUMNS: list[dict[str, Any]] = [

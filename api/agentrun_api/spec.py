@@ -116,7 +116,9 @@ class ModelSpec(SpecModel):
     )
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None,
-        description="Secret key holding the API key. Omit for endpoints that need none (a local vLLM or Ollama).",
+        description="Secret key holding the API key. Omit for endpoints that need none (a local vLLM or Ollama). "
+        "The run waits Pending (condition Accepted=False, reason SecretNotFound) while the Secret or key is missing, "
+        "and ends Failed after the operator's grace (default 5 minutes after creation, at most maxExecutionTime).",
     )
     request_timeout: Annotated[str, DurationBounds("1s", "1h")] = Field(
         default="120s", description=f"Timeout of one model call, including a streamed answer. {TAKES_DURATION}"

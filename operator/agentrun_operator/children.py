@@ -444,6 +444,19 @@ def build_children(
     return objects
 
 
+def build_companions(
+    owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings, *, stream_token: str, permit_key: str
+) -> list[dict[str, Any]]:
+    """The run's objects its supervisor creates again when they are deleted: all but the Job (replaced by the
+    supervisor's own rules, counting a restart) and the checkpoint claim (a new, empty claim is not the lost
+    checkpoint)."""
+    return [
+        obj
+        for obj in build_children(owner, spec, settings, stream_token=stream_token, permit_key=permit_key)
+        if obj["kind"] not in ("Job", "PersistentVolumeClaim")
+    ]
+
+
 def adopted(obj: dict[str, Any], owner: RunOwner) -> dict[str, Any]:
     """One object, owned by the run (for objects built after the first reconcile, like a new Job)."""
     kopf.adopt(obj, owner=owner.as_owner_body())  # type: ignore[arg-type]

@@ -51,9 +51,10 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     Rule(
         "agentrun.dev",
         ("agentruns",),
-        ("list", "watch", "patch"),
+        ("get", "list", "watch", "patch"),
         cluster_scoped=False,
-        why="the operator watches AgentRuns; patch only removes the finalizer an earlier operator version (kopf "
+        why="the operator watches AgentRuns; get reads a run afresh for a supervision started again (leadership "
+        "regained, or after a crash); patch only removes the finalizer an earlier operator version (kopf "
         "daemons) left on a run, once, so upgrades leave nothing undeletable; never spec",
     ),
     Rule(

@@ -19,7 +19,8 @@ import kopf
 import pydantic
 
 from agentrun_api import conditions as c
-from agentrun_api import constants
+from agentrun_api import constants, contract
+from agentrun_api.names import run_name_problem
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import AgentRunStatus, Notification, Phase
 from agentrun_common.stream_timeouts import check_stream_chain
@@ -132,17 +133,29 @@ async def create_or_adopt(op: OperatorContext, obj: Mapping[str, Any], owner: ch
     )
 
 
+async def _secret_problem(op: OperatorContext, namespace: str, name: str, key: str) -> str | None:
+    """What is wrong with the Secret a run reads a key from, or None. Names keys only, never values."""
+    try:
+        secret = await op.kube.get("Secret", namespace, name)
+    except ApiError as error:
+        if error.not_found:
+            return f"Secret {name!r} not found in namespace {namespace!r}"
+        raise
+    keys = sorted((secret.get("data") or {}).keys())
+    if key in keys:
+        return None
+    return f"Secret {name!r} has no key {key!r} (its keys: {', '.join(keys) or 'none'})"
+
+
 async def _missing_prerequisite(
     op: OperatorContext, owner: children.RunOwner, spec: AgentRunSpec
 ) -> tuple[str, str] | None:
-    """A Secret or StorageClass the run needs and cannot have yet: (reason, message to act on)."""
+    """A Secret or StorageClass the run needs and cannot have yet: (reason, what is missing, on its field)."""
     ref = spec.model.api_key_secret_ref
-    if ref is not None and await op.kube.read_secret_key(owner.namespace, ref.name, ref.key) is None:
-        return (
-            c.REASON_SECRET_NOT_FOUND,
-            f"spec.model.apiKeySecretRef: Secret {ref.name!r} with key {ref.key!r} not found in namespace "
-            f"{owner.namespace!r}; create it and the run starts",
-        )
+    if ref is not None:
+        problem = await _secret_problem(op, owner.namespace, ref.name, ref.key)
+        if problem is not None:
+            return c.REASON_SECRET_NOT_FOUND, f"spec.model.apiKeySecretRef: {problem}"
     storage_class = spec.checkpoint.storage_class_name
     if (
         spec.checkpoint.store == "PersistentVolumeClaim"
@@ -151,9 +164,39 @@ async def _missing_prerequisite(
     ):
         return (
             c.REASON_STORAGE_CLASS_NOT_FOUND,
-            f"spec.checkpoint.storageClassName: StorageClass {storage_class!r} does not exist; create it or name another",
+            f"spec.checkpoint.storageClassName: StorageClass {storage_class!r} does not exist",
         )
     return None
+
+
+def prerequisite_grace_seconds(settings: OperatorSettings, max_execution_seconds: float) -> float:
+    """How long after its creation a run waits for a missing prerequisite: the operator's grace, at most the
+    run's maxExecutionTime (a run must not outlive its own time limit waiting to start)."""
+    return min(settings.prerequisite_grace_seconds, max_execution_seconds)
+
+
+def _created_at(body: Mapping[str, Any]) -> datetime | None:
+    created = (body.get("metadata") or {}).get("creationTimestamp")
+    if isinstance(created, datetime):
+        return created
+    return datetime.fromisoformat(created) if isinstance(created, str) and created else None
+
+
+async def _end_at_admission(
+    body: kopf.Body, op: OperatorContext, status: AgentRunStatus, reason: str, message: str, generation: int
+) -> None:
+    """The run can never be admitted: a terminal Failed phase naming why, its condition and an Event."""
+    owner = children.RunOwner.from_body(body)
+    now = op.clock()
+    status.phase = Phase.FAILED
+    status.reason = reason
+    status.message = message
+    status.completion_time = now
+    set_condition(status, c.ACCEPTED, False, reason, message, now=now, generation=generation)
+    set_condition(status, c.FAILED, True, reason, message, now=now, generation=generation)
+    await write_status(op, owner, status)
+    kopf.warn(body, reason=reason, message=message)
+    op.record_phase((owner.namespace, owner.name), Phase.FAILED)
 
 
 async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
@@ -166,21 +209,17 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
     now = op.clock()
     status = current.model_copy(deep=True)
     status.observed_generation = generation
+    name_problem = run_name_problem(owner.name)
+    if name_problem is not None:
+        await _end_at_admission(body, op, status, c.REASON_INVALID_NAME, name_problem, generation)
+        raise kopf.PermanentError(name_problem)
     try:
         spec = parse_spec(body)
         policy.enforce(spec, op.settings.policy)
     except (InvalidSpecError, policy.PolicyViolationError) as error:
         message = str(error)[:1024]
         reason = error.reason if isinstance(error, policy.PolicyViolationError) else c.REASON_INVALID_SPEC
-        status.phase = Phase.FAILED
-        status.reason = reason
-        status.message = message
-        status.completion_time = now
-        set_condition(status, c.ACCEPTED, False, reason, message, now=now, generation=generation)
-        set_condition(status, c.FAILED, True, reason, message, now=now, generation=generation)
-        await write_status(op, owner, status)
-        kopf.warn(body, reason=reason, message=message)
-        op.record_phase((owner.namespace, owner.name), Phase.FAILED)
+        await _end_at_admission(body, op, status, reason, message, generation)
         raise kopf.PermanentError(message) from None
 
     budget = compute_budget(spec, deadline_grace_seconds=op.settings.deadline_grace_seconds)
@@ -217,14 +256,22 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
 
     missing = await _missing_prerequisite(op, owner, spec)
     if missing is not None:
-        reason, message = missing
+        reason, problem = missing
+        grace = prerequisite_grace_seconds(op.settings, budget.max_execution_seconds)
+        created_at = _created_at(body)
+        waited = (now - created_at).total_seconds() if created_at is not None else 0.0
+        if waited >= grace:
+            message = f"{problem}; still missing {waited:.0f}s after the run was created (grace {grace:.0f}s)"
+            await _end_at_admission(body, op, status, reason, message[:1024], generation)
+            raise kopf.PermanentError(message)
+        message = f"{problem}; create it and the run starts (it fails if still missing {grace:.0f}s after creation)"
         status.message = message
         status.reason = reason
         set_condition(status, c.ACCEPTED, False, reason, message, now=now, generation=generation)
         if status != current:
             await write_status(op, owner, status)
             kopf.warn(body, reason=reason, message=message)
-        raise kopf.TemporaryError(message, delay=op.settings.retry_delay_seconds)
+        raise kopf.TemporaryError(message, delay=min(op.settings.retry_delay_seconds, max(grace - waited, 0.1)))
 
     accepted = condition_of(current, c.ACCEPTED)
     already_accepted = accepted is not None and accepted.status == "True"
@@ -235,8 +282,16 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
     for obj in objects:
         if obj["kind"] == "Job" and already_accepted:
             continue  # a lost Job is the supervisor's to replace, counting the restart
-        if await create_or_adopt(op, obj, owner):
-            created.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        try:
+            if await create_or_adopt(op, obj, owner):
+                created.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        except ApiError as error:
+            if error.status != 422:
+                raise
+            # Invalid now is invalid on every retry: end the run, saying which child and why.
+            message = f"the API server rejected {obj['kind']} {obj['metadata']['name']}: {error.message}"[:1024]
+            await _end_at_admission(body, op, status, c.REASON_CHILD_REJECTED, message, generation)
+            raise kopf.PermanentError(message) from None
 
     if not already_accepted:
         status.message = "children created; waiting for the runner pod"
@@ -285,6 +340,8 @@ class Supervisor:
         self.last_report_pod = ""
         self.ttl_done = False
         self.deferred_events: list[EventNote] = []
+        self.companions_checked_at: datetime | None = None
+        self.progress_seen = False  # the watch has shown the progress ConfigMap: its absence then means deleted
 
     def observe(self) -> Observed:
         jobs = [j for j in self._jobs(self.key) if isinstance(j, JobObservation) and not j.deleting]
@@ -354,6 +411,11 @@ class Supervisor:
             job_deleted_for_ttl=self.ttl_done,
         )
         observed = self.observe()
+        if self.status.phase is None or not self.status.phase.terminal:
+            # Not yet seen is not missing: the watch may not have delivered the ConfigMap admission just made.
+            progress_deleted = self.progress_seen and observed.progress is None
+            await self._restore_companions(spec, now, progress_missing=progress_deleted)
+            self.progress_seen = observed.progress is not None  # after a failed restore, the next step retries
         decision = decide(self.status, observed, ctx)
         for action in decision.actions:
             await self._act(action, spec, now)
@@ -428,6 +490,48 @@ class Supervisor:
                 reason="Cleaned",
                 message=f"ttlSecondsAfterFinished passed: deleted Job {job} and its pods; the result stays in status.result",
             )
+
+    async def _restore_companions(self, spec: AgentRunSpec, now: datetime, *, progress_missing: bool) -> None:
+        """Create again any companion of the live run that was deleted: the progress ConfigMap as soon as the
+        watch shows it gone (the runner's outcome goes there), every companion once per check interval."""
+        if self.companions_checked_at is None:
+            self.companions_checked_at = now  # admission has just made them: no burst of reads at start-up
+        interval = timedelta(seconds=self.op.settings.companion_check_interval_seconds)
+        due = now - self.companions_checked_at >= interval
+        if not due and not progress_missing:
+            return
+        if due:
+            self.companions_checked_at = now
+        companions = children.build_companions(
+            self.owner,
+            spec,
+            self.op.settings,
+            stream_token=secrets.token_urlsafe(32),
+            permit_key=secrets.token_urlsafe(32),
+        )
+        if not due:
+            progress = contract.progress_name(self.owner.name)
+            companions = [o for o in companions if o["kind"] == "ConfigMap" and o["metadata"]["name"] == progress]
+        restored: list[str] = []
+        for obj in companions:
+            meta = obj["metadata"]
+            try:
+                await self.op.kube.get(obj["kind"], meta["namespace"], meta["name"])
+                continue
+            except ApiError as error:
+                if not error.not_found:
+                    raise
+            try:
+                await self.op.kube.create(obj)
+            except ApiError as error:
+                if not error.conflict:  # made meanwhile (by the runner, for its progress ConfigMap): fine
+                    raise
+                continue
+            restored.append(f"{obj['kind']}/{meta['name']}")
+        if restored:
+            message = f"created again after it was deleted: {', '.join(restored)}"
+            self.logger.warning("%s", message)
+            kopf.warn(self.body, reason=c.REASON_COMPANION_RESTORED, message=message)
 
     async def _notify(self, spec: AgentRunSpec) -> float | None:
         """Deliver the completion webhook; returns seconds until the next attempt, or None when done."""

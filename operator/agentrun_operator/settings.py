@@ -87,6 +87,15 @@ class OperatorSettings:
     # AGENTRUN_RETRY_DELAY_SECONDS (seconds, default 30): delay before retrying a run whose Secret
     # or StorageClass is missing; the user is told in a condition meanwhile.
     retry_delay_seconds: PositiveSeconds = 30.0
+    # AGENTRUN_PREREQUISITE_GRACE_SECONDS (seconds, default 300): how long after its creation a run may wait
+    # for a missing Secret (or Secret key) or StorageClass; then it ends Failed with a reason naming what is
+    # missing. Never longer than the run's spec.maxExecutionTime.
+    prerequisite_grace_seconds: Seconds = 300.0
+    # AGENTRUN_COMPANION_CHECK_INTERVAL_SECONDS (seconds, default 300): how often a live run's supervisor checks
+    # that its companions (config and progress ConfigMaps, stream-token Secret, Service, ServiceAccount, Role,
+    # RoleBinding) exist, and creates again any that was deleted. A deleted progress ConfigMap is seen at once
+    # (it is watched); the others are not watched (the operator lists no Secrets), so this bounds their repair.
+    companion_check_interval_seconds: PositiveSeconds = 300.0
     # AGENTRUN_PERMIT_SERVER_URL: URL at which runner pods reach this operator's permit server
     # (its Service, e.g. http://agentrun-operator-permits.agentrun-system:8090). Runs with
     # spec.throttle.enabled get it in their RunnerConfig and draw permits from the ThrottlePool they

@@ -10,6 +10,7 @@ event handler hands each event's body here, and the registry
 - while this replica leads (``leadership``), keeps one task per live run: it admits the run when it
   is not accepted yet (``reconcile.admit``, retried on temporary errors, at most
   ``max_concurrent_admissions`` at a time) and then runs ``reconcile.Supervisor``;
+- restarts a supervision that crashed, after a backoff (``supervision_backoff_seconds``);
 - stops the task when the run is deleted (a DELETED event or a deletionTimestamp);
 - cleans up after an earlier, kopf-daemon version of the operator: kopf itself removes its finalizer
   from a run no handler needs it for (one JSON patch, on its first sight of the run), so an upgrade
@@ -40,6 +41,14 @@ LEGACY_ANNOTATIONS = tuple(
 # A stopped supervisor finishes the request it is in (its step then sees the stop) for at most this
 # long, then it is cancelled: a leader that lost its Lease must stop well before the Lease expires.
 STOP_GRACE_SECONDS = 1.0
+# A supervision that crashed starts again after this long, doubled at each further crash up to the maximum.
+SUPERVISION_RETRY_FIRST_SECONDS = 1.0
+SUPERVISION_RETRY_MAX_SECONDS = 60.0
+
+
+def supervision_backoff_seconds(failures: int) -> float:
+    """The wait before restarting a supervision that has crashed ``failures`` times in a row."""
+    return min(SUPERVISION_RETRY_FIRST_SECONDS * 2.0 ** (failures - 1), SUPERVISION_RETRY_MAX_SECONDS)
 
 
 class StopFlag:
@@ -197,6 +206,28 @@ class RunRegistry:
             body.pop("status", None)
 
     async def _drive(self, key: RunKey, stop: StopFlag) -> None:
+        """Supervise the run until it ends or is stopped; a supervision that crashes starts again after a backoff.
+
+        Expected failures (API errors, an unreachable server) are retried where they happen; anything else (a
+        garbled answer, a bug) ends the attempt, and without a retry the run would stay Running forever, with no
+        TTL and no webhook: so it is logged, counted and retried, reading the run afresh."""
+        logger = run_logger(key)
+        failures = 0
+        while not stop:
+            try:
+                await self._supervise(key, stop, logger)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                delay = supervision_backoff_seconds(failures)
+                logger.exception("supervising the run failed (failure %d); retrying in %.0fs", failures, delay)
+                self.op.metrics.reconcile_errors_total.labels(handler="supervise").inc()
+                self._statusless.add(key)  # the crashed supervisor's status copy is gone: read the run again
+                await _sleep(stop, delay)
+
+    async def _supervise(self, key: RunKey, stop: StopFlag, logger: logging.LoggerAdapter[logging.Logger]) -> None:
         raw = self._bodies.get(key)
         if raw is None or self._lookups is None:
             return
@@ -204,31 +235,23 @@ class RunRegistry:
             return
         # A view of the dict that later events update in place: the Supervisor reads the latest body.
         body = kopf.Body(raw)  # type: ignore[arg-type]
-        logger = run_logger(key)
-        try:
-            if not is_accepted(body) and not await self._admit(body, logger, stop):
-                self._finished.add(key)
-                return
-            jobs, pods, progress = self._lookups
-            supervisor = Supervisor(
-                body,
-                self.op,
-                logger,
-                jobs=jobs,
-                pods=pods,
-                progress=progress,
-                on_status_read=functools.partial(self._status_read, key),
-            )
-            await supervisor.run(stop)
-            if not stop:
-                self._finished.add(key)
-                self._bodies.pop(key, None)  # nothing left to do for it; a later event stores it again
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # Not expected: say so loudly; the next event of the run starts a new task.
-            logger.exception("supervising the run failed")
-            self.op.metrics.reconcile_errors_total.labels(handler="supervise").inc()
+        if not is_accepted(body) and not await self._admit(body, logger, stop):
+            self._finished.add(key)
+            return
+        jobs, pods, progress = self._lookups
+        supervisor = Supervisor(
+            body,
+            self.op,
+            logger,
+            jobs=jobs,
+            pods=pods,
+            progress=progress,
+            on_status_read=functools.partial(self._status_read, key),
+        )
+        await supervisor.run(stop)
+        if not stop:
+            self._finished.add(key)
+            self._bodies.pop(key, None)  # nothing left to do for it; a later event stores it again
 
     async def _refresh(self, key: RunKey, raw: dict[str, Any], stop: StopFlag) -> bool:
         """Read a run kept without its status afresh, for a new supervisor. False when it is gone or stopped."""

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from agentrun_api import constants
 from agentrun_api.contract import PROGRESS_KEY, ProgressReport, progress_name
-from agentrun_runner.kube import ConfigMaps
+from agentrun_runner.kube import ConfigMaps, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,35 @@ def _render(report: ProgressReport) -> str:
 
 
 class ConfigMapProgressSink:
+    """Writes into <run>-progress. A write that fails is tried again a few times, a second apart: a deleted
+    ConfigMap the runner may not create itself (its Role grants create only with the ConfigMap checkpoint store)
+    is created again by the operator within about a second, and the outcome must not be lost meanwhile."""
+
+    ATTEMPTS = 5
+    RETRY_SECONDS = 1.0
+
     def __init__(self, configmaps: ConfigMaps, run: str) -> None:
         self._configmaps = configmaps
         self._name = progress_name(run)
-        self._labels = {constants.LABEL_RUN: run, constants.LABEL_ROLE: "progress"}
+        # The operator's labels: should the runner have to create the ConfigMap again (it was deleted), the
+        # operator's watch, which selects on them, still sees the outcome.
+        self._labels = {
+            constants.LABEL_MANAGED_BY: constants.MANAGED_BY,
+            constants.LABEL_RUN: run,
+            constants.LABEL_ROLE: "progress",
+        }
 
     async def write(self, report: ProgressReport) -> None:
-        await self._configmaps.put_data(self._name, {PROGRESS_KEY: _render(report)}, self._labels)
+        data = {PROGRESS_KEY: _render(report)}
+        for attempt in range(1, self.ATTEMPTS + 1):
+            try:
+                await self._configmaps.put_data(self._name, data, self._labels)
+                return
+            except KubeError as error:
+                if attempt == self.ATTEMPTS:
+                    raise
+                log.warning("progress report not written (attempt %d), trying again: %s", attempt, error)
+                await asyncio.sleep(self.RETRY_SECONDS)
 
 
 class FileProgressSink:

@@ -41,6 +41,8 @@ NOT_REACHED_HERE = {
     "(test_clusterthrottlepool_operator.py)",
     ("authorization.k8s.io", "subjectaccessreviews", "create"): "whether a run may 'use' a ClusterThrottlePool "
     "(test_clusterthrottlepool_operator.py)",
+    ("agentrun.dev", "agentruns", "get"): "reading a run afresh for a supervision started again "
+    "(test_operator_run_repairs.py, test_operator_leadership.py)",
     ("agentrun.dev", "agentruns", "patch"): "clean-up after an earlier operator version "
     "(test_operator_run_registry.py): kopf's finalizer and annotations",
 }

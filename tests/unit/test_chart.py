@@ -44,6 +44,9 @@ OPERATOR_SETTINGS_ENV = {
     "AGENTRUN_LOG_FORMAT",
     "AGENTRUN_STREAM_BASE_URL",
     "AGENTRUN_DEADLINE_GRACE_SECONDS",
+    # How long a run waits for a missing Secret or StorageClass; how often its companions are checked.
+    "AGENTRUN_PREREQUISITE_GRACE_SECONDS",
+    "AGENTRUN_COMPANION_CHECK_INTERVAL_SECONDS",
     # The ThrottlePool permit server's port (agentrun_operator.permits.settings).
     "AGENTRUN_PERMIT_PORT",
     # The permit server's in-cluster URL, given to throttled runs (OperatorSettings.permit_server_url).

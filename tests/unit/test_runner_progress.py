@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agentrun_api.contract import Outcome, ProgressReport
-from agentrun_runner.progress import ProgressReporter
+from agentrun_api.contract import PROGRESS_KEY, Outcome, ProgressReport
+from agentrun_runner.kube import KubeError
+from agentrun_runner.progress import ConfigMapProgressSink, ProgressReporter
 
 pytestmark = [pytest.mark.unit, pytest.mark.looptime]
 
@@ -109,3 +110,34 @@ async def test_flush_waits_for_the_background_write_of_the_last_report() -> None
     await flushing
     await reporter.stop()
     assert [r.iteration for _, r in sink.writes] == [7]
+
+
+class ConfigMapsMissingFor:
+    """A ConfigMap the runner may not create, gone for the first ``failures`` writes (until the operator
+    creates it again)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.written: list[dict[str, str]] = []
+
+    async def put_data(self, name: str, data: dict[str, str], labels: dict[str, str]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise KubeError(f"cannot create ConfigMap ns/{name}: HTTP 403 forbidden")
+        self.written.append(data)
+
+
+async def test_an_outcome_written_while_the_progress_configmap_is_gone_is_written_once_it_is_back() -> None:
+    configmaps = ConfigMapsMissingFor(failures=2)
+    sink = ConfigMapProgressSink(configmaps, "q3")  # type: ignore[arg-type]
+    await sink.write(report(4, Outcome.SUCCEEDED))
+    assert len(configmaps.written) == 1
+    assert '"outcome":"Succeeded"' in configmaps.written[0][PROGRESS_KEY]
+
+
+async def test_a_progress_configmap_that_stays_gone_fails_the_write_after_the_attempts() -> None:
+    configmaps = ConfigMapsMissingFor(failures=ConfigMapProgressSink.ATTEMPTS)
+    sink = ConfigMapProgressSink(configmaps, "q3")  # type: ignore[arg-type]
+    with pytest.raises(KubeError, match="HTTP 403"):
+        await sink.write(report(4, Outcome.SUCCEEDED))
+    assert configmaps.written == []

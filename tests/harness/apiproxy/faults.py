@@ -41,6 +41,17 @@ class InjectedError(Exception):
         return status_response(self.code, self.reason, self.message, details=self.details, headers=self.headers)
 
 
+class _GarbledAnswerError(InjectedError):
+    """A 200 whose body is not the JSON the client asked for, as an HTML error page from a proxy would be."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(200, "OK", "injected garbled answer")
+        self.body = body
+
+    def response(self) -> aiohttp.web.Response:
+        return aiohttp.web.Response(status=200, body=self.body, content_type="text/html")
+
+
 @dataclass
 class Fault:
     """One injected fault: the next `remaining` matching requests fail with `status` and/or wait `delay` seconds."""
@@ -51,12 +62,16 @@ class Fault:
     delay: float = 0.0
     match: RequestPredicate | None = None
     hits: int = 0
+    # Answer 200 with these bytes as the body instead (a broken middlebox's page where JSON belongs).
+    body: bytes | None = None
 
     def applies_to(self, record: RequestRecord) -> bool:
         return self.remaining > 0 and (self.match is None or self.match(record))
 
     def error(self) -> InjectedError:
         """The failure as kube-apiserver renders it: 429 carries `Retry-After` and `details.retryAfterSeconds`."""
+        if self.body is not None:
+            return _GarbledAnswerError(self.body)
         if self.status is None:
             raise ValueError("a delay-only fault has no error")
         reason = reason_for(self.status)
@@ -110,15 +125,19 @@ class Faults:
         retry_after: float | None = None,
         delay: float = 0.0,
         match: RequestPredicate | None = None,
+        body: bytes | None = None,
     ) -> Fault:
-        """Make the next `count` requests matching `match` (all when None) fail with `status`, be `delay`s slow, or both."""
-        if status is None and delay <= 0:
-            raise ValueError("a fault needs a status, a delay, or both")
+        """Make the next `count` requests matching `match` (all when None) fail with `status`, be `delay`s slow, or both;
+        or, with `body`, be answered 200 with those bytes (not JSON) in place of the API server's answer."""
+        if body is not None and status is not None:
+            raise ValueError("a garbled answer is a 200: give a body or a status, not both")
+        if status is None and delay <= 0 and body is None:
+            raise ValueError("a fault needs a status, a delay, a body, or a combination")
         if status is not None and not 400 <= status <= 599:
             raise ValueError(f"an injected status must be an HTTP error code, not {status}")
         if count < 1:
             raise ValueError(f"a fault applies to at least one request, not {count}")
-        fault = Fault(remaining=count, status=status, retry_after=retry_after, delay=delay, match=match)
+        fault = Fault(remaining=count, status=status, retry_after=retry_after, delay=delay, match=match, body=body)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -145,7 +164,7 @@ class Faults:
             return
         if fault.delay > 0:
             await asyncio.sleep(fault.delay)
-        if fault.status is not None:
+        if fault.status is not None or fault.body is not None:
             raise fault.error()
 
     def watch_opened(self, record: RequestRecord) -> asyncio.Event:
