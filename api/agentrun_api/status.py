@@ -100,7 +100,17 @@ class Budget(StatusModel):
     max_execution_seconds: int = Field(ge=0, description="The run's maxExecutionTime in seconds.")
     fits: bool = Field(description="Whether the worst case fits maxExecutionTime.")
     active_deadline_seconds: int = Field(
-        ge=0, description="The Job's hard deadline behind the runner's own soft deadline."
+        ge=0,
+        description="The first Job's activeDeadlineSeconds: maxExecutionTime. A Job created or resumed later "
+        "gets only what is left until the deadline, so the hard stop never falls after it.",
+    )
+    clock_start_time: datetime | None = Field(
+        default=None,
+        description="When the run's wall clock started: when the operator accepted the run and created its "
+        "children. Time pending, suspended or lost to a killed runner all count.",
+    )
+    deadline: datetime | None = Field(
+        default=None, description="clockStartTime + maxExecutionTime: the run ends TimedOut at this moment."
     )
     # A plain string, not the spec's enum: Helm never upgrades a CRD, and a status write naming a controller
     # an older CRD does not list would be refused whole.

@@ -8,13 +8,14 @@ another), the recommended labels, and an owner reference to the AgentRun through
 
 import dataclasses
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import kopf
 
 from agentrun_api import constants, contract
 from agentrun_api.spec import AgentRunSpec
-from agentrun_operator.budget import compute_budget
+from agentrun_operator.budget import seconds_left
 from agentrun_operator.settings import OperatorSettings
 from agentrun_operator.stream_timeouts.budget import StreamBudget, runner_server_timeouts
 
@@ -230,9 +231,10 @@ def build_stream_service(owner: RunOwner) -> dict[str, Any]:
     )
 
 
-def _runner_env(owner: RunOwner, spec: AgentRunSpec) -> list[dict[str, Any]]:
+def _runner_env(owner: RunOwner, spec: AgentRunSpec, deadline: datetime) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": contract.CONFIG_ENV, "value": f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}"},
+        {"name": contract.DEADLINE_ENV, "value": deadline.astimezone(UTC).isoformat()},
         {"name": contract.POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": contract.POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {
@@ -267,9 +269,15 @@ def _restricted_container_security() -> dict[str, Any]:
 
 
 def build_job(
-    owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings, *, restarts_before: int = 0
+    owner: RunOwner,
+    spec: AgentRunSpec,
+    settings: OperatorSettings,
+    *,
+    deadline: datetime,
+    now: datetime,
+    restarts_before: int = 0,
 ) -> dict[str, Any]:
-    budget = compute_budget(spec, deadline_grace_seconds=settings.deadline_grace_seconds)
+    """The runner Job; a Job created after the first (a lost one replaced) gets only the budget left."""
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": contract.CONFIG_MOUNT_PATH, "readOnly": True},
         {"name": "workspace", "mountPath": contract.WORKSPACE_PATH},
@@ -290,7 +298,7 @@ def build_job(
         "image": spec.runner.image or settings.runner_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "agentrun_runner"],
-        "env": _runner_env(owner, spec),
+        "env": _runner_env(owner, spec, deadline),
         "volumeMounts": mounts,
         "securityContext": _restricted_container_security(),
     }
@@ -335,7 +343,7 @@ def build_job(
         ROLE_RUNNER,
         spec={
             "backoffLimit": spec.retries.max_restarts,
-            "activeDeadlineSeconds": budget.active_deadline_seconds,
+            "activeDeadlineSeconds": seconds_left(deadline, now),
             "suspend": spec.suspend,
             "completions": 1,
             "parallelism": 1,
@@ -366,7 +374,13 @@ def build_job(
 
 
 def build_children(
-    owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings, *, stream_token: str
+    owner: RunOwner,
+    spec: AgentRunSpec,
+    settings: OperatorSettings,
+    *,
+    stream_token: str,
+    deadline: datetime,
+    now: datetime,
 ) -> list[dict[str, Any]]:
     """Every object of a run, in creation order: what the Job needs exists before the Job."""
     objects = [
@@ -381,7 +395,7 @@ def build_children(
         objects.append(build_checkpoint_claim(owner, spec))
     if spec.streaming.enabled:
         objects.append(build_stream_service(owner))
-    objects.append(build_job(owner, spec, settings))
+    objects.append(build_job(owner, spec, settings, deadline=deadline, now=now))
     kopf.adopt(objects, owner=owner.as_owner_body())  # type: ignore[arg-type]
     return objects
 

@@ -23,7 +23,7 @@ from agentrun_api import constants
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import AgentRunStatus, Notification, Phase
 from agentrun_operator import children, webhook
-from agentrun_operator.budget import compute_budget
+from agentrun_operator.budget import compute_budget, seconds_left
 from agentrun_operator.kube import ApiError, KubeClient
 from agentrun_operator.metrics import Metrics
 from agentrun_operator.observations import JobObservation, Observed, PodObservation, ProgressObservation
@@ -39,6 +39,7 @@ from agentrun_operator.status_sync import (
     Urgency,
     condition_of,
     decide,
+    run_deadline,
     set_condition,
     stream_url,
     transition_events,
@@ -181,7 +182,7 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
         op.record_phase((owner.namespace, owner.name), Phase.FAILED)
         raise kopf.PermanentError(message) from None
 
-    budget = compute_budget(spec, deadline_grace_seconds=op.settings.deadline_grace_seconds)
+    budget = compute_budget(spec, clock_start=current.budget.clock_start_time if current.budget else None)
     status.budget = budget.to_status()
     status.job_name = children.job_name(owner.name)
     status.stream_url = stream_url(owner, spec, op.settings)
@@ -226,7 +227,13 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
 
     accepted = condition_of(current, c.ACCEPTED)
     already_accepted = accepted is not None and accepted.status == "True"
-    objects = children.build_children(owner, spec, op.settings, stream_token=secrets.token_urlsafe(32))
+    # The wall clock of maxExecutionTime starts once, at acceptance; an older status without it started then.
+    clock_start = budget.clock_start or (accepted.last_transition_time if already_accepted and accepted else now)
+    deadline = budget.deadline_from(clock_start)
+    status.budget.clock_start_time, status.budget.deadline = clock_start, deadline
+    objects = children.build_children(
+        owner, spec, op.settings, stream_token=secrets.token_urlsafe(32), deadline=deadline, now=now
+    )
     created: list[str] = []
     for obj in objects:
         if obj["kind"] == "Job" and already_accepted:
@@ -397,15 +404,31 @@ class Supervisor:
     async def _act(self, action: object, spec: AgentRunSpec, now: datetime) -> None:
         ns, job = self.owner.namespace, children.job_name(self.owner.name)
         if isinstance(action, SetJobSuspended):
-            await self.op.kube.merge_patch("Job", ns, job, {"spec": {"suspend": action.suspend}})
+            patch: dict[str, Any] = {"suspend": action.suspend}
+            deadline = run_deadline(self.status, spec)
+            if not action.suspend and deadline is not None:
+                # A resumed Job's deadline timer starts again: give it only the budget left.
+                patch["activeDeadlineSeconds"] = seconds_left(deadline, now)
+            await self.op.kube.merge_patch("Job", ns, job, {"spec": patch})
             if not action.suspend:
                 self.clock_reset_at = now
         elif isinstance(action, DeletePod):
             await self.op.kube.delete("Pod", ns, action.name)
             self.clock_reset_at = now
         elif isinstance(action, RecreateJob):
+            # The new Job's hard deadline is the budget left, never a fresh maxExecutionTime.
+            deadline = run_deadline(self.status, spec) or now + timedelta(
+                seconds=compute_budget(spec).max_execution_seconds
+            )
             obj = children.adopted(
-                children.build_job(self.owner, spec, self.op.settings, restarts_before=action.restarts_before),
+                children.build_job(
+                    self.owner,
+                    spec,
+                    self.op.settings,
+                    deadline=deadline,
+                    now=now,
+                    restarts_before=action.restarts_before,
+                ),
                 self.owner,
             )
             try:

@@ -57,9 +57,6 @@ class OperatorSettings:
     # AGENTRUN_GATEWAY_CONTROLLER). Each run's stream chain is checked behind it (condition
     # StreamChainFits); a run with spec.streaming.ingress is checked behind the controller it names.
     stream_controller: IngressController = "ingress-nginx"
-    # AGENTRUN_DEADLINE_GRACE_SECONDS (seconds, default 60): the Job's activeDeadlineSeconds is
-    # maxExecutionTime plus this, so the runner's own soft deadline always fires first.
-    deadline_grace_seconds: int = 60
     # AGENTRUN_SUPERVISE_INTERVAL_SECONDS (seconds, default 60): longest sleep of a run's supervisor.
     # A safety net only: every change of the run, its Job, pods or progress report wakes it, and each
     # deadline it has is slept to exactly. Each interval costs one look at every live run (at 5 s,
@@ -125,9 +122,6 @@ class OperatorSettings:
             log_format="json" if log_format == "json" else "text",
             stream_base_url=env.get("AGENTRUN_STREAM_BASE_URL", "").strip().rstrip("/"),
             stream_controller=next(c for c in controllers if c == stream_controller),
-            deadline_grace_seconds=int(
-                _number(env, "AGENTRUN_DEADLINE_GRACE_SECONDS", defaults.deadline_grace_seconds)
-            ),
             supervise_interval_seconds=_number(
                 env, "AGENTRUN_SUPERVISE_INTERVAL_SECONDS", defaults.supervise_interval_seconds, positive=True
             ),

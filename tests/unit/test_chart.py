@@ -43,7 +43,6 @@ OPERATOR_SETTINGS_ENV = {
     "AGENTRUN_HEALTH_PORT",
     "AGENTRUN_LOG_FORMAT",
     "AGENTRUN_STREAM_BASE_URL",
-    "AGENTRUN_DEADLINE_GRACE_SECONDS",
     # The ThrottlePool permit server's port (agentrun_operator.permits.settings).
     "AGENTRUN_PERMIT_PORT",
     # The permit server's in-cluster URL, given to throttled runs (OperatorSettings.permit_server_url).
@@ -276,7 +275,6 @@ def test_operator_env_sets_exactly_the_operator_settings() -> None:
     assert {name for name in env if name.startswith("AGENTRUN_")} == OPERATOR_SETTINGS_ENV
     assert env["AGENTRUN_WATCH_NAMESPACE"] == ""
     assert env["AGENTRUN_LOG_FORMAT"] == "json"
-    assert env["AGENTRUN_DEADLINE_GRACE_SECONDS"] == "60"
     assert env["AGENTRUN_STREAM_CONTROLLER"] == "ingress-nginx"
 
 

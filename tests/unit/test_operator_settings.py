@@ -12,7 +12,7 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
     assert settings == OperatorSettings()
     assert settings.runner_image == DEFAULT_RUNNER_IMAGE
     assert (settings.status_min_interval_seconds, settings.progress_interval_seconds) == (2.0, 2.0)
-    assert (settings.metrics_port, settings.health_port, settings.deadline_grace_seconds) == (8000, 8081, 60)
+    assert (settings.metrics_port, settings.health_port) == (8000, 8081)
     assert settings.namespaces == []
 
 
@@ -27,7 +27,6 @@ def test_every_named_variable_is_read() -> None:
             "AGENTRUN_HEALTH_PORT": "0",
             "AGENTRUN_LOG_FORMAT": "JSON",
             "AGENTRUN_STREAM_BASE_URL": "https://agents.example.com/",
-            "AGENTRUN_DEADLINE_GRACE_SECONDS": "90",
             "AGENTRUN_STREAM_CONTROLLER": "gke-ingress",
         }
     )
@@ -38,7 +37,6 @@ def test_every_named_variable_is_read() -> None:
     assert (settings.metrics_port, settings.health_port) == (9100, 0)
     assert settings.log_format == "json"
     assert settings.stream_base_url == "https://agents.example.com"
-    assert settings.deadline_grace_seconds == 90
     assert settings.stream_controller == "gke-ingress"
 
 
@@ -50,7 +48,6 @@ def test_every_named_variable_is_read() -> None:
         ("AGENTRUN_METRICS_PORT", "70000"),
         ("AGENTRUN_HEALTH_PORT", "-1"),
         ("AGENTRUN_LOG_FORMAT", "xml"),
-        ("AGENTRUN_DEADLINE_GRACE_SECONDS", "-5"),
         ("AGENTRUN_STREAM_CONTROLLER", "nginx"),
     ],
 )
