@@ -122,6 +122,17 @@ class Budget(StatusModel):
     )
 
 
+class StreamRoute(StatusModel):
+    """The run's own stream route (spec.streaming.ingress), leading to its <run>-stream Service."""
+
+    controller: str = Field(max_length=63, description="The controller whose route objects were created.")
+    host: str = Field(max_length=253, description="The host the route serves the stream on.")
+    path: str = Field(max_length=64, description="Path of the run's event stream on that host.")
+    objects: list[str] = Field(
+        default_factory=list, max_length=8, description="The route objects, as Kind/name, owned by the run."
+    )
+
+
 class Notification(StatusModel):
     """Delivery of the completion webhook, kept apart from the run's own phase."""
 
@@ -160,6 +171,9 @@ class AgentRunStatus(StatusModel):
     )
     job_name: str = Field(default="", max_length=253, description="The Job running the runner.")
     budget: Budget | None = Field(default=None, description="The timeout arithmetic for this run.")
+    stream_route: StreamRoute | None = Field(
+        default=None, description="The run's own stream route; unset when it reads through the shared route."
+    )
     notification: Notification | None = Field(default=None, description="Completion webhook delivery.")
     conditions: list[Condition] = Field(default_factory=list, description="Latest observations of the run's state.")
     observed_generation: int = Field(default=0, ge=0, description="The spec generation the status reflects.")

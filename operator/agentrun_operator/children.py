@@ -16,6 +16,7 @@ import kopf
 from agentrun_api import constants, contract
 from agentrun_api.spec import AgentRunSpec
 from agentrun_operator.budget import seconds_left
+from agentrun_operator.run_route import RunRoute, build_run_route
 from agentrun_operator.settings import OperatorSettings
 from agentrun_operator.stream_timeouts.budget import StreamBudget, runner_server_timeouts
 
@@ -209,8 +210,9 @@ def build_checkpoint_claim(owner: RunOwner, spec: AgentRunSpec) -> dict[str, Any
     )
 
 
-def build_stream_service(owner: RunOwner) -> dict[str, Any]:
-    return _object(
+def build_stream_service(owner: RunOwner, annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The run's stream Service; ``annotations`` are what the run's own route's controller needs on it."""
+    service = _object(
         "v1",
         "Service",
         stream_service_name(owner.name),
@@ -229,6 +231,14 @@ def build_stream_service(owner: RunOwner) -> dict[str, Any]:
             ],
         },
     )
+    if annotations:
+        service["metadata"]["annotations"] = dict(annotations)
+    return service
+
+
+def run_route(owner: RunOwner, spec: AgentRunSpec) -> RunRoute | None:
+    """The run's own stream route (spec.streaming.ingress), leading to its stream Service."""
+    return build_run_route(owner.namespace, stream_service_name(owner.name), labels(owner.name, ROLE_STREAM), spec)
 
 
 def _runner_env(owner: RunOwner, spec: AgentRunSpec, deadline: datetime) -> list[dict[str, Any]]:
@@ -393,9 +403,12 @@ def build_children(
     ]
     if spec.checkpoint.store == "PersistentVolumeClaim":
         objects.append(build_checkpoint_claim(owner, spec))
+    route = run_route(owner, spec)
     if spec.streaming.enabled:
-        objects.append(build_stream_service(owner))
+        objects.append(build_stream_service(owner, route.service_annotations if route else None))
     objects.append(build_job(owner, spec, settings, deadline=deadline, now=now))
+    if route is not None:
+        objects.extend(route.objects)
     kopf.adopt(objects, owner=owner.as_owner_body())  # type: ignore[arg-type]
     return objects
 

@@ -21,8 +21,8 @@ import pydantic
 from agentrun_api import conditions as c
 from agentrun_api import constants
 from agentrun_api.spec import AgentRunSpec
-from agentrun_api.status import AgentRunStatus, Notification, Phase
-from agentrun_operator import children, webhook
+from agentrun_api.status import AgentRunStatus, Notification, Phase, StreamRoute
+from agentrun_operator import children, run_route, webhook
 from agentrun_operator.budget import compute_budget, seconds_left
 from agentrun_operator.kube import ApiError, KubeClient
 from agentrun_operator.metrics import Metrics
@@ -157,6 +157,27 @@ async def _missing_prerequisite(
     return None
 
 
+def _record_route(
+    status: AgentRunStatus, route: run_route.RunRoute, missing_apis: list[str], *, now: datetime, generation: int
+) -> None:
+    """status.streamRoute and the StreamRouteReady condition: where the run's own route serves its stream."""
+    status.stream_route = StreamRoute(
+        controller=route.controller, host=route.host, path=run_route.EVENTS_PATH, objects=route.names
+    )
+    if missing_apis:
+        message = (
+            f"spec.streaming.ingress: the cluster does not serve {', '.join(missing_apis)}, which "
+            f"{route.controller} routes with; install {route.controller} (its CRDs) or remove spec.streaming.ingress "
+            "to read the stream through the shared stream gateway route"
+        )
+        set_condition(
+            status, c.STREAM_ROUTE_READY, False, c.REASON_ROUTE_API_MISSING, message, now=now, generation=generation
+        )
+        return
+    message = f"{', '.join(route.names)} serve the run's stream at {route.host}{run_route.EVENTS_PATH}"
+    set_condition(status, c.STREAM_ROUTE_READY, True, c.REASON_ROUTE_CREATED, message, now=now, generation=generation)
+
+
 async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     """Parse the spec, create (or adopt) the run's children, mark it Accepted. Safe to run again."""
     owner = children.RunOwner.from_body(body)
@@ -169,6 +190,9 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
     status.observed_generation = generation
     try:
         spec = parse_spec(body)
+        refused = run_route.refusal(spec)
+        if refused is not None:
+            raise InvalidSpecError(refused)
     except InvalidSpecError as error:
         message = str(error)[:1024]
         status.phase = Phase.FAILED
@@ -234,12 +258,22 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
     objects = children.build_children(
         owner, spec, op.settings, stream_token=secrets.token_urlsafe(32), deadline=deadline, now=now
     )
+    route = children.run_route(owner, spec)
+    route_kinds = {obj["kind"] for obj in route.objects} if route else set()
+    missing_route_api: list[str] = []
     created: list[str] = []
     for obj in objects:
         if obj["kind"] == "Job" and already_accepted:
             continue  # a lost Job is the supervisor's to replace, counting the restart
-        if await create_or_adopt(op, obj, owner):
-            created.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        try:
+            if await create_or_adopt(op, obj, owner):
+                created.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        except ApiError as error:
+            if not (error.not_found and obj["kind"] in route_kinds):
+                raise
+            missing_route_api.append(f"{obj['kind']} ({obj['apiVersion']})")
+    if route is not None:
+        _record_route(status, route, missing_route_api, now=now, generation=generation)
 
     if not already_accepted:
         status.message = "children created; waiting for the runner pod"
