@@ -109,3 +109,22 @@ async def test_a_controller_that_reloads_is_refused_naming_the_field_and_the_fix
         assert "contour" in status["message"]
         assert cluster.items("Ingress") == []  # nothing half-built
         assert cluster.get("Job", "q3-runner") is None
+
+
+async def test_a_route_kind_the_cluster_does_not_serve_is_said_in_status_and_the_run_goes_on(cluster: Cluster) -> None:
+    cluster.add_api_key_secret()
+    async with running_operator(cluster):  # no Contour here: the API server does not serve HTTPProxy
+        cluster.create(
+            run_manifest(
+                "q3", streaming={"enabled": True, "ingress": {"controller": "contour", "host": "q3.runs.example.com"}}
+            )
+        )
+        ready = await eventually(lambda: cluster.condition(c.STREAM_ROUTE_READY), message="StreamRouteReady")
+        assert (ready["status"], ready["reason"]) == ("False", c.REASON_ROUTE_API_MISSING)
+        assert ready["message"].startswith("spec.streaming.ingress: the cluster does not serve HTTPProxy")
+        assert "install contour" in ready["message"]
+        assert "remove spec.streaming.ingress" in ready["message"]
+        accepted = cluster.condition(c.ACCEPTED)
+        assert accepted is not None
+        assert accepted["status"] == "True"
+        assert cluster.get("Job", "q3-runner") is not None  # it streams through the shared route meanwhile
