@@ -192,6 +192,7 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
         spec = parse_spec(body)
         refused = run_route.refusal(spec)
         if refused is not None:
+            # Admission only: a run an earlier operator version accepted is never admitted again, and keeps running.
             raise InvalidSpecError(refused)
     except InvalidSpecError as error:
         message = str(error)[:1024]

@@ -59,14 +59,11 @@ def refusal(spec: AgentRunSpec) -> str | None:
 
 
 def build_run_route(namespace: str, stream_service: str, labels: dict[str, str], spec: AgentRunSpec) -> RunRoute | None:
-    """The run's route objects, named like its stream Service; None when the run does not ask for one.
-
-    Call ``refusal`` first: a controller that is not allowed raises ValueError here."""
+    """The run's route objects, named like its stream Service; None when the run does not ask for one, or asks
+    a controller ``refusal`` refuses (the operator says so on the run)."""
     ingress = spec.streaming.ingress
-    if ingress is None or not spec.streaming.enabled:
+    if ingress is None or not spec.streaming.enabled or refusal(spec) is not None:
         return None
-    if refusal(spec) is not None:
-        raise ValueError(f"no per-run route for {ingress.controller}")
     target = RouteTarget(
         namespace=namespace,
         service_name=stream_service,

@@ -44,7 +44,7 @@ def install_http_route_api(admin: httpx.Client) -> None:
     assert answer.status_code in (201, 409), answer.text
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        conditions = admin.get(f"{CRDS}/{HTTP_ROUTE_CRD['metadata']['name']}").json()["status"].get("conditions", [])
+        conditions = admin.get(f"{CRDS}/{HTTP_ROUTE_CRD['metadata']['name']}").json()["status"].get("conditions") or []
         if any(cond["type"] == "Established" and cond["status"] == "True" for cond in conditions):
             return
         time.sleep(0.2)
