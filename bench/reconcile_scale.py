@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from tests.harness.procstat import cpu_seconds, rss_mib  # noqa: E402
 from tests.harness.testbed import IMAGE_ENV, KubeTestbed  # noqa: E402
 
 from agentrun_operator import children  # noqa: E402
+from agentrun_operator.budget import compute_budget  # noqa: E402
 from agentrun_operator.parsing import parse_spec  # noqa: E402
 from agentrun_operator.settings import OperatorSettings  # noqa: E402
 
@@ -248,12 +250,16 @@ async def baseline_phase(bench: Bench, runs: int) -> PhaseResult:
 
         async def create_children(run: dict[str, Any]) -> None:
             owner = children.RunOwner.from_body(run)
+            spec = parse_spec(run)
+            now = datetime.now(UTC)  # as the operator does: the run's wall clock starts at acceptance
             objects = children.build_children(
                 owner,
-                parse_spec(run),
+                spec,
                 settings,
                 stream_token=secrets.token_urlsafe(32),
                 permit_key=secrets.token_urlsafe(32),
+                deadline=compute_budget(spec).deadline_from(now),
+                now=now,
             )
             creates[0] = 1 + len(objects)
             for obj in objects:

@@ -15,6 +15,7 @@ FAILED: Final = "Failed"  # the run ended without success (terminal); the reason
 BUDGET_FITS: Final = "BudgetFits"  # the worst-case timeout arithmetic fits maxExecutionTime
 NOTIFIED: Final = "Notified"  # the completion webhook was delivered
 STREAM_CHAIN_FITS: Final = "StreamChainFits"  # every timer between a reader and the runner lets the stream last the run
+STREAM_ROUTE_READY: Final = "StreamRouteReady"  # the run's own route (spec.streaming.ingress) exists
 
 # Reasons (CamelCase, as Kubernetes conventions ask).
 REASON_CREATED: Final = "ChildrenCreated"
@@ -45,5 +46,7 @@ REASON_BUDGET_FITS: Final = "WorstCaseFits"
 REASON_BUDGET_EXCEEDS: Final = "WorstCaseExceedsMaxExecutionTime"
 REASON_STREAM_CHAIN_FITS: Final = "EveryHopCoversTheRun"
 REASON_STREAM_HOP_CUTS: Final = "HopCutsTheStream"  # readers survive the cut by resuming with Last-Event-ID
+REASON_ROUTE_CREATED: Final = "RouteCreated"
+REASON_ROUTE_API_MISSING: Final = "RouteAPINotInstalled"  # the controller's route kind is not served by the cluster
 REASON_DELIVERED: Final = "WebhookDelivered"
 REASON_DELIVERY_FAILED: Final = "WebhookDeliveryFailed"

@@ -32,6 +32,8 @@ STREAM_TOKEN_ENV: Final = "AGENTRUN_STREAM_TOKEN"
 # only into the runner pod. Never the stream token, which every reader of the run's stream holds.
 PERMIT_KEY_ENV: Final = "AGENTRUN_PERMIT_KEY"
 POD_NAME_ENV: Final = "POD_NAME"
+# The run's absolute deadline (ISO 8601, UTC): wall clock across restarts, the same for every pod of the run.
+DEADLINE_ENV: Final = "AGENTRUN_DEADLINE"
 # The pod's own IP (downward API status.podIP): the runner binds its stream server there, the address
 # the <run>-stream Service's endpoints point at.
 POD_IP_ENV: Final = "POD_IP"
@@ -116,8 +118,8 @@ class RunnerConfig(ContractModel):
     stream_keep_alive_seconds: float = Field(default=50.0, gt=0)
     # Seconds between progress reports; the operator's status writes are bounded separately.
     progress_interval_seconds: float = Field(default=2.0, gt=0)
-    # The runner stops itself this long before maxExecutionTime runs out, so it can checkpoint and
-    # record TimedOut before the Job's activeDeadlineSeconds kills it (at most a quarter of a short budget).
+    # The runner stops itself this long before the run's deadline, so it can checkpoint and record
+    # TimedOut before the Job's activeDeadlineSeconds kills it (at most a quarter of a short budget).
     soft_deadline_margin_seconds: float = Field(default=10.0, ge=0)
     # Throttle pool server (cluster-wide pools); None means the runner's own in-process limiter.
     permit_server_url: str | None = None

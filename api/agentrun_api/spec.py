@@ -379,8 +379,9 @@ class AgentRunSpec(SpecModel):
     input: str = Field(min_length=1, max_length=262_144, description="The task the agent is given.")
     model: ModelSpec = Field(description="The model endpoint and how each call to it is bounded.")
     max_execution_time: Annotated[str, DurationBounds("1s", "168h")] = Field(
-        description="Wall-clock budget of the whole run, counted across pod restarts; the run ends TimedOut "
-        f"past it. {TAKES_DURATION}"
+        description="Wall-clock budget of the whole run, from its acceptance (status.budget.clockStartTime): "
+        "time pending, suspended and lost to restarts all count; the run ends TimedOut at "
+        f"status.budget.deadline. {TAKES_DURATION}"
     )
     max_iterations: int = Field(ge=1, le=100_000, description="Reasoning loops (model calls) the run may make.")
     token_budget: int | None = Field(

@@ -100,7 +100,17 @@ class Budget(StatusModel):
     max_execution_seconds: int = Field(ge=0, description="The run's maxExecutionTime in seconds.")
     fits: bool = Field(description="Whether the worst case fits maxExecutionTime.")
     active_deadline_seconds: int = Field(
-        ge=0, description="The Job's hard deadline behind the runner's own soft deadline."
+        ge=0,
+        description="The first Job's activeDeadlineSeconds: maxExecutionTime. A Job created or resumed later "
+        "gets only what is left until the deadline, so the hard stop never falls after it.",
+    )
+    clock_start_time: datetime | None = Field(
+        default=None,
+        description="When the run's wall clock started: when the operator accepted the run and created its "
+        "children. Time pending, suspended or lost to a killed runner all count.",
+    )
+    deadline: datetime | None = Field(
+        default=None, description="clockStartTime + maxExecutionTime: the run ends TimedOut at this moment."
     )
     # A plain string, not the spec's enum: Helm never upgrades a CRD, and a status write naming a controller
     # an older CRD does not list would be refused whole.
@@ -109,6 +119,17 @@ class Budget(StatusModel):
         max_length=63,
         description="The ingress or gateway controller in front of the run's stream, whose timers the "
         "StreamChainFits condition was checked against; unset when the run serves no stream.",
+    )
+
+
+class StreamRoute(StatusModel):
+    """The run's own stream route (spec.streaming.ingress), leading to its <run>-stream Service."""
+
+    controller: str = Field(max_length=63, description="The controller whose route objects were created.")
+    host: str = Field(max_length=253, description="The host the route serves the stream on.")
+    path: str = Field(max_length=64, description="Path of the run's event stream on that host.")
+    objects: list[str] = Field(
+        default_factory=list, max_length=8, description="The route objects, as Kind/name, owned by the run."
     )
 
 
@@ -150,6 +171,9 @@ class AgentRunStatus(StatusModel):
     )
     job_name: str = Field(default="", max_length=253, description="The Job running the runner.")
     budget: Budget | None = Field(default=None, description="The timeout arithmetic for this run.")
+    stream_route: StreamRoute | None = Field(
+        default=None, description="The run's own stream route; unset when it reads through the shared route."
+    )
     notification: Notification | None = Field(default=None, description="Completion webhook delivery.")
     conditions: list[Condition] = Field(default_factory=list, description="Latest observations of the run's state.")
     observed_generation: int = Field(default=0, ge=0, description="The spec generation the status reflects.")

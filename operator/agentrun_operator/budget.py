@@ -12,12 +12,19 @@ tool call per iteration at its full timeout, a fair upper bound for the built-in
 
 The check does not cut anything: a run whose worst case exceeds maxExecutionTime may still finish
 in time; the user is told (condition BudgetFits=False and a Warning Event) so the timeout is chosen
-knowingly. The Job's ``activeDeadlineSeconds`` is maxExecutionTime plus the operator's grace, the
-hard stop behind the runner's own soft deadline.
+knowingly.
+
+The budget is wall clock: it starts when the operator accepts the run (``clockStartTime``) and ends at
+``deadline`` = clockStartTime + maxExecutionTime, whatever happened meanwhile (pending, suspended,
+runner pods killed, the Job lost and recreated). Every runner pod is told the absolute deadline and
+stops itself a margin before it; every Job gets ``activeDeadlineSeconds`` = the budget left when it is
+created or resumed, so the hard stop never falls after the deadline; and the operator itself ends the
+run TimedOut at the deadline when no runner reports.
 """
 
 import dataclasses
 import math
+from datetime import datetime, timedelta
 
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import Budget
@@ -31,7 +38,7 @@ class BudgetBreakdown:
     tool_seconds_per_iteration: float
     iterations: int
     max_execution_seconds: int
-    deadline_grace_seconds: int
+    clock_start: datetime | None = None  # unset until the run is accepted
 
     @property
     def worst_case_seconds(self) -> int:
@@ -45,8 +52,11 @@ class BudgetBreakdown:
         return self.worst_case_seconds <= self.max_execution_seconds
 
     @property
-    def active_deadline_seconds(self) -> int:
-        return self.max_execution_seconds + self.deadline_grace_seconds
+    def deadline(self) -> datetime | None:
+        return None if self.clock_start is None else self.deadline_from(self.clock_start)
+
+    def deadline_from(self, clock_start: datetime) -> datetime:
+        return clock_start + timedelta(seconds=self.max_execution_seconds)
 
     def explain(self) -> str:
         """One sentence a user can act on, naming the terms of the sum."""
@@ -66,7 +76,9 @@ class BudgetBreakdown:
             worst_case_seconds=self.worst_case_seconds,
             max_execution_seconds=self.max_execution_seconds,
             fits=self.fits,
-            active_deadline_seconds=self.active_deadline_seconds,
+            active_deadline_seconds=self.max_execution_seconds,
+            clock_start_time=self.clock_start,
+            deadline=self.deadline,
         )
 
 
@@ -74,12 +86,18 @@ def tools_offered(spec: AgentRunSpec) -> bool:
     return spec.tools.workspace or spec.tools.http_fetch is not None
 
 
-def compute_budget(spec: AgentRunSpec, *, deadline_grace_seconds: int) -> BudgetBreakdown:
+def seconds_left(deadline: datetime, now: datetime) -> int:
+    """activeDeadlineSeconds for a Job created or resumed now: the budget left, rounded down so the hard
+    stop never falls after the deadline; at least 1, the smallest value the API accepts."""
+    return max(1, math.floor((deadline - now).total_seconds()))
+
+
+def compute_budget(spec: AgentRunSpec, *, clock_start: datetime | None = None) -> BudgetBreakdown:
     return BudgetBreakdown(
         queue_seconds_per_iteration=float(spec.throttle.max_seconds_to_wait_in_queue) if spec.throttle.enabled else 0.0,
         request_seconds_per_iteration=parse_duration(spec.model.request_timeout),
         tool_seconds_per_iteration=parse_duration(spec.tools.call_timeout) if tools_offered(spec) else 0.0,
         iterations=spec.max_iterations,
         max_execution_seconds=math.ceil(parse_duration(spec.max_execution_time)),
-        deadline_grace_seconds=deadline_grace_seconds,
+        clock_start=clock_start,
     )

@@ -8,6 +8,7 @@ another), the recommended labels, and an owner reference to the AgentRun through
 
 import dataclasses
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import kopf
@@ -15,7 +16,8 @@ import kopf
 from agentrun_api import constants, contract
 from agentrun_api.spec import AgentRunSpec
 from agentrun_common.stream_timeouts.budget import StreamBudget, runner_server_timeouts
-from agentrun_operator.budget import compute_budget
+from agentrun_operator.budget import seconds_left
+from agentrun_operator.run_route import RunRoute, build_run_route
 from agentrun_operator.settings import OperatorSettings
 
 # The longest run name whose children still have valid names: a Service name is a DNS label
@@ -257,8 +259,9 @@ def build_checkpoint_claim(owner: RunOwner, spec: AgentRunSpec) -> dict[str, Any
     )
 
 
-def build_stream_service(owner: RunOwner) -> dict[str, Any]:
-    return _object(
+def build_stream_service(owner: RunOwner, annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The run's stream Service; ``annotations`` are what the run's own route's controller needs on it."""
+    service = _object(
         "v1",
         "Service",
         stream_service_name(owner.name),
@@ -277,11 +280,20 @@ def build_stream_service(owner: RunOwner) -> dict[str, Any]:
             ],
         },
     )
+    if annotations:
+        service["metadata"]["annotations"] = dict(annotations)
+    return service
 
 
-def _runner_env(owner: RunOwner, spec: AgentRunSpec) -> list[dict[str, Any]]:
+def run_route(owner: RunOwner, spec: AgentRunSpec) -> RunRoute | None:
+    """The run's own stream route (spec.streaming.ingress), leading to its stream Service."""
+    return build_run_route(owner.namespace, stream_service_name(owner.name), labels(owner.name, ROLE_STREAM), spec)
+
+
+def _runner_env(owner: RunOwner, spec: AgentRunSpec, deadline: datetime) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": contract.CONFIG_ENV, "value": f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}"},
+        {"name": contract.DEADLINE_ENV, "value": deadline.astimezone(UTC).isoformat()},
         {"name": contract.POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": contract.POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {
@@ -322,9 +334,15 @@ def _restricted_container_security() -> dict[str, Any]:
 
 
 def build_job(
-    owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings, *, restarts_before: int = 0
+    owner: RunOwner,
+    spec: AgentRunSpec,
+    settings: OperatorSettings,
+    *,
+    deadline: datetime,
+    now: datetime,
+    restarts_before: int = 0,
 ) -> dict[str, Any]:
-    budget = compute_budget(spec, deadline_grace_seconds=settings.deadline_grace_seconds)
+    """The runner Job; a Job created after the first (a lost one replaced) gets only the budget left."""
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": contract.CONFIG_MOUNT_PATH, "readOnly": True},
         {"name": "workspace", "mountPath": contract.WORKSPACE_PATH},
@@ -345,7 +363,7 @@ def build_job(
         "image": spec.runner.image or settings.runner_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "agentrun_runner"],
-        "env": _runner_env(owner, spec),
+        "env": _runner_env(owner, spec, deadline),
         "volumeMounts": mounts,
         "securityContext": _restricted_container_security(),
     }
@@ -389,7 +407,7 @@ def build_job(
         ROLE_RUNNER,
         spec={
             "backoffLimit": spec.retries.max_restarts,
-            "activeDeadlineSeconds": budget.active_deadline_seconds,
+            "activeDeadlineSeconds": seconds_left(deadline, now),
             "suspend": spec.suspend,
             "completions": 1,
             "parallelism": 1,
@@ -419,10 +437,12 @@ def build_job(
     return job
 
 
-def build_children(
+def build_companions(
     owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings, *, stream_token: str, permit_key: str
 ) -> list[dict[str, Any]]:
-    """Every object of a run, in creation order: what the Job needs exists before the Job."""
+    """The run's objects besides its Job, checkpoint claim and own stream route, in creation order. The
+    supervisor creates these again when they are deleted; the Job is replaced by the supervisor's own rules
+    (counting a restart), a new empty claim is not the lost checkpoint, and a route's kind may not be served."""
     objects = [
         build_service_account(owner),
         build_role(owner, spec),
@@ -432,29 +452,36 @@ def build_children(
         build_stream_token_secret(owner, stream_token),
         build_permit_key_secret(owner, permit_key),
     ]
-    if spec.checkpoint.store == "PersistentVolumeClaim":
-        objects.append(build_checkpoint_claim(owner, spec))
     if spec.streaming.enabled:
-        objects.append(build_stream_service(owner))
+        route = run_route(owner, spec)
+        objects.append(build_stream_service(owner, route.service_annotations if route else None))
         if settings.gateway_service_account:
             objects.append(build_stream_reader_role(owner.name))
             objects.append(build_stream_reader_binding(owner.name, settings.gateway_service_account))
-    objects.append(build_job(owner, spec, settings))
     kopf.adopt(objects, owner=owner.as_owner_body())  # type: ignore[arg-type]
     return objects
 
 
-def build_companions(
-    owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings, *, stream_token: str, permit_key: str
+def build_children(
+    owner: RunOwner,
+    spec: AgentRunSpec,
+    settings: OperatorSettings,
+    *,
+    stream_token: str,
+    permit_key: str,
+    deadline: datetime,
+    now: datetime,
 ) -> list[dict[str, Any]]:
-    """The run's objects its supervisor creates again when they are deleted: all but the Job (replaced by the
-    supervisor's own rules, counting a restart) and the checkpoint claim (a new, empty claim is not the lost
-    checkpoint)."""
-    return [
-        obj
-        for obj in build_children(owner, spec, settings, stream_token=stream_token, permit_key=permit_key)
-        if obj["kind"] not in ("Job", "PersistentVolumeClaim")
-    ]
+    """Every object of a run, in creation order: what the Job needs exists before the Job."""
+    objects = build_companions(owner, spec, settings, stream_token=stream_token, permit_key=permit_key)
+    if spec.checkpoint.store == "PersistentVolumeClaim":
+        objects.append(build_checkpoint_claim(owner, spec))
+    objects.append(build_job(owner, spec, settings, deadline=deadline, now=now))
+    route = run_route(owner, spec)
+    if route is not None:
+        objects.extend(route.objects)
+    kopf.adopt(objects, owner=owner.as_owner_body())  # type: ignore[arg-type]
+    return objects
 
 
 def adopted(obj: dict[str, Any], owner: RunOwner) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import urllib3
@@ -24,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from agentrun_api import constants
 from agentrun_common.settings import SettingsError
 from agentrun_operator import policy
+from agentrun_operator.budget import compute_budget
 from agentrun_operator.children import RunOwner, build_children
 from agentrun_operator.parsing import InvalidSpecError, parse_spec
 from agentrun_operator.settings import OperatorSettings
@@ -143,7 +145,11 @@ def render_run(
     except policy.PolicyViolationError as error:
         raise RenderError(f"AgentRun {meta['name']}: {error.reason}: {error}") from None
     owner = RunOwner(namespace=namespace, name=meta["name"], uid=meta.get("uid") or PLACEHOLDER_UID)
-    return build_children(owner, spec, settings, stream_token=PLACEHOLDER_TOKEN, permit_key=PLACEHOLDER_TOKEN)
+    now = datetime.now(UTC)  # rendered as if the run were accepted now: its clock starts at acceptance
+    deadline = compute_budget(spec).deadline_from(now)
+    return build_children(
+        owner, spec, settings, stream_token=PLACEHOLDER_TOKEN, permit_key=PLACEHOLDER_TOKEN, deadline=deadline, now=now
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

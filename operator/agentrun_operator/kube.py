@@ -42,6 +42,13 @@ KINDS: Final[Mapping[str, Kind]] = {
     "Role": Kind("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": Kind("batch/v1", "jobs"),
+    # A run's own stream route (spec.streaming.ingress), by controller.
+    "Ingress": Kind("networking.k8s.io/v1", "ingresses"),
+    "HTTPRoute": Kind("gateway.networking.k8s.io/v1", "httproutes"),
+    "HTTPProxy": Kind("projectcontour.io/v1", "httpproxies"),
+    "VirtualService": Kind("networking.istio.io/v1", "virtualservices"),
+    "GCPBackendPolicy": Kind("networking.gke.io/v1", "gcpbackendpolicies"),
+    "ServersTransport": Kind("traefik.io/v1alpha1", "serverstransports"),
     constants.KIND: Kind(constants.API_VERSION, constants.PLURAL),
     throttlepool.KIND: Kind(constants.API_VERSION, throttlepool.PLURAL),
 }

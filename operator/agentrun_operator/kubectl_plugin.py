@@ -515,12 +515,13 @@ def budget_rows(run: dict[str, Any]) -> list[BudgetRow]:
             f"{_seconds(worst_case)} worst case",
             "OK" if budget["fits"] else "WARN",
         ),
+        # The hard stop falls at the run's deadline, never after it: a later Job gets only the budget left.
         BudgetRow(
             "Job activeDeadlineSeconds",
             "whole run, hard",
             _seconds(deadline),
-            f"> {_seconds(max_execution)}",
-            "OK" if deadline > max_execution else "WARN",
+            f"<= {_seconds(max_execution)}",
+            "OK" if deadline <= max_execution else "WARN",
         ),
         BudgetRow(
             "model call (requestTimeout)",

@@ -22,10 +22,10 @@ from agentrun_api import conditions as c
 from agentrun_api import constants, contract
 from agentrun_api.names import run_name_problem
 from agentrun_api.spec import AgentRunSpec
-from agentrun_api.status import AgentRunStatus, Notification, Phase
+from agentrun_api.status import AgentRunStatus, Notification, Phase, StreamRoute
 from agentrun_common.stream_timeouts import check_stream_chain
-from agentrun_operator import children, policy, webhook
-from agentrun_operator.budget import compute_budget
+from agentrun_operator import children, policy, run_route, webhook
+from agentrun_operator.budget import compute_budget, seconds_left
 from agentrun_operator.kube import ApiError, KubeClient
 from agentrun_operator.metrics import Metrics
 from agentrun_operator.observations import JobObservation, Observed, PodObservation, ProgressObservation
@@ -41,6 +41,7 @@ from agentrun_operator.status_sync import (
     Urgency,
     condition_of,
     decide,
+    run_deadline,
     set_condition,
     stream_url,
     transition_events,
@@ -199,6 +200,27 @@ async def _end_at_admission(
     op.record_phase((owner.namespace, owner.name), Phase.FAILED)
 
 
+def _record_route(
+    status: AgentRunStatus, route: run_route.RunRoute, missing_apis: list[str], *, now: datetime, generation: int
+) -> None:
+    """status.streamRoute and the StreamRouteReady condition: where the run's own route serves its stream."""
+    status.stream_route = StreamRoute(
+        controller=route.controller, host=route.host, path=run_route.EVENTS_PATH, objects=route.names
+    )
+    if missing_apis:
+        message = (
+            f"spec.streaming.ingress: the cluster does not serve {', '.join(missing_apis)}, which "
+            f"{route.controller} routes with; install {route.controller} (its CRDs) or remove spec.streaming.ingress "
+            "to read the stream through the shared stream gateway route"
+        )
+        set_condition(
+            status, c.STREAM_ROUTE_READY, False, c.REASON_ROUTE_API_MISSING, message, now=now, generation=generation
+        )
+        return
+    message = f"{', '.join(route.names)} serve the run's stream at {route.host}{run_route.EVENTS_PATH}"
+    set_condition(status, c.STREAM_ROUTE_READY, True, c.REASON_ROUTE_CREATED, message, now=now, generation=generation)
+
+
 async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     """Parse the spec, create (or adopt) the run's children, mark it Accepted. Safe to run again."""
     owner = children.RunOwner.from_body(body)
@@ -216,13 +238,17 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
     try:
         spec = parse_spec(body)
         policy.enforce(spec, op.settings.policy)
+        refused = run_route.refusal(spec)
+        if refused is not None:
+            # Admission only: a run an earlier operator version accepted is never admitted again, and keeps running.
+            raise InvalidSpecError(refused)
     except (InvalidSpecError, policy.PolicyViolationError) as error:
         message = str(error)[:1024]
         reason = error.reason if isinstance(error, policy.PolicyViolationError) else c.REASON_INVALID_SPEC
         await _end_at_admission(body, op, status, reason, message, generation)
         raise kopf.PermanentError(message) from None
 
-    budget = compute_budget(spec, deadline_grace_seconds=op.settings.deadline_grace_seconds)
+    budget = compute_budget(spec, clock_start=current.budget.clock_start_time if current.budget else None)
     status.budget = budget.to_status()
     status.job_name = children.job_name(owner.name)
     status.stream_url = stream_url(owner, spec, op.settings)
@@ -275,9 +301,22 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
 
     accepted = condition_of(current, c.ACCEPTED)
     already_accepted = accepted is not None and accepted.status == "True"
+    # The wall clock of maxExecutionTime starts once, at acceptance; an older status without it started then.
+    clock_start = budget.clock_start or (accepted.last_transition_time if already_accepted and accepted else now)
+    deadline = budget.deadline_from(clock_start)
+    status.budget.clock_start_time, status.budget.deadline = clock_start, deadline
     objects = children.build_children(
-        owner, spec, op.settings, stream_token=secrets.token_urlsafe(32), permit_key=secrets.token_urlsafe(32)
+        owner,
+        spec,
+        op.settings,
+        stream_token=secrets.token_urlsafe(32),
+        permit_key=secrets.token_urlsafe(32),
+        deadline=deadline,
+        now=now,
     )
+    route = children.run_route(owner, spec)
+    route_kinds = {obj["kind"] for obj in route.objects} if route else set()
+    missing_route_api: list[str] = []
     created: list[str] = []
     for obj in objects:
         if obj["kind"] == "Job" and already_accepted:
@@ -286,12 +325,17 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
             if await create_or_adopt(op, obj, owner):
                 created.append(f"{obj['kind']}/{obj['metadata']['name']}")
         except ApiError as error:
+            if error.not_found and obj["kind"] in route_kinds:
+                missing_route_api.append(f"{obj['kind']} ({obj['apiVersion']})")
+                continue
             if error.status != 422:
                 raise
             # Invalid now is invalid on every retry: end the run, saying which child and why.
             message = f"the API server rejected {obj['kind']} {obj['metadata']['name']}: {error.message}"[:1024]
             await _end_at_admission(body, op, status, c.REASON_CHILD_REJECTED, message, generation)
             raise kopf.PermanentError(message) from None
+    if route is not None:
+        _record_route(status, route, missing_route_api, now=now, generation=generation)
 
     if not already_accepted:
         status.message = "children created; waiting for the runner pod"
@@ -465,15 +509,31 @@ class Supervisor:
     async def _act(self, action: object, spec: AgentRunSpec, now: datetime) -> None:
         ns, job = self.owner.namespace, children.job_name(self.owner.name)
         if isinstance(action, SetJobSuspended):
-            await self.op.kube.merge_patch("Job", ns, job, {"spec": {"suspend": action.suspend}})
+            patch: dict[str, Any] = {"suspend": action.suspend}
+            deadline = run_deadline(self.status, spec)
+            if not action.suspend and deadline is not None:
+                # A resumed Job's deadline timer starts again: give it only the budget left.
+                patch["activeDeadlineSeconds"] = seconds_left(deadline, now)
+            await self.op.kube.merge_patch("Job", ns, job, {"spec": patch})
             if not action.suspend:
                 self.clock_reset_at = now
         elif isinstance(action, DeletePod):
             await self.op.kube.delete("Pod", ns, action.name)
             self.clock_reset_at = now
         elif isinstance(action, RecreateJob):
+            # The new Job's hard deadline is the budget left, never a fresh maxExecutionTime.
+            deadline = run_deadline(self.status, spec) or now + timedelta(
+                seconds=compute_budget(spec).max_execution_seconds
+            )
             obj = children.adopted(
-                children.build_job(self.owner, spec, self.op.settings, restarts_before=action.restarts_before),
+                children.build_job(
+                    self.owner,
+                    spec,
+                    self.op.settings,
+                    deadline=deadline,
+                    now=now,
+                    restarts_before=action.restarts_before,
+                ),
                 self.owner,
             )
             try:

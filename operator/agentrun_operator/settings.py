@@ -67,9 +67,6 @@ class OperatorSettings:
     # allows `get` on that run's <run>-stream-token Secret and nothing else, so the internet-facing gateway
     # holds no Secret permission of its own. Empty: no gateway reads the runs' streams.
     gateway_service_account: str = ""
-    # AGENTRUN_DEADLINE_GRACE_SECONDS (seconds, default 60): the Job's activeDeadlineSeconds is
-    # maxExecutionTime plus this, so the runner's own soft deadline always fires first.
-    deadline_grace_seconds: Annotated[int, Env(seconds=True, minimum=0)] = 60
     # AGENTRUN_SUPERVISE_INTERVAL_SECONDS (seconds, default 60): longest sleep of a run's supervisor.
     # A safety net only: every change of the run, its Job, pods or progress report wakes it, and each
     # deadline it has is slept to exactly. Each interval costs one look at every live run (at 5 s,

@@ -8,6 +8,7 @@ worth. ``write_urgency`` tells a phase change (written at once) from mere progre
 
 import dataclasses
 import enum
+import math
 from datetime import datetime, timedelta
 
 from agentrun_api import conditions as c
@@ -206,7 +207,29 @@ def _seconds_since(moment: datetime | None, now: datetime) -> float:
     return float("inf") if moment is None else (now - moment).total_seconds()
 
 
+def run_deadline(status: AgentRunStatus, spec: AgentRunSpec) -> datetime | None:
+    """clockStartTime + maxExecutionTime (read from the spec, so an edit applies); None before acceptance.
+
+    A status written before clockStartTime existed started its clock when the run was accepted."""
+    start = status.budget.clock_start_time if status.budget is not None else None
+    if start is None:
+        accepted = condition_of(status, c.ACCEPTED)
+        start = accepted.last_transition_time if accepted is not None and accepted.status == "True" else None
+    return None if start is None else start + timedelta(seconds=math.ceil(parse_duration(spec.max_execution_time)))
+
+
 def decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Decision:
+    decision = _decide(current, observed, ctx)
+    deadline = run_deadline(decision.status, ctx.spec)
+    phase = decision.status.phase
+    if deadline is not None and not (phase is not None and phase.terminal):
+        # Look again at the deadline at the latest, even if no pod ever reports.
+        left = max((deadline - ctx.now).total_seconds(), 0.0)
+        decision.recheck_after = left if decision.recheck_after is None else min(decision.recheck_after, left)
+    return decision
+
+
+def _decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Decision:
     status = current.model_copy(deep=True)
     spec, now = ctx.spec, ctx.now
     status.observed_generation = ctx.generation
@@ -244,6 +267,16 @@ def decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Deci
         phase, reason = OUTCOME_PHASES[report.outcome]
         message = report.message or f"the runner ended with {report.outcome.value} at iteration {report.iteration}"
         return end(phase, reason, message)
+    ends_at = run_deadline(status, spec)
+    if ends_at is not None and now >= ends_at:
+        # The runner stops itself before the deadline; this ends a run whose runner cannot (pending, lost, killed).
+        return end(
+            Phase.TIMED_OUT,
+            c.REASON_TIMED_OUT,
+            f"maxExecutionTime ({spec.max_execution_time}) ran out at {ends_at.isoformat()}, counted as wall clock "
+            f"from the run's acceptance; {_result_note(status)}",
+            *stop,
+        )
     if spec.token_budget is not None and status.usage.total_tokens > spec.token_budget:
         return end(
             Phase.FAILED,

@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from agentrun_api.contract import (
     CONFIG_ENV,
     CONFIG_FILE,
     CONFIG_MOUNT_PATH,
+    DEADLINE_ENV,
     EXIT_INVALID_CONFIG,
     EXIT_OUTCOME_RECORDED,
     PERMIT_KEY_ENV,
@@ -62,6 +64,19 @@ EXIT_CRASH = 1
 
 class ConfigProblemError(Exception):
     """The config or the environment can never work; the message says what to fix."""
+
+
+def read_deadline(raw: str | None) -> datetime | None:
+    """The run's absolute deadline the operator set on the Job; None when the runner runs without one."""
+    if not raw:
+        return None
+    try:
+        deadline = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ConfigProblemError(f"{DEADLINE_ENV}={raw!r} is not an ISO 8601 time (the operator sets it)") from None
+    if deadline.tzinfo is None:
+        raise ConfigProblemError(f"{DEADLINE_ENV}={raw!r} has no time zone; give it in UTC, e.g. ending in +00:00")
+    return deadline
 
 
 def load_config(path: Path) -> RunnerConfig:
@@ -181,6 +196,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
         pod=os.environ.get(POD_NAME_ENV) or socket.gethostname(),
         resumed_from_iteration=resumed_from,
         event_flush_seconds=settings.event_flush_seconds,
+        deadline=read_deadline(os.environ.get(DEADLINE_ENV)),
     )
     server: StreamServer | None = None
     if spec.streaming.enabled:

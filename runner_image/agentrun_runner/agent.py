@@ -77,7 +77,10 @@ class Agent:
         pod: str,
         resumed_from_iteration: int | None,
         event_flush_seconds: float = 0.2,
+        deadline: datetime | None = None,
     ) -> None:
+        """``deadline`` is the run's absolute deadline from the operator (wall clock across restarts); a
+        runner started without one (outside a cluster) counts maxExecutionTime from its checkpoint."""
         self._config = config
         self._spec = config.spec
         self.state = state
@@ -93,7 +96,9 @@ class Agent:
         # The margin leaves time to checkpoint and report before the budget is gone; a short run keeps
         # three quarters of its budget for work instead of timing out before its first call.
         margin = min(config.soft_deadline_margin_seconds, budget * MAX_MARGIN_SHARE)
-        self._deadline = budget - margin
+        left = (deadline - datetime.now(UTC)).total_seconds() if deadline is not None else budget - self.clock.elapsed()
+        # Read the wall clock once, then count on the monotonic clock, which no clock step moves.
+        self._soft_deadline = time.monotonic() + left - margin
         self._call_timeout = parse_duration(self._spec.tools.call_timeout)
         self._checkpoint_lock = asyncio.Lock()
         self._writing: asyncio.Future[None] | None = None
@@ -105,7 +110,7 @@ class Agent:
             state.counters.started_at = datetime.now(UTC).isoformat()
 
     def remaining(self) -> float:
-        return self._deadline - self.clock.elapsed()
+        return self._soft_deadline - time.monotonic()
 
     # -- the loop -------------------------------------------------------------------------------
 

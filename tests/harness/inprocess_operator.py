@@ -195,6 +195,8 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
+    "Ingress": ("/apis/networking.k8s.io/v1", "ingresses"),
+    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
 }
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 TERMINAL = ("Succeeded", "Failed")

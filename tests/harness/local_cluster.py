@@ -83,8 +83,6 @@ class OperatorTimings:
     """AGENTRUN_OUTCOME_GRACE_SECONDS (default 2; product default 10)."""
     retry_delay_seconds: float = 1.0
     """AGENTRUN_RETRY_DELAY_SECONDS (default 1; product default 30)."""
-    deadline_grace_seconds: int = 5
-    """AGENTRUN_DEADLINE_GRACE_SECONDS (default 5; product default 60)."""
     permit_lease_seconds: float = 1.5
     """AGENTRUN_PERMIT_LEASE_SECONDS (default 1.5; product default 15): also how long a new pool waits
     before its first grant."""

@@ -130,7 +130,7 @@ def test_feature_examples_set_what_they_are_named_for(api: Api) -> None:
     pvc = api.created(load(EXAMPLES_DIR / "pvc-checkpoints.yaml"))
     assert pvc["spec"]["checkpoint"]["store"] == "PersistentVolumeClaim"
     ingress = api.created(load(EXAMPLES_DIR / "streaming-ingress.yaml"))["spec"]["streaming"]["ingress"]
-    assert ingress["controller"] == "ingress-nginx"
+    assert ingress["controller"] == "gateway-api"  # a controller the operator builds a per-run route for
     assert api.created(load(EXAMPLES_DIR / "suspended.yaml"))["spec"]["suspend"] is True
 
 

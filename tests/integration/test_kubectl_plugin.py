@@ -353,7 +353,7 @@ async def test_stream_before_the_run_has_a_url_says_how_to_reach_it(cluster: Clu
 
 async def test_budget_prints_the_table_from_status(cluster: Cluster) -> None:
     cluster.create_run("q3")
-    budget = {"worstCaseSeconds": 12000, "maxExecutionSeconds": 1800, "fits": False, "activeDeadlineSeconds": 1860}
+    budget = {"worstCaseSeconds": 12000, "maxExecutionSeconds": 1800, "fits": False, "activeDeadlineSeconds": 1800}
     cluster.set_status("q3", {"phase": "Running", "budget": budget})
     code, out, _ = await plugin(cluster.kubeconfig, "budget", "q3", "--controller", "gke-ingress")
     assert code == 0

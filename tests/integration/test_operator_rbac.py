@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from agentrun_api import conditions as c
 from agentrun_operator import permissions
 from agentrun_operator.permissions import Mode
 from tests.harness.apiproxy import ApiProxy, RequestRecord
@@ -45,6 +46,18 @@ NOT_REACHED_HERE = {
     "(test_operator_run_repairs.py, test_operator_leadership.py)",
     ("agentrun.dev", "agentruns", "patch"): "clean-up after an earlier operator version "
     "(test_operator_run_registry.py): kopf's finalizer and annotations",
+    ("networking.k8s.io", "ingresses", "get"): "adopting a run's own route after a 409 on create",
+    ("traefik.io", "serverstransports", "get"): "adopting a run's own route after a 409 on create",
+    **{
+        (group, plural, verb): f"a run's own route behind {controller} (test_operator_run_route.py)"
+        for group, plural, controller in (
+            ("gateway.networking.k8s.io", "httproutes", "gateway-api or gke-gateway"),
+            ("networking.gke.io", "gcpbackendpolicies", "gke-gateway"),
+            ("networking.istio.io", "virtualservices", "istio"),
+            ("projectcontour.io", "httpproxies", "contour"),
+        )
+        for verb in ("create", "get")
+    },
 }
 
 
@@ -89,6 +102,10 @@ async def live_runs(cluster: Cluster, clock: ShiftableClock) -> None:
     await eventually(lambda: cluster.status("s1").get("phase") == "Running")
     clock.advance(61)
     await eventually(lambda: cluster.pod_gone(silent), message="the silent pod deleted")
+
+    # Its own route behind Traefik: an Ingress and a ServersTransport (whose kind this cluster does not serve).
+    cluster.create(run_manifest("r1", streaming={"ingress": {"controller": "traefik", "host": "r1.example.com"}}))
+    await eventually(lambda: cluster.condition(c.STREAM_ROUTE_READY, "r1"), message="r1's StreamRouteReady")
 
     cluster.create(run_manifest("p1", checkpoint={"store": "PersistentVolumeClaim", "storageClassName": "fast"}))
     await eventually(lambda: cluster.status("p1").get("reason"), message="p1 waiting for its StorageClass")

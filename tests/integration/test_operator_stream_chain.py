@@ -70,7 +70,7 @@ async def test_a_runs_own_exposure_is_checked_behind_the_controller_it_names(clu
             run_manifest(
                 "own",
                 maxExecutionTime="30h",
-                streaming={"ingress": {"controller": "azure-agic", "host": "agents.example.com"}},
+                streaming={"ingress": {"controller": "gke-gateway", "host": "agents.example.com"}},
             )
         )
         cluster.create(run_manifest("shared", maxExecutionTime="30h"))
@@ -80,10 +80,10 @@ async def test_a_runs_own_exposure_is_checked_behind_the_controller_it_names(clu
         await eventually(lambda: chain_warnings(cluster, "own"), message="the Warning Event")
 
         assert own["status"] == "False"
-        assert "azure-agic" in own["message"]
+        assert "gke-gateway" in own["message"]
         assert shared["status"] == "True"
         assert chain_warnings(cluster, "shared") == []
         assert [cluster.status(run)["budget"]["streamController"] for run in ("own", "shared")] == [
-            "azure-agic",
+            "gke-gateway",
             "ingress-nginx",
         ]

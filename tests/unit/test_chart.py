@@ -43,7 +43,6 @@ OPERATOR_SETTINGS_ENV = {
     "AGENTRUN_HEALTH_PORT",
     "AGENTRUN_LOG_FORMAT",
     "AGENTRUN_STREAM_BASE_URL",
-    "AGENTRUN_DEADLINE_GRACE_SECONDS",
     # How long a run waits for a missing Secret or StorageClass; how often its companions are checked.
     "AGENTRUN_PREREQUISITE_GRACE_SECONDS",
     "AGENTRUN_COMPANION_CHECK_INTERVAL_SECONDS",
@@ -288,7 +287,6 @@ def test_operator_env_sets_exactly_the_operator_settings() -> None:
     assert {name for name in env if name.startswith("AGENTRUN_")} == OPERATOR_SETTINGS_ENV
     assert env["AGENTRUN_WATCH_NAMESPACE"] == ""
     assert env["AGENTRUN_LOG_FORMAT"] == "json"
-    assert env["AGENTRUN_DEADLINE_GRACE_SECONDS"] == "60"
     assert env["AGENTRUN_STREAM_CONTROLLER"] == "ingress-nginx"
     assert env["AGENTRUN_GATEWAY_SERVICE_ACCOUNT"] == ""  # no gateway: no run grants one its stream token
 

@@ -1,6 +1,7 @@
 """The chart's NetworkPolicies and platform policy, rendered by the real Helm engine: each policy selects the
 pods the product really labels, lets through what each component needs, and is valid Kubernetes."""
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import helm_python
@@ -36,7 +37,9 @@ def runner_pod_labels(namespace: str) -> dict[str, str]:
     spec = AgentRunSpec.model_validate(
         {"instructions": "i", "input": "x", "model": {"name": "m"}, "maxExecutionTime": "5m", "maxIterations": 2}
     )
-    job = build_job(RunOwner(namespace=namespace, name="q3", uid="u"), spec, OperatorSettings())
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    owner = RunOwner(namespace=namespace, name="q3", uid="u")
+    job = build_job(owner, spec, OperatorSettings(), deadline=now + timedelta(minutes=5), now=now)
     labels: dict[str, str] = job["spec"]["template"]["metadata"]["labels"]
     return labels
 

@@ -13,7 +13,6 @@ import yaml
 
 from agentrun_operator.budget import compute_budget
 from agentrun_operator.parsing import parse_spec
-from agentrun_operator.settings import OperatorSettings
 from tests.unit.example_manifests import EXAMPLES_DIR, agentrun_examples, load
 
 pytestmark = pytest.mark.unit
@@ -57,6 +56,6 @@ def test_the_readme_and_the_chart_notes_are_among_the_manifests_checked() -> Non
 )
 def test_every_shown_agentrun_fits_its_time_budget(where: str, manifest: dict[str, Any]) -> None:
     spec = parse_spec(manifest)
-    budget = compute_budget(spec, deadline_grace_seconds=OperatorSettings().deadline_grace_seconds)
+    budget = compute_budget(spec)
 
     assert budget.fits, f"{where}: {budget.explain()}"

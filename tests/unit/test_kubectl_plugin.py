@@ -197,7 +197,7 @@ def run_with_budget(fits: bool, *, throttle: bool = False) -> dict[str, Any]:
                 "worstCaseSeconds": 18000 if not fits else 1200,
                 "maxExecutionSeconds": 1800,
                 "fits": fits,
-                "activeDeadlineSeconds": 1860,
+                "activeDeadlineSeconds": 1800,
             }
         },
     }
@@ -208,7 +208,7 @@ def test_budget_warns_when_the_worst_case_exceeds_max_execution_time() -> None:
     run_row = rows[0]
     assert (run_row.value_set, run_row.value_needed, run_row.verdict) == ("30m", "5h worst case", "WARN")
     deadline = rows[1]
-    assert (deadline.value_set, deadline.value_needed, deadline.verdict) == ("31m", "> 30m", "OK")
+    assert (deadline.value_set, deadline.value_needed, deadline.verdict) == ("30m", "<= 30m", "OK")
     assert [r.hop for r in rows] == [
         "run (maxExecutionTime)",
         "Job activeDeadlineSeconds",

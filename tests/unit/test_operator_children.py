@@ -1,5 +1,6 @@
 """The objects the operator builds for a run: valid Kubernetes, least privilege, restricted pods."""
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kubernetes_validate
@@ -27,7 +28,9 @@ pytestmark = pytest.mark.unit
 # The oldest and newest Kubernetes versions whose schemas kubernetes-validate ships that we target.
 KUBERNETES_VERSIONS = ["1.29.0", "1.33.0", "1.37.0"]
 OWNER = RunOwner(namespace="team-a", name="q3", uid="uid-q3")
-SETTINGS = OperatorSettings(runner_image="registry.example/runner:1", deadline_grace_seconds=60)
+SETTINGS = OperatorSettings(runner_image="registry.example/runner:1")
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+DEADLINE = NOW + timedelta(minutes=30)  # a run accepted just now with maxExecutionTime 30m
 
 SPEC_VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -54,7 +57,15 @@ def spec_of(**overrides: Any) -> AgentRunSpec:
 
 
 def children_of(variant: str) -> dict[str, dict[str, Any]]:
-    objects = build_children(OWNER, spec_of(**SPEC_VARIANTS[variant]), SETTINGS, stream_token="tok", permit_key="key")
+    objects = build_children(
+        OWNER,
+        spec_of(**SPEC_VARIANTS[variant]),
+        SETTINGS,
+        stream_token="tok",
+        permit_key="key",
+        deadline=DEADLINE,
+        now=NOW,
+    )
     return {f"{o['kind']}/{o['metadata']['name']}": o for o in objects}
 
 
@@ -136,7 +147,9 @@ def test_pvc_store_role_may_write_the_event_archive_and_nothing_else() -> None:
 def test_pvc_store_without_a_stream_needs_no_archive_and_no_create() -> None:
     spec = spec_of(checkpoint={"store": "PersistentVolumeClaim"}, streaming={"enabled": False})
     role = next(
-        o for o in build_children(OWNER, spec, SETTINGS, stream_token="tok", permit_key="key") if o["kind"] == "Role"
+        o
+        for o in build_children(OWNER, spec, SETTINGS, stream_token="tok", permit_key="key", deadline=DEADLINE, now=NOW)
+        if o["kind"] == "Role"
     )
     assert role["rules"] == [
         {
@@ -148,6 +161,17 @@ def test_pvc_store_without_a_stream_needs_no_archive_and_no_create() -> None:
     ]
 
 
+def test_a_job_created_later_gets_only_the_budget_left_and_the_absolute_deadline() -> None:
+    # A lost Job recreated 25m10.6s into a 30m budget: its hard stop must not fall after the deadline.
+    later = NOW + timedelta(minutes=25, seconds=10, milliseconds=600)
+    job = build_job(OWNER, spec_of(), SETTINGS, deadline=DEADLINE, now=later, restarts_before=1)
+    assert job["spec"]["activeDeadlineSeconds"] == 4 * 60 + 49  # rounded down, never past the deadline
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[contract.DEADLINE_ENV] == "2026-01-01T12:30:00+00:00"
+    past = build_job(OWNER, spec_of(), SETTINGS, deadline=DEADLINE, now=DEADLINE + timedelta(seconds=5))
+    assert past["spec"]["activeDeadlineSeconds"] == 1  # the API's minimum: the operator ends the run anyway
+
+
 def test_role_binding_binds_the_runs_service_account_only() -> None:
     binding = children_of("defaults")["RoleBinding/q3-runner"]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "q3-runner"}
@@ -157,7 +181,7 @@ def test_role_binding_binds_the_runs_service_account_only() -> None:
 def test_job_bounds_the_run_and_tells_crashes_from_bad_config_and_evictions() -> None:
     job = children_of("scheduling")["Job/q3-runner"]
     spec = job["spec"]
-    assert spec["activeDeadlineSeconds"] == 30 * 60 + 60
+    assert spec["activeDeadlineSeconds"] == 30 * 60
     assert spec["backoffLimit"] == 7
     assert spec["suspend"] is True
     fail_rule, ignore_rule = spec["podFailurePolicy"]["rules"]
@@ -272,7 +296,7 @@ def test_children_carry_only_the_operators_labels() -> None:
 
 
 def test_recreated_job_carries_the_restarts_made_before_it() -> None:
-    job = build_job(OWNER, spec_of(), SETTINGS, restarts_before=2)
+    job = build_job(OWNER, spec_of(), SETTINGS, deadline=DEADLINE, now=NOW, restarts_before=2)
     assert job["metadata"]["annotations"][RESTARTS_BEFORE_ANNOTATION] == "2"
 
 
@@ -310,7 +334,9 @@ def test_the_gateway_is_granted_the_streaming_runs_stream_token_alone(version: s
     settings = OperatorSettings(gateway_service_account="agentrun-system/gateway")
     objects = {
         f"{o['kind']}/{o['metadata']['name']}": o
-        for o in build_children(OWNER, spec_of(), settings, stream_token="tok", permit_key="key")
+        for o in build_children(
+            OWNER, spec_of(), settings, stream_token="tok", permit_key="key", deadline=DEADLINE, now=NOW
+        )
     }
     role, binding = objects["Role/q3-stream-reader"], objects["RoleBinding/q3-stream-reader"]
     assert role["rules"] == [
@@ -322,6 +348,12 @@ def test_the_gateway_is_granted_the_streaming_runs_stream_token_alone(version: s
         assert obj["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
         kubernetes_validate.validate(obj, version, strict=True)
     not_streaming = build_children(
-        OWNER, spec_of(streaming={"enabled": False}), settings, stream_token="tok", permit_key="key"
+        OWNER,
+        spec_of(streaming={"enabled": False}),
+        settings,
+        stream_token="tok",
+        permit_key="key",
+        deadline=DEADLINE,
+        now=NOW,
     )
     assert not [o for o in not_streaming if o["metadata"]["name"] == "q3-stream-reader"]

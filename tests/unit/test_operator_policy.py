@@ -1,5 +1,6 @@
 """The platform policy's pure logic: patterns read from the environment, matching, and the messages."""
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -152,20 +153,31 @@ def test_settings_read_the_policy_and_refuse_a_default_image_it_does_not_allow()
         )
 
 
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+DEADLINE = NOW + timedelta(minutes=30)
+
+
 def test_default_runner_resources_apply_only_to_runs_that_set_none() -> None:
     default = '{"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}'
     settings = OperatorSettings.from_env({"AGENTRUN_POLICY_DEFAULT_RUNNER_RESOURCES": default})
     owner = RunOwner(namespace="team-a", name="q3", uid="u")
 
     def container_resources(run: AgentRunSpec) -> Any:
-        (container,) = build_job(owner, run, settings)["spec"]["template"]["spec"]["containers"]
+        (container,) = build_job(owner, run, settings, deadline=DEADLINE, now=NOW)["spec"]["template"]["spec"][
+            "containers"
+        ]
         return container.get("resources")
 
     assert container_resources(spec()) == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
     # A run's own values win whole: mixed with the default's request, its 256Mi limit would be below 512Mi.
     own = spec(runner={"resources": {"limits": {"memory": "256Mi"}}})
     assert container_resources(own) == {"limits": {"memory": "256Mi"}}
-    assert "resources" not in build_job(owner, spec(), OperatorSettings())["spec"]["template"]["spec"]["containers"][0]
+    assert (
+        "resources"
+        not in build_job(owner, spec(), OperatorSettings(), deadline=DEADLINE, now=NOW)["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+    )
 
 
 @pytest.mark.parametrize(

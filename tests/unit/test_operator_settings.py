@@ -13,7 +13,7 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
     assert settings == OperatorSettings()
     assert settings.runner_image == DEFAULT_RUNNER_IMAGE
     assert (settings.status_min_interval_seconds, settings.progress_interval_seconds) == (2.0, 2.0)
-    assert (settings.metrics_port, settings.health_port, settings.deadline_grace_seconds) == (8000, 8081, 60)
+    assert (settings.metrics_port, settings.health_port) == (8000, 8081)
     assert settings.namespaces == []
 
 
@@ -28,7 +28,6 @@ def test_every_named_variable_is_read() -> None:
             "AGENTRUN_HEALTH_PORT": "0",
             "AGENTRUN_LOG_FORMAT": "JSON",
             "AGENTRUN_STREAM_BASE_URL": "https://agents.example.com/",
-            "AGENTRUN_DEADLINE_GRACE_SECONDS": "90",
             "AGENTRUN_STREAM_CONTROLLER": "gke-ingress",
         }
     )
@@ -39,7 +38,6 @@ def test_every_named_variable_is_read() -> None:
     assert (settings.metrics_port, settings.health_port) == (9100, 0)
     assert settings.log_format == "json"
     assert settings.stream_base_url == "https://agents.example.com"
-    assert settings.deadline_grace_seconds == 90
     assert settings.stream_controller == "gke-ingress"
 
 
@@ -51,7 +49,6 @@ def test_every_named_variable_is_read() -> None:
         ("AGENTRUN_METRICS_PORT", "70000"),
         ("AGENTRUN_HEALTH_PORT", "-1"),
         ("AGENTRUN_LOG_FORMAT", "xml"),
-        ("AGENTRUN_DEADLINE_GRACE_SECONDS", "-5"),
         ("AGENTRUN_STREAM_CONTROLLER", "nginx"),
         ("AGENTRUN_GATEWAY_SERVICE_ACCOUNT", "agentrun-stream-gateway"),
         ("AGENTRUN_GATEWAY_SERVICE_ACCOUNT", "agentrun-system/"),
@@ -142,14 +139,14 @@ def test_seconds_may_be_durations_and_blank_variables_keep_the_defaults() -> Non
     settings = OperatorSettings.from_env(
         {
             "AGENTRUN_SUPERVISE_INTERVAL_SECONDS": "1m",
-            "AGENTRUN_DEADLINE_GRACE_SECONDS": "1m30s",
+            "AGENTRUN_PREREQUISITE_GRACE_SECONDS": "1m30s",
             "AGENTRUN_PERMIT_LEASE_SECONDS": "20s",
             "AGENTRUN_LEASE_DURATION_SECONDS": "30s",
             "AGENTRUN_METRICS_PORT": "",
             "AGENTRUN_RUNNER_IMAGE": " ",
         }
     )
-    assert (settings.supervise_interval_seconds, settings.deadline_grace_seconds) == (60.0, 90)
+    assert (settings.supervise_interval_seconds, settings.prerequisite_grace_seconds) == (60.0, 90.0)
     assert (settings.permits.lease_seconds, settings.leader_election.lease_duration_seconds) == (20.0, 30.0)
     assert (settings.metrics_port, settings.runner_image) == (8000, DEFAULT_RUNNER_IMAGE)
 

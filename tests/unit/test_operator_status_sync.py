@@ -8,7 +8,7 @@ import pytest
 from agentrun_api import conditions as c
 from agentrun_api import contract
 from agentrun_api.spec import AgentRunSpec
-from agentrun_api.status import AgentRunStatus, CheckpointInfo, Condition, Phase
+from agentrun_api.status import AgentRunStatus, Budget, CheckpointInfo, Condition, Phase
 from agentrun_operator.children import RunOwner
 from agentrun_operator.observations import JobObservation, Observed, PodObservation, ProgressObservation
 from agentrun_operator.settings import OperatorSettings
@@ -21,6 +21,7 @@ from agentrun_operator.status_sync import (
     Urgency,
     condition_of,
     decide,
+    run_deadline,
     transition_events,
     write_urgency,
 )
@@ -425,3 +426,27 @@ def test_checkpoint_events_are_the_first_and_then_one_per_tenth_of_the_run() -> 
         if [e.reason for e in transition_events(at_checkpoint(n - 1), at_checkpoint(n), spec)] == ["Checkpointed"]
     ]
     assert announced == [0, *range(10, 101, 10)]
+
+
+def test_the_operator_ends_a_run_timed_out_at_its_wall_clock_deadline_even_if_no_pod_reports() -> None:
+    spec = spec_of(maxExecutionTime="60s", progressDeadline="10m")
+    pending = accepted_status(Phase.PENDING)
+    pending.budget = Budget(
+        worst_case_seconds=30, max_execution_seconds=60, fits=True, active_deadline_seconds=60, clock_start_time=at(0)
+    )
+    waiting = decide(pending, observed(job_object()), ctx(45, spec, clock_reset_at=at(40)))
+    assert waiting.status.phase == Phase.PENDING
+    assert waiting.recheck_after == pytest.approx(15)  # the deadline, not the 10m progress deadline
+    timed_out = decide(pending, observed(job_object(active=1), [pod_object()]), ctx(60, spec))
+    assert (timed_out.status.phase, timed_out.status.reason) == (Phase.TIMED_OUT, c.REASON_TIMED_OUT)
+    assert "maxExecutionTime (60s) ran out" in timed_out.status.message
+    assert timed_out.actions == [SetJobSuspended(True)]  # its pod gets SIGTERM and checkpoints
+
+
+def test_a_status_without_a_clock_start_counts_from_acceptance_and_an_edited_budget_applies() -> None:
+    assert run_deadline(AgentRunStatus(), spec_of()) is None  # not accepted: no clock yet
+    assert run_deadline(accepted_status(), spec_of(maxExecutionTime="2m")) == at(120)
+    ended = decide(
+        accepted_status(Phase.RUNNING), observed(job_object(active=1)), ctx(120, spec_of(maxExecutionTime="2m"))
+    )
+    assert ended.status.phase == Phase.TIMED_OUT

@@ -1,6 +1,7 @@
 """The AgentRun name rule: every child of a run with the longest allowed name gets a valid name."""
 
 import re
+from datetime import UTC, datetime
 
 import pytest
 
@@ -12,6 +13,9 @@ from agentrun_operator.settings import OperatorSettings
 
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+_NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _spec() -> AgentRunSpec:
@@ -31,7 +35,9 @@ def test_every_child_of_a_longest_name_run_has_a_valid_name_and_label() -> None:
     run = "a" * names.RUN_NAME_MAX_LENGTH
     assert names.run_name_problem(run) is None
     owner = children.RunOwner(namespace="ns", name=run, uid="u")
-    objects = children.build_children(owner, _spec(), OperatorSettings(), stream_token="t")
+    objects = children.build_children(
+        owner, _spec(), OperatorSettings(), stream_token="t", permit_key="k", deadline=_NOW, now=_NOW
+    )
     for obj in objects:
         name = obj["metadata"]["name"]
         assert len(name) <= 253

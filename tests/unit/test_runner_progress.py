@@ -123,7 +123,7 @@ class ConfigMapsMissingFor:
     async def put_data(self, name: str, data: dict[str, str], labels: dict[str, str]) -> None:
         if self.failures > 0:
             self.failures -= 1
-            raise KubeError(f"cannot create ConfigMap ns/{name}: HTTP 403 forbidden")
+            raise KubeError(403, "Forbidden", "configmaps is forbidden", what=f"cannot create ConfigMap ns/{name}")
         self.written.append(data)
 
 
