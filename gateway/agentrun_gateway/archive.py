@@ -1,10 +1,11 @@
 """The event log of a run whose runner is gone, read from what the runner left in ConfigMaps.
 
 Two places hold it, both written by the runner and read here with the gateway's own credentials
-(``get`` on configmaps); decoding is the runner's own code, so the archive serves exactly what the
-runner would replay, formatted as the runner formats it:
-- the event-log archive ``<run>-events-<n>`` (``agentrun_runner.archive``), which a run with the PVC
-  checkpoint store writes when it ends (the gateway cannot mount every run's claim);
+(``get`` on configmaps); the format and its decoding are shared with the runner
+(``agentrun_common.eventlog``), so the archive serves exactly what the runner would replay, framed as
+the runner frames it:
+- the event-log archive ``<run>-events-<n>``, which a run with the PVC checkpoint store writes when it
+  ends (the gateway cannot mount every run's claim);
 - the checkpoint segments ``<run>-ckpt-<n>`` of a run with the ConfigMap store, which hold the log
   in their records already (and hold it even when the runner never reached its end).
 """
@@ -15,13 +16,12 @@ from agentrun_api.contract import (
     checkpoint_segment_name,
     events_archive_name,
 )
+from agentrun_common.eventlog.archive import decode_archive, read_manifest
+from agentrun_common.eventlog.events import Event, format_event
+from agentrun_common.eventlog.records import events_of
+from agentrun_common.eventlog.segments import decode_segments
 from agentrun_common.sse import SseEvent, SseParser
 from agentrun_gateway.kube import KubeApi
-from agentrun_runner.archive import decode_archive, read_manifest
-from agentrun_runner.checkpoint.configmap import decode_segments
-from agentrun_runner.events import Event
-from agentrun_runner.state import events_of
-from agentrun_runner.stream import format_event
 
 
 class RunArchive:

@@ -16,7 +16,7 @@ from httpx_sse import ServerSentEvent
 from agentrun_api import constants, contract
 from agentrun_api.contract import PROGRESS_KEY, Outcome, ProgressReport
 from agentrun_api.spec import AgentRunSpec
-from agentrun_runner.archive import MANIFEST_KEY, read_manifest
+from agentrun_common.eventlog.archive import MANIFEST_KEY, read_manifest
 from tests.harness.gateway import (
     as_log,
     gateway_after_the_runner,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from agentrun_api.contract import CONFIGMAP_SEGMENT_LIMIT_BYTES, EXIT_OUTCOME_RECORDED, Outcome, RunIdentity
-from agentrun_runner.checkpoint import CheckpointError, ConfigMapStore, PvcStore, encode_record
-from agentrun_runner.checkpoint.records import bind_record
+from agentrun_common.eventlog.records import bind_record, encode_record
+from agentrun_runner.checkpoint import CheckpointError, ConfigMapStore, PvcStore
 from agentrun_runner.kube import ConfigMaps, load_configuration
 from tests.harness.apiproxy import ApiProxy
 from tests.harness.model_server import Answer, ModelServer, by_turn, call
