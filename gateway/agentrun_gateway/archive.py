@@ -8,6 +8,10 @@ the runner frames it:
   ends (the gateway cannot mount every run's claim);
 - the checkpoint segments ``<run>-ckpt-<n>`` of a run with the ConfigMap store, which hold the log
   in their records already (and hold it even when the runner never reached its end).
+
+Only the run's own are served, as the runner resumes only from its own: a ConfigMap must be owned by
+the AgentRun's uid and a checkpoint record must carry it. What a deleted run of the same name left
+behind (not yet garbage-collected) or another run planted is never shown to this run's readers.
 """
 
 from agentrun_api.contract import (
@@ -38,36 +42,41 @@ class RunArchive:
         self._max_checkpoint_segments = max_checkpoint_segments
         self._max_archive_segments = max_archive_segments
 
-    async def events_after(self, namespace: str, run: str, last_id: int) -> list[SseEvent] | None:
-        events = await self._archived(namespace, run)
+    async def events_after(self, namespace: str, run: str, run_uid: str, last_id: int) -> list[SseEvent] | None:
+        if not run_uid:
+            return None  # nothing can be proven to be this run's
+        events = await self._archived(namespace, run, run_uid)
         if events is None:
-            events = await self._checkpointed(namespace, run)
+            events = await self._checkpointed(namespace, run, run_uid)
         if events is None:
             return None
         parser = SseParser()
         wire = b"".join(format_event(event) for event in events)
         return [event for event in parser.feed(wire) if (event.sequence or 0) > last_id]
 
-    async def _archived(self, namespace: str, run: str) -> list[Event] | None:
-        first = await self._kube.configmap_data(namespace, events_archive_name(run, 0))
+    async def _archived(self, namespace: str, run: str, run_uid: str) -> list[Event] | None:
+        first = await self._kube.owned_configmap_data(namespace, events_archive_name(run, 0), run_uid)
         manifest = read_manifest(first)
         if first is None or manifest is None or manifest.segments > self._max_archive_segments:
             return None
         segments = [first]
         for index in range(1, manifest.segments):
-            data = await self._kube.configmap_data(namespace, events_archive_name(run, index))
+            data = await self._kube.owned_configmap_data(namespace, events_archive_name(run, index), run_uid)
             if not data:
                 return None
             segments.append(data)
         return decode_archive(segments)
 
-    async def _checkpointed(self, namespace: str, run: str) -> list[Event] | None:
+    async def _checkpointed(self, namespace: str, run: str, run_uid: str) -> list[Event] | None:
         segments: list[dict[str, str]] = []
         for index in range(self._max_checkpoint_segments):
-            data = await self._kube.configmap_data(namespace, checkpoint_segment_name(run, index))
+            data = await self._kube.owned_configmap_data(namespace, checkpoint_segment_name(run, index), run_uid)
             if not data:
                 break
             segments.append(data)
         if not segments:
             return None
-        return events_of(decode_segments(run, segments).records)
+        records = decode_segments(run, segments, run_uid).records
+        if not records:
+            return None  # none is this run's: nothing to replay, not an empty log
+        return events_of(records)
