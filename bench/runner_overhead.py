@@ -40,8 +40,8 @@ from tests.harness.testbed import KubeTestbed  # noqa: E402
 from agentrun_api import contract  # noqa: E402
 from agentrun_api.contract import RunnerConfig  # noqa: E402
 from agentrun_api.spec import AgentRunSpec  # noqa: E402
+from agentrun_common.eventlog.records import CorruptRecordError, decode_record  # noqa: E402
 from agentrun_runner import __main__ as runner_main  # noqa: E402
-from agentrun_runner.checkpoint import CorruptRecordError, decode_record  # noqa: E402
 from agentrun_runner.kube import ConfigMaps  # noqa: E402
 from agentrun_runner.settings import RunnerSettings  # noqa: E402
 

@@ -39,7 +39,7 @@ from tests.harness.model_server import Answer, ModelServer, by_turn  # noqa: E40
 from tests.harness.runner import STREAM_TOKEN, RunnerProcess, make_config, make_spec, runner_env  # noqa: E402
 from tests.harness.sse_client import dispatched_events  # noqa: E402
 
-from agentrun_runner.checkpoint.records import decode_next  # noqa: E402
+from agentrun_common.eventlog.records import decode_next  # noqa: E402
 
 BASELINE_REF = "485962d"
 CHUNK_SECONDS = 0.01

@@ -1,11 +1,12 @@
 """The few Kubernetes API calls the gateway makes, over the shared client (``agentrun_common.kube``).
 
-Reads: the run's stream-token Secret (granted by name, per run, by the operator), the AgentRun (phase, heartbeat interval) and, for readers of
-an ended run, its checkpoint segment ConfigMaps (the event log). Writes: TokenReview
-and SubjectAccessReview, to check a reader's Kubernetes bearer token against RBAC.
+Reads: the run's stream-token Secret (granted by name, per run, by the operator), the AgentRun (uid, phase,
+heartbeat interval) and, for readers of an ended run, the ConfigMaps its runner left (the event log). Writes:
+TokenReview and SubjectAccessReview, to check a reader's Kubernetes bearer token against RBAC.
 """
 
 import base64
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ from agentrun_common.kube.client import CERTIFICATE_NOT_VERIFIED
 from agentrun_common.retry import RetryPolicy
 from agentrun_gateway.settings import KUBE_CA_FILE_ENV
 
+log = logging.getLogger(__name__)
+
 # A reader waits on these calls: a short retry, then the reader gets a 503 and retries itself.
 READER_RETRY = RetryPolicy(attempts=3, first_backoff_seconds=0.2, max_backoff_seconds=1.0, max_retry_after_seconds=2.0)
 
@@ -29,6 +32,7 @@ KubeApiError = ApiError
 class RunInfo:
     phase: Phase | None
     heartbeat_seconds: float
+    uid: str  # what the run's checkpoint records and ConfigMaps are bound to
 
     @property
     def ended(self) -> bool:
@@ -95,12 +99,17 @@ class KubeApi:
             return None
         return base64.b64decode(encoded).decode()
 
-    async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        """A ConfigMap's data, or None when it does not exist."""
+    async def owned_configmap_data(self, namespace: str, name: str, owner_uid: str) -> dict[str, str] | None:
+        """A ConfigMap's data; None when it does not exist or is not owned by ``owner_uid`` (one left by a
+        deleted run of the same name, or made by someone else, is not this run's)."""
         obj = await self._request(
             "GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}", f"read ConfigMap {namespace}/{name}"
         )
         if obj is None:
+            return None
+        owners = {ref.get("uid") for ref in obj.get("metadata", {}).get("ownerReferences") or []}
+        if owner_uid not in owners:
+            log.info("ConfigMap %s/%s is not owned by run uid %s; it is not replayed", namespace, name, owner_uid)
             return None
         data = obj.get("data") or {}
         return {str(key): str(value) for key, value in data.items()}
@@ -121,7 +130,7 @@ class KubeApi:
             seconds = parse_duration(heartbeat) if heartbeat else self._default_heartbeat
         except ValueError:
             seconds = self._default_heartbeat
-        return RunInfo(phase=phase, heartbeat_seconds=seconds)
+        return RunInfo(phase=phase, heartbeat_seconds=seconds, uid=str(obj.get("metadata", {}).get("uid", "")))
 
     async def authenticate(self, token: str) -> Identity | None:
         """Who a Kubernetes bearer token belongs to (TokenReview), or None when it is not valid."""

@@ -42,8 +42,9 @@ def final_event(payload: dict[str, Any]) -> SseEvent:
 class EventArchive(Protocol):
     """Where an ended run's events are read once its runner is gone (the runner's checkpoint)."""
 
-    async def events_after(self, namespace: str, run: str, last_id: int) -> list[SseEvent] | None:
-        """Events with an id above ``last_id``, oldest first; None when this archive holds nothing for the run."""
+    async def events_after(self, namespace: str, run: str, run_uid: str, last_id: int) -> list[SseEvent] | None:
+        """Events with an id above ``last_id``, oldest first, of the run with uid ``run_uid`` only; None when this
+        archive holds nothing for that run."""
         ...
 
 
@@ -369,7 +370,7 @@ class Relay:
     async def _finish_ended(self, namespace: str, run: str, last_id: int, client: EventSink, info: RunInfo) -> None:
         """The run ended and its runner has nothing more: replay from the archive, then close."""
         replay = "complete"
-        events = await self._archive.events_after(namespace, run, last_id) if self._archive else None
+        events = await self._archive.events_after(namespace, run, info.uid, last_id) if self._archive else None
         if events is None:
             replay = "unavailable" if last_id == 0 else "partial"
         for event in events or ():

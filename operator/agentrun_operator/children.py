@@ -191,7 +191,7 @@ def build_role(owner: RunOwner, spec: AgentRunSpec) -> dict[str, Any]:
     archives_events = spec.checkpoint.store == "PersistentVolumeClaim" and spec.streaming.enabled
     if archives_events:
         # At the end it writes its event log into <run>-events-<n> (patch, or create when missing),
-        # for replay once its pod and claim are gone (agentrun_runner.archive); it never reads them.
+        # for replay once its pod and claim are gone (agentrun_common.eventlog.archive); it never reads them.
         names = [contract.events_archive_name(owner.name, n) for n in range(contract.EVENTS_ARCHIVE_MAX_SEGMENTS)]
         rules.append({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names, "verbs": ["patch"]})
     if spec.checkpoint.store == "ConfigMap" or archives_events:

@@ -5,30 +5,15 @@ holds it is written: what any reader saw is exactly what a replay from the log g
 pod loss. An event emitted but not yet written is lost with its pod unseen, so a replacement pod
 numbers its events right after the last logged one and no id ever names two different events.
 Writing is the agent's job: ``on_pending`` tells it there are events to write, ``publish`` that
-they are written.
+they are written. The ``Event`` itself is ``agentrun_common.eventlog.events``: the stream gateway replays it.
 """
 
 import asyncio
 import bisect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-EventType = Literal["iteration", "token", "tool_call", "tool_result", "checkpoint", "finished"]
-
-
-@dataclass(frozen=True)
-class Event:
-    id: int
-    type: EventType
-    data: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.type, "data": self.data}
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> "Event":
-        return cls(id=int(raw["id"]), type=raw["type"], data=dict(raw["data"]))
+from agentrun_common.eventlog.events import Event, EventType
 
 
 class Subscription:

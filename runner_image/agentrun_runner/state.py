@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrun_runner.events import Event
+from agentrun_common.eventlog.events import Event
+from agentrun_common.eventlog.records import check_follows
 
 Message = dict[str, Any]
 
@@ -112,12 +113,7 @@ class RunState:
 
     def apply(self, record: dict[str, Any]) -> None:
         """Fold one loaded record into the state; raises ValueError when it does not follow on."""
-        if record.get("seq") != self.records:
-            raise ValueError(f"record {record.get('seq')} does not follow record {self.records - 1}")
-        if record["messagesFrom"] != len(self.messages):
-            raise ValueError(
-                f"record {record['seq']} starts at message {record['messagesFrom']}, not {len(self.messages)}"
-            )
+        check_follows(record, self.records, len(self.messages))
         self.messages.extend(record["messages"])
         for raw in record["tools"]:
             tool = ToolCallRecord.from_json(raw)
@@ -132,15 +128,3 @@ class RunState:
         self.mark_saved(record)
         self._saved_events = len(self.events)
         self._saved_tools = len(self.tool_log)
-
-
-def events_of(records: list[dict[str, Any]]) -> list[Event]:
-    """The event log held in a run's checkpoint records (what a resumed runner would replay); stops
-    before the first record that does not follow on."""
-    state = RunState()
-    for record in records:
-        try:
-            state.apply(record)
-        except (ValueError, KeyError, TypeError):
-            break
-    return state.events

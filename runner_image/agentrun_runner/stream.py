@@ -8,19 +8,15 @@ open through proxies. After the run's ``finished`` event a reader's stream ends.
 
 import asyncio
 import hmac
-import json
 import logging
 
 from aiohttp import web
 
-from agentrun_common.sse import HEARTBEAT, SSE_HEADERS, encode_event
-from agentrun_runner.events import Event, EventLog
+from agentrun_common.eventlog.events import Event, format_event
+from agentrun_common.sse import HEARTBEAT, SSE_HEADERS
+from agentrun_runner.events import EventLog
 
 log = logging.getLogger(__name__)
-
-
-def format_event(event: Event) -> bytes:
-    return encode_event(event.type, json.dumps(event.data, separators=(",", ":")), id=event.id)
 
 
 class StreamServer:

@@ -12,9 +12,9 @@ import pytest
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
 from agentrun_api.contract import STREAM_PORT, checkpoint_segment_name
-from agentrun_runner.checkpoint.configmap import decode_segments
-from agentrun_runner.events import Event
-from agentrun_runner.state import events_of
+from agentrun_common.eventlog.events import Event
+from agentrun_common.eventlog.records import events_of
+from agentrun_common.eventlog.segments import decode_segments
 from tests.e2e.runs import needs_scripted_model
 from tests.harness.agentruns import agent_run, agentruns_path, requests_of, runner_pods, wait_for_end
 from tests.harness.local_cluster import LocalCluster

@@ -24,7 +24,7 @@ from agentrun_gateway.settings import GatewaySettings
 from tests.harness.identities import gateway_identity
 from tests.harness.local_cluster import free_port
 from tests.harness.runner import RunnerProcess
-from tests.harness.source_roots import pythonpath
+from tests.harness.source_roots import GATEWAY_IMAGE_FOLDERS, pythonpath
 from tests.harness.sse_client import dispatched_events
 from tests.harness.testbed import KubeTestbed
 
@@ -127,8 +127,8 @@ async def gateway_process(
         "AGENTRUN_GATEWAY_KUBE_API_URL": api.url,
         "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": api.token_file,
         "AGENTRUN_GATEWAY_KUBE_CA_FILE": api.ca_file,
-        # What the gateway image holds (gateway/Dockerfile); the runner's package decodes checkpoints.
-        "PYTHONPATH": pythonpath(),
+        # What the gateway image holds (gateway/Dockerfile): neither the operator's nor the runner's package.
+        "PYTHONPATH": pythonpath(GATEWAY_IMAGE_FOLDERS),
     }
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "agentrun_gateway", env=env, stderr=stderr)
     try:

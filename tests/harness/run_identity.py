@@ -10,6 +10,7 @@ ServiceAccount, so a runner started by a test has exactly a runner pod's rights.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,38 @@ def list_configmaps(testbed: KubeTestbed, namespace: str, prefix: str = "") -> l
     answer.raise_for_status()
     found = [cm for cm in answer.json()["items"] if cm["metadata"]["name"].startswith(prefix)]
     return sorted(found, key=lambda cm: cm["metadata"]["name"])
+
+
+def recreate_run(testbed: KubeTestbed, namespace: str, name: str, *, timeout_seconds: float = 90.0) -> str:
+    """Delete the AgentRun orphaning its dependents (the ConfigMaps, Secret and Role it owned stay, owned by nobody,
+    as they do until the garbage collector gets to them) and create a new one of the same name and spec; returns
+    its uid. kube-controller-manager's garbage collector removes the orphan finalizer; early in a session it may
+    take up to its 30 s discovery period to learn of the AgentRun CRD."""
+    path = f"{AGENTRUN_API}/namespaces/{namespace}/agentruns/{name}"
+    old = testbed.admin.get(path)
+    old.raise_for_status()
+    testbed.admin.request(
+        "DELETE", path, json={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Orphan"}
+    ).raise_for_status()
+    deadline = time.monotonic() + timeout_seconds
+    while testbed.admin.get(path).status_code != 404:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"AgentRun {namespace}/{name} still exists {timeout_seconds:.0f} s after deletion")
+        time.sleep(0.1)
+    body = {key: old.json()[key] for key in ("apiVersion", "kind", "spec")}
+    body["metadata"] = {"name": name, "namespace": namespace}
+    created = _create(testbed.admin, f"{AGENTRUN_API}/namespaces/{namespace}/agentruns", body)
+    uid = str(created["metadata"]["uid"])
+    assert uid != old.json()["metadata"]["uid"]
+    return uid
+
+
+def set_owner(testbed: KubeTestbed, namespace: str, configmap: str, run: str, uid: str) -> None:
+    """Make the run of that uid the ConfigMap's controller owner, as a runner's own ConfigMaps are owned."""
+    owner = RunOwner(namespace=namespace, name=run, uid=uid)
+    references = children.adopted({"metadata": {}}, owner)["metadata"]["ownerReferences"]
+    testbed.admin.patch(
+        f"/api/v1/namespaces/{namespace}/configmaps/{configmap}",
+        headers={"Content-Type": "application/merge-patch+json"},
+        json={"metadata": {"ownerReferences": references}},
+    ).raise_for_status()

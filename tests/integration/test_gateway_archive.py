@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from httpx_sse import ServerSentEvent
 
+from agentrun_api.contract import checkpoint_segment_name
 from tests.harness.gateway import (
     as_log,
     gateway_after_the_runner,
@@ -17,7 +18,7 @@ from tests.harness.gateway import (
     read_until_finished,
 )
 from tests.harness.model_server import ModelServer, research_script
-from tests.harness.run_identity import provision_run, set_run_phase
+from tests.harness.run_identity import list_configmaps, provision_run, recreate_run, set_owner, set_run_phase
 from tests.harness.runner import STREAM_TOKEN, load_configmap_state, make_config, make_spec, runner_env
 from tests.harness.testbed import KubeTestbed
 
@@ -83,3 +84,41 @@ async def test_the_archive_is_refused_to_a_wrong_token(ended_run: list[ServerSen
 
     assert status == 401
     assert events == []
+
+
+def only_the_gateways_end(events: list[ServerSentEvent]) -> dict[str, object]:
+    """The one event a reader gets when nothing of the run can be replayed: the gateway's own ``finished``."""
+    assert [(e.event, e.id) for e in events] == [("finished", "")]
+    end: dict[str, object] = json.loads(events[0].data)
+    return end
+
+
+async def test_a_new_run_of_the_same_name_is_not_served_what_the_deleted_one_left(
+    ended_run: list[ServerSentEvent], gateway_url: str, testbed: KubeTestbed, namespace: str
+) -> None:
+    segments = [
+        cm["metadata"]["name"] for cm in list_configmaps(testbed, namespace, checkpoint_segment_name(RUN, 0)[:-1])
+    ]
+    assert segments  # the deleted run's checkpoint stays until the garbage collector gets to it
+    recreate_run(testbed, namespace, RUN)
+    set_run_phase(testbed, namespace, RUN, "Failed")
+
+    status, replayed = await read_until_finished(gateway_url, STREAM_TOKEN)
+
+    assert status == 200
+    assert only_the_gateways_end(replayed) == {"phase": "Failed", "reason": "RunEnded", "replay": "unavailable"}
+
+
+async def test_checkpoint_records_of_another_uid_are_not_served_even_from_a_configmap_the_run_owns(
+    ended_run: list[ServerSentEvent], gateway_url: str, testbed: KubeTestbed, namespace: str
+) -> None:
+    uid = recreate_run(testbed, namespace, RUN)
+    set_run_phase(testbed, namespace, RUN, "Failed")
+    # Planted: segments the new run owns, holding records bound to the deleted run's uid.
+    for cm in list_configmaps(testbed, namespace, checkpoint_segment_name(RUN, 0)[:-1]):
+        set_owner(testbed, namespace, cm["metadata"]["name"], RUN, uid)
+
+    status, replayed = await read_until_finished(gateway_url, STREAM_TOKEN)
+
+    assert status == 200
+    assert only_the_gateways_end(replayed)["replay"] == "unavailable"

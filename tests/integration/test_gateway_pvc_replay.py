@@ -16,7 +16,7 @@ from httpx_sse import ServerSentEvent
 from agentrun_api import constants, contract
 from agentrun_api.contract import PROGRESS_KEY, Outcome, ProgressReport
 from agentrun_api.spec import AgentRunSpec
-from agentrun_runner.archive import MANIFEST_KEY, read_manifest
+from agentrun_common.eventlog.archive import MANIFEST_KEY, read_manifest
 from tests.harness.gateway import (
     as_log,
     gateway_after_the_runner,
@@ -25,7 +25,7 @@ from tests.harness.gateway import (
     read_until_finished,
 )
 from tests.harness.model_server import ModelServer, research_script
-from tests.harness.run_identity import AGENTRUN_API, list_configmaps, provision_run, set_run_phase
+from tests.harness.run_identity import AGENTRUN_API, list_configmaps, provision_run, recreate_run, set_run_phase
 from tests.harness.runner import API_KEY, STREAM_TOKEN, load_state, make_config, make_spec, runner_env
 from tests.harness.testbed import KubeTestbed
 
@@ -109,6 +109,20 @@ async def test_a_reader_resuming_after_the_end_gets_only_what_it_missed(
 
     assert status == 200
     assert as_log(rest) == [entry for entry in ended_pvc_run.log if entry[0] > middle]
+
+
+async def test_a_new_run_of_the_same_name_is_not_served_the_deleted_ones_archive(
+    ended_pvc_run: EndedPvcRun, gateway_url: str, testbed: KubeTestbed, namespace: str
+) -> None:
+    recreate_run(testbed, namespace, RUN)
+    set_run_phase(testbed, namespace, RUN, "Failed")
+    assert [cm["metadata"]["name"] for cm in _archive(testbed, namespace)] == [contract.events_archive_name(RUN, 0)]
+
+    status, replayed = await read_until_finished(gateway_url, STREAM_TOKEN)
+
+    assert status == 200
+    assert [(e.event, e.id) for e in replayed] == [("finished", "")]  # the gateway's own end, no event of the log
+    assert json.loads(replayed[0].data) == {"phase": "Failed", "reason": "RunEnded", "replay": "unavailable"}
 
 
 async def test_the_archive_is_owned_by_the_run_holds_no_secret_and_goes_with_it(

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from agentrun_api.contract import CONFIGMAP_SEGMENT_LIMIT_BYTES, EXIT_OUTCOME_RECORDED, Outcome, RunIdentity
-from agentrun_runner.checkpoint import CheckpointError, ConfigMapStore, PvcStore, encode_record
-from agentrun_runner.checkpoint.records import bind_record
+from agentrun_common.eventlog.records import bind_record, encode_record
+from agentrun_runner.checkpoint import CheckpointError, ConfigMapStore, PvcStore
 from agentrun_runner.kube import ConfigMaps, load_configuration
 from tests.harness.apiproxy import ApiProxy
 from tests.harness.model_server import Answer, ModelServer, by_turn, call
@@ -218,7 +218,7 @@ async def test_segments_another_run_left_or_planted_are_claimed_empty_and_not_re
     client = await configmaps.open("reused")
     # Segments under this run's name that it did not write: planted by another runner (or kept from a
     # deleted run of the same name), holding a conversation stamped with another uid, over two segments.
-    planter = ConfigMaps(client._access, configmaps.namespace)
+    planter = ConfigMaps(client._client.credentials, configmaps.namespace)
     try:
         foreign = ConfigMapStore(
             planter, "reused", run_uid="uid-of-another-run", max_segments=36, segment_limit_bytes=9_000

@@ -11,7 +11,8 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from agentrun_runner.events import EventLog, EventType
+from agentrun_common.eventlog.events import EventType
+from agentrun_runner.events import EventLog
 from agentrun_runner.stream import StreamServer
 from tests.harness.sse_client import dispatched_events
 

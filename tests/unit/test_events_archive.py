@@ -6,16 +6,16 @@ import random
 import pytest
 
 from agentrun_api.contract import CONFIGMAP_SEGMENT_LIMIT_BYTES
-from agentrun_runner.archive import (
+from agentrun_common.eventlog.archive import (
     MANIFEST_KEY,
     PART_KEY,
     ArchiveTooLargeError,
     decode_archive,
     encode_archive,
     read_manifest,
-    write_archive,
 )
-from agentrun_runner.events import Event
+from agentrun_common.eventlog.events import Event
+from agentrun_runner.archive import write_archive
 
 pytestmark = pytest.mark.unit
 

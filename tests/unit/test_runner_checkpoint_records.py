@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agentrun_runner.checkpoint import CorruptRecordError, decode_record, encode_record
+from agentrun_common.eventlog.records import CorruptRecordError, decode_record, encode_record
 from agentrun_runner.events import EventLog
 from agentrun_runner.state import RunState, ToolCallRecord
 

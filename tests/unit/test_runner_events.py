@@ -2,7 +2,8 @@
 
 import pytest
 
-from agentrun_runner.events import Event, EventLog
+from agentrun_common.eventlog.events import Event
+from agentrun_runner.events import EventLog
 
 pytestmark = pytest.mark.unit
 

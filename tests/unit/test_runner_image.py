@@ -1,4 +1,5 @@
-"""The runner image's Dockerfile matches what the tests run and what the operator mounts.
+"""The runner image's Dockerfile matches what the tests run and what the operator mounts; the runner's and the
+gateway's images install only their own pinned requirements.
 
 No container engine is available here, so the image is not built in the tests; these checks keep
 its entrypoint, user and paths in line with the code the tests do run."""
@@ -50,16 +51,35 @@ def test_image_paths_and_port_follow_the_contract() -> None:
     assert instructions("EXPOSE") == [str(STREAM_PORT)]
 
 
-def test_image_requirements_use_the_project_pins() -> None:
+def requirement_lines(image: str) -> list[str]:
+    text = (ROOT / image / "requirements.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def requirement_names(image: str) -> set[str]:
+    return {line.split("==")[0].lower() for line in requirement_lines(image)}
+
+
+@pytest.mark.parametrize("image", ["runner_image", "gateway"])
+def test_image_requirements_use_the_project_pins(image: str) -> None:
     pinned = {
         line.split("==")[0].lower(): line
         for line in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     }
-    lines = [
-        line.strip()
-        for line in (ROOT / "runner_image" / "requirements.txt").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    lines = requirement_lines(image)
     assert lines
     for line in lines:
         assert pinned[line.split("==")[0].lower()] == line
+    assert (ROOT / image / "Dockerfile").read_text().count(f"COPY {image}/requirements.txt ") == 1
+
+
+def test_gateway_image_holds_only_the_gateway_and_what_it_imports() -> None:
+    dockerfile = (ROOT / "gateway" / "Dockerfile").read_text()
+    copied = {m[1] for m in re.finditer(r"^COPY (\S+) ", dockerfile, re.MULTILINE) if not m[1].startswith("--")}
+    assert copied == {
+        "gateway/requirements.txt",
+        "api/agentrun_api",
+        "common/agentrun_common",
+        "gateway/agentrun_gateway",
+    }
+    assert not requirement_names("gateway") & {"kopf", "kubernetes", "openai"}

@@ -1,9 +1,9 @@
 """Checkpoint store in ConfigMaps: append-only segments ``<run>-ckpt-<n>``.
 
-Each record is one key (``r<seq>-<part>``) merged into the current segment with a small merge
-patch, so a write sends only the new record, never the history. A segment is closed when the next
-key would pass ``CONFIGMAP_SEGMENT_LIMIT_BYTES`` (under the API server's 1 MiB object limit); a
-record larger than the space left is split into parts across segments.
+Each record is one key (``r<seq>-<part>``; the layout is ``agentrun_common.eventlog.segments``) merged into
+the current segment with a small merge patch, so a write sends only the new record, never the history. A
+segment is closed when the next key would pass ``CONFIGMAP_SEGMENT_LIMIT_BYTES`` (under the API server's
+1 MiB object limit); a record larger than the space left is split into parts across segments.
 
 Checkpoints are bound to the run's uid: every record carries it and every segment is owned by the
 run's AgentRun. A segment the run does not own (a deleted run of the same name whose segments the
@@ -11,69 +11,17 @@ garbage collector has not removed yet, or one planted by another run) is claimed
 a record of another uid is dropped as an unusable one is: a recreated run starts fresh.
 """
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
 from agentrun_api import constants
 from agentrun_api.contract import CONFIGMAP_SEGMENT_LIMIT_BYTES, checkpoint_segment_name
-from agentrun_runner.checkpoint.records import (
-    CorruptRecordError,
-    Loaded,
-    bind_record,
-    check_owner,
-    decode_record,
-    encode_record,
-)
-from agentrun_runner.checkpoint.store import CheckpointError
+from agentrun_common.eventlog.records import bind_record, encode_record
+from agentrun_common.eventlog.segments import RECORD_KEY, RESULT_KEY, decode_segments, record_key
+from agentrun_runner.checkpoint.store import CheckpointError, Loaded
 from agentrun_runner.kube import ConfigMaps, KubeError
 
-RESULT_KEY = "result"
-_RECORD_KEY = re.compile(r"^r(\d{8})-(\d{3})$")
 # Do not start a part in a segment with less room than this; start the next segment instead.
 _MIN_PART_BYTES = 4096
-
-
-def _record_key(seq: int, part: int) -> str:
-    return f"r{seq:08d}-{part:03d}"
-
-
-@dataclass(frozen=True)
-class DecodedSegments:
-    records: list[dict[str, Any]]  # the good records, oldest first
-    problem: str | None  # why decoding stopped early, if it did
-    unusable: set[int]  # sequence numbers of records at and after the first unusable one
-
-
-def decode_segments(run: str, segments: list[dict[str, str]], run_uid: str | None = None) -> DecodedSegments:
-    """The records held in a run's segment ConfigMaps' data (segment 0 first), up to the first that is
-    unusable or, given ``run_uid``, of another run. Reads only: the store drops the unusable tail,
-    readers such as the stream gateway just stop before it."""
-    parts: dict[int, list[tuple[int, int, str]]] = {}  # seq -> (part, segment, value)
-    for index, data in enumerate(segments):
-        for key, value in data.items():
-            match = _RECORD_KEY.match(key)
-            if match:
-                parts.setdefault(int(match[1]), []).append((int(match[2]), index, value))
-
-    records: list[dict[str, Any]] = []
-    problem = None
-    for seq in range(len(parts)):
-        pieces = sorted(parts.get(seq, []))
-        try:
-            if not pieces or [p[0] for p in pieces] != list(range(len(pieces))):
-                raise CorruptRecordError("record parts are missing")
-            record = decode_record("".join(p[2] for p in pieces).encode("ascii"))
-            if run_uid is not None:
-                check_owner(record, run_uid)
-            records.append(record)
-        except (CorruptRecordError, UnicodeEncodeError) as error:
-            problem = f"checkpoint record {seq} in ConfigMap segments of {run} is unusable ({error})"
-            break
-    bad = {seq for seq in parts if seq >= len(records)}
-    if problem is None and bad:
-        problem = f"checkpoint records after {len(records) - 1} have no predecessor and were dropped"
-    return DecodedSegments(records, problem, bad)
 
 
 class ConfigMapStore:
@@ -145,13 +93,13 @@ class ConfigMapStore:
 
     @staticmethod
     def _kept(key: str, bad: set[int]) -> bool:
-        match = _RECORD_KEY.match(key)
+        match = RECORD_KEY.match(key)
         return key == RESULT_KEY or (match is not None and int(match[1]) not in bad)
 
     async def _drop(self, segments: list[dict[str, str]], bad: set[int]) -> None:
         for index, data in enumerate(segments):
             removals: dict[str, str | None] = {
-                key: None for key in data if (m := _RECORD_KEY.match(key)) and int(m[1]) in bad
+                key: None for key in data if (m := RECORD_KEY.match(key)) and int(m[1]) in bad
             }
             if removals:
                 try:
@@ -165,7 +113,7 @@ class ConfigMapStore:
         offset = 0
         part = 0
         while offset < len(frame):
-            key = _record_key(seq, part)
+            key = record_key(seq, part)
             room = self._limit - self._used - len(key)
             if room < min(_MIN_PART_BYTES, len(frame) - offset):
                 self._next_segment()

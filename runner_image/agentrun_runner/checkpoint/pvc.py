@@ -9,15 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agentrun_runner.checkpoint.records import (
-    CorruptRecordError,
-    Loaded,
-    bind_record,
-    check_owner,
-    decode_next,
-    encode_record,
-)
-from agentrun_runner.checkpoint.store import CheckpointError
+from agentrun_common.eventlog.records import CorruptRecordError, bind_record, check_owner, decode_next, encode_record
+from agentrun_runner.checkpoint.store import CheckpointError, Loaded
 
 LOG_FILE = "checkpoint.log"
 RESULT_FILE = "result.txt"

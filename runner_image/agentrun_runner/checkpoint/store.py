@@ -1,8 +1,16 @@
 """The interface of a checkpoint store. Two implementations: ConfigMap segments and PVC files."""
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agentrun_runner.checkpoint.records import Loaded
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a store found: the good records in order and, if it stopped early, why."""
+
+    records: list[dict[str, Any]]
+    problem: str | None = None  # set when a corrupt or partial record was found and dropped
+    total_bytes: int = 0
 
 
 class CheckpointError(Exception):

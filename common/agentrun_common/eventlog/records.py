@@ -1,5 +1,7 @@
-"""Framing of checkpoint records: each record carries its length and SHA-256, so a truncated or
-altered record is detected instead of being half-applied.
+"""Checkpoint records: their framing, their binding to the run's uid, and the event log they hold.
+
+Each record carries its length and SHA-256, so a truncated or altered record is detected instead of being
+half-applied.
 
 Frame: ``<length, 10 digits> <sha256 hex>\\n<payload>\\n`` where the payload is ASCII JSON. ASCII
 (non-ASCII escaped) keeps characters and bytes equal, so a ConfigMap value can be split anywhere.
@@ -7,8 +9,9 @@ Frame: ``<length, 10 digits> <sha256 hex>\\n<payload>\\n`` where the payload is 
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
+
+from agentrun_common.eventlog.events import Event
 
 HEADER_BYTES = 10 + 1 + 64 + 1
 
@@ -70,10 +73,26 @@ def decode_next(buffer: bytes, offset: int) -> tuple[dict[str, Any], int]:
     return record, start + length + 1
 
 
-@dataclass(frozen=True)
-class Loaded:
-    """What a store found: the good records in order and, if it stopped early, why."""
+def check_follows(record: dict[str, Any], seq: int, messages: int) -> None:
+    """Records are deltas: one follows on when it is the next in sequence and its messages start where the
+    previous records' end. Raises ValueError when it does not."""
+    if record.get("seq") != seq:
+        raise ValueError(f"record {record.get('seq')} does not follow record {seq - 1}")
+    if record["messagesFrom"] != messages:
+        raise ValueError(f"record {record['seq']} starts at message {record['messagesFrom']}, not {messages}")
 
-    records: list[dict[str, Any]]
-    problem: str | None = None  # set when a corrupt or partial record was found and dropped
-    total_bytes: int = 0
+
+def events_of(records: list[dict[str, Any]]) -> list[Event]:
+    """The event log held in a run's checkpoint records (what a resumed runner would replay); stops
+    before the first record that does not follow on."""
+    events: list[Event] = []
+    messages = 0
+    for seq, record in enumerate(records):
+        try:
+            check_follows(record, seq, messages)
+            logged = [Event.from_json(raw) for raw in record["events"]]
+            messages += len(record["messages"])
+        except (ValueError, KeyError, TypeError):
+            break
+        events.extend(logged)
+    return events
