@@ -89,7 +89,8 @@ class PoolRunsOutcome:
 
     def competing_until(self) -> float:
         """When the first run made its last call: until then every run had calls left to make."""
-        return min(calls[-1].received_at for calls in self.calls.values())
+        # A run without a single call (it failed before one) is the assertions' to report, not the summary's.
+        return min((calls[-1].received_at for calls in self.calls.values() if calls), default=self.opened_at)
 
     def shares(self) -> dict[str, int]:
         """Calls each run got to make while all runs competed (from the opening until the first run's last call)."""
@@ -137,6 +138,10 @@ class PoolRunsOutcome:
             f"(status.queueWait.maxSeconds; budget {plan.queue_budget_seconds}s)",
             f"fairness spread       {self.fairness_spread() * 100:.1f}% of the mean share "
             f"({sum(self.shares().values())} calls while all {plan.runs} runs competed)",
+        ] + [
+            f"{run} {status.get('phase')} ({status.get('reason')}): {status.get('message')}"
+            for run, status in sorted(self.statuses.items())
+            if status.get("phase") != "Succeeded"
         ]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from agentrun_api import clusterthrottlepool, constants
+from agentrun_api.contract import PERMIT_KEY_KEY, permit_key_secret_name
 from agentrun_operator.permits.server import PermitServer
 from agentrun_runner.throttle_remote import PoolForbiddenError, RemoteLimiter
 from tests.harness.identities import operator_identity
@@ -29,13 +30,13 @@ def _create(testbed: KubeTestbed, path: str, obj: dict[str, Any]) -> None:
 
 
 def _run_secret(testbed: KubeTestbed, namespace: str, run: str) -> None:
-    """The run's stream-token Secret: its permit credential."""
-    token = base64.b64encode(f"{run}-token".encode()).decode()
+    """The run's permit-key Secret: its credential at the permit server."""
+    key = base64.b64encode(f"{run}-key".encode()).decode()
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": f"{run}-stream-token"},
-        "data": {"token": token},
+        "metadata": {"name": permit_key_secret_name(run)},
+        "data": {PERMIT_KEY_KEY: key},
     }
     _create(testbed, f"/api/v1/namespaces/{namespace}/secrets", secret)
 
@@ -103,7 +104,7 @@ def _limiter(server: PermitServer, namespace: str, run: str, pool: str) -> Remot
         namespace=namespace,
         pool=pool,
         run=run,
-        token=f"{run}-token",
+        token=f"{run}-key",
         cluster=True,
     )
 

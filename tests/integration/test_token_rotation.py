@@ -25,7 +25,7 @@ from agentrun_common.kube.credentials import in_cluster
 from agentrun_runner.kube import ConfigMaps
 from tests.harness.controlplane import ControlPlane
 from tests.harness.gateway import ApiEndpoint, Gateway, fast_settings, stream_token_secret
-from tests.harness.identities import SYSTEM_NAMESPACE, gateway_identity
+from tests.harness.identities import SYSTEM_NAMESPACE, gateway_identity, grant_stream_token_to_gateway
 from tests.harness.inprocess_operator import Cluster, eventually, run_manifest, running_operator
 from tests.harness.testbed import KubeTestbed
 
@@ -191,6 +191,7 @@ async def test_gateway_keeps_working_after_its_token_rotates(
         testbed.admin.post(
             f"/api/v1/namespaces/{namespace}/secrets", json=stream_token_secret(namespace, run, f"{run}-token")
         ).raise_for_status()
+        grant_stream_token_to_gateway(testbed.admin, namespace, run)  # as the operator does for a streaming run
 
     async with Gateway(fast_settings(api, upstream_port=1), namespace, "before") as gateway:
         base = f"http://127.0.0.1:{gateway.port}/runs/{namespace}"

@@ -337,3 +337,14 @@ async def test_lowering_the_declared_rate_caps_the_current_one() -> None:
     pool = make_pool(max_in_flight=100, rpm=600)
     pool.reconfigure(PoolLimits(max_in_flight=100, requests_per_minute=120))
     assert pool.snapshot().requests_per_minute == 120
+
+
+async def test_raising_the_declared_rate_applies_at_once_unless_the_pool_backed_off() -> None:
+    """A live edit from 1/min to 60/min (how the e2e scenario opens its pool) takes effect at once; a pool
+    that halved its rate on a 429 keeps half of the new rate and climbs from there."""
+    pool = make_pool(max_in_flight=100, rpm=1)
+    pool.reconfigure(PoolLimits(max_in_flight=100, requests_per_minute=60))
+    assert pool.snapshot().requests_per_minute == 60
+    pool.penalize(0)
+    pool.reconfigure(PoolLimits(max_in_flight=100, requests_per_minute=600))
+    assert pool.snapshot().requests_per_minute == 300

@@ -277,9 +277,13 @@ class Pool:
 
     def reconfigure(self, limits: PoolLimits) -> None:
         self._refill(self._clock())
+        # The adaptation is a share of the declared rate: an edit keeps the share, so a pool without recent
+        # 429s moves to the new rate at once (raised or lowered), and one that backed off stays backed off.
+        share = self._rate_per_minute / self._limits.requests_per_minute
         self._limits = limits
         self._request_level = min(self._request_level, limits.burst)
-        self._rate_per_minute = min(self._rate_per_minute, float(limits.requests_per_minute))
+        declared = float(limits.requests_per_minute)
+        self._rate_per_minute = min(declared, max(self._timing.aimd.min_requests_per_minute, share * declared))
         self._dispatch()
 
     def close(self) -> None:
