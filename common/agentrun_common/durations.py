@@ -3,7 +3,7 @@
 The accepted form is the subset of Go's ``time.ParseDuration`` that Kubernetes CEL's
 ``duration()`` also accepts, so the same string is checked at admission (the CRD's pattern is
 ``DURATION_PATTERN``) and parsed here, by the operator, the runner, the gateway and the settings
-loader alike. Spelling a duration for a proxy's own dialect is ``agentrun_operator.stream_timeouts.durations``.
+loader alike. Spelling a duration for a proxy's own dialect is ``agentrun_common.stream_timeouts.durations``.
 """
 
 import math

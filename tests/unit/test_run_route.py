@@ -3,10 +3,10 @@
 from typing import Any
 
 import pytest
-from agentrun_operator.stream_timeouts import CONTROLLERS
 
 from agentrun_api import contract
 from agentrun_api.spec import AgentRunSpec
+from agentrun_common.stream_timeouts import CONTROLLERS
 from agentrun_operator.children import RunOwner, build_children
 from agentrun_operator.run_route import build_run_route, refusal, routable_controllers
 from agentrun_operator.settings import OperatorSettings
