@@ -281,6 +281,11 @@ class ApiProxy:
         try:
             return await self._serve(request, info, record, arrived)
         except Exception as exc:
+            if isinstance(exc, ConnectionResetError) and (request.transport is None or request.transport.is_closing()):
+                # The client went away before its answer was written (a process killed mid-request, as a test's
+                # leader is): nobody to answer, and not the proxy's failure. 499 as proxies log it.
+                record.code = 499
+                raise
             self.internal_errors.append(exc)
             if request.writer.output_size > 0:
                 # The answer's head is already out; the client can only be told by a broken connection.
