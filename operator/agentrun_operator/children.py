@@ -473,15 +473,16 @@ def build_children(
     now: datetime,
 ) -> list[dict[str, Any]]:
     """Every object of a run, in creation order: what the Job needs exists before the Job."""
-    objects = build_companions(owner, spec, settings, stream_token=stream_token, permit_key=permit_key)
+    companions = build_companions(owner, spec, settings, stream_token=stream_token, permit_key=permit_key)
+    rest: list[dict[str, Any]] = []
     if spec.checkpoint.store == "PersistentVolumeClaim":
-        objects.append(build_checkpoint_claim(owner, spec))
-    objects.append(build_job(owner, spec, settings, deadline=deadline, now=now))
+        rest.append(build_checkpoint_claim(owner, spec))
+    rest.append(build_job(owner, spec, settings, deadline=deadline, now=now))
     route = run_route(owner, spec)
     if route is not None:
-        objects.extend(route.objects)
-    kopf.adopt(objects, owner=owner.as_owner_body())  # type: ignore[arg-type]
-    return objects
+        rest.extend(route.objects)
+    kopf.adopt(rest, owner=owner.as_owner_body())  # type: ignore[arg-type]  # the companions are adopted already
+    return companions + rest
 
 
 def adopted(obj: dict[str, Any], owner: RunOwner) -> dict[str, Any]:

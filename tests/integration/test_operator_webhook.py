@@ -78,6 +78,16 @@ async def start_run_with_webhook(cluster: Cluster, url: str, *, max_attempts: in
     return await cluster.start_pod()
 
 
+def report_succeeded(cluster: Cluster, pod: str, *, iteration: int) -> None:
+    """The runner's last progress report: the run succeeded with a stored result."""
+    cluster.report(
+        iteration=iteration,
+        pod=pod,
+        outcome="Succeeded",
+        result={"summary": "done", "ref": "configmap/q3-ckpt-0#result", "bytes": 4},
+    )
+
+
 async def test_webhook_is_retried_until_delivered_and_every_attempt_is_signed(
     cluster: Cluster, receiver: tuple[Receiver, str]
 ) -> None:
@@ -85,12 +95,7 @@ async def test_webhook_is_retried_until_delivered_and_every_attempt_is_signed(
     add_signing_key(cluster)
     async with running_operator(cluster):
         pod = await start_run_with_webhook(cluster, url, max_attempts=4)
-        cluster.report(
-            iteration=4,
-            pod=pod,
-            outcome="Succeeded",
-            result={"summary": "done", "ref": "configmap/q3-ckpt-0#result", "bytes": 4},
-        )
+        report_succeeded(cluster, pod, iteration=4)
         await eventually(lambda: (cluster.status().get("notification") or {}).get("delivered"), message="delivered")
 
     notification = cluster.status()["notification"]
@@ -171,12 +176,7 @@ async def test_a_redirect_is_a_failed_delivery_and_is_never_followed(
     add_signing_key(cluster)
     async with running_operator(cluster):
         pod = await start_run_with_webhook(cluster, url, max_attempts=2)
-        cluster.report(
-            iteration=1,
-            pod=pod,
-            outcome="Succeeded",
-            result={"summary": "done", "ref": "configmap/q3-ckpt-0#result", "bytes": 4},
-        )
+        report_succeeded(cluster, pod, iteration=1)
         await eventually(lambda: (cluster.status().get("notification") or {}).get("attempts") == 2)
 
     assert reached == ["/hooks/agentrun", "/hooks/agentrun"]  # the Location was never posted to
@@ -199,12 +199,7 @@ async def test_a_webhook_host_the_policy_no_longer_allows_is_not_posted_to(
     narrowed = dataclasses.replace(FAST, policy=Policy(allowed_webhook_hosts=("hooks.example.com",)))
     async with running_operator(cluster):
         pod = await start_run_with_webhook(cluster, url, max_attempts=1)
-    cluster.report(
-        iteration=1,
-        pod=pod,
-        outcome="Succeeded",
-        result={"summary": "done", "ref": "configmap/q3-ckpt-0#result", "bytes": 4},
-    )
+    report_succeeded(cluster, pod, iteration=1)
     async with running_operator(cluster, narrowed):
         await eventually(lambda: (cluster.status().get("notification") or {}).get("attempts") == 1)
 
