@@ -19,6 +19,7 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -33,6 +34,7 @@ from tests.harness.nodeagent.settings import InClusterApi, NodeSettings
 from tests.harness.nodeagent.threaded import NodeAgentThread
 from tests.harness.podnet.addresses import LoopbackAddresses, plan_network
 from tests.harness.podnet.network import ClusterNetwork
+from tests.harness.podnet.resolver import with_cluster_dns
 from tests.harness.source_roots import SOURCE_ROOTS, pythonpath
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -170,6 +172,11 @@ class KubeTestbed:
             raise RuntimeError("the testbed is not started")
         network = self.network
         return self._background.call(lambda: network.resolve(host), timeout=10)
+
+    def with_cluster_dns(self, argv: list[str], env: Mapping[str, str], *, namespace: str, directory: Path) -> list[str]:
+        """``argv`` as a process that resolves names as a pod of ``namespace`` does (Service names through the
+        cluster DNS), in a mount namespace of its own; the machine's /etc/resolv.conf is left alone."""
+        return with_cluster_dns(argv, env, dns_ip=self.network_plan.dns_ip, namespace=namespace, directory=directory)
 
     @property
     def version(self) -> str:
