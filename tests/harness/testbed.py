@@ -32,7 +32,7 @@ from tests.harness.controlplane import ControlPlane, write_kubeconfig
 from tests.harness.controlplane.provisioner import LocalVolumeProvisioner
 from tests.harness.nodeagent.settings import InClusterApi, NodeSettings
 from tests.harness.nodeagent.threaded import NodeAgentThread
-from tests.harness.podnet.addresses import LoopbackAddresses, plan_network
+from tests.harness.podnet.addresses import LoopbackAddresses, claim_range, plan_network, release_range
 from tests.harness.podnet.network import ClusterNetwork
 from tests.harness.podnet.resolver import with_cluster_dns
 from tests.harness.source_roots import SOURCE_ROOTS, pythonpath
@@ -76,6 +76,7 @@ class KubeTestbed:
         )
         self._background: BackgroundLoop | None = None
         self._network: ClusterNetwork | None = None
+        self._range_claimed = False
         self._provisioner: LocalVolumeProvisioner | None = None
         self._node: NodeAgentThread | None = None
 
@@ -141,6 +142,9 @@ class KubeTestbed:
                 self._network = None
             self._background.close()
             self._background = None
+        if self._range_claimed:
+            release_range(self.network_plan.session_cidr)
+            self._range_claimed = False
         self.control_plane.stop()
 
     # -- what tests use -------------------------------------------------------------------------------
@@ -173,7 +177,9 @@ class KubeTestbed:
         network = self.network
         return self._background.call(lambda: network.resolve(host), timeout=10)
 
-    def with_cluster_dns(self, argv: list[str], env: Mapping[str, str], *, namespace: str, directory: Path) -> list[str]:
+    def with_cluster_dns(
+        self, argv: list[str], env: Mapping[str, str], *, namespace: str, directory: Path
+    ) -> list[str]:
         """``argv`` as a process that resolves names as a pod of ``namespace`` does (Service names through the
         cluster DNS), in a mount namespace of its own; the machine's /etc/resolv.conf is left alone."""
         return with_cluster_dns(argv, env, dns_ip=self.network_plan.dns_ip, namespace=namespace, directory=directory)
@@ -235,6 +241,8 @@ class KubeTestbed:
         (system:kube-proxy, which the bootstrap RBAC lets read Services and EndpointSlices)."""
         assert self._background is not None
         LoopbackAddresses.reap_abandoned()
+        claim_range(self.network_plan.session_cidr)
+        self._range_claimed = True
         # The cluster DNS's ClusterIP is reserved by its Service, as a kube-dns Service reserves it.
         dns_service = {
             "apiVersion": "v1",

@@ -243,7 +243,7 @@ async def test_a_deleted_service_stops_routing_and_resolving(
             return not testbed.resolve(f"web.{env.namespace}.svc")
         return False
 
-    await env.eventually(gone, "the deleted Service's ClusterIP refusing and its name gone", timeout=20)
+    await env.eventually(gone, "the deleted Service's ClusterIP unreachable and its name gone", timeout=20)
 
 
 async def test_a_headless_service_name_resolves_to_its_ready_pods(env: NodeEnv, testbed: KubeTestbed) -> None:

@@ -25,6 +25,10 @@ PRIVATE_RANGE = ipaddress.IPv4Network("10.0.0.0/8")
 # runs' stream Services of the benchmarks), the second half the pod network.
 SESSION_PREFIX = 16
 DNS_HOST_INDEX = 10  # the cluster DNS Service's IP, the 10th of the range, as kubeadm's 10.96.0.10
+# The session's whole /16 is "unreachable" except the addresses held on lo: a packet to a deleted Service's IP or a
+# gone pod's fails at once (No route to host), as on a cluster, instead of leaving by the default route. The route
+# carries a protocol number of its own and the session's pid as its metric, so a killed session's is reaped.
+ROUTE_PROTOCOL = "252"
 
 
 class AddressError(RuntimeError):
@@ -38,6 +42,10 @@ class NetworkPlan:
 
     service_cidr: str
     pod_cidr: str
+
+    @property
+    def session_cidr(self) -> str:
+        return str(ipaddress.IPv4Network(self.service_cidr).supernet())
 
     @property
     def dns_ip(self) -> str:
@@ -90,10 +98,11 @@ def _networks_to_avoid() -> list[ipaddress.IPv4Network]:
     return [network for network in avoid if network.overlaps(PRIVATE_RANGE)]
 
 
-def plan_network(rng: random.Random | None = None) -> NetworkPlan:
-    """A random /16 inside 10.0.0.0/8 that nothing on this machine uses, split into Service and pod ranges."""
+def plan_network(rng: random.Random | None = None, avoid: list[ipaddress.IPv4Network] | None = None) -> NetworkPlan:
+    """A random /16 inside 10.0.0.0/8 that nothing on this machine uses (or nothing in ``avoid``), split into the
+    Service and the pod range."""
     rng = rng or random.SystemRandom()
-    avoid = _networks_to_avoid()
+    avoid = _networks_to_avoid() if avoid is None else avoid
     candidates = list(PRIVATE_RANGE.subnets(new_prefix=SESSION_PREFIX))[1:-1]  # not 10.0/16 nor 10.255/16
     rng.shuffle(candidates)
     for session in candidates:
@@ -111,6 +120,27 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def claim_range(cidr: str) -> None:
+    """Make ``cidr`` unreachable but for the addresses held on lo (see ROUTE_PROTOCOL)."""
+    added = _run_ip(["route", "add", "unreachable", cidr, "proto", ROUTE_PROTOCOL, "metric", str(os.getpid())])
+    if added.returncode != 0:
+        raise AddressError(
+            f"could not route {cidr} (the pod network needs root or CAP_NET_ADMIN): {added.stderr.strip()}"
+        )
+
+
+def release_range(cidr: str) -> None:
+    _run_ip(["route", "del", "unreachable", cidr, "proto", ROUTE_PROTOCOL, "metric", str(os.getpid())])
+
+
+def _reap_abandoned_ranges() -> None:
+    shown = _run_ip(["-j", "route", "show", "proto", ROUTE_PROTOCOL])
+    for route in json.loads(shown.stdout or "[]") if shown.returncode == 0 else []:
+        owner = int(route.get("metric") or 0)
+        if route.get("type") == "unreachable" and owner and not _pid_alive(owner):
+            _run_ip(["route", "del", "unreachable", route["dst"], "proto", ROUTE_PROTOCOL, "metric", str(owner)])
 
 
 class LoopbackAddresses:
@@ -147,7 +177,8 @@ class LoopbackAddresses:
 
     @staticmethod
     def reap_abandoned() -> int:
-        """Remove the addresses of sessions whose process is gone (killed before it could clean up)."""
+        """Remove the addresses and ranges of sessions whose process is gone (killed before it could clean up)."""
+        _reap_abandoned_ranges()
         abandoned = [
             str(address)
             for address, label in addresses_in_use()
@@ -174,6 +205,14 @@ class LoopbackAddresses:
                 f"could not {what} addresses on {DEVICE} (the pod network needs root or CAP_NET_ADMIN): "
                 + "; ".join(errors[:3])
             )
+
+
+def check_pod_network() -> None:
+    """Prove that this process may add and remove addresses on ``lo``, or raise ``AddressError`` saying why."""
+    probe = str(ipaddress.IPv4Network(plan_network().pod_cidr)[1])
+    addresses = LoopbackAddresses()
+    addresses.add([probe])
+    addresses.remove_all()
 
 
 class PodAddresses:
