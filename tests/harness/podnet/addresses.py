@@ -143,6 +143,11 @@ def _reap_abandoned_ranges() -> None:
             _run_ip(["route", "del", "unreachable", route["dst"], "proto", ROUTE_PROTOCOL, "metric", str(owner)])
 
 
+def _address_missing(error: str) -> bool:
+    # iproute2's wording, old and new, for deleting an address the interface does not have.
+    return "Address not found" in error or "Cannot assign requested address" in error
+
+
 class LoopbackAddresses:
     """The /32s this session holds on ``lo``, labelled with its process id."""
 
@@ -160,10 +165,15 @@ class LoopbackAddresses:
         wanted = [address for address in addresses if address not in self.held]
         if not wanted:
             return set()
-        held_elsewhere = {str(address) for address, _ in addresses_in_use()} & set(wanted)
-        fresh = [address for address in wanted if address not in held_elsewhere]
-        self._batch([f"addr add {address}/32 dev {DEVICE} label {self.label}" for address in fresh], "add")
-        self.held.update(fresh)
+        failed = self._batch([f"addr add {address}/32 dev {DEVICE} label {self.label}" for address in wanted], "add")
+        held_elsewhere = {wanted[line - 1] for line, message in failed.items() if "already assigned" in message}
+        if len(held_elsewhere) < len(failed):
+            errors = [message for line, message in failed.items() if wanted[line - 1] not in held_elsewhere]
+            raise AddressError(
+                f"could not add addresses on {DEVICE} (the pod network needs root or CAP_NET_ADMIN): "
+                + "; ".join(errors[:3])
+            )
+        self.held.update(address for address in wanted if address not in held_elsewhere)
         return held_elsewhere
 
     def remove(self, addresses: Iterable[str]) -> None:
@@ -191,20 +201,27 @@ class LoopbackAddresses:
         return len(abandoned)
 
     @staticmethod
-    def _batch(commands: list[str], what: str, *, tolerate_missing: bool = False) -> None:
+    def _batch(commands: list[str], what: str, *, tolerate_missing: bool = False) -> dict[int, str]:
+        """Run ``ip`` commands in one process; returns the failed ones: line number (from 1) -> error. Removals
+        fail here on anything but an address already gone (when ``tolerate_missing``)."""
         if not commands:
-            return
+            return {}
         result = _run_ip(["-force", "-batch", "-"], stdin="\n".join(commands) + "\n")
-        if result.returncode == 0:
-            return
-        errors = [line for line in result.stderr.splitlines() if line.strip() and "Command failed" not in line]
-        if tolerate_missing:
-            errors = [line for line in errors if "Cannot assign requested address" not in line]
-        if errors:
-            raise AddressError(
-                f"could not {what} addresses on {DEVICE} (the pod network needs root or CAP_NET_ADMIN): "
-                + "; ".join(errors[:3])
-            )
+        failed: dict[int, str] = {}
+        message = ""
+        for line in result.stderr.splitlines():
+            if line.startswith("Command failed -:"):
+                failed[int(line.rsplit(":", 1)[1])] = message
+                message = ""
+            elif line.strip():
+                message = line.strip()
+        if result.returncode != 0 and not failed:
+            raise AddressError(f"`ip -batch` failed: {result.stderr.strip()[-300:]}")
+        if what == "remove":
+            errors = [error for error in failed.values() if not (tolerate_missing and _address_missing(error))]
+            if errors:
+                raise AddressError(f"could not remove addresses on {DEVICE}: " + "; ".join(errors[:3]))
+        return failed
 
 
 def check_pod_network() -> None:
