@@ -300,6 +300,8 @@ def main() -> None:
     with KubeTestbed(args.state_dir) as testbed:
         print(f"Kubernetes {testbed.version} on {testbed.control_plane.url}", flush=True)
         print(f"export KUBECONFIG={testbed.kubeconfig}", flush=True)
+        plan = testbed.network_plan
+        print(f"Services {plan.service_cidr}, pods {plan.pod_cidr}, cluster DNS {plan.dns_ip}", flush=True)
         print(f"component logs: {testbed.control_plane.logs_dir}", flush=True)
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
