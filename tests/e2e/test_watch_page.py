@@ -15,7 +15,7 @@ import pytest
 from tests.e2e.runs import needs_scripted_model
 from tests.e2e.test_stream_log import stream_token
 from tests.harness.agentruns import agent_run, agentruns_path, runner_pods, wait_for_end, wait_for_status
-from tests.harness.chromium import chromium_tab
+from tests.harness.chromium import chromium_tab, needs_chromium
 from tests.harness.gateway import Gateway, as_log, fast_settings, gateway_endpoint, read_until_finished
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import Answer, by_turn, call
@@ -90,6 +90,7 @@ def watch_url(gateway: Gateway) -> str:
 async def test_the_page_follows_a_run_through_a_dropped_connection_and_a_runner_kill_and_shows_its_log(
     cluster: LocalCluster, kube: KubeClient, tmp_path: Path
 ) -> None:
+    needs_chromium()
     needs_scripted_model(cluster)
     assert cluster.model_server is not None
     cluster.model_server.script = SCRIPT
