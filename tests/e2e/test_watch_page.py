@@ -3,6 +3,7 @@ run live through a dropped connection (a gateway restart) and a runner SIGKILL, 
 the run's event log, event for event, as the gateway's stream gives it from id 0. What the agent wrote is shown
 as text, never run as HTML. Signing in puts no token in a URL."""
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from tests.harness.gateway import Gateway, as_log, fast_settings, gateway_endpoi
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import Answer, by_turn, call
 from tests.harness.nodeagent.kube import KubeClient
-from tests.harness.runner_router import runner_router
+from tests.harness.runner_router import RunnerRouter, runner_router
 
 pytestmark = pytest.mark.e2e
 
@@ -71,15 +72,17 @@ def as_shown(log: list[tuple[int, str, Any]]) -> list[dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def served_gateway(cluster: LocalCluster, kube: KubeClient, tmp_path: Path, run: str) -> AsyncIterator[Gateway]:
+async def served_gateway(
+    cluster: LocalCluster, kube: KubeClient, tmp_path: Path, run: str
+) -> AsyncIterator[tuple[Gateway, RunnerRouter]]:
     """The stream gateway in-process, with its real ServiceAccount, reaching the run's pods through a stand-in for
     their Service."""
     api = gateway_endpoint(cluster.testbed, cluster.namespace, tmp_path)
     async with (
-        runner_router(kube) as router_port,
-        Gateway(fast_settings(api, router_port), cluster.namespace, run) as gateway,
+        runner_router(kube) as router,
+        Gateway(fast_settings(api, router.port), cluster.namespace, run) as gateway,
     ):
-        yield gateway
+        yield gateway, router
 
 
 def watch_url(gateway: Gateway) -> str:
@@ -106,7 +109,7 @@ async def test_the_page_follows_a_run_through_a_dropped_connection_and_a_runner_
     # Running: the operator has made the run's children, the gateway's grant on its stream token among them.
     await wait_for_status(kube, "watched", lambda s: s.get("phase") == "Running", "Running")
 
-    async with served_gateway(cluster, kube, tmp_path, "watched") as gateway, chromium_tab() as tab:
+    async with served_gateway(cluster, kube, tmp_path, "watched") as (gateway, router), chromium_tab() as tab:
         # Signing in: the form posts the token in the body; the page comes back at a URL without it.
         await tab.navigate(watch_url(gateway))
         await tab.wait_for("document.querySelector('form input[name=token]') !== null", "the sign-in form")
@@ -122,12 +125,20 @@ async def test_the_page_follows_a_run_through_a_dropped_connection_and_a_runner_
         assert await tab.evaluate("document.getElementById('phase').textContent") == "Running"
 
         # A dropped connection: the gateway restarts; the page's EventSource comes back with Last-Event-ID.
+        attached_before = len(router.positions)
         await gateway.restart()
-        await tab.wait_for(
-            "document.getElementById('connection').textContent === 'live' && "
-            + "document.querySelectorAll('#events [data-type=\"iteration\"]').length >= 2",
-            "the page to follow on after the gateway restart",
+        position = await tab.wait_for(
+            "document.getElementById('connection').textContent.match(/^reconnecting after event (\\d+)$/)?.[1]",
+            "the page to notice the dropped connection",
         )
+        await tab.wait_for(
+            "document.getElementById('connection').textContent === 'live'", "the page to reconnect after the restart"
+        )
+        assert int(position) > 0
+        async with asyncio.timeout(10):
+            while len(router.positions) == attached_before:
+                await asyncio.sleep(0.05)
+        assert router.positions[attached_before] == int(position), "the browser resumed after the last event it showed"
         await tab.wait_for(
             """document.querySelectorAll('#events [data-type="iteration"]')[1]
                 .querySelectorAll('[data-type="token"]').length >= 5""",
@@ -184,7 +195,7 @@ async def test_signing_in_and_the_cookie_are_bound_to_the_run(
     for name in ("mine", "other"):  # by then the operator has granted the gateway the runs' stream tokens
         assert (await wait_for_end(kube, name))["phase"] == "Succeeded"
     async with (
-        served_gateway(cluster, kube, tmp_path, "mine") as gateway,
+        served_gateway(cluster, kube, tmp_path, "mine") as (gateway, _),
         httpx.AsyncClient(timeout=10, follow_redirects=False) as client,
     ):
         page = watch_url(gateway)

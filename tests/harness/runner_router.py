@@ -5,6 +5,7 @@ the replacement pod."""
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -23,9 +24,17 @@ async def _current_pod_ip(kube: KubeClient, run: str) -> str | None:
     return pods[-1]["status"]["podIP"] if pods else None
 
 
+@dataclass
+class RunnerRouter:
+    port: int
+    positions: list[int] = field(default_factory=list)
+    """The Last-Event-ID of each request forwarded (0 without one), in order: where each (re)attach resumed."""
+
+
 @contextlib.asynccontextmanager
-async def runner_router(kube: KubeClient) -> AsyncIterator[int]:
-    """Serve on a loopback port (yielded) for the runs of ``kube``'s namespace: ``/events?run=<namespace>/<name>``."""
+async def runner_router(kube: KubeClient) -> AsyncIterator[RunnerRouter]:
+    """Serve on a loopback port for the runs of ``kube``'s namespace: ``/events?run=<namespace>/<name>``."""
+    router = RunnerRouter(port=0)
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=2, sock_read=None))
 
     async def forward(request: web.Request) -> web.StreamResponse:
@@ -34,6 +43,7 @@ async def runner_router(kube: KubeClient) -> AsyncIterator[int]:
         if ip is None:
             return web.Response(status=503, text="no runner pod is running")
         headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+        router.positions.append(int(headers.get("Last-Event-ID", "0")))
         response = web.StreamResponse()
         try:
             async with session.get(f"http://{ip}:{STREAM_PORT}/events", headers=headers) as upstream:
@@ -53,8 +63,9 @@ async def runner_router(kube: KubeClient) -> AsyncIterator[int]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    router.port = runner.addresses[0][1]
     try:
-        yield runner.addresses[0][1]
+        yield router
     finally:
         await runner.cleanup()
         await session.close()
