@@ -5,10 +5,8 @@ as text, never run as HTML. Signing in puts no token in a URL."""
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +20,7 @@ from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import Answer, by_turn, call
 from tests.harness.nodeagent.kube import KubeClient
 from tests.harness.runner_router import RunnerRouter, runner_router
+from tests.harness.watch_page import RENDERED, as_shown, sign_in, watch_url
 
 pytestmark = pytest.mark.e2e
 
@@ -40,36 +39,6 @@ SCRIPT = by_turn(
     ]
 )
 
-# Reads back what the page rendered: each event it shows (data-id), in document order, with its fields.
-RENDERED = """[...document.querySelectorAll("#events [data-id]")].map((element) => ({
-  id: Number(element.dataset.id),
-  type: element.dataset.type,
-  fields: element.dataset.type === "token"
-    ? {text: element.textContent}
-    : Object.fromEntries([...element.querySelectorAll(":scope > dl > dd")].map((dd) => [dd.dataset.field, dd.textContent])),
-}))"""
-# The fields the page shows for each event type (watch.js FIELDS), as text: a string as itself, else its JSON.
-SHOWN = {
-    "iteration": ("iteration", "maxIterations", "retry"),
-    "token": ("text",),
-    "tool_call": ("name", "arguments"),
-    "tool_result": ("name", "ok", "output"),
-    "checkpoint": ("iteration", "record", "bytes", "fallback", "problem"),
-    "finished": ("outcome", "message", "iteration", "phase", "reason", "replay"),
-}
-
-
-def as_shown(log: list[tuple[int, str, Any]]) -> list[dict[str, Any]]:
-    """The run's log as the page should show it."""
-
-    def text(value: Any) -> str:
-        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-
-    return [
-        {"id": id_, "type": type_, "fields": {k: text(data[k]) for k in SHOWN[type_] if data.get(k) is not None}}
-        for id_, type_, data in log
-    ]
-
 
 @contextlib.asynccontextmanager
 async def served_gateway(
@@ -83,10 +52,6 @@ async def served_gateway(
         Gateway(fast_settings(api, router.port), cluster.namespace, run) as gateway,
     ):
         yield gateway, router
-
-
-def watch_url(gateway: Gateway) -> str:
-    return gateway.url.removesuffix("/events") + "/watch"
 
 
 @pytest.mark.timeout(180)
@@ -111,14 +76,7 @@ async def test_the_page_follows_a_run_through_a_dropped_connection_and_a_runner_
 
     async with served_gateway(cluster, kube, tmp_path, "watched") as (gateway, router), chromium_tab() as tab:
         # Signing in: the form posts the token in the body; the page comes back at a URL without it.
-        await tab.navigate(watch_url(gateway))
-        await tab.wait_for("document.querySelector('form input[name=token]') !== null", "the sign-in form")
-        await tab.evaluate(
-            f"document.querySelector('input[name=token]').value = {json.dumps(token)};"
-            "document.querySelector('form').submit()"
-        )
-        await tab.wait_for("document.getElementById('events') !== null", "the watch page")
-        assert await tab.evaluate("location.href") == watch_url(gateway)
+        await sign_in(tab, watch_url(gateway), token)
 
         # Live: the first tool call's result is on the page while the run is still going.
         await tab.wait_for("document.querySelector('#events [data-type=\"tool_result\"]') !== null", "a tool result")
