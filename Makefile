@@ -38,6 +38,13 @@ $(CRD_VALIDATORS): tests/crd_schemas/package.json tests/crd_schemas/package-lock
 .PHONY: crd-validators
 crd-validators: $(CRD_VALIDATORS) ## Install the published third-party CRD schemas the tests validate against (npm)
 
+.PHONY: browser
+browser: ## Install headless Chromium (Debian's chromium) for the watch page's tests, when /usr/bin/chromium is missing
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+
 .PHONY: fmt
 fmt: install ## Format the code
 	$(BIN)/ruff format api common operator runner_image gateway tests bench
@@ -81,7 +88,7 @@ control-plane: install kube-binaries node-tools ## Run the real control plane wi
 	$(PY) -m tests.harness.testbed --state-dir .control-plane
 
 .PHONY: test
-test: install crd-validators kube-binaries node-tools ## Run the whole test suite (unit, integration, e2e on the real control plane)
+test: install crd-validators kube-binaries node-tools browser ## Run the whole test suite (unit, integration, e2e on the real control plane)
 	$(BIN)/pytest
 
 BENCH_PATH := PYTHONPATH=api:common:operator:runner_image:gateway:.

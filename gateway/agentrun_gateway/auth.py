@@ -9,7 +9,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from agentrun_gateway import watch_session
 from agentrun_gateway.kube import KubeApi
+from agentrun_gateway.watch_session import WatchSession
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -107,11 +109,12 @@ class Authenticator:
         # Keyed by a digest, so no presented token is kept in memory in the clear.
         self._decisions: TtlCache[tuple[str, str, bytes], Decision] = TtlCache(ttl)
 
-    async def decide(self, namespace: str, run: str, authorization: str | None) -> Decision:
+    async def decide(self, namespace: str, run: str, authorization: str | None, session: str | None = None) -> Decision:
+        """``session``: the watch page's cookie (``watch_session``), used when no Authorization header came."""
         scheme, _, presented = (authorization or "").partition(" ")
         presented = presented.strip()
         if scheme.lower() != "bearer" or not presented:
-            return Decision.UNAUTHENTICATED
+            return await self._decide_session(namespace, run, session)
         stream_token = await self._tokens.get(namespace, run)
         # compare_digest takes the same time wherever the first difference is.
         if stream_token is not None and hmac.compare_digest(presented.encode(), stream_token.encode()):
@@ -129,3 +132,18 @@ class Authenticator:
             decision = Decision.FORBIDDEN
         self._decisions.put(key, decision)
         return decision
+
+    async def _decide_session(self, namespace: str, run: str, session: str | None) -> Decision:
+        if not session:
+            return Decision.UNAUTHENTICATED
+        stream_token = await self._tokens.get(namespace, run)
+        if stream_token is not None and watch_session.valid(stream_token, namespace, run, session):
+            return Decision.ALLOWED
+        return Decision.UNAUTHENTICATED
+
+    async def issue_session(self, namespace: str, run: str, lifetime_seconds: float) -> WatchSession | None:
+        """A watch page sign-in for a reader already allowed; None when the run has no stream token (yet)."""
+        stream_token = await self._tokens.get(namespace, run)
+        if stream_token is None:
+            return None
+        return watch_session.issue(stream_token, namespace, run, lifetime_seconds)

@@ -1,4 +1,4 @@
-"""The stream gateway's HTTP server: GET /runs/<namespace>/<name>/events, /healthz, /metrics."""
+"""The stream gateway's HTTP server: GET /runs/<namespace>/<name>/events, the watch page, /healthz, /metrics."""
 
 import asyncio
 import logging
@@ -11,12 +11,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentrun_common.kube import Credentials, KubeClient
-from agentrun_gateway import metrics
+from agentrun_gateway import metrics, watch_page
 from agentrun_gateway.archive import RunArchive
 from agentrun_gateway.auth import Authenticator, Decision, StreamTokens
 from agentrun_gateway.kube import READER_RETRY, KubeApi, KubeApiError
 from agentrun_gateway.relay import ClientStream, EventArchive, Relay, RunDirectory
 from agentrun_gateway.settings import IN_CLUSTER_CA_FILE, GatewaySettings
+from agentrun_gateway.watch_session import COOKIE_NAME as WATCH_COOKIE
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ async def _events(request: web.Request) -> web.StreamResponse:
     last_id = int(raw_last)
     parts = request.app[PARTS]
     try:
-        decision = await parts.auth.decide(namespace, run, request.headers.get("Authorization"))
+        authorization, watch_cookie = request.headers.get("Authorization"), request.cookies.get(WATCH_COOKIE)
+        decision = await parts.auth.decide(namespace, run, authorization, watch_cookie)
         info = await parts.runs.get(namespace, run) if decision is Decision.ALLOWED else None
     except KubeApiError as error:
         log.warning("Kubernetes API unavailable: %s", error)
@@ -133,6 +135,7 @@ def create_app(settings: GatewaySettings, archive: EventArchive | None = None) -
     if archive is not None:
         app[ARCHIVE] = archive
     app.router.add_get("/runs/{namespace}/{name}/events", _events)
+    watch_page.add_routes(app, lambda started: started[PARTS], settings.watch_session_seconds)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.on_startup.append(_start)

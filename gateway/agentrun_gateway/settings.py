@@ -73,6 +73,9 @@ class GatewaySettings:
     resuming from an older position gets a connection of its own."""
     default_heartbeat_seconds: Seconds = 15.0
     """Heartbeat interval for a run whose spec does not say (the API's default)."""
+    watch_session_seconds: Seconds = 3600.0
+    """How long a watch page sign-in (its cookie) lasts. A reader whose token is revoked or whose RBAC is
+    withdrawn keeps reading through the page until then; replacing the run's stream token ends every sign-in."""
     shutdown_timeout_seconds: Seconds = 2.0
     """On SIGTERM, how long open streams get before they are cut (clients resume on another replica)."""
     kube_api_url: str = ""
