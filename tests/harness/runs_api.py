@@ -28,7 +28,7 @@ class RunsApi:
 
     def client(self, bearer: str, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {bearer}"}, timeout=15.0, **kwargs
+            base_url=self.base_url, headers={"Authorization": f"Bearer {bearer}"}, **{"timeout": 15.0, **kwargs}
         )
 
     def new_api_key(self, namespace: str) -> str:
@@ -44,6 +44,7 @@ async def runs_api(
     testbed: KubeTestbed, namespaces: list[str], directory: Path, **settings: Any
 ) -> AsyncIterator[RunsApi]:
     """The gateway with its chart rules granted in ``namespaces``; ``settings`` are RunsApiSettings fields."""
+    directory.mkdir(parents=True, exist_ok=True)
     api = gateway_endpoint(testbed, namespaces[0], directory)
     for namespace in namespaces[1:]:
         gateway_endpoint(testbed, namespace, directory)
