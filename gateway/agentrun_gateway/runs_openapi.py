@@ -64,16 +64,38 @@ _RUN = {
     },
 }
 _SUBMISSION = {
-    "type": "object",
-    "additionalProperties": False,
     "description": "Either spec (a whole AgentRun spec; Kubernetes tokens only), or template with input and "
     "the overrides the template allows.",
-    "properties": {
-        "spec": {"type": "object", "description": "An AgentRun spec (`kubectl explain agentrun.spec`)."},
-        "template": {"type": "string", "minLength": 1, "maxLength": 253, "description": "An AgentRunTemplate."},
-        "input": {"type": "string", "minLength": 1, "description": "The task the agent is given."},
-        "overrides": {"type": "object", "description": "Fields the template lists in allowedOverrides."},
-    },
+    "oneOf": [
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["spec"],
+            "properties": {
+                "spec": {"type": "object", "description": "An AgentRun spec (`kubectl explain agentrun.spec`)."}
+            },
+        },
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["template", "input"],
+            "properties": {
+                "template": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 253,
+                    "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                    "description": "The name of an AgentRunTemplate of the namespace.",
+                },
+                "input": {"type": "string", "minLength": 1, "description": "The task the agent is given."},
+                "overrides": {
+                    "type": "object",
+                    "description": "Fields the template lists in allowedOverrides, by name or nested "
+                    '({"model.temperature": 0} or {"model": {"temperature": 0}}).',
+                },
+            },
+        },
+    ],
 }
 
 
