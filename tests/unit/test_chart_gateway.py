@@ -43,6 +43,7 @@ def test_route_objects_equal_what_stream_timeouts_renders(controller: str, tls: 
         tls_secret_name=tls or None,
         gateway_namespace=NAMESPACE,  # the chart names the release namespace where the default leaves it out
         selector={},
+        extra_path_prefixes=chart_routes.GATEWAY_EXTRA_PATH_PREFIXES,
     )
     expected = render_stream_route(controller, StreamBudget.longest_allowed(), target)  # type: ignore[arg-type]
     gateway_objects = [
@@ -91,3 +92,12 @@ def test_operator_stream_url_setting_wins_over_the_gateway_route() -> None:
     operator = find(render_objects(values), "Deployment", "agentrun-operator")
     env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["AGENTRUN_STREAM_BASE_URL"] == "https://streams.example.org"
+
+
+@pytest.mark.parametrize("controller", ["ingress-nginx", "gateway-api", "contour", "istio"])
+def test_the_route_leads_the_runs_api_to_the_gateway_too(controller: str) -> None:
+    objects = render_objects(gateway_values(controller))
+    (route,) = [o for o in objects if o["kind"] in {"Ingress", "HTTPRoute", "HTTPProxy", "VirtualService"}]
+    text = str(route["spec"])
+    assert "/runs" in text
+    assert "/v1" in text
