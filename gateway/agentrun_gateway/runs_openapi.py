@@ -3,6 +3,8 @@ schemathesis (tests/integration/test_runs_api_schema.py)."""
 
 from typing import Any, Final
 
+from agentrun_api.status import Phase
+
 OPENAPI_PATH: Final = "/v1/openapi.json"
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
@@ -29,10 +31,7 @@ _RUN = {
     "properties": {
         "id": {"type": "string", "description": "The run's id: the AgentRun's name."},
         "namespace": {"type": "string"},
-        "phase": {
-            "type": "string",
-            "enum": ["Pending", "Running", "Suspended", "Succeeded", "Failed", "TimedOut", "Cancelled"],
-        },
+        "phase": {"type": "string", "enum": [phase.value for phase in Phase]},
         "reason": {"type": "string"},
         "message": {"type": "string"},
         "progress": {

@@ -2,8 +2,10 @@
 the per-caller rate limit, and the override paths a request may name."""
 
 import base64
+from pathlib import Path
 
 import pytest
+import yaml
 
 from agentrun_api import names, template
 from agentrun_gateway import api_keys, idempotency, run_templates
@@ -73,3 +75,10 @@ def test_overrides_nested_or_dotted_name_the_same_paths() -> None:
         "maxIterations": 3,
     }
     assert set(template.OVERRIDES) >= {"model.temperature", "maxIterations"}
+
+
+def test_the_template_example_is_a_valid_template() -> None:
+    manifest = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "agentruntemplate.yaml").read_text())
+    assert manifest["kind"] == template.KIND
+    spec = template.AgentRunTemplateSpec.model_validate(manifest["spec"])
+    assert set(spec.allowed_overrides) <= set(template.OVERRIDES)
