@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.harness.runs_api import agent_runs, create_template, kubernetes_caller, runs_api
@@ -110,6 +111,11 @@ async def test_templates_take_only_the_overrides_they_allow(
         whole = await client.post(path, json={"spec": {**RUN, "input": "x"}})
         assert (whole.status_code, whole.json()["error"]["field"]) == (403, "spec")
         assert len(agent_runs(testbed, namespace)) == 1
+    # Admission refuses a template that would let a request reach an endpoint.
+    with pytest.raises(httpx.HTTPStatusError) as refused_template:
+        create_template(testbed, namespace, "open", RUN, ["model.baseURL"])
+    assert refused_template.value.response.status_code == 422
+    assert "allowedOverrides" in refused_template.value.response.text
 
 
 async def test_callers_reach_only_their_namespaces_and_learn_nothing_of_others(
