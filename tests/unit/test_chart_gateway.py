@@ -8,6 +8,7 @@ import pytest
 from agentrun_api.spec import IngressController
 from agentrun_common.stream_timeouts import StreamBudget, render_stream_route
 from agentrun_common.stream_timeouts.controllers import RouteTarget
+from agentrun_gateway.settings import GatewaySettings
 from agentrun_operator import chart_routes
 from tests.harness.chart import CHART_DIR, NAMESPACE, ci_scenarios, find, render, render_objects
 
@@ -101,3 +102,17 @@ def test_the_route_leads_the_runs_api_to_the_gateway_too(controller: str) -> Non
     text = str(route["spec"])
     assert "/runs" in text
     assert "/v1" in text
+
+
+def test_the_runs_api_limits_reach_the_gateway_as_its_settings() -> None:
+    values = gateway_values("ingress-nginx")
+    values["gateway"]["runsApi"] = {"runsPerMinutePerCaller": 7, "burstRunsPerCaller": 3, "maxRequestBytes": 2097152}
+    (deployment,) = [
+        o for o in render_objects(values) if o["kind"] == "Deployment" and o["metadata"]["name"] == GATEWAY
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    settings = GatewaySettings.from_env({name: e["value"] for name, e in env.items() if "value" in e})
+    assert (settings.runs_api.runs_per_minute_per_caller, settings.runs_api.burst_runs_per_caller) == (7, 3)
+    assert settings.runs_api.max_request_bytes == 2097152
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
