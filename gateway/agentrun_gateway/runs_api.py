@@ -98,16 +98,22 @@ def _refused(refusal: RefusalError) -> web.Response:
 
 
 def _api_refusal(error: ApiError) -> RefusalError:
-    """An API server error as this API's answer: the caller's fault (422), or ours to retry (503)."""
+    """An API server error as this API's answer: the caller's fault (422), a namespace not served (404), or
+    ours to retry (503)."""
     if error.status in (400, 422):
         return RefusalError(422, "RejectedByKubernetes", error.message, fix="correct the field the message names")
+    if error.status == 404:  # the namespace itself is gone (the caller may act in it, so nothing leaks)
+        return RefusalError(404, "NotFound", error.message, fix="check the namespace", field="namespace")
     if error.status == 403:
-        log.error("the gateway's ServiceAccount lacks a permission: %s", error)
+        # The chart grants the gateway only the namespaces the operator watches (watchNamespace): elsewhere no
+        # run could be served, so the namespace is not found here.
+        log.warning("the gateway's ServiceAccount may not act there: %s", error)
         return RefusalError(
-            500,
-            "GatewayNotPermitted",
-            "the gateway may not do this; its RBAC is incomplete",
-            fix="install the chart's RBAC for the gateway (rbac.create)",
+            404,
+            "NotFound",
+            "this gateway does not serve that namespace",
+            fix="use a namespace the operator watches (the chart's watchNamespace)",
+            field="namespace",
         )
     log.warning("Kubernetes API unavailable: %s", error)
     return RefusalError(

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.harness.identities import GATEWAY_ACCOUNT, SYSTEM_NAMESPACE
 from tests.harness.runs_api import agent_runs, create_template, kubernetes_caller, runs_api
 from tests.harness.testbed import KubeTestbed
 
@@ -215,3 +216,43 @@ async def test_limits_pagination_and_cancel(testbed: KubeTestbed, namespace: str
         status = await client.get(f"{path}/{run_id}")
         assert status.json()["phase"] == "Pending"
         assert status.headers["Retry-After"]
+
+
+async def test_a_namespace_that_does_not_exist_is_not_found(
+    testbed: KubeTestbed, namespace: str, tmp_path: Path
+) -> None:
+    """A caller allowed everywhere (a ClusterRole) submitting to a namespace that does not exist gets 404, not a
+    retry-later 503."""
+    token = kubernetes_caller(testbed, namespace, "everywhere", [])
+    binding = {
+        "metadata": {"name": f"runs-api-everywhere-{namespace}"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "everywhere", "namespace": namespace}],
+    }
+    bindings = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+    testbed.admin.post(bindings, json=binding).raise_for_status()
+    gateway_everywhere = {
+        "metadata": {"name": f"runs-api-gateway-everywhere-{namespace}"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": f"{GATEWAY_ACCOUNT}-watched",
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": GATEWAY_ACCOUNT, "namespace": SYSTEM_NAMESPACE}],
+    }
+    try:
+        async with runs_api(testbed, [namespace], tmp_path) as api, api.client(token) as client:
+            # Outside what the gateway serves (its chart grants cover the watched namespaces only) ...
+            answer = await client.post("/v1/namespaces/no-such-namespace/runs", json={"spec": {**RUN, "input": "Go."}})
+            assert answer.status_code == 404, answer.text
+            assert answer.json()["error"]["field"] == "namespace"
+        # ... and, with a gateway granted everywhere, where the API server finds no namespace.
+        testbed.admin.post(bindings, json=gateway_everywhere).raise_for_status()
+        async with runs_api(testbed, [namespace], tmp_path / "everywhere") as api, api.client(token) as client:
+            answer = await client.post("/v1/namespaces/no-such-namespace/runs", json={"spec": {**RUN, "input": "Go."}})
+            assert answer.status_code == 404, answer.text
+            assert answer.json()["error"]["field"] == "namespace"
+            assert "no-such-namespace" in answer.json()["error"]["message"]
+    finally:
+        for made in (binding, gateway_everywhere):
+            testbed.admin.delete(f"{bindings}/{made['metadata']['name']}")
