@@ -110,6 +110,8 @@ bench: install kube-binaries ## Every benchmark, figures and ratios (docs/perfor
 	$(BENCH_PATH) $(PY) bench/stream_log.py $(BENCH_QUICK)
 	@echo "== throttle pool: rate, concurrency, fairness (bench/throttle_pool.py)"
 	$(BENCH_PATH) $(PY) bench/throttle_pool.py $(BENCH_QUICK)
+	@echo "== runs API: 202 latency p50/p99 under 50 concurrent submitters, duplicates under client retries (bench/runs_api.py)"
+	$(BENCH_PATH) $(PY) bench/runs_api.py $(BENCH_QUICK)
 
 .PHONY: bench-runner
 bench-runner: install kube-binaries ## Runner loop overhead and checkpoint write sizes over a 500-iteration run
@@ -121,6 +123,10 @@ check: lint typecheck test ## Lint, type-check and test: what CI runs
 .PHONY: bench-gateway
 bench-gateway: install kube-binaries ## Measure the stream gateway's relay lag and memory with 100 readers on one run
 	$(PY) bench/gateway_fanout.py --readers 100
+
+.PHONY: bench-runs-api
+bench-runs-api: install kube-binaries ## The runs API's 202 latency (p50/p99) under 50 concurrent submitters and the duplicate count under client retries
+	$(BENCH_PATH) $(PY) bench/runs_api.py --submitters 50
 
 .PHONY: demo
 demo: install kube-binaries ## See it work: examples/minimal.yaml from Pending to Succeeded, its runner killed and resumed (< 1 min, root)

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from agentrun_api import clusterthrottlepool, constants, throttlepool
+from agentrun_api import clusterthrottlepool, constants, template, throttlepool
 from agentrun_api import names as run_names
 from agentrun_api.spec import MUTABLE_SPEC_FIELDS, AgentRunSpec
 from agentrun_api.status import AgentRunStatus
@@ -169,10 +169,22 @@ def _namespaced_crd(
     names: CrdNames,
     printer_columns: list[dict[str, Any]],
     spec_schema: dict[str, Any],
-    status_schema: dict[str, Any],
+    status_schema: dict[str, Any] | None,
     *,
     scope: str = "Namespaced",
 ) -> dict[str, Any]:
+    """A CRD of one served version; ``status_schema`` None: a resource nobody writes a status for."""
+    properties: dict[str, Any] = {
+        "apiVersion": {
+            "type": "string",
+            "description": f"APIVersion of this object: {constants.API_VERSION}.",
+        },
+        "kind": {"type": "string", "description": f"Kind of this object: {names.kind}."},
+        "metadata": {"type": "object"},
+        "spec": spec_schema,
+    }
+    if status_schema is not None:
+        properties["status"] = status_schema
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -196,23 +208,14 @@ def _namespaced_crd(
                     "name": constants.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}} if status_schema is not None else {},
                     "additionalPrinterColumns": printer_columns,
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
                             "description": names.description,
                             "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {
-                                    "type": "string",
-                                    "description": f"APIVersion of this object: {constants.API_VERSION}.",
-                                },
-                                "kind": {"type": "string", "description": f"Kind of this object: {names.kind}."},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": status_schema,
-                            },
+                            "properties": properties,
                         }
                     },
                 }
@@ -317,6 +320,36 @@ def build_clusterthrottlepool_crd() -> dict[str, Any]:
     return _namespaced_crd(names, THROTTLEPOOL_PRINTER_COLUMNS, spec_schema, status_schema, scope="Cluster")
 
 
+TEMPLATE_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Model", "type": "string", "jsonPath": ".spec.run.model.name", "description": "Model name."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp", "description": "Time since creation."},
+    {
+        "name": "Overrides",
+        "type": "string",
+        "jsonPath": ".spec.allowedOverrides",
+        "priority": 1,
+        "description": "Fields a request may set itself.",
+    },
+]
+
+
+def build_agentruntemplate_crd() -> dict[str, Any]:
+    """The AgentRunTemplate CRD: namespaced (a template names Secrets of its namespace), spec only."""
+    spec_schema = _schema_of(template.AgentRunTemplateSpec, "validation")
+    spec_schema["description"] = template.AgentRunTemplateSpec.__doc__
+    names = CrdNames(
+        crd_name=template.CRD_NAME,
+        kind=template.KIND,
+        plural=template.PLURAL,
+        singular=template.SINGULAR,
+        short_names=tuple(template.SHORT_NAMES),
+        description="An AgentRunTemplate fixes the model, tools and limits of runs submitted over HTTP (the "
+        "stream gateway's runs API): a request names the template, gives the input and may set only the fields "
+        "listed in allowedOverrides.",
+    )
+    return _namespaced_crd(names, TEMPLATE_PRINTER_COLUMNS, spec_schema, None)
+
+
 class _NoAliasDumper(yaml.SafeDumper):
     """Writes repeated sub-schemas out in full: anchors and aliases confuse readers of a CRD."""
 
@@ -342,7 +375,7 @@ def render_throttlepool_crd() -> str:
 def write_all(directory: Path) -> list[Path]:
     """Write every CRD into directory, one file each, named after the CRD."""
     written = []
-    for crd in (build_crd(), build_throttlepool_crd(), build_clusterthrottlepool_crd()):
+    for crd in (build_crd(), build_throttlepool_crd(), build_clusterthrottlepool_crd(), build_agentruntemplate_crd()):
         path = directory / f"{crd['metadata']['name']}.yaml"
         path.write_text(_render(crd))
         written.append(path)

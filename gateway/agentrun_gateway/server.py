@@ -11,10 +11,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentrun_common.kube import Credentials, KubeClient
-from agentrun_gateway import metrics, watch_page
+from agentrun_gateway import metrics, runs_api, watch_page
 from agentrun_gateway.archive import RunArchive
 from agentrun_gateway.auth import Authenticator, Decision, StreamTokens
-from agentrun_gateway.kube import READER_RETRY, KubeApi, KubeApiError
+from agentrun_gateway.kube import READER_RETRY, KubeApi, KubeApiError, RunInfo
 from agentrun_gateway.relay import ClientStream, EventArchive, Relay, RunDirectory
 from agentrun_gateway.settings import IN_CLUSTER_CA_FILE, GatewaySettings
 from agentrun_gateway.watch_session import COOKIE_NAME as WATCH_COOKIE
@@ -69,7 +69,12 @@ async def _events(request: web.Request) -> web.StreamResponse:
         return _error(403, f"this identity may not get agentruns/{run} in namespace {namespace}")
     if info is None:
         return _error(404, f"no AgentRun {run} in namespace {namespace}")
+    return await _relay(request, parts, namespace, run, last_id, info)
 
+
+async def _relay(
+    request: web.Request, parts: _Parts, namespace: str, run: str, last_id: int, info: RunInfo
+) -> web.StreamResponse:
     client = ClientStream(request, info.heartbeat_seconds)
     metrics.READERS.inc()
     try:
@@ -82,6 +87,16 @@ async def _events(request: web.Request) -> web.StreamResponse:
     if not client.prepared:
         return web.Response(status=204)  # the run ended and the reader has seen all of it: stop reconnecting
     return client.response
+
+
+async def _authorized_relay(request: web.Request, namespace: str, run: str) -> web.StreamResponse:
+    """A run's stream for a reader another door has authorized (the runs API); 404 when the run is gone."""
+    raw_last = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or "0"
+    parts = request.app[PARTS]
+    info = await parts.runs.get(namespace, run) if raw_last.isdigit() else None
+    if info is None:
+        return _error(404, f"no AgentRun {run} in namespace {namespace}")
+    return await _relay(request, parts, namespace, run, int(raw_last), info)
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -136,6 +151,7 @@ def create_app(settings: GatewaySettings, archive: EventArchive | None = None) -
         app[ARCHIVE] = archive
     app.router.add_get("/runs/{namespace}/{name}/events", _events)
     watch_page.add_routes(app, lambda started: started[PARTS], settings.watch_session_seconds)
+    runs_api.register(app, settings, lambda: _kube_credentials(settings), _authorized_relay)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.on_startup.append(_start)

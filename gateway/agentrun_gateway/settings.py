@@ -3,16 +3,17 @@
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
+from typing import Annotated, get_args
 
 from agentrun_api.contract import STREAM_PORT
 from agentrun_api.spec import IngressController
-from agentrun_common.settings import Count, Port, Seconds, SettingsError, load_settings
+from agentrun_common.settings import Count, Env, Port, Seconds, SettingsError, load_settings
 from agentrun_common.sse import DEFAULT_MAX_EVENT_BYTES
 from agentrun_common.stream_timeouts import StreamBudget, render_stream_route
 from agentrun_common.stream_timeouts.budget import GATEWAY_UPSTREAM_POOL_IDLE_SECONDS, UPSTREAM_IDLE_HEARTBEATS
+from agentrun_gateway.runs_settings import RunsApiSettings
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 IN_CLUSTER_CA_FILE = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
@@ -86,6 +87,8 @@ class GatewaySettings:
     """CA bundle (PEM) that verifies the API server's certificate; empty means the in-cluster CA
     (``/var/run/secrets/kubernetes.io/serviceaccount/ca.crt``) when the pod has it, else the system trust
     store. Verification is never turned off."""
+    runs_api: Annotated[RunsApiSettings, Env(prefix=f"{ENV_PREFIX}RUNS_API_")] = field(default_factory=RunsApiSettings)
+    """The HTTP runs API's limits and API keys (``AGENTRUN_GATEWAY_RUNS_API_*``)."""
 
     def __post_init__(self) -> None:
         if self.controller not in get_args(IngressController):

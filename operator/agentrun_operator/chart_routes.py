@@ -26,6 +26,10 @@ GATEWAY_NAMESPACE: Final = "@GATEWAY_NAMESPACE@"
 SERVICE_PORT: Final = 8080
 
 
+# Served by the gateway besides the streams (/runs/): its runs API (docs/runs-api.md).
+GATEWAY_EXTRA_PATH_PREFIXES = ("/v1/",)
+
+
 def _target(*, tls: bool) -> RouteTarget:
     return RouteTarget(
         namespace=NAMESPACE,
@@ -38,6 +42,7 @@ def _target(*, tls: bool) -> RouteTarget:
         tls_secret_name=TLS_SECRET_NAME if tls else None,
         gateway_name=GATEWAY_NAME,
         gateway_namespace=GATEWAY_NAMESPACE,
+        extra_path_prefixes=GATEWAY_EXTRA_PATH_PREFIXES,
     )
 
 

@@ -240,15 +240,34 @@ OPERATOR_RULES: tuple[Rule, ...] = (
 
 
 # The stream gateway (chart value gateway.enabled) runs under its own ServiceAccount with these rules. It faces
-# the internet, so it holds no rule on Secrets: the operator grants it `get` on each streaming run's
-# <run>-stream-token Secret alone, by name, in the run's Role <run>-stream-reader (children.py).
+# the internet, so it holds no rule on Secrets of the watched namespaces: the operator grants it `get` on each
+# streaming run's <run>-stream-token Secret alone, by name, in the run's Role <run>-stream-reader (children.py).
+# In its own namespace it reads API key Secrets (hashes only).
 GATEWAY_RULES: tuple[Rule, ...] = (
     Rule(
         "agentrun.dev",
         ("agentruns",),
+        ("get", "list", "create", "patch"),
+        cluster_scoped=False,
+        why="the gateway reads a run's phase and heartbeat interval before relaying its stream; its runs API "
+        "creates, lists and cancels (patch of spec.cancel) runs for callers it has checked with "
+        "SubjectAccessReview or an API key bound to the namespace",
+    ),
+    Rule(
+        "agentrun.dev",
+        ("agentruntemplates",),
         ("get",),
         cluster_scoped=False,
-        why="the gateway reads a run's phase and heartbeat interval before relaying its stream",
+        why="a runs API request names an AgentRunTemplate, whose fixed part the run is made from",
+    ),
+    Rule(
+        "",
+        ("secrets",),
+        ("get",),
+        cluster_scoped=False,
+        why="API keys of the runs API: the Secret agentrun-api-key-<id> holds a key's namespace and SHA-256 hash, "
+        "never the key; read by name in the gateway's own namespace only",
+        own_namespace=True,
     ),
     Rule(
         "",
@@ -305,7 +324,11 @@ def chart_rules() -> dict[str, Any]:
         **_by_mode(OPERATOR_RULES),
         "leaderElection": {"role": [rule.as_policy_rule() for rule in own_namespace_rules()]},
     }
-    return {"operator": operator, "gateway": _by_mode(GATEWAY_RULES)}
+    gateway = {
+        **_by_mode(GATEWAY_RULES),
+        "apiKeys": {"role": [rule.as_policy_rule() for rule in own_namespace_rules(GATEWAY_RULES)]},
+    }
+    return {"operator": operator, "gateway": gateway}
 
 
 def render_chart_rules() -> str:

@@ -55,6 +55,7 @@ FIGURES = {
     ),
     "throttle_pool.py": ("achieved rate", "fairness spread", "achieved/hidden limit", ON_KUBERNETES),
     "stream_log.py": ("latency p50", "ckpt writes", "before (", "now, flush 0.2 s (default)", " writes"),
+    "runs_api.py": (ON_KUBERNETES, "202 latency, 10 concurrent submitters", "p99", "duplicates: 0"),
 }
 
 
@@ -65,6 +66,7 @@ ON_CONTROL_PLANE = {
     "runner_overhead.py",
     "gateway_fanout.py",
     "throttle_pool.py",
+    "runs_api.py",
 }
 QUICK_TIMEOUT_SECONDS = 240  # one benchmark's quick mode, its control plane's start and stop included
 

@@ -8,6 +8,7 @@ import pytest
 from agentrun_api.spec import IngressController
 from agentrun_common.stream_timeouts import StreamBudget, render_stream_route
 from agentrun_common.stream_timeouts.controllers import RouteTarget
+from agentrun_gateway.settings import GatewaySettings
 from agentrun_operator import chart_routes
 from tests.harness.chart import CHART_DIR, NAMESPACE, ci_scenarios, find, render, render_objects
 
@@ -43,6 +44,7 @@ def test_route_objects_equal_what_stream_timeouts_renders(controller: str, tls: 
         tls_secret_name=tls or None,
         gateway_namespace=NAMESPACE,  # the chart names the release namespace where the default leaves it out
         selector={},
+        extra_path_prefixes=chart_routes.GATEWAY_EXTRA_PATH_PREFIXES,
     )
     expected = render_stream_route(controller, StreamBudget.longest_allowed(), target)  # type: ignore[arg-type]
     gateway_objects = [
@@ -73,7 +75,7 @@ def test_gateway_scenario_wires_operator_urls_service_and_pods() -> None:
     gateway = find(objects, "Deployment", GATEWAY)
     pod = gateway["spec"]["template"]
     (container,) = pod["spec"]["containers"]
-    assert {e["name"]: e["value"] for e in container["env"]}["AGENTRUN_GATEWAY_CONTROLLER"] == "ingress-nginx"
+    assert {e["name"]: e.get("value") for e in container["env"]}["AGENTRUN_GATEWAY_CONTROLLER"] == "ingress-nginx"
     assert pod["spec"]["serviceAccountName"] == GATEWAY
     service = find(objects, "Service", GATEWAY)
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
@@ -91,3 +93,26 @@ def test_operator_stream_url_setting_wins_over_the_gateway_route() -> None:
     operator = find(render_objects(values), "Deployment", "agentrun-operator")
     env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["AGENTRUN_STREAM_BASE_URL"] == "https://streams.example.org"
+
+
+@pytest.mark.parametrize("controller", ["ingress-nginx", "gateway-api", "contour", "istio"])
+def test_the_route_leads_the_runs_api_to_the_gateway_too(controller: str) -> None:
+    objects = render_objects(gateway_values(controller))
+    (route,) = [o for o in objects if o["kind"] in {"Ingress", "HTTPRoute", "HTTPProxy", "VirtualService"}]
+    text = str(route["spec"])
+    assert "/runs" in text
+    assert "/v1" in text
+
+
+def test_the_runs_api_limits_reach_the_gateway_as_its_settings() -> None:
+    values = gateway_values("ingress-nginx")
+    values["gateway"]["runsApi"] = {"runsPerMinutePerCaller": 7, "burstRunsPerCaller": 3, "maxRequestBytes": 2097152}
+    (deployment,) = [
+        o for o in render_objects(values) if o["kind"] == "Deployment" and o["metadata"]["name"] == GATEWAY
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    settings = GatewaySettings.from_env({name: e["value"] for name, e in env.items() if "value" in e})
+    assert (settings.runs_api.runs_per_minute_per_caller, settings.runs_api.burst_runs_per_caller) == (7, 3)
+    assert settings.runs_api.max_request_bytes == 2097152
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"

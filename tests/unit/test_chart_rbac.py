@@ -43,19 +43,28 @@ def test_secrets_can_be_neither_listed_nor_watched() -> None:
     assert set(secrets.verbs) == {"create", "get"}
 
 
-def test_the_internet_facing_gateway_holds_no_rule_on_secrets() -> None:
-    """The operator grants it each streaming run's stream-token Secret by name (Role <run>-stream-reader)."""
-    assert not [rule for rule in permissions.GATEWAY_RULES if "secrets" in rule.resources]
+def test_the_internet_facing_gateway_reads_secrets_only_in_its_own_namespace() -> None:
+    """The operator grants it each streaming run's stream-token Secret by name (Role <run>-stream-reader); the
+    runs API's API key Secrets (hashes) it may get, not list, in the release namespace alone."""
+    (api_keys,) = [rule for rule in permissions.GATEWAY_RULES if "secrets" in rule.resources]
+    assert api_keys.own_namespace
+    assert api_keys.verbs == ("get",)
     gateway = {"enabled": True, "route": {"host": "agents.example.com"}}
     for values in ({"gateway": gateway}, {"watchNamespace": "agents", "gateway": gateway}):
+        objects = rbac_objects(values)
         roles = [
             obj
-            for obj in rbac_objects(values)
+            for obj in objects
             if obj["metadata"]["name"] == "agentrun-operator-stream-gateway" and obj["kind"] in ("Role", "ClusterRole")
         ]
         assert roles
         for role in roles:
             assert not [rule for rule in role["rules"] if "secrets" in rule["resources"]], role
+        keys_role = find(objects, "Role", "agentrun-operator-stream-gateway-api-keys")
+        assert keys_role["metadata"]["namespace"] == "agentrun-system"  # the release namespace
+        assert keys_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+        binding = find(objects, "RoleBinding", "agentrun-operator-stream-gateway-api-keys")
+        assert binding["subjects"][0]["name"] == "agentrun-operator-stream-gateway"
 
 
 def test_operator_holds_every_configmap_verb_a_runner_role_may_grant() -> None:
@@ -156,6 +165,6 @@ def test_namespaced_gateway_reads_runs_and_checkpoints_only_in_the_watched_names
     objects = rbac_objects(values)
     role = find(objects, "Role", "agentrun-operator-stream-gateway")
     assert role["metadata"]["namespace"] == "agents"
-    assert {r for rule in role["rules"] for r in rule["resources"]} == {"agentruns", "configmaps"}
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"agentruns", "agentruntemplates", "configmaps"}
     cluster_role = find(objects, "ClusterRole", "agentrun-operator-stream-gateway")
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"tokenreviews", "subjectaccessreviews"}

@@ -51,6 +51,7 @@ def test_writing_all_crds_writes_every_definition(tmp_path: Path) -> None:
     written = crd.write_all(tmp_path)
     assert sorted(path.name for path in written) == [
         "agentruns.agentrun.dev.yaml",
+        "agentruntemplates.agentrun.dev.yaml",
         "clusterthrottlepools.agentrun.dev.yaml",
         "throttlepools.agentrun.dev.yaml",
     ]

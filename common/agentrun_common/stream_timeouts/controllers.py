@@ -76,6 +76,8 @@ class RouteTarget:
     """IngressClass (Ingress controllers) or Contour ingress class; None for the controller's usual one."""
     path_prefix: str = "/runs/"
     """Path prefix routed to the gateway; every run's stream is under /runs/<namespace>/<name>/events."""
+    extra_path_prefixes: tuple[str, ...] = ()
+    """Further prefixes routed to the gateway alike (its runs API under /v1/)."""
     tls_secret_name: str | None = None
     """TLS Secret for the host (Ingress, HTTPProxy); None serves plain HTTP or leaves TLS to the Gateway."""
     gateway_name: str = "agentrun"
@@ -324,9 +326,15 @@ def _parent_ref(target: RouteTarget) -> dict[str, str]:
     return ref
 
 
+def _prefixes(target: RouteTarget) -> tuple[str, ...]:
+    return (target.path_prefix, *target.extra_path_prefixes)
+
+
 def _http_route(target: RouteTarget, timeouts: dict[str, str] | None) -> dict[str, Any]:
     rule: dict[str, Any] = {
-        "matches": [{"path": {"type": "PathPrefix", "value": target.path_prefix.rstrip("/") or "/"}}],
+        "matches": [
+            {"path": {"type": "PathPrefix", "value": prefix.rstrip("/") or "/"}} for prefix in _prefixes(target)
+        ],
         "backendRefs": [{"name": target.service_name, "port": target.service_port}],
     }
     if timeouts:
@@ -466,12 +474,13 @@ def _contour(budget: StreamBudget, target: RouteTarget) -> _Plan:
         virtualhost["tls"] = {"secretName": target.tls_secret_name}
     spec: dict[str, Any] = {
         "virtualhost": virtualhost,
-        "routes": [
+        "routes": [  # one route per prefix: a route's conditions must all hold
             {
-                "conditions": [{"prefix": target.path_prefix}],
+                "conditions": [{"prefix": prefix}],
                 "services": [{"name": target.service_name, "port": target.service_port}],
                 "timeoutPolicy": {"response": "infinity", "idle": seconds_with_unit(idle)},
             }
+            for prefix in _prefixes(target)
         ],
     }
     if target.class_name:
@@ -501,7 +510,7 @@ def _istio(budget: StreamBudget, target: RouteTarget) -> _Plan:
             "gateways": [gateway],
             "http": [
                 {
-                    "match": [{"uri": {"prefix": target.path_prefix}}],
+                    "match": [{"uri": {"prefix": prefix}} for prefix in _prefixes(target)],
                     "route": [
                         {
                             "destination": {
@@ -621,12 +630,15 @@ def _ingress(controller: IngressController, target: RouteTarget, annotations: di
     metadata = _metadata(target)
     if annotations:
         metadata["annotations"] = dict(annotations)
-    path = {
-        "path": target.path_prefix,
-        "pathType": "Prefix",
-        "backend": {"service": {"name": target.service_name, "port": {"number": target.service_port}}},
-    }
-    rule: dict[str, Any] = {"http": {"paths": [path]}}
+    paths = [
+        {
+            "path": prefix,
+            "pathType": "Prefix",
+            "backend": {"service": {"name": target.service_name, "port": {"number": target.service_port}}},
+        }
+        for prefix in _prefixes(target)
+    ]
+    rule: dict[str, Any] = {"http": {"paths": paths}}
     if target.host:
         rule["host"] = target.host
     spec: dict[str, Any] = {"rules": [rule]}
