@@ -112,6 +112,9 @@ def is_accepted(body: Mapping[str, Any]) -> bool:
 
 async def write_status(op: OperatorContext, owner: children.RunOwner, status: AgentRunStatus) -> None:
     document = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if status.budget is not None and status.budget.waiting_since is None:
+        # A merge patch keeps a field it does not name: an ended wait must be cleared explicitly.
+        document["budget"]["waitingSince"] = None
     await op.kube.merge_patch(constants.KIND, owner.namespace, owner.name, {"status": document}, subresource="status")
     op.metrics.status_writes_total.inc()
 
