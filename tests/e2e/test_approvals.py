@@ -7,6 +7,8 @@ then answers.
 """
 
 import asyncio
+import base64
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -15,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from agentrun_api import approval
+from agentrun_operator import webhook
 from tests.e2e.runs import fetching_run, local_cluster
 from tests.harness.agentruns import agentruns_path, requests_of, runner_pods, wait_for, wait_for_end
 from tests.harness.controlplane import write_kubeconfig
@@ -106,6 +110,31 @@ AUTHOR = {"apiGroups": ["agentrun.dev"], "resources": ["agentruns"], "verbs": ["
 async def tools() -> AsyncIterator[ToolServer]:
     async with ToolServer() as server:
         yield server
+
+
+SIGNING_KEY = b"whsec-approvals"
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+    """A webhook receiver on 127.0.0.1: the deliveries (headers and body) it got, and its URL."""
+    deliveries: list[dict[str, Any]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        deliveries.append({"headers": dict(request.headers), "body": await request.read()})
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield deliveries, f"http://127.0.0.1:{port}/hook"
+    finally:
+        await runner.cleanup()
 
 
 async def waiting_with_no_pod(kube: KubeClient, cluster: LocalCluster, name: str) -> JsonObject:
@@ -210,8 +239,9 @@ async def test_a_run_waits_past_its_max_execution_time_with_no_pod_then_complete
 
 
 async def test_a_denied_call_reaches_the_model_as_a_denial_and_an_undecided_one_applies_its_timeout_default(
-    testbed: Any, tmp_path: Path, tools: ToolServer
+    testbed: Any, tmp_path: Path, tools: ToolServer, hook: tuple[list[dict[str, Any]], str]
 ) -> None:
+    deliveries, hook_url = hook
     async with (
         local_cluster(testbed, tmp_path, gated_script(tools)) as cluster,
         KubeClient(str(cluster.kubeconfig_path)) as kube,
@@ -219,13 +249,31 @@ async def test_a_denied_call_reaches_the_model_as_a_denial_and_an_undecided_one_
         approver = await User(cluster, "approver", [READ_RUNS, DECIDE]).create(kube)
         runs = agentruns_path(cluster.namespace)
         gate = {"tools": ["http_fetch"]}
-        await kube.create(runs, fetching_run("denied", cluster, checkpoint={"store": "ConfigMap"}, approvals=gate))
+        secret = {"metadata": {"name": "hook-key"}, "data": {"key": base64.b64encode(SIGNING_KEY).decode()}}
+        await kube.create(namespaced_path("v1", "secrets", cluster.namespace), secret)
+        signed = {"url": hook_url, "signingKeySecretRef": {"name": "hook-key", "key": "key"}}
+        await kube.create(
+            runs,
+            fetching_run(
+                "denied", cluster, checkpoint={"store": "ConfigMap"}, approvals=gate, completionWebhook=signed
+            ),
+        )
         undecided = {**gate, "timeout": "3s", "onTimeout": "Fail"}
         await kube.create(
             runs, fetching_run("undecided", cluster, checkpoint={"store": "ConfigMap"}, approvals=undecided)
         )
 
-        await waiting_with_no_pod(kube, cluster, "denied")
+        status = await waiting_with_no_pod(kube, cluster, "denied")
+        # The request went out, signed, to the run's webhook: which call, of which tool, how to decide.
+        await wait_for(lambda: asyncio.sleep(0, result=bool(deliveries)), "the approval request's webhook", timeout=30)
+        [delivery] = deliveries
+        headers, body = delivery["headers"], delivery["body"]
+        assert webhook.verify(SIGNING_KEY, headers[webhook.TIMESTAMP_HEADER], body, headers[webhook.SIGNATURE_HEADER])
+        notice = json.loads(body)
+        assert notice["type"] == "agentrun.approval_requested"
+        assert (notice["call"], notice["tool"]) == (status["approvals"][0]["call"], "http_fetch")
+        assert notice["decide"].startswith("kubectl agentrun approve|deny denied ")
+
         code, out, err = await approver.kubectl_agentrun("deny", "denied", "--reason", "production is frozen")
         assert code == 0, err
         assert "denied http_fetch call" in out
