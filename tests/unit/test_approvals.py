@@ -13,6 +13,7 @@ from agentrun_api.spec import AgentRunSpec, ApprovalsSpec
 from agentrun_api.status import AgentRunStatus, Budget, Condition, Phase
 from agentrun_operator.approvals import RemoveJobWhileWaiting, ResumeAfterApproval
 from agentrun_operator.children import RunOwner
+from agentrun_operator.kubectl_plugin import PluginError, waiting_call
 from agentrun_operator.observations import (
     ApprovalObservation,
     JobObservation,
@@ -29,7 +30,7 @@ from agentrun_runner.approvals import (
     describe_arguments,
     load_decisions,
 )
-from tests.harness.chart import CHART_DIR
+from tests.harness.chart import CHART_DIR, render_objects
 from tests.operator_samples import T0, at, job_object, manifest, progress_document
 
 pytestmark = pytest.mark.unit
@@ -228,3 +229,39 @@ def test_an_approval_names_one_call_of_one_run() -> None:
     assert approval.approval_name("q3", KEY) == "q3-2-0"
     with pytest.raises(ValueError, match="call"):
         approval.AgentRunApprovalSpec(run="q3", call="not a key", decision="Approve", decided_by="alice")
+
+
+def test_the_chart_renders_the_policy_and_its_binding_with_the_crds_and_not_without() -> None:
+    rendered = {o["kind"]: o for o in render_objects() if o["kind"].startswith("ValidatingAdmissionPolicy")}
+    generated = {o["kind"]: o for o in approval.admission_policy()}
+    assert rendered.keys() == generated.keys()
+    for kind, obj in generated.items():
+        assert rendered[kind]["spec"] == obj["spec"]
+        assert rendered[kind]["metadata"]["name"] == obj["metadata"]["name"]
+    without_crds = render_objects({"crds": {"enabled": False}})
+    assert not [o for o in without_crds if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+# --- kubectl agentrun approve|deny: which call -----------------------------------------------------------------------
+
+
+def run_with(*entries: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "q3", "uid": "uid-q3"},
+        "status": {"phase": "WaitingForApproval", "approvals": list(entries)},
+    }
+
+
+def test_the_plugin_decides_the_only_waiting_call_or_the_one_named() -> None:
+    one = {"call": "uid-q3:2:0", "tool": "http_fetch", "decision": ""}
+    two = {"call": "uid-q3:2:1", "tool": "write_file", "decision": ""}
+    done = {"call": "uid-q3:1:0", "tool": "http_fetch", "decision": "Approved"}
+    assert waiting_call(run_with(one, done), "q3", None) == one
+    assert waiting_call(run_with(one, two), "q3", "2:1") == two
+    assert waiting_call(run_with(one, two), "q3", "uid-q3:2:0") == one
+    with pytest.raises(PluginError, match=r"2 call\(s\) waiting: uid-q3:2:0 .*name one of them as CALL"):
+        waiting_call(run_with(one, two), "q3", None)
+    with pytest.raises(PluginError, match="call uid-q3:1:0 of agentrun q3 was already approved"):
+        waiting_call(run_with(one, done), "q3", "uid-q3:1:0")
+    with pytest.raises(PluginError, match="has no call waiting for approval"):
+        waiting_call(run_with(done), "q3", None)
