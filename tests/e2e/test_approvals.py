@@ -150,7 +150,7 @@ async def waiting_with_no_pod(kube: KubeClient, cluster: LocalCluster, name: str
     return await wait_for(probe, f"run {name} waiting for approval with no Job and no pod", timeout=60)
 
 
-async def test_a_run_waits_past_its_max_execution_time_with_no_pod_then_completes_after_kubectl_agentrun_approve(
+async def test_a_run_waits_past_its_max_execution_time_with_no_pod_across_an_operator_crash_then_completes_after_approve(
     testbed: Any, tmp_path: Path, tools: ToolServer
 ) -> None:
     async with (
@@ -195,6 +195,8 @@ async def test_a_run_waits_past_its_max_execution_time_with_no_pod_then_complete
         assert refused.value.status in (403, 422)
         assert "spec.decidedBy must be the user creating the approval" in str(refused.value)
 
+        # The wait is on the cluster, not in the operator's memory: a crashed operator picks it up again.
+        await cluster.operator.restart(crash=True)
         # Longer than maxExecutionTime passes while it waits: no pod, no TimedOut.
         while datetime.now(UTC) < waiting_since + timedelta(seconds=BUDGET_SECONDS + 2):
             still = await waiting_with_no_pod(kube, cluster, "deploy")
