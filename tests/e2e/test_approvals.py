@@ -235,6 +235,15 @@ async def test_a_run_waits_past_its_max_execution_time_with_no_pod_across_an_ope
         )
         assert recorded is not None
         assert recorded["spec"]["decidedBy"] == approver.username
+        with pytest.raises(ApiError) as changed:  # not even a cluster admin rewrites a decision
+            await kube.merge_patch(
+                namespaced_path(
+                    "agentrun.dev/v1alpha1", approval.PLURAL, cluster.namespace, recorded["metadata"]["name"]
+                ),
+                {"spec": {"decision": "Deny"}},
+            )
+        assert changed.value.status == 422
+        assert "an approval cannot be changed once made" in str(changed.value)
         events = await kube.list(namespaced_path("v1", "events", cluster.namespace))
         reasons = {e["reason"] for e in events if e["involvedObject"].get("name") == "deploy"}
         assert {"ApprovalRequested", "ApprovalDecided"} <= reasons
