@@ -69,6 +69,7 @@ chart-sync: install ## Copy crds/, the RBAC rules and the stream routes into the
 	cp crds/*.yaml helm/agentrun-operator/files/crds/
 	PYTHONPATH=api:common:operator $(PY) -m agentrun_operator.permissions > helm/agentrun-operator/files/rbac-rules.yaml
 	PYTHONPATH=api:common:operator $(PY) -m agentrun_operator.chart_routes > helm/agentrun-operator/files/stream-routes.yaml
+	PYTHONPATH=api:common $(PY) -m agentrun_api.approval > helm/agentrun-operator/files/approval-policy.yaml
 
 # The real control plane the integration and e2e tests run on, built from Kubernetes' Go modules.
 KUBE_MINOR ?= $(shell cat tests/kube/default-minor)

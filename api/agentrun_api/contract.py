@@ -5,7 +5,11 @@ Config in:  the operator renders a ``RunnerConfig`` as JSON into the ConfigMap `
 Progress out: the runner writes a ``ProgressReport`` as JSON under ``PROGRESS_KEY`` of the ConfigMap
             ``<run>-progress`` (at most once per ``progressIntervalSeconds``, and at once for a terminal
             outcome); the operator watches those ConfigMaps and mirrors them into the AgentRun status.
-Exit codes: 0 means the run reached an outcome that is recorded in the progress report; anything
+Decisions in: the operator writes the approval decisions taken so far as JSON (a list of ``ApprovalDecision``)
+            under ``APPROVALS_FILE`` of the same ConfigMap before it starts the Job that resumes a run which
+            waited; the runner reads that file next to its config.
+Exit codes: 0 means the run reached an outcome that is recorded in the progress report, or stopped to wait
+            for approvals that the report lists (the Job completes; the operator removes it); anything
             else is a crash the Job replaces (resuming from the checkpoint), except ``EXIT_INVALID_CONFIG``
             which the Job's pod failure policy turns into a failed Job at once.
 
@@ -37,6 +41,7 @@ DEADLINE_ENV: Final = "AGENTRUN_DEADLINE"
 # The pod's own IP (downward API status.podIP): the runner binds its stream server there, the address
 # the <run>-stream Service's endpoints point at.
 POD_IP_ENV: Final = "POD_IP"
+APPROVALS_FILE: Final = "approvals.json"
 PROGRESS_KEY: Final = "progress.json"
 STREAM_TOKEN_KEY: Final = "token"
 PERMIT_KEY_KEY: Final = "key"
@@ -146,6 +151,24 @@ class ResultRef(ContractModel):
     bytes: int = Field(ge=0)
 
 
+class ApprovalRequest(ContractModel):
+    """A tool call the runner stopped at: it needs a decision (spec.approvals) that it does not have."""
+
+    key: str  # the call's idempotency key
+    tool: str
+    arguments: str = Field(max_length=2048)  # bounded, secret-like values redacted (agentrun_runner.approvals)
+    requested_at: datetime
+
+
+class ApprovalDecision(ContractModel):
+    """A decision on one call, handed to the runner that resumes the run."""
+
+    key: str
+    approved: bool
+    reason: str = Field(default="", max_length=1024)
+    decided_by: str = ""  # empty: spec.approvals.onTimeout decided
+
+
 class ProgressReport(ContractModel):
     """What the runner tells the operator. Each report replaces the previous one."""
 
@@ -162,3 +185,5 @@ class ProgressReport(ContractModel):
     reported_at: datetime
     outcome: Outcome | None = None  # set once, after the result is persisted
     result: ResultRef | None = None
+    # Set by a runner that checkpointed and stopped because these calls wait for a decision.
+    approval_requests: list[ApprovalRequest] = Field(default_factory=list)

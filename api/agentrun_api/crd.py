@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from agentrun_api import clusterthrottlepool, constants, template, throttlepool
+from agentrun_api import approval, clusterthrottlepool, constants, template, throttlepool
 from agentrun_api import names as run_names
 from agentrun_api.spec import MUTABLE_SPEC_FIELDS, AgentRunSpec
 from agentrun_api.status import AgentRunStatus
@@ -55,6 +55,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp", "description": "Time since creation."},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1, "description": "Model name."},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1, "description": "Last message."},
+    {
+        "name": "Waited",
+        "type": "integer",
+        "jsonPath": ".status.budget.waitedSeconds",
+        "priority": 1,
+        "description": "Seconds spent waiting for approvals (not counted against maxExecutionTime).",
+    },
 ]
 
 
@@ -350,6 +357,37 @@ def build_agentruntemplate_crd() -> dict[str, Any]:
     return _namespaced_crd(names, TEMPLATE_PRINTER_COLUMNS, spec_schema, None)
 
 
+APPROVAL_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Run", "type": "string", "jsonPath": ".spec.run", "description": "The AgentRun."},
+    {"name": "Decision", "type": "string", "jsonPath": ".spec.decision", "description": "Approve or Deny."},
+    {"name": "Decided-By", "type": "string", "jsonPath": ".spec.decidedBy", "description": "Who decided."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp", "description": "Time since creation."},
+    {"name": "Call", "type": "string", "jsonPath": ".spec.call", "priority": 1, "description": "The call's key."},
+]
+
+
+def build_approval_crd() -> dict[str, Any]:
+    """The AgentRunApproval CRD: a decision, immutable once made; who made it is checked by admission_policy."""
+    spec_schema = _schema_of(approval.AgentRunApprovalSpec, "validation")
+    spec_schema["description"] = approval.AgentRunApprovalSpec.__doc__
+    spec_schema["x-kubernetes-validations"] = [
+        {"rule": "self == oldSelf", "message": "an approval cannot be changed once made"}
+    ]
+    status_schema = _schema_of(approval.AgentRunApprovalStatus, "serialization")
+    status_schema["description"] = approval.AgentRunApprovalStatus.__doc__
+    names = CrdNames(
+        crd_name=approval.CRD_NAME,
+        kind=approval.KIND,
+        plural=approval.PLURAL,
+        singular=approval.SINGULAR,
+        short_names=tuple(approval.SHORT_NAMES),
+        description="An AgentRunApproval approves or denies one tool call an AgentRun waits on "
+        "(`kubectl agentrun approve|deny`). Creating one is the RBAC right to decide; spec.decidedBy must be "
+        "the creating user (a ValidatingAdmissionPolicy checks it).",
+    )
+    return _namespaced_crd(names, APPROVAL_PRINTER_COLUMNS, spec_schema, status_schema)
+
+
 class _NoAliasDumper(yaml.SafeDumper):
     """Writes repeated sub-schemas out in full: anchors and aliases confuse readers of a CRD."""
 
@@ -375,7 +413,14 @@ def render_throttlepool_crd() -> str:
 def write_all(directory: Path) -> list[Path]:
     """Write every CRD into directory, one file each, named after the CRD."""
     written = []
-    for crd in (build_crd(), build_throttlepool_crd(), build_clusterthrottlepool_crd(), build_agentruntemplate_crd()):
+    every_crd = (
+        build_crd(),
+        build_throttlepool_crd(),
+        build_clusterthrottlepool_crd(),
+        build_agentruntemplate_crd(),
+        build_approval_crd(),
+    )
+    for crd in every_crd:
         path = directory / f"{crd['metadata']['name']}.yaml"
         path.write_text(_render(crd))
         written.append(path)

@@ -351,8 +351,33 @@ class ToolsSpec(SpecModel):
     )
 
 
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_][-A-Za-z0-9_.]*$"
+
+
+class ApprovalsSpec(SpecModel):
+    """Tools whose calls wait for a person's decision. The run checkpoints and its pod exits while it waits
+    (it holds no pod, and maxExecutionTime's clock stops); `kubectl agentrun approve|deny` decides."""
+
+    tools: list[Annotated[str, Field(pattern=TOOL_NAME_PATTERN, max_length=128)]] = Field(
+        min_length=1,
+        max_length=64,
+        description="Names of the tools whose every call needs approval, as the model calls them: a built-in "
+        "tool (write_file, http_fetch, ...) or a tool of a declared MCP server or HTTP tool.",
+    )
+    timeout: Annotated[str, DurationBounds("1s", "168h")] = Field(
+        default="24h",
+        description="How long a request waits for a decision before onTimeout applies. The wait does not count "
+        f"against maxExecutionTime. {TAKES_DURATION}",
+    )
+    on_timeout: Literal["Deny", "Fail"] = Field(
+        default="Deny",
+        description="What happens when no decision comes within timeout: Deny tells the model the call was "
+        "denied and the run goes on; Fail ends the run Failed with reason ApprovalTimedOut.",
+    )
+
+
 class CompletionWebhookSpec(SpecModel):
-    """A POST sent once the run has ended, signed with HMAC-SHA256."""
+    """A POST sent once the run has ended, and when it starts waiting for an approval; signed with HMAC-SHA256."""
 
     url: str = Field(max_length=2048, pattern=r"^https?://[^\s]+$", description="URL that receives the signed payload.")
     signing_key_secret_ref: SecretKeyRef = Field(description="Secret key with the HMAC-SHA256 signing key.")
@@ -396,6 +421,9 @@ class AgentRunSpec(SpecModel):
     )
     streaming: StreamingSpec = Field(default_factory=StreamingSpec, description="The run's event stream.")
     tools: ToolsSpec = Field(default_factory=ToolsSpec, description="Built-in tools the model may call.")
+    approvals: ApprovalsSpec | None = Field(
+        default=None, description="Tools whose calls wait for a person's approval; omit for none."
+    )
     retries: RetriesSpec = Field(
         default_factory=RetriesSpec, description="Pod restarts, each resuming from the last checkpoint."
     )
@@ -406,7 +434,8 @@ class AgentRunSpec(SpecModel):
     )
     runner: RunnerSpec = Field(default_factory=RunnerSpec, description="Runner pod image, resources and scheduling.")
     completion_webhook: CompletionWebhookSpec | None = Field(
-        default=None, description="Notify a URL once the run has ended."
+        default=None,
+        description="Notify a URL once the run has ended, and each time it starts waiting for an approval.",
     )
     suspend: bool = Field(
         default=False,

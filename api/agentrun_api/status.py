@@ -17,6 +17,7 @@ class Phase(enum.StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
     SUSPENDED = "Suspended"
+    WAITING_FOR_APPROVAL = "WaitingForApproval"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     TIMED_OUT = "TimedOut"
@@ -110,7 +111,17 @@ class Budget(StatusModel):
         "children. Time pending, suspended or lost to a killed runner all count.",
     )
     deadline: datetime | None = Field(
-        default=None, description="clockStartTime + maxExecutionTime: the run ends TimedOut at this moment."
+        default=None,
+        description="clockStartTime + maxExecutionTime + waitedSeconds: the run ends TimedOut at this moment. "
+        "It moves later by each wait for an approval, once the wait ends.",
+    )
+    waited_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="Seconds the run spent waiting for approvals (ended waits): its clock stood still meanwhile.",
+    )
+    waiting_since: datetime | None = Field(
+        default=None, description="When the current wait for an approval began; unset while the clock runs."
     )
     # A plain string, not the spec's enum: Helm never upgrades a CRD, and a status write naming a controller
     # an older CRD does not list would be refused whole.
@@ -143,11 +154,39 @@ class Notification(StatusModel):
     last_error: str = Field(default="", max_length=1024, description="Why the last attempt failed.")
 
 
+class ApprovalRequest(StatusModel):
+    """A tool call that waits, or waited, for a person's decision."""
+
+    call: str = Field(max_length=128, description="The call's idempotency key, {run uid}:{iteration}:{index}.")
+    tool: str = Field(max_length=128, description="The tool the model called.")
+    arguments: str = Field(
+        default="",
+        max_length=2048,
+        description="The call's arguments as the model gave them, cut short, with values of secret-like keys "
+        "(password, token, apiKey, ...) replaced by [redacted].",
+    )
+    requested_at: datetime = Field(description="When the runner stopped to wait for the decision.")
+    decision: str = Field(default="", max_length=16, description="Approved or Denied; empty while the request waits.")
+    decided_by: str = Field(
+        default="",
+        max_length=512,
+        description="The user who decided, as the API server authenticated them when they created the "
+        "AgentRunApproval; empty when spec.approvals.onTimeout decided.",
+    )
+    decided_at: datetime | None = Field(default=None, description="When the decision was taken.")
+    reason: str = Field(default="", max_length=1024, description="The reason given with the decision.")
+    approval: str = Field(
+        default="", max_length=253, description="The AgentRunApproval object that carried the decision."
+    )
+    notification: Notification | None = Field(default=None, description="Delivery of the request's webhook.")
+
+
 class AgentRunStatus(StatusModel):
     """The observed state of an AgentRun."""
 
     phase: Phase | None = Field(
-        default=None, description="Pending, Running, Suspended, Succeeded, Failed, TimedOut or Cancelled."
+        default=None,
+        description="Pending, Running, Suspended, WaitingForApproval, Succeeded, Failed, TimedOut or Cancelled.",
     )
     reason: str = Field(default="", max_length=256, description="Why the run is in its phase, in CamelCase.")
     message: str = Field(default="", max_length=1024, description="The last thing worth telling a person.")
@@ -175,5 +214,8 @@ class AgentRunStatus(StatusModel):
         default=None, description="The run's own stream route; unset when it reads through the shared route."
     )
     notification: Notification | None = Field(default=None, description="Completion webhook delivery.")
+    approvals: list[ApprovalRequest] = Field(
+        default_factory=list, description="Tool calls that waited or wait for approval, and their decisions."
+    )
     conditions: list[Condition] = Field(default_factory=list, description="Latest observations of the run's state.")
     observed_generation: int = Field(default=0, ge=0, description="The spec generation the status reflects.")

@@ -2,8 +2,8 @@
 
 - startup/cleanup: settings, API client, metrics endpoint, kopf's storage of its own bookkeeping in
   annotations under agentrun.dev (the status schema allows no unknown fields, so not status.kopf);
-- indexes of the runs' Jobs, pods and progress ConfigMaps (watched, never polled), and wake-ups of
-  the run's supervisor when one of them changes;
+- indexes of the runs' Jobs, pods, progress ConfigMaps and AgentRunApprovals (watched, never polled), and
+  wake-ups of the run's supervisor when one of them changes;
 - the AgentRun watch: every event's body goes to the run registry (``supervisors.RunRegistry``), which
   admits each run and keeps one ``reconcile.Supervisor`` task per live run. No kopf create/resume
   handler and no kopf daemon: AgentRuns carry no finalizer and no kopf annotations;
@@ -22,13 +22,13 @@ from typing import Any
 import aiohttp
 import kopf
 
-from agentrun_api import constants, throttlepool
+from agentrun_api import approval, constants, throttlepool
 from agentrun_common.kube import credentials
 from agentrun_operator.children import ROLE_PROGRESS, ROLE_RUNNER
 from agentrun_operator.kube import KubeClient, connection_info
 from agentrun_operator.leadership import LeaderElector
 from agentrun_operator.metrics import Metrics, start_metrics_server
-from agentrun_operator.observations import JobObservation, PodObservation, ProgressObservation
+from agentrun_operator.observations import ApprovalObservation, JobObservation, PodObservation, ProgressObservation
 from agentrun_operator.permits.handlers import start_permits  # the import also registers the ThrottlePool handlers
 from agentrun_operator.permits.server import PermitServer
 from agentrun_operator.reconcile import OperatorContext, utcnow
@@ -199,6 +199,19 @@ async def child_changed(namespace: str | None, labels: Mapping[str, str], memo: 
     _context(memo).wake(_run_key(namespace, labels))
 
 
+@kopf.index(constants.GROUP, constants.VERSION, approval.PLURAL)
+async def run_approvals(
+    body: Any, namespace: str | None, spec: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], ApprovalObservation]:
+    observed = ApprovalObservation.from_object(body)
+    return {} if observed is None else {(namespace or "", str(spec.get("run") or "")): observed}
+
+
+@kopf.on.event(constants.GROUP, constants.VERSION, approval.PLURAL)
+async def approval_changed(namespace: str | None, spec: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    _context(memo).wake((namespace or "", str(spec.get("run") or "")))
+
+
 @kopf.on.event(*AGENTRUNS)
 async def run_changed(
     type: str, event: kopf.RawEvent, namespace: str | None, name: str, memo: Any, **indexes: Any
@@ -216,6 +229,7 @@ async def run_changed(
         jobs=lookup(indexes["runner_jobs"]),
         pods=lookup(indexes["runner_pods"]),
         progress=lookup(indexes["progress_reports"]),
+        approvals=lookup(indexes["run_approvals"]),
     )
     if type == "DELETED":
         op.record_phase((namespace or "", name), None)

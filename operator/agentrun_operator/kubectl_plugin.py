@@ -2,7 +2,8 @@
 
 It talks to the cluster with the official Kubernetes client and the user's own kubeconfig and identity, so it can
 do exactly what the user's RBAC allows. Commands that change a run (suspend, resume, cancel) merge-patch the
-user's own spec fields, never status. Every failure is one line on stderr naming what to do, never a traceback.
+user's own spec fields, never status; approve and deny create an AgentRunApproval in the user's own name (which
+admission checks). Every failure is one line on stderr naming what to do, never a traceback.
 """
 
 import argparse
@@ -24,7 +25,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from agentrun_api import constants, contract
+from agentrun_api import approval, constants, contract
 from agentrun_api.spec import AgentRunSpec, IngressController
 from agentrun_api.status import TERMINAL_PHASES
 from agentrun_common.durations import format_duration, parse_duration
@@ -473,6 +474,92 @@ def steering_command(
     return command
 
 
+# --- approve, deny -----------------------------------------------------------------------------------------------
+
+
+def whoami(target: Target) -> str:
+    """The user the API server authenticates this kubeconfig as (a SelfSubjectReview, as `kubectl auth whoami`)."""
+    review = client.V1SelfSubjectReview(api_version="authentication.k8s.io/v1", kind="SelfSubjectReview")
+    try:
+        answer = client.AuthenticationV1Api(target.api).create_self_subject_review(review)
+    except ApiException as error:
+        raise api_error(error, "who you are (SelfSubjectReview)", target.namespace) from None
+    username = answer.status.user_info.username if answer.status and answer.status.user_info else None
+    if not username:
+        raise PluginError("the API server did not say who you are (SelfSubjectReview has no username)")
+    return str(username)
+
+
+def waiting_call(run: dict[str, Any], name: str, call: str | None) -> dict[str, Any]:
+    """The waiting call to decide: the one named (its key, or iteration:index), or the only one waiting."""
+    recorded: list[dict[str, Any]] = (run.get("status") or {}).get("approvals") or []
+    entries = [e for e in recorded if not e.get("decision")]
+    if call is not None:
+        found = [e for e in entries if e.get("call") == call or str(e.get("call", "")).endswith(f":{call}")]
+        if len(found) == 1:
+            return found[0]
+        decided = [e for e in recorded if e.get("call") == call]
+        if decided:
+            raise PluginError(f"call {call} of agentrun {name} was already {decided[0]['decision'].lower()}")
+    elif len(entries) == 1:
+        return entries[0]
+    if not entries:
+        phase = (run.get("status") or {}).get("phase") or "unknown"
+        raise PluginError(f"agentrun {name} has no call waiting for approval (phase {phase})")
+    listing = "; ".join(f"{e['call']} ({e.get('tool', '?')} {e.get('arguments', '')})" for e in entries)
+    hint = "name one of them as CALL" if call is None else f"{call} is not one of them"
+    raise PluginError(f"agentrun {name} has {len(entries)} call(s) waiting: {listing}; {hint}")
+
+
+def decision_command(decision: str, done: str) -> Callable[[Target, argparse.Namespace, TextIO], int]:
+    def command(target: Target, args: argparse.Namespace, out: TextIO) -> int:
+        run = get_run(target, args.run)
+        phase = (run.get("status") or {}).get("phase")
+        if phase in TERMINAL_PHASES:
+            raise PluginError(f"agentrun {args.run} already ended as {phase}; nothing to decide")
+        entry = waiting_call(run, args.run, args.call)
+        key = str(entry["call"])
+        user = whoami(target)
+        name = approval.approval_name(args.run, key)
+        body = {
+            "apiVersion": constants.API_VERSION,
+            "kind": approval.KIND,
+            "metadata": {
+                "name": name,
+                "labels": {constants.LABEL_RUN: args.run},
+                # Deleted with the run; the decision stays in the run's status.approvals as long as the run.
+                "ownerReferences": [
+                    {
+                        "apiVersion": constants.API_VERSION,
+                        "kind": constants.KIND,
+                        "name": args.run,
+                        "uid": run["metadata"]["uid"],
+                    }
+                ],
+            },
+            "spec": {"run": args.run, "call": key, "decision": decision, "reason": args.reason, "decidedBy": user},
+        }
+        try:
+            client.CustomObjectsApi(target.api).create_namespaced_custom_object(
+                constants.GROUP, constants.VERSION, target.namespace, approval.PLURAL, body
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise PluginError(
+                    f"call {key} of agentrun {args.run} is already decided ({approval.KIND} {name})"
+                ) from None
+            if error.status == 403:
+                raise PluginError(
+                    f"{user} may not decide approvals in namespace {target.namespace}: deciding needs the RBAC verb "
+                    f"create on {approval.PLURAL}.{constants.GROUP} ({api_error(error, name, target.namespace)})"
+                ) from None
+            raise api_error(error, f"{approval.KIND} {name}", target.namespace) from None
+        out.write(f"{done} {entry.get('tool', '')} call {key} of agentrun {args.run} as {user}; the run resumes\n")
+        return EXIT_OK
+
+    return command
+
+
 # --- budget -------------------------------------------------------------------------------------------------------
 
 
@@ -636,6 +723,15 @@ def build_parser() -> argparse.ArgumentParser:
         "stop the run for good; it ends Cancelled (spec.cancel=true)",
         steering_command({"cancel": True}, "cancel", "cancelled"),
     )
+    for verb, decision, done, help_text in (
+        ("approve", "Approve", "approved", "approve a tool call the run waits on: it runs once and the run resumes"),
+        ("deny", "Deny", "denied", "deny a tool call the run waits on: the model is told, with the reason"),
+    ):
+        decide = add(verb, help_text, decision_command(decision, done))
+        decide.add_argument(
+            "call", metavar="CALL", nargs="?", help="the call's key or ITERATION:INDEX (default: the only one waiting)"
+        )
+        decide.add_argument("--reason", default="", help="why; recorded, and told to the model with a denial")
     budget = add(
         "budget", "print the run's timeout budget: each timer, its value and what the run needs", command_budget
     )

@@ -173,12 +173,39 @@ class ProgressObservation:
 
 
 @dataclasses.dataclass(frozen=True)
+class ApprovalObservation:
+    """An AgentRunApproval: a person's decision on one call (its creator checked by admission)."""
+
+    name: str
+    call: str
+    approved: bool
+    reason: str
+    decided_by: str
+    created: datetime | None
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> "ApprovalObservation | None":
+        metadata, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+        if not isinstance(spec.get("call"), str) or spec.get("decision") not in ("Approve", "Deny"):
+            return None  # not one the CRD would admit; nothing to act on
+        return cls(
+            name=str(metadata.get("name") or ""),
+            call=spec["call"],
+            approved=spec["decision"] == "Approve",
+            reason=str(spec.get("reason") or ""),
+            decided_by=str(spec.get("decidedBy") or ""),
+            created=parse_time(metadata.get("creationTimestamp")),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Observed:
     """Everything observed of one run's children at one moment."""
 
     job: JobObservation | None = None
     pods: tuple[PodObservation, ...] = ()
     progress: ProgressObservation | None = None
+    approvals: tuple[ApprovalObservation, ...] = ()
 
     def current_pods(self) -> list[PodObservation]:
         """Pods of the current Job, newest first."""

@@ -66,6 +66,14 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "agentrun.dev",
+        ("agentrunapprovals",),
+        ("list", "watch"),
+        cluster_scoped=False,
+        why="the operator watches the decisions people make on calls that wait for approval and copies them into "
+        "the run's status; it never creates one (deciding is the approvers' right, not the operator's)",
+    ),
+    Rule(
+        "agentrun.dev",
         ("throttlepools",),
         ("list", "watch", "patch"),
         cluster_scoped=False,

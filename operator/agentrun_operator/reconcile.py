@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import json
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -24,11 +25,18 @@ from agentrun_api.names import run_name_problem
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import AgentRunStatus, Notification, Phase, StreamRoute
 from agentrun_common.stream_timeouts import check_stream_chain
-from agentrun_operator import children, policy, run_route, webhook
+from agentrun_operator import approvals, children, policy, run_route, webhook
+from agentrun_operator.approvals import RemoveJobWhileWaiting, ResumeAfterApproval
 from agentrun_operator.budget import compute_budget, seconds_left
 from agentrun_operator.kube import ApiError, KubeClient
 from agentrun_operator.metrics import Metrics
-from agentrun_operator.observations import JobObservation, Observed, PodObservation, ProgressObservation
+from agentrun_operator.observations import (
+    ApprovalObservation,
+    JobObservation,
+    Observed,
+    PodObservation,
+    ProgressObservation,
+)
 from agentrun_operator.parsing import InvalidSpecError, parse_spec
 from agentrun_operator.settings import OperatorSettings
 from agentrun_operator.status_sync import (
@@ -104,6 +112,9 @@ def is_accepted(body: Mapping[str, Any]) -> bool:
 
 async def write_status(op: OperatorContext, owner: children.RunOwner, status: AgentRunStatus) -> None:
     document = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if status.budget is not None and status.budget.waiting_since is None:
+        # A merge patch keeps a field it does not name: an ended wait must be cleared explicitly.
+        document["budget"]["waitingSince"] = None
     await op.kube.merge_patch(constants.KIND, owner.namespace, owner.name, {"status": document}, subresource="status")
     op.metrics.status_writes_total.inc()
 
@@ -368,6 +379,7 @@ class Supervisor:
         jobs: Lookup,
         pods: Lookup,
         progress: Lookup,
+        approvals: Lookup | None = None,
         on_status_read: Callable[[], None] | None = None,
     ) -> None:
         self.body = body  # kopf's live view: always the latest seen object
@@ -378,6 +390,7 @@ class Supervisor:
         self.owner = children.RunOwner.from_body(body)
         self.key: RunKey = (self.owner.namespace, self.owner.name)
         self._jobs, self._pods, self._progress = jobs, pods, progress
+        self._approvals: Lookup = approvals or (lambda _key: ())
         self.status = read_status(body)
         self.last_write: datetime | None = None
         self.clock_reset_at: datetime | None = None
@@ -394,7 +407,8 @@ class Supervisor:
             job = next((j for j in self._jobs(self.key) if isinstance(j, JobObservation)), None)
         pods = tuple(p for p in self._pods(self.key) if isinstance(p, PodObservation))
         progress = next((p for p in self._progress(self.key) if isinstance(p, ProgressObservation)), None)
-        return Observed(job=job, pods=pods, progress=progress)
+        decided = tuple(a for a in self._approvals(self.key) if isinstance(a, ApprovalObservation))
+        return Observed(job=job, pods=pods, progress=progress, approvals=decided)
 
     async def run(self, stopped: Any) -> None:
         wake = self.op.wakes.setdefault(self.key, asyncio.Event())
@@ -482,6 +496,10 @@ class Supervisor:
         if urgency is not Urgency.NONE:
             await self._write(decision.status, spec, now)
 
+        if spec.completion_webhook is not None and approvals.pending(self.status):
+            request_wait = await self._notify_approval_requests(spec)
+            if request_wait is not None:
+                waits.append(request_wait)
         if self.status.phase is not None and self.status.phase.terminal:
             webhook_wait = await self._notify(spec)
             if webhook_wait is not None:
@@ -542,6 +560,10 @@ class Supervisor:
                 if not error.conflict:
                     raise
             self.clock_reset_at = now
+        elif isinstance(action, RemoveJobWhileWaiting):
+            await self.op.kube.delete("Job", ns, job, propagation="Background")
+        elif isinstance(action, ResumeAfterApproval):
+            await self._resume_after_approval(action, spec, now)
         elif isinstance(action, DeleteJob):
             await self.op.kube.delete("Job", ns, job, propagation="Background")
             self.ttl_done = True
@@ -550,6 +572,103 @@ class Supervisor:
                 reason="Cleaned",
                 message=f"ttlSecondsAfterFinished passed: deleted Job {job} and its pods; the result stays in status.result",
             )
+
+    async def _resume_after_approval(self, action: ResumeAfterApproval, spec: AgentRunSpec, now: datetime) -> None:
+        """The decisions into the runner's config (its approvals file), then the Job that resumes the run."""
+        decisions = [d.model_dump(mode="json", by_alias=True) for d in action.decisions]
+        await self.op.kube.merge_patch(
+            "ConfigMap",
+            self.owner.namespace,
+            contract.runner_config_name(self.owner.name),
+            {"data": {contract.APPROVALS_FILE: json.dumps(decisions)}},
+        )
+        obj = children.adopted(
+            children.build_job(
+                self.owner,
+                spec,
+                self.op.settings,
+                deadline=action.deadline,
+                now=now,
+                restarts_before=action.restarts_before,
+            ),
+            self.owner,
+        )
+        try:
+            await self.op.kube.create(obj)
+        except ApiError as error:
+            if not error.conflict:
+                raise
+            existing = await self.op.kube.get("Job", self.owner.namespace, children.job_name(self.owner.name))
+            if existing.get("metadata", {}).get("deletionTimestamp"):
+                raise  # the stopped runner's Job is still going: the status is not written, the next step retries
+        self.clock_reset_at = now
+
+    async def _notify_approval_requests(self, spec: AgentRunSpec) -> float | None:
+        """A signed POST to the run's webhook for each call that starts waiting (the completion webhook's URL,
+        key and retries); returns seconds until a retry is due, or None."""
+        hook = spec.completion_webhook
+        if hook is None:
+            return None
+        settings, now = self.op.settings, self.op.clock()
+        new = self.status.model_copy(deep=True)
+        waits: list[float] = []
+        changed = False
+        for entry in approvals.pending(new):
+            note = entry.notification or Notification(
+                event_id=webhook.event_id(self.owner.uid, f"approval/{entry.call}")
+            )
+            if note.delivered or note.attempts >= hook.max_attempts:
+                continue
+            if note.last_attempt_time is not None:
+                due = note.last_attempt_time + timedelta(
+                    seconds=webhook.backoff_seconds(
+                        note.attempts, base=settings.webhook_backoff_seconds, cap=settings.webhook_backoff_max_seconds
+                    )
+                )
+                if now < due:
+                    waits.append((due - now).total_seconds())
+                    continue
+            ref = hook.signing_key_secret_ref
+            key = await self.op.kube.read_secret_key(self.owner.namespace, ref.name, ref.key)
+            if key is None:
+                result = webhook.DeliveryResult(
+                    ok=False, error=f"signing key Secret {ref.name!r} (key {ref.key!r}) not found"
+                )
+            else:
+                body = webhook.approval_payload(
+                    self.owner.namespace, self.owner.name, self.owner.uid, entry, note.event_id
+                )
+                result = await webhook.deliver(
+                    self.op.http,
+                    hook.url,
+                    key,
+                    body,
+                    note.event_id,
+                    now=now,
+                    timeout_seconds=settings.webhook_timeout_seconds,
+                    host_allowed=settings.policy.webhook_host_allowed(hook.url),
+                )
+            entry.notification = note.model_copy(
+                update={
+                    "attempts": note.attempts + 1,
+                    "last_attempt_time": now,
+                    "delivered": result.ok,
+                    "last_error": result.error,
+                }
+            )
+            changed = True
+            if not result.ok and entry.notification.attempts < hook.max_attempts:
+                waits.append(
+                    webhook.backoff_seconds(
+                        entry.notification.attempts,
+                        base=settings.webhook_backoff_seconds,
+                        cap=settings.webhook_backoff_max_seconds,
+                    )
+                )
+        if changed:
+            await write_status(self.op, self.owner, new)
+            self.status, self.last_write = new, now
+        return min(waits, default=None)
 
     async def _restore_companions(self, spec: AgentRunSpec, now: datetime, *, progress_missing: bool) -> None:
         """Create again any companion of the live run that was deleted: the progress ConfigMap as soon as the

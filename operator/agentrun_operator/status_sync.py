@@ -9,6 +9,7 @@ worth. ``write_urgency`` tells a phase change (written at once) from mere progre
 import dataclasses
 import enum
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from agentrun_api import conditions as c
@@ -16,6 +17,8 @@ from agentrun_api import contract
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import AgentRunStatus, CheckpointInfo, Condition, Phase, Result, next_phase
 from agentrun_common.durations import parse_duration
+from agentrun_operator import approvals
+from agentrun_operator.approvals import RemoveJobWhileWaiting, ResumeAfterApproval
 from agentrun_operator.children import RunOwner, job_name, stream_service_name
 from agentrun_operator.observations import JobObservation, Observed
 from agentrun_operator.settings import OperatorSettings
@@ -64,7 +67,7 @@ class DeleteJob:
     """ttlSecondsAfterFinished has passed: remove the Job and its pods (never the AgentRun)."""
 
 
-Action = SetJobSuspended | DeletePod | RecreateJob | DeleteJob
+Action = SetJobSuspended | DeletePod | RecreateJob | DeleteJob | RemoveJobWhileWaiting | ResumeAfterApproval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,21 +211,25 @@ def _seconds_since(moment: datetime | None, now: datetime) -> float:
 
 
 def run_deadline(status: AgentRunStatus, spec: AgentRunSpec) -> datetime | None:
-    """clockStartTime + maxExecutionTime (read from the spec, so an edit applies); None before acceptance.
+    """clockStartTime + maxExecutionTime + the ended waits for approval (read from the spec, so an edit
+    applies); None before acceptance.
 
     A status written before clockStartTime existed started its clock when the run was accepted."""
     start = status.budget.clock_start_time if status.budget is not None else None
     if start is None:
         accepted = condition_of(status, c.ACCEPTED)
         start = accepted.last_transition_time if accepted is not None and accepted.status == "True" else None
-    return None if start is None else start + timedelta(seconds=math.ceil(parse_duration(spec.max_execution_time)))
+    if start is None:
+        return None
+    waited = status.budget.waited_seconds if status.budget is not None else 0
+    return start + timedelta(seconds=math.ceil(parse_duration(spec.max_execution_time)) + waited)
 
 
 def decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Decision:
     decision = _decide(current, observed, ctx)
     deadline = run_deadline(decision.status, ctx.spec)
     phase = decision.status.phase
-    if deadline is not None and not (phase is not None and phase.terminal):
+    if deadline is not None and not (phase is not None and phase.terminal) and not approvals.waiting(decision.status):
         # Look again at the deadline at the latest, even if no pod ever reports.
         left = max((deadline - ctx.now).total_seconds(), 0.0)
         decision.recheck_after = left if decision.recheck_after is None else min(decision.recheck_after, left)
@@ -267,6 +274,10 @@ def _decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Dec
         phase, reason = OUTCOME_PHASES[report.outcome]
         message = report.message or f"the runner ended with {report.outcome.value} at iteration {report.iteration}"
         return end(phase, reason, message)
+    if report is not None and report.approval_requests:
+        approvals.record_requests(status, report.approval_requests)
+    if approvals.waiting(status):
+        return _wait_for_approval(decision, current, observed, ctx, end)
     ends_at = run_deadline(status, spec)
     if ends_at is not None and now >= ends_at:
         # The runner stops itself before the deadline; this ends a run whose runner cannot (pending, lost, killed).
@@ -413,6 +424,85 @@ def _decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Dec
     return decision
 
 
+def _wait_for_approval(
+    decision: Decision, current: AgentRunStatus, observed: Observed, ctx: RunContext, end: Callable[..., Decision]
+) -> Decision:
+    """The run stopped at calls that wait for approval: no Job meanwhile, the clock stopped; decisions (or the
+    timeout's default) resume it with a new Job from the checkpoint, or end it (onTimeout: Fail)."""
+    status, spec, now, job = decision.status, ctx.spec, ctx.now, observed.job
+    waiting = approvals.pending(status)
+    if waiting:
+        approvals.stop_clock(status, min(entry.requested_at for entry in waiting))
+    removal = (RemoveJobWhileWaiting(),) if job is not None and not job.deleting else ()
+    expired = approvals.apply_decisions(status, observed.approvals, spec.approvals, now)
+    if expired is not None:
+        approvals.start_clock(status, now)
+        message = (
+            f"no decision on {approvals.describe(expired)} within spec.approvals.timeout "
+            f"({spec.approvals.timeout if spec.approvals else '0s'}) and spec.approvals.onTimeout is Fail; "
+            f"{_result_note(status)}"
+        )
+        set_condition(
+            status,
+            c.WAITING_FOR_APPROVAL,
+            False,
+            c.REASON_APPROVAL_TIMED_OUT,
+            message,
+            now=now,
+            generation=ctx.generation,
+        )
+        return end(Phase.FAILED, c.REASON_APPROVAL_TIMED_OUT, message, *removal)
+    decision.actions.extend(removal)
+    waiting = approvals.pending(status)
+    if waiting or job is not None:
+        message = (
+            approvals.waiting_message(ctx.owner.name, waiting)
+            if waiting
+            else "every waiting call is decided; resuming once the stopped runner's Job is gone"
+        )
+        status.phase = next_phase(current.phase, Phase.WAITING_FOR_APPROVAL)
+        status.reason = c.REASON_APPROVAL_REQUESTED
+        status.message = message
+        set_condition(
+            status,
+            c.WAITING_FOR_APPROVAL,
+            True,
+            c.REASON_APPROVAL_REQUESTED,
+            message,
+            now=now,
+            generation=ctx.generation,
+        )
+        set_condition(
+            status, c.RUNNING, False, c.REASON_APPROVAL_REQUESTED, message, now=now, generation=ctx.generation
+        )
+        rechecks = [approvals.next_timeout_seconds(status, spec.approvals, now)]
+        rechecks.append(1.0 if job is not None else None)  # the Job's deletion is watched; this is a safety net
+        decision.recheck_after = min((r for r in rechecks if r is not None), default=None)
+        return decision
+    approvals.start_clock(status, now)
+    deadline = run_deadline(status, spec)
+    # A run that waited was accepted: it has a budget and a deadline.
+    assert deadline is not None
+    assert status.budget is not None
+    status.budget.deadline = deadline
+    decision.actions.append(
+        ResumeAfterApproval(
+            decisions=approvals.runner_decisions(status), deadline=deadline, restarts_before=status.restarts
+        )
+    )
+    message = (
+        f"every waiting call is decided; a new runner pod resumes from the checkpoint (waited "
+        f"{status.budget.waited_seconds}s in all, deadline moved to {deadline.isoformat()})"
+    )
+    status.phase = next_phase(current.phase, Phase.PENDING)
+    status.reason = c.REASON_APPROVAL_DECIDED
+    status.message = message
+    set_condition(
+        status, c.WAITING_FOR_APPROVAL, False, c.REASON_APPROVAL_DECIDED, message, now=now, generation=ctx.generation
+    )
+    return decision
+
+
 def _after_end(decision: Decision, job: JobObservation | None, ctx: RunContext) -> None:
     """A finished run only waits for its TTL: then its Job and pods go, its status and result stay."""
     ttl = ctx.spec.ttl_seconds_after_finished
@@ -438,6 +528,7 @@ def _key_facts(status: AgentRunStatus) -> tuple[object, ...]:
         status.result,
         status.budget,
         status.notification,
+        tuple((entry.call, entry.decision, entry.notification) for entry in status.approvals),
         tuple((cond.type, cond.status, cond.reason) for cond in status.conditions),
     )
 
@@ -471,11 +562,17 @@ def transition_events(old: AgentRunStatus, new: AgentRunStatus, spec: AgentRunSp
             )
         elif new.phase == Phase.SUSPENDED:
             events.append(EventNote("Normal", c.REASON_SUSPENDED, new.message))
+        elif new.phase == Phase.WAITING_FOR_APPROVAL:
+            events.append(EventNote("Normal", c.REASON_APPROVAL_REQUESTED, new.message))
         elif old.phase == Phase.SUSPENDED and new.phase in (Phase.PENDING, Phase.RUNNING):
             events.append(EventNote("Normal", c.REASON_RESUMED, "spec.suspend is false; resuming from the checkpoint"))
         elif new.phase is not None and new.phase.terminal:
             kind = "Normal" if new.phase == Phase.SUCCEEDED else "Warning"
             events.append(EventNote(kind, new.reason, f"run ended {new.phase.value}: {new.message}"))
+    decided_before = {entry.call for entry in old.approvals if entry.decision}
+    for entry in new.approvals:
+        if entry.decision and entry.call not in decided_before:
+            events.append(EventNote("Normal", c.REASON_APPROVAL_DECIDED, approvals.decision_message(entry)))
     old_ckpt = old.last_checkpoint.iteration if old.last_checkpoint else -1
     if new.last_checkpoint is not None and _checkpoint_milestone(old_ckpt, new.last_checkpoint.iteration, spec):
         events.append(

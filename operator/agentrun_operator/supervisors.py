@@ -103,7 +103,7 @@ class RunRegistry:
         # without it. A supervisor started for such a run again (leadership regained) reads the run afresh.
         self._statusless: set[RunKey] = set()
         self._admissions = asyncio.Semaphore(max_concurrent_admissions)
-        self._lookups: tuple[Lookup, Lookup, Lookup] | None = None
+        self._lookups: tuple[Lookup, Lookup, Lookup, Lookup] | None = None
         # The context of kopf's handlers (its Event queue lives there): tasks started later, when
         # leadership is gained, post Events through it too.
         self._context: contextvars.Context | None = None
@@ -120,10 +120,10 @@ class RunRegistry:
         """The latest body of a run as kept here (what its supervisor reads), or None."""
         return self._bodies.get(key)
 
-    def attach(self, *, jobs: Lookup, pods: Lookup, progress: Lookup) -> None:
+    def attach(self, *, jobs: Lookup, pods: Lookup, progress: Lookup, approvals: Lookup | None = None) -> None:
         """The kopf indexes the supervisors observe children through (the same live objects every time)."""
         if self._lookups is None:
-            self._lookups = (jobs, pods, progress)
+            self._lookups = (jobs, pods, progress, approvals or (lambda _key: ()))
             self._context = contextvars.copy_context()
 
     def observe(self, event_type: str, raw: Mapping[str, Any]) -> None:
@@ -238,7 +238,7 @@ class RunRegistry:
         if not is_accepted(body) and not await self._admit(body, logger, stop):
             self._finished.add(key)
             return
-        jobs, pods, progress = self._lookups
+        jobs, pods, progress, approvals = self._lookups
         supervisor = Supervisor(
             body,
             self.op,
@@ -246,6 +246,7 @@ class RunRegistry:
             jobs=jobs,
             pods=pods,
             progress=progress,
+            approvals=approvals,
             on_status_read=functools.partial(self._status_read, key),
         )
         await supervisor.run(stop)

@@ -1,4 +1,5 @@
-"""The completion webhook: a signed POST once a run has ended, retried with exponential backoff.
+"""The run's webhook: a signed POST once a run has ended, and once per call that starts waiting for approval;
+retried with exponential backoff.
 
 Signature: ``X-AgentRun-Signature: sha256=<hex>`` where hex is HMAC-SHA256, keyed with the Secret's
 value, over ``<timestamp>.<body>``; the timestamp goes in ``X-AgentRun-Timestamp`` (Unix seconds) so a
@@ -24,12 +25,13 @@ from typing import Any, Final
 import aiohttp
 
 from agentrun_api import constants
-from agentrun_api.status import AgentRunStatus
+from agentrun_api.status import AgentRunStatus, ApprovalRequest
 
 SIGNATURE_HEADER: Final = "X-AgentRun-Signature"
 EVENT_ID_HEADER: Final = "X-AgentRun-Event-Id"
 TIMESTAMP_HEADER: Final = "X-AgentRun-Timestamp"
 EVENT_TYPE: Final = "agentrun.finished"
+APPROVAL_EVENT_TYPE: Final = "agentrun.approval_requested"
 
 
 def sign(key: bytes, timestamp: int, body: bytes) -> str:
@@ -62,6 +64,21 @@ def payload(namespace: str, name: str, uid: str, status: AgentRunStatus, the_eve
         "usage": status.usage.model_dump(mode="json", by_alias=True),
         "completionTime": status.completion_time.isoformat() if status.completion_time else None,
         "result": result.model_dump(mode="json", by_alias=True) if result else None,
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def approval_payload(namespace: str, name: str, uid: str, request: ApprovalRequest, the_event_id: str) -> bytes:
+    """A call that starts waiting for approval: what, with which (redacted) arguments, since when, and how to decide."""
+    document: dict[str, Any] = {
+        "type": APPROVAL_EVENT_TYPE,
+        "id": the_event_id,
+        "run": {"namespace": namespace, "name": name, "uid": uid},
+        "call": request.call,
+        "tool": request.tool,
+        "arguments": request.arguments,
+        "requestedAt": request.requested_at.isoformat(),
+        "decide": f"kubectl agentrun approve|deny {name} {request.call} -n {namespace} [--reason ...]",
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 

@@ -2,7 +2,7 @@
 
 Reads the RunnerConfig from the file named by AGENTRUN_CONFIG, loads the last good checkpoint,
 serves the event stream and runs the agent loop to an outcome. Exit codes: 0 when the outcome is
-recorded; 3 (EXIT_INVALID_CONFIG) for a config or setting that can never work; 143 after SIGTERM
+recorded, or when the run stopped at calls that wait for approval (reported; the next pod resumes); 3 (EXIT_INVALID_CONFIG) for a config or setting that can never work; 143 after SIGTERM
 (state checkpointed, no outcome: the next pod resumes); 1 for any other error, a crash (the Job
 replaces the pod, which resumes from the checkpoint).
 """
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from agentrun_api.contract import (
     API_KEY_ENV,
+    APPROVALS_FILE,
     CONFIG_ENV,
     CONFIG_FILE,
     CONFIG_MOUNT_PATH,
@@ -37,7 +38,8 @@ from agentrun_api.contract import (
 )
 from agentrun_common.durations import parse_duration
 from agentrun_common.settings import SettingsError
-from agentrun_runner.agent import Agent
+from agentrun_runner.agent import Agent, AwaitingApproval
+from agentrun_runner.approvals import ApprovalGate, load_decisions
 from agentrun_runner.archive import archive_ended_run
 from agentrun_runner.checkpoint import CheckpointError, CheckpointStore, ConfigMapStore, PvcStore
 from agentrun_runner.events import EventLog
@@ -128,6 +130,20 @@ async def start_stream_server(
     return server
 
 
+def config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE}")
+
+
+def read_approval_gate(config: RunnerConfig) -> ApprovalGate:
+    """spec.approvals with the decisions the operator wrote next to the config (none before a first wait)."""
+    if config.spec.approvals is None:
+        return ApprovalGate(None)
+    try:
+        return ApprovalGate(config.spec.approvals, load_decisions(config_path().with_name(APPROVALS_FILE)))
+    except ValueError as error:
+        raise ConfigProblemError(str(error)) from None
+
+
 async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
     spec = config.spec
     stream_token = os.environ.get(STREAM_TOKEN_ENV, "")
@@ -184,7 +200,7 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
         max_queue_wait_seconds=float(spec.throttle.max_seconds_to_wait_in_queue),
         settings=settings,
     )
-    toolbox = Toolbox(spec.tools, workspace, settings)
+    toolbox = Toolbox(spec.tools, workspace, settings, read_approval_gate(config))
     agent = Agent(
         config,
         state=state,
@@ -235,6 +251,12 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
                 return EXIT_SIGTERM
             stop_task.cancel()
             end = loop_task.result()
+            if isinstance(end, AwaitingApproval):
+                # Checkpointed and reported: the pod goes, and a new one resumes once the calls are decided.
+                log.info(
+                    "stopped at iteration %d: %d call(s) wait for approval", state.counters.step, len(end.requests)
+                )
+                return EXIT_OUTCOME_RECORDED
             log.info("run ended: %s: %s", end.outcome.value, end.message)
         if configmaps is not None and spec.streaming.enabled and config.checkpoint.store == "PersistentVolumeClaim":
             # The claim leaves with the pod's reach; the ConfigMap store holds the log already.
@@ -268,7 +290,7 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = RunnerSettings.from_env()
-        config = load_config(Path(os.environ.get(CONFIG_ENV) or f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE}"))
+        config = load_config(config_path())
         code = asyncio.run(run(config, settings))
     except (ConfigProblemError, SettingsError) as problem:
         # The only exit that fails the Job at once (its podFailurePolicy) and the run as InvalidSpec:

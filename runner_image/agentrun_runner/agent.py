@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from agentrun_api.contract import Outcome, ProgressReport, ResultRef, RunnerConfig
+from agentrun_api.contract import ApprovalRequest, Outcome, ProgressReport, ResultRef, RunnerConfig
 from agentrun_api.status import CheckpointInfo, QueueWait, Usage
 from agentrun_common.durations import parse_duration
+from agentrun_runner.approvals import ApprovalRequiredError, CallDeniedError
 from agentrun_runner.checkpoint import CheckpointError, CheckpointStore
 from agentrun_runner.events import EventLog
 from agentrun_runner.model import (
@@ -44,6 +45,19 @@ class RunEnd:
     outcome: Outcome
     message: str
     result: str | None = None
+
+
+@dataclass(frozen=True)
+class AwaitingApproval:
+    """The run stopped, checkpointed, at calls that wait for a person's decision (not an outcome)."""
+
+    requests: list[ApprovalRequest]
+
+
+class _AwaitingApprovalError(Exception):
+    def __init__(self, requests: list[ApprovalRequest]) -> None:
+        super().__init__(f"{len(requests)} call(s) wait for approval")
+        self.requests = requests
 
 
 def _log_failure(future: "asyncio.Future[None]") -> None:
@@ -106,6 +120,8 @@ class Agent:
         self._flushing: asyncio.Future[None] | None = None
         self._last_checkpoint: CheckpointInfo | None = None
         self._message = ""
+        self._awaiting: list[ApprovalRequest] = []  # reported once the run stopped for them, never before
+        self._needing_approval: list[ApprovalRequest] = []  # collected while one step's calls run
         if state.counters.started_at is None:
             state.counters.started_at = datetime.now(UTC).isoformat()
 
@@ -114,8 +130,9 @@ class Agent:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    async def run(self) -> RunEnd:
-        """Run to an outcome and record it (result first, then the outcome)."""
+    async def run(self) -> RunEnd | AwaitingApproval:
+        """Run to an outcome and record it (result first, then the outcome); or stop at calls that wait for
+        approval, checkpointed and reported."""
         self.events.on_pending = self._schedule_flush
         if not self.state.messages:
             self.state.messages = [
@@ -128,6 +145,12 @@ class Agent:
             end = await self._loop()
         except CheckpointError as error:
             end = RunEnd(Outcome.CHECKPOINT_ERROR, str(error))
+        except _AwaitingApprovalError as waiting:
+            try:
+                await self._stop_for_approval(waiting.requests)
+                return AwaitingApproval(waiting.requests)
+            except CheckpointError as error:
+                end = RunEnd(Outcome.CHECKPOINT_ERROR, str(error))
         await self._finish(end)
         return end
 
@@ -257,7 +280,11 @@ class Agent:
         calls = answer["tool_calls"]
         keys = [f"{self._config.run.uid}:{step}:{index}" for index in range(len(calls))]
         self._progress(f"iteration {step}: running {len(calls)} tool call(s)")
+        self._needing_approval = []
         outcomes = await asyncio.gather(*(self._run_tool(call, key) for call, key in zip(calls, keys, strict=True)))
+        if self._needing_approval:
+            # The other calls' results are journaled; these wait for a decision, with no pod meanwhile.
+            raise _AwaitingApprovalError(sorted(self._needing_approval, key=lambda request: request.key))
         if not all(outcomes):
             return False
         for call, key in zip(calls, keys, strict=True):
@@ -283,6 +310,11 @@ class Agent:
             async with asyncio.timeout(timeout):
                 output = await self._toolbox.call(name, arguments, key)
             ok = True
+        except ApprovalRequiredError as required:
+            self._needing_approval.append(required.request)
+            return True  # no result yet, nothing journaled: the call runs (or is denied) on a later pod
+        except CallDeniedError as denial:
+            output = str(denial)
         except ToolError as error:
             output = f"error: {error}"
         except TimeoutError:
@@ -382,6 +414,7 @@ class Agent:
             reported_at=datetime.now(UTC),
             outcome=Outcome(counters.outcome) if counters.outcome else None,
             result=self.result_ref(),
+            approval_requests=list(self._awaiting) if counters.outcome is None else [],
         )
 
     def result_ref(self) -> ResultRef | None:
@@ -417,6 +450,20 @@ class Agent:
         except CheckpointError as error:
             # The outcome is still reported; a restarted pod would redo only the unrecorded tail.
             log.error("final checkpoint not written: %s", error)
+        await self._reporter.write_now(self.report())
+
+    async def _stop_for_approval(self, requests: list[ApprovalRequest]) -> None:
+        """Journal the requests (stream events in the checkpoint), then report them: the runner exits next."""
+        for request in requests:
+            self.events.emit("approval_requested", request.model_dump(mode="json", by_alias=True))
+        self._awaiting = requests
+        tools = ", ".join(sorted({request.tool for request in requests}))
+        self._message = (
+            f"iteration {self.state.counters.step}: {len(requests)} call(s) of {tools} wait for approval; "
+            "the runner stopped (kubectl agentrun approve|deny)"
+        )
+        self._stop_flushing()
+        await self.checkpoint(announce=False)
         await self._reporter.write_now(self.report())
 
     async def suspend(self) -> None:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from agentrun_api.spec import HttpFetchSpec, ToolsSpec
+from agentrun_runner.approvals import ApprovalGate
 from agentrun_runner.settings import RunnerSettings
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -170,7 +171,10 @@ class HttpFetch:
 class Toolbox:
     """The tools this run offers, by name."""
 
-    def __init__(self, spec: ToolsSpec, workspace: Workspace, settings: RunnerSettings) -> None:
+    def __init__(
+        self, spec: ToolsSpec, workspace: Workspace, settings: RunnerSettings, gate: ApprovalGate | None = None
+    ) -> None:
+        self._gate = gate or ApprovalGate(None)
         self._workspace = workspace if spec.workspace else None
         self._http = HttpFetch(spec.http_fetch) if spec.http_fetch is not None else None
         self._max_output = settings.max_tool_output_chars
@@ -190,6 +194,7 @@ class Toolbox:
             raise ToolError(f"arguments of {name} are not valid JSON") from None
         if not isinstance(args, dict):
             raise ToolError(f"arguments of {name} must be a JSON object")
+        self._gate.check(name, arguments, idempotency_key)  # raises when the call waits for, or was refused, approval
         output = await self._dispatch(name, args, idempotency_key)
         if len(output) > self._max_output:
             output = output[: self._max_output] + f"\n[cut: output had {len(output)} characters]"

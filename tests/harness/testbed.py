@@ -27,6 +27,7 @@ from typing import Any, Self
 import httpx
 import yaml
 
+from agentrun_api import approval
 from tests.harness.background import BackgroundLoop
 from tests.harness.controlplane import ControlPlane, write_kubeconfig
 from tests.harness.controlplane.provisioner import LocalVolumeProvisioner
@@ -38,6 +39,10 @@ from tests.harness.podnet.resolver import with_cluster_dns
 from tests.harness.source_roots import SOURCE_ROOTS, pythonpath
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ADMISSION_PLURALS = {
+    "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
+}
 CRD_PATHS = sorted((REPO_ROOT / "crds").glob("*.yaml"))
 NODE_NAME = "agentrun-node"
 READY_TIMEOUT_SECONDS = 60.0
@@ -209,6 +214,20 @@ class KubeTestbed:
                     "Established",
                 ),
             )
+
+        self.install_approval_policy()
+
+    def install_approval_policy(self) -> None:
+        """The admission policy the chart installs with the CRDs: an approval's decidedBy is its creator."""
+        for obj in approval.admission_policy():
+            plural = ADMISSION_PLURALS[obj["kind"]]
+            answer = self.admin.patch(
+                f"/apis/admissionregistration.k8s.io/v1/{plural}/{obj['metadata']['name']}",
+                params={"fieldManager": "agentrun-tests", "force": "true"},
+                headers={"Content-Type": "application/apply-patch+yaml"},
+                content=yaml.safe_dump(obj),
+            )
+            answer.raise_for_status()
 
     def create_namespace(self, prefix: str, *, schedulable: bool = True) -> str:
         """A new namespace, returned once its default ServiceAccount exists (pods need it).

@@ -18,6 +18,7 @@ EXPECTED = {
     Phase.PENDING: "Progressing",
     Phase.RUNNING: "Progressing",
     Phase.SUSPENDED: "Suspended",
+    Phase.WAITING_FOR_APPROVAL: "Suspended",
     Phase.SUCCEEDED: "Healthy",
     Phase.FAILED: "Degraded",
     Phase.TIMED_OUT: "Degraded",

@@ -56,7 +56,7 @@ def test_every_schema_node_has_a_type_as_a_structural_schema_requires() -> None:
     assert untyped == []
 
 
-def test_printer_columns_show_phase_progress_and_age_with_model_and_message_on_wide() -> None:
+def test_printer_columns_show_phase_progress_and_age_with_model_message_and_approval_wait_on_wide() -> None:
     version = build_crd()["spec"]["versions"][0]
     columns = version["additionalPrinterColumns"]
 
@@ -69,7 +69,11 @@ def test_printer_columns_show_phase_progress_and_age_with_model_and_message_on_w
         ("PROGRESS", ".status.progress"),
         ("AGE", ".metadata.creationTimestamp"),
     ]
-    assert wide == [("MODEL", ".spec.model.name"), ("MESSAGE", ".status.message")]
+    assert wide == [
+        ("MODEL", ".spec.model.name"),
+        ("MESSAGE", ".status.message"),
+        ("WAITED", ".status.budget.waitedSeconds"),
+    ]
     assert next(c for c in columns if c["name"] == "Age")["type"] == "date"
     assert all(c.get("description") for c in columns)
 

@@ -50,6 +50,7 @@ def test_the_committed_crd_is_the_generated_one() -> None:
 def test_writing_all_crds_writes_every_definition(tmp_path: Path) -> None:
     written = crd.write_all(tmp_path)
     assert sorted(path.name for path in written) == [
+        "agentrunapprovals.agentrun.dev.yaml",
         "agentruns.agentrun.dev.yaml",
         "agentruntemplates.agentrun.dev.yaml",
         "clusterthrottlepools.agentrun.dev.yaml",

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from agentrun_common.sse import encode_event
 
-EventType = Literal["iteration", "token", "tool_call", "tool_result", "checkpoint", "finished"]
+EventType = Literal["iteration", "token", "tool_call", "tool_result", "approval_requested", "checkpoint", "finished"]
 
 
 @dataclass(frozen=True)

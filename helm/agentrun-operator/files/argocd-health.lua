@@ -1,7 +1,7 @@
 -- Argo CD health check for agentrun.dev/AgentRun (argocd-cm key resource.customizations.health.agentrun.dev_AgentRun).
 -- Argo CD sets the global `obj` to the live AgentRun and expects a table {status = ..., message = ...}.
 --   no status yet, Pending, Running, or a spec change not yet observed -> Progressing
---   Suspended                                                           -> Suspended
+--   Suspended, WaitingForApproval (paused until a person decides)       -> Suspended
 --   Succeeded                                                           -> Healthy
 --   Failed, TimedOut, Cancelled                                         -> Degraded
 -- Cancelled is Degraded: the run ended without its result, as Argo CD treats an aborted Rollout or a stopped
@@ -37,7 +37,7 @@ if phase == "Succeeded" then
   health.status = "Healthy"
 elseif phase == "Failed" or phase == "TimedOut" or phase == "Cancelled" then
   health.status = "Degraded"
-elseif phase == "Suspended" then
+elseif phase == "Suspended" or phase == "WaitingForApproval" then
   health.status = "Suspended"
 else
   -- Pending, Running, and any phase a newer operator may add.
