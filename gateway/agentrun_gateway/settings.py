@@ -5,11 +5,11 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
+from typing import Annotated, get_args
 
 from agentrun_api.contract import STREAM_PORT
 from agentrun_api.spec import IngressController
-from agentrun_common.settings import Count, Port, Seconds, SettingsError, load_settings
+from agentrun_common.settings import Count, Env, Port, Seconds, SettingsError, load_settings
 from agentrun_common.sse import DEFAULT_MAX_EVENT_BYTES
 from agentrun_common.stream_timeouts import StreamBudget, render_stream_route
 from agentrun_common.stream_timeouts.budget import GATEWAY_UPSTREAM_POOL_IDLE_SECONDS, UPSTREAM_IDLE_HEARTBEATS
@@ -37,8 +37,9 @@ class GatewaySettings:
     """Each field is read from ``AGENTRUN_GATEWAY_<FIELD NAME IN UPPER CASE>`` when set and not blank; seconds
     as a number or a duration such as "90s"."""
 
-    host: str = "0.0.0.0"  # noqa: S104 - a pod serves on all its interfaces
-    """Address to listen on."""
+    host: Annotated[str, Env(fallbacks=("POD_IP",))] = "0.0.0.0"  # noqa: S104 - a pod serves on all its interfaces
+    """Address to listen on; unset: POD_IP (the chart sets it from status.podIP, where the Service's endpoints
+    and the probes point), else all interfaces."""
     port: Port = 8080
     """Port to listen on (the chart's Service targets it as port "http")."""
     upstream_url: str = "http://{name}-stream.{namespace}.svc:" + str(STREAM_PORT) + "/events"
