@@ -1,0 +1,163 @@
+"""The chart installed with Helm on the real control plane: its operator pods run the runs, through an upgrade,
+a leader's deletion, and an uninstall and reinstall.
+
+One release for the module (tests.harness.installed_chart): its operator watches every namespace, so no other
+operator may run meanwhile; the release is uninstalled at the end of the module.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.runs import assert_result
+from tests.harness.agentruns import (
+    agent_run,
+    agentruns_path,
+    requests_of,
+    run_status,
+    runner_pods,
+    wait_for,
+    wait_for_end,
+    wait_for_status,
+)
+from tests.harness.installed_chart import ChartRelease, ground_values
+from tests.harness.local_cluster import LocalCluster
+from tests.harness.model_server import research_script
+from tests.harness.nodeagent.kube import KubeClient, namespaced_path
+from tests.harness.testbed import KubeTestbed
+
+pytestmark = pytest.mark.e2e
+
+TURNS = 5  # research_script's model calls for a run without fetches
+CRDS = ("agentruns.agentrun.dev", "throttlepools.agentrun.dev", "clusterthrottlepools.agentrun.dev")
+
+
+@pytest.fixture(scope="module")
+def release(testbed: KubeTestbed) -> Iterator[ChartRelease]:
+    release = ChartRelease(testbed)
+    release.install(ground_values())
+    yield release
+    if release.installed():
+        release.uninstall()
+
+
+@pytest.fixture
+async def runs(testbed: KubeTestbed, tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """A namespace with the model Secret and a scripted model whose every answer takes 1.5 s (a run lasts ~8 s);
+    no operator of its own: the release's runs it."""
+    async with LocalCluster(testbed, tmp_path, model_script=research_script(delay=1.5), start_operator=False) as ground:
+        await ground.create_model_secret("model-key", "api-key")
+        yield ground
+
+
+@pytest.fixture
+async def kube(runs: LocalCluster) -> AsyncIterator[KubeClient]:
+    async with KubeClient(str(runs.kubeconfig_path)) as client:
+        yield client
+
+
+async def create_run(kube: KubeClient, runs: LocalCluster, name: str) -> None:
+    await kube.create(agentruns_path(runs.namespace), agent_run(name, runs, streaming={"enabled": False}))
+
+
+async def wait_running(kube: KubeClient, name: str) -> dict[str, Any]:
+    return await wait_for_status(kube, name, lambda s: s.get("phase") == "Running", "Running", 60)
+
+
+async def jobs_of(kube: KubeClient, run: str) -> list[dict[str, Any]]:
+    jobs = await kube.list(namespaced_path("batch/v1", "jobs", kube.namespace))
+    return [
+        job for job in jobs if any(owner.get("name") == run for owner in job["metadata"].get("ownerReferences") or [])
+    ]
+
+
+async def assert_ran_once(kube: KubeClient, runs: LocalCluster, name: str) -> None:
+    """Succeeded with its result, one Job, one pod, no restart counted, and each model call made once."""
+    status = await wait_for_end(kube, name, 90)
+    assert status["phase"] == "Succeeded", status
+    assert_result(status)
+    assert status.get("restarts", 0) == 0, status
+    assert len(await jobs_of(kube, name)) == 1
+    assert len(await runner_pods(kube, name)) == 1
+    assert runs.model_server is not None
+    assert len(requests_of(runs.model_server, name)) == TURNS
+
+
+async def test_an_upgrade_to_changed_values_keeps_a_running_run_running(
+    release: ChartRelease, runs: LocalCluster, kube: KubeClient
+) -> None:
+    first = await release.wait_for_leader()
+    await create_run(kube, runs, "through-upgrade")
+    await wait_running(kube, "through-upgrade")
+
+    # Changed values change the operator's pod template: the Deployment replaces the operator pod (Recreate).
+    await asyncio.to_thread(release.upgrade, ground_values(operator={"statusMinIntervalSeconds": 0.3}))
+    assert [entry["revision"] for entry in await asyncio.to_thread(release.history)] == [1, 2]
+    assert (await run_status(kube, "through-upgrade")).get("phase") == "Running"
+    second = await release.wait_for_leader(other_than=first)
+
+    await assert_ran_once(kube, runs, "through-upgrade")
+    assert release.lease_holder() == second
+
+
+async def test_the_standby_replica_takes_over_when_the_leaders_pod_is_deleted(
+    release: ChartRelease, runs: LocalCluster, kube: KubeClient
+) -> None:
+    await asyncio.to_thread(release.upgrade, ground_values(replicaCount=2))
+    await wait_for(lambda: _true(len(release.pods()) == 2), "two operator pods", 60)
+    leader = await release.wait_for_leader()
+    (standby,) = [p["metadata"]["name"] for p in release.pods() if p["metadata"]["name"] != leader]
+    await create_run(kube, runs, "before-hand-over")
+    await wait_running(kube, "before-hand-over")
+
+    deleted_at = time.monotonic()
+    answer = release.testbed.admin.delete(f"/api/v1/namespaces/{release.namespace}/pods/{leader}")
+    answer.raise_for_status()
+    assert await release.wait_for_leader(other_than=leader) == standby
+    lease_taken_at = time.monotonic()
+    await create_run(kube, runs, "after-hand-over")
+    await wait_for(lambda: _jobs_exist(kube, "after-hand-over"), "the new run's Job", 60)
+    job_at = time.monotonic()
+    print(
+        f"\nleader hand-over: leader pod deleted -> standby holds the Lease {lease_taken_at - deleted_at:.2f} s; "
+        f"-> a new run's Job exists {job_at - deleted_at:.2f} s"
+    )
+
+    await assert_ran_once(kube, runs, "before-hand-over")
+    await assert_ran_once(kube, runs, "after-hand-over")
+
+
+async def test_uninstall_keeps_runs_and_results_and_a_reinstall_supervises_them_again(
+    release: ChartRelease, runs: LocalCluster, kube: KubeClient
+) -> None:
+    await release.wait_for_leader()
+    await create_run(kube, runs, "done-before")
+    await assert_ran_once(kube, runs, "done-before")
+    await create_run(kube, runs, "in-flight")
+    await wait_running(kube, "in-flight")
+
+    await asyncio.to_thread(release.uninstall)
+    assert not await asyncio.to_thread(release.installed)
+    assert release.pods() == []
+    admin = release.testbed.admin
+    for crd in CRDS:  # crds.keep: the CRDs and so every AgentRun outlive the release
+        assert admin.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}").status_code == 200
+    assert_result(await run_status(kube, "done-before"))
+    assert (await run_status(kube, "in-flight")).get("phase") == "Running"  # nobody supervises it now
+
+    await asyncio.to_thread(release.install, ground_values())
+    await release.wait_for_leader()
+    await assert_ran_once(kube, runs, "in-flight")
+    assert_result(await run_status(kube, "done-before"))
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _jobs_exist(kube: KubeClient, run: str) -> bool:
+    return bool(await jobs_of(kube, run))

@@ -1,0 +1,135 @@
+"""The chart as a user installs it: a real Helm release on the test control plane.
+
+    release = ChartRelease(testbed)
+    release.install(ground_values())      # helm install --wait, CRDs included
+    release.upgrade({...})                     # helm upgrade --wait to changed values
+    release.uninstall()                        # helm uninstall (the CRDs stay: crds.keep)
+    await release.wait_for_leader()            # the operator pod holding the leader election Lease
+
+Helm's own Go code (Helm v4, through `helm-python-sdk`'s libhelm_c) installs, upgrades and uninstalls, and keeps
+the release record where Helm keeps it by default: Secrets ``sh.helm.release.v1.<release>.v<revision>`` in the
+release namespace. The operator and the stream gateway then run as pods of the chart's own Deployments on the
+node agent, with the projected tokens of the chart's ServiceAccounts and nothing but the chart's RBAC.
+
+The testbed applies the project's CRDs at start with this release's ownership labels, as a kept CRD of an
+earlier install of the release looks; Helm then adopts them on install, as it would in a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any
+
+import helm_python
+
+from tests.harness.chart import CHART_DIR
+from tests.harness.testbed import CHART_NAMESPACE, CHART_RELEASE, KubeTestbed
+
+HELM_TIMEOUT_SECONDS = 120
+OPERATOR_SELECTOR = f"app.kubernetes.io/instance={CHART_RELEASE},app.kubernetes.io/component=operator"
+GATEWAY_SELECTOR = f"app.kubernetes.io/instance={CHART_RELEASE},app.kubernetes.io/component=stream-gateway"
+
+
+def ground_values(**overrides: Any) -> dict[str, Any]:
+    """The values the test ground installs with: the chart's defaults but for what the tests need.
+
+    The images are the chart's defaults (``agentrun-operator``, ``agentrun-runner``, ``agentrun-stream-gateway``),
+    which the node agent maps to this checkout. The policy admits the scripted model server on 127.0.0.1; the
+    status and progress intervals are short so that tests see a run's steps in seconds."""
+    values: dict[str, Any] = {
+        "policy": {"allowedModelHosts": ["127.0.0.1"]},
+        "operator": {"statusMinIntervalSeconds": 0.2, "progressIntervalSeconds": 0.5, "logFormat": "text"},
+    }
+    return _merged(values, overrides)
+
+
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class ChartRelease:
+    """The chart's release ``CHART_RELEASE`` in ``CHART_NAMESPACE``, driven through Helm's engine."""
+
+    def __init__(self, testbed: KubeTestbed) -> None:
+        self.testbed = testbed
+        self.name = CHART_RELEASE
+        self.namespace = CHART_NAMESPACE
+
+    def _config(self) -> helm_python.Config:
+        return helm_python.Config(kubeconfig_path=self.testbed.kubeconfig, namespace=self.namespace)
+
+    # Each call blocks until Helm is done (``asyncio.to_thread`` from a test's event loop).
+
+    def install(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``helm install --create-namespace --wait``: returns once every Deployment of the release is ready."""
+        with self._config() as helm:
+            return helm.install(
+                str(CHART_DIR), self.name, values, create_namespace=True, wait="watcher", timeout=HELM_TIMEOUT_SECONDS
+            )
+
+    def upgrade(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``helm upgrade --wait`` to exactly these values (not reusing the previous ones)."""
+        with self._config() as helm:
+            return helm.upgrade(
+                str(CHART_DIR), self.name, values, reset_values=True, wait="watcher", timeout=HELM_TIMEOUT_SECONDS
+            )
+
+    def uninstall(self) -> dict[str, Any]:
+        """``helm uninstall --wait``: the release's objects are deleted, but those the chart tells Helm to keep."""
+        with self._config() as helm:
+            return helm.uninstall(self.name, wait="watcher", timeout=HELM_TIMEOUT_SECONDS)
+
+    def history(self) -> list[dict[str, Any]]:
+        """The release's revisions, oldest first (Helm's release record)."""
+        with self._config() as helm:
+            return helm.history(self.name)
+
+    def installed(self) -> bool:
+        with self._config() as helm:
+            return any(release["name"] == self.name for release in helm.list())
+
+    # -- what runs on the node --------------------------------------------------------------------------
+
+    def pods(self, selector: str = OPERATOR_SELECTOR) -> list[dict[str, Any]]:
+        """The release's pods (default: the operator's), not yet being deleted, oldest first."""
+        answer = self.testbed.admin.get(f"/api/v1/namespaces/{self.namespace}/pods", params={"labelSelector": selector})
+        answer.raise_for_status()
+        pods = [p for p in answer.json()["items"] if not p["metadata"].get("deletionTimestamp")]
+        return sorted(pods, key=lambda p: str(p["metadata"]["creationTimestamp"]))
+
+    def lease_holder(self) -> str:
+        """The operator replica holding the leader election Lease (a pod name), or "" while none does."""
+        answer = self.testbed.admin.get(f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/{self.name}")
+        if answer.status_code == 404:
+            return ""
+        answer.raise_for_status()
+        return str((answer.json().get("spec") or {}).get("holderIdentity") or "")
+
+    def operator_log(self) -> str:
+        """Every operator pod's output on the node, for an assertion message."""
+        node = self.testbed.node
+        return "\n".join(
+            f"--- {pod}\n{node.read_log(ns, pod)[-4000:]}" for ns, pod in node.agent.pod_keys() if ns == self.namespace
+        )
+
+    async def wait_for_leader(self, *, other_than: str = "", timeout: float = 60.0) -> str:
+        """Until a running operator pod (not ``other_than``) holds the Lease; its name."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            holder = self.lease_holder()
+            running = {p["metadata"]["name"] for p in self.pods() if p["status"].get("phase") == "Running"}
+            if holder and holder != other_than and holder in running:
+                return holder
+            await asyncio.sleep(0.05)
+        raise AssertionError(
+            f"no operator pod took the Lease {self.namespace}/{self.name} within {timeout:.0f} s "
+            f"(holder: {self.lease_holder()!r}):\n{self.operator_log()}"
+        )
