@@ -102,6 +102,7 @@ async def test_an_upgrade_to_changed_values_keeps_a_running_run_running(
 
     await assert_ran_once(kube, runs, "through-upgrade")
     assert release.lease_holder() == second
+    assert release.rbac_refusals() == []
 
 
 async def test_the_standby_replica_takes_over_when_the_leaders_pod_is_deleted(
@@ -129,6 +130,7 @@ async def test_the_standby_replica_takes_over_when_the_leaders_pod_is_deleted(
 
     await assert_ran_once(kube, runs, "before-hand-over")
     await assert_ran_once(kube, runs, "after-hand-over")
+    assert release.rbac_refusals() == []
 
 
 async def test_uninstall_keeps_runs_and_results_and_a_reinstall_supervises_them_again(
@@ -139,6 +141,7 @@ async def test_uninstall_keeps_runs_and_results_and_a_reinstall_supervises_them_
     await assert_ran_once(kube, runs, "done-before")
     await create_run(kube, runs, "in-flight")
     await wait_running(kube, "in-flight")
+    assert release.rbac_refusals() == []
 
     await asyncio.to_thread(release.uninstall)
     assert not await asyncio.to_thread(release.installed)
@@ -149,8 +152,10 @@ async def test_uninstall_keeps_runs_and_results_and_a_reinstall_supervises_them_
     assert_result(await run_status(kube, "done-before"))
     assert (await run_status(kube, "in-flight")).get("phase") == "Running"  # nobody supervises it now
 
+    reinstalled_at = time.monotonic()
     await asyncio.to_thread(release.install, ground_values())
     await release.wait_for_leader()
+    print(f"\nreinstall -> leading: {time.monotonic() - reinstalled_at:.1f} s")
     await assert_ran_once(kube, runs, "in-flight")
     assert_result(await run_status(kube, "done-before"))
 

@@ -113,12 +113,25 @@ class ChartRelease:
         answer.raise_for_status()
         return str((answer.json().get("spec") or {}).get("holderIdentity") or "")
 
+    def pod_logs(self) -> dict[str, str]:
+        """The output of every pod the release ran on the node, deleted ones included, by pod name."""
+        logs_dir = self.testbed.state_dir / "node" / "logs" / self.namespace
+        return {path.parent.name: path.read_text(errors="replace") for path in sorted(logs_dir.glob("*/*.log"))}
+
     def operator_log(self) -> str:
-        """Every operator pod's output on the node, for an assertion message."""
-        node = self.testbed.node
-        return "\n".join(
-            f"--- {pod}\n{node.read_log(ns, pod)[-4000:]}" for ns, pod in node.agent.pod_keys() if ns == self.namespace
-        )
+        """The tail of every pod's output, for an assertion message."""
+        return "\n".join(f"--- {pod}\n{log[-4000:]}" for pod, log in self.pod_logs().items())
+
+    def rbac_refusals(self) -> list[str]:
+        """The lines of the release's pods' output where the RBAC authorizer refused one of the chart's
+        ServiceAccounts a request: a permission the chart lacks."""
+        account = f"system:serviceaccount:{self.namespace}:"
+        return [
+            f"{pod}: {line}"
+            for pod, log in self.pod_logs().items()
+            for line in log.splitlines()
+            if account in line and " cannot " in line
+        ]
 
     async def wait_for_leader(self, *, other_than: str = "", timeout: float = 60.0) -> str:
         """Until a running operator pod (not ``other_than``) holds the Lease; its name."""
