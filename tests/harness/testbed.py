@@ -27,10 +27,12 @@ import httpx
 import yaml
 
 from tests.harness.background import BackgroundLoop
-from tests.harness.controlplane import ControlPlane
+from tests.harness.controlplane import ControlPlane, write_kubeconfig
 from tests.harness.controlplane.provisioner import LocalVolumeProvisioner
 from tests.harness.nodeagent.settings import InClusterApi, NodeSettings
 from tests.harness.nodeagent.threaded import NodeAgentThread
+from tests.harness.podnet.addresses import LoopbackAddresses, plan_network
+from tests.harness.podnet.network import ClusterNetwork
 from tests.harness.source_roots import SOURCE_ROOTS, pythonpath
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -78,8 +80,12 @@ def namespace_name(prefix: str) -> str:
 class KubeTestbed:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir.resolve()
-        self.control_plane = ControlPlane(self.state_dir / "control-plane")
+        self.network_plan = plan_network()
+        self.control_plane = ControlPlane(
+            self.state_dir / "control-plane", service_cluster_ip_range=self.network_plan.service_cidr
+        )
         self._background: BackgroundLoop | None = None
+        self._network: ClusterNetwork | None = None
         self._provisioner: LocalVolumeProvisioner | None = None
         self._node: NodeAgentThread | None = None
 
@@ -102,6 +108,7 @@ class KubeTestbed:
         self.control_plane.start()
         self.install_crds()
         self._background = BackgroundLoop("testbed")
+        self._start_network()
         provisioner = LocalVolumeProvisioner(self.kubeconfig, self.state_dir / "volumes")
         self._background.call(provisioner.__aenter__, timeout=30)
         self._provisioner = provisioner
@@ -113,6 +120,8 @@ class KubeTestbed:
             shared_host_paths=(*NodeSettings().shared_host_paths, *(str(root) for root in SOURCE_ROOTS)),
             image_commands=PROJECT_IMAGES,
             in_cluster_api=InClusterApi("127.0.0.1", self.control_plane.apiserver_port),
+            pod_cidr=self.network_plan.pod_cidr,
+            cluster_dns=self.network_plan.dns_ip,
         )
         node = NodeAgentThread(
             self._background,
@@ -136,6 +145,10 @@ class KubeTestbed:
                 provisioner = self._provisioner
                 self._background.call(lambda: provisioner.__aexit__(None, None, None), timeout=30)
                 self._provisioner = None
+            if self._network is not None:
+                network = self._network
+                self._background.call(lambda: network.__aexit__(None, None, None), timeout=30)
+                self._network = None
             self._background.close()
             self._background = None
         self.control_plane.stop()
@@ -155,6 +168,20 @@ class KubeTestbed:
         if self._node is None:
             raise RuntimeError("the testbed is not started")
         return self._node
+
+    @property
+    def network(self) -> ClusterNetwork:
+        if self._network is None:
+            raise RuntimeError("the testbed is not started")
+        return self._network
+
+    def resolve(self, host: str) -> list[str]:
+        """``host`` as a pod resolves it: a Service name (``svc.ns.svc``, or with ``.cluster.local``) through the
+        cluster DNS, an IP as it is; [] for a name the cluster does not know."""
+        if self._background is None:
+            raise RuntimeError("the testbed is not started")
+        network = self.network
+        return self._background.call(lambda: network.resolve(host), timeout=10)
 
     @property
     def version(self) -> str:
@@ -209,6 +236,34 @@ class KubeTestbed:
             answer.raise_for_status()
 
     # -- internals ------------------------------------------------------------------------------------
+
+    def _start_network(self) -> None:
+        """The kube-proxy and cluster DNS stand-ins (tests.harness.podnet), with kube-proxy's own identity
+        (system:kube-proxy, which the bootstrap RBAC lets read Services and EndpointSlices)."""
+        assert self._background is not None
+        LoopbackAddresses.reap_abandoned()
+        # The cluster DNS's ClusterIP is reserved by its Service, as a kube-dns Service reserves it.
+        dns_service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+            "spec": {
+                "clusterIP": self.network_plan.dns_ip,
+                "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53}],
+            },
+        }
+        self.admin.post("/api/v1/namespaces/kube-system/services", json=dns_service).raise_for_status()
+        client = self.control_plane.ca.issue("kube-proxy", "system:kube-proxy", client=True)
+        kubeconfig = write_kubeconfig(
+            self.state_dir / "kube-proxy.kubeconfig",
+            self.control_plane.url,
+            self.control_plane.ca_file,
+            user="kube-proxy",
+            client=client,
+        )
+        network = ClusterNetwork(kubeconfig, self.network_plan)
+        self._background.call(network.__aenter__, timeout=60)
+        self._network = network
 
     def _wait(self, what: str, ready: Any) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS

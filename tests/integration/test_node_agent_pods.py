@@ -154,7 +154,7 @@ async def test_failed_init_container_fails_the_pod_without_starting_the_main_con
     assert env.node.read_log(env.namespace, created["metadata"]["name"]) == ""
 
 
-async def test_running_pod_counts_as_active_and_ready_in_the_job_status(env):
+async def test_running_pod_counts_as_active_and_ready_in_the_job_status(env, testbed):
     await env.job("busy", "import time; print('started', flush=True); time.sleep(30)")
     pod = await env.running_pod("busy")
 
@@ -167,8 +167,8 @@ async def test_running_pod_counts_as_active_and_ready_in_the_job_status(env):
     assert not status.get("conditions")
     [created] = await env.pods("busy")
     assert created["metadata"]["name"] == pod
-    # A pod address of its own on loopback, so pods serving the same port do not collide.
-    assert ipaddress.ip_address(created["status"]["podIP"]).is_loopback
+    # A pod address of its own on the pod network, so pods serving the same port do not collide.
+    assert ipaddress.ip_address(created["status"]["podIP"]) in ipaddress.ip_network(testbed.network_plan.pod_cidr)
     assert created["status"]["podIP"] != created["status"]["hostIP"]
     # PodScheduled from the real scheduler, the rest from the node
     assert {c["type"]: c["status"] for c in created["status"]["conditions"]} == {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import signal
 import socket
 import ssl
@@ -28,8 +29,8 @@ from tests.harness.controlplane.binaries import KubeBinaries, find_binaries
 from tests.harness.controlplane.pki import CertificateAuthority, CertificatePair, write_service_account_keys
 
 LOOPBACK = "127.0.0.1"
-# Cluster IPs are only allocated, never routed: there is no kube-proxy, and in-cluster clients are given the
-# API server's loopback address in KUBERNETES_SERVICE_HOST instead of the kubernetes Service's IP.
+# The default Service range; the testbed gives each session a random one, which its pod network routes
+# (tests.harness.podnet).
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 START_TIMEOUT_SECONDS = 90.0
@@ -157,8 +158,15 @@ class ControlPlane:
     client and serving certificates a node agent needs.
     """
 
-    def __init__(self, state_dir: Path, *, binaries: KubeBinaries | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        binaries: KubeBinaries | None = None,
+        service_cluster_ip_range: str = SERVICE_CLUSTER_IP_RANGE,
+    ) -> None:
         self.state_dir = state_dir.resolve()
+        self.service_cluster_ip_range = service_cluster_ip_range
         self.binaries = binaries or find_binaries()
         self.pki_dir = self.state_dir / "pki"
         self.logs_dir = self.state_dir / "logs"
@@ -214,7 +222,7 @@ class ControlPlane:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            ip_addresses=(LOOPBACK, "10.96.0.1"),
+            ip_addresses=(LOOPBACK, str(ipaddress.IPv4Network(self.service_cluster_ip_range)[1])),
             server=True,
         )
         self.kubelet_client = self.ca.issue(
@@ -316,7 +324,7 @@ class ControlPlane:
                 f"--tls-cert-file={self.apiserver_serving.cert}",
                 f"--tls-private-key-file={self.apiserver_serving.key}",
                 f"--client-ca-file={self.ca_file}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                f"--service-cluster-ip-range={self.service_cluster_ip_range}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={self.service_account_keys.cert}",
                 f"--service-account-signing-key-file={self.service_account_keys.key}",
@@ -359,7 +367,7 @@ class ControlPlane:
                 f"--service-account-private-key-file={self.service_account_keys.key}",
                 f"--root-ca-file={self.ca_file}",
                 f"--controllers={','.join(CONTROLLERS)}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                f"--service-cluster-ip-range={self.service_cluster_ip_range}",
                 "--concurrent-job-syncs=20",
             ],
         )

@@ -28,6 +28,7 @@ from tests.harness.nodeagent.kube import ApiError, JsonObject, KubeClient, names
 from tests.harness.nodeagent.logserver import ContainerLogServer
 from tests.harness.nodeagent.pods import LOCAL_IP, PodRuntime, check_mount_namespaces
 from tests.harness.nodeagent.settings import NodeSettings
+from tests.harness.podnet.addresses import LoopbackAddresses, PodAddresses, plan_network
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class NodeAgent:
         self._closing = False
         self._logs = ContainerLogServer(self, serving, ca_file)
         self._boot_id = str(uuid.uuid4())
+        self.pod_cidr = settings.pod_cidr or plan_network().pod_cidr
+        self._addresses = LoopbackAddresses()
+        self._pod_addresses = PodAddresses(self.pod_cidr, self._addresses)
         self.reconcile_errors: list[BaseException] = []
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -111,6 +115,7 @@ class NodeAgent:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.kill_timeout_seconds)
         await asyncio.gather(*(runtime.kill_now() for runtime in self._runtimes.values()), return_exceptions=True)
+        await asyncio.to_thread(self._addresses.remove_all)
         await self._logs.stop()
         if self._kube is not None:
             await self._kube.__aexit__(None, None, None)
@@ -177,7 +182,7 @@ class NodeAgent:
                     "kubernetes.io/arch": self._node_status()["nodeInfo"]["architecture"],
                 },
             },
-            "spec": {},
+            "spec": {"podCIDR": self.pod_cidr, "podCIDRs": [self.pod_cidr]},
             "status": self._node_status(),
         }
         try:
@@ -267,6 +272,7 @@ class NodeAgent:
             state_dir=self.state_dir,
             settings=self.settings,
             notify=self.poke,
+            pod_addresses=self._pod_addresses,
         )
         self._runtimes[_key(pod)] = runtime
         runtime.start()

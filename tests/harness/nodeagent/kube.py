@@ -148,11 +148,15 @@ class KubeClient:
             if error.status != 404:
                 raise
 
-    async def watch(self, path: str) -> AsyncIterator[JsonObject]:
-        """Yield watch events until the server ends the stream; the caller re-lists and re-watches."""
+    async def watch(self, path: str, *, resource_version: str = "") -> AsyncIterator[JsonObject]:
+        """Yield watch events (from ``resource_version``, when given) until the server ends the stream; the caller
+        re-lists and re-watches."""
+        params = {"watch": "true", "allowWatchBookmarks": "false"}
+        if resource_version:
+            params["resourceVersion"] = resource_version
         async with self.session.get(
             self._base_url + path,
-            params={"watch": "true", "allowWatchBookmarks": "false"},
+            params=params,
             ssl=self._ssl,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total),
         ) as response:

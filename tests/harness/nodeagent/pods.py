@@ -7,15 +7,13 @@ process sees the files a real container would see, at the same paths.
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import os
-import random
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from tests.harness.nodeagent.containers import (
     ContainerConfigError,
     ContainerLaunch,
     ImagePullError,
+    Mount,
     PodEnvironment,
     VolumeSetupError,
     check_image,
@@ -42,23 +41,17 @@ from tests.harness.nodeagent.kube import (
     KubeClient,
     namespaced_path,
 )
+from tests.harness.nodeagent.probes import ContainerProbes
 from tests.harness.nodeagent.settings import NodeSettings
+from tests.harness.podnet.addresses import PodAddresses
+from tests.harness.podnet.resolver import resolv_conf
 
 logger = logging.getLogger(__name__)
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
 UNSHARE = ["unshare", "--mount", "--propagation", "private", "--"]
 LOCAL_IP = "127.0.0.1"  # the node's address (status.hostIP)
-# Every pod gets an address of its own, as a pod network gives it: 127.0.0.0/8 is loopback as a whole on
-# Linux, so two runners both serving containerPort 8080 on their podIP do not collide. Numbering starts at a
-# random place, so node agents of two processes side by side (a demo next to a test run) rarely meet.
-_pod_addresses = itertools.count(random.randrange(250 * 250))
-
-
-def next_pod_ip() -> str:
-    n = next(_pod_addresses)
-    return f"127.2.{(n // 250) % 250}.{n % 250 + 1}"
-
+RESOLV_CONF = "/etc/resolv.conf"
 
 STATUS_WRITE_ATTEMPTS = 20  # about 15 s of retries at most
 
@@ -113,6 +106,7 @@ class PodRuntime:
         state_dir: Path,
         settings: NodeSettings,
         notify: Callable[[], None],
+        pod_addresses: PodAddresses,
     ) -> None:
         self.namespace: str = pod["metadata"]["namespace"]
         self.name: str = pod["metadata"]["name"]
@@ -136,7 +130,14 @@ class PodRuntime:
         self.exit_code: int | None = None  # the main container's last exit code
         self.restart_count = 0
         self.phase = "Pending"
-        self.pod_ip = next_pod_ip()
+        self._pod_addresses = pod_addresses
+        self._host_network = bool(self._spec.get("hostNetwork"))
+        # The pod's own address on the pod network, held from its sandbox's creation until its containers end.
+        self.pod_ip = LOCAL_IP if self._host_network else ""
+        self._probe_failure: str | None = None
+        self._last_state: JsonObject = {}  # the main container's previous run, once it has restarted
+        self._background: set[asyncio.Task[None]] = set()
+        self._status_lock = asyncio.Lock()  # one write at a time, each with the state of its moment
         self.finished = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -192,7 +193,7 @@ class PodRuntime:
         }  # no qosClass: the API server sets it from the pod's resources at creation, and it never changes
         if self._init_statuses:
             status["initContainerStatuses"] = self._init_statuses
-        if self.phase == "Running":
+        if self.pod_ip:
             status["podIP"] = self.pod_ip
             status["podIPs"] = [{"ip": self.pod_ip}]
         return status
@@ -200,6 +201,11 @@ class PodRuntime:
     async def _write_status(self) -> None:
         """Write the whole status, retrying API errors as kubelet's status manager does (each write
         carries the full state, so a retry is safe); a pod that is gone needs no status."""
+        async with self._status_lock:
+            await self._write_status_now()
+        self._notify()
+
+    async def _write_status_now(self) -> None:
         delay = 0.05
         for _attempt in range(STATUS_WRITE_ATTEMPTS):
             try:
@@ -217,7 +223,6 @@ class PodRuntime:
             logger.error(
                 "pod %s/%s: status not written after %d attempts", self.namespace, self.name, STATUS_WRITE_ATTEMPTS
             )
-        self._notify()
 
     def _set_ready(self, ready: bool, reason: str = "") -> None:
         for type_ in ("ContainersReady", "Ready"):
@@ -225,17 +230,18 @@ class PodRuntime:
 
     def _main_status(self, state: JsonObject, *, ready: bool = False) -> list[JsonObject]:
         container = self._spec["containers"][0]
-        return [
-            {
-                "name": container["name"],
-                "image": container.get("image", ""),
-                "imageID": "",
-                "state": state,
-                "ready": ready,
-                "started": "running" in state,
-                "restartCount": self.restart_count,
-            }
-        ]
+        status: JsonObject = {
+            "name": container["name"],
+            "image": container.get("image", ""),
+            "imageID": "",
+            "state": state,
+            "ready": ready,
+            "started": "running" in state,
+            "restartCount": self.restart_count,
+        }
+        if self._last_state:
+            status["lastState"] = self._last_state
+        return [status]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -249,6 +255,7 @@ class PodRuntime:
             check_image(container, self._settings.image_commands)
         source = PodEnvironment(self._kube, pod)
         volumes = await prepare_volumes(pod, source, self._kube, self.pod_dir)
+        dns_mounts = self._dns_mounts()
         launches: list[ContainerLaunch] = []
         for container in containers:
             env = dict(self._settings.base_env)
@@ -262,10 +269,22 @@ class PodRuntime:
                     argv=container_argv(container, env, self._settings.image_commands),
                     env=env,
                     working_dir=container.get("workingDir"),
-                    mounts=container_mounts(container, volumes),
+                    mounts=[*dns_mounts, *container_mounts(container, volumes)],
                 )
             )
         return launches[:-1], launches[-1]
+
+    def _dns_mounts(self) -> list[Mount]:
+        """The pod's /etc/resolv.conf as kubelet writes it for dnsPolicy ClusterFirst: the cluster DNS first, with
+        the search path that makes ``<service>`` and ``<service>.<namespace>`` resolve from the pod's namespace."""
+        policy = self._spec.get("dnsPolicy") or "ClusterFirst"
+        cluster_first = (policy == "ClusterFirst" and not self._host_network) or policy == "ClusterFirstWithHostNet"
+        if not self._settings.cluster_dns or not cluster_first:
+            return []  # dnsPolicy Default (or a node without cluster DNS): the node's own resolv.conf
+        path = self.pod_dir / "resolv.conf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(resolv_conf(self._settings.cluster_dns, self.namespace, self._settings.cluster_domain))
+        return [Mount(path, RESOLV_CONF, read_only=True)]
 
     async def _wait_for_config(self) -> tuple[list[ContainerLaunch], ContainerLaunch] | None:
         """Retry until every reference resolves; None when the pod is stopped first."""
@@ -293,12 +312,16 @@ class PodRuntime:
 
     async def _run(self) -> None:
         try:
+            if not self.pod_ip:
+                self.pod_ip = await asyncio.to_thread(self._pod_addresses.allocate)
             await self._run_pod()
         except Exception:
             logger.exception("pod %s/%s: the node agent failed to run it", self.namespace, self.name)
             self.phase = "Failed"
             await self._write_status()
         finally:
+            if self.pod_ip and not self._host_network:
+                await asyncio.to_thread(self._pod_addresses.release, self.pod_ip)
             self.finished.set()
             self._notify()
 
@@ -324,13 +347,17 @@ class PodRuntime:
         self._conditions["Initialized"] = condition("Initialized", True)
         restart_policy = self._spec.get("restartPolicy", "Always")
         while True:
+            self._probe_failure = None
             code, state = await self._run_container(main_launch, main=True)
             self.exit_code = code
             self._container_statuses = self._main_status(state)
-            if code == 0 or self._stop.is_set() or restart_policy == "Never":
+            # Always restarts whatever the exit; OnFailure a failed one, or one its probes killed.
+            failed = code != 0 or self._probe_failure is not None
+            if self._stop.is_set() or restart_policy == "Never" or (restart_policy == "OnFailure" and not failed):
                 break
-            # OnFailure: kubelet restarts the container in place; the Job counts restarts as failures.
+            # kubelet restarts the container in place; a Job counts restarts as failures.
             self.restart_count += 1
+            self._last_state = state
             self._container_statuses = self._main_status(
                 {
                     "waiting": {
@@ -339,7 +366,6 @@ class PodRuntime:
                     }
                 }
             )
-            self._container_statuses[0]["lastState"] = state
             await self._write_status()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self._settings.container_restart_backoff_seconds)
@@ -388,13 +414,20 @@ class PodRuntime:
                 env=launch.env,
             )
         container_id = f"local://{self.process.pid}"
+        probes: ContainerProbes | None = None
         if main:
             self.phase = "Running"
-            self._set_ready(True)
-            self._container_statuses = self._main_status({"running": {"startedAt": started_at}}, ready=True)
-            self._container_statuses[0]["containerID"] = container_id
+            probes = self._container_probes(launch, self.process, started_at)
+            self._running_status(started_at, container_id, started=not probes.has_startup, ready=False)
+            if not probes.has_startup and not probes.has_readiness:
+                self._running_status(started_at, container_id, started=True, ready=True)
             await self._write_status()
-        returncode = await self._wait_or_stop(self.process)
+            probes.start()
+        try:
+            returncode = await self._wait_or_stop(self.process)
+        finally:
+            if probes is not None:
+                await probes.stop()
         self._kill_group()  # whatever the container left behind ends with it
         code = exit_code_of(returncode)
         terminated: JsonObject = {
@@ -409,6 +442,65 @@ class PodRuntime:
         if main:
             self._set_ready(False, "PodCompleted")
         return code, {"terminated": terminated}
+
+    def _running_status(self, started_at: str, container_id: str, *, started: bool, ready: bool) -> None:
+        self._set_ready(ready, "" if ready else "ContainersNotReady")
+        self._container_statuses = self._main_status({"running": {"startedAt": started_at}}, ready=ready)
+        self._container_statuses[0]["started"] = started
+        self._container_statuses[0]["containerID"] = container_id
+
+    def _container_probes(
+        self, launch: ContainerLaunch, process: asyncio.subprocess.Process, started_at: str
+    ) -> ContainerProbes:
+        """The main container's probes; their verdicts update its status, and a failed startup or liveness probe
+        kills it as kubelet does (SIGTERM, then SIGKILL after the grace period)."""
+        container = self._spec["containers"][0]
+        container_id = f"local://{process.pid}"
+        state = {"started": not container.get("startupProbe"), "ready": False}
+
+        def report() -> None:
+            if process.returncode is None and not self._stop.is_set():
+                self._running_status(started_at, container_id, started=state["started"], ready=state["ready"])
+                self._in_background(self._write_status())
+
+        def on_started() -> None:
+            state["started"] = True
+            report()
+
+        def on_ready(ready: bool) -> None:
+            state["ready"] = ready
+            report()
+
+        def on_failed(message: str) -> None:
+            logger.info("pod %s/%s: %s; killing the container", self.namespace, self.name, message)
+            self._probe_failure = message
+            self._in_background(self._kill_for_probe(process, container))
+
+        return ContainerProbes(
+            container,
+            host=self.pod_ip,
+            pid=process.pid,
+            env=launch.env,
+            on_started=on_started,
+            on_ready=on_ready,
+            on_failed=on_failed,
+        )
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _kill_for_probe(self, process: asyncio.subprocess.Process, container: JsonObject) -> None:
+        probe = container.get("livenessProbe") or {}
+        grace = probe.get("terminationGracePeriodSeconds")
+        grace_seconds = float(grace) if grace is not None else self.default_grace_seconds()
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), grace_seconds)
+        if process.returncode is None:
+            self._kill_group()
 
     async def _wait_or_stop(self, process: asyncio.subprocess.Process) -> int:
         exited = asyncio.create_task(process.wait())

@@ -54,6 +54,17 @@ class NodeSettings:
     emptyDir on /tmp over a checkout in /tmp, say): the stand-in for an image's own files. Default: this
     Python's installation; add the source roots a container runs from."""
 
+    pod_cidr: str = ""
+    """The pod network's range this node gives its pods IPs from (its Node's spec.podCIDR); each pod's IP is added
+    to ``lo`` while its containers may run. Default: a free random /17 inside 10.0.0.0/8."""
+
+    cluster_dns: str = ""
+    """The cluster DNS's address, the nameserver of pods with dnsPolicy ClusterFirst (kubelet's --cluster-dns);
+    empty: pods use the node's own /etc/resolv.conf."""
+
+    cluster_domain: str = "cluster.local"
+    """The cluster's DNS domain (kubelet's --cluster-domain), the end of pods' DNS search path."""
+
     node_name: str = "agentrun-node"
     """The Node this agent registers; it runs the pods bound to it."""
 
