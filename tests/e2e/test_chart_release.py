@@ -6,11 +6,14 @@ operator may run meanwhile; the release is uninstalled at the end of the module.
 """
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.e2e.runs import assert_result
@@ -24,10 +27,12 @@ from tests.harness.agentruns import (
     wait_for_end,
     wait_for_status,
 )
+from tests.harness.chart import CHART_DIR
 from tests.harness.installed_chart import ChartRelease, ground_values
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import research_script
 from tests.harness.nodeagent.kube import KubeClient, namespaced_path
+from tests.harness.podnet.resolver import ClusterResolver
 from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.e2e
@@ -85,6 +90,33 @@ async def assert_ran_once(kube: KubeClient, runs: LocalCluster, name: str) -> No
     assert len(await runner_pods(kube, name)) == 1
     assert runs.model_server is not None
     assert len(requests_of(runs.model_server, name)) == TURNS
+
+
+def dashboard_metric_families() -> set[str]:
+    """The metric families the chart's Grafana dashboard queries (a histogram's by its own name)."""
+    dashboard = json.loads((CHART_DIR / "files" / "grafana-dashboard.json").read_text())
+    names = set(re.findall(r"agentrun_[a-z_]+", json.dumps(dashboard)))
+    return {re.sub(r"_(bucket|count|sum)$", "", name) for name in names}
+
+
+async def test_the_metrics_service_serves_the_figures_the_dashboard_queries(
+    release: ChartRelease, runs: LocalCluster, kube: KubeClient
+) -> None:
+    await release.wait_for_leader()
+    await create_run(kube, runs, "measured")
+    await assert_ran_once(kube, runs, "measured")
+
+    # Scraped as Prometheus would: the Service's name, resolved by the cluster DNS, routed to the operator pod.
+    url = f"http://{release.name}-metrics.{release.namespace}.svc:8000/metrics"
+    connector = aiohttp.TCPConnector(resolver=ClusterResolver(release.testbed.network_plan.dns_ip))
+    async with aiohttp.ClientSession(connector=connector) as session, session.get(url) as response:
+        assert response.status == 200
+        text = await response.text()
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert dashboard_metric_families() <= families, dashboard_metric_families() - families
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(samples["agentrun_run_duration_seconds_count"]) >= 1
+    assert float(samples["agentrun_status_writes_total"]) >= 1
 
 
 async def test_an_upgrade_to_changed_values_keeps_a_running_run_running(
