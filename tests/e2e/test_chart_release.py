@@ -33,6 +33,7 @@ from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import research_script
 from tests.harness.nodeagent.kube import KubeClient, namespaced_path
 from tests.harness.podnet.resolver import ClusterResolver
+from tests.harness.pool_runs import pool_status, pools_path, throttle_pool
 from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.e2e
@@ -117,6 +118,27 @@ async def test_the_metrics_service_serves_the_figures_the_dashboard_queries(
     samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert float(samples["agentrun_run_duration_seconds_count"]) >= 1
     assert float(samples["agentrun_status_writes_total"]) >= 1
+
+
+async def test_a_throttled_runner_draws_its_permits_from_the_leader_through_the_permits_service(
+    release: ChartRelease, runs: LocalCluster, kube: KubeClient
+) -> None:
+    await release.wait_for_leader()
+    await kube.create(
+        pools_path(runs.namespace), throttle_pool("shared", runs.namespace, max_in_flight=1, requests_per_minute=600)
+    )
+    throttle = {"enabled": True, "pool": "shared", "requestsPerMinute": 600, "maxSecondsToWaitInQueue": 60}
+    run = agent_run("pooled", runs, streaming={"enabled": False}, throttle=throttle)
+    await kube.create(agentruns_path(runs.namespace), run)
+
+    await assert_ran_once(kube, runs, "pooled")
+
+    # The runner was given the chart's permits Service address; the leader's permit server granted its calls.
+    async def granted() -> dict[str, Any] | None:
+        status = await pool_status(kube, "shared")
+        return status if status.get("grantedLastMinute", 0) >= TURNS else None
+
+    await wait_for(granted, "the pool's status to count the run's permits", 30)
 
 
 async def test_an_upgrade_to_changed_values_keeps_a_running_run_running(
