@@ -120,6 +120,4 @@ def test_stream_events_have_strictly_increasing_ids_across_the_reconnect(demo_ou
     assert all(a < b for a, b in itertools.pairwise(ids)), ids
     assert events[-1][1] == "finished"
     assert len({pod for _, _, pod in events}) == 2  # read from the killed pod, then from its replacement
-    assert re.search(
-        r"stream \| connected to http://[\d.]+:8080/events \(pod \S+\) with Last-Event-ID: \d+", output
-    )
+    assert re.search(r"stream \| connected to http://[\d.]+:8080/events \(pod \S+\) with Last-Event-ID: \d+", output)

@@ -28,8 +28,6 @@ from tests.harness.chart import CHART_DIR
 from tests.harness.testbed import CHART_NAMESPACE, CHART_RELEASE, KubeTestbed
 
 HELM_TIMEOUT_SECONDS = 120
-OPERATOR_SELECTOR = f"app.kubernetes.io/instance={CHART_RELEASE},app.kubernetes.io/component=operator"
-GATEWAY_SELECTOR = f"app.kubernetes.io/instance={CHART_RELEASE},app.kubernetes.io/component=stream-gateway"
 
 
 def ground_values(**overrides: Any) -> dict[str, Any]:
@@ -58,10 +56,10 @@ def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 class ChartRelease:
     """The chart's release ``CHART_RELEASE`` in ``CHART_NAMESPACE``, driven through Helm's engine."""
 
-    def __init__(self, testbed: KubeTestbed) -> None:
+    def __init__(self, testbed: KubeTestbed, name: str = CHART_RELEASE, namespace: str = CHART_NAMESPACE) -> None:
         self.testbed = testbed
-        self.name = CHART_RELEASE
-        self.namespace = CHART_NAMESPACE
+        self.name = name
+        self.namespace = namespace
 
     def _config(self) -> helm_python.Config:
         return helm_python.Config(kubeconfig_path=self.testbed.kubeconfig, namespace=self.namespace)
@@ -98,8 +96,9 @@ class ChartRelease:
 
     # -- what runs on the node --------------------------------------------------------------------------
 
-    def pods(self, selector: str = OPERATOR_SELECTOR) -> list[dict[str, Any]]:
-        """The release's pods (default: the operator's), not yet being deleted, oldest first."""
+    def pods(self, component: str = "operator") -> list[dict[str, Any]]:
+        """The release's pods of one component (operator, stream-gateway), not yet being deleted, oldest first."""
+        selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component={component}"
         answer = self.testbed.admin.get(f"/api/v1/namespaces/{self.namespace}/pods", params={"labelSelector": selector})
         answer.raise_for_status()
         pods = [p for p in answer.json()["items"] if not p["metadata"].get("deletionTimestamp")]
@@ -116,7 +115,9 @@ class ChartRelease:
     def pod_logs(self) -> dict[str, str]:
         """The output of every pod the release ran on the node, deleted ones included, by pod name."""
         logs_dir = self.testbed.state_dir / "node" / "logs" / self.namespace
-        return {path.parent.name: path.read_text(errors="replace") for path in sorted(logs_dir.glob("*/*.log"))}
+        return {
+            path.parent.name: path.read_text(errors="replace") for path in sorted(logs_dir.glob(f"{self.name}-*/*.log"))
+        }
 
     def operator_log(self) -> str:
         """The tail of every pod's output, for an assertion message."""
@@ -146,3 +147,92 @@ class ChartRelease:
             f"no operator pod took the Lease {self.namespace}/{self.name} within {timeout:.0f} s "
             f"(holder: {self.lease_holder()!r}):\n{self.operator_log()}"
         )
+
+
+class ChartOperator:
+    """A LocalCluster's operator as the chart installs it: a release of its own in the cluster's namespace, watching
+    only that namespace (``watchNamespace``, so the chart grants a Role there), its pod on the node. It offers what
+    tests use of ``local_cluster.OperatorProcess``: start, stop, kill, restart, log, and the Services' addresses.
+
+    The release's CRDs are off (``crds.enabled: false``): the session's release owns them."""
+
+    def __init__(self, testbed: KubeTestbed, namespace: str, values: dict[str, Any]) -> None:
+        # Each test's release has a name of its own: the chart's ClusterRoles are named after it.
+        self.release = ChartRelease(testbed, name=f"{CHART_RELEASE}-{namespace[-6:]}", namespace=namespace)
+        self.values = _merged(values, {"watchNamespace": namespace, "crds": {"enabled": False}})
+        self.starts = 0
+
+    @property
+    def leader_pod(self) -> str:
+        return self.release.lease_holder()
+
+    async def start(self) -> None:
+        """Install the release (or, after ``stop``, scale it up again) and wait until its pod leads."""
+        if await asyncio.to_thread(self.release.installed):
+            await asyncio.to_thread(self.release.upgrade, _merged(self.values, {"replicaCount": 1}))
+        else:
+            await asyncio.to_thread(self.release.install, self.values)
+        await self.release.wait_for_leader()
+        self.starts += 1
+
+    async def stop(self) -> None:
+        """``helm uninstall``: the operator pod gets SIGTERM and the release's objects go."""
+        if await asyncio.to_thread(self.release.installed):
+            await asyncio.to_thread(self.release.uninstall)
+
+    async def kill(self) -> None:
+        """SIGKILL the leading operator's process: the node restarts the container in place (restartPolicy Always)."""
+        holder = self.leader_pod
+        if holder:
+            self.release.testbed.node.kill_pod_process(self.release.namespace, holder)
+
+    async def restart(self, *, crash: bool = False) -> None:
+        """``crash``: SIGKILL the process, which the node restarts in the same pod; else delete the pod, which the
+        Deployment replaces. Returns once an operator holds the Lease again, after its start."""
+        holder = self.leader_pod
+        assert holder, "no operator pod leads"
+        pod = self.release.testbed.admin.get(f"/api/v1/namespaces/{self.release.namespace}/pods/{holder}").json()
+        restarts = _restart_count(pod)
+        if crash:
+            await self.kill()
+            await self._wait_restarted(holder, restarts)
+            await self.release.wait_for_leader()
+        else:
+            answer = self.release.testbed.admin.delete(f"/api/v1/namespaces/{self.release.namespace}/pods/{holder}")
+            answer.raise_for_status()
+            await self.release.wait_for_leader(other_than=holder)
+        self.starts += 1
+
+    async def _wait_restarted(self, pod: str, restarts: int) -> None:
+        deadline = time.monotonic() + 60
+        path = f"/api/v1/namespaces/{self.release.namespace}/pods/{pod}"
+        while time.monotonic() < deadline:
+            current = self.release.testbed.admin.get(path).json()
+            if _restart_count(current) > restarts and current["status"].get("phase") == "Running":
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"operator pod {pod} was not restarted within 60 s:\n{self.log()}")
+
+    def log(self) -> str:
+        return "\n".join(self.release.pod_logs().values())
+
+    def service_url(self, suffix: str, port: int) -> str:
+        """The address of one of the release's Services (its ClusterIP, which the pod network routes)."""
+        path = f"/api/v1/namespaces/{self.release.namespace}/services/{self.release.name}-{suffix}"
+        answer = self.release.testbed.admin.get(path)
+        answer.raise_for_status()
+        return f"http://{answer.json()['spec']['clusterIP']}:{port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.service_url('metrics', 8000)}/metrics"
+
+    @property
+    def permit_server_url(self) -> str:
+        return self.service_url("permits", 8090)
+
+
+def _restart_count(pod: dict[str, Any]) -> int:
+    return sum(
+        int(status.get("restartCount", 0)) for status in (pod.get("status") or {}).get("containerStatuses") or []
+    )

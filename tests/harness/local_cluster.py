@@ -32,9 +32,11 @@ from types import TracebackType
 from typing import Self
 
 import aiohttp
+from httpx import URL
 
 from tests.harness.apiproxy import ApiProxy
 from tests.harness.identities import GATEWAY_SERVICE_ACCOUNT, operator_identity
+from tests.harness.installed_chart import ChartOperator, ground_values
 from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, research_script
 from tests.harness.nodeagent.kube import KubeClient, namespaced_path
 from tests.harness.nodeagent.settings import NodeSettings
@@ -200,8 +202,12 @@ class LocalCluster:
     start_operator: bool = True
     operator_behind_proxy: bool = False
     """The operator reaches the API server through an ApiProxy (``api_proxy``), whose faults a test can inject."""
+    from_chart: bool = False
+    """The operator as the chart installs it: a Helm release of its own in the namespace, watching only it, its pod
+    on the node with the chart's ServiceAccount and RBAC (``installed_chart.ChartOperator``). The chart's settings
+    then apply, not ``timings`` or ``operator_env`` (the status and progress intervals are the chart's values)."""
 
-    operator: OperatorProcess = field(init=False)
+    operator: "OperatorProcess | ChartOperator" = field(init=False)
     model: ModelEndpoint = field(init=False)
     model_server: ModelServer | None = field(init=False, default=None)
     kubeconfig_path: Path = field(init=False)
@@ -250,6 +256,14 @@ class LocalCluster:
             self.api_proxy.url if self.api_proxy is not None else None,
         )
         self.model = await self._start_model()
+        if self.from_chart:
+            if self.operator_env or self.operator_behind_proxy:
+                raise ValueError("operator_env and operator_behind_proxy need the operator as a child process")
+            self.operator = ChartOperator(self.testbed, self.namespace, self._chart_values())
+            self._stack.push_async_callback(self.operator.stop)
+            if self.start_operator:
+                await self.operator.start()
+            return
         env = {
             **NodeSettings().base_env,
             "PYTHONPATH": _python_path(),
@@ -263,6 +277,23 @@ class LocalCluster:
         self._stack.push_async_callback(self.operator.stop)
         if self.start_operator:
             await self.operator.start()
+
+    def _chart_values(self) -> dict[str, object]:
+        """The test ground's values, with a policy admitting what the tests use: the model's host, webhooks to the
+        test process on 127.0.0.1, and any runner image (tests name images no registry serves; the closed policy
+        is tests/e2e/test_policy.py's)."""
+        model_host = str(URL(self.model.base_url).host)
+        return ground_values(
+            policy={
+                "allowedModelHosts": [model_host],
+                "allowedWebhookHosts": ["127.0.0.1"],
+                "allowedImages": ["*"],
+            },
+            operator={
+                "statusMinIntervalSeconds": self.timings.status_min_interval_seconds,
+                "progressIntervalSeconds": self.timings.progress_interval_seconds,
+            },
+        )
 
     async def _start_model(self) -> ModelEndpoint:
         real_key, real_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
