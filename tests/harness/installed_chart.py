@@ -28,6 +28,7 @@ from tests.harness.chart import CHART_DIR
 from tests.harness.testbed import CHART_NAMESPACE, CHART_RELEASE, KubeTestbed
 
 HELM_TIMEOUT_SECONDS = 120
+CHART_HEALTH_PORT = 8081  # the chart's operator.healthPort
 
 
 def ground_values(**overrides: Any) -> dict[str, Any]:
@@ -161,6 +162,7 @@ class ChartOperator:
         self.release = ChartRelease(testbed, name=f"{CHART_RELEASE}-{namespace[-6:]}", namespace=namespace)
         self.values = _merged(values, {"watchNamespace": namespace, "crds": {"enabled": False}})
         self.starts = 0
+        self._kills = 0
 
     @property
     def leader_pod(self) -> str:
@@ -184,7 +186,21 @@ class ChartOperator:
         """SIGKILL the leading operator's process: the node restarts the container in place (restartPolicy Always)."""
         holder = self.leader_pod
         if holder:
+            self._kills += 1
             self.release.testbed.node.kill_pod_process(self.release.namespace, holder)
+
+    def running(self) -> bool:
+        """The leader's pod runs, and no operator container restarted but those a test killed."""
+        pods = self.release.pods()
+        leading = [p for p in pods if p["metadata"]["name"] == self.leader_pod]
+        restarts = sum(_restart_count(pod) for pod in pods)
+        return bool(leading) and leading[0]["status"].get("phase") == "Running" and restarts <= self._kills
+
+    @property
+    def health_url(self) -> str:
+        """The leader pod's liveness endpoint, where the kubelet's probe goes."""
+        pod = next(p for p in self.release.pods() if p["metadata"]["name"] == self.leader_pod)
+        return f"http://{pod['status']['podIP']}:{CHART_HEALTH_PORT}/healthz"
 
     async def restart(self, *, crash: bool = False) -> None:
         """``crash``: SIGKILL the process, which the node restarts in the same pod; else delete the pod, which the

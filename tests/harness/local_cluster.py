@@ -128,6 +128,13 @@ class OperatorProcess:
     def permit_server_url(self) -> str:
         return f"http://127.0.0.1:{self.permit_port}"
 
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}/healthz"
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
     async def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
