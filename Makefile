@@ -71,12 +71,17 @@ export KUBE_MINOR
 kube-binaries: ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler (KUBE_MINOR=1.xx; cold ~12 min, then seconds)
 	bash tests/kube/build.sh
 
+.PHONY: node-tools
+node-tools: ## Install the Debian packages the node agent needs when missing (iproute2's ip; util-linux's unshare, nsenter)
+	@command -v ip >/dev/null && command -v unshare >/dev/null && command -v nsenter >/dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2 util-linux; }
+
 .PHONY: control-plane
-control-plane: install kube-binaries ## Run the real control plane with a node agent until Ctrl-C (prints the kubeconfig)
+control-plane: install kube-binaries node-tools ## Run the real control plane with a node agent until Ctrl-C (prints the kubeconfig)
 	$(PY) -m tests.harness.testbed --state-dir .control-plane
 
 .PHONY: test
-test: install crd-validators kube-binaries ## Run the whole test suite (unit, integration, e2e on the real control plane)
+test: install crd-validators kube-binaries node-tools ## Run the whole test suite (unit, integration, e2e on the real control plane)
 	$(BIN)/pytest
 
 BENCH_PATH := PYTHONPATH=api:common:operator:runner_image:gateway:.

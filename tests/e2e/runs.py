@@ -60,8 +60,8 @@ def needs_scripted_model(cluster: LocalCluster) -> None:
 
 
 def fetching_run(name: str, cluster: LocalCluster, **spec: Any) -> JsonObject:
-    """An AgentRun whose http_fetch may reach the tool server (on 127.0.0.1), streaming off so that
-    several runs' stream servers do not collide on the one loopback port every local pod shares."""
+    """An AgentRun whose http_fetch may reach the tool server (on 127.0.0.1, which pods share with the test
+    process), its stream off unless ``spec`` turns it on."""
     defaults: dict[str, Any] = {
         "tools": {"httpFetch": {"allowedHosts": ["127.0.0.1"]}},
         "streaming": {"enabled": False},

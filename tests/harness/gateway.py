@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -114,23 +114,37 @@ class Gateway:
 
 @contextlib.asynccontextmanager
 async def gateway_process(
-    api: ApiEndpoint, upstream_port: int, *, stderr: int | IO[Any] | None
+    api: ApiEndpoint,
+    upstream_port: int | None,
+    *,
+    stderr: int | IO[Any] | None,
+    wrap: Callable[[list[str], dict[str, str]], list[str]] | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     """`python -m agentrun_gateway` as its own process, configured from env as in its image; yields the
-    process and its port once /healthz answers, and terminates it on exit unless it has ended."""
+    process and its port once /healthz answers, and terminates it on exit unless it has ended.
+
+    ``upstream_port``: a runner process on that port of 127.0.0.1; None: the gateway's own default, each run's
+    stream Service by its cluster DNS name, which needs ``wrap`` to give the process the cluster's DNS
+    (``KubeTestbed.with_cluster_dns``)."""
     port = free_port()
+    upstream = {} if upstream_port is None else {"AGENTRUN_GATEWAY_UPSTREAM_URL": runner_events_url(upstream_port)}
     env = {
         **os.environ,
         "AGENTRUN_GATEWAY_HOST": "127.0.0.1",
         "AGENTRUN_GATEWAY_PORT": str(port),
-        "AGENTRUN_GATEWAY_UPSTREAM_URL": runner_events_url(upstream_port),
+        **upstream,
         "AGENTRUN_GATEWAY_KUBE_API_URL": api.url,
         "AGENTRUN_GATEWAY_KUBE_TOKEN_FILE": api.token_file,
         "AGENTRUN_GATEWAY_KUBE_CA_FILE": api.ca_file,
         # What the gateway image holds (gateway/Dockerfile): neither the operator's nor the runner's package.
         "PYTHONPATH": pythonpath(GATEWAY_IMAGE_FOLDERS),
+        **(extra_env or {}),
     }
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "agentrun_gateway", env=env, stderr=stderr)
+    argv = [sys.executable, "-m", "agentrun_gateway"]
+    if wrap is not None:
+        argv = wrap(argv, env)
+    process = await asyncio.create_subprocess_exec(*argv, env=env, stderr=stderr)
     try:
         async with httpx.AsyncClient(timeout=5) as client:
             deadline = time.monotonic() + 15

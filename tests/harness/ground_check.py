@@ -1,11 +1,12 @@
 """What a test needs from this machine before it starts a control plane: the built binaries (their absence
-fails the test, with the command that builds them) and mount namespaces for the node agent (their absence
-skips it, saying why)."""
+fails the test, with the command that builds them), mount namespaces for the node agent and addresses on `lo` for
+the pod network (their absence skips it, saying why)."""
 
 import pytest
 
 from tests.harness.controlplane import BinariesMissingError, find_binaries
 from tests.harness.nodeagent import MountNamespaceUnavailableError, check_mount_namespaces
+from tests.harness.podnet.addresses import AddressError, check_pod_network
 
 
 def require_real_ground(what: str) -> None:
@@ -18,3 +19,7 @@ def require_real_ground(what: str) -> None:
         check_mount_namespaces()
     except MountNamespaceUnavailableError as error:
         pytest.skip(f"the node agent cannot run pods here, so {what} cannot start: {error}")
+    try:
+        check_pod_network()
+    except AddressError as error:
+        pytest.skip(f"the pod network cannot give pods addresses here, so {what} cannot start: {error}")

@@ -155,7 +155,7 @@ def pooled_run(name: str, cluster: LocalCluster, plan: PoolRunsPlan) -> JsonObje
         cluster,
         maxIterations=plan.calls_per_run,
         maxExecutionTime="10m",
-        # Pods share the host's loopback here, so concurrent runners cannot all serve a stream on its port.
+        # No reader follows these runs' streams.
         streaming={"enabled": False},
         # The run's own limits never bind: only the pool holds the calls back.
         throttle={

@@ -19,6 +19,7 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -31,8 +32,9 @@ from tests.harness.controlplane import ControlPlane, write_kubeconfig
 from tests.harness.controlplane.provisioner import LocalVolumeProvisioner
 from tests.harness.nodeagent.settings import InClusterApi, NodeSettings
 from tests.harness.nodeagent.threaded import NodeAgentThread
-from tests.harness.podnet.addresses import LoopbackAddresses, plan_network
+from tests.harness.podnet.addresses import LoopbackAddresses, claim_range, plan_network, release_range
 from tests.harness.podnet.network import ClusterNetwork
+from tests.harness.podnet.resolver import with_cluster_dns
 from tests.harness.source_roots import SOURCE_ROOTS, pythonpath
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +88,7 @@ class KubeTestbed:
         )
         self._background: BackgroundLoop | None = None
         self._network: ClusterNetwork | None = None
+        self._range_claimed = False
         self._provisioner: LocalVolumeProvisioner | None = None
         self._node: NodeAgentThread | None = None
 
@@ -151,6 +154,9 @@ class KubeTestbed:
                 self._network = None
             self._background.close()
             self._background = None
+        if self._range_claimed:
+            release_range(self.network_plan.session_cidr)
+            self._range_claimed = False
         self.control_plane.stop()
 
     # -- what tests use -------------------------------------------------------------------------------
@@ -182,6 +188,13 @@ class KubeTestbed:
             raise RuntimeError("the testbed is not started")
         network = self.network
         return self._background.call(lambda: network.resolve(host), timeout=10)
+
+    def with_cluster_dns(
+        self, argv: list[str], env: Mapping[str, str], *, namespace: str, directory: Path
+    ) -> list[str]:
+        """``argv`` as a process that resolves names as a pod of ``namespace`` does (Service names through the
+        cluster DNS), in a mount namespace of its own; the machine's /etc/resolv.conf is left alone."""
+        return with_cluster_dns(argv, env, dns_ip=self.network_plan.dns_ip, namespace=namespace, directory=directory)
 
     @property
     def version(self) -> str:
@@ -242,6 +255,8 @@ class KubeTestbed:
         (system:kube-proxy, which the bootstrap RBAC lets read Services and EndpointSlices)."""
         assert self._background is not None
         LoopbackAddresses.reap_abandoned()
+        claim_range(self.network_plan.session_cidr)
+        self._range_claimed = True
         # The cluster DNS's ClusterIP is reserved by its Service, as a kube-dns Service reserves it.
         dns_service = {
             "apiVersion": "v1",
@@ -299,6 +314,8 @@ def main() -> None:
     with KubeTestbed(args.state_dir) as testbed:
         print(f"Kubernetes {testbed.version} on {testbed.control_plane.url}", flush=True)
         print(f"export KUBECONFIG={testbed.kubeconfig}", flush=True)
+        plan = testbed.network_plan
+        print(f"Services {plan.service_cidr}, pods {plan.pod_cidr}, cluster DNS {plan.dns_ip}", flush=True)
         print(f"component logs: {testbed.control_plane.logs_dir}", flush=True)
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -2,7 +2,6 @@
 lists the Ready ones, the kube-proxy stand-in answers on each ClusterIP, the cluster DNS names Services, and the
 node agent runs probes as kubelet runs them."""
 
-import asyncio
 import ipaddress
 import textwrap
 from collections.abc import AsyncIterator
@@ -201,7 +200,14 @@ async def test_a_pod_that_is_not_ready_gets_no_traffic_and_a_service_without_rea
     pod = await env.kube.get(env.path("v1", "pods", "failing"))
     assert pod is not None
     assert pod["status"]["containerStatuses"][0]["ready"] is False
-    await asyncio.sleep(0.2)  # the proxy's own watch sees the same slice change
+
+    async def proxy_agrees() -> bool:  # the proxy's own watch sees the same slice change
+        assert testbed.network.directory is not None
+        return testbed.network.directory.ready_endpoints(env.namespace, "web", "web") == [
+            (healthy["status"]["podIP"], 8080)
+        ]
+
+    await env.eventually(proxy_agrees, "the service proxy routing to the healthy pod only", timeout=10)
     answers = {await get_text(http, url) for _ in range(20)}
     assert answers == {"healthy"}
 
@@ -243,7 +249,7 @@ async def test_a_deleted_service_stops_routing_and_resolving(
             return not testbed.resolve(f"web.{env.namespace}.svc")
         return False
 
-    await env.eventually(gone, "the deleted Service's ClusterIP refusing and its name gone", timeout=20)
+    await env.eventually(gone, "the deleted Service's ClusterIP unreachable and its name gone", timeout=20)
 
 
 async def test_a_headless_service_name_resolves_to_its_ready_pods(env: NodeEnv, testbed: KubeTestbed) -> None:
@@ -278,3 +284,22 @@ async def test_a_failing_exec_liveness_probe_restarts_the_container_in_place(
     assert again["status"]["phase"] == "Running"
     assert again["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] in (137, 143)
     assert await get_text(http, f"http://{again['status']['podIP']}:8080/") == "web-0"
+
+
+async def test_a_startup_probe_that_never_passes_restarts_the_container_which_never_becomes_ready(
+    env: NodeEnv,
+) -> None:
+    startup = {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2}
+    await env.kube.create(env.path("v1", "pods"), web_pod("stuck", "stuck", startupProbe=startup))
+
+    async def restarted() -> JsonObject | None:
+        found = await env.kube.get(env.path("v1", "pods", "stuck"))
+        statuses = ((found or {}).get("status") or {}).get("containerStatuses") or [{}]
+        return found if statuses[0].get("restartCount", 0) >= 1 else None
+
+    pod = await env.eventually(restarted, "the container restarted by its startup probe", timeout=30)
+    status = pod["status"]["containerStatuses"][0]
+    assert status["ready"] is False
+    assert status["started"] is False
+    assert status["lastState"]["terminated"]["exitCode"] in (137, 143)
+    assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "False"

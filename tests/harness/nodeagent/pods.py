@@ -418,9 +418,8 @@ class PodRuntime:
         if main:
             self.phase = "Running"
             probes = self._container_probes(launch, self.process, started_at)
-            self._running_status(started_at, container_id, started=not probes.has_startup, ready=False)
-            if not probes.has_startup and not probes.has_readiness:
-                self._running_status(started_at, container_id, started=True, ready=True)
+            ready_at_once = not probes.has_startup and not probes.has_readiness
+            self._running_status(started_at, container_id, started=not probes.has_startup, ready=ready_at_once)
             await self._write_status()
             probes.start()
         try:
@@ -471,10 +470,10 @@ class PodRuntime:
             state["ready"] = ready
             report()
 
-        def on_failed(message: str) -> None:
+        def on_failed(message: str, probe: JsonObject) -> None:
             logger.info("pod %s/%s: %s; killing the container", self.namespace, self.name, message)
             self._probe_failure = message
-            self._in_background(self._kill_for_probe(process, container))
+            self._in_background(self._kill_for_probe(process, probe))
 
         return ContainerProbes(
             container,
@@ -491,8 +490,8 @@ class PodRuntime:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _kill_for_probe(self, process: asyncio.subprocess.Process, container: JsonObject) -> None:
-        probe = container.get("livenessProbe") or {}
+    async def _kill_for_probe(self, process: asyncio.subprocess.Process, probe: JsonObject) -> None:
+        """The failed probe's own terminationGracePeriodSeconds wins over the pod's, as kubelet has it."""
         grace = probe.get("terminationGracePeriodSeconds")
         grace_seconds = float(grace) if grace is not None else self.default_grace_seconds()
         with contextlib.suppress(ProcessLookupError):

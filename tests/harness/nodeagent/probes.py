@@ -113,7 +113,7 @@ async def _exec(action: JsonObject, pid: int, env: Mapping[str, str], timeout: f
 
 class ContainerProbes:
     """The probes of one run of one container. ``on_ready(bool)`` and ``on_started()`` report what kubelet
-    writes into the container status; ``on_failed(message)`` asks for the container to be killed."""
+    writes into the container status; ``on_failed(message, probe)`` asks for the container to be killed."""
 
     def __init__(
         self,
@@ -124,7 +124,7 @@ class ContainerProbes:
         env: Mapping[str, str],
         on_started: Callable[[], None],
         on_ready: Callable[[bool], None],
-        on_failed: Callable[[str], None],
+        on_failed: Callable[[str, JsonObject], None],
     ) -> None:
         self._container = container
         self._host = host
@@ -196,7 +196,7 @@ class ContainerProbes:
                 return True
             failures += 1
             if failures >= threshold:
-                self._on_failed(f"Startup probe failed: {result.message}")
+                self._on_failed(f"Startup probe failed: {result.message}", probe)
                 return False
             await asyncio.sleep(float(probe.get("periodSeconds") or 10))
 
@@ -230,6 +230,6 @@ class ContainerProbes:
             result = await self.probe_once(probe)
             failures = 0 if result.success else failures + 1
             if failures >= int(probe.get("failureThreshold") or 3):
-                self._on_failed(f"Liveness probe failed: {result.message}")
+                self._on_failed(f"Liveness probe failed: {result.message}", probe)
                 return
             await asyncio.sleep(float(probe.get("periodSeconds") or 10))

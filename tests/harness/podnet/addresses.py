@@ -25,6 +25,10 @@ PRIVATE_RANGE = ipaddress.IPv4Network("10.0.0.0/8")
 # runs' stream Services of the benchmarks), the second half the pod network.
 SESSION_PREFIX = 16
 DNS_HOST_INDEX = 10  # the cluster DNS Service's IP, the 10th of the range, as kubeadm's 10.96.0.10
+# The session's whole /16 is "unreachable" except the addresses held on lo: a packet to a deleted Service's IP or a
+# gone pod's fails at once (No route to host), as on a cluster, instead of leaving by the default route. The route
+# carries a protocol number of its own and the session's pid as its metric, so a killed session's is reaped.
+ROUTE_PROTOCOL = "252"
 
 
 class AddressError(RuntimeError):
@@ -38,6 +42,10 @@ class NetworkPlan:
 
     service_cidr: str
     pod_cidr: str
+
+    @property
+    def session_cidr(self) -> str:
+        return str(ipaddress.IPv4Network(self.service_cidr).supernet())
 
     @property
     def dns_ip(self) -> str:
@@ -90,10 +98,11 @@ def _networks_to_avoid() -> list[ipaddress.IPv4Network]:
     return [network for network in avoid if network.overlaps(PRIVATE_RANGE)]
 
 
-def plan_network(rng: random.Random | None = None) -> NetworkPlan:
-    """A random /16 inside 10.0.0.0/8 that nothing on this machine uses, split into Service and pod ranges."""
+def plan_network(rng: random.Random | None = None, avoid: list[ipaddress.IPv4Network] | None = None) -> NetworkPlan:
+    """A random /16 inside 10.0.0.0/8 that nothing on this machine uses (or nothing in ``avoid``), split into the
+    Service and the pod range."""
     rng = rng or random.SystemRandom()
-    avoid = _networks_to_avoid()
+    avoid = _networks_to_avoid() if avoid is None else avoid
     candidates = list(PRIVATE_RANGE.subnets(new_prefix=SESSION_PREFIX))[1:-1]  # not 10.0/16 nor 10.255/16
     rng.shuffle(candidates)
     for session in candidates:
@@ -113,6 +122,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def claim_range(cidr: str) -> None:
+    """Make ``cidr`` unreachable but for the addresses held on lo (see ROUTE_PROTOCOL)."""
+    added = _run_ip(["route", "add", "unreachable", cidr, "proto", ROUTE_PROTOCOL, "metric", str(os.getpid())])
+    if added.returncode != 0:
+        raise AddressError(
+            f"could not route {cidr} (the pod network needs root or CAP_NET_ADMIN): {added.stderr.strip()}"
+        )
+
+
+def release_range(cidr: str) -> None:
+    _run_ip(["route", "del", "unreachable", cidr, "proto", ROUTE_PROTOCOL, "metric", str(os.getpid())])
+
+
+def _reap_abandoned_ranges() -> None:
+    shown = _run_ip(["-j", "route", "show", "proto", ROUTE_PROTOCOL])
+    for route in json.loads(shown.stdout or "[]") if shown.returncode == 0 else []:
+        owner = int(route.get("metric") or 0)
+        if route.get("type") == "unreachable" and owner and not _pid_alive(owner):
+            _run_ip(["route", "del", "unreachable", route["dst"], "proto", ROUTE_PROTOCOL, "metric", str(owner)])
+
+
+def _address_missing(error: str) -> bool:
+    # iproute2's wording, old and new, for deleting an address the interface does not have.
+    return "Address not found" in error or "Cannot assign requested address" in error
+
+
 class LoopbackAddresses:
     """The /32s this session holds on ``lo``, labelled with its process id."""
 
@@ -130,10 +165,15 @@ class LoopbackAddresses:
         wanted = [address for address in addresses if address not in self.held]
         if not wanted:
             return set()
-        held_elsewhere = {str(address) for address, _ in addresses_in_use()} & set(wanted)
-        fresh = [address for address in wanted if address not in held_elsewhere]
-        self._batch([f"addr add {address}/32 dev {DEVICE} label {self.label}" for address in fresh], "add")
-        self.held.update(fresh)
+        failed = self._batch([f"addr add {address}/32 dev {DEVICE} label {self.label}" for address in wanted], "add")
+        held_elsewhere = {wanted[line - 1] for line, message in failed.items() if "already assigned" in message}
+        if len(held_elsewhere) < len(failed):
+            errors = [message for line, message in failed.items() if wanted[line - 1] not in held_elsewhere]
+            raise AddressError(
+                f"could not add addresses on {DEVICE} (the pod network needs root or CAP_NET_ADMIN): "
+                + "; ".join(errors[:3])
+            )
+        self.held.update(address for address in wanted if address not in held_elsewhere)
         return held_elsewhere
 
     def remove(self, addresses: Iterable[str]) -> None:
@@ -147,7 +187,8 @@ class LoopbackAddresses:
 
     @staticmethod
     def reap_abandoned() -> int:
-        """Remove the addresses of sessions whose process is gone (killed before it could clean up)."""
+        """Remove the addresses and ranges of sessions whose process is gone (killed before it could clean up)."""
+        _reap_abandoned_ranges()
         abandoned = [
             str(address)
             for address, label in addresses_in_use()
@@ -160,20 +201,35 @@ class LoopbackAddresses:
         return len(abandoned)
 
     @staticmethod
-    def _batch(commands: list[str], what: str, *, tolerate_missing: bool = False) -> None:
+    def _batch(commands: list[str], what: str, *, tolerate_missing: bool = False) -> dict[int, str]:
+        """Run ``ip`` commands in one process; returns the failed ones: line number (from 1) -> error. Removals
+        fail here on anything but an address already gone (when ``tolerate_missing``)."""
         if not commands:
-            return
+            return {}
         result = _run_ip(["-force", "-batch", "-"], stdin="\n".join(commands) + "\n")
-        if result.returncode == 0:
-            return
-        errors = [line for line in result.stderr.splitlines() if line.strip() and "Command failed" not in line]
-        if tolerate_missing:
-            errors = [line for line in errors if "Cannot assign requested address" not in line]
-        if errors:
-            raise AddressError(
-                f"could not {what} addresses on {DEVICE} (the pod network needs root or CAP_NET_ADMIN): "
-                + "; ".join(errors[:3])
-            )
+        failed: dict[int, str] = {}
+        message = ""
+        for line in result.stderr.splitlines():
+            if line.startswith("Command failed -:"):
+                failed[int(line.rsplit(":", 1)[1])] = message
+                message = ""
+            elif line.strip():
+                message = line.strip()
+        if result.returncode != 0 and not failed:
+            raise AddressError(f"`ip -batch` failed: {result.stderr.strip()[-300:]}")
+        if what == "remove":
+            errors = [error for error in failed.values() if not (tolerate_missing and _address_missing(error))]
+            if errors:
+                raise AddressError(f"could not remove addresses on {DEVICE}: " + "; ".join(errors[:3]))
+        return failed
+
+
+def check_pod_network() -> None:
+    """Prove that this process may add and remove addresses on ``lo``, or raise ``AddressError`` saying why."""
+    probe = str(ipaddress.IPv4Network(plan_network().pod_cidr)[1])
+    addresses = LoopbackAddresses()
+    addresses.add([probe])
+    addresses.remove_all()
 
 
 class PodAddresses:

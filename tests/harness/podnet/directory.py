@@ -28,8 +28,16 @@ class ServiceDirectory:
     """Services and EndpointSlices of every namespace, kept current by watches; ``on_change`` after each change."""
 
     def __init__(self, kube: KubeClient, on_change: Callable[[], None]) -> None:
+        self._on_change = on_change
         self.services = Informer(kube, "/api/v1/services", on_change)
-        self.slices = Informer(kube, "/apis/discovery.k8s.io/v1/endpointslices", on_change)
+        self.slices = Informer(kube, "/apis/discovery.k8s.io/v1/endpointslices", self._slices_changed)
+        # Slices by (namespace, Service), built when first asked after a change: thousands of runs' Services
+        # would otherwise make each look-up a walk over every slice.
+        self._by_service: dict[tuple[str, str], list[JsonObject]] | None = None
+
+    def _slices_changed(self) -> None:
+        self._by_service = None
+        self._on_change()
 
     async def start(self) -> None:
         self.services.start()
@@ -56,13 +64,14 @@ class ServiceDirectory:
         return ports
 
     def _slices_of(self, namespace: str, service: str) -> list[JsonObject]:
-        return [
-            endpoint_slice
-            for (slice_namespace, _), endpoint_slice in self.slices.objects.items()
-            if slice_namespace == namespace
-            and (endpoint_slice["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL) == service
-            and endpoint_slice.get("addressType") == "IPv4"
-        ]
+        if self._by_service is None:
+            index: dict[tuple[str, str], list[JsonObject]] = {}
+            for (slice_namespace, _), endpoint_slice in self.slices.objects.items():
+                owner = (endpoint_slice["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL)
+                if owner and endpoint_slice.get("addressType") == "IPv4":
+                    index.setdefault((slice_namespace, owner), []).append(endpoint_slice)
+            self._by_service = index
+        return self._by_service.get((namespace, service), [])
 
     def ready_endpoints(self, namespace: str, service: str, port_name: str) -> list[tuple[str, int]]:
         """(address, port) of each ready endpoint of the Service's port ``port_name``: the slice resolves a named

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
+import struct
 
 from tests.harness.podnet.addresses import LoopbackAddresses
 from tests.harness.podnet.directory import ServiceDirectory, ServicePort
@@ -100,6 +102,11 @@ class ServiceProxy:
                     "service proxy: %s/%s -> %s:%d: %s", port.namespace, port.service, address, target_port, error
                 )
         if upstream is None:
+            # The connection is accepted already; a reset is the nearest a proxy in user space comes to the refusal
+            # a client of kube-proxy's rules would get (kube-proxy's old userspace mode did the same).
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.close()
             return
         upstream_reader, upstream_writer = upstream
