@@ -8,8 +8,10 @@
         await cluster.operator.restart()   # or .kill() for a crash; .log() for its output
 
 The control plane is the session's ``KubeTestbed`` (real etcd, kube-apiserver, controller-manager and
-scheduler, with the CRDs from ``crds/``). The operator runs as a child process (``python -m
-agentrun_operator``) with short intervals and its own ServiceAccount's token and the chart's RBAC; runner
+scheduler, with the CRDs from ``crds/``). With ``from_chart=True`` (the e2e suite's ``cluster`` fixture) the operator
+is the chart's: a Helm release in the namespace, its pod on the node (``installed_chart.ChartOperator``). Otherwise
+it runs as a child process (``python -m agentrun_operator``) with short intervals and its own ServiceAccount's
+token and the chart's RBAC; runner
 pods run the working tree's ``python -m agentrun_runner`` on the node agent, and ``kubectl logs`` reads them.
 The model is the scripted OpenAI-compatible server unless both ``OPENAI_API_KEY`` and
 ``OPENAI_BASE_URL`` are set, in which case runs use that real endpoint (model ``OPENAI_MODEL``).
