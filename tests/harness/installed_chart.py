@@ -41,14 +41,15 @@ def ground_values(**overrides: Any) -> dict[str, Any]:
         "policy": {"allowedModelHosts": ["127.0.0.1"]},
         "operator": {"statusMinIntervalSeconds": 0.2, "progressIntervalSeconds": 0.5, "logFormat": "text"},
     }
-    return _merged(values, overrides)
+    return merged_values(values, overrides)
 
 
-def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def merged_values(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` over ``base``, mappings merged key by key, as Helm merges a second values file."""
     merged = copy.deepcopy(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merged(merged[key], value)
+            merged[key] = merged_values(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -160,7 +161,7 @@ class ChartOperator:
     def __init__(self, testbed: KubeTestbed, namespace: str, values: dict[str, Any]) -> None:
         # Each test's release has a name of its own: the chart's ClusterRoles are named after it.
         self.release = ChartRelease(testbed, name=f"{CHART_RELEASE}-{namespace[-6:]}", namespace=namespace)
-        self.values = _merged(values, {"watchNamespace": namespace, "crds": {"enabled": False}})
+        self.values = merged_values(values, {"watchNamespace": namespace, "crds": {"enabled": False}})
         self.starts = 0
         self._kills = 0
 
@@ -171,7 +172,7 @@ class ChartOperator:
     async def start(self) -> None:
         """Install the release (or, after ``stop``, scale it up again) and wait until its pod leads."""
         if await asyncio.to_thread(self.release.installed):
-            await asyncio.to_thread(self.release.upgrade, _merged(self.values, {"replicaCount": 1}))
+            await asyncio.to_thread(self.release.upgrade, merged_values(self.values, {"replicaCount": 1}))
         else:
             await asyncio.to_thread(self.release.install, self.values)
         await self.release.wait_for_leader()

@@ -31,14 +31,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiohttp
 from httpx import URL
 
 from tests.harness.apiproxy import ApiProxy
 from tests.harness.identities import GATEWAY_SERVICE_ACCOUNT, operator_identity
-from tests.harness.installed_chart import ChartOperator, ground_values
+from tests.harness.installed_chart import ChartOperator, ground_values, merged_values
 from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, research_script
 from tests.harness.nodeagent.kube import KubeClient, namespaced_path
 from tests.harness.nodeagent.settings import NodeSettings
@@ -216,6 +216,9 @@ class LocalCluster:
     on the node with the chart's ServiceAccount and RBAC (``installed_chart.ChartOperator``). The chart's settings
     then apply, not ``timings`` or ``operator_env`` (the status and progress intervals are the chart's values)."""
 
+    chart_values: Mapping[str, Any] = field(default_factory=dict)
+    """With ``from_chart``: values over the test ground's (a policy, say), merged key by key."""
+
     operator: "OperatorProcess | ChartOperator" = field(init=False)
     model: ModelEndpoint = field(init=False)
     model_server: ModelServer | None = field(init=False, default=None)
@@ -287,12 +290,12 @@ class LocalCluster:
         if self.start_operator:
             await self.operator.start()
 
-    def _chart_values(self) -> dict[str, object]:
+    def _chart_values(self) -> dict[str, Any]:
         """The test ground's values, with a policy admitting what the tests use: the model's host, webhooks to the
         test process on 127.0.0.1, and any runner image (tests name images no registry serves; the closed policy
         is tests/e2e/test_policy.py's)."""
         model_host = str(URL(self.model.base_url).host)
-        return ground_values(
+        values = ground_values(
             policy={
                 "allowedModelHosts": [model_host],
                 "allowedWebhookHosts": ["127.0.0.1"],
@@ -303,6 +306,7 @@ class LocalCluster:
                 "progressIntervalSeconds": self.timings.progress_interval_seconds,
             },
         )
+        return merged_values(values, dict(self.chart_values))
 
     async def _start_model(self) -> ModelEndpoint:
         real_key, real_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
