@@ -6,6 +6,7 @@ operator may run meanwhile; the release is uninstalled at the end of the module.
 """
 
 import asyncio
+import base64
 import json
 import re
 import time
@@ -28,7 +29,7 @@ from tests.harness.agentruns import (
     wait_for_status,
 )
 from tests.harness.chart import CHART_DIR
-from tests.harness.installed_chart import ChartRelease, ground_values
+from tests.harness.installed_chart import ChartRelease, ground_values, merged_values
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import research_script
 from tests.harness.nodeagent.kube import KubeClient, namespaced_path
@@ -42,10 +43,19 @@ TURNS = 5  # research_script's model calls for a run without fetches
 CRDS = ("agentruns.agentrun.dev", "throttlepools.agentrun.dev", "clusterthrottlepools.agentrun.dev")
 
 
+# The release with its stream gateway: two replicas behind their Service (the Ingress is created, no controller
+# serves it here), the operator granting the gateway's ServiceAccount each streaming run's token.
+VALUES = ground_values(gateway={"enabled": True, "route": {"host": "agents.test"}})
+
+
+def values(**overrides: Any) -> dict[str, Any]:
+    return merged_values(VALUES, overrides)
+
+
 @pytest.fixture(scope="module")
 def release(testbed: KubeTestbed) -> Iterator[ChartRelease]:
     release = ChartRelease(testbed)
-    release.install(ground_values())
+    release.install(VALUES)
     yield release
     if release.installed():
         release.uninstall()
@@ -141,6 +151,48 @@ async def test_a_throttled_runner_draws_its_permits_from_the_leader_through_the_
     await wait_for(granted, "the pool's status to count the run's permits", 30)
 
 
+async def test_a_reader_follows_a_run_through_the_gateway_pods_by_the_gateways_service_name(
+    release: ChartRelease, runs: LocalCluster, kube: KubeClient
+) -> None:
+    await release.wait_for_leader()
+    gateways = release.pods("stream-gateway")
+    assert len(gateways) == 2
+    assert all(_ready(pod) for pod in gateways), gateways  # their readiness probes passed
+    run = agent_run("followed", runs, streaming={"enabled": True})
+    await kube.create(agentruns_path(runs.namespace), run)
+    await wait_running(kube, "followed")
+    secret = await kube.get(namespaced_path("v1", "secrets", runs.namespace, "followed-stream-token"))
+    assert secret is not None
+    token = base64.b64decode(secret["data"]["token"]).decode()
+
+    service = f"{release.name}-stream-gateway"
+    answer = release.testbed.admin.get(f"/api/v1/namespaces/{release.namespace}/services/{service}")
+    answer.raise_for_status()
+    port = answer.json()["spec"]["ports"][0]["port"]
+    url = f"http://{service}.{release.namespace}.svc:{port}/runs/{runs.namespace}/followed/events"
+    connector = aiohttp.TCPConnector(resolver=ClusterResolver(release.testbed.network_plan.dns_ip))
+    events: list[str] = []
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session,
+        session.get(url, headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
+        assert response.status == 200, await response.text()
+        async for line in response.content:
+            if line.startswith(b"event:"):
+                events.append(line.decode().split(":", 1)[1].strip())
+                if events[-1] == "finished":
+                    break
+    assert "iteration" in events
+    assert events[-1] == "finished", events
+    await assert_ran_once(kube, runs, "followed")
+    assert release.rbac_refusals() == []
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 async def test_an_upgrade_to_changed_values_keeps_a_running_run_running(
     release: ChartRelease, runs: LocalCluster, kube: KubeClient
 ) -> None:
@@ -149,7 +201,7 @@ async def test_an_upgrade_to_changed_values_keeps_a_running_run_running(
     await wait_running(kube, "through-upgrade")
 
     # Changed values change the operator's pod template: the Deployment replaces the operator pod (Recreate).
-    await asyncio.to_thread(release.upgrade, ground_values(operator={"statusMinIntervalSeconds": 0.3}))
+    await asyncio.to_thread(release.upgrade, values(operator={"statusMinIntervalSeconds": 0.3}))
     assert [entry["revision"] for entry in await asyncio.to_thread(release.history)] == [1, 2]
     assert (await run_status(kube, "through-upgrade")).get("phase") == "Running"
     second = await release.wait_for_leader(other_than=first)
@@ -162,7 +214,7 @@ async def test_an_upgrade_to_changed_values_keeps_a_running_run_running(
 async def test_the_standby_replica_takes_over_when_the_leaders_pod_is_deleted(
     release: ChartRelease, runs: LocalCluster, kube: KubeClient
 ) -> None:
-    await asyncio.to_thread(release.upgrade, ground_values(replicaCount=2))
+    await asyncio.to_thread(release.upgrade, values(replicaCount=2))
     await wait_for(lambda: _true(len(release.pods()) == 2), "two operator pods", 60)
     leader = await release.wait_for_leader()
     (standby,) = [p["metadata"]["name"] for p in release.pods() if p["metadata"]["name"] != leader]
@@ -207,7 +259,7 @@ async def test_uninstall_keeps_runs_and_results_and_a_reinstall_supervises_them_
     assert (await run_status(kube, "in-flight")).get("phase") == "Running"  # nobody supervises it now
 
     reinstalled_at = time.monotonic()
-    await asyncio.to_thread(release.install, ground_values())
+    await asyncio.to_thread(release.install, VALUES)
     await release.wait_for_leader()
     print(f"\nreinstall -> leading: {time.monotonic() - reinstalled_at:.1f} s")
     await assert_ran_once(kube, runs, "in-flight")
