@@ -371,6 +371,9 @@ def build_job(
         container["ports"] = [
             {"name": contract.STREAM_PORT_NAME, "containerPort": contract.STREAM_PORT, "protocol": "TCP"}
         ]
+        # Ready once the stream is served: until then the stream Service has no ready endpoint, so a reader is
+        # refused or kept waiting by the gateway instead of being led to a port nothing listens on yet.
+        container["readinessProbe"] = {"tcpSocket": {"port": contract.STREAM_PORT_NAME}, "periodSeconds": 1}
     wanted = spec.runner.resources
     if not wanted.requests and not wanted.limits:
         wanted = settings.policy.default_runner_resources  # the platform's default for runs that set none

@@ -1,8 +1,12 @@
 """The addresses the product gives work as given: the stream gateway reaches a runner pod at its default upstream,
 ``http://<run>-stream.<namespace>.svc:8080/events``, through the run's stream Service, its EndpointSlice from
-the real controller, the cluster DNS and the kube-proxy stand-in; no upstream override."""
+the real controller, the cluster DNS and the kube-proxy stand-in, with no upstream override; and `kubectl agentrun
+stream` follows the same in-cluster address from status.streamURL where names resolve as in a pod."""
 
+import asyncio
 import ipaddress
+import os
+import sys
 from pathlib import Path
 
 import httpx
@@ -11,12 +15,13 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 
 from tests.e2e.runs import needs_scripted_model
 from tests.e2e.test_stream_log import LONG_ANSWER, STREAMING, stream_token
-from tests.harness.agentruns import agent_run, agentruns_path, runner_pods, wait_for_end
+from tests.harness.agentruns import agent_run, agentruns_path, runner_pods, wait_for_end, wait_for_status
 from tests.harness.gateway import gateway_endpoint, gateway_process
 from tests.harness.identities import SYSTEM_NAMESPACE
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import Answer, by_turn
 from tests.harness.nodeagent.kube import KubeClient, namespaced_path
+from tests.harness.source_roots import pythonpath
 from tests.harness.sse_client import dispatched_events
 from tests.harness.testbed import KubeTestbed
 
@@ -78,3 +83,41 @@ async def test_the_gateway_reaches_the_runner_pod_by_its_stream_service_name(
     assert testbed.resolve(f"routed-stream.{cluster.namespace}.svc") == [service["spec"]["clusterIP"]]
     (pod,) = await runner_pods(kube, "routed")
     assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(testbed.network_plan.pod_cidr)
+
+
+@pytest.mark.timeout(120)
+async def test_kubectl_agentrun_stream_follows_the_in_cluster_stream_url_where_names_resolve_as_in_a_pod(
+    cluster: LocalCluster, kube: KubeClient, testbed: KubeTestbed, tmp_path: Path
+) -> None:
+    needs_scripted_model(cluster)
+    assert cluster.model_server is not None
+    cluster.model_server.script = by_turn([Answer(content=LONG_ANSWER, chunk_delay=0.03)])
+    run = agent_run("followed", cluster, streaming=STREAMING)
+    run["spec"]["model"]["stream"] = True
+    await kube.create(agentruns_path(cluster.namespace), run)
+    status = await wait_for_status(kube, "followed", lambda s: s.get("phase") == "Running", "Running")
+    # No stream gateway configured: the operator gives the run's stream Service by its in-cluster name.
+    assert status["streamURL"] == f"http://followed-stream.{cluster.namespace}.svc:8080/events"
+
+    async def runner_ready() -> bool:  # its readiness probe passed: the stream is served, the Service routes
+        pods = await runner_pods(kube, "followed")
+        conditions = [c for pod in pods for c in pod["status"].get("conditions") or [] if c["type"] == "Ready"]
+        return any(c["status"] == "True" for c in conditions)
+
+    while not await runner_ready():
+        await asyncio.sleep(0.1)
+
+    argv = [sys.executable, "-m", "agentrun_operator.kubectl_plugin"]
+    argv += ["--kubeconfig", str(cluster.kubeconfig_path), "stream", "followed"]
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
+    plugin = await asyncio.create_subprocess_exec(
+        *testbed.with_cluster_dns(argv, env, namespace=cluster.namespace, directory=tmp_path / "plugin"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(plugin.communicate(), 90)
+    assert plugin.returncode == 0, err.decode()
+    printed = out.decode()
+    assert "finished" in printed.splitlines()[-1], printed[-500:]
+    assert all(f"w{index}" in printed for index in (0, 60, 119)), "every part of the answer, streamed"

@@ -277,6 +277,9 @@ def test_stream_service_selects_the_runner_pod_by_label() -> None:
     pod_labels = job["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert service["spec"]["ports"][0]["name"] == contract.STREAM_PORT_NAME
+    # The Service routes to the pod only once its stream is served.
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"] == {"tcpSocket": {"port": contract.STREAM_PORT_NAME}, "periodSeconds": 1}
 
 
 def test_children_carry_only_the_operators_labels() -> None:
