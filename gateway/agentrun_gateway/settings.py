@@ -38,8 +38,9 @@ class GatewaySettings:
     """Each field is read from ``AGENTRUN_GATEWAY_<FIELD NAME IN UPPER CASE>`` when set and not blank; seconds
     as a number or a duration such as "90s"."""
 
-    host: str = "0.0.0.0"  # noqa: S104 - a pod serves on all its interfaces
-    """Address to listen on."""
+    host: Annotated[str, Env(fallbacks=("POD_IP",))] = "0.0.0.0"  # noqa: S104 - a pod serves on all its interfaces
+    """Address to listen on; unset: POD_IP (the chart sets it from status.podIP, where the Service's endpoints
+    and the probes point), else all interfaces."""
     port: Port = 8080
     """Port to listen on (the chart's Service targets it as port "http")."""
     upstream_url: str = "http://{name}-stream.{namespace}.svc:" + str(STREAM_PORT) + "/events"

@@ -18,6 +18,10 @@ from agentrun_operator.logs import configure_logging  # noqa: E402
 from agentrun_operator.settings import OperatorSettings  # noqa: E402
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def main() -> int:
     try:
         settings = OperatorSettings.from_env()
@@ -28,7 +32,9 @@ def main() -> int:
     import agentrun_operator.handlers  # noqa: F401 - registers the handlers with kopf
 
     memo = kopf.Memo(operator_settings=settings)
-    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    liveness = (
+        f"http://{_url_host(settings.listen_host)}:{settings.health_port}/healthz" if settings.health_port else None
+    )
     asyncio.run(
         kopf.operator(
             clusterwide=not settings.watch_namespace,

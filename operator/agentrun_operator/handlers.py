@@ -114,7 +114,7 @@ async def start(
     memo.runs = RunRegistry(memo.agentrun, max_concurrent_admissions=config.max_concurrent_admissions)
     await start_permits(memo, kube, config.permits)
     if config.metrics_port:
-        memo.metrics_server, _port = await start_metrics_server(metrics, config.metrics_port)
+        memo.metrics_server, _port = await start_metrics_server(metrics, config.metrics_port, config.listen_host)
     await _start_leading_or_electing(memo, config)
     logger.info("agentrun operator started (namespace: %s)", config.watch_namespace or "all")
 

@@ -43,6 +43,10 @@ class OperatorSettings:
     metrics_port: Port = 8000
     # AGENTRUN_HEALTH_PORT (default 8081): kopf's liveness endpoint /healthz; 0 turns it off.
     health_port: Port = 8081
+    # AGENTRUN_LISTEN_HOST, else POD_IP (the chart sets it from status.podIP), else all interfaces: the
+    # address the metrics and health endpoints bind. The pod's IP is where its Service's endpoints and the
+    # kubelet's probes point, and two replicas sharing one network (the test node) do not collide on it.
+    listen_host: Annotated[str, Env(fallbacks=("POD_IP",))] = "0.0.0.0"  # noqa: S104 - scraped from other pods
     # Leader election between replicas on a Lease (AGENTRUN_LEADER_ELECTION_LEASE and the timing in
     # LeaderElection): only the leader supervises runs and serves permits. No Lease named: one replica,
     # leader from the start, which is right for one replica and unsafe for two.

@@ -1,4 +1,5 @@
-"""Fixtures of the e2e layer: a LocalCluster per test, with the model Secret runs refer to."""
+"""Fixtures of the e2e layer: a LocalCluster per test (the operator installed by the chart), with the model Secret
+runs refer to."""
 
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,8 +16,9 @@ from tests.harness.testbed import KubeTestbed
 
 @pytest.fixture
 async def cluster(testbed: KubeTestbed, tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    # Slow answers keep the run going long enough to kill its pod in the middle.
-    async with local_cluster(testbed, tmp_path, research_script(delay=0.4), scripted=False) as running:
+    # Slow answers keep the run going long enough to kill its pod in the middle. The operator is the chart's,
+    # installed with Helm for the test's namespace.
+    async with local_cluster(testbed, tmp_path, research_script(delay=0.4), scripted=False, from_chart=True) as running:
         yield running
 
 

@@ -34,6 +34,7 @@ async def local_cluster(
     scripted: bool = True,
     timings: OperatorTimings | None = None,
     operator_behind_proxy: bool = False,
+    from_chart: bool = False,
 ) -> AsyncIterator[LocalCluster]:
     """A LocalCluster in a fresh namespace answering model calls with ``script``, with the Secret runs name
     (``model-key``). With ``scripted``, skips where OPENAI_BASE_URL points runs at a real endpoint (the test
@@ -45,6 +46,7 @@ async def local_cluster(
         model_script=script,
         timings=timings or OperatorTimings(),
         operator_behind_proxy=operator_behind_proxy,
+        from_chart=from_chart,
     ) as running:
         if scripted:
             needs_scripted_model(running)

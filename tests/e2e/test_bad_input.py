@@ -67,10 +67,9 @@ async def test_malformed_runs_are_rejected_by_kubectl_apply_naming_the_field(clu
 
 
 async def assert_operator_healthy(cluster: LocalCluster) -> None:
-    assert cluster.operator.process is not None
-    assert cluster.operator.process.returncode is None, cluster.operator.log()[-3000:]
+    assert cluster.operator.running(), cluster.operator.log()[-3000:]
     async with aiohttp.ClientSession() as session:
-        url = f"http://127.0.0.1:{cluster.operator.health_port}/healthz"
+        url = cluster.operator.health_url
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
             assert response.status == 200
     assert "Traceback" not in cluster.operator.log(), cluster.operator.log()[-5000:]

@@ -62,7 +62,7 @@ def example_manifests() -> dict[str, list[dict[str, Any]]]:
 
 @pytest.fixture
 async def cluster(testbed: KubeTestbed, tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    async with LocalCluster(testbed, tmp_path, model_script=stepwise_script(STEPS)) as running:
+    async with LocalCluster(testbed, tmp_path, model_script=stepwise_script(STEPS), from_chart=True) as running:
         if running.model.real:
             pytest.skip("needs the scripted model (10 answers per run); a real endpoint (OPENAI_BASE_URL) is set")
         yield running

@@ -1,6 +1,6 @@
-"""The platform policy, end to end: the operator process, configured through its AGENTRUN_POLICY_*
-variables as the chart sets them, refuses runs outside it on the real control plane (Failed with reason
-PolicyViolation, a Warning Event, no children) and admits the runs inside it."""
+"""The platform policy, end to end: the operator as the chart installs it, configured through the chart's policy
+values, refuses runs outside it on the real control plane (Failed with reason PolicyViolation, a Warning Event, no
+children) and admits the runs inside it."""
 
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,15 +17,17 @@ from tests.harness.testbed import KubeTestbed
 pytestmark = pytest.mark.e2e
 
 POLICY = {
-    "AGENTRUN_POLICY_ALLOWED_IMAGES": "ghcr.io/agentrun/*",
-    "AGENTRUN_POLICY_ALLOWED_MODEL_HOSTS": "127.0.0.1",
-    "AGENTRUN_POLICY_ALLOWED_WEBHOOK_HOSTS": "hooks.example.com",
+    "allowedImages": ["ghcr.io/agentrun/*"],
+    "allowedModelHosts": ["127.0.0.1"],
+    "allowedWebhookHosts": ["hooks.example.com"],
 }
 
 
 @pytest.fixture
 async def cluster(testbed: KubeTestbed, tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    async with LocalCluster(testbed, tmp_path, model_script=research_script(), operator_env=POLICY) as running:
+    async with LocalCluster(
+        testbed, tmp_path, model_script=research_script(), from_chart=True, chart_values={"policy": POLICY}
+    ) as running:
         if running.model.real:
             pytest.skip("the policy allows the scripted model server's host only; OPENAI_BASE_URL points elsewhere")
         await running.create_model_secret("model-key", "api-key")

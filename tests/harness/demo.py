@@ -3,8 +3,9 @@
     python -m tests.harness.demo
 
 Starts a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, built
-by `make kube-binaries`) with a node agent for pods, and on it a LocalCluster (the real operator with its own
-ServiceAccount, the scripted model unless OPENAI_API_KEY and OPENAI_BASE_URL are set), applies examples/secret.yaml and
+by `make kube-binaries`) with a node agent for pods, installs the chart with Helm (the operator as a pod of the
+chart's Deployment, with the chart's ServiceAccount and RBAC), starts the scripted model unless OPENAI_API_KEY and
+OPENAI_BASE_URL are set, applies examples/secret.yaml and
 examples/minimal.yaml with the real kubectl, shows `kubectl get agentruns -w` as it runs, SIGKILLs the
 runner in the middle, shows the real Job controller's replacement resuming from its checkpoint and the runner's
 `kubectl logs`, then prints the status, the
@@ -33,6 +34,7 @@ from httpx_sse import SSEError, aconnect_sse
 
 from agentrun_api.contract import STREAM_PORT
 from tests.harness.controlplane import BinariesMissingError, find_binaries
+from tests.harness.installed_chart import ChartRelease, ground_values
 from tests.harness.local_cluster import REPO_ROOT, LocalCluster, ModelEndpoint
 from tests.harness.model_server import Script, stepwise_script
 from tests.harness.nodeagent import MountNamespaceUnavailableError, check_mount_namespaces
@@ -84,7 +86,10 @@ def banner(real_model: bool) -> None:
     say()
     say("  REAL      Kubernetes: etcd, kube-apiserver (RBAC, the CRD's schema and CEL), kube-controller-manager")
     say("            (the Job controller, garbage collector) and kube-scheduler, built from their Go modules")
-    say("            the operator (kopf, `python -m agentrun_operator`, its own ServiceAccount and RBAC), the runner")
+    say(
+        "            Helm (v4's engine) installing the chart; the operator (kopf, `python -m agentrun_operator`) as a pod"
+    )
+    say("            of the chart's Deployment with the chart's ServiceAccount and RBAC; the runner")
     say("            (`python -m agentrun_runner` on the official openai SDK), kubectl, and HTTP on 127.0.0.1")
     if real_model:
         say("            the model: a real OpenAI-compatible endpoint (OPENAI_BASE_URL, OPENAI_API_KEY)")
@@ -448,7 +453,7 @@ async def demo(state_dir: Path, binary: Path) -> None:
     main_task = asyncio.current_task()
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    section("Starting a Kubernetes control plane, a node and the operator")
+    section("Starting a Kubernetes control plane and a node, installing the chart")
     script = stepwise_script(STEPS, delay=ANSWER_DELAY_SECONDS)
     testbed = KubeTestbed(state_dir / "testbed")
     await asyncio.to_thread(testbed.start)
@@ -459,9 +464,19 @@ async def demo(state_dir: Path, binary: Path) -> None:
 
 
 async def run_on(testbed: KubeTestbed, state_dir: Path, binary: Path, script: Script, started: float) -> None:
-    async with LocalCluster(testbed, state_dir, namespace=NAMESPACE, model_script=script) as cluster:
+    async with LocalCluster(
+        testbed, state_dir, namespace=NAMESPACE, model_script=script, start_operator=False
+    ) as cluster:
+        # The platform policy admits the model's host (the scripted server on 127.0.0.1, or OPENAI_BASE_URL's).
+        values = ground_values(policy={"allowedModelHosts": [str(httpx.URL(cluster.model.base_url).host)]})
+        release = ChartRelease(testbed)
+        installed = await asyncio.to_thread(release.install, values)
+        operator = await release.wait_for_leader()
         say(f"  control plane  {testbed.control_plane.url}  (KUBECONFIG={cluster.kubeconfig_path})")
-        say(f"  operator       pid {cluster.operator.process.pid if cluster.operator.process else '?'}")
+        say(
+            f"  chart          release {installed['name']} revision {installed['revision']} in namespace "
+            f"{release.namespace}; operator pod {operator}"
+        )
         say(f"  model          {cluster.model.base_url} ({'real' if cluster.model.real else 'scripted'})")
         kubectl = Kubectl(binary, cluster.kubeconfig_path)
         await kubectl.run("version")
@@ -502,7 +517,7 @@ async def run_on(testbed: KubeTestbed, state_dir: Path, binary: Path, script: Sc
         id_range = f", ids {ids[0]}..{ids[-1]}" if ids else ""
         say(f"  restarts: {status.get('restarts', 0)}; stream events: {len(ids)}{id_range}")
         say(f"  emulated: the kubelet (the node agent){'' if cluster.model.real else ', the model'}")
-        say("  stopping the operator, the node's pods, the control plane and the model server")
+        say("  stopping the node's pods (the operator's too), the control plane and the model server")
     how = "after a SIGKILL, resumed from its checkpoint" if killed is not None else "(no kill: it ended first)"
     say(f"\nDemo finished in {time.monotonic() - started:.1f}s: {RUN} Succeeded {how}.")
 
@@ -519,7 +534,9 @@ def main() -> int:
         asyncio.run(demo(state_dir, binary))
     except DemoError as error:
         say(f"\ndemo FAILED: {error}")
-        say(f"logs kept in {state_dir} (operator.log, testbed/control-plane/logs/, testbed/node/logs/)")
+        say(
+            f"logs kept in {state_dir} (testbed/control-plane/logs/, testbed/node/logs/: the operator's and the runners')"
+        )
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):
         say(f"\ndemo interrupted; every process it started is stopped; logs kept in {state_dir}")

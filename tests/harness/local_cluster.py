@@ -8,8 +8,10 @@
         await cluster.operator.restart()   # or .kill() for a crash; .log() for its output
 
 The control plane is the session's ``KubeTestbed`` (real etcd, kube-apiserver, controller-manager and
-scheduler, with the CRDs from ``crds/``). The operator runs as a child process (``python -m
-agentrun_operator``) with short intervals and its own ServiceAccount's token and the chart's RBAC; runner
+scheduler, with the CRDs from ``crds/``). With ``from_chart=True`` (the e2e suite's ``cluster`` fixture) the operator
+is the chart's: a Helm release in the namespace, its pod on the node (``installed_chart.ChartOperator``). Otherwise
+it runs as a child process (``python -m agentrun_operator``) with short intervals and its own ServiceAccount's
+token and the chart's RBAC; runner
 pods run the working tree's ``python -m agentrun_runner`` on the node agent, and ``kubectl logs`` reads them.
 The model is the scripted OpenAI-compatible server unless both ``OPENAI_API_KEY`` and
 ``OPENAI_BASE_URL`` are set, in which case runs use that real endpoint (model ``OPENAI_MODEL``).
@@ -29,12 +31,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiohttp
+from httpx import URL
 
 from tests.harness.apiproxy import ApiProxy
 from tests.harness.identities import GATEWAY_SERVICE_ACCOUNT, operator_identity
+from tests.harness.installed_chart import ChartOperator, ground_values, merged_values
 from tests.harness.model_server import DEFAULT_MODEL, ModelServer, Script, research_script
 from tests.harness.nodeagent.kube import KubeClient, namespaced_path
 from tests.harness.nodeagent.settings import NodeSettings
@@ -126,6 +130,13 @@ class OperatorProcess:
     def permit_server_url(self) -> str:
         return f"http://127.0.0.1:{self.permit_port}"
 
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}/healthz"
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
     async def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
@@ -200,8 +211,15 @@ class LocalCluster:
     start_operator: bool = True
     operator_behind_proxy: bool = False
     """The operator reaches the API server through an ApiProxy (``api_proxy``), whose faults a test can inject."""
+    from_chart: bool = False
+    """The operator as the chart installs it: a Helm release of its own in the namespace, watching only it, its pod
+    on the node with the chart's ServiceAccount and RBAC (``installed_chart.ChartOperator``). The chart's settings
+    then apply, not ``timings`` or ``operator_env`` (the status and progress intervals are the chart's values)."""
 
-    operator: OperatorProcess = field(init=False)
+    chart_values: Mapping[str, Any] = field(default_factory=dict)
+    """With ``from_chart``: values over the test ground's (a policy, say), merged key by key."""
+
+    operator: "OperatorProcess | ChartOperator" = field(init=False)
     model: ModelEndpoint = field(init=False)
     model_server: ModelServer | None = field(init=False, default=None)
     kubeconfig_path: Path = field(init=False)
@@ -250,6 +268,14 @@ class LocalCluster:
             self.api_proxy.url if self.api_proxy is not None else None,
         )
         self.model = await self._start_model()
+        if self.from_chart:
+            if self.operator_env or self.operator_behind_proxy:
+                raise ValueError("operator_env and operator_behind_proxy need the operator as a child process")
+            self.operator = ChartOperator(self.testbed, self.namespace, self._chart_values())
+            self._stack.push_async_callback(self.operator.stop)
+            if self.start_operator:
+                await self.operator.start()
+            return
         env = {
             **NodeSettings().base_env,
             "PYTHONPATH": _python_path(),
@@ -263,6 +289,24 @@ class LocalCluster:
         self._stack.push_async_callback(self.operator.stop)
         if self.start_operator:
             await self.operator.start()
+
+    def _chart_values(self) -> dict[str, Any]:
+        """The test ground's values, with a policy admitting what the tests use: the model's host, webhooks to the
+        test process on 127.0.0.1, and any runner image (tests name images no registry serves; the closed policy
+        is tests/e2e/test_policy.py's)."""
+        model_host = str(URL(self.model.base_url).host)
+        values = ground_values(
+            policy={
+                "allowedModelHosts": [model_host],
+                "allowedWebhookHosts": ["127.0.0.1"],
+                "allowedImages": ["*"],
+            },
+            operator={
+                "statusMinIntervalSeconds": self.timings.status_min_interval_seconds,
+                "progressIntervalSeconds": self.timings.progress_interval_seconds,
+            },
+        )
+        return merged_values(values, dict(self.chart_values))
 
     async def _start_model(self) -> ModelEndpoint:
         real_key, real_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")

@@ -49,6 +49,18 @@ READY_TIMEOUT_SECONDS = 60.0
 NODE_SELECTOR_ANNOTATION = "scheduler.alpha.kubernetes.io/node-selector"
 UNSCHEDULABLE_SELECTOR = "agentrun.dev/test-node=none"
 
+# The chart's release on the test ground (tests.harness.installed_chart), in a namespace of its own: the child-process
+# operators' ServiceAccounts live in agentrun-system (tests.harness.identities).
+CHART_RELEASE = "agentrun-operator"
+CHART_NAMESPACE = "agentrun-chart"
+# What Helm checks before it adopts an object it did not create: the CRDs carry them as a kept CRD of an earlier
+# install of the release would, so installing the chart takes them over instead of refusing.
+HELM_OWNERSHIP_LABELS = {"app.kubernetes.io/managed-by": "Helm"}
+HELM_OWNERSHIP_ANNOTATIONS = {
+    "meta.helm.sh/release-name": CHART_RELEASE,
+    "meta.helm.sh/release-namespace": CHART_NAMESPACE,
+}
+
 # The project's images, as the node has them: each repository's ENTRYPOINT, run from this checkout.
 PROJECT_IMAGES = {
     "ghcr.io/agentrun/agentrun-runner": ["python", "-m", "agentrun_runner"],
@@ -198,6 +210,8 @@ class KubeTestbed:
         for path in CRD_PATHS:
             crd = yaml.safe_load(path.read_text())
             name = crd["metadata"]["name"]
+            crd["metadata"]["labels"] = {**crd["metadata"].get("labels", {}), **HELM_OWNERSHIP_LABELS}
+            crd["metadata"]["annotations"] = {**crd["metadata"].get("annotations", {}), **HELM_OWNERSHIP_ANNOTATIONS}
             answer = self.admin.patch(
                 f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
                 params={"fieldManager": "agentrun-tests", "force": "true"},

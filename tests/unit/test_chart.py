@@ -256,6 +256,8 @@ def test_operator_deployment_is_one_recreated_leader_electing_replica_with_a_kop
     assert env["AGENTRUN_LEADER_ELECTION_NAMESPACE"] == namespace
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
     assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container["env"]
+    # The servers bind the pod's IP (two replicas on one network do not collide; the Services point there).
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]
 
 
 def test_permit_service_routes_runners_to_the_leader_pod_only() -> None:

@@ -76,6 +76,7 @@ def test_gateway_scenario_wires_operator_urls_service_and_pods() -> None:
     pod = gateway["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     assert {e["name"]: e.get("value") for e in container["env"]}["AGENTRUN_GATEWAY_CONTROLLER"] == "ingress-nginx"
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]
     assert pod["spec"]["serviceAccountName"] == GATEWAY
     service = find(objects, "Service", GATEWAY)
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()

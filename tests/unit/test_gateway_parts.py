@@ -35,6 +35,10 @@ def test_settings_read_the_environment_and_derive_the_keep_alive_from_the_contro
     assert settings.upstream_idle_for(15) == 45
     assert settings.upstream_url == "http://{name}-stream.{namespace}.svc:8080/events"
     assert GatewaySettings.from_env({"AGENTRUN_GATEWAY_AUTH_CACHE_SECONDS": "1m"}).auth_cache_seconds == 60.0
+    # Where it listens: AGENTRUN_GATEWAY_HOST, else the pod's IP (the chart's POD_IP), else every interface.
+    assert settings.host == "0.0.0.0"
+    assert GatewaySettings.from_env({"POD_IP": "10.1.2.3"}).host == "10.1.2.3"
+    assert GatewaySettings.from_env({"POD_IP": "10.1.2.3", "AGENTRUN_GATEWAY_HOST": "127.0.0.1"}).host == "127.0.0.1"
 
 
 @pytest.mark.parametrize(

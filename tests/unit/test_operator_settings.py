@@ -160,3 +160,11 @@ def test_the_lease_namespace_variable_wins_over_the_pods_namespace() -> None:
         }
     )
     assert (settings.leader_election.namespace, settings.leader_election.pod_namespace) == ("leases", "agentrun-system")
+
+
+def test_the_servers_bind_the_pods_ip_unless_told_otherwise() -> None:
+    assert OperatorSettings.from_env({}).listen_host == "0.0.0.0"
+    on_pod = OperatorSettings.from_env({"POD_IP": "10.1.2.3"})
+    assert (on_pod.listen_host, on_pod.permits.host) == ("10.1.2.3", "10.1.2.3")
+    told = OperatorSettings.from_env({"POD_IP": "10.1.2.3", "AGENTRUN_LISTEN_HOST": "127.0.0.1"})
+    assert (told.listen_host, told.permits.host) == ("127.0.0.1", "10.1.2.3")

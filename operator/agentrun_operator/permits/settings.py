@@ -11,9 +11,9 @@ from agentrun_common.settings import Env, Port, Seconds, load_settings
 class PermitSettings:
     """How the operator's permit server listens and times leases. Env var in brackets."""
 
-    # Address the permit server binds [AGENTRUN_PERMIT_HOST]. Default all interfaces: runner pods
-    # reach it through the operator's Service.
-    host: str = "0.0.0.0"  # noqa: S104 - the server is meant to be reached from runner pods
+    # Address the permit server binds [AGENTRUN_PERMIT_HOST, else POD_IP]. Default all interfaces: runner
+    # pods reach it through the operator's Service, whose endpoints are the pod's IP.
+    host: Annotated[str, Env(fallbacks=("POD_IP",))] = "0.0.0.0"  # noqa: S104 - reached from runner pods
     # TCP port of the permit server [AGENTRUN_PERMIT_PORT], default 8090; the Service targets it.
     port: Port = 8090
     # Seconds a lease lives without renewal [AGENTRUN_PERMIT_LEASE_SECONDS], default 15. A runner

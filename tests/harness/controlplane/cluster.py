@@ -41,6 +41,9 @@ STOP_GRACE_SECONDS = 10.0
 # validation refuses loopback addresses, and EndpointSlices carry the same facts.
 CONTROLLERS = (
     "job-controller",
+    # The chart's operator and stream gateway are Deployments.
+    "deployment-controller",
+    "replicaset-controller",
     "garbage-collector-controller",
     "ttl-after-finished-controller",
     "namespace-controller",

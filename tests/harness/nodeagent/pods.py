@@ -190,8 +190,7 @@ class PodRuntime:
             "hostIP": LOCAL_IP,
             "startTime": self._start_time,
             "containerStatuses": self._container_statuses,
-            "qosClass": "BestEffort",
-        }
+        }  # no qosClass: the API server sets it from the pod's resources at creation, and it never changes
         if self._init_statuses:
             status["initContainerStatuses"] = self._init_statuses
         if self.pod_ip:
