@@ -38,6 +38,14 @@ $(CRD_VALIDATORS): tests/crd_schemas/package.json tests/crd_schemas/package-lock
 .PHONY: crd-validators
 crd-validators: $(CRD_VALIDATORS) ## Install the published third-party CRD schemas the tests validate against (npm)
 
+MCP_SERVERS := tests/mcp_servers/node_modules/.package-lock.json
+$(MCP_SERVERS): tests/mcp_servers/package.json tests/mcp_servers/package-lock.json
+	npm ci --prefix tests/mcp_servers --no-audit --no-fund --loglevel=error
+	touch $@
+
+.PHONY: mcp-servers
+mcp-servers: $(MCP_SERVERS) ## Install the third-party MCP servers the tool tests run (npm)
+
 .PHONY: fmt
 fmt: install ## Format the code
 	$(BIN)/ruff format api common operator runner_image gateway tests bench
@@ -76,7 +84,7 @@ control-plane: install kube-binaries ## Run the real control plane with a node a
 	$(PY) -m tests.harness.testbed --state-dir .control-plane
 
 .PHONY: test
-test: install crd-validators kube-binaries ## Run the whole test suite (unit, integration, e2e on the real control plane)
+test: install crd-validators mcp-servers kube-binaries ## Run the whole test suite (unit, integration, e2e on the real control plane)
 	$(BIN)/pytest
 
 BENCH_PATH := PYTHONPATH=api:common:operator:runner_image:gateway:.

@@ -52,6 +52,7 @@ def test_writing_all_crds_writes_every_definition(tmp_path: Path) -> None:
     assert sorted(path.name for path in written) == [
         "agentruns.agentrun.dev.yaml",
         "clusterthrottlepools.agentrun.dev.yaml",
+        "mcpservers.agentrun.dev.yaml",
         "throttlepools.agentrun.dev.yaml",
     ]
     assert (tmp_path / "agentruns.agentrun.dev.yaml").read_text() == crd.render_crd()
