@@ -87,7 +87,9 @@ class MCPServerTools:
         try:
             async with http, Client(streamable_http_client(server.url, http_client=http), mode="auto") as client:
                 result = await client.call_tool(
-                    self._by_model_name[call.name], call.arguments, meta=cast(RequestParamsMeta, {IDEMPOTENCY_META_KEY: call.key})
+                    self._by_model_name[call.name],
+                    call.arguments,
+                    meta=cast(RequestParamsMeta, {IDEMPOTENCY_META_KEY: call.key}),
                 )
         except MCPError as error:
             raise ToolError(f"the MCP server {server.name} refused the call: {error}") from None
