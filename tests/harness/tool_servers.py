@@ -143,9 +143,12 @@ class RecordingMCPProxy:
                     if name.lower() not in _HOP_BY_HOP and name.lower() != "content-encoding":
                         response.headers[name] = value
                 await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        await response.write(chunk)
+                    await response.write_eof()
+                except ConnectionResetError:
+                    pass  # the caller (a killed runner) is gone; the server has executed the call all the same
                 return response
         finally:
             if key is not None:
@@ -219,21 +222,22 @@ class TicketService:
         if not key:
             return web.json_response({"error": "Idempotency-Key required"}, status=400)
         self.deliveries[key] += 1
+        fields = await request.json()
         queue = request.match_info["queue"]
         run = key.split(":", 1)[0]
         self.in_flight.add(key)
         try:
             async with self._serving[key]:
-                return await self._open_once(request, key, queue, run)
+                return await self._open_once(fields, key, queue, run)
         finally:
             self.in_flight.discard(key)
 
-    async def _open_once(self, request: web.Request, key: str, queue: str, run: str) -> web.Response:
+    async def _open_once(self, fields: dict[str, Any], key: str, queue: str, run: str) -> web.Response:
+        # Held before executing: a caller killed meanwhile has sent the whole request, which still executes.
         if self.hold_first_call and queue == self.hold_queue and run not in self._held:
             self._held.add(run)
             await asyncio.sleep(self.hold_first_call)
         if key not in self._answers:
-            fields = await request.json()
             self.executions[key] += 1
             self._answers[key] = {"ticket": f"{queue}/{fields.get('title', '')}", "opened": True}
         return web.json_response(self._answers[key], status=201)
