@@ -12,8 +12,16 @@ from pathlib import Path
 import pytest
 
 from agentrun_api import mcpserver
-from tests.e2e.runs import conversation, runner_logs
-from tests.harness.agentruns import agent_run, agentruns_path, requests_of, runner_pods, wait_for, wait_for_end
+from tests.e2e.runs import condition, conversation, runner_logs
+from tests.harness.agentruns import (
+    agent_run,
+    agentruns_path,
+    requests_of,
+    runner_pods,
+    wait_for,
+    wait_for_end,
+    wait_for_status,
+)
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import Answer, by_turn, call
 from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
@@ -40,12 +48,17 @@ SCRIPT = by_turn(
 )
 
 
-def tooled_run(name: str, cluster: LocalCluster, tickets: TicketService) -> JsonObject:
+def tooled_run(
+    name: str,
+    cluster: LocalCluster,
+    tickets: TicketService,
+    mcp: tuple[str, list[str]] = ("everything", ["echo", "get-sum"]),
+) -> JsonObject:
     return agent_run(
         name,
         cluster,
         tools={
-            "mcp": [{"server": "everything", "tools": ["echo", "get-sum"]}],
+            "mcp": [{"server": mcp[0], "tools": mcp[1]}],
             "http": [
                 {
                     "name": "open_ticket",
@@ -134,6 +147,9 @@ async def test_a_run_killed_three_times_calls_each_tool_once_and_ends_as_an_unin
         assert {"echo", "get-sum"} <= {tool["name"] for tool in server["status"]["tools"]}
 
         runs = agentruns_path(ns)
+        # A tool the server does not list fails the run at admission; a server not declared makes it wait.
+        await kube.create(runs, tooled_run("unknown-tool", cluster, tickets, ("everything", ["get-sum", "rm-rf"])))
+        await kube.create(runs, tooled_run("no-server", cluster, tickets, ("absent", ["get-sum"])))
         reference = await kube.create(runs, tooled_run("calm", cluster, tickets))
         killed = await kube.create(runs, tooled_run("killed", cluster, tickets))
         uid, reference_uid = killed["metadata"]["uid"], reference["metadata"]["uid"]
@@ -149,6 +165,14 @@ async def test_a_run_killed_three_times_calls_each_tool_once_and_ends_as_an_unin
         await kill_when(cluster, kube, "killed", in_flight(proxy), "the MCP call get-sum in flight")
         await kill_when(cluster, kube, "killed", in_flight(tickets), "the HTTP call in flight")
         await kill_when(cluster, kube, "killed", model_turn(3), "the fourth model call in flight")
+
+        refused = await wait_for_end(kube, "unknown-tool")
+        assert refused["phase"] == "Failed", refused
+        assert "spec.tools.mcp[0].tools: MCPServer 'everything' lists no tool named 'rm-rf'" in refused["message"]
+        waiting = await wait_for_status(
+            kube, "no-server", lambda s: (condition(s, "Accepted") or {}).get("reason") == "MCPServerNotReady", "wait"
+        )
+        assert "MCPServer 'absent' not found" in waiting["message"], waiting
 
         calm = await wait_for_end(kube, "calm", timeout=90)
         status = await wait_for_end(kube, "killed", timeout=240)
