@@ -2,10 +2,14 @@
 the credentials as Secret references in the runner's env, the URL template, the address guard."""
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
+import yaml
 
+from agentrun_api import mcpserver
 from agentrun_api.contract import ToolNetwork
 from agentrun_api.spec import HttpToolSpec
 from agentrun_operator.children import build_job, runner_config
@@ -139,3 +143,12 @@ def test_link_local_is_always_refused_and_loopback_unless_allowed(
 ) -> None:
     reason = refused_because(address, ToolNetwork(allow_loopback=allow_loopback))
     assert (reason is None) if refused is None else (reason is not None and refused in reason)
+
+
+def test_the_mcpserver_example_is_a_valid_server() -> None:
+    body = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "mcpserver.yaml").read_text())
+    assert body["kind"] == mcpserver.KIND
+    spec = mcpserver.MCPServerSpec.model_validate(body["spec"])
+    assert spec.headers[0].secret_key_ref.name == "github-mcp"
+    with pytest.raises(pydantic.ValidationError, match="url"):
+        mcpserver.MCPServerSpec.model_validate({**body["spec"], "url": "ftp://x"})
