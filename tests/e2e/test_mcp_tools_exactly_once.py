@@ -22,7 +22,7 @@ from tests.harness.agentruns import (
     wait_for_end,
     wait_for_status,
 )
-from tests.harness.local_cluster import LocalCluster
+from tests.harness.local_cluster import LocalCluster, free_port
 from tests.harness.model_server import Answer, by_turn, call
 from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.testbed import KubeTestbed
@@ -139,6 +139,17 @@ async def test_a_run_killed_three_times_calls_each_tool_once_and_ends_as_an_unin
             },
         )
 
+        # A server that does not answer: its status says why, and runs naming it would wait.
+        await kube.create(
+            servers,
+            {
+                "apiVersion": "agentrun.dev/v1alpha1",
+                "kind": mcpserver.KIND,
+                "metadata": {"name": "down"},
+                "spec": {"url": f"http://127.0.0.1:{free_port()}/mcp", "timeout": "2s"},
+            },
+        )
+
         async def listed() -> JsonObject | None:
             found = await kube.get(f"{servers}/everything")
             return found if found and (found.get("status") or {}).get("ready") else None
@@ -165,6 +176,11 @@ async def test_a_run_killed_three_times_calls_each_tool_once_and_ends_as_an_unin
         await kill_when(cluster, kube, "killed", in_flight(proxy), "the MCP call get-sum in flight")
         await kill_when(cluster, kube, "killed", in_flight(tickets), "the HTTP call in flight")
         await kill_when(cluster, kube, "killed", model_turn(3), "the fourth model call in flight")
+
+        down = await kube.get(f"{servers}/down")
+        assert down is not None
+        assert down["status"]["ready"] is False, down
+        assert "ConnectError" in down["status"]["message"] or "connect" in down["status"]["message"].lower(), down
 
         refused = await wait_for_end(kube, "unknown-tool")
         assert refused["phase"] == "Failed", refused
