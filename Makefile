@@ -45,6 +45,14 @@ browser: ## Install headless Chromium (Debian's chromium) for the watch page's t
 		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
 
+MCP_SERVERS := tests/mcp_servers/node_modules/.package-lock.json
+$(MCP_SERVERS): tests/mcp_servers/package.json tests/mcp_servers/package-lock.json
+	npm ci --prefix tests/mcp_servers --no-audit --no-fund --loglevel=error
+	touch $@
+
+.PHONY: mcp-servers
+mcp-servers: $(MCP_SERVERS) ## Install the third-party MCP servers the tool tests run (npm)
+
 .PHONY: fmt
 fmt: install ## Format the code
 	$(BIN)/ruff format api common operator runner_image gateway tests bench
@@ -89,7 +97,7 @@ control-plane: install kube-binaries node-tools ## Run the real control plane wi
 	$(PY) -m tests.harness.testbed --state-dir .control-plane
 
 .PHONY: test
-test: install crd-validators kube-binaries node-tools browser ## Run the whole test suite (unit, integration, e2e on the real control plane)
+test: install crd-validators mcp-servers kube-binaries node-tools browser ## Run the whole test suite (unit, integration, e2e on the real control plane)
 	$(BIN)/pytest
 
 BENCH_PATH := PYTHONPATH=api:common:operator:runner_image:gateway:.

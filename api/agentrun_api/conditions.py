@@ -25,6 +25,7 @@ REASON_INVALID_NAME: Final = "InvalidName"  # metadata.name breaks agentrun_api.
 REASON_COMPANION_RESTORED: Final = "CompanionRestored"  # a deleted companion of a live run was created again
 REASON_CHILD_REJECTED: Final = "ChildRejected"  # the API server refused one of the run's children as invalid
 REASON_SECRET_NOT_FOUND: Final = "SecretNotFound"
+REASON_MCP_SERVER_NOT_READY: Final = "MCPServerNotReady"  # spec.tools.mcp names a server not (yet) listed
 REASON_STORAGE_CLASS_NOT_FOUND: Final = "StorageClassNotFound"
 REASON_PENDING: Final = "Pending"
 REASON_STARTED: Final = "RunnerStarted"

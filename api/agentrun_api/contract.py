@@ -24,6 +24,7 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from agentrun_api.mcpserver import DiscoveredTool
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import CheckpointInfo, QueueWait, Usage
 
@@ -36,6 +37,9 @@ STREAM_TOKEN_ENV: Final = "AGENTRUN_STREAM_TOKEN"
 # only into the runner pod. Never the stream token, which every reader of the run's stream holds.
 PERMIT_KEY_ENV: Final = "AGENTRUN_PERMIT_KEY"
 POD_NAME_ENV: Final = "POD_NAME"
+# Tool credentials (header values of the MCP servers and HTTP tools a run uses): one env var each, from
+# the Secret key the MCPServer or the run names, numbered in the order RunnerConfig lists the headers.
+TOOL_CREDENTIAL_ENV_PREFIX: Final = "AGENTRUN_TOOL_CREDENTIAL_"
 # The run's absolute deadline (ISO 8601, UTC): wall clock across restarts, the same for every pod of the run.
 DEADLINE_ENV: Final = "AGENTRUN_DEADLINE"
 # The pod's own IP (downward API status.podIP): the runner binds its stream server there, the address
@@ -91,8 +95,41 @@ def permit_key_secret_name(run: str) -> str:
     return f"{run}-permit-key"
 
 
+def tool_credential_env(index: int) -> str:
+    return f"{TOOL_CREDENTIAL_ENV_PREFIX}{index}"
+
+
 class ContractModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class HeaderFromEnv(ContractModel):
+    """A header whose value the runner reads from its environment, where the Job puts the Secret key named
+    here (a reference, never the value: the config is a ConfigMap)."""
+
+    name: str
+    env: str
+    secret_name: str
+    secret_key: str
+
+
+class MCPServerConfig(ContractModel):
+    """One MCPServer a run uses, resolved by the operator: endpoint, credentials' env vars, and the
+    tools the run may call as the server listed them (so every pod of the run offers the same tools)."""
+
+    name: str
+    url: str
+    timeout_seconds: float = Field(gt=0)
+    headers: list[HeaderFromEnv] = Field(default_factory=list)
+    tools: list[DiscoveredTool] = Field(default_factory=list)
+
+
+class ToolNetwork(ContractModel):
+    """Where MCP and HTTP tool calls may connect, from the operator's policy."""
+
+    # Loopback addresses (127.0.0.0/8, ::1) are refused unless the platform allows them; link-local
+    # ones (cloud metadata endpoints) always are.
+    allow_loopback: bool = False
 
 
 class RunIdentity(ContractModel):
@@ -128,6 +165,10 @@ class RunnerConfig(ContractModel):
     soft_deadline_margin_seconds: float = Field(default=10.0, ge=0)
     # Throttle pool server (cluster-wide pools); None means the runner's own in-process limiter.
     permit_server_url: str | None = None
+    mcp_servers: list[MCPServerConfig] = Field(default_factory=list)
+    # Headers of spec.tools.http[] by tool name; values from the env vars named.
+    http_tool_headers: dict[str, list[HeaderFromEnv]] = Field(default_factory=dict)
+    tool_network: ToolNetwork = Field(default_factory=ToolNetwork)
 
 
 class Outcome(enum.StrEnum):

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from agentrun_api import approval, clusterthrottlepool, constants, template, throttlepool
+from agentrun_api import approval, clusterthrottlepool, constants, mcpserver, template, throttlepool
 from agentrun_api import names as run_names
 from agentrun_api.spec import MUTABLE_SPEC_FIELDS, AgentRunSpec
 from agentrun_api.status import AgentRunStatus
@@ -41,6 +41,7 @@ _KEPT_KEYWORDS = frozenset(
         "maxProperties",
         "required",
         "x-kubernetes-validations",
+        "x-kubernetes-preserve-unknown-fields",
     }
 )
 
@@ -388,6 +389,32 @@ def build_approval_crd() -> dict[str, Any]:
     return _namespaced_crd(names, APPROVAL_PRINTER_COLUMNS, spec_schema, status_schema)
 
 
+MCPSERVER_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "URL", "type": "string", "jsonPath": ".spec.url", "description": "The server's endpoint."},
+    {"name": "Ready", "type": "boolean", "jsonPath": ".status.ready", "description": "Tools listed."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp", "description": "Time since creation."},
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1, "description": "Last listing."},
+]
+
+
+def build_mcpserver_crd() -> dict[str, Any]:
+    """The MCPServer CRD: namespaced, because its header Secrets and the runs using it live in a namespace."""
+    spec_schema = _schema_of(mcpserver.MCPServerSpec, "validation")
+    spec_schema["description"] = mcpserver.MCPServerSpec.__doc__
+    status_schema = _schema_of(mcpserver.MCPServerStatus, "serialization")
+    status_schema["description"] = mcpserver.MCPServerStatus.__doc__
+    names = CrdNames(
+        crd_name=mcpserver.CRD_NAME,
+        kind=mcpserver.KIND,
+        plural=mcpserver.PLURAL,
+        singular=mcpserver.SINGULAR,
+        short_names=tuple(mcpserver.SHORT_NAMES),
+        description="An MCPServer is one MCP server (streamable HTTP) that AgentRuns in its namespace may use, "
+        "naming it and the tools they may call in spec.tools.mcp; the operator lists its tools in status.tools.",
+    )
+    return _namespaced_crd(names, MCPSERVER_PRINTER_COLUMNS, spec_schema, status_schema)
+
+
 class _NoAliasDumper(yaml.SafeDumper):
     """Writes repeated sub-schemas out in full: anchors and aliases confuse readers of a CRD."""
 
@@ -419,6 +446,7 @@ def write_all(directory: Path) -> list[Path]:
         build_clusterthrottlepool_crd(),
         build_agentruntemplate_crd(),
         build_approval_crd(),
+        build_mcpserver_crd(),
     )
     for crd in every_crd:
         path = directory / f"{crd['metadata']['name']}.yaml"

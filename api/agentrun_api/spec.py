@@ -326,6 +326,74 @@ class RunnerSpec(SpecModel):
     )
 
 
+HTTP_HEADER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
+
+
+class HeaderFromSecret(SpecModel):
+    """An HTTP header whose value is a key of a Secret; only the reference is stored."""
+
+    name: str = Field(
+        max_length=256, pattern=HTTP_HEADER_PATTERN, description="Header name, for example Authorization."
+    )
+    secret_key_ref: SecretKeyRef = Field(description="The Secret key holding the header's whole value.")
+
+
+class MCPToolsRef(SpecModel):
+    """Tools of one MCPServer in the run's namespace that the model may call."""
+
+    server: str = Field(
+        min_length=1,
+        max_length=40,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of the MCPServer. The model sees its tools as <server>__<tool>.",
+    )
+    tools: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        min_length=1,
+        max_length=128,
+        description="Names of the server's tools (as its status.tools lists them) the run may call; no others are offered.",
+    )
+
+
+class HttpToolSpec(SpecModel):
+    """A declared HTTP endpoint offered to the model as a tool."""
+
+    name: str = Field(
+        min_length=1, max_length=64, pattern=TOOL_NAME_PATTERN, description="The tool's name, as the model calls it."
+    )
+    description: str = Field(min_length=1, max_length=4096, description="What the tool does, for the model.")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field(default="POST", description="HTTP method.")
+    url_template: str = Field(
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="URL with {argument} placeholders, filled with the call's arguments (URL-encoded); arguments "
+        "not in the template go in the JSON body (or the query for GET and DELETE). Its host must be allowed by the "
+        "operator's policy (AGENTRUN_POLICY_ALLOWED_TOOL_HOSTS).",
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JSON Schema of the arguments (an object), as the model is shown it; empty: no arguments.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    headers: list[HeaderFromSecret] = Field(
+        default_factory=list, max_length=16, description="HTTP headers sent with every call, each value from a Secret."
+    )
+    max_response_bytes: int = Field(
+        default=65_536, ge=1, le=16_777_216, description="Bytes of a response the model sees; the rest is cut."
+    )
+
+    @model_validator(mode="after")
+    def _placeholders_only_after_the_host(self) -> "HttpToolSpec":
+        # An argument in the scheme, host or port would let the model choose where the call goes.
+        origin = self.url_template.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+        if "{" in origin or "}" in origin:
+            raise ValueError(
+                f"tools.http[{self.name}].urlTemplate: placeholders may appear only in the path and query, "
+                f"not in the host {origin!r}"
+            )
+        return self
+
+
 class HttpFetchSpec(SpecModel):
     """The http_fetch tool: GET requests to listed hosts only."""
 
@@ -340,11 +408,17 @@ class HttpFetchSpec(SpecModel):
 
 
 class ToolsSpec(SpecModel):
-    """The built-in tools offered to the model."""
+    """The tools offered to the model: built-in ones, MCP servers' tools and declared HTTP endpoints."""
 
     workspace: bool = Field(default=True, description="Offer read, write and list of files in the run's own workspace.")
     http_fetch: HttpFetchSpec | None = Field(
         default=None, description="Offer an HTTP GET tool limited to allowed hosts."
+    )
+    mcp: list[MCPToolsRef] = Field(
+        default_factory=list, max_length=16, description="Tools of MCPServers in the run's namespace to offer."
+    )
+    http: list[HttpToolSpec] = Field(
+        default_factory=list, max_length=64, description="Declared HTTP endpoints to offer as tools."
     )
     call_timeout: Annotated[str, DurationBounds("1s", "1h")] = Field(
         default="60s", description=f"Timeout of one tool call. {TAKES_DURATION}"

@@ -18,6 +18,7 @@ from agentrun_api.spec import AgentRunSpec
 from agentrun_common.stream_timeouts.budget import StreamBudget, runner_server_timeouts
 from agentrun_operator.budget import seconds_left
 from agentrun_operator.run_route import RunRoute, build_run_route
+from agentrun_operator.run_tools import NO_TOOLS, RunTools
 from agentrun_operator.settings import OperatorSettings
 
 # The longest run name whose children still have valid names: a Service name is a DNS label
@@ -110,7 +111,9 @@ def _object(api_version: str, kind: str, name: str, run: str, role: str, **field
     }
 
 
-def runner_config(owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings) -> contract.RunnerConfig:
+def runner_config(
+    owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings, tools: RunTools = NO_TOOLS
+) -> contract.RunnerConfig:
     return contract.RunnerConfig(
         run=contract.RunIdentity(namespace=owner.namespace, name=owner.name, uid=owner.uid),
         spec=spec,
@@ -119,11 +122,16 @@ def runner_config(owner: RunOwner, spec: AgentRunSpec, settings: OperatorSetting
         stream_keep_alive_seconds=runner_server_timeouts(StreamBudget.from_spec(spec)).keep_alive_seconds,
         # Throttled runs draw from their ThrottlePool when the operator serves pools.
         permit_server_url=(settings.permit_server_url or None) if spec.throttle.enabled else None,
+        mcp_servers=list(tools.mcp_servers),
+        http_tool_headers={name: list(headers) for name, headers in tools.http_tool_headers.items()},
+        tool_network=contract.ToolNetwork(allow_loopback=settings.policy.allow_tool_loopback),
     )
 
 
-def build_runner_config_map(owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings) -> dict[str, Any]:
-    config = runner_config(owner, spec, settings)
+def build_runner_config_map(
+    owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings, tools: RunTools = NO_TOOLS
+) -> dict[str, Any]:
+    config = runner_config(owner, spec, settings, tools)
     return _object(
         "v1",
         "ConfigMap",
@@ -290,7 +298,7 @@ def run_route(owner: RunOwner, spec: AgentRunSpec) -> RunRoute | None:
     return build_run_route(owner.namespace, stream_service_name(owner.name), labels(owner.name, ROLE_STREAM), spec)
 
 
-def _runner_env(owner: RunOwner, spec: AgentRunSpec, deadline: datetime) -> list[dict[str, Any]]:
+def _runner_env(owner: RunOwner, spec: AgentRunSpec, deadline: datetime, tools: RunTools) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": contract.CONFIG_ENV, "value": f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}"},
         {"name": contract.DEADLINE_ENV, "value": deadline.astimezone(UTC).isoformat()},
@@ -319,6 +327,7 @@ def _runner_env(owner: RunOwner, spec: AgentRunSpec, deadline: datetime) -> list
         env.append(
             {"name": contract.API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": key_ref.name, "key": key_ref.key}}}
         )
+    env.extend(tools.env())  # the credentials of the tools this run uses, and of no others
     return env
 
 
@@ -341,6 +350,7 @@ def build_job(
     deadline: datetime,
     now: datetime,
     restarts_before: int = 0,
+    tools: RunTools = NO_TOOLS,
 ) -> dict[str, Any]:
     """The runner Job; a Job created after the first (a lost one replaced) gets only the budget left."""
     mounts: list[dict[str, Any]] = [
@@ -363,7 +373,7 @@ def build_job(
         "image": spec.runner.image or settings.runner_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "agentrun_runner"],
-        "env": _runner_env(owner, spec, deadline),
+        "env": _runner_env(owner, spec, deadline, tools),
         "volumeMounts": mounts,
         "securityContext": _restricted_container_security(),
     }
@@ -441,7 +451,13 @@ def build_job(
 
 
 def build_companions(
-    owner: RunOwner, spec: AgentRunSpec, settings: OperatorSettings, *, stream_token: str, permit_key: str
+    owner: RunOwner,
+    spec: AgentRunSpec,
+    settings: OperatorSettings,
+    *,
+    stream_token: str,
+    permit_key: str,
+    tools: RunTools = NO_TOOLS,
 ) -> list[dict[str, Any]]:
     """The run's objects besides its Job, checkpoint claim and own stream route, in creation order. The
     supervisor creates these again when they are deleted; the Job is replaced by the supervisor's own rules
@@ -450,7 +466,7 @@ def build_companions(
         build_service_account(owner),
         build_role(owner, spec),
         build_role_binding(owner),
-        build_runner_config_map(owner, spec, settings),
+        build_runner_config_map(owner, spec, settings, tools),
         build_progress_config_map(owner),
         build_stream_token_secret(owner, stream_token),
         build_permit_key_secret(owner, permit_key),
@@ -474,13 +490,14 @@ def build_children(
     permit_key: str,
     deadline: datetime,
     now: datetime,
+    tools: RunTools = NO_TOOLS,
 ) -> list[dict[str, Any]]:
     """Every object of a run, in creation order: what the Job needs exists before the Job."""
-    companions = build_companions(owner, spec, settings, stream_token=stream_token, permit_key=permit_key)
+    companions = build_companions(owner, spec, settings, stream_token=stream_token, permit_key=permit_key, tools=tools)
     rest: list[dict[str, Any]] = []
     if spec.checkpoint.store == "PersistentVolumeClaim":
         rest.append(build_checkpoint_claim(owner, spec))
-    rest.append(build_job(owner, spec, settings, deadline=deadline, now=now))
+    rest.append(build_job(owner, spec, settings, deadline=deadline, now=now, tools=tools))
     route = run_route(owner, spec)
     if route is not None:
         rest.extend(route.objects)

@@ -9,6 +9,8 @@
   handler and no kopf daemon: AgentRuns carry no finalizer and no kopf annotations;
 - leadership (``leadership``): with a Lease named, only the replica holding it supervises runs and
   serves permits; the others keep their indexes and the registry's bodies warm for a quick takeover;
+- MCPServers: each watch event goes to ``mcp_listing.ServerLister``, which lists the server's tools into
+  its status;
 - ThrottlePools and the permit server: ``agentrun_operator.permits.handlers`` (its handlers register on import;
   the startup here starts its permit server with the operator's API client).
 """
@@ -22,11 +24,12 @@ from typing import Any
 import aiohttp
 import kopf
 
-from agentrun_api import approval, constants, throttlepool
+from agentrun_api import approval, constants, mcpserver, throttlepool
 from agentrun_common.kube import credentials
 from agentrun_operator.children import ROLE_PROGRESS, ROLE_RUNNER
 from agentrun_operator.kube import KubeClient, connection_info
 from agentrun_operator.leadership import LeaderElector
+from agentrun_operator.mcp_listing import ServerLister
 from agentrun_operator.metrics import Metrics, start_metrics_server
 from agentrun_operator.observations import ApprovalObservation, JobObservation, PodObservation, ProgressObservation
 from agentrun_operator.permits.handlers import start_permits  # the import also registers the ThrottlePool handlers
@@ -36,6 +39,7 @@ from agentrun_operator.settings import OperatorSettings
 from agentrun_operator.supervisors import RunRegistry
 
 AGENTRUNS = (constants.GROUP, constants.VERSION, constants.PLURAL)
+MCPSERVERS = (constants.GROUP, constants.VERSION, mcpserver.PLURAL)
 MANAGED: dict[str, Any] = {
     constants.LABEL_MANAGED_BY: constants.MANAGED_BY,
     constants.LABEL_RUN: kopf.PRESENT,
@@ -113,6 +117,8 @@ async def start(
     )
     memo.runs = RunRegistry(memo.agentrun, max_concurrent_admissions=config.max_concurrent_admissions)
     await start_permits(memo, kube, config.permits)
+    memo.mcp_lister = ServerLister(kube)
+    memo.mcp_listing = asyncio.create_task(memo.mcp_lister.run(), name="MCP server listing")
     if config.metrics_port:
         memo.metrics_server, _port = await start_metrics_server(metrics, config.metrics_port, config.listen_host)
     await _start_leading_or_electing(memo, config)
@@ -164,6 +170,11 @@ async def stop(memo: Any, **_: Any) -> None:
         await memo.elector.release()
     runs: RunRegistry = memo.runs
     await runs.follow()
+    listing: asyncio.Task[None] | None = getattr(memo, "mcp_listing", None)
+    if listing is not None:
+        listing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listing
     await op.kube.close()
     await op.http.close()
     server = getattr(memo, "metrics_server", None)
@@ -210,6 +221,13 @@ async def run_approvals(
 @kopf.on.event(constants.GROUP, constants.VERSION, approval.PLURAL)
 async def approval_changed(namespace: str | None, spec: Mapping[str, Any], memo: Any, **_: Any) -> None:
     _context(memo).wake((namespace or "", str(spec.get("run") or "")))
+
+
+@kopf.on.event(*MCPSERVERS)
+async def mcp_server_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """An MCPServer declared, changed or deleted: the lister lists its tools again when due."""
+    lister: ServerLister = memo.mcp_lister
+    lister.observe(type, dict(body))
 
 
 @kopf.on.event(*AGENTRUNS)

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import kopf
 
-from agentrun_api import constants, throttlepool
+from agentrun_api import constants, mcpserver, throttlepool
 from agentrun_common.kube import ApiError, Credentials
 from agentrun_common.kube import KubeClient as _SharedClient
 from agentrun_common.kube.credentials import token_expiry
@@ -51,6 +51,7 @@ KINDS: Final[Mapping[str, Kind]] = {
     "ServersTransport": Kind("traefik.io/v1alpha1", "serverstransports"),
     constants.KIND: Kind(constants.API_VERSION, constants.PLURAL),
     throttlepool.KIND: Kind(constants.API_VERSION, throttlepool.PLURAL),
+    mcpserver.KIND: Kind(constants.API_VERSION, mcpserver.PLURAL),
 }
 
 

@@ -89,6 +89,21 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "agentrun.dev",
+        ("mcpservers",),
+        ("get", "list", "watch"),
+        cluster_scoped=False,
+        why="the operator lists each MCPServer's tools when it is declared or changed (watch), and reads the "
+        "servers a run names when it admits the run (get)",
+    ),
+    Rule(
+        "agentrun.dev",
+        ("mcpservers/status",),
+        ("patch",),
+        cluster_scoped=False,
+        why="the tools each MCPServer lists, for runs to name and `kubectl get mcpservers` to show",
+    ),
+    Rule(
+        "agentrun.dev",
         ("clusterthrottlepools",),
         ("list", "watch", "patch"),
         cluster_scoped=True,

@@ -15,6 +15,11 @@ working; the chart sets all of them, see docs/security.md):
 - AGENTRUN_POLICY_ALLOWED_MODEL_HOSTS: hosts of spec.model.baseURL, exact (``api.openai.com``) or
   ``*.example.com`` for its subdomains; ``*`` is any.
 - AGENTRUN_POLICY_ALLOWED_WEBHOOK_HOSTS: hosts of spec.completionWebhook.url, as above.
+- AGENTRUN_POLICY_ALLOWED_TOOL_HOSTS: hosts of the MCPServers' URLs and of spec.tools.http[].urlTemplate
+  that runs may call, as above.
+- AGENTRUN_POLICY_ALLOW_TOOL_LOOPBACK (true/false, default false): whether MCP and HTTP tools may reach
+  loopback addresses. The runner resolves each tool host and refuses loopback addresses unless this is
+  true, and link-local ones (cloud metadata endpoints) always.
 Set to the empty string, a list allows nothing.
 - AGENTRUN_POLICY_DEFAULT_RUNNER_RESOURCES: JSON ``{"requests": {...}, "limits": {...}}``, the runner
   container's resources for runs that set no spec.runner.resources at all (only then: mixed with a run's
@@ -59,23 +64,26 @@ class Policy:
     require_image_digest: bool = False
     allowed_model_hosts: tuple[str, ...] = ALLOW_ANY
     allowed_webhook_hosts: tuple[str, ...] = ALLOW_ANY
+    allowed_tool_hosts: tuple[str, ...] = ALLOW_ANY
+    allow_tool_loopback: bool = False
     # Runner container resources for runs that set none; empty: none (the namespace's LimitRange, if any).
     default_runner_resources: ResourceRequirements = dataclasses.field(default_factory=ResourceRequirements)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Policy":
-        digest = env.get("AGENTRUN_POLICY_REQUIRE_IMAGE_DIGEST", "").strip().lower()
-        if digest not in ("", "true", "false"):
-            raise PolicyError(f"AGENTRUN_POLICY_REQUIRE_IMAGE_DIGEST must be true or false, not {digest!r}")
         return cls(
             allowed_images=_patterns(env, "AGENTRUN_POLICY_ALLOWED_IMAGES", _REPOSITORY_PATTERN, "ghcr.io/acme/*"),
-            require_image_digest=digest == "true",
+            require_image_digest=_flag(env, "AGENTRUN_POLICY_REQUIRE_IMAGE_DIGEST"),
             allowed_model_hosts=_patterns(
                 env, "AGENTRUN_POLICY_ALLOWED_MODEL_HOSTS", _HOST_PATTERN, "api.openai.com,*.example.com"
             ),
             allowed_webhook_hosts=_patterns(
                 env, "AGENTRUN_POLICY_ALLOWED_WEBHOOK_HOSTS", _HOST_PATTERN, "hooks.example.com"
             ),
+            allowed_tool_hosts=_patterns(
+                env, "AGENTRUN_POLICY_ALLOWED_TOOL_HOSTS", _HOST_PATTERN, "tools.internal.example,*.svc"
+            ),
+            allow_tool_loopback=_flag(env, "AGENTRUN_POLICY_ALLOW_TOOL_LOOPBACK"),
             default_runner_resources=_resources(env, "AGENTRUN_POLICY_DEFAULT_RUNNER_RESOURCES"),
         )
 
@@ -87,6 +95,17 @@ class Policy:
 
     def webhook_host_allowed(self, url: str) -> bool:
         return _host_allowed(self.allowed_webhook_hosts, host_of(url))
+
+    def tool_host_allowed(self, url: str) -> bool:
+        return _host_allowed(self.allowed_tool_hosts, host_of(url))
+
+    def check_tool_url(self, url: str, field: str) -> None:
+        """Raise PolicyViolationError naming ``field`` when the URL's host is not an allowed tool host."""
+        if not self.tool_host_allowed(url):
+            raise PolicyViolationError(
+                f"{field}: host {host_of(url)!r} is not an allowed tool host; the operator's policy allows: "
+                f"{_listed(self.allowed_tool_hosts)}"
+            )
 
 
 def enforce(spec: AgentRunSpec, policy: Policy) -> None:
@@ -115,6 +134,8 @@ def enforce(spec: AgentRunSpec, policy: Policy) -> None:
             f"spec.completionWebhook.url: host {host_of(hook.url)!r} is not an allowed webhook host; the operator's "
             f"policy allows: {_listed(policy.allowed_webhook_hosts)}"
         )
+    for index, tool in enumerate(spec.tools.http):
+        policy.check_tool_url(tool.url_template, f"spec.tools.http[{index}].urlTemplate")
 
 
 def repository_of(image: str) -> str:
@@ -175,6 +196,13 @@ def _patterns(env: Mapping[str, str], name: str, shape: re.Pattern[str], example
         if pattern != ANY and (tagged or not shape.match(pattern)):
             raise PolicyError(f"{name}: {pattern!r} is not a valid pattern; write, for example, {example!r} or '*'")
     return patterns
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value not in ("", "true", "false"):
+        raise PolicyError(f"{name} must be true or false, not {value!r}")
+    return value == "true"
 
 
 def _resources(env: Mapping[str, str], name: str) -> ResourceRequirements:

@@ -25,7 +25,7 @@ from agentrun_api.names import run_name_problem
 from agentrun_api.spec import AgentRunSpec
 from agentrun_api.status import AgentRunStatus, Notification, Phase, StreamRoute
 from agentrun_common.stream_timeouts import check_stream_chain
-from agentrun_operator import approvals, children, policy, run_route, webhook
+from agentrun_operator import approvals, children, policy, run_route, run_tools, webhook
 from agentrun_operator.approvals import RemoveJobWhileWaiting, ResumeAfterApproval
 from agentrun_operator.budget import compute_budget, seconds_left
 from agentrun_operator.kube import ApiError, KubeClient
@@ -292,6 +292,17 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
             kopf.warn(body, reason=chain.reason, message=chain.event_message())
 
     missing = await _missing_prerequisite(op, owner, spec)
+    tools = run_tools.NO_TOOLS
+    if missing is None:
+        try:
+            tools = await run_tools.run_tools(op.kube, owner.namespace, owner.name, spec, op.settings.policy)
+        except run_tools.ToolServerNotReadyError as error:
+            missing = c.REASON_MCP_SERVER_NOT_READY, str(error)
+        except (run_tools.ToolsInvalidError, policy.PolicyViolationError) as error:
+            message = str(error)[:1024]
+            reason = error.reason if isinstance(error, policy.PolicyViolationError) else c.REASON_INVALID_SPEC
+            await _end_at_admission(body, op, status, reason, message, generation)
+            raise kopf.PermanentError(message) from None
     if missing is not None:
         reason, problem = missing
         grace = prerequisite_grace_seconds(op.settings, budget.max_execution_seconds)
@@ -324,6 +335,7 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
         permit_key=secrets.token_urlsafe(32),
         deadline=deadline,
         now=now,
+        tools=tools,
     )
     route = children.run_route(owner, spec)
     route_kinds = {obj["kind"] for obj in route.objects} if route else set()
@@ -551,6 +563,7 @@ class Supervisor:
                     deadline=deadline,
                     now=now,
                     restarts_before=action.restarts_before,
+                    tools=await run_tools.run_tools(self.op.kube, ns, self.owner.name, spec, self.op.settings.policy),
                 ),
                 self.owner,
             )
@@ -681,13 +694,25 @@ class Supervisor:
             return
         if due:
             self.companions_checked_at = now
+        config_name = contract.runner_config_name(self.owner.name)
+        skipped: str | None = None
+        try:
+            tools = await run_tools.run_tools(
+                self.op.kube, self.owner.namespace, self.owner.name, spec, self.op.settings.policy
+            )
+        except (run_tools.ToolServerNotReadyError, run_tools.ToolsInvalidError, policy.PolicyViolationError) as error:
+            # The runner config cannot be made again without its tools; the rest can.
+            self.logger.warning("run's tools cannot be resolved again (%s); its runner config is not restored", error)
+            tools, skipped = run_tools.NO_TOOLS, config_name
         companions = children.build_companions(
             self.owner,
             spec,
             self.op.settings,
             stream_token=secrets.token_urlsafe(32),
             permit_key=secrets.token_urlsafe(32),
+            tools=tools,
         )
+        companions = [o for o in companions if o["metadata"]["name"] != skipped or o["kind"] != "ConfigMap"]
         if not due:
             progress = contract.progress_name(self.owner.name)
             companions = [o for o in companions if o["kind"] == "ConfigMap" and o["metadata"]["name"] == progress]

@@ -49,7 +49,7 @@ from agentrun_runner.progress import ConfigMapProgressSink, FileProgressSink, Pr
 from agentrun_runner.settings import RunnerSettings
 from agentrun_runner.state import RunState
 from agentrun_runner.throttle import InProcessLimiter, Limiter
-from agentrun_runner.tools import Toolbox, Workspace
+from agentrun_runner.tools import Toolbox, ToolContext, Workspace
 
 if TYPE_CHECKING:
     from agentrun_runner.stream import StreamServer
@@ -200,7 +200,9 @@ async def run(config: RunnerConfig, settings: RunnerSettings) -> int:
         max_queue_wait_seconds=float(spec.throttle.max_seconds_to_wait_in_queue),
         settings=settings,
     )
-    toolbox = Toolbox(spec.tools, workspace, settings, read_approval_gate(config))
+    toolbox = Toolbox(
+        ToolContext(config=config, workspace=workspace, settings=settings, env=os.environ), read_approval_gate(config)
+    )
     agent = Agent(
         config,
         state=state,

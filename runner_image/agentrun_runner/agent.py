@@ -308,7 +308,7 @@ class Agent:
         ok = False
         try:
             async with asyncio.timeout(timeout):
-                output = await self._toolbox.call(name, arguments, key)
+                output = await self._toolbox.dispatch(name, arguments, key)
             ok = True
         except ApprovalRequiredError as required:
             self._needing_approval.append(required.request)

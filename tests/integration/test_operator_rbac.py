@@ -40,6 +40,8 @@ NOT_REACHED_HERE = {
     "(test_clusterthrottlepool_operator.py)",
     ("agentrun.dev", "clusterthrottlepools/status", "patch"): "the cluster pools' live status "
     "(test_clusterthrottlepool_operator.py)",
+    ("agentrun.dev", "mcpservers", "get"): "admitting a run that names an MCPServer (test_mcp_tools_exactly_once.py)",
+    ("agentrun.dev", "mcpservers/status", "patch"): "the tools an MCPServer lists (test_mcp_tools_exactly_once.py)",
     ("authorization.k8s.io", "subjectaccessreviews", "create"): "whether a run may 'use' a ClusterThrottlePool "
     "(test_clusterthrottlepool_operator.py)",
     ("agentrun.dev", "agentruns", "get"): "reading a run afresh for a supervision started again "

@@ -54,6 +54,7 @@ def test_writing_all_crds_writes_every_definition(tmp_path: Path) -> None:
         "agentruns.agentrun.dev.yaml",
         "agentruntemplates.agentrun.dev.yaml",
         "clusterthrottlepools.agentrun.dev.yaml",
+        "mcpservers.agentrun.dev.yaml",
         "throttlepools.agentrun.dev.yaml",
     ]
     assert (tmp_path / "agentruns.agentrun.dev.yaml").read_text() == crd.render_crd()
