@@ -270,7 +270,7 @@ def test_without_strict_validation_unknown_fields_are_pruned_with_a_warning(api:
     assert answer.status_code == 201, answer.text
     stored = answer.json()
     assert "foo" not in stored["spec"]
-    assert stored["spec"]["tools"] == {"workspace": False, "callTimeout": "60s"}
+    assert stored["spec"]["tools"] == {"workspace": False, "callTimeout": "60s", "mcp": [], "http": []}
     warnings = answer.headers.get_list("warning")
     assert any('unknown field \\"spec.foo\\"' in w or 'unknown field "spec.foo"' in w for w in warnings), warnings
 
