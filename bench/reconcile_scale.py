@@ -318,9 +318,26 @@ async def main(run_counts: list[int], concurrency: int, wait_seconds: float) -> 
             await asyncio.to_thread(testbed.stop)
 
 
+def print_operator(operator: PhaseResult, runs: int) -> None:
+    """The operator phase's own figures: its CPU and its memory with every run live."""
+    print(f"  {'operator CPU (s)':<28}{operator.operator_cpu_seconds:>12.1f}")
+    # Per live run: the growth from the warm-up run's (code paths and connections in use once) to all runs';
+    # from idle, those first-use costs are spread over the runs too.
+    per_run_kib = (operator.operator_rss_mib - operator.operator_warm_rss_mib) * 1024 / runs
+    from_idle_kib = (operator.operator_rss_mib - operator.operator_idle_rss_mib) * 1024 / (runs + 1)
+    print(
+        f"  operator RSS: {operator.operator_idle_rss_mib:.0f} MiB idle, {operator.operator_warm_rss_mib:.0f} MiB"
+        f" with the warm-up run, {operator.operator_rss_mib:.0f} MiB with {runs + 1} live runs:"
+        f" {per_run_kib:.1f} KiB per live run ({from_idle_kib:.1f} KiB per run counted from idle)",
+        flush=True,
+    )
+
+
 async def measure(bench: Bench, runs: int) -> None:
     print(f"{runs} AgentRuns, {bench.concurrency} creates in flight", flush=True)
     operator = await operator_phase(bench, runs)
+    print(f"  operator: all Jobs exist after {operator.total_seconds:.1f} s", flush=True)
+    print_operator(operator, runs)
     if not PROFILE:  # a profiled operator's times compare with nothing
         baseline = await baseline_phase(bench, runs)
         print(
@@ -343,17 +360,6 @@ async def measure(bench: Bench, runs: int) -> None:
             f"{baseline.apiserver_cpu_seconds:>12.1f}"
         )
         print(f"  {'etcd CPU (s)':<28}{operator.etcd_cpu_seconds:>12.1f}{baseline.etcd_cpu_seconds:>12.1f}")
-    print(f"  {'operator CPU (s)':<28}{operator.operator_cpu_seconds:>12.1f}")
-    # Per live run: the growth from the warm-up run's (code paths and connections in use once) to all runs';
-    # from idle, those first-use costs are spread over the runs too.
-    per_run_kib = (operator.operator_rss_mib - operator.operator_warm_rss_mib) * 1024 / runs
-    from_idle_kib = (operator.operator_rss_mib - operator.operator_idle_rss_mib) * 1024 / (runs + 1)
-    print(
-        f"  operator RSS: {operator.operator_idle_rss_mib:.0f} MiB idle, {operator.operator_warm_rss_mib:.0f} MiB"
-        f" with the warm-up run, {operator.operator_rss_mib:.0f} MiB with {runs + 1} live runs:"
-        f" {per_run_kib:.1f} KiB per live run ({from_idle_kib:.1f} KiB per run counted from idle)",
-        flush=True,
-    )
 
 
 if __name__ == "__main__":

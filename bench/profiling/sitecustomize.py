@@ -75,18 +75,6 @@ def _census() -> list[str]:
                     continue
                 above = [type(h).__qualname__ for h in gc.get_referrers(holder) if h is not objects][:6]
                 lines.append(f"    {type(holder).__qualname__} <- {', '.join(above)}")
-    causes = [o for o in objects if type(o).__qualname__ == "WatchingCause"]
-    lines.append(f"== who holds a WatchingCause ({len(causes)} alive)")
-    for cause in causes[:: max(1, len(causes) // 4)]:
-        for holder in gc.get_referrers(cause):
-            if holder is objects or holder is causes:
-                continue
-            above = gc.get_referrers(holder)
-            lines.append(f"    {type(holder).__qualname__} <- {', '.join(type(h).__qualname__ for h in above[:6])}")
-            for second in above[:4]:
-                if second is not objects and second is not causes:
-                    third = [type(h).__qualname__ for h in gc.get_referrers(second)][:6]
-                    lines.append(f"        {type(second).__qualname__} <- {', '.join(third)}")
     return lines
 
 
@@ -107,7 +95,17 @@ def _allocator() -> list[str]:
         capture.seek(0)
         text = capture.read().decode(errors="replace")
     keys = ("# arenas allocated current", "# bytes in allocated blocks", "# bytes in available blocks", "Total")
-    return ["== pymalloc", *(line for line in text.splitlines() if line.startswith(keys))]
+    sockets = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sockets += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            continue
+    return [
+        "== pymalloc",
+        *(line for line in text.splitlines() if line.startswith(keys)),
+        f"== open sockets: {sockets}",
+    ]
 
 
 def _start_census() -> None:
