@@ -32,6 +32,7 @@ from agentrun_operator.observations import JobObservation, Observed, PodObservat
 from agentrun_operator.parsing import InvalidSpecError, parse_spec
 from agentrun_operator.settings import OperatorSettings
 from agentrun_operator.status_sync import (
+    WAITING_FOR_POD,
     DeleteJob,
     DeletePod,
     EventNote,
@@ -341,11 +342,14 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
     if route is not None:
         _record_route(status, route, missing_route_api, now=now, generation=generation)
 
-    if not already_accepted:
-        status.message = "children created; waiting for the runner pod"
     set_condition(
         status, c.ACCEPTED, True, c.REASON_CREATED, "the run's Job and companions exist", now=now, generation=generation
     )
+    if not already_accepted:
+        # What the supervisor's first look says of a run whose pod does not run yet, said in this write
+        # already: that look then finds nothing to write (it was a second status write per run).
+        status.message = WAITING_FOR_POD
+        set_condition(status, c.RUNNING, False, c.REASON_PENDING, WAITING_FOR_POD, now=now, generation=generation)
     if status != current:
         await write_status(op, owner, status)
     if created:
