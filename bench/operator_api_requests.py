@@ -58,6 +58,7 @@ from agentrun_operator.settings import OperatorSettings
 from agentrun_operator.status_sync import transition_events
 
 RUN = "q3"
+POD_WAITING_PREFIX = "waiting for runner pod "  # status_sync's message naming the pod and why it does not run
 MERGE = {"Content-Type": "application/merge-patch+json"}
 T = TypeVar("T")
 # What the operator watches (handlers.py, permits/handlers.py).
@@ -195,7 +196,15 @@ def other_changes(statuses: list[dict[str, Any]]) -> list[str]:
     for before, after in itertools.pairwise(statuses):
         if before and before.get("phase") == after.get("phase") and _progress(before) == _progress(after):
             fields = sorted(key for key in {*before, *after} if before.get(key) != after.get(key))
-            changes.append(", ".join(fields))
+            was = {c.get("type"): c for c in before.get("conditions") or []}
+            conditions = [
+                f"{c.get('type')}={c.get('status')} ({c.get('reason')})"
+                for c in after.get("conditions") or []
+                if was.get(c.get("type")) != c
+            ]
+            changes.append(
+                f"{', '.join(fields)}: message {str(after.get('message'))[:120]!r}; conditions {', '.join(conditions)}"
+            )
     return changes
 
 
@@ -232,7 +241,11 @@ class RunMinimum:
         phases = [status.get("phase") for status in statuses if status]
         transitions = sum(1 for before, after in zip([None, *phases], phases, strict=False) if after != before)
         progress_writes = min(reports, math.floor(running_seconds / min_interval) + 1)
-        counts[constants.KIND, "patch/status"] = transitions + progress_writes
+        # Why the pod does not run, when the scheduler or the kubelet says it (here: no node takes it until this
+        # script plays the kubelet): a message the user needs, once per new reason.
+        messages = [status.get("message", "") for status in statuses if status]
+        pod_notes = len({m for m in messages if m.startswith(POD_WAITING_PREFIX)})
+        counts[constants.KIND, "patch/status"] = transitions + progress_writes + pod_notes
         written = [AgentRunStatus.model_validate(status) for status in statuses if status]
         events = Counter(
             note.reason
@@ -248,7 +261,7 @@ class RunMinimum:
             "the API-key Secret's check: 1 read",
             f"status: {transitions} phases ({' -> '.join(str(p) for p in dict.fromkeys(phases))}) + {progress_writes}"
             f" progress writes (min of {reports} reports and one per {min_interval}s of {running_seconds:.1f}s"
-            " running)",
+            f" running) + {pod_notes} saying why the pod waits",
             "Events: " + ", ".join(f"{reason} {n}" for reason, n in sorted(events.items())),
         ]
         return cls(counts, notes)
