@@ -9,7 +9,17 @@ import kopf
 import pytest
 
 from agentrun_api import conditions as c
-from agentrun_api.status import AgentRunStatus, Phase
+from agentrun_api.status import (
+    AgentRunStatus,
+    Budget,
+    CheckpointInfo,
+    Notification,
+    Phase,
+    QueueWait,
+    Result,
+    StreamRoute,
+    Usage,
+)
 from agentrun_operator import reconcile
 from agentrun_operator.kube import KubeClient
 from agentrun_operator.metrics import Metrics
@@ -21,8 +31,37 @@ pytestmark = pytest.mark.unit
 
 
 def full_status() -> AgentRunStatus:
+    """A status with every field set, times with microseconds and a zone, as the operator writes them."""
     now = datetime(2026, 12, 4, 5, 0, 0, 123456, tzinfo=UTC)
-    status = AgentRunStatus(phase=Phase.PENDING, reason=c.REASON_PENDING, job_name="q3-runner", progress="0/50")
+    status = AgentRunStatus(
+        phase=Phase.RUNNING,
+        reason=c.REASON_STARTED,
+        message="runner pod q3-runner-abcde is running",
+        iteration=7,
+        progress="7/50",
+        start_time=now,
+        completion_time=now,
+        elapsed_seconds=42,
+        restarts=1,
+        last_checkpoint=CheckpointInfo(iteration=7, time=now, bytes=1024, total_bytes=8192),
+        usage=Usage(prompt_tokens=700, completion_tokens=140, total_tokens=840),
+        queue_wait=QueueWait(last_seconds=0.5, max_seconds=1.25, total_seconds=2.0),
+        result=Result(summary="done", ref="configmap/q3-result", bytes=12),
+        stream_url="http://q3-stream.team-a.svc:8080/events",
+        job_name="q3-runner",
+        budget=Budget(
+            worst_case_seconds=3000,
+            max_execution_seconds=1800,
+            fits=False,
+            active_deadline_seconds=1800,
+            clock_start_time=now,
+            deadline=now,
+            stream_controller="ingress-nginx",
+        ),
+        stream_route=StreamRoute(controller="ingress-nginx", host="runs.example.com", path="/events", objects=["q3"]),
+        notification=Notification(event_id="e1", attempts=1, last_attempt_time=now, last_error="HTTP 503"),
+        observed_generation=2,
+    )
     set_condition(
         status, c.ACCEPTED, True, c.REASON_CREATED, "the run's Job and companions exist", now=now, generation=2
     )
