@@ -19,7 +19,12 @@ node runs (the real Job controller makes each Job's pod; the scheduler finds no 
 
 Prints p50/p99 latency from AgentRun stored to Job stored, the total time until all Jobs exist, the ratio
 operator/baseline, the CPU of kube-apiserver and etcd in each phase, and the operator's resident memory
-with N live runs (and its growth per run).
+with N live runs: its growth per live run from the warm-up run's (and from idle).
+
+    python bench/reconcile_scale.py --runs 1000 --profile cpu|memory|census [--operator-log op.log]
+
+profiles the operator phase alone (no baseline: a profiled operator's times compare with nothing) through
+bench/profiling/sitecustomize.py, and keeps the report next to the operator's log.
 """
 
 import argparse
