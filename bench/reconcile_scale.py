@@ -19,7 +19,12 @@ node runs (the real Job controller makes each Job's pod; the scheduler finds no 
 
 Prints p50/p99 latency from AgentRun stored to Job stored, the total time until all Jobs exist, the ratio
 operator/baseline, the CPU of kube-apiserver and etcd in each phase, and the operator's resident memory
-with N live runs (and its growth per run).
+with N live runs: its growth per live run from the warm-up run's (and from idle).
+
+    python bench/reconcile_scale.py --runs 1000 --profile cpu|memory|census [--operator-log op.log]
+
+profiles the operator phase alone (no baseline: a profiled operator's times compare with nothing) through
+bench/profiling/sitecustomize.py, and keeps the report next to the operator's log.
 """
 
 import argparse
@@ -27,6 +32,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -51,6 +57,9 @@ from agentrun_operator.settings import OperatorSettings  # noqa: E402
 
 # --operator-log PATH: keep the operator's log of the last phase there, to see where a run waited.
 OPERATOR_LOG = sys.argv[sys.argv.index("--operator-log") + 1] if "--operator-log" in sys.argv else ""
+# --profile cpu|memory|census: profile the operator process (bench/profiling/sitecustomize.py), report next to the log.
+PROFILE = sys.argv[sys.argv.index("--profile") + 1] if "--profile" in sys.argv else ""
+PROFILE_REPORT_SECONDS = 300  # a tracemalloc snapshot of thousands of runs takes a while
 # Where each kind of child is created: (API group version, plural).
 CHILD_RESOURCES = {
     "ServiceAccount": ("v1", "serviceaccounts"),
@@ -71,8 +80,9 @@ class PhaseResult:
     apiserver_cpu_seconds: float = 0.0
     etcd_cpu_seconds: float = 0.0
     operator_cpu_seconds: float = 0.0
-    operator_rss_mib: float = 0.0
-    operator_idle_rss_mib: float = 0.0
+    operator_rss_mib: float = 0.0  # with every run live
+    operator_idle_rss_mib: float = 0.0  # started, no run yet
+    operator_warm_rss_mib: float = 0.0  # the warm-up run live: every code path and connection in use once
     creates_per_run: int = 0
 
     def percentile(self, fraction: float) -> float:
@@ -224,6 +234,10 @@ async def operator_phase(bench: Bench, runs: int) -> PhaseResult:
         "AGENTRUN_WATCH_NAMESPACE": namespace,
         "AGENTRUN_LOG_FORMAT": "json",
     }
+    profile_out = bench.state_dir / f"operator-{runs}.{PROFILE}-profile"
+    if PROFILE:
+        env["PYTHONPATH"] = os.pathsep.join((str(ROOT / "bench" / "profiling"), env["PYTHONPATH"]))
+        env["AGENTRUN_BENCH_PROFILE"], env["AGENTRUN_BENCH_PROFILE_OUT"] = PROFILE, str(profile_out)
     operator = OperatorProcess(env, bench.state_dir / f"operator-{runs}.log", startup_timeout_seconds=60)
     await operator.start()
     try:
@@ -231,15 +245,35 @@ async def operator_phase(bench: Bench, runs: int) -> PhaseResult:
         await asyncio.sleep(1)
         idle = rss_mib(operator.process.pid)
         await warm_up(bench, namespace)
+        await asyncio.sleep(2)  # as below: its supervisor settles
+        warm = rss_mib(operator.process.pid)
         pids = (bench.component_pid("kube-apiserver"), bench.component_pid("etcd"), operator.process.pid)
         latencies, total, cpu = await create_and_time(bench, namespace, "operator", runs, None, pids)
         await asyncio.sleep(2)  # supervisors settle; memory with every run live
         rss = rss_mib(operator.process.pid)
+        if PROFILE:
+            await write_profile(operator.process.pid, profile_out)
     finally:
         await operator.stop()
         if OPERATOR_LOG:
             await asyncio.to_thread(Path(OPERATOR_LOG).write_text, operator.log())
-    return PhaseResult(latencies, total, cpu[0], cpu[1], cpu[2], rss, idle)
+    return PhaseResult(latencies, total, cpu[0], cpu[1], cpu[2], rss, idle, warm)
+
+
+async def write_profile(pid: int, out: Path) -> None:
+    """Have the profiled operator write its report (SIGUSR1) and keep it next to the operator's log."""
+    os.kill(pid, signal.SIGUSR1)
+    kept = Path(OPERATOR_LOG or "operator.log").with_suffix(f".{PROFILE}-profile.txt")
+    await asyncio.to_thread(_keep_report, Path(f"{out}.txt"), kept)
+    print(f"  operator {PROFILE} profile: {kept}", flush=True)
+
+
+def _keep_report(report: Path, kept: Path) -> None:
+    deadline = time.monotonic() + PROFILE_REPORT_SECONDS
+    while not report.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)  # written in one go, but it may be under way
+    kept.write_text(report.read_text() if report.exists() else "no profile report\n")
 
 
 async def baseline_phase(bench: Bench, runs: int) -> PhaseResult:
@@ -289,31 +323,48 @@ async def main(run_counts: list[int], concurrency: int, wait_seconds: float) -> 
             await asyncio.to_thread(testbed.stop)
 
 
+def print_operator(operator: PhaseResult, runs: int) -> None:
+    """The operator phase's own figures: its CPU and its memory with every run live."""
+    print(f"  {'operator CPU (s)':<28}{operator.operator_cpu_seconds:>12.1f}")
+    # Per live run: the growth from the warm-up run's (code paths and connections in use once) to all runs';
+    # from idle, those first-use costs are spread over the runs too.
+    per_run_kib = (operator.operator_rss_mib - operator.operator_warm_rss_mib) * 1024 / runs
+    from_idle_kib = (operator.operator_rss_mib - operator.operator_idle_rss_mib) * 1024 / (runs + 1)
+    print(
+        f"  operator RSS: {operator.operator_idle_rss_mib:.0f} MiB idle, {operator.operator_warm_rss_mib:.0f} MiB"
+        f" with the warm-up run, {operator.operator_rss_mib:.0f} MiB with {runs + 1} live runs:"
+        f" {per_run_kib:.1f} KiB per live run ({from_idle_kib:.1f} KiB per run counted from idle)",
+        flush=True,
+    )
+
+
 async def measure(bench: Bench, runs: int) -> None:
     print(f"{runs} AgentRuns, {bench.concurrency} creates in flight", flush=True)
     operator = await operator_phase(bench, runs)
-    baseline = await baseline_phase(bench, runs)
-    growth_kib = (
-        (operator.operator_rss_mib - operator.operator_idle_rss_mib) * 1024 / (runs + 1)
-    )  # the warm-up run lives too
-    print(f"  baseline: the AgentRun and the operator's {baseline.creates_per_run - 1} children of each run, created")
-    print(f"  {'':<28}{'operator':>12}{'baseline':>12}{'ratio':>8}")
-    for label, fraction in (("create -> Job p50", 0.5), ("create -> Job p99", 0.99)):
-        mine, bare = operator.percentile(fraction), baseline.percentile(fraction)
-        print(f"  {label:<28}{ms(mine):>12}{ms(bare):>12}{mine / bare:>7.1f}x")
-    ratio = operator.total_seconds / baseline.total_seconds
-    print(
-        f"  {'all Jobs exist after':<28}{operator.total_seconds:>10.1f} s{baseline.total_seconds:>10.1f} s{ratio:>7.2f}x"
-    )
-    print(f"  {'throughput (runs/s)':<28}{runs / operator.total_seconds:>12.1f}{runs / baseline.total_seconds:>12.1f}")
-    print(f"  {'API server CPU (s)':<28}{operator.apiserver_cpu_seconds:>12.1f}{baseline.apiserver_cpu_seconds:>12.1f}")
-    print(f"  {'etcd CPU (s)':<28}{operator.etcd_cpu_seconds:>12.1f}{baseline.etcd_cpu_seconds:>12.1f}")
-    print(f"  {'operator CPU (s)':<28}{operator.operator_cpu_seconds:>12.1f}")
-    print(
-        f"  operator RSS: {operator.operator_idle_rss_mib:.0f} MiB idle, {operator.operator_rss_mib:.0f} MiB"
-        f" with {runs + 1} live runs, the warm-up one included ({growth_kib:.1f} KiB per run)",
-        flush=True,
-    )
+    print(f"  operator: all Jobs exist after {operator.total_seconds:.1f} s", flush=True)
+    print_operator(operator, runs)
+    if not PROFILE:  # a profiled operator's times compare with nothing
+        baseline = await baseline_phase(bench, runs)
+        print(
+            f"  baseline: the AgentRun and the operator's {baseline.creates_per_run - 1} children of each run, created"
+        )
+        print(f"  {'':<28}{'operator':>12}{'baseline':>12}{'ratio':>8}")
+        for label, fraction in (("create -> Job p50", 0.5), ("create -> Job p99", 0.99)):
+            mine, bare = operator.percentile(fraction), baseline.percentile(fraction)
+            print(f"  {label:<28}{ms(mine):>12}{ms(bare):>12}{mine / bare:>7.1f}x")
+        ratio = operator.total_seconds / baseline.total_seconds
+        print(
+            f"  {'all Jobs exist after':<28}{operator.total_seconds:>10.1f} s"
+            f"{baseline.total_seconds:>10.1f} s{ratio:>7.2f}x"
+        )
+        print(
+            f"  {'throughput (runs/s)':<28}{runs / operator.total_seconds:>12.1f}{runs / baseline.total_seconds:>12.1f}"
+        )
+        print(
+            f"  {'API server CPU (s)':<28}{operator.apiserver_cpu_seconds:>12.1f}"
+            f"{baseline.apiserver_cpu_seconds:>12.1f}"
+        )
+        print(f"  {'etcd CPU (s)':<28}{operator.etcd_cpu_seconds:>12.1f}{baseline.etcd_cpu_seconds:>12.1f}")
 
 
 if __name__ == "__main__":
@@ -322,6 +373,11 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=16, help="creates in flight")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for all Jobs, per phase")
     parser.add_argument("--operator-log", default="", help="keep the operator's log in this file")
+    parser.add_argument(
+        "--profile",
+        choices=("cpu", "memory", "census"),
+        help="profile the operator (cProfile, tracemalloc, or a count of live objects), report by the log",
+    )
     parser.add_argument("--quick", action="store_true", help="50 runs: a smoke test of the benchmark")
     arguments = parser.parse_args()
     counts = [50] if arguments.quick else arguments.runs

@@ -40,6 +40,7 @@ from agentrun_operator.observations import (
 from agentrun_operator.parsing import InvalidSpecError, parse_spec
 from agentrun_operator.settings import OperatorSettings
 from agentrun_operator.status_sync import (
+    WAITING_FOR_POD,
     DeleteJob,
     DeletePod,
     EventNote,
@@ -59,6 +60,10 @@ from agentrun_operator.status_sync import (
 RunKey = tuple[str, str]  # (namespace, name)
 # Longest wait of a supervisor for its run's acceptance without a wake: a safety net only.
 ACCEPTANCE_FALLBACK_SECONDS = 60.0
+# A supervisor not woken for this long keeps its run's status encoded until its next look: a decoded status is
+# about 8 KiB of models, its JSON about 2 KiB, and most of thousands of live runs wait for minutes. A run that
+# reports progress wakes its supervisor every status interval, sooner than this, and is never re-decoded.
+PACK_STATUS_AFTER_SECONDS = 5.0
 
 
 def utcnow() -> datetime:
@@ -360,11 +365,14 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
     if route is not None:
         _record_route(status, route, missing_route_api, now=now, generation=generation)
 
-    if not already_accepted:
-        status.message = "children created; waiting for the runner pod"
     set_condition(
         status, c.ACCEPTED, True, c.REASON_CREATED, "the run's Job and companions exist", now=now, generation=generation
     )
+    if not already_accepted:
+        # What the supervisor's first look says of a run whose pod does not run yet, said in this write
+        # already: that look then finds nothing to write (it was a second status write per run).
+        status.message = WAITING_FOR_POD
+        set_condition(status, c.RUNNING, False, c.REASON_PENDING, WAITING_FOR_POD, now=now, generation=generation)
     if status != current:
         await write_status(op, owner, status)
     if created:
@@ -377,6 +385,14 @@ async def admit(body: kopf.Body, op: OperatorContext, logger: logging.Logger | l
 
 
 Lookup = Callable[[RunKey], Iterable[Any]]
+
+
+async def _woken(wake: asyncio.Event, seconds: float) -> bool:
+    """Wait for the wake event at most ``seconds``; whether it came."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(seconds, 0.01)):
+            await wake.wait()
+    return wake.is_set()
 
 
 class Supervisor:
@@ -403,7 +419,8 @@ class Supervisor:
         self.key: RunKey = (self.owner.namespace, self.owner.name)
         self._jobs, self._pods, self._progress = jobs, pods, progress
         self._approvals: Lookup = approvals or (lambda _key: ())
-        self.status = read_status(body)
+        self._status: AgentRunStatus | None = read_status(body)
+        self._packed_status = b""  # the status encoded, while ``_status`` is None
         self.last_write: datetime | None = None
         self.clock_reset_at: datetime | None = None
         self.last_report_pod = ""
@@ -411,6 +428,24 @@ class Supervisor:
         self.deferred_events: list[EventNote] = []
         self.companions_checked_at: datetime | None = None
         self.progress_seen = False  # the watch has shown the progress ConfigMap: its absence then means deleted
+
+    @property
+    def status(self) -> AgentRunStatus:
+        """The run's status as this supervisor last wrote or read it."""
+        if self._status is None:
+            self._status = AgentRunStatus.model_validate_json(self._packed_status)
+            self._packed_status = b""
+        return self._status
+
+    @status.setter
+    def status(self, value: AgentRunStatus) -> None:
+        self._status, self._packed_status = value, b""
+
+    def pack_status(self) -> None:
+        """Keep the status encoded until the next look (``PACK_STATUS_AFTER_SECONDS``)."""
+        if self._status is not None:
+            self._packed_status = self._status.model_dump_json(by_alias=True).encode()
+            self._status = None
 
     def observe(self) -> Observed:
         jobs = [j for j in self._jobs(self.key) if isinstance(j, JobObservation) and not j.deleting]
@@ -449,16 +484,17 @@ class Supervisor:
             if self.op.wakes.get(self.key) is wake:  # not a successor's, for a run created again
                 del self.op.wakes[self.key]
 
-    @staticmethod
-    async def _sleep(wake: asyncio.Event, stopped: Any, seconds: float) -> None:
+    async def _sleep(self, wake: asyncio.Event, stopped: Any, seconds: float) -> None:
         """Until a child changes, the run is stopped, or the time is up, whichever comes first.
 
         Whoever stops the run sets ``stopped`` and then the run's wake event, so one wait covers both:
         no helper task per sleeping run (thousands of runs sleep at any time)."""
         if not stopped:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(seconds, 0.01)):
-                    await wake.wait()
+            if seconds > PACK_STATUS_AFTER_SECONDS:
+                seconds -= PACK_STATUS_AFTER_SECONDS
+                if not await _woken(wake, PACK_STATUS_AFTER_SECONDS):
+                    self.pack_status()
+            await _woken(wake, seconds)
         wake.clear()
 
     async def step(self) -> float | None:

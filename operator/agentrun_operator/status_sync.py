@@ -25,6 +25,8 @@ from agentrun_operator.settings import OperatorSettings
 
 # Checkpointed Events per run, besides the first checkpoint (the status always shows the latest).
 CHECKPOINT_EVENTS_PER_RUN = 10
+# A pending run's message and Running condition while no pod of it says why it does not run (admission says it too).
+WAITING_FOR_POD = "waiting for a runner pod"
 # Share of spec.tokenBudget past which the user is warned once.
 TOKEN_BUDGET_WARNING_SHARE = 0.8
 
@@ -380,7 +382,7 @@ def _decide(current: AgentRunStatus, observed: Observed, ctx: RunContext) -> Dec
         # Say why the pod is not running when the kubelet or the scheduler says it: an image that cannot be pulled, a
         # missing Secret, a pod no node takes. The run still ends by its progress deadline and restarts.
         stuck = next((pod for pod in pods if pod.waiting and not pod.deleting), None)
-        waiting = f"waiting for runner pod {stuck.name}: {stuck.waiting}" if stuck else "waiting for a runner pod"
+        waiting = f"waiting for runner pod {stuck.name}: {stuck.waiting}" if stuck else WAITING_FOR_POD
         if not reported:
             status.message = waiting + (
                 "; it resumes from the checkpoint" if status.iteration or status.restarts else ""

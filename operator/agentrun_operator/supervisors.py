@@ -184,7 +184,9 @@ class RunRegistry:
         self._stops[key] = stop
         task = asyncio.create_task(self._drive(key, stop), name=f"supervise {key[0]}/{key[1]}", context=self._context)
         self._tasks[key] = task
-        task.add_done_callback(functools.partial(self._forget, key))
+        # In the registry's context too: a callback's default is a copy of the current one, which in an event
+        # handler holds kopf's cause, and with it that event's whole raw body, for the life of the run.
+        task.add_done_callback(functools.partial(self._forget, key), context=self._context)
 
     def _forget(self, key: RunKey, task: "asyncio.Task[None]") -> None:
         if self._tasks.get(key) is task:
@@ -309,7 +311,7 @@ class RunRegistry:
         task = asyncio.create_task(
             self._remove_legacy_annotations(key, _legacy_annotations(raw)), context=self._context
         )
-        task.add_done_callback(lambda _: self._migrating.discard(key))
+        task.add_done_callback(lambda _: self._migrating.discard(key), context=self._context)
 
     async def _remove_legacy_annotations(self, key: RunKey, names: list[str]) -> None:
         """One merge patch removing exactly kopf's annotations (by key: the user's own are untouched)."""

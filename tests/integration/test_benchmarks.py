@@ -28,8 +28,15 @@ FIGURES = {
         "all Jobs exist after",
         "API server CPU (s)",
         "operator RSS",
+        "KiB per live run",
     ),
-    "operator_api_requests.py": (ON_KUBERNETES, "requests per run:", "status writes:"),
+    "operator_api_requests.py": (
+        ON_KUBERNETES,
+        "requests per run:",
+        "status writes:",
+        "minimum the run needs:",
+        "excess over the minimum:",
+    ),
     "runner_overhead.py": (
         "ConfigMap store on Kubernetes v",
         "runner time per iteration",

@@ -5,7 +5,15 @@ import dataclasses
 import pytest
 
 from tests.harness.apiproxy import ApiProxy
-from tests.harness.inprocess_operator import FAST, Cluster, RunPace, running_operator, simulate_run_life
+from tests.harness.inprocess_operator import (
+    FAST,
+    Cluster,
+    RunPace,
+    eventually,
+    run_manifest,
+    running_operator,
+    simulate_run_life,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -32,3 +40,17 @@ async def test_fifty_iteration_run_costs_a_bounded_number_of_requests_and_no_pol
         assert by[(kind, "get")] == 0, kind
         assert by[(kind, "list")] <= 1, kind
     assert by[("Secret", "get")] == 1  # the API key reference checked once at admission
+
+
+async def test_admission_writes_the_status_the_supervisors_first_look_would(cluster: Cluster, proxy: ApiProxy) -> None:
+    """Admission's one status write already says the run waits for a runner pod, so the supervisor's first look
+    writes nothing; the next write is the news of why the pod does not run (no node takes it here)."""
+    cluster.add_api_key_secret()
+    async with running_operator(cluster):
+        proxy.requests.clear()
+        cluster.create(run_manifest("q3"))
+        await eventually(
+            lambda: "Unschedulable" in str(cluster.status().get("message")), message="the status to say why"
+        )
+        status_writes = proxy.requests.count(verb="patch", kind="AgentRun", subresource="status")
+    assert status_writes == 2, proxy.requests.summary()

@@ -1,5 +1,8 @@
 """The run registry's book-keeping of AgentRun events, without a server: what it keeps, forgets and starts."""
 
+import contextvars
+import gc
+import weakref
 from typing import Any
 
 import aiohttp
@@ -68,4 +71,35 @@ async def test_a_deleted_run_is_forgotten() -> None:
         runs.observe("DELETED", event_body())
         assert runs.latest(("team-a", "q3")) is None
     finally:
+        await close(runs)
+
+
+class Cause:
+    """What kopf keeps in a context variable while it calls a handler: the event, with the object's raw body."""
+
+
+CAUSE: contextvars.ContextVar[Cause] = contextvars.ContextVar("cause")
+
+
+async def test_a_supervisor_keeps_nothing_of_the_event_handler_that_started_it() -> None:
+    """The supervisor task outlives the AgentRun event handler that started it: it must not keep the handler's
+    context, whose cause holds that event's whole raw body (managed fields and all), one per live run."""
+    runs = await registry()
+    try:
+        runs.attach(jobs=lambda key: [], pods=lambda key: [], progress=lambda key: [])
+        await runs.lead()
+        cause = Cause()
+        held = weakref.ref(cause)
+
+        def handler(event_cause: Cause) -> None:
+            CAUSE.set(event_cause)
+            runs.observe("ADDED", event_body())
+
+        contextvars.copy_context().run(handler, cause)  # kopf calls each handler in a context of its own
+        del cause
+        gc.collect()
+        assert runs.supervised == {("team-a", "q3")}
+        assert held() is None, f"the supervisor keeps the handler's cause alive: {gc.get_referrers(held())}"
+    finally:
+        await runs.follow()
         await close(runs)
