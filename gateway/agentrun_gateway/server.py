@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentrun_common.kube import Credentials, KubeClient
@@ -37,6 +38,7 @@ class _Parts:
 PARTS = web.AppKey("parts", _Parts)
 SETTINGS = web.AppKey("settings", GatewaySettings)
 ARCHIVE = web.AppKey("archive", EventArchive)
+RESOLVER = web.AppKey("resolver", AbstractResolver)
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -129,7 +131,9 @@ async def _start(app: web.Application) -> None:
     # No connection cap: each reader holds one upstream stream; the pool's idle time sits below the
     # runner's keep-alive (see stream_timeouts.runner_server_timeouts).
     upstream_session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=settings.upstream_pool_idle_seconds)
+        connector=aiohttp.TCPConnector(
+            limit=0, keepalive_timeout=settings.upstream_pool_idle_seconds, resolver=app.get(RESOLVER)
+        )
     )
     tokens = StreamTokens(kube, settings.auth_cache_seconds)
     runs = RunDirectory(kube, settings.run_cache_seconds)
@@ -144,11 +148,16 @@ async def _stop(app: web.Application) -> None:
     await asyncio.gather(parts.kube.close(), parts.upstream_session.close())
 
 
-def create_app(settings: GatewaySettings, archive: EventArchive | None = None) -> web.Application:
+def create_app(
+    settings: GatewaySettings, archive: EventArchive | None = None, resolver: AbstractResolver | None = None
+) -> web.Application:
+    """``resolver``: how upstream host names resolve (default: the system's, as in a pod)."""
     app = web.Application()
     app[SETTINGS] = settings
     if archive is not None:
         app[ARCHIVE] = archive
+    if resolver is not None:
+        app[RESOLVER] = resolver
     app.router.add_get("/runs/{namespace}/{name}/events", _events)
     watch_page.add_routes(app, lambda started: started[PARTS], settings.watch_session_seconds)
     runs_api.register(app, settings, lambda: _kube_credentials(settings), _authorized_relay)

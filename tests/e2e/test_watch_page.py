@@ -19,7 +19,7 @@ from tests.harness.gateway import Gateway, as_log, fast_settings, gateway_endpoi
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import Answer, by_turn, call
 from tests.harness.nodeagent.kube import KubeClient
-from tests.harness.runner_router import RunnerRouter, runner_router
+from tests.harness.podnet.resolver import ClusterResolver
 from tests.harness.watch_page import RENDERED, as_shown, sign_in, watch_url
 
 pytestmark = pytest.mark.e2e
@@ -41,17 +41,16 @@ SCRIPT = by_turn(
 
 
 @contextlib.asynccontextmanager
-async def served_gateway(
-    cluster: LocalCluster, kube: KubeClient, tmp_path: Path, run: str
-) -> AsyncIterator[tuple[Gateway, RunnerRouter]]:
-    """The stream gateway in-process, with its real ServiceAccount, reaching the run's pods through a stand-in for
-    their Service."""
+async def served_gateway(cluster: LocalCluster, tmp_path: Path, run: str) -> AsyncIterator[Gateway]:
+    """The stream gateway in-process, with its real ServiceAccount and its default upstream: the run's stream
+    Service by its cluster DNS name, resolved as in a pod, routed to the runner pod behind it."""
     api = gateway_endpoint(cluster.testbed, cluster.namespace, tmp_path)
-    async with (
-        runner_router(kube) as router,
-        Gateway(fast_settings(api, router.port), cluster.namespace, run) as gateway,
-    ):
-        yield gateway, router
+    resolver = ClusterResolver(cluster.testbed.network_plan.dns_ip)
+    try:
+        async with Gateway(fast_settings(api, upstream_port=None), cluster.namespace, run, resolver) as gateway:
+            yield gateway
+    finally:
+        await resolver.close()
 
 
 @pytest.mark.timeout(180)
@@ -74,7 +73,7 @@ async def test_the_page_follows_a_run_through_a_dropped_connection_and_a_runner_
     # Running: the operator has made the run's children, the gateway's grant on its stream token among them.
     await wait_for_status(kube, "watched", lambda s: s.get("phase") == "Running", "Running")
 
-    async with served_gateway(cluster, kube, tmp_path, "watched") as (gateway, router), chromium_tab() as tab:
+    async with served_gateway(cluster, tmp_path, "watched") as gateway, chromium_tab() as tab:
         # Signing in: the form posts the token in the body; the page comes back at a URL without it.
         await sign_in(tab, watch_url(gateway), token)
 
@@ -83,7 +82,7 @@ async def test_the_page_follows_a_run_through_a_dropped_connection_and_a_runner_
         assert await tab.evaluate("document.getElementById('phase').textContent") == "Running"
 
         # A dropped connection: the gateway restarts; the page's EventSource comes back with Last-Event-ID.
-        attached_before = len(router.positions)
+        connections_before = len(gateway.resumed_from)
         await gateway.restart()
         position = await tab.wait_for(
             "document.getElementById('connection').textContent.match(/^reconnecting after event (\\d+)$/)?.[1]",
@@ -94,9 +93,11 @@ async def test_the_page_follows_a_run_through_a_dropped_connection_and_a_runner_
         )
         assert int(position) > 0
         async with asyncio.timeout(10):
-            while len(router.positions) == attached_before:
+            while len(gateway.resumed_from) == connections_before:
                 await asyncio.sleep(0.05)
-        assert router.positions[attached_before] == int(position), "the browser resumed after the last event it showed"
+        assert gateway.resumed_from[connections_before] == int(position), (
+            "the browser resumed after the last event it showed"
+        )
         await tab.wait_for(
             """document.querySelectorAll('#events [data-type="iteration"]')[1]
                 .querySelectorAll('[data-type="token"]').length >= 5""",
@@ -153,7 +154,7 @@ async def test_signing_in_and_the_cookie_are_bound_to_the_run(
     for name in ("mine", "other"):  # by then the operator has granted the gateway the runs' stream tokens
         assert (await wait_for_end(kube, name))["phase"] == "Succeeded"
     async with (
-        served_gateway(cluster, kube, tmp_path, "mine") as (gateway, _),
+        served_gateway(cluster, tmp_path, "mine") as gateway,
         httpx.AsyncClient(timeout=10, follow_redirects=False) as client,
     ):
         page = watch_url(gateway)

@@ -16,6 +16,8 @@ from typing import IO, Any
 
 import httpx
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
+from aiohttp.typedefs import Handler
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from agentrun_api import contract
@@ -55,13 +57,15 @@ def runner_events_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/events?run={{namespace}}/{{name}}"
 
 
-def fast_settings(api: ApiEndpoint, upstream_port: int, **overrides: Any) -> GatewaySettings:
+def fast_settings(api: ApiEndpoint, upstream_port: int | None, **overrides: Any) -> GatewaySettings:
     """Gateway settings with short delays and caches, so a test sees in seconds what takes minutes; any
-    field may be overridden."""
+    field may be overridden. ``upstream_port``: a runner on that port of 127.0.0.1; None: the gateway's default
+    upstream, each run's stream Service by its cluster DNS name (serve it with a ``ClusterResolver``)."""
+    upstream = {} if upstream_port is None else {"upstream_url": runner_events_url(upstream_port)}
     fields: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
-        "upstream_url": runner_events_url(upstream_port),
+        **upstream,
         "kube_api_url": api.url,
         "kube_token_file": api.token_file,
         "kube_ca_file": api.ca_file,
@@ -75,13 +79,20 @@ def fast_settings(api: ApiEndpoint, upstream_port: int, **overrides: Any) -> Gat
 
 
 class Gateway:
-    """The gateway served in-process on a loopback port; restart() serves again on the same port."""
+    """The gateway served in-process on a loopback port; restart() serves again on the same port. ``resolver``:
+    how it resolves its upstream's host names (a ``ClusterResolver`` for the default, Service-name upstream)."""
 
-    def __init__(self, settings: GatewaySettings, namespace: str, run: str) -> None:
+    def __init__(
+        self, settings: GatewaySettings, namespace: str, run: str, resolver: AbstractResolver | None = None
+    ) -> None:
         self.settings = settings
         self.namespace = namespace
         self.run = run
+        self.resolver = resolver
         self.port = 0
+        self.resumed_from: list[int] = []
+        """The Last-Event-ID of each request for an event stream (0 without one), in order: where each of the
+        readers' (re)connections resumed."""
         self._runner: web.AppRunner | None = None
 
     @property
@@ -90,10 +101,18 @@ class Gateway:
         return f"http://127.0.0.1:{self.port}/runs/{self.namespace}/{self.run}/events"
 
     async def start(self) -> None:
-        self._runner = create_runner(create_app(self.settings), self.settings)
+        app = create_app(self.settings, resolver=self.resolver)
+        app.middlewares.append(self._record_resume_position)
+        self._runner = create_runner(app, self.settings)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
         self.port = self._runner.addresses[0][1]
+
+    @web.middleware
+    async def _record_resume_position(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.endswith("/events"):
+            self.resumed_from.append(int(request.headers.get("Last-Event-ID", "0")))
+        return await handler(request)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
