@@ -160,3 +160,14 @@ def test_the_lease_namespace_variable_wins_over_the_pods_namespace() -> None:
         }
     )
     assert (settings.leader_election.namespace, settings.leader_election.pod_namespace) == ("leases", "agentrun-system")
+
+
+def test_runner_image_pull_secrets_are_comma_separated_secret_names_each_once() -> None:
+    env = {"AGENTRUN_RUNNER_IMAGE_PULL_SECRETS": " regcred, team.registry ,regcred,"}
+    assert OperatorSettings.from_env(env).runner_image_pull_secrets == ("regcred", "team.registry")
+    assert OperatorSettings.from_env({}).runner_image_pull_secrets == ()
+
+
+def test_a_runner_image_pull_secret_that_is_no_secret_name_is_refused_naming_the_variable() -> None:
+    with pytest.raises(SettingsError, match=r"AGENTRUN_RUNNER_IMAGE_PULL_SECRETS: 'Reg_Cred' is not a Secret name"):
+        OperatorSettings.from_env({"AGENTRUN_RUNNER_IMAGE_PULL_SECRETS": "regcred,Reg_Cred"})
