@@ -55,12 +55,12 @@ mcp-servers: $(MCP_SERVERS) ## Install the third-party MCP servers the tool test
 
 .PHONY: fmt
 fmt: install ## Format the code
-	$(BIN)/ruff format api common operator runner_image gateway tests bench
-	$(BIN)/ruff check --fix api common operator runner_image gateway tests bench
+	$(BIN)/ruff format api common operator runner_image gateway tests bench images release
+	$(BIN)/ruff check --fix api common operator runner_image gateway tests bench images release
 
 .PHONY: lint
-lint: install ## Lint with ruff
-	$(BIN)/ruff check api common operator runner_image gateway tests bench
+lint: install actionlint ## Lint with ruff, and the workflows with actionlint
+	$(BIN)/ruff check api common operator runner_image gateway tests bench images release
 
 .PHONY: typecheck
 typecheck: install ## Type-check with mypy (strict)
@@ -97,7 +97,7 @@ control-plane: install kube-binaries node-tools ## Run the real control plane wi
 	$(PY) -m tests.harness.testbed --state-dir .control-plane
 
 .PHONY: test
-test: install crd-validators mcp-servers kube-binaries node-tools browser ## Run the whole test suite (unit, integration, e2e on the real control plane)
+test: install crd-validators mcp-servers kube-binaries node-tools browser krew ## Run the whole test suite (unit, integration, e2e on the real control plane)
 	$(BIN)/pytest
 
 BENCH_PATH := PYTHONPATH=api:common:operator:runner_image:gateway:.
@@ -150,3 +150,4 @@ local-cluster: install kube-binaries ## Run the whole path here (real control pl
 	$(PY) -m tests.harness.local_cluster --state-dir .local-cluster
 
 include mk/cluster.mk
+include mk/images.mk

@@ -1,6 +1,6 @@
 # The real-cluster dev loop on kind (https://kind.sigs.k8s.io/docs/user/quick-start/). It needs docker (or
 # another engine kind supports), kind, helm and kubectl on PATH; none of them runs in this repository's CI.
-#   make kind-up images kind-load deploy e2e-cluster kind-down
+#   make kind-up images kind-load deploy e2e-cluster kind-down      (images: mk/images.mk, built with docker here)
 
 KIND ?= kind
 HELM ?= helm
@@ -20,12 +20,6 @@ RELEASE_NAMESPACE ?= agentrun-system
 .PHONY: kind-up
 kind-up: ## Create the kind cluster kind-$(KIND_CLUSTER)
 	$(KIND) create cluster --name $(KIND_CLUSTER) --wait 120s
-
-.PHONY: images
-images: ## Build the operator, runner and stream gateway images
-	$(DOCKER) build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
-	$(DOCKER) build -f runner_image/Dockerfile -t $(RUNNER_IMAGE) .
-	$(DOCKER) build -f gateway/Dockerfile -t $(GATEWAY_IMAGE) .
 
 .PHONY: kind-load
 kind-load: ## Load the images into the kind cluster's nodes

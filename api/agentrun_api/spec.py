@@ -309,11 +309,28 @@ class ResourceRequirements(SpecModel):
     )
 
 
+class ImagePullSecret(SpecModel):
+    """A Secret of type kubernetes.io/dockerconfigjson in the run's namespace, as in the Pod API."""
+
+    name: str = Field(
+        description="Name of the Secret, in the AgentRun's namespace.",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+    )
+
+
 class RunnerSpec(SpecModel):
     """Scheduling and sizing of the runner pod."""
 
     image: str | None = Field(
         default=None, max_length=512, description="Runner image; omit for the operator's default."
+    )
+    image_pull_secrets: list[ImagePullSecret] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Secrets for pulling the runner image from a private registry, in the run's namespace; added "
+        "to the operator's default ones (the chart's runnerImage.pullSecrets).",
     )
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="Runner container resources."

@@ -408,6 +408,11 @@ def build_job(
         "containers": [container],
         "volumes": volumes,
     }
+    pull_secrets = dict.fromkeys(
+        [*settings.runner_image_pull_secrets, *(s.name for s in spec.runner.image_pull_secrets)]
+    )
+    if pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
     if spec.runner.node_selector:
         pod_spec["nodeSelector"] = dict(spec.runner.node_selector)
     if spec.runner.tolerations:

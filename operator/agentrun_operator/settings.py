@@ -9,16 +9,30 @@ server's own settings (AGENTRUN_PERMIT_*, AGENTRUN_POOL_STATUS_INTERVAL_SECONDS)
 """
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from agentrun_api.spec import IngressController
+from agentrun_api.spec import DNS_SUBDOMAIN_PATTERN, IngressController
 from agentrun_common.settings import Count, Env, Port, PositiveSeconds, Seconds, load_settings
 from agentrun_operator.leadership import LeaderElection
 from agentrun_operator.permits.settings import PermitSettings
 from agentrun_operator.policy import Policy
 
-DEFAULT_RUNNER_IMAGE = "ghcr.io/agentrun/agentrun-runner:0.1.0"
+DEFAULT_RUNNER_IMAGE = "ghcr.io/agentrun/agentrun-operator/runner:0.1.0"
+RUNNER_IMAGE_PULL_SECRETS_ENV = "AGENTRUN_RUNNER_IMAGE_PULL_SECRETS"
+
+
+def read_runner_image_pull_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
+    """AGENTRUN_RUNNER_IMAGE_PULL_SECRETS: comma-separated Secret names, each a DNS subdomain."""
+    names = tuple(name.strip() for name in env.get(RUNNER_IMAGE_PULL_SECRETS_ENV, "").split(",") if name.strip())
+    for name in names:
+        if len(name) > 253 or not re.fullmatch(DNS_SUBDOMAIN_PATTERN, name):
+            raise ValueError(
+                f"{RUNNER_IMAGE_PULL_SECRETS_ENV}: {name!r} is not a Secret name: list names such as "
+                f"regcred,other-registry (lowercase letters, digits, '-' and '.'), separated by commas"
+            )
+    return tuple(dict.fromkeys(names))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +44,10 @@ class OperatorSettings:
     # AGENTRUN_RUNNER_IMAGE: runner image for runs whose spec.runner.image is unset (the policy's default
     # image: it must be one the policy's allowed images admit).
     runner_image: str = DEFAULT_RUNNER_IMAGE
+    # AGENTRUN_RUNNER_IMAGE_PULL_SECRETS: Secrets every runner pod pulls its image with (comma-separated names;
+    # the chart's runnerImage.pullSecrets), before a run's own spec.runner.imagePullSecrets. A pull secret is
+    # read from the pod's namespace, so each namespace that runs AgentRuns needs a Secret of that name.
+    runner_image_pull_secrets: Annotated[tuple[str, ...], Env(reader=read_runner_image_pull_secrets)] = ()
     # The platform's bounds on runs' images, model hosts and webhook hosts (AGENTRUN_POLICY_*; see
     # ``agentrun_operator.policy``). Unset: anything is allowed.
     policy: Annotated[Policy, Env(reader=Policy.from_env)] = dataclasses.field(default_factory=Policy)

@@ -63,6 +63,10 @@ HELM_OWNERSHIP_ANNOTATIONS = {
 
 # The project's images, as the node has them: each repository's ENTRYPOINT, run from this checkout.
 PROJECT_IMAGES = {
+    # The release's repositories (the chart's defaults, docs/images.md), then the older and the local names.
+    "ghcr.io/agentrun/agentrun-operator/runner": ["python", "-m", "agentrun_runner"],
+    "ghcr.io/agentrun/agentrun-operator/operator": ["python", "-m", "agentrun_operator"],
+    "ghcr.io/agentrun/agentrun-operator/gateway": ["python", "-m", "agentrun_gateway"],
     "ghcr.io/agentrun/agentrun-runner": ["python", "-m", "agentrun_runner"],
     "agentrun-runner": ["python", "-m", "agentrun_runner"],
     "ghcr.io/agentrun/agentrun-operator": ["python", "-m", "agentrun_operator"],

@@ -37,6 +37,7 @@ NOT_IN_KUBERNETES = {"ServiceMonitor", "PodMonitor"}
 OPERATOR_SETTINGS_ENV = {
     "AGENTRUN_WATCH_NAMESPACE",
     "AGENTRUN_RUNNER_IMAGE",
+    "AGENTRUN_RUNNER_IMAGE_PULL_SECRETS",
     "AGENTRUN_STATUS_MIN_INTERVAL_SECONDS",
     "AGENTRUN_PROGRESS_INTERVAL_SECONDS",
     "AGENTRUN_METRICS_PORT",
@@ -142,6 +143,8 @@ def test_values_schema_rejects_a_misspelt_key(values: dict[str, Any], where: str
         {"operator": {"logFormat": "yaml"}},
         {"operator": {"metricsPort": 70000}},
         {"image": {"pullPolicy": "Sometimes"}},
+        {"runnerImage": {"pullSecrets": [{"name": "Not_A_Secret"}]}},
+        {"imagePullSecrets": [{"name": "regcred", "namespace": "other"}]},
         {"watchNamespace": "Not_A_Namespace"},
         {"operator": {"streamBaseURL": "agents.example.com"}},
     ],
@@ -318,8 +321,8 @@ def test_operator_and_gateway_take_the_stream_controller_from_the_one_value() ->
 def test_image_tags_default_to_the_app_version() -> None:
     app_version = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
     container = operator_container(render_objects())
-    assert container["image"] == f"agentrun-operator:{app_version}"
-    assert env_of(container)["AGENTRUN_RUNNER_IMAGE"] == f"agentrun-runner:{app_version}"
+    assert container["image"] == f"ghcr.io/agentrun/agentrun-operator/operator:{app_version}"
+    assert env_of(container)["AGENTRUN_RUNNER_IMAGE"] == f"ghcr.io/agentrun/agentrun-operator/runner:{app_version}"
     pinned = operator_container(render_objects(SCENARIOS["crds-off"]))
     assert pinned["image"] == "platform/agentrun-operator:0.1.0-rc1"
 

@@ -147,7 +147,7 @@ def test_runner_namespace_defaults_to_the_watched_namespace_and_without_gateway_
 def test_a_fresh_install_allows_only_its_runner_image_and_the_openai_api_and_no_webhook_host() -> None:
     env = env_of(render_objects({}))
     settings = OperatorSettings.from_env(env)
-    assert settings.policy.allowed_images == ("agentrun-runner",)
+    assert settings.policy.allowed_images == ("ghcr.io/agentrun/agentrun-operator/runner",)
     assert settings.policy.image_allowed(settings.runner_image)
     assert settings.policy.allowed_model_hosts == ("api.openai.com",)
     assert settings.policy.allowed_webhook_hosts == ()
@@ -157,7 +157,7 @@ def test_a_fresh_install_allows_only_its_runner_image_and_the_openai_api_and_no_
 
 def test_policy_values_reach_the_operator_and_always_allow_the_default_runner_image() -> None:
     settings = OperatorSettings.from_env(env_of(render_objects(SCENARIO)))
-    assert settings.policy.allowed_images == ("agentrun-runner", "ghcr.io/acme/*")
+    assert settings.policy.allowed_images == ("ghcr.io/agentrun/agentrun-operator/runner", "ghcr.io/acme/*")
     assert settings.policy.require_image_digest is True
     assert settings.policy.allowed_model_hosts == ("api.openai.com", "*.models.internal.example")
     assert settings.policy.allowed_webhook_hosts == ("hooks.example.com",)

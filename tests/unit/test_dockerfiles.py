@@ -1,5 +1,6 @@
 """The images' Dockerfiles: linted by hadolint, multi-stage, pinned, non-root, with the entrypoints tests run."""
 
+import fnmatch
 import importlib.util
 import json
 import re
@@ -98,3 +99,51 @@ def test_operator_image_user_and_ports_match_the_chart() -> None:
         values["operator"]["healthPort"],
         values["operator"]["permitPort"],
     }
+
+
+ENTRYPOINT_MODULES = {"operator": "agentrun_operator", "runner_image": "agentrun_runner", "gateway": "agentrun_gateway"}
+
+
+def dockerignore_admits(top_level: str) -> bool:
+    """Whether .dockerignore leaves a top-level path in the build context (the last matching pattern decides)."""
+    admitted = True
+    for line in (REPO_ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#") or "/" in pattern.strip("!/"):
+            continue
+        negated = pattern.startswith("!")
+        if fnmatch.fnmatch(top_level, pattern.strip("!/")):
+            admitted = negated
+    return admitted
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_every_copy_source_is_in_the_build_context(dockerfile: Path) -> None:
+    for op, arg in instructions(dockerfile):
+        if op != "COPY" or arg.startswith("--from"):
+            continue
+        *sources, _ = [word for word in arg.split() if not word.startswith("--")]
+        for source in sources:
+            matches = list(REPO_ROOT.glob(source))
+            assert matches or source.endswith("*"), f"{dockerfile.parent.name}: COPY {source} names nothing here"
+            for match in matches:
+                top = match.relative_to(REPO_ROOT).parts[0]
+                assert dockerignore_admits(top), (
+                    f"{dockerfile.parent.name}: COPY {source}: .dockerignore leaves out {top}"
+                )
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_entrypoint_is_the_packages_main_module(dockerfile: Path) -> None:
+    (entrypoint,) = [arg for op, arg in final_stage(dockerfile) if op == "ENTRYPOINT"]
+    module = ENTRYPOINT_MODULES[dockerfile.parent.name]
+    assert json.loads(entrypoint) == ["python", "-m", module]
+    assert (dockerfile.parent / module / "__main__.py").is_file()
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_final_stage_runs_no_command_so_a_base_without_a_shell_serves(dockerfile: Path) -> None:
+    # make images' runtime base has no shell (images/runtime_closure.py); RUNTIME_IMAGE picks the final base.
+    final = final_stage(dockerfile)
+    assert [op for op, _ in final if op == "RUN"] == []
+    assert final[0][1].split()[0] == "${RUNTIME_IMAGE}"

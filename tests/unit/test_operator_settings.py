@@ -168,3 +168,14 @@ def test_the_servers_bind_the_pods_ip_unless_told_otherwise() -> None:
     assert (on_pod.listen_host, on_pod.permits.host) == ("10.1.2.3", "10.1.2.3")
     told = OperatorSettings.from_env({"POD_IP": "10.1.2.3", "AGENTRUN_LISTEN_HOST": "127.0.0.1"})
     assert (told.listen_host, told.permits.host) == ("127.0.0.1", "10.1.2.3")
+
+
+def test_runner_image_pull_secrets_are_comma_separated_secret_names_each_once() -> None:
+    env = {"AGENTRUN_RUNNER_IMAGE_PULL_SECRETS": " regcred, team.registry ,regcred,"}
+    assert OperatorSettings.from_env(env).runner_image_pull_secrets == ("regcred", "team.registry")
+    assert OperatorSettings.from_env({}).runner_image_pull_secrets == ()
+
+
+def test_a_runner_image_pull_secret_that_is_no_secret_name_is_refused_naming_the_variable() -> None:
+    with pytest.raises(SettingsError, match=r"AGENTRUN_RUNNER_IMAGE_PULL_SECRETS: 'Reg_Cred' is not a Secret name"):
+        OperatorSettings.from_env({"AGENTRUN_RUNNER_IMAGE_PULL_SECRETS": "regcred,Reg_Cred"})

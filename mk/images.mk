@@ -1,0 +1,49 @@
+# Images, the release's tools and the kubectl plugin's files (docs/images.md).
+#   make images                                   the three images, with buildah or docker
+#   make images push REGISTRY=ghcr.io/you/agentrun-operator IMAGE_TAG=0.1.0
+# Without a docker daemon the images are built with buildah (no daemon) on a base made from Debian packages
+# (images/base.sh); IMAGE_BUILDER=buildah|docker and IMAGE_BASE=debian|official choose otherwise.
+REGISTRY ?=
+IMAGE_BUILDER ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo buildah)
+IMAGE_ENV = IMAGE_BUILDER=$(IMAGE_BUILDER) REGISTRY=$(REGISTRY) IMAGE_TAG=$(IMAGE_TAG) $(if $(IMAGE_BASE),IMAGE_BASE=$(IMAGE_BASE))
+# Debian packages that build and run images without a daemon: buildah, debootstrap (the base), runc.
+IMAGE_TOOLS := buildah debootstrap runc
+
+.PHONY: image-tools
+image-tools: ## Install buildah, debootstrap and runc with apt when one is missing (builds with docker need none)
+	@if [ "$(IMAGE_BUILDER)" = buildah ]; then \
+		missing=$$(for tool in $(IMAGE_TOOLS); do command -v $$tool >/dev/null || echo $$tool; done); \
+		if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
+
+.PHONY: images
+images: image-tools ## Build the operator, runner and gateway images with $(IMAGE_BUILDER) (tag $(IMAGE_TAG); REGISTRY=... names them <REGISTRY>/{operator,runner,gateway})
+	$(IMAGE_ENV) images/build.sh build
+
+.PHONY: push
+push: ## Push the images `make images` built to REGISTRY (make images push REGISTRY=ghcr.io/you/agentrun-operator)
+	$(IMAGE_ENV) images/build.sh push
+
+# Release tools, built from their Go modules at pinned versions into .lint-tools/ (ignored by git).
+ACTIONLINT_VERSION := v1.7.12
+ACTIONLINT := .lint-tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
+KREW_VERSION := v0.4.3
+KREW := .lint-tools/krew-$(KREW_VERSION)/krew
+
+$(ACTIONLINT):
+	GOBIN=$(CURDIR)/$(dir $@) GOFLAGS=-mod=mod go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
+$(KREW):
+	GOBIN=$(CURDIR)/$(dir $@) GOFLAGS=-mod=mod go install sigs.k8s.io/krew/cmd/krew@$(KREW_VERSION)
+
+.PHONY: actionlint
+actionlint: $(ACTIONLINT) ## Lint the GitHub workflows with actionlint (and shellcheck, installed with apt when missing)
+	@command -v shellcheck >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck)
+	$(ACTIONLINT) -no-color .github/workflows/*.yml
+
+.PHONY: krew
+krew: $(KREW) ## Build krew, which the tests install the kubectl plugin's release archive with
+
+.PHONY: plugin
+plugin: ## Build dist/kubectl-agentrun (one file), its krew archive and krew manifest, as a release publishes them
+	$(PYTHON) release/plugin.py --out dist
