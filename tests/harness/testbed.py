@@ -236,8 +236,11 @@ class KubeTestbed:
         self.install_approval_policy()
 
     def install_approval_policy(self) -> None:
-        """The admission policy the chart installs with the CRDs: an approval's decidedBy is its creator."""
+        """The admission policy the chart installs with the CRDs: an approval's decidedBy is its creator. Stamped,
+        as the CRDs are, with the session release's ownership, so the chart's Helm install adopts it."""
         for obj in approval.admission_policy():
+            obj["metadata"]["labels"] = {**obj["metadata"].get("labels", {}), **HELM_OWNERSHIP_LABELS}
+            obj["metadata"]["annotations"] = {**obj["metadata"].get("annotations", {}), **HELM_OWNERSHIP_ANNOTATIONS}
             plural = ADMISSION_PLURALS[obj["kind"]]
             answer = self.admin.patch(
                 f"/apis/admissionregistration.k8s.io/v1/{plural}/{obj['metadata']['name']}",
