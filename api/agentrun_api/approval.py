@@ -63,10 +63,6 @@ class AgentRunApprovalSpec(SpecModel):
     )
 
 
-class AgentRunApprovalStatus(SpecModel):
-    """Unused: the decision is recorded in the AgentRun's status.approvals."""
-
-
 def admission_policy() -> list[dict[str, Any]]:
     """The ValidatingAdmissionPolicy (and its binding) that makes spec.decidedBy the authenticated creator."""
     policy = {
@@ -75,15 +71,21 @@ def admission_policy() -> list[dict[str, Any]]:
         "metadata": {"name": POLICY_NAME, "labels": {constants.LABEL_PART_OF: constants.PART_OF}},
         "spec": {
             "failurePolicy": "Fail",
+            # Written as the API server stores it (its defaults spelled out), so that Helm's server-side apply of
+            # the chart finds nothing to change where the policy already exists.
             "matchConstraints": {
+                "matchPolicy": "Equivalent",
+                "namespaceSelector": {},
+                "objectSelector": {},
                 "resourceRules": [
                     {
                         "apiGroups": [constants.GROUP],
                         "apiVersions": ["*"],
                         "operations": ["CREATE"],
                         "resources": [PLURAL],
+                        "scope": "*",
                     }
-                ]
+                ],
             },
             "validations": [
                 {

@@ -374,8 +374,6 @@ def build_approval_crd() -> dict[str, Any]:
     spec_schema["x-kubernetes-validations"] = [
         {"rule": "self == oldSelf", "message": "an approval cannot be changed once made"}
     ]
-    status_schema = _schema_of(approval.AgentRunApprovalStatus, "serialization")
-    status_schema["description"] = approval.AgentRunApprovalStatus.__doc__
     names = CrdNames(
         crd_name=approval.CRD_NAME,
         kind=approval.KIND,
@@ -386,7 +384,7 @@ def build_approval_crd() -> dict[str, Any]:
         "(`kubectl agentrun approve|deny`). Creating one is the RBAC right to decide; spec.decidedBy must be "
         "the creating user (a ValidatingAdmissionPolicy checks it).",
     )
-    return _namespaced_crd(names, APPROVAL_PRINTER_COLUMNS, spec_schema, status_schema)
+    return _namespaced_crd(names, APPROVAL_PRINTER_COLUMNS, spec_schema, None)
 
 
 MCPSERVER_PRINTER_COLUMNS: list[dict[str, Any]] = [
