@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
+# Install Debian packages (the names follow it in the recipe line): as root directly, otherwise through sudo.
+APT_INSTALL = if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 # The variables that target descriptions name (kind-$(KIND_CLUSTER)): `make help` prints their values, passed to
 # awk through its environment, instead of the unexpanded references.
@@ -40,10 +43,7 @@ crd-validators: $(CRD_VALIDATORS) ## Install the published third-party CRD schem
 
 .PHONY: browser
 browser: ## Install headless Chromium (Debian's chromium) for the watch page's tests, when /usr/bin/chromium is missing
-	@if [ ! -x /usr/bin/chromium ]; then \
-		if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
-		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	fi
+	@[ -x /usr/bin/chromium ] || { $(APT_INSTALL) chromium; }
 
 MCP_SERVERS := tests/mcp_servers/node_modules/.package-lock.json
 $(MCP_SERVERS): tests/mcp_servers/package.json tests/mcp_servers/package-lock.json
@@ -90,7 +90,7 @@ kube-binaries: ## Build etcd, kube-apiserver, kube-controller-manager, kube-sche
 .PHONY: node-tools
 node-tools: ## Install the Debian packages the node agent needs when missing (iproute2's ip; util-linux's unshare, nsenter)
 	@command -v ip >/dev/null && command -v unshare >/dev/null && command -v nsenter >/dev/null \
-		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2 util-linux; }
+		|| { $(APT_INSTALL) --no-install-recommends iproute2 util-linux; }
 
 .PHONY: control-plane
 control-plane: install kube-binaries node-tools ## Run the real control plane with a node agent until Ctrl-C (prints the kubeconfig)

@@ -13,7 +13,7 @@ IMAGE_TOOLS := buildah debootstrap runc
 image-tools: ## Install buildah, debootstrap and runc with apt when one is missing (builds with docker need none)
 	@if [ "$(IMAGE_BUILDER)" = buildah ]; then \
 		missing=$$(for tool in $(IMAGE_TOOLS); do command -v $$tool >/dev/null || echo $$tool; done); \
-		if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+		[ -z "$$missing" ] || { $(APT_INSTALL) $$missing; }; \
 	fi
 
 .PHONY: images
@@ -38,7 +38,7 @@ $(KREW):
 
 .PHONY: actionlint
 actionlint: $(ACTIONLINT) ## Lint the GitHub workflows with actionlint (and shellcheck, installed with apt when missing)
-	@command -v shellcheck >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck)
+	@command -v shellcheck >/dev/null || { $(APT_INSTALL) shellcheck; }
 	$(ACTIONLINT) -no-color .github/workflows/*.yml
 
 .PHONY: krew

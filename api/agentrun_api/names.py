@@ -15,6 +15,8 @@ from typing import Final
 _LONGEST_LABEL_SUFFIX: Final = len("-runner")
 RUN_NAME_MAX_LENGTH: Final = 63 - _LONGEST_LABEL_SUFFIX
 RUN_NAME_PATTERN: Final = "^[a-z]([-a-z0-9]*[a-z0-9])?$"  # DNS-1035 label
+DNS_LABEL_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 RUN_NAME_PATTERN_MESSAGE: Final = (
     "metadata.name must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter and "
     "ending with a letter or digit (no dots), because the run's stream Service is named after it"
@@ -23,6 +25,16 @@ RUN_NAME_LENGTH_MESSAGE: Final = (
     f"metadata.name must be at most {RUN_NAME_MAX_LENGTH} characters, so that the run's Job "
     f"(<name>-runner) and Service (<name>-stream) names fit in 63"
 )
+
+
+def is_dns_label(text: str) -> bool:
+    """A Kubernetes namespace's (or any DNS-1123 label's) form."""
+    return len(text) <= 63 and re.fullmatch(DNS_LABEL_PATTERN, text) is not None
+
+
+def is_dns_subdomain(text: str) -> bool:
+    """A Kubernetes object name's form (DNS-1123 subdomain)."""
+    return len(text) <= 253 and re.fullmatch(DNS_SUBDOMAIN_PATTERN, text) is not None
 
 
 def run_name_problem(name: str) -> str | None:

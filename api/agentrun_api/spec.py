@@ -14,6 +14,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
+from agentrun_api.names import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
 from agentrun_common.durations import DURATION_FORMS, DURATION_PATTERN, parse_duration
 
 TAKES_DURATION = f"Takes {DURATION_FORMS}."
@@ -21,8 +22,6 @@ TAKES_DURATION = f"Takes {DURATION_FORMS}."
 # Seven days: past this a run should be split into several, and whole-response timers on the
 # stream path (which cap at 24 h on most platforms) are survived by resuming, not by waiting.
 MAX_EXECUTION_TIME_SECONDS = 7 * 24 * 3600
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

@@ -14,7 +14,6 @@ the API server (the run, the idempotency mapping), so any replica answers any re
 
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -145,7 +144,7 @@ def _guarded(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRe
                     field="header Authorization",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-            if not _is_dns_label(namespace):
+            if not run_names.is_dns_label(namespace):
                 raise _not_found(namespace, request.match_info.get("id"))
             return await handler(request, parts, caller, namespace)
         except RefusalError as refusal:
@@ -154,10 +153,6 @@ def _guarded(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRe
             return _refused(_api_refusal(error))
 
     return guarded
-
-
-def _is_dns_label(text: str) -> bool:
-    return 0 < len(text) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", text) is not None
 
 
 def _not_found(namespace: str, run: str | None) -> RefusalError:
@@ -272,7 +267,7 @@ def _checked_request(body: Any, caller: Caller) -> JsonObject:
             )
         return body
     name, run_input, overrides = body["template"], body.get("input"), body.get("overrides", {})
-    if not isinstance(name, str) or not _is_dns_subdomain(name):
+    if not isinstance(name, str) or not run_names.is_dns_subdomain(name):
         raise RefusalError(
             422,
             "InvalidField",
@@ -297,10 +292,6 @@ def _checked_request(body: Any, caller: Caller) -> JsonObject:
             field="overrides",
         )
     return body
-
-
-def _is_dns_subdomain(text: str) -> bool:
-    return 0 < len(text) <= 253 and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", text) is not None
 
 
 async def _submit(request: web.Request, parts: _Parts, caller: Caller, namespace: str) -> web.StreamResponse:

@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agentrun_api.names import is_dns_label, is_dns_subdomain
 from agentrun_common.kube import Credentials, KubeClient
 from agentrun_gateway import metrics, runs_api, watch_page
 from agentrun_gateway.archive import RunArchive
@@ -21,9 +21,6 @@ from agentrun_gateway.settings import IN_CLUSTER_CA_FILE, GatewaySettings
 from agentrun_gateway.watch_session import COOKIE_NAME as WATCH_COOKIE
 
 log = logging.getLogger(__name__)
-
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 @dataclass
@@ -47,7 +44,7 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 
 async def _events(request: web.Request) -> web.StreamResponse:
     namespace, run = request.match_info["namespace"], request.match_info["name"]
-    if not DNS_LABEL.match(namespace) or not DNS_SUBDOMAIN.match(run):
+    if not is_dns_label(namespace) or not is_dns_subdomain(run):
         return _error(400, "namespace and run name must be Kubernetes object names")
     raw_last = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or "0"
     if not raw_last.isdigit():

@@ -15,7 +15,6 @@ import base64
 import hashlib
 import html
 import logging
-import re
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -24,6 +23,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from agentrun_api.names import is_dns_label, is_dns_subdomain
 from agentrun_gateway.auth import Authenticator, Decision
 from agentrun_gateway.kube import KubeApiError
 from agentrun_gateway.relay import RunDirectory
@@ -31,8 +31,6 @@ from agentrun_gateway.watch_session import COOKIE_NAME, WatchSession, expiry_of
 
 log = logging.getLogger(__name__)
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 PATH = "/runs/{namespace}/{name}/watch"
 
 
@@ -104,7 +102,7 @@ def add_routes(app: web.Application, parts_of: Callable[[web.Application], Watch
 
     def names(request: web.Request) -> tuple[str, str]:
         namespace, run = request.match_info["namespace"], request.match_info["name"]
-        if not DNS_LABEL.match(namespace) or not DNS_SUBDOMAIN.match(run):
+        if not is_dns_label(namespace) or not is_dns_subdomain(run):
             raise web.HTTPBadRequest(text="namespace and run name must be Kubernetes object names\n")
         return namespace, run
 

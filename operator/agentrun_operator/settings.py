@@ -13,7 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from agentrun_api.spec import DNS_SUBDOMAIN_PATTERN, IngressController
+from agentrun_api.names import DNS_SUBDOMAIN_PATTERN
+from agentrun_api.spec import IngressController
 from agentrun_common.settings import Count, Env, Port, PositiveSeconds, Seconds, load_settings
 from agentrun_operator.leadership import LeaderElection
 from agentrun_operator.permits.settings import PermitSettings

@@ -72,3 +72,24 @@ def test_the_crd_carries_the_rule_on_metadata_name() -> None:
         f"self.metadata.name.matches('{names.RUN_NAME_PATTERN}')",
         f"size(self.metadata.name) <= {names.RUN_NAME_MAX_LENGTH}",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "subdomain"),
+    [
+        ("team-a", True, True),
+        ("a" * 63, True, True),
+        ("a" * 64, False, True),
+        ("run.v2", False, True),
+        ("-team", False, False),
+        ("team-", False, False),
+        ("Team", False, False),
+        ("a..b", False, False),
+        ("team\n", False, False),
+        ("", False, False),
+        ("a" * 254, False, False),
+    ],
+)
+def test_kubernetes_name_forms(text: str, label: bool, subdomain: bool) -> None:
+    assert names.is_dns_label(text) is label
+    assert names.is_dns_subdomain(text) is subdomain

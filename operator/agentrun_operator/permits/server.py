@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from agentrun_api import permits as protocol
-from agentrun_api.spec import DNS_LABEL_PATTERN
+from agentrun_api.names import DNS_LABEL_PATTERN
 from agentrun_operator.permits.access import AccessLookupError, PoolAccess, how_to_grant
 from agentrun_operator.permits.credentials import CredentialLookupError, CredentialVerifier
 from agentrun_operator.permits.metrics import QUEUE_WAIT_SECONDS, pool_label
