@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import secrets
@@ -22,7 +23,7 @@ import pydantic
 from agentrun_api import conditions as c
 from agentrun_api import constants, contract
 from agentrun_api.names import run_name_problem
-from agentrun_api.spec import AgentRunSpec
+from agentrun_api.spec import AgentRunSpec, CompletionWebhookSpec
 from agentrun_api.status import AgentRunStatus, Notification, Phase, StreamRoute
 from agentrun_common.stream_timeouts import check_stream_chain
 from agentrun_operator import approvals, children, policy, run_route, run_tools, webhook
@@ -658,7 +659,7 @@ class Supervisor:
         hook = spec.completion_webhook
         if hook is None:
             return None
-        settings, now = self.op.settings, self.op.clock()
+        now = self.op.clock()
         new = self.status.model_copy(deep=True)
         waits: list[float] = []
         changed = False
@@ -666,54 +667,19 @@ class Supervisor:
             note = entry.notification or Notification(
                 event_id=webhook.event_id(self.owner.uid, f"approval/{entry.call}")
             )
-            if note.delivered or note.attempts >= hook.max_attempts:
-                continue
-            if note.last_attempt_time is not None:
-                due = note.last_attempt_time + timedelta(
-                    seconds=webhook.backoff_seconds(
-                        note.attempts, base=settings.webhook_backoff_seconds, cap=settings.webhook_backoff_max_seconds
-                    )
-                )
-                if now < due:
-                    waits.append((due - now).total_seconds())
-                    continue
-            ref = hook.signing_key_secret_ref
-            key = await self.op.kube.read_secret_key(self.owner.namespace, ref.name, ref.key)
-            if key is None:
-                result = webhook.DeliveryResult(
-                    ok=False, error=f"signing key Secret {ref.name!r} (key {ref.key!r}) not found"
-                )
-            else:
-                body = webhook.approval_payload(
-                    self.owner.namespace, self.owner.name, self.owner.uid, entry, note.event_id
-                )
-                result = await webhook.deliver(
-                    self.op.http,
-                    hook.url,
-                    key,
-                    body,
-                    note.event_id,
-                    now=now,
-                    timeout_seconds=settings.webhook_timeout_seconds,
-                    host_allowed=settings.policy.webhook_host_allowed(hook.url),
-                )
-            entry.notification = note.model_copy(
-                update={
-                    "attempts": note.attempts + 1,
-                    "last_attempt_time": now,
-                    "delivered": result.ok,
-                    "last_error": result.error,
-                }
+            attempt = await self._attempt_delivery(
+                hook,
+                note,
+                functools.partial(
+                    webhook.approval_payload, self.owner.namespace, self.owner.name, self.owner.uid, entry
+                ),
+                now,
             )
-            changed = True
-            if not result.ok and entry.notification.attempts < hook.max_attempts:
-                waits.append(
-                    webhook.backoff_seconds(
-                        entry.notification.attempts,
-                        base=settings.webhook_backoff_seconds,
-                        cap=settings.webhook_backoff_max_seconds,
-                    )
-                )
+            if isinstance(attempt, Notification):
+                entry.notification, changed = attempt, True
+                attempt = self._retry_in(hook, attempt)
+            if attempt is not None:
+                waits.append(attempt)
         if changed:
             await write_status(self.op, self.owner, new)
             self.status, self.last_write = new, now
@@ -778,51 +744,24 @@ class Supervisor:
         hook = spec.completion_webhook
         if hook is None or self.status.phase is None:
             return None
-        settings = self.op.settings
         note = self.status.notification or Notification(
             event_id=webhook.event_id(self.owner.uid, self.status.phase.value)
         )
-        if note.delivered or note.attempts >= hook.max_attempts:
-            return None
         now = self.op.clock()
-        if note.last_attempt_time is not None:
-            due = note.last_attempt_time + timedelta(
-                seconds=webhook.backoff_seconds(
-                    note.attempts, base=settings.webhook_backoff_seconds, cap=settings.webhook_backoff_max_seconds
-                )
-            )
-            if now < due:
-                return (due - now).total_seconds()
-        ref = hook.signing_key_secret_ref
-        key = await self.op.kube.read_secret_key(self.owner.namespace, ref.name, ref.key)
-        if key is None:
-            result = webhook.DeliveryResult(
-                ok=False, error=f"signing key Secret {ref.name!r} (key {ref.key!r}) not found"
-            )
-        else:
-            body = webhook.payload(self.owner.namespace, self.owner.name, self.owner.uid, self.status, note.event_id)
-            result = await webhook.deliver(
-                self.op.http,
-                hook.url,
-                key,
-                body,
-                note.event_id,
-                now=now,
-                timeout_seconds=settings.webhook_timeout_seconds,
-                host_allowed=settings.policy.webhook_host_allowed(hook.url),
-            )
-        note = note.model_copy(
-            update={
-                "attempts": note.attempts + 1,
-                "last_attempt_time": now,
-                "delivered": result.ok,
-                "last_error": result.error,
-            }
+        status = self.status
+        attempt = await self._attempt_delivery(
+            hook,
+            note,
+            lambda event_id: webhook.payload(self.owner.namespace, self.owner.name, self.owner.uid, status, event_id),
+            now,
         )
+        if not isinstance(attempt, Notification):
+            return attempt
+        note = attempt
         new = self.status.model_copy(deep=True)
         new.notification = note
         generation = int(self.body.get("metadata", {}).get("generation") or 0)
-        if result.ok:
+        if note.delivered:
             set_condition(
                 new,
                 c.NOTIFIED,
@@ -834,7 +773,7 @@ class Supervisor:
             )
         else:
             left = hook.max_attempts - note.attempts
-            message = f"attempt {note.attempts} of {hook.max_attempts} failed: {result.error}" + (
+            message = f"attempt {note.attempts} of {hook.max_attempts} failed: {note.last_error}" + (
                 "" if left else "; giving up"
             )
             set_condition(new, c.NOTIFIED, False, c.REASON_DELIVERY_FAILED, message, now=now, generation=generation)
@@ -842,11 +781,60 @@ class Supervisor:
                 kopf.warn(self.body, reason=c.REASON_DELIVERY_FAILED, message=message)
         await write_status(self.op, self.owner, new)
         self.status, self.last_write = new, now
-        if result.ok:
+        if note.delivered:
             kopf.info(self.body, reason=c.REASON_DELIVERED, message="completion webhook delivered")
-            return None
-        if note.attempts >= hook.max_attempts:
-            return None
+        return self._retry_in(hook, note)
+
+    def _backoff(self, attempts: int) -> float:
+        settings = self.op.settings
         return webhook.backoff_seconds(
-            note.attempts, base=settings.webhook_backoff_seconds, cap=settings.webhook_backoff_max_seconds
+            attempts, base=settings.webhook_backoff_seconds, cap=settings.webhook_backoff_max_seconds
+        )
+
+    def _retry_in(self, hook: CompletionWebhookSpec, note: Notification) -> float | None:
+        """Seconds until the next attempt after ``note``'s last, or None when delivered or out of attempts."""
+        if note.delivered or note.attempts >= hook.max_attempts:
+            return None
+        return self._backoff(note.attempts)
+
+    async def _attempt_delivery(
+        self,
+        hook: CompletionWebhookSpec,
+        note: Notification,
+        body_of: Callable[[str], bytes],
+        now: datetime,
+    ) -> Notification | float | None:
+        """One signed POST of ``body_of(event id)`` to the run's webhook when ``note`` is due one: the note after
+        the attempt; else the seconds until it is due, or None when it was delivered or is out of attempts."""
+        if note.delivered or note.attempts >= hook.max_attempts:
+            return None
+        if note.last_attempt_time is not None:
+            due = note.last_attempt_time + timedelta(seconds=self._backoff(note.attempts))
+            if now < due:
+                return (due - now).total_seconds()
+        settings = self.op.settings
+        ref = hook.signing_key_secret_ref
+        key = await self.op.kube.read_secret_key(self.owner.namespace, ref.name, ref.key)
+        if key is None:
+            result = webhook.DeliveryResult(
+                ok=False, error=f"signing key Secret {ref.name!r} (key {ref.key!r}) not found"
+            )
+        else:
+            result = await webhook.deliver(
+                self.op.http,
+                hook.url,
+                key,
+                body_of(note.event_id),
+                note.event_id,
+                now=now,
+                timeout_seconds=settings.webhook_timeout_seconds,
+                host_allowed=settings.policy.webhook_host_allowed(hook.url),
+            )
+        return note.model_copy(
+            update={
+                "attempts": note.attempts + 1,
+                "last_attempt_time": now,
+                "delivered": result.ok,
+                "last_error": result.error,
+            }
         )
