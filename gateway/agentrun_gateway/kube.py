@@ -46,6 +46,23 @@ class Identity:
     uid: str = ""
 
 
+SUBJECT_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+
+
+def subject_access_review(identity: Identity, resource_attributes: dict[str, str]) -> dict[str, Any]:
+    """The SubjectAccessReview asking whether ``identity`` may do what ``resource_attributes`` describe."""
+    return {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": identity.username,
+            "groups": list(identity.groups),
+            "uid": identity.uid,
+            "resourceAttributes": resource_attributes,
+        },
+    }
+
+
 class KubeApi:
     """The gateway's calls over the shared client, whose credentials read a rotated token file again."""
 
@@ -152,23 +169,10 @@ class KubeApi:
         """Whether RBAC lets this identity ``get`` the AgentRun (SubjectAccessReview)."""
         review = await self._request(
             "POST",
-            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            SUBJECT_ACCESS_REVIEWS,
             f"create SubjectAccessReview for agentruns/{run} in {namespace}",
-            {
-                "apiVersion": "authorization.k8s.io/v1",
-                "kind": "SubjectAccessReview",
-                "spec": {
-                    "user": identity.username,
-                    "groups": list(identity.groups),
-                    "uid": identity.uid,
-                    "resourceAttributes": {
-                        "namespace": namespace,
-                        "verb": "get",
-                        "group": GROUP,
-                        "resource": PLURAL,
-                        "name": run,
-                    },
-                },
-            },
+            subject_access_review(
+                identity, {"namespace": namespace, "verb": "get", "group": GROUP, "resource": PLURAL, "name": run}
+            ),
         )
         return bool((review or {}).get("status", {}).get("allowed"))

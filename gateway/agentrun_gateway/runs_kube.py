@@ -6,7 +6,7 @@ from typing import Any
 from agentrun_api import template
 from agentrun_api.constants import GROUP, PLURAL, VERSION
 from agentrun_common.kube import ApiError, KubeClient
-from agentrun_gateway.kube import Identity
+from agentrun_gateway.kube import SUBJECT_ACCESS_REVIEWS, Identity, subject_access_review
 
 JsonObject = dict[str, Any]
 
@@ -82,17 +82,8 @@ class RunsKube:
             attributes["name"] = name
         review = await self._object(
             "POST",
-            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            SUBJECT_ACCESS_REVIEWS,
             f"create SubjectAccessReview for {verb} agentruns in {namespace}",
-            body={
-                "apiVersion": "authorization.k8s.io/v1",
-                "kind": "SubjectAccessReview",
-                "spec": {
-                    "user": identity.username,
-                    "groups": list(identity.groups),
-                    "uid": identity.uid,
-                    "resourceAttributes": attributes,
-                },
-            },
+            body=subject_access_review(identity, attributes),
         )
         return bool(review.get("status", {}).get("allowed"))
