@@ -24,6 +24,7 @@ from agentrun_runner.checkpoint import ConfigMapStore, PvcStore
 from agentrun_runner.kube import ConfigMaps, load_configuration
 from agentrun_runner.settings import RunnerSettings
 from agentrun_runner.state import RunState
+from tests.harness.loopback_http import LoopbackServer
 from tests.harness.source_roots import pythonpath
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -243,7 +244,7 @@ def read_progress(tmp_path: Path) -> ProgressReport:
     return ProgressReport.model_validate_json((tmp_path / "progress.json").read_text())
 
 
-class ToolServer:
+class ToolServer(LoopbackServer):
     """The far side of http_fetch: executes each Idempotency-Key once and replays it after.
 
     ``executions`` counts real executions per key; ``deliveries`` counts every request per key;
@@ -262,24 +263,12 @@ class ToolServer:
         self.deliveries: collections.Counter[str] = collections.Counter()
         self.requests_without_key = 0
         self._answers: dict[str, str] = {}
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
 
-    async def __aenter__(self) -> "ToolServer":
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/{path:.*}", self._get)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _get(self, request: web.Request) -> web.Response:
         key = request.headers.get("Idempotency-Key")

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from agentrun_api.mcpserver import IDEMPOTENCY_META_KEY
 from tests.harness.local_cluster import free_port
+from tests.harness.loopback_http import LoopbackServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVERYTHING = REPO_ROOT / "tests/mcp_servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
@@ -82,7 +83,7 @@ class EverythingServer:
             await self._process.wait()
 
 
-class RecordingMCPProxy:
+class RecordingMCPProxy(LoopbackServer):
     """Forwards ``/mcp`` to an MCP server and counts its tools/call requests per idempotency key."""
 
     def __init__(self, upstream: str, *, hold_first_call: dict[str, float] | None = None) -> None:
@@ -94,9 +95,7 @@ class RecordingMCPProxy:
         self.in_flight: set[str] = set()
         self.tools_of_key: dict[str, str] = {}
         self._held: set[tuple[str, str]] = set()
-        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self.port = 0
 
     @property
     def url(self) -> str:
@@ -105,21 +104,17 @@ class RecordingMCPProxy:
     def keys_of(self, uid: str) -> dict[str, int]:
         return {key: n for key, n in self.deliveries.items() if key.startswith(f"{uid}:")}
 
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/mcp", self._forward)
+
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=None))
-        app = web.Application()
-        app.router.add_route("*", "/mcp", self._forward)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        return self
+        return await super().__aenter__()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().__aexit__(exc_type, exc, tb)
         if self._session is not None:
             await self._session.close()
 
@@ -176,7 +171,7 @@ class RecordingMCPProxy:
         return str(key)
 
 
-class TicketService:
+class TicketService(LoopbackServer):
     """POST /queues/{queue}/tickets: opens one ticket per Idempotency-Key; a repeat gets the first answer.
     Requires ``X-Api-Key: api_key``. ``hold_first_call`` seconds: the first call of each run waits."""
 
@@ -192,8 +187,6 @@ class TicketService:
         # A repeat that arrives while its first delivery is still being served waits for that answer.
         self._serving: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._held: set[str] = set()
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     def url_template(self) -> str:
         return f"http://127.0.0.1:{self.port}/queues/{{queue}}/tickets"
@@ -201,18 +194,8 @@ class TicketService:
     def keys_of(self, uid: str) -> dict[str, int]:
         return {key: n for key, n in self.deliveries.items() if key.startswith(f"{uid}:")}
 
-    async def __aenter__(self) -> Self:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/queues/{queue}/tickets", self._open)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _open(self, request: web.Request) -> web.Response:
         if request.headers.get("X-Api-Key") != self.api_key:
