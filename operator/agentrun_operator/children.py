@@ -467,10 +467,12 @@ def build_companions(
     """The run's objects besides its Job, checkpoint claim and own stream route, in creation order. The
     supervisor creates these again when they are deleted; the Job is replaced by the supervisor's own rules
     (counting a restart), a new empty claim is not the lost checkpoint, and a route's kind may not be served."""
-    objects = [
-        build_service_account(owner),
-        build_role(owner, spec),
-        build_role_binding(owner),
+    objects = [build_service_account(owner), build_role(owner, spec), build_role_binding(owner)]
+    if spec.streaming.enabled and settings.gateway_service_account:
+        # Before the token Secret: whoever can read the token finds the gateway already allowed to check it.
+        objects.append(build_stream_reader_role(owner.name))
+        objects.append(build_stream_reader_binding(owner.name, settings.gateway_service_account))
+    objects += [
         build_runner_config_map(owner, spec, settings, tools),
         build_progress_config_map(owner),
         build_stream_token_secret(owner, stream_token),
@@ -479,9 +481,6 @@ def build_companions(
     if spec.streaming.enabled:
         route = run_route(owner, spec)
         objects.append(build_stream_service(owner, route.service_annotations if route else None))
-        if settings.gateway_service_account:
-            objects.append(build_stream_reader_role(owner.name))
-            objects.append(build_stream_reader_binding(owner.name, settings.gateway_service_account))
     kopf.adopt(objects, owner=owner.as_owner_body())  # type: ignore[arg-type]
     return objects
 

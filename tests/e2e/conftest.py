@@ -23,6 +23,15 @@ async def cluster(testbed: KubeTestbed, tmp_path: Path) -> AsyncIterator[LocalCl
 
 
 @pytest.fixture
+async def operator_process_cluster(testbed: KubeTestbed, tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """The operator as a child process, with its own ServiceAccount under the chart's RBAC: for tests whose stream
+    gateway runs outside the chart as the harness's gateway identity (tests.harness.identities), which the chart's
+    operator, with its gateway off, grants nothing. A module uses it by naming it as its ``cluster``."""
+    async with local_cluster(testbed, tmp_path, research_script(delay=0.4), scripted=False) as running:
+        yield running
+
+
+@pytest.fixture
 async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
     async with KubeClient(str(cluster.kubeconfig_path)) as client:
         yield client

@@ -6,8 +6,6 @@ import base64
 import json
 import secrets
 import ssl
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,26 +19,22 @@ from tests.e2e.runs import (
     assert_result,
     fetching_run,
     fetching_script,
-    local_cluster,
     needs_scripted_model,
 )
 from tests.harness.agentruns import agentruns_path, runner_pods, wait_for_end, wait_for_status
 from tests.harness.identities import gateway_identity
 from tests.harness.local_cluster import LocalCluster
-from tests.harness.model_server import research_script
 from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.sse_client import dispatched_events
-from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-async def cluster(testbed: KubeTestbed, tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    """The operator as a child process: these tests read streams as the harness's gateway identity
-    (tests.harness.identities), which the chart's operator, with its gateway off, grants nothing."""
-    async with local_cluster(testbed, tmp_path, research_script(delay=0.4), scripted=False) as running:
-        yield running
+def cluster(operator_process_cluster: LocalCluster) -> LocalCluster:
+    """The operator as a child process (conftest.operator_process_cluster): these tests read streams as the
+    harness's gateway identity."""
+    return operator_process_cluster
 
 
 def encodings(value: str) -> list[str]:

@@ -35,6 +35,13 @@ FAST_GATEWAY = {
 }
 
 
+@pytest.fixture
+def cluster(operator_process_cluster: LocalCluster) -> LocalCluster:
+    """The operator as a child process (conftest.operator_process_cluster): the gateway here runs as the harness's
+    gateway identity."""
+    return operator_process_cluster
+
+
 @pytest.mark.timeout(120)
 async def test_the_gateway_reaches_the_runner_pod_by_its_stream_service_name(
     cluster: LocalCluster, kube: KubeClient, testbed: KubeTestbed, tmp_path: Path

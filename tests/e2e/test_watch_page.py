@@ -11,16 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.runs import local_cluster, needs_scripted_model
+from tests.e2e.runs import needs_scripted_model
 from tests.e2e.test_stream_log import stream_token
 from tests.harness.agentruns import agent_run, agentruns_path, runner_pods, wait_for_end, wait_for_status
 from tests.harness.chromium import chromium_tab, needs_chromium
 from tests.harness.gateway import Gateway, as_log, fast_settings, gateway_endpoint, read_until_finished
 from tests.harness.local_cluster import LocalCluster
-from tests.harness.model_server import Answer, by_turn, call, research_script
+from tests.harness.model_server import Answer, by_turn, call
 from tests.harness.nodeagent.kube import KubeClient
 from tests.harness.podnet.resolver import ClusterResolver
-from tests.harness.testbed import KubeTestbed
 from tests.harness.watch_page import RENDERED, as_shown, sign_in, watch_url
 
 pytestmark = pytest.mark.e2e
@@ -42,11 +41,10 @@ SCRIPT = by_turn(
 
 
 @pytest.fixture
-async def cluster(testbed: KubeTestbed, tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    """The operator as a child process: the page's gateway runs in-process as the harness's gateway identity
-    (tests.harness.identities), which the chart's operator, with its gateway off, grants nothing."""
-    async with local_cluster(testbed, tmp_path, research_script(delay=0.4), scripted=False) as running:
-        yield running
+def cluster(operator_process_cluster: LocalCluster) -> LocalCluster:
+    """The operator as a child process (conftest.operator_process_cluster): the page's gateway runs in-process
+    as the harness's gateway identity."""
+    return operator_process_cluster
 
 
 @contextlib.asynccontextmanager
