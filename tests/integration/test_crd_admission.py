@@ -307,6 +307,7 @@ def test_defaults_are_stored_and_applied_before_the_rules_run(api: Api) -> None:
         "resources": {"requests": {}, "limits": {}},
         "nodeSelector": {},
         "tolerations": [],
+        "imagePullSecrets": [],
     }
     # The checkpoint rule sees the defaulted store: a PVC size with no store named is refused.
     status = api.refused(with_spec(minimal(), checkpoint={"size": "1Gi"}))
@@ -447,7 +448,7 @@ def test_adding_an_optional_field_after_create_is_refused(api: Api) -> None:
         [
             (
                 "spec",
-                "Invalid value: tokenBudget, completionWebhook, ttlSecondsAfterFinished "
+                "Invalid value: tokenBudget, approvals, completionWebhook, ttlSecondsAfterFinished "
                 "cannot be added or removed after creation",
             )
         ]
