@@ -18,7 +18,6 @@ against that baseline. A ConfigMap store pays the same number of writes, each an
 
 import argparse
 import asyncio
-import json
 import re
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ from tests.harness.model_server import Answer, ModelServer, by_turn  # noqa: E40
 from tests.harness.runner import STREAM_TOKEN, RunnerProcess, make_config, make_spec, runner_env  # noqa: E402
 from tests.harness.sse_client import dispatched_events  # noqa: E402
 
+from agentrun_api.contract import RunnerConfig  # noqa: E402
 from agentrun_common.eventlog.records import decode_next  # noqa: E402
 
 BASELINE_REF = "485962d"
@@ -123,17 +123,10 @@ async def trial(model: ModelServer, tokens: int, flush: float | None, source: Pa
 
 
 def drop_unset_fields(config_path: Path) -> None:
-    """Fields added since the baseline are unset in its runs: leave them out, as its stricter models demand."""
-    config_path.write_text(json.dumps(without_unset(json.loads(config_path.read_text()))))
-
-
-def without_unset(value: Any) -> Any:
-    """A JSON document without its null fields."""
-    if isinstance(value, dict):
-        return {key: without_unset(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list):
-        return [without_unset(item) for item in value]
-    return value
+    """Fields added since the baseline are at their defaults in its runs: leave out every field at its default,
+    as the baseline's stricter models demand (they default the fields they know alike)."""
+    config = RunnerConfig.model_validate_json(config_path.read_text())
+    config_path.write_text(config.model_dump_json(by_alias=True, exclude_defaults=True))
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -130,15 +130,20 @@ class RunnerProcess:
 
     async def wait_for_log(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
         regex = re.compile(pattern)
-        async with asyncio.timeout(timeout):
-            while True:
-                for line in self.log:
-                    if match := regex.search(line):
-                        return match
-                if self.process is not None and self.process.returncode is not None:
-                    raise AssertionError(f"runner exited before logging {pattern!r}:\n" + "\n".join(self.log))
-                self._line_added.clear()
-                await self._line_added.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for line in self.log:
+                        if match := regex.search(line):
+                            return match
+                    if self.process is not None and self.process.returncode is not None:
+                        raise AssertionError(f"runner exited before logging {pattern!r}:\n" + "\n".join(self.log))
+                    self._line_added.clear()
+                    await self._line_added.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"runner logged no {pattern!r} within {timeout} s; its log:\n" + "\n".join(self.log[-40:])
+            ) from None
 
     async def stream_port(self) -> int:
         return int((await self.wait_for_log(r"serving the event stream on port (\d+)"))[1])
