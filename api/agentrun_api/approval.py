@@ -4,7 +4,10 @@ Who may decide is Kubernetes RBAC on this resource (verb ``create`` on ``agentru
 right to create or edit AgentRuns, so a run's author need not be its approver. Who decided cannot be forged:
 ``spec.decidedBy`` must equal the user the API server authenticated for the create request, which a
 ValidatingAdmissionPolicy (``admission_policy``) checks, and the spec is immutable afterwards (a CEL rule of the
-CRD). The operator copies decision, reason and decider into the run's ``status.approvals``.
+CRD). The one exception is a recorder: a service that authenticates people itself (the runs API of the stream
+gateway) records a decision in the name of the user it authenticated, with ``spec.recordedBy`` its own name, which
+admission requires to be the creator, who must hold the RBAC verb ``record`` on agentrunapprovals (``RECORD_VERB``).
+The operator copies decision, reason and decider into the run's ``status.approvals``.
 
 The CRD's schema is generated from these models (``agentrun_api.crd``), as for AgentRun.
 """
@@ -26,6 +29,10 @@ SHORT_NAMES: Final = ("arapproval",)
 CRD_NAME: Final = f"{PLURAL}.{constants.GROUP}"
 POLICY_NAME: Final = f"{PLURAL}-decided-by.{constants.GROUP}"
 CALL_KEY_PATTERN: Final = r"^[-0-9a-zA-Z]+:[0-9]+:[0-9]+$"
+
+# The RBAC verb on agentrunapprovals that lets its holder record decisions in the name of users it authenticated
+# (chart: the stream gateway's ServiceAccount alone). A verb of its own, so no other right implies it.
+RECORD_VERB: Final = "record"
 
 APPROVED: Final = "Approved"
 DENIED: Final = "Denied"
@@ -59,12 +66,23 @@ class AgentRunApprovalSpec(SpecModel):
         min_length=1,
         max_length=512,
         description="The user deciding, exactly as the API server authenticates them (`kubectl auth whoami`); "
-        "admission refuses any other value.",
+        "admission refuses any other value, unless recordedBy is set.",
+    )
+    recorded_by: str = Field(
+        default="",
+        max_length=512,
+        description="Empty when the decider created this object. Otherwise the service that recorded the decision "
+        "for the user it authenticated (the runs API: the stream gateway's ServiceAccount): admission requires it "
+        "to be the creator, holding the RBAC verb record on agentrunapprovals.",
     )
 
 
+_RECORDED: Final = "(has(object.spec.recordedBy) && object.spec.recordedBy != '')"
+
+
 def admission_policy() -> list[dict[str, Any]]:
-    """The ValidatingAdmissionPolicy (and its binding) that makes spec.decidedBy the authenticated creator."""
+    """The ValidatingAdmissionPolicy (and its binding) that makes spec.decidedBy the authenticated creator, or
+    spec.recordedBy a creator holding the record verb."""
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
@@ -89,12 +107,22 @@ def admission_policy() -> list[dict[str, Any]]:
             },
             "validations": [
                 {
-                    "expression": "object.spec.decidedBy == request.userInfo.username",
+                    "expression": f"{_RECORDED} || object.spec.decidedBy == request.userInfo.username",
                     "messageExpression": "'spec.decidedBy must be the user creating the approval, ' + "
                     "request.userInfo.username + ': an approval records who decided and cannot be made in "
                     "another name'",
                     "reason": "Forbidden",
-                }
+                },
+                {
+                    "expression": f"!{_RECORDED} || (object.spec.recordedBy == request.userInfo.username && "
+                    f"authorizer.group('{constants.GROUP}').resource('{PLURAL}')"
+                    f".namespace(object.metadata.namespace).check('{RECORD_VERB}').allowed())",
+                    "messageExpression": "'spec.recordedBy must be the user creating the approval, ' + "
+                    f"request.userInfo.username + ', holding the RBAC verb {RECORD_VERB} on {PLURAL}.{constants.GROUP} "
+                    "in the namespace: only a service trusted to authenticate deciders (the runs API) records a "
+                    "decision in the name of another user'",
+                    "reason": "Forbidden",
+                },
             ],
         },
     }

@@ -364,6 +364,13 @@ APPROVAL_PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Decided-By", "type": "string", "jsonPath": ".spec.decidedBy", "description": "Who decided."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp", "description": "Time since creation."},
     {"name": "Call", "type": "string", "jsonPath": ".spec.call", "priority": 1, "description": "The call's key."},
+    {
+        "name": "Recorded-By",
+        "type": "string",
+        "jsonPath": ".spec.recordedBy",
+        "priority": 1,
+        "description": "The service that recorded the decision for its caller (the runs API); empty: the decider.",
+    },
 ]
 
 
@@ -381,8 +388,9 @@ def build_approval_crd() -> dict[str, Any]:
         singular=approval.SINGULAR,
         short_names=tuple(approval.SHORT_NAMES),
         description="An AgentRunApproval approves or denies one tool call an AgentRun waits on "
-        "(`kubectl agentrun approve|deny`). Creating one is the RBAC right to decide; spec.decidedBy must be "
-        "the creating user (a ValidatingAdmissionPolicy checks it).",
+        "(`kubectl agentrun approve|deny`, or the runs API). Creating one is the RBAC right to decide; "
+        "spec.decidedBy must be the creating user, or spec.recordedBy the creating user holding the verb record "
+        "(a ValidatingAdmissionPolicy checks it).",
     )
     return _namespaced_crd(names, APPROVAL_PRINTER_COLUMNS, spec_schema, None)
 

@@ -1,5 +1,6 @@
 """Who calls the gateway's HTTP doors and what they may do: a Kubernetes bearer token (TokenReview, then
-SubjectAccessReview for the verb on agentruns in the namespace), or an API key bound to one namespace.
+SubjectAccessReview for the verb on agentruns in the namespace, or for create on agentrunapprovals to decide a
+waiting call), or an API key bound to one namespace (which never decides: see ``may_decide``).
 
 Every denial looks like absence to the caller: a door answers 404 whether the namespace is not the caller's or
 the run does not exist, so a caller never learns what exists where it may not look.
@@ -9,6 +10,8 @@ import enum
 import hashlib
 from dataclasses import dataclass
 
+from agentrun_api import approval
+from agentrun_api.constants import PLURAL
 from agentrun_gateway import api_keys
 from agentrun_gateway.auth import SingleFlight, TtlCache
 from agentrun_gateway.kube import Identity, KubeApi
@@ -43,7 +46,7 @@ class Callers:
         # Keyed by a digest, so no presented token is kept in memory in the clear.
         self._callers: TtlCache[bytes, Caller | None] = TtlCache(cache_seconds)
         self._flights: SingleFlight[bytes, Caller | None] = SingleFlight()
-        self._decisions: TtlCache[tuple[str, str, str, str], bool] = TtlCache(cache_seconds)
+        self._decisions: TtlCache[tuple[str, str, str, str, str], bool] = TtlCache(cache_seconds)
 
     async def authenticate(self, authorization: str | None) -> Caller | None:
         """The caller behind an ``Authorization: Bearer ...`` header, or None (answer 401)."""
@@ -75,10 +78,23 @@ class Callers:
         """Whether the caller may do ``verb`` on agentruns in the namespace (on the one run ``name``)."""
         if caller.identity is None:
             return namespace == caller.key_namespace
-        decision_key = (caller.principal, verb.value, namespace, name)
+        return await self._reviewed(caller.identity, caller.principal, verb.value, namespace, name, PLURAL)
+
+    async def may_decide(self, caller: Caller, namespace: str) -> bool:
+        """Whether the caller may approve or deny waiting calls in the namespace: the right the kubectl path needs,
+        create on agentrunapprovals. Never an API key: it stands for an application, not a person answerable for
+        a decision, and the same key submits runs, so its holder would approve their own."""
+        if caller.identity is None:
+            return False
+        return await self._reviewed(caller.identity, caller.principal, "create", namespace, "", approval.PLURAL)
+
+    async def _reviewed(
+        self, identity: Identity, principal: str, verb: str, namespace: str, name: str, resource: str
+    ) -> bool:
+        decision_key = (principal, verb, namespace, name, resource)
         cached = self._decisions.get(decision_key)
         if cached is not None:
             return cached
-        allowed = await self._runs.may(caller.identity, verb.value, namespace, name)
+        allowed = await self._runs.may(identity, verb, namespace, name, resource)
         self._decisions.put(decision_key, allowed)
         return allowed

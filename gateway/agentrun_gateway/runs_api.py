@@ -4,6 +4,7 @@
     GET  /v1/namespaces/{namespace}/runs               paginated with the API server's continue tokens
     GET  /v1/namespaces/{namespace}/runs/{id}          phase, progress, usage, result
     POST /v1/namespaces/{namespace}/runs/{id}/cancel
+    POST /v1/namespaces/{namespace}/runs/{id}/approvals/{call}/approve|deny   decide a waiting tool call
     GET  /v1/namespaces/{namespace}/runs/{id}/events   the gateway's SSE stream, resumable with Last-Event-ID
     GET  /v1/openapi.json                              this API's OpenAPI document
 
@@ -24,7 +25,7 @@ from agentrun_api import names as run_names
 from agentrun_api.constants import API_VERSION, KIND, LABEL_PART_OF, PART_OF
 from agentrun_api.status import TERMINAL_PHASES
 from agentrun_common.kube import ApiError, Credentials, KubeClient
-from agentrun_gateway import idempotency, run_templates
+from agentrun_gateway import idempotency, run_templates, runs_approvals
 from agentrun_gateway.callers import Caller, Callers, Verb
 from agentrun_gateway.kube import READER_RETRY, KubeApi
 from agentrun_gateway.rate_limit import CallerRateLimit
@@ -53,6 +54,7 @@ class _Parts:
     callers: Callers
     limit: CallerRateLimit
     relay_events: RelayEvents
+    approvals: runs_approvals.Approvals
 
 
 PARTS = web.AppKey("runs_api", _Parts)
@@ -72,6 +74,10 @@ def register(
         web.get(PREFIX + "/{id}", _guarded(_get)),
         web.post(PREFIX + "/{id}/cancel", _guarded(_cancel)),
         web.get(PREFIX + "/{id}/events", _guarded(_events)),
+        *(
+            web.post(PREFIX + "/{id}/approvals/{call}/" + action, _guarded(_deciding(decision)))
+            for action, decision in runs_approvals.DECISIONS.items()
+        ),
     ]
     app.router.add_routes(routes)
 
@@ -83,7 +89,7 @@ def register(
             KubeApi(client, settings.default_heartbeat_seconds), kube, own.api_keys_namespace, own.api_key_cache_seconds
         )
         limit = CallerRateLimit(own.runs_per_minute_per_caller, own.burst_runs_per_caller)
-        app[PARTS] = _Parts(own, client, kube, callers, limit, relay_events)
+        app[PARTS] = _Parts(own, client, kube, callers, limit, relay_events, runs_approvals.Approvals(kube))
 
     async def stop(app: web.Application) -> None:
         await app[PARTS].client.close()
@@ -193,7 +199,8 @@ async def _openapi(request: web.Request) -> web.Response:
 # --- submit ---------------------------------------------------------------------------------------------------
 
 
-async def _read_json(request: web.Request, max_bytes: int) -> Any:
+async def _read_json(request: web.Request, max_bytes: int, *, optional: bool = False) -> Any:
+    """The request's JSON body; with ``optional``, None for an empty body."""
     too_large = RefusalError(
         413,
         "RequestTooLarge",
@@ -208,6 +215,8 @@ async def _read_json(request: web.Request, max_bytes: int) -> Any:
         body.extend(chunk)
         if len(body) > max_bytes:
             raise too_large
+    if optional and not body.strip():
+        return None
     try:
         return json.loads(body)
     except ValueError as error:
@@ -371,6 +380,7 @@ def run_view(run: JsonObject) -> JsonObject:
         "cancelRequested": bool(spec.get("cancel", False)),
         "createdAt": metadata.get("creationTimestamp", ""),
         "completedAt": status.get("completionTime") or "",
+        "approvals": runs_approvals.approvals_view(run, base),
         "links": {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"},
     }
 
@@ -455,3 +465,31 @@ async def _events(request: web.Request, parts: _Parts, caller: Caller, namespace
     if await parts.kube.get_run(namespace, name) is None:
         raise _not_found(namespace, name)
     return await parts.relay_events(request, namespace, name)
+
+
+# --- approve, deny --------------------------------------------------------------------------------------------
+
+
+def _deciding(decision: str) -> Handler:
+    """The handler recording ``decision`` (Approve or Deny) on the call the path names."""
+
+    async def decide(request: web.Request, parts: _Parts, caller: Caller, namespace: str) -> web.StreamResponse:
+        name = _run_id(request)
+        await _allowed(parts, caller, Verb.GET, namespace, name)  # who may not see the run never learns of it
+        if caller.identity is None:
+            raise runs_approvals.api_key_refused()
+        if not await parts.callers.may_decide(caller, namespace):
+            raise runs_approvals.not_an_approver(caller.identity.username, namespace)
+        reason = runs_approvals.checked_reason(
+            await _read_json(request, parts.settings.max_request_bytes, optional=True)
+        )
+        run = await parts.kube.get_run(namespace, name)
+        if run is None:
+            raise _not_found(namespace, name)
+        decided = await parts.approvals.decide(
+            run, request.match_info["call"], decision, reason, caller.identity.username
+        )
+        headers = {"Idempotent-Replayed": "true"} if decided.replayed else None
+        return web.json_response(decided.record, headers=headers)
+
+    return decide

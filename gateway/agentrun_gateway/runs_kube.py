@@ -1,9 +1,9 @@
 """The Kubernetes calls of the gateway's HTTP doors, over the shared client: AgentRuns (create, get, list,
-cancel), AgentRunTemplates, API key Secrets, and SubjectAccessReview for any verb on agentruns."""
+cancel), AgentRunApprovals (create, get), AgentRunTemplates, API key Secrets, and SubjectAccessReview."""
 
 from typing import Any
 
-from agentrun_api import template
+from agentrun_api import approval, template
 from agentrun_api.constants import GROUP, PLURAL, VERSION
 from agentrun_common.kube import ApiError, KubeClient
 from agentrun_gateway.kube import SUBJECT_ACCESS_REVIEWS, Identity, subject_access_review
@@ -13,6 +13,10 @@ JsonObject = dict[str, Any]
 
 def _runs_path(namespace: str) -> str:
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+
+
+def _approvals_path(namespace: str) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{approval.PLURAL}"
 
 
 class RunsKube:
@@ -62,6 +66,18 @@ class RunsKube:
                 return None
             raise
 
+    async def create_approval(self, namespace: str, body: JsonObject) -> JsonObject:
+        """The created AgentRunApproval; ApiError 409 when the call already has one."""
+        name = body["metadata"]["name"]
+        return await self._object(
+            "POST", _approvals_path(namespace), f"create {approval.KIND} {namespace}/{name}", body=body
+        )
+
+    async def get_approval(self, namespace: str, name: str) -> JsonObject | None:
+        return await self._object_or_none(
+            f"{_approvals_path(namespace)}/{name}", f"read {approval.KIND} {namespace}/{name}"
+        )
+
     async def get_template(self, namespace: str, name: str) -> JsonObject | None:
         return await self._object_or_none(
             f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{template.PLURAL}/{name}",
@@ -75,15 +91,28 @@ class RunsKube:
             return None
         return {str(key): str(value) for key, value in (secret.get("data") or {}).items()}
 
-    async def may(self, identity: Identity, verb: str, namespace: str, name: str = "") -> bool:
-        """Whether RBAC lets the identity do ``verb`` on agentruns (one, by ``name``) in the namespace."""
-        attributes = {"namespace": namespace, "verb": verb, "group": GROUP, "resource": PLURAL}
+    async def whoami(self) -> str:
+        """The user this client's own credentials authenticate as (a SelfSubjectReview, allowed to everyone)."""
+        review = await self._object(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            "create SelfSubjectReview",
+            body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        )
+        username = ((review.get("status") or {}).get("userInfo") or {}).get("username")
+        if not isinstance(username, str) or not username:
+            raise ApiError(200, "BadAnswer", "the SelfSubjectReview names no user", what="create SelfSubjectReview")
+        return username
+
+    async def may(self, identity: Identity, verb: str, namespace: str, name: str = "", resource: str = PLURAL) -> bool:
+        """Whether RBAC lets the identity do ``verb`` on ``resource`` (one, by ``name``) in the namespace."""
+        attributes = {"namespace": namespace, "verb": verb, "group": GROUP, "resource": resource}
         if name:
             attributes["name"] = name
         review = await self._object(
             "POST",
             SUBJECT_ACCESS_REVIEWS,
-            f"create SubjectAccessReview for {verb} agentruns in {namespace}",
+            f"create SubjectAccessReview for {verb} {resource} in {namespace}",
             body=subject_access_review(identity, attributes),
         )
         return bool(review.get("status", {}).get("allowed"))

@@ -54,12 +54,53 @@ _RUN = {
         },
         "template": {"type": "string", "description": "The template the run was made from; empty for a whole spec."},
         "cancelRequested": {"type": "boolean"},
+        "approvals": {
+            "type": "array",
+            "description": "Tool calls that wait, or waited, for a person's decision (phase WaitingForApproval "
+            "while one waits).",
+            "items": {"$ref": "#/components/schemas/ApprovalRequest"},
+        },
         "createdAt": {"type": "string"},
         "completedAt": {"type": "string"},
         "links": {
             "type": "object",
             "properties": {"self": {"type": "string"}, "events": {"type": "string"}, "cancel": {"type": "string"}},
         },
+    },
+}
+_APPROVAL_REQUEST = {
+    "type": "object",
+    "required": ["call", "tool", "arguments", "requestedAt", "decision", "links"],
+    "properties": {
+        "call": {"type": "string", "description": "The call's key, {run uid}:{iteration}:{index}."},
+        "tool": {"type": "string"},
+        "arguments": {"type": "string", "description": "Cut short; values of secret-like keys are [redacted]."},
+        "requestedAt": {"type": "string"},
+        "decision": {"type": "string", "enum": ["", "Approved", "Denied"], "description": "Empty while it waits."},
+        "decidedBy": {"type": "string", "description": "Empty when spec.approvals.onTimeout decided."},
+        "decidedAt": {"type": "string"},
+        "reason": {"type": "string"},
+        "links": {"type": "object", "properties": {"approve": {"type": "string"}, "deny": {"type": "string"}}},
+    },
+}
+_DECISION = {
+    "type": "object",
+    "required": ["run", "call", "tool", "decision", "decidedBy", "reason", "approval"],
+    "properties": {
+        "run": {"type": "string"},
+        "call": {"type": "string"},
+        "tool": {"type": "string"},
+        "decision": {"type": "string", "enum": ["Approved", "Denied"]},
+        "decidedBy": {"type": "string", "description": "The user who decided, as the gateway authenticated them."},
+        "reason": {"type": "string"},
+        "approval": {"type": "string", "description": "The AgentRunApproval that records the decision."},
+    },
+}
+_DECISION_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "reason": {"type": "string", "maxLength": 1024, "description": "Why; the model reads it with a denial."}
     },
 }
 _SUBMISSION = {
@@ -121,10 +162,63 @@ _COMMON = {
     "404": _error("No such run or namespace, or not one this caller may see (the two are not told apart)."),
     "503": _error("The Kubernetes API is unavailable; retry.", **{"Retry-After": "Seconds to wait."}),
 }
+_CALL_PATTERN = r"^([-0-9a-zA-Z]+:)?[0-9]+:[0-9]+$"
 _RUN_PATH_PARAMETERS = [
     {"name": "namespace", "in": "path", "required": True, "schema": _NAME},
     {"name": "id", "in": "path", "required": True, "schema": {**_NAME, "maxLength": 56}},
 ]
+
+
+def _decision_path(action: str) -> dict[str, Any]:
+    effect = (
+        "the call runs once and the run resumes"
+        if action == "approve"
+        else "the call is not run; the model reads the denial and the reason"
+    )
+    decision = {"approve": "Approved", "deny": "Denied"}[action]
+    return {
+        "parameters": [
+            *_RUN_PATH_PARAMETERS,
+            {
+                "name": "call",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "minLength": 3, "maxLength": 128, "pattern": _CALL_PATTERN},
+                "description": "The waiting call's key, or its ITERATION:INDEX tail.",
+            },
+        ],
+        "post": {
+            "operationId": f"{action}Call",
+            "summary": f"{action.capitalize()} a tool call the run waits on: {effect}. Needs a Kubernetes token "
+            "whose RBAC allows create on agentrunapprovals.agentrun.dev; recorded in that user's name.",
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DecisionBody"}}},
+            },
+            "responses": {
+                "200": {
+                    "description": f"{decision}; the same decision again answers the existing record "
+                    "(Idempotent-Replayed: true).",
+                    "headers": {
+                        "Idempotent-Replayed": {
+                            "schema": {"type": "string"},
+                            "description": "Set when the decision was already recorded.",
+                        }
+                    },
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Decision"}}},
+                },
+                "400": _error("Malformed JSON."),
+                "403": _error("An API key (they never decide), or a user without create on agentrunapprovals."),
+                "404": _error("No such run or call, or not a run this caller may see (not told apart)."),
+                "409": _error(
+                    "The call was already decided otherwise (the answer names how and by whom), or the run has ended."
+                ),
+                "413": _error("The body is larger than the limit."),
+                "422": _error("An invalid or unknown field."),
+                **{code: answer for code, answer in _COMMON.items() if code != "404"},
+            },
+        },
+    }
 
 
 def openapi_document() -> dict[str, Any]:
@@ -138,7 +232,14 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": _ERROR, "Run": _RUN, "Submission": _SUBMISSION},
+            "schemas": {
+                "Error": _ERROR,
+                "Run": _RUN,
+                "Submission": _SUBMISSION,
+                "ApprovalRequest": _APPROVAL_REQUEST,
+                "Decision": _DECISION,
+                "DecisionBody": _DECISION_BODY,
+            },
         },
         "security": [{"bearer": []}],
         "paths": {
@@ -230,6 +331,10 @@ def openapi_document() -> dict[str, Any]:
                         **_COMMON,
                     },
                 },
+            },
+            **{
+                f"/v1/namespaces/{{namespace}}/runs/{{id}}/approvals/{{call}}/{action}": _decision_path(action)
+                for action in ("approve", "deny")
             },
             "/v1/namespaces/{namespace}/runs/{id}/events": {
                 "parameters": _RUN_PATH_PARAMETERS,

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from agentrun_api import approval
+
 
 class Mode(enum.Enum):
     """Which installations need a rule."""
@@ -275,6 +277,17 @@ GATEWAY_RULES: tuple[Rule, ...] = (
         why="the gateway reads a run's phase and heartbeat interval before relaying its stream; its runs API "
         "creates, lists and cancels (patch of spec.cancel) runs for callers it has checked with "
         "SubjectAccessReview or an API key bound to the namespace",
+    ),
+    Rule(
+        "agentrun.dev",
+        ("agentrunapprovals",),
+        ("create", "get", approval.RECORD_VERB),
+        cluster_scoped=False,
+        why="the runs API records a decision on a waiting tool call (create) in the name of the caller it "
+        "authenticated and checked, by SubjectAccessReview, for create on agentrunapprovals; record is the verb "
+        "the approval admission policy requires of a creator writing spec.decidedBy other than itself (never "
+        "impersonate: that would let an internet-facing process act as anyone); get reads an existing decision "
+        "to answer a repeated one",
     ),
     Rule(
         "agentrun.dev",

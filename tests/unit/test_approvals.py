@@ -221,7 +221,10 @@ def test_the_chart_installs_the_generated_admission_policy() -> None:
     on_disk = (CHART_DIR / "files" / "approval-policy.yaml").read_text()
     assert on_disk == approval.render_admission_policy(), "run `make chart-sync`"
     [policy, binding] = [doc for doc in yaml.safe_load_all(on_disk) if doc]
-    assert policy["spec"]["validations"][0]["expression"] == "object.spec.decidedBy == request.userInfo.username"
+    [as_creator, as_recorder] = [check["expression"] for check in policy["spec"]["validations"]]
+    assert as_creator.endswith("|| object.spec.decidedBy == request.userInfo.username")
+    assert "object.spec.recordedBy == request.userInfo.username" in as_recorder
+    assert f".check('{approval.RECORD_VERB}').allowed()" in as_recorder
     assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
 
 

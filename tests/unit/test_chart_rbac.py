@@ -165,6 +165,14 @@ def test_namespaced_gateway_reads_runs_and_checkpoints_only_in_the_watched_names
     objects = rbac_objects(values)
     role = find(objects, "Role", "agentrun-operator-stream-gateway")
     assert role["metadata"]["namespace"] == "agents"
-    assert {r for rule in role["rules"] for r in rule["resources"]} == {"agentruns", "agentruntemplates", "configmaps"}
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {
+        "agentruns",
+        "agentrunapprovals",
+        "agentruntemplates",
+        "configmaps",
+    }
+    # The runs API records decisions in its callers' names by the policy's own verb, never by impersonating them.
+    [approvals] = [rule for rule in role["rules"] if rule["resources"] == ["agentrunapprovals"]]
+    assert approvals["verbs"] == ["create", "get", "record"]
     cluster_role = find(objects, "ClusterRole", "agentrun-operator-stream-gateway")
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"tokenreviews", "subjectaccessreviews"}
