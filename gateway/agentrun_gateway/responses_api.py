@@ -104,7 +104,7 @@ def register(app: web.Application, stream_parts_of: Callable[[web.Application], 
         name = idempotency.run_name(namespace, caller.principal, key)
         metadata: JsonObject = {
             "name": name,
-            "labels": {LABEL_PART_OF: PART_OF, runs_api.LABEL_TEMPLATE: checked.template},
+            "labels": {LABEL_PART_OF: PART_OF, run_templates.LABEL_TEMPLATE: checked.template},
         }
         if checked.metadata:
             metadata["annotations"] = {METADATA_ANNOTATION: json.dumps(checked.metadata, sort_keys=True)}
@@ -120,10 +120,10 @@ def register(app: web.Application, stream_parts_of: Callable[[web.Application], 
         streaming = request.query.get("stream", "false")
         if streaming not in ("true", "false"):
             raise RefusalError(400, "invalid_value", "stream must be true or false", field="stream")
-        raw_after = request.query.get("starting_after", "-1")
-        if streaming == "false" and "starting_after" in request.query:
+        raw_after = request.query.get("starting_after")
+        if raw_after is not None and streaming == "false":
             raise RefusalError(400, "invalid_value", "starting_after goes with stream=true", field="starting_after")
-        if not raw_after.lstrip("-").isdigit() or int(raw_after) < -1:
+        if raw_after is not None and not (raw_after.isascii() and raw_after.isdigit()):
             raise RefusalError(
                 400,
                 "invalid_value",
@@ -133,7 +133,7 @@ def register(app: web.Application, stream_parts_of: Callable[[web.Application], 
             )
         run = await _existing(request, namespace, name)
         if streaming == "true":
-            return await stream(request, namespace, run, int(raw_after))
+            return await stream(request, namespace, run, -1 if raw_after is None else int(raw_after))
         return web.json_response(run_response(run))
 
     async def cancel(request: web.Request, caller: Caller, namespace: str) -> web.StreamResponse:

@@ -18,7 +18,7 @@ from agentrun_api.status import Phase
 from agentrun_common.sse import SseEvent
 from agentrun_gateway.refusals import RefusalError
 from agentrun_gateway.relay import FINISHED
-from agentrun_gateway.runs_api import LABEL_TEMPLATE
+from agentrun_gateway.run_templates import LABEL_TEMPLATE
 
 JsonObject = dict[str, Any]
 

@@ -29,6 +29,7 @@ from agentrun_gateway.callers import Caller, Callers, Verb
 from agentrun_gateway.kube import READER_RETRY, KubeApi
 from agentrun_gateway.rate_limit import CallerRateLimit
 from agentrun_gateway.refusals import RefusalError
+from agentrun_gateway.run_templates import LABEL_TEMPLATE
 from agentrun_gateway.runs_kube import JsonObject, RunsKube
 from agentrun_gateway.runs_openapi import OPENAPI_PATH, openapi_document
 from agentrun_gateway.runs_settings import RunsApiSettings
@@ -37,7 +38,6 @@ from agentrun_gateway.settings import GatewaySettings
 log = logging.getLogger(__name__)
 
 PREFIX = "/v1/namespaces/{namespace}/runs"
-LABEL_TEMPLATE = "agentrun.dev/template"
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 _REQUEST_FIELDS = ("spec", "template", "input", "overrides")

@@ -4,6 +4,7 @@ schemathesis (tests/integration/test_runs_api_schema.py)."""
 from typing import Any, Final
 
 from agentrun_api.status import Phase
+from agentrun_gateway import responses_openapi
 
 OPENAPI_PATH: Final = "/v1/openapi.json"
 
@@ -138,7 +139,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": _ERROR, "Run": _RUN, "Submission": _SUBMISSION},
+            "schemas": {"Error": _ERROR, "Run": _RUN, "Submission": _SUBMISSION, **responses_openapi.SCHEMAS},
         },
         "security": [{"bearer": []}],
         "paths": {
@@ -247,5 +248,6 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
+            **responses_openapi.PATHS,
         },
     }

@@ -110,8 +110,9 @@ class Gateway:
 
     @web.middleware
     async def _record_resume_position(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.endswith("/events"):
-            self.resumed_from.append(int(request.headers.get("Last-Event-ID", "0")))
+        position = request.headers.get("Last-Event-ID", "0")
+        if request.path.endswith("/events") and position.isascii() and position.isdigit():  # the gateway refuses others
+            self.resumed_from.append(int(position))
         return await handler(request)
 
     async def stop(self) -> None:
