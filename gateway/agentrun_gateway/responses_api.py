@@ -45,6 +45,7 @@ PROJECT_HEADER: Final = "OpenAI-Project"
 # The official SDKs number their attempts of one request; a retry without an Idempotency-Key cannot be told from
 # a new request, and its first attempt may have started a run.
 RETRY_COUNT_HEADER: Final = "x-stainless-retry-count"
+_RETRIEVE_PARAMETERS: Final = frozenset({"stream", "starting_after"})
 
 
 class StreamParts(Protocol):
@@ -117,6 +118,15 @@ def register(app: web.Application, stream_parts_of: Callable[[web.Application], 
     async def retrieve(request: web.Request, caller: Caller, namespace: str) -> web.StreamResponse:
         name = _run_name(request)
         await _allowed(caller, request, Verb.GET, namespace, name)
+        for parameter in request.query:
+            if parameter not in _RETRIEVE_PARAMETERS:
+                raise RefusalError(
+                    400,
+                    "unsupported_parameter",
+                    f"{parameter} is not supported here",
+                    fix="send only stream and starting_after",
+                    field=parameter,
+                )
         streaming = request.query.get("stream", "false")
         if streaming not in ("true", "false"):
             raise RefusalError(400, "invalid_value", "stream must be true or false", field="stream")

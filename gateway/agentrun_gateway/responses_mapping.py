@@ -6,6 +6,7 @@ the same numbers: a stream resumed with ``starting_after`` replays the log and s
 """
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -79,12 +80,18 @@ def _param(field_name: str) -> str | None:
     return field_name
 
 
+def _snake_case(code: str) -> str:
+    """The runs API's CamelCase codes as the OpenAI API writes its codes (TemplateNotFound: template_not_found)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", code).lower()
+
+
 def openai_error(refusal: RefusalError) -> tuple[int, JsonObject]:
     """A refusal as the OpenAI API answers one: {"error": {message, type, param, code}}. A request the runs API
     finds invalid (422) is a 400 here, as the OpenAI API has it."""
     status = 400 if refusal.status == 422 else refusal.status
     message = f"{refusal.message}. {refusal.fix}" if refusal.fix else refusal.message
-    error = {"message": message, "type": _error_type(status), "param": _param(refusal.field), "code": refusal.code}
+    param = _param(refusal.field)
+    error = {"message": message, "type": _error_type(status), "param": param, "code": _snake_case(refusal.code)}
     return status, {"error": error}
 
 

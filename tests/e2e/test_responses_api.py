@@ -124,12 +124,15 @@ async def test_the_openai_sdk_streams_resumes_polls_retries_and_cancels_response
             assert (caught.value.param, caught.value.code) == ("top_p", "unsupported_parameter")
             with pytest.raises(openai.BadRequestError) as caught:
                 await client.responses.create(model="research", input="x", background=True, temperature=0.1)
-            assert (caught.value.param, caught.value.code) == ("temperature", "OverrideNotAllowed")
+            assert (caught.value.param, caught.value.code) == ("temperature", "override_not_allowed")
             with pytest.raises(openai.BadRequestError) as caught:
                 await client.responses.create(model="no-such-template", input="x", background=True)
-            assert (caught.value.param, caught.value.code) == ("model", "TemplateNotFound")
+            assert (caught.value.param, caught.value.code) == ("model", "template_not_found")
             with pytest.raises(openai.NotFoundError):
                 await client.responses.retrieve("resp_run-nosuchrun")
+            with pytest.raises(openai.BadRequestError) as caught:
+                await client.responses.retrieve("resp_run-nosuchrun", extra_query={"include_obfuscation": "true"})
+            assert (caught.value.param, caught.value.code) == ("include_obfuscation", "unsupported_parameter")
             assert agent_runs(testbed, namespace) == []
 
             # Streamed: the connection dropped after the first deltas, resumed with starting_after; the runner

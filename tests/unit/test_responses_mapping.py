@@ -78,13 +78,13 @@ def test_runs_api_refusals_name_the_responses_field() -> None:
     assert openai_error(override)[1]["error"]["param"] == "temperature"
     template = RefusalError(422, "TemplateNotFound", "no template", field="template")
     status, answer = openai_error(template)
-    assert (status, answer["error"]["param"], answer["error"]["code"]) == (400, "model", "TemplateNotFound")
+    assert (status, answer["error"]["param"], answer["error"]["code"]) == (400, "model", "template_not_found")
     limited = RefusalError(429, "TooManyRuns", "slow down")
     assert openai_error(limited)[1]["error"] == {
         "message": "slow down",
         "type": "rate_limit_error",
         "param": None,
-        "code": "TooManyRuns",
+        "code": "too_many_runs",
     }
 
 
