@@ -26,7 +26,7 @@ from tests.harness.testbed import KubeTestbed
 pytestmark = pytest.mark.e2e
 
 FINAL_ANSWER = "The report is in report.md: vendor B is cheapest."
-LONG_ANSWER = " ".join(f"w{i}" for i in range(40))
+LONG_ANSWER = " ".join(f"w{i}" for i in range(60))  # 6 s of streaming: room for the kill under load
 SCRIPT = by_turn(
     [
         Answer(content="Looking at the files first.", tool_calls=[call("list_files")], chunk_delay=0.02),
