@@ -3,7 +3,7 @@ overrides the template allows. Every refusal names the request field and the fix
 
 import copy
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 
@@ -11,6 +11,8 @@ from agentrun_api import template
 from agentrun_api.spec import AgentRunSpec
 from agentrun_gateway.refusals import RefusalError
 from agentrun_gateway.runs_kube import JsonObject, RunsKube
+
+LABEL_TEMPLATE: Final = "agentrun.dev/template"  # on a run made from a template: the template's name
 
 
 def _dotted(location: tuple[int | str, ...]) -> str:

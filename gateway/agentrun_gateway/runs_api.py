@@ -30,6 +30,7 @@ from agentrun_gateway.callers import Caller, Callers, Verb
 from agentrun_gateway.kube import READER_RETRY, KubeApi
 from agentrun_gateway.rate_limit import CallerRateLimit
 from agentrun_gateway.refusals import RefusalError
+from agentrun_gateway.run_templates import LABEL_TEMPLATE
 from agentrun_gateway.runs_kube import JsonObject, RunsKube
 from agentrun_gateway.runs_openapi import OPENAPI_PATH, openapi_document
 from agentrun_gateway.runs_settings import RunsApiSettings
@@ -38,7 +39,6 @@ from agentrun_gateway.settings import GatewaySettings
 log = logging.getLogger(__name__)
 
 PREFIX = "/v1/namespaces/{namespace}/runs"
-LABEL_TEMPLATE = "agentrun.dev/template"
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 _REQUEST_FIELDS = ("spec", "template", "input", "overrides")
@@ -102,7 +102,7 @@ def _refused(refusal: RefusalError) -> web.Response:
     return web.json_response(refusal.body(), status=refusal.status, headers=refusal.headers or None)
 
 
-def _api_refusal(error: ApiError) -> RefusalError:
+def api_refusal(error: ApiError) -> RefusalError:
     """An API server error as this API's answer: the caller's fault (422), a namespace not served (404), or
     ours to retry (503)."""
     if error.status in (400, 422):
@@ -156,7 +156,7 @@ def _guarded(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRe
         except RefusalError as refusal:
             return _refused(refusal)
         except ApiError as error:
-            return _refused(_api_refusal(error))
+            return _refused(api_refusal(error))
 
     return guarded
 
@@ -199,7 +199,7 @@ async def _openapi(request: web.Request) -> web.Response:
 # --- submit ---------------------------------------------------------------------------------------------------
 
 
-async def _read_json(request: web.Request, max_bytes: int, *, optional: bool = False) -> Any:
+async def read_json(request: web.Request, max_bytes: int, *, optional: bool = False) -> Any:
     """The request's JSON body; with ``optional``, None for an empty body."""
     too_large = RefusalError(
         413,
@@ -307,7 +307,7 @@ async def _submit(request: web.Request, parts: _Parts, caller: Caller, namespace
     await _allowed(parts, caller, Verb.CREATE, namespace)
     settings = parts.settings
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
-    body = _checked_request(await _read_json(request, settings.max_request_bytes), caller)
+    body = _checked_request(await read_json(request, settings.max_request_bytes), caller)
     labels = {LABEL_PART_OF: PART_OF}
     if "spec" in body:
         spec = run_templates.validated_spec(body["spec"], lambda path: f"spec.{path}")
@@ -318,6 +318,20 @@ async def _submit(request: web.Request, parts: _Parts, caller: Caller, namespace
         labels[LABEL_TEMPLATE] = body["template"]
     name = idempotency.run_name(namespace, caller.principal, key)
     run = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "labels": labels}, "spec": spec}
+    submission = await create_limited(parts, caller, namespace, run, body)
+    location = f"/v1/namespaces/{namespace}/runs/{name}"
+    headers = {"Location": location, "Retry-After": _seconds(settings.poll_after_seconds)}
+    if not submission.created:
+        headers["Idempotent-Replayed"] = "true"
+    return web.json_response(run_view(submission.run), status=202, headers=headers)
+
+
+async def create_limited(
+    parts: _Parts, caller: Caller, namespace: str, run: JsonObject, request: JsonObject
+) -> idempotency.Submission:
+    """Create ``run`` (named by ``idempotency.run_name``) once per ``request`` within the caller's rate limit;
+    a replay is not counted."""
+    settings = parts.settings
     wait = parts.limit.reserve(caller.principal)
     if wait is not None:
         raise RefusalError(
@@ -329,18 +343,14 @@ async def _submit(request: web.Request, parts: _Parts, caller: Caller, namespace
         )
     try:
         submission = await idempotency.create_once(
-            parts.kube, namespace, run, caller.principal, idempotency.request_digest(body)
+            parts.kube, namespace, run, caller.principal, idempotency.request_digest(request)
         )
     except BaseException:
         parts.limit.refund(caller.principal)
         raise
     if not submission.created:
         parts.limit.refund(caller.principal)
-    location = f"/v1/namespaces/{namespace}/runs/{name}"
-    headers = {"Location": location, "Retry-After": _seconds(settings.poll_after_seconds)}
-    if not submission.created:
-        headers["Idempotent-Replayed"] = "true"
-    return web.json_response(run_view(submission.run), status=202, headers=headers)
+    return submission
 
 
 def _seconds(value: float) -> str:
@@ -481,7 +491,7 @@ def _deciding(decision: str) -> Handler:
         if not await parts.callers.may_decide(caller, namespace):
             raise runs_approvals.not_an_approver(caller.identity.username, namespace)
         reason = runs_approvals.checked_reason(
-            await _read_json(request, parts.settings.max_request_bytes, optional=True)
+            await read_json(request, parts.settings.max_request_bytes, optional=True)
         )
         run = await parts.kube.get_run(namespace, name)
         if run is None:

@@ -4,6 +4,7 @@ schemathesis (tests/integration/test_runs_api_schema.py)."""
 from typing import Any, Final
 
 from agentrun_api.status import Phase
+from agentrun_gateway import responses_openapi
 
 OPENAPI_PATH: Final = "/v1/openapi.json"
 
@@ -239,6 +240,7 @@ def openapi_document() -> dict[str, Any]:
                 "ApprovalRequest": _APPROVAL_REQUEST,
                 "Decision": _DECISION,
                 "DecisionBody": _DECISION_BODY,
+                **responses_openapi.SCHEMAS,
             },
         },
         "security": [{"bearer": []}],
@@ -352,5 +354,6 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
+            **responses_openapi.PATHS,
         },
     }

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentrun_api.names import is_dns_label, is_dns_subdomain
 from agentrun_common.kube import Credentials, KubeClient
-from agentrun_gateway import metrics, runs_api, watch_page
+from agentrun_gateway import metrics, responses_api, runs_api, watch_page
 from agentrun_gateway.archive import RunArchive
 from agentrun_gateway.auth import Authenticator, Decision, StreamTokens
 from agentrun_gateway.kube import READER_RETRY, KubeApi, KubeApiError, RunInfo
@@ -158,6 +158,7 @@ def create_app(
     app.router.add_get("/runs/{namespace}/{name}/events", _events)
     watch_page.add_routes(app, lambda started: started[PARTS], settings.watch_session_seconds)
     runs_api.register(app, settings, lambda: _kube_credentials(settings), _authorized_relay)
+    responses_api.register(app, lambda started: started[PARTS])
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.on_startup.append(_start)

@@ -111,7 +111,7 @@ class Gateway:
     @web.middleware
     async def _record_resume_position(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         position = request.headers.get("Last-Event-ID", "0")
-        if request.path.endswith("/events") and position.isdigit():  # the gateway answers any other value 400
+        if request.path.endswith("/events") and position.isascii() and position.isdigit():  # the gateway refuses others
             self.resumed_from.append(int(position))
         return await handler(request)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiohttp.abc import AbstractResolver
 
 from agentrun_api import template
 from agentrun_api.constants import API_VERSION, GROUP
@@ -41,16 +42,22 @@ class RunsApi:
 
 @contextlib.asynccontextmanager
 async def runs_api(
-    testbed: KubeTestbed, namespaces: list[str], directory: Path, **settings: Any
+    testbed: KubeTestbed,
+    namespaces: list[str],
+    directory: Path,
+    resolver: AbstractResolver | None = None,
+    **settings: Any,
 ) -> AsyncIterator[RunsApi]:
-    """The gateway with its chart rules granted in ``namespaces``; ``settings`` are RunsApiSettings fields."""
+    """The gateway with its chart rules granted in ``namespaces``; ``settings`` are RunsApiSettings fields. With a
+    ``resolver`` (a ClusterResolver) it reaches each run's runner live through the run's stream Service, as in a
+    pod; without, on 127.0.0.1."""
     directory.mkdir(parents=True, exist_ok=True)
     api = gateway_endpoint(testbed, namespaces[0], directory)
     for namespace in namespaces[1:]:
         gateway_endpoint(testbed, namespace, directory)
     own = RunsApiSettings(**{"api_keys_namespace": SYSTEM_NAMESPACE, "api_key_cache_seconds": 1.0, **settings})
-    gateway_settings = fast_settings(api, STREAM_PORT, runs_api=own)
-    async with Gateway(gateway_settings, namespaces[0], "") as gateway:
+    gateway_settings = fast_settings(api, STREAM_PORT if resolver is None else None, runs_api=own)
+    async with Gateway(gateway_settings, namespaces[0], "", resolver) as gateway:
         yield RunsApi(f"http://127.0.0.1:{gateway.port}", testbed)
 
 

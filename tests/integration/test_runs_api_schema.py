@@ -62,7 +62,7 @@ def test_the_runs_api_keeps_its_openapi_document(live_api: LiveApi) -> None:
     schema = schemathesis.openapi.from_dict(document)
     headers = {"Authorization": f"Bearer {live_api.key}"}
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 7
+    assert len(operations) == 10
     for operation in operations:
 
         @given(case=operation.as_strategy())
@@ -90,4 +90,7 @@ def test_the_document_is_served_without_credentials(live_api: LiveApi) -> None:
         "/v1/namespaces/{namespace}/runs/{id}/events",
         "/v1/namespaces/{namespace}/runs/{id}/approvals/{call}/approve",
         "/v1/namespaces/{namespace}/runs/{id}/approvals/{call}/deny",
+        "/v1/responses",
+        "/v1/responses/{id}",
+        "/v1/responses/{id}/cancel",
     }
