@@ -97,7 +97,8 @@ class KubeClient:
         decode: bool = True,
     ) -> Any:
         """The decoded answer (None for an empty one, or when ``decode`` is False: a large object nobody reads).
-        Raises ``ApiError`` for an error answer, after the retry policy's attempts for a retryable one."""
+        Raises ``ApiError`` for an error answer, after the retry policy's attempts for a retryable one, and for an
+        answer that is not JSON, decoded or not."""
         what = what or f"{method} {path}"
         reloaded = False
         attempt = 0
@@ -153,7 +154,14 @@ class KubeClient:
                 raw = await response.read()
                 if response.status >= 400:
                     raise _error(response.status, response.reason or "", raw, response.headers, what)
-                return json.loads(raw) if decode and raw else None
+                if not raw:
+                    return None
+                if decode:
+                    return json.loads(raw)
+                # Not decoded, but an answer that is no JSON at all (a middlebox's page) is no proof of the write.
+                if response.content_type != "application/json":
+                    raise ValueError(f"Content-Type {response.content_type!r}")
+                return None
         except aiohttp.ClientConnectorCertificateError as error:
             raise ApiError(
                 UNREACHABLE,
