@@ -23,7 +23,7 @@ from tests.harness.identities import GATEWAY_ACCOUNT, SYSTEM_NAMESPACE, gateway_
 from tests.harness.model_server import Answer, Script, by_turn, call
 from tests.harness.nodeagent.kube import KubeClient
 from tests.harness.runner import ToolServer
-from tests.harness.runs_api import runs_api
+from tests.harness.runs_api import runs_api, service_account_caller
 from tests.harness.testbed import KubeTestbed
 
 pytestmark = pytest.mark.e2e
@@ -37,29 +37,6 @@ GATEWAY_USER = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{GATEWAY_ACCOUNT}"
 
 def gated_script(tools: ToolServer) -> Script:
     return by_turn([Answer(tool_calls=[call("http_fetch", url=tools.url("deploy/prod"))]), Answer(FINAL)])
-
-
-def user_token(testbed: KubeTestbed, namespace: str, account: str, rules: list[dict[str, Any]]) -> tuple[str, str]:
-    """A new ServiceAccount of ``namespace`` with a Role of ``rules`` (none: no binding): its username and token."""
-    admin = testbed.admin
-    admin.post(
-        f"/api/v1/namespaces/{namespace}/serviceaccounts", json={"metadata": {"name": account}}
-    ).raise_for_status()
-    if rules:
-        rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
-        admin.post(f"{rbac}/roles", json={"metadata": {"name": account}, "rules": rules}).raise_for_status()
-        binding = {
-            "metadata": {"name": account},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
-        }
-        admin.post(f"{rbac}/rolebindings", json=binding).raise_for_status()
-    answer = admin.post(
-        f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
-        json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
-    )
-    answer.raise_for_status()
-    return f"system:serviceaccount:{namespace}:{account}", str(answer.json()["status"]["token"])
 
 
 @pytest.fixture
@@ -88,9 +65,9 @@ async def test_an_approver_decides_through_the_runs_api_in_their_own_name_and_th
 ) -> None:
     async with local_cluster(testbed, tmp_path / "cluster", gated_script(tools)) as cluster:
         namespace = cluster.namespace
-        approver, approver_token = user_token(testbed, namespace, "approver", [SEE_RUNS, DECIDE])
-        _author, author_token = user_token(testbed, namespace, "author", [AUTHOR])
-        _stranger, stranger_token = user_token(testbed, namespace, "stranger", [])
+        approver, approver_token = service_account_caller(testbed, namespace, "approver", [SEE_RUNS, DECIDE])
+        _author, author_token = service_account_caller(testbed, namespace, "author", [AUTHOR])
+        _stranger, stranger_token = service_account_caller(testbed, namespace, "stranger", [])
         gate = {"tools": ["http_fetch"]}
         async with (
             runs_api(testbed, [namespace], tmp_path / "gateway") as api,
@@ -198,7 +175,7 @@ async def test_only_a_creator_holding_the_record_verb_writes_a_decision_in_anoth
     decision as another user's without saying it recorded it, and nobody without the record verb can record."""
     gateway = gateway_identity(testbed.control_plane)
     gateway.grant(namespace)
-    approver, approver_token = user_token(testbed, namespace, "approver", [DECIDE])
+    approver, approver_token = service_account_caller(testbed, namespace, "approver", [DECIDE])
     path = f"/apis/{API_VERSION}/namespaces/{namespace}/{approval.PLURAL}"
 
     def attempt(token: str, name: str, **spec: str) -> httpx.Response:

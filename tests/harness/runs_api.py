@@ -77,13 +77,21 @@ def create_template(
 def kubernetes_caller(testbed: KubeTestbed, namespace: str, account: str, verbs: list[str]) -> str:
     """A real token of a new ServiceAccount in ``namespace`` granted ``verbs`` on agentruns there (none: no
     binding at all)."""
+    rules = [{"apiGroups": [GROUP], "resources": ["agentruns"], "verbs": verbs}] if verbs else []
+    return service_account_caller(testbed, namespace, account, rules)[1]
+
+
+def service_account_caller(
+    testbed: KubeTestbed, namespace: str, account: str, rules: list[dict[str, Any]]
+) -> tuple[str, str]:
+    """A new ServiceAccount of ``namespace`` with a Role of ``rules`` (none: no binding): its username and a real
+    token of it."""
     admin = testbed.admin
     base = f"/api/v1/namespaces/{namespace}/serviceaccounts"
     admin.post(base, json={"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}})
-    if verbs:
+    if rules:
         rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
-        rule = {"apiGroups": [GROUP], "resources": ["agentruns"], "verbs": verbs}
-        admin.post(f"{rbac}/roles", json={"metadata": {"name": account}, "rules": [rule]}).raise_for_status()
+        admin.post(f"{rbac}/roles", json={"metadata": {"name": account}, "rules": rules}).raise_for_status()
         binding = {
             "metadata": {"name": account},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
@@ -95,7 +103,7 @@ def kubernetes_caller(testbed: KubeTestbed, namespace: str, account: str, verbs:
         json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
     )
     answer.raise_for_status()
-    return str(answer.json()["status"]["token"])
+    return f"system:serviceaccount:{namespace}:{account}", str(answer.json()["status"]["token"])
 
 
 def agent_runs(testbed: KubeTestbed, namespace: str) -> list[dict[str, Any]]:
