@@ -224,6 +224,10 @@ async def test_a_run_waits_past_its_max_execution_time_with_no_pod_across_an_ope
         assert moment(budget["deadline"]) == clock_start + timedelta(seconds=BUDGET_SECONDS + budget["waitedSeconds"])
         # Executed once, under the call's own key, after the decision.
         assert dict(tools.executions) == {request["call"]: 1}
+        print(
+            f"\napproval: maxExecutionTime {BUDGET_SECONDS} s; waited {budget['waitedSeconds']} s with no pod "
+            f"(an operator crash between); the approved call executed {tools.executions[request['call']]} time(s)"
+        )
         # The decision, and who made it, stay on the cluster.
         recorded = await kube.get(
             namespaced_path(
