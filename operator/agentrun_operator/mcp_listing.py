@@ -10,10 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx2
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-
 from agentrun_api import mcpserver
 from agentrun_api.mcpserver import DiscoveredTool, MCPServerSpec, MCPServerStatus
 from agentrun_common.durations import parse_duration
@@ -26,6 +22,12 @@ _LONG_AGO = datetime.min.replace(tzinfo=UTC)
 
 async def list_tools(spec: MCPServerSpec, headers: Mapping[str, str]) -> list[DiscoveredTool]:
     """Every tool the server lists (all pages), with the official SDK over streamable HTTP."""
+    # Imported at the first listing: an operator whose namespaces declare no MCPServer does not hold the SDK's
+    # modules (about 30 MiB of its resident memory).
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
     timeout = parse_duration(spec.timeout)
     tools: list[DiscoveredTool] = []
     async with (

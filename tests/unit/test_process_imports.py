@@ -57,3 +57,15 @@ def test_gateway_loads_neither_the_operator_nor_the_runner_nor_their_dependencie
     assert {"agentrun_gateway", "agentrun_common"} <= loaded
     for package in ("agentrun_operator", "kopf", "kubernetes", "openai", "agentrun_runner"):
         assert package not in loaded
+
+
+def test_neither_the_runner_nor_the_operator_loads_the_mcp_sdk_before_an_mcp_server_is_used() -> None:
+    """The SDK's imports cost a runner about half a second of its start (a resume's time to its first model call)
+    and the operator about 30 MiB: they are loaded at a run's first MCP call and at the first listing."""
+    runner = loaded_after("import agentrun_runner.__main__, agentrun_runner.tools", RUNNER_IMAGE_FOLDERS)
+    operator = loaded_after("import agentrun_operator.handlers", ("api", "common", "operator"))
+    assert "agentrun_runner" in runner
+    assert "agentrun_operator" in operator
+    for loaded in (runner, operator):
+        assert "mcp" not in loaded
+        assert "mcp_types" not in loaded

@@ -10,14 +10,8 @@ server restarted between calls (or between pods) needs nothing from the runner t
 
 import json
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
-
-import httpx2
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
-from mcp_types import RequestParamsMeta
 
 from agentrun_api.contract import MCPServerConfig, ToolNetwork
 from agentrun_api.mcpserver import IDEMPOTENCY_META_KEY, model_tool_name
@@ -25,8 +19,11 @@ from agentrun_runner.tools.base import IDEMPOTENCY_HEADER, ToolCall, ToolContext
 from agentrun_runner.tools.http_tool import header_values
 from agentrun_runner.tools.network import check_host
 
+if TYPE_CHECKING:
+    import httpx2
 
-async def _key_as_header(request: httpx2.Request) -> None:
+
+async def _key_as_header(request: "httpx2.Request") -> None:
     """Copy a tools/call's key from its ``_meta`` into the header of the HTTP request carrying it."""
     if request.method != "POST" or not request.content:
         return
@@ -77,6 +74,14 @@ class MCPServerTools:
         ]
 
     async def call(self, call: ToolCall) -> str:
+        # The SDK is imported at a run's first MCP call, not at every runner start: a resumed pod's time to its
+        # first model call is mostly imports, and the SDK's are about as many as the runner's own.
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp.shared.exceptions import MCPError
+        from mcp_types import RequestParamsMeta
+
         server = self._server
         parts = urlsplit(server.url)
         assert parts.hostname is not None  # the operator admitted only http(s) URLs with a host
