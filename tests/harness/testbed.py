@@ -14,6 +14,7 @@ for a person: ``python -m tests.harness.testbed --state-dir DIR`` (``make contro
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import secrets
 import signal
@@ -80,6 +81,48 @@ IMAGE_ENV = {
     "PYTHONPATH": pythonpath(),
     "AGENTRUN_RUNNER_SSE_LINGER_SECONDS": "1",
 }
+# AGENTRUN_TEST_CONTAINER_RUNTIME=runc: the node runs each container from its image under runc (the images
+# `make images` built, held by buildah), with its pod's securityContext enforced; default: process (README of the
+# node agent). The repositories pods name map to the local images of `make images` (tag AGENTRUN_TEST_IMAGE_TAG).
+CONTAINER_RUNTIME_ENV = "AGENTRUN_TEST_CONTAINER_RUNTIME"
+LOCAL_IMAGE_TAG = os.environ.get("AGENTRUN_TEST_IMAGE_TAG", "dev")
+LOCAL_IMAGES = {
+    repository: f"localhost/{local}:{LOCAL_IMAGE_TAG}"
+    for repository, local in {
+        "ghcr.io/agentrun/agentrun-operator/runner": "agentrun-runner",
+        "ghcr.io/agentrun/agentrun-operator/operator": "agentrun-operator",
+        "ghcr.io/agentrun/agentrun-operator/gateway": "agentrun-stream-gateway",
+        "ghcr.io/agentrun/agentrun-runner": "agentrun-runner",
+        "agentrun-runner": "agentrun-runner",
+        "ghcr.io/agentrun/agentrun-operator": "agentrun-operator",
+        "agentrun-operator": "agentrun-operator",
+        "ghcr.io/agentrun/agentrun-stream-gateway": "agentrun-stream-gateway",
+        "agentrun-stream-gateway": "agentrun-stream-gateway",
+    }.items()
+}
+
+
+def container_runtime() -> str:
+    """The node's container runtime this session asks for: process (default) or runc."""
+    return os.environ.get(CONTAINER_RUNTIME_ENV, "").strip() or "process"
+
+
+def node_settings(**fields: Any) -> NodeSettings:
+    """The node's settings for the container runtime the environment chooses: with runc the images' own ENV and
+    code (only the runner's short stream linger is added), else this checkout's code for the project's images."""
+    if container_runtime() == "runc":
+        return NodeSettings(
+            container_runtime="runc",
+            image_aliases=LOCAL_IMAGES,
+            base_env={"AGENTRUN_RUNNER_SSE_LINGER_SECONDS": IMAGE_ENV["AGENTRUN_RUNNER_SSE_LINGER_SECONDS"]},
+            **fields,
+        )
+    return NodeSettings(
+        base_env={**NodeSettings().base_env, **IMAGE_ENV},
+        shared_host_paths=(*NodeSettings().shared_host_paths, *(str(root) for root in SOURCE_ROOTS)),
+        image_commands=PROJECT_IMAGES,
+        **fields,
+    )
 
 
 def namespace_name(prefix: str) -> str:
@@ -125,12 +168,8 @@ class KubeTestbed:
         self._background.call(provisioner.__aenter__, timeout=30)
         self._provisioner = provisioner
         node_kubeconfig, serving = self.control_plane.issue_node_credentials(NODE_NAME)
-        base_env = {**NodeSettings().base_env, **IMAGE_ENV}
-        settings = NodeSettings(
+        settings = node_settings(
             node_name=NODE_NAME,
-            base_env=base_env,
-            shared_host_paths=(*NodeSettings().shared_host_paths, *(str(root) for root in SOURCE_ROOTS)),
-            image_commands=PROJECT_IMAGES,
             in_cluster_api=InClusterApi("127.0.0.1", self.control_plane.apiserver_port),
             pod_cidr=self.network_plan.pod_cidr,
             cluster_dns=self.network_plan.dns_ip,

@@ -27,6 +27,7 @@ from tests.harness.controlplane.pki import CertificatePair
 from tests.harness.nodeagent.kube import ApiError, JsonObject, KubeClient, namespaced_path
 from tests.harness.nodeagent.logserver import ContainerLogServer
 from tests.harness.nodeagent.pods import LOCAL_IP, PodRuntime, check_mount_namespaces
+from tests.harness.nodeagent.runc import RuncRuntime, check_runc
 from tests.harness.nodeagent.settings import NodeSettings
 from tests.harness.podnet.addresses import LoopbackAddresses, PodAddresses, plan_network
 
@@ -85,11 +86,18 @@ class NodeAgent:
         self._addresses = LoopbackAddresses()
         self._pod_addresses = PodAddresses(self.pod_cidr, self._addresses)
         self.reconcile_errors: list[BaseException] = []
+        self._runc: RuncRuntime | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        await asyncio.to_thread(check_mount_namespaces)
+        if self.settings.container_runtime == "runc":
+            await asyncio.to_thread(check_runc)
+            self._runc = RuncRuntime(self.state_dir, self.settings.image_aliases)
+        elif self.settings.container_runtime == "process":
+            await asyncio.to_thread(check_mount_namespaces)
+        else:
+            raise ValueError(f"container_runtime {self.settings.container_runtime!r}: use process or runc")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._kube = await KubeClient(str(self.kubeconfig)).__aenter__()
         try:
@@ -273,6 +281,7 @@ class NodeAgent:
             settings=self.settings,
             notify=self.poke,
             pod_addresses=self._pod_addresses,
+            runc=self._runc,
         )
         self._runtimes[_key(pod)] = runtime
         runtime.start()

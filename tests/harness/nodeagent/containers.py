@@ -6,8 +6,10 @@ start, as kubelet does; a missing non-optional reference is a ``ContainerConfigE
 """
 
 import base64
+import os
 import re
 import shutil
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +52,10 @@ class ContainerLaunch:
     env: dict[str, str]
     working_dir: str | None
     mounts: list[Mount] = field(default_factory=list)
+    local_image: str = ""
+    """The runc runtime's local image this container runs from (empty: a local process)."""
+    container: JsonObject = field(default_factory=dict)
+    """The pod's container spec (its securityContext and resources, for the runc runtime)."""
 
 
 def _decode(values: Mapping[str, str], *, base64_encoded: bool) -> dict[str, bytes]:
@@ -252,6 +258,7 @@ async def prepare_volumes(
 ) -> dict[str, tuple[Path, bool]]:
     """Materialise each pod volume as a local directory: name -> (directory, read-only by nature)."""
     namespace = pod["metadata"]["namespace"]
+    fs_group = (pod.get("spec", {}).get("securityContext") or {}).get("fsGroup")
     volumes: dict[str, tuple[Path, bool]] = {}
     for volume in pod.get("spec", {}).get("volumes") or []:
         name = volume["name"]
@@ -259,6 +266,8 @@ async def prepare_volumes(
         if "emptyDir" in volume:
             shutil.rmtree(directory, ignore_errors=True)  # fresh for every pod start
             directory.mkdir(parents=True)
+            directory.chmod(0o777)  # kubelet's mode for an emptyDir, whoever the containers run as
+            apply_fs_group(directory, fs_group)
             volumes[name] = (directory, False)
         elif "persistentVolumeClaim" in volume:
             claim = volume["persistentVolumeClaim"]["claimName"]
@@ -267,6 +276,7 @@ async def prepare_volumes(
             if found is None:
                 raise VolumeSetupError(f'persistentvolumeclaim "{claim}" not found')
             directory = await _bound_volume_path(kube, claim, found)
+            apply_fs_group(directory, fs_group)
             volumes[name] = (directory, bool(volume["persistentVolumeClaim"].get("readOnly")))
         elif "configMap" in volume or "secret" in volume:
             kind, spec = ("ConfigMap", volume["configMap"]) if "configMap" in volume else ("Secret", volume["secret"])
@@ -287,6 +297,20 @@ async def prepare_volumes(
             kinds = sorted(set(volume) - {"name"})
             raise VolumeSetupError(f"volume {name!r}: type {kinds} is not supported by the node agent")
     return volumes
+
+
+def apply_fs_group(directory: Path, fs_group: int | None) -> None:
+    """What kubelet does to a writable volume of a pod with an fsGroup: every file and directory in it owned by that
+    group and group-writable, directories set-group-ID so new files inherit the group."""
+    if fs_group is None:
+        return
+    for path in [directory, *directory.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chown(path, -1, int(fs_group))
+        mode = path.stat().st_mode
+        extra = stat.S_IRGRP | stat.S_IWGRP | (stat.S_IXGRP | stat.S_ISGID if path.is_dir() else 0)
+        path.chmod(stat.S_IMODE(mode) | extra | (stat.S_IXGRP if mode & stat.S_IXUSR else 0))
 
 
 async def _bound_volume_path(kube: KubeClient, claim: str, found: JsonObject) -> Path:
@@ -329,8 +353,11 @@ async def _projected_files(volume: JsonObject, source: PodEnvironment) -> dict[s
     return files
 
 
-def container_mounts(container: JsonObject, volumes: Mapping[str, tuple[Path, bool]]) -> list[Mount]:
-    """The container's volumeMounts as bind mounts, with subPath; mount points made on the host, empty."""
+def container_mounts(
+    container: JsonObject, volumes: Mapping[str, tuple[Path, bool]], *, host_mount_points: bool = True
+) -> list[Mount]:
+    """The container's volumeMounts as bind mounts, with subPath; with ``host_mount_points`` (a local process, which
+    sees the host's root) mount points are made on the host, empty; a container's own root gets them from runc."""
     mounts: list[Mount] = []
     for volume_mount in container.get("volumeMounts") or []:
         name = volume_mount["name"]
@@ -341,13 +368,15 @@ def container_mounts(container: JsonObject, volumes: Mapping[str, tuple[Path, bo
         target = Path(volume_mount["mountPath"])
         if not source.exists():
             source.mkdir(parents=True)  # kubelet creates a missing subPath as a directory
+        mounts.append(Mount(source, str(target), read_only or bool(volume_mount.get("readOnly"))))
+        if not host_mount_points:
+            continue
         if source.is_dir():
             target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch(exist_ok=True)
-        mounts.append(Mount(source, str(target), read_only or bool(volume_mount.get("readOnly"))))
-    for mount in mounts:
+    for mount in mounts if host_mount_points else []:
         _make_nested_mount_point(mount, mounts)
     return mounts
 

@@ -41,7 +41,9 @@ from tests.harness.nodeagent.kube import (
     KubeClient,
     namespaced_path,
 )
+from tests.harness.nodeagent.oci import container_args, refuse_root
 from tests.harness.nodeagent.probes import ContainerProbes
+from tests.harness.nodeagent.runc import RuncContainer, RuncRuntime
 from tests.harness.nodeagent.settings import NodeSettings
 from tests.harness.podnet.addresses import PodAddresses
 from tests.harness.podnet.resolver import resolv_conf
@@ -52,6 +54,8 @@ LAUNCHER = Path(__file__).with_name("launcher.py")
 UNSHARE = ["unshare", "--mount", "--propagation", "private", "--"]
 LOCAL_IP = "127.0.0.1"  # the node's address (status.hostIP)
 RESOLV_CONF = "/etc/resolv.conf"
+HOSTS = "/etc/hosts"
+EXIT_START_FAILED = 128  # the runtime could not start the container (kubelet's StartError)
 
 STATUS_WRITE_ATTEMPTS = 20  # about 15 s of retries at most
 
@@ -95,6 +99,29 @@ def check_mount_namespaces() -> None:
         )
 
 
+class ProcessContainer:
+    """A container run as a local process (the default runtime): signals go to the process, SIGKILL to its whole
+    process group, as a container's end takes every process in it."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.container_id = f"local://{process.pid}"
+
+    def signal(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGKILL:
+            self.kill()
+        else:
+            self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    async def close(self) -> None:
+        return None
+
+
 class PodRuntime:
     """One pod's processes and status, from Pending to Succeeded or Failed."""
 
@@ -107,6 +134,7 @@ class PodRuntime:
         settings: NodeSettings,
         notify: Callable[[], None],
         pod_addresses: PodAddresses,
+        runc: RuncRuntime | None = None,
     ) -> None:
         self.namespace: str = pod["metadata"]["namespace"]
         self.name: str = pod["metadata"]["name"]
@@ -127,6 +155,8 @@ class PodRuntime:
         self._grace_seconds: float | None = None
         self.stop_reason: str | None = None
         self.process: asyncio.subprocess.Process | None = None
+        self.container: ProcessContainer | RuncContainer | None = None  # the running one
+        self._runc = runc
         self.exit_code: int | None = None  # the main container's last exit code
         self.restart_count = 0
         self.phase = "Pending"
@@ -162,12 +192,10 @@ class PodRuntime:
 
     def send_signal(self, sig: signal.Signals) -> None:
         """Signal the running container: SIGKILL hits its whole process group, as a container's end does."""
-        if self.process is None or self.process.returncode is not None:
+        container = self.container
+        if container is None or container.process.returncode is not None:
             raise ProcessLookupError(f"pod {self.namespace}/{self.name} has no running process")
-        if sig == signal.SIGKILL:
-            self._kill_group()
-        else:
-            self.process.send_signal(sig)
+        container.signal(sig)
 
     async def add_condition(self, type_: str, reason: str, message: str) -> None:
         self._conditions[type_] = condition(type_, True, reason, message)
@@ -251,28 +279,53 @@ class PodRuntime:
         pod.setdefault("status", {})["podIP"] = self.pod_ip
         api = self._settings.in_cluster_api
         containers = [*(self._spec.get("initContainers") or []), self._spec["containers"][0]]
+        images = {}
         for container in containers:
-            check_image(container, self._settings.image_commands)
+            if self._runc is None:
+                check_image(container, self._settings.image_commands)
+            else:
+                images[container["name"]] = await self._runc.resolve_image(str(container.get("image", "")))
+                refuse_root(pod, container, images[container["name"]][1])
         source = PodEnvironment(self._kube, pod)
         volumes = await prepare_volumes(pod, source, self._kube, self.pod_dir)
-        dns_mounts = self._dns_mounts()
+        pod_mounts = self._dns_mounts() if self._runc is None else self._etc_mounts()
         launches: list[ContainerLaunch] = []
         for container in containers:
-            env = dict(self._settings.base_env)
+            local_image, image = images.get(container["name"], ("", None))
+            env = image.env_map() if image else {}
+            env.update(self._settings.base_env)
             env.update(
                 {"HOSTNAME": self.name, "KUBERNETES_SERVICE_HOST": api.host, "KUBERNETES_SERVICE_PORT": str(api.port)}
             )
             env.update(await container_env(container, source))
+            mounts = container_mounts(container, volumes, host_mount_points=image is None)
             launches.append(
                 ContainerLaunch(
                     name=container["name"],
-                    argv=container_argv(container, env, self._settings.image_commands),
+                    argv=(
+                        container_argv(container, env, self._settings.image_commands)
+                        if image is None
+                        else container_args(container, image, env)
+                    ),
                     env=env,
                     working_dir=container.get("workingDir"),
-                    mounts=[*dns_mounts, *container_mounts(container, volumes)],
+                    mounts=[*pod_mounts, *mounts],
+                    local_image=local_image,
+                    container=container,
                 )
             )
         return launches[:-1], launches[-1]
+
+    def _etc_mounts(self) -> list[Mount]:
+        """A container's /etc/resolv.conf (kubelet's for ClusterFirst, else the node's) and /etc/hosts (localhost and
+        the pod's own name at its IP), as kubelet mounts them into every container."""
+        hosts = self.pod_dir / "hosts"
+        hosts.parent.mkdir(parents=True, exist_ok=True)
+        hosts.write_text(
+            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{self.pod_ip}\t{self.name}\n"
+        )
+        resolv = self._dns_mounts() or [Mount(Path(RESOLV_CONF), RESOLV_CONF, read_only=True)]
+        return [*resolv, Mount(hosts, HOSTS, read_only=True)]
 
     def _dns_mounts(self) -> list[Mount]:
         """The pod's /etc/resolv.conf as kubelet writes it for dnsPolicy ClusterFirst: the cluster DNS first, with
@@ -401,33 +454,44 @@ class PodRuntime:
         )
         started_at = now_rfc3339()
         with (self.log_dir / f"{launch.name}.log").open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *UNSHARE,
-                sys.executable,
-                str(LAUNCHER),
-                str(spec_file),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # its own process group: SIGKILL takes every process it started
-                cwd=self.pod_dir,
-                env=launch.env,
-            )
-        container_id = f"local://{self.process.pid}"
+            if self._runc is None:
+                process = await asyncio.create_subprocess_exec(
+                    *UNSHARE,
+                    sys.executable,
+                    str(LAUNCHER),
+                    str(spec_file),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: SIGKILL takes every process it started
+                    cwd=self.pod_dir,
+                    env=launch.env,
+                )
+                container: ProcessContainer | RuncContainer = ProcessContainer(process)
+            else:
+                try:
+                    container = await self._runc.start(launch, self._pod, log)
+                except (OSError, subprocess.CalledProcessError, ContainerConfigError) as error:
+                    return self._start_failed(launch, log, error, started_at, main=main)
+        self.container = container
+        self.process = container.process
+        container_id = container.container_id
         probes: ContainerProbes | None = None
         if main:
             self.phase = "Running"
-            probes = self._container_probes(launch, self.process, started_at)
+            probes = self._container_probes(launch, container, started_at)
             ready_at_once = not probes.has_startup and not probes.has_readiness
             self._running_status(started_at, container_id, started=not probes.has_startup, ready=ready_at_once)
             await self._write_status()
             probes.start()
         try:
-            returncode = await self._wait_or_stop(self.process)
+            returncode = await self._wait_or_stop(container)
         finally:
             if probes is not None:
                 await probes.stop()
-        self._kill_group()  # whatever the container left behind ends with it
+            with contextlib.suppress(ProcessLookupError):
+                container.kill()  # whatever the container left behind ends with it
+            await container.close()
         code = exit_code_of(returncode)
         terminated: JsonObject = {
             "exitCode": code,
@@ -442,6 +506,27 @@ class PodRuntime:
             self._set_ready(False, "PodCompleted")
         return code, {"terminated": terminated}
 
+    def _start_failed(
+        self, launch: ContainerLaunch, log: Any, error: BaseException, started_at: str, *, main: bool
+    ) -> tuple[int, JsonObject]:
+        """The runtime could not start the container: kubelet's StartError, exit 128, with why in its log."""
+        detail = (
+            error.stderr.decode(errors="replace").strip() if isinstance(error, subprocess.CalledProcessError) else ""
+        )
+        message = f"{error}{': ' + detail if detail else ''}"
+        log.write(f"node agent: cannot start container {launch.name!r}: {message}\n".encode())
+        logger.warning("pod %s/%s: cannot start container %s: %s", self.namespace, self.name, launch.name, message)
+        if main:
+            self._set_ready(False, "PodCompleted")
+        terminated: JsonObject = {
+            "exitCode": EXIT_START_FAILED,
+            "reason": "StartError",
+            "message": message[-1000:],
+            "startedAt": started_at,
+            "finishedAt": now_rfc3339(),
+        }
+        return EXIT_START_FAILED, {"terminated": terminated}
+
     def _running_status(self, started_at: str, container_id: str, *, started: bool, ready: bool) -> None:
         self._set_ready(ready, "" if ready else "ContainersNotReady")
         self._container_statuses = self._main_status({"running": {"startedAt": started_at}}, ready=ready)
@@ -449,12 +534,13 @@ class PodRuntime:
         self._container_statuses[0]["containerID"] = container_id
 
     def _container_probes(
-        self, launch: ContainerLaunch, process: asyncio.subprocess.Process, started_at: str
+        self, launch: ContainerLaunch, running: ProcessContainer | RuncContainer, started_at: str
     ) -> ContainerProbes:
         """The main container's probes; their verdicts update its status, and a failed startup or liveness probe
         kills it as kubelet does (SIGTERM, then SIGKILL after the grace period)."""
         container = self._spec["containers"][0]
-        container_id = f"local://{process.pid}"
+        container_id = running.container_id
+        process = running.process
         state = {"started": not container.get("startupProbe"), "ready": False}
 
         def report() -> None:
@@ -473,12 +559,12 @@ class PodRuntime:
         def on_failed(message: str, probe: JsonObject) -> None:
             logger.info("pod %s/%s: %s; killing the container", self.namespace, self.name, message)
             self._probe_failure = message
-            self._in_background(self._kill_for_probe(process, probe))
+            self._in_background(self._kill_for_probe(running, probe))
 
         return ContainerProbes(
             container,
             host=self.pod_ip,
-            pid=process.pid,
+            pid=running.pid,
             env=launch.env,
             on_started=on_started,
             on_ready=on_ready,
@@ -490,25 +576,27 @@ class PodRuntime:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _kill_for_probe(self, process: asyncio.subprocess.Process, probe: JsonObject) -> None:
+    async def _kill_for_probe(self, running: ProcessContainer | RuncContainer, probe: JsonObject) -> None:
         """The failed probe's own terminationGracePeriodSeconds wins over the pod's, as kubelet has it."""
         grace = probe.get("terminationGracePeriodSeconds")
         grace_seconds = float(grace) if grace is not None else self.default_grace_seconds()
         with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+            running.signal(signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), grace_seconds)
-        if process.returncode is None:
-            self._kill_group()
+            await asyncio.wait_for(running.process.wait(), grace_seconds)
+        if running.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                running.kill()
 
-    async def _wait_or_stop(self, process: asyncio.subprocess.Process) -> int:
+    async def _wait_or_stop(self, running: ProcessContainer | RuncContainer) -> int:
+        process = running.process
         exited = asyncio.create_task(process.wait())
         stop = asyncio.create_task(self._stop.wait())
         await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         if not exited.done():
             with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+                running.signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.shield(exited), self._grace_seconds or 0)
             except TimeoutError:
@@ -517,9 +605,9 @@ class PodRuntime:
         return exited.result()
 
     def _kill_group(self) -> None:
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+        if self.container is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.container.kill()
 
     @property
     def pod(self) -> dict[str, Any]:

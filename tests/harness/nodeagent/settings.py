@@ -68,5 +68,14 @@ class NodeSettings:
     node_name: str = "agentrun-node"
     """The Node this agent registers; it runs the pods bound to it."""
 
+    container_runtime: str = "process"
+    """How containers run: ``process`` (default), each a local process of this checkout's code in a mount namespace
+    of its own with its volumes at their mountPaths; ``runc``, each from its image (held by buildah, as
+    ``make images`` builds them) under runc, with the pod's securityContext enforced (README.md)."""
+
+    image_aliases: Mapping[str, str] = field(default_factory=dict)
+    """The runc runtime's local image for a repository a pod names, when no local image has the pod's exact name:
+    e.g. {"ghcr.io/agentrun/agentrun-operator/runner": "localhost/agentrun-runner:dev"}."""
+
     kill_timeout_seconds: float = 5.0
     """Seconds to wait for a SIGKILLed process to be reaped before giving up on it (default 5)."""
