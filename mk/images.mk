@@ -47,3 +47,10 @@ krew: $(KREW) ## Build krew, which the tests install the kubectl plugin's releas
 .PHONY: plugin
 plugin: ## Build dist/kubectl-agentrun (one file), its krew archive and krew manifest, as a release publishes them
 	$(PYTHON) release/plugin.py --out dist
+
+# The images on the test control plane: the node agent runs every pod from its image under runc, its securityContext
+# enforced (tests/harness/nodeagent/README.md). Local names only: REGISTRY stays empty for this target.
+.PHONY: e2e-images
+e2e-images: install kube-binaries node-tools images ## Build the images, then run pods from them under runc on the test control plane (tests/e2e/test_real_images.py; root)
+	AGENTRUN_TEST_CONTAINER_RUNTIME=runc AGENTRUN_TEST_IMAGE_TAG=$(IMAGE_TAG) \
+		$(BIN)/pytest -p no:cacheprovider -v -s -rs tests/integration/test_runc_runtime.py tests/e2e/test_real_images.py

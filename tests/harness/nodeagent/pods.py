@@ -106,7 +106,7 @@ class ProcessContainer:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self.pid = process.pid
-        self.container_id = f"local://{process.pid}"
+        self.uri = f"local://{process.pid}"  # containerStatuses' containerID
 
     def signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGKILL:
@@ -475,7 +475,7 @@ class PodRuntime:
                     return self._start_failed(launch, log, error, started_at, main=main)
         self.container = container
         self.process = container.process
-        container_id = container.container_id
+        container_id = container.uri
         probes: ContainerProbes | None = None
         if main:
             self.phase = "Running"
@@ -539,7 +539,7 @@ class PodRuntime:
         """The main container's probes; their verdicts update its status, and a failed startup or liveness probe
         kills it as kubelet does (SIGTERM, then SIGKILL after the grace period)."""
         container = self._spec["containers"][0]
-        container_id = running.container_id
+        container_id = running.uri
         process = running.process
         state = {"started": not container.get("startupProbe"), "ready": False}
 

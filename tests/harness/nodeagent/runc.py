@@ -94,6 +94,11 @@ class RuncContainer:
     buildah_container: str
     pid: int = 0
 
+    @property
+    def uri(self) -> str:
+        """The containerID of the container's status, as kubelet writes ``containerd://<id>``."""
+        return f"runc://{self.container_id}"
+
     def signal(self, sig: signal.Signals) -> None:
         """``runc kill``: the signal reaches the container's init process (PID 1 in its namespace, which ignores a
         signal it installed no handler for, as in any container); SIGKILL ends every process of the container."""
