@@ -220,3 +220,57 @@ async def test_the_runner_pod_resumes_from_its_checkpoint_after_a_sigkill(cluste
         f"'resuming from iteration' {resumed_at - running_at:.1f} s, SIGKILL to Succeeded "
         f"{time.monotonic() - killed_at:.1f} s"
     )
+
+
+@pytest.fixture
+async def chart_cluster(testbed: KubeTestbed, tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """The operator as the chart installs it: its pod from the operator image, under runc too."""
+    async with local_cluster(testbed, tmp_path, research_script(delay=0.1), from_chart=True) as running:
+        yield running
+
+
+async def test_the_charts_operator_from_its_image_runs_a_run_from_the_runner_image(chart_cluster):
+    cluster = chart_cluster
+    async with KubeClient(str(cluster.kubeconfig_path)) as kube:
+        operator_pods = [
+            key for key in cluster.node.agent.pod_keys() if key[0] == cluster.namespace and "operator" in key[1]
+        ]
+        assert operator_pods, cluster.node.agent.pod_keys()
+        operator = cluster.node.agent.runtime(*operator_pods[0])
+        assert isinstance(operator.container, RuncContainer)
+        run = agent_run("charted", cluster, streaming={"enabled": False})
+        await kube.create(agentruns_path(cluster.namespace), run)
+        status = await wait_for_end(kube, "charted", timeout=240)
+        assert status["phase"] == "Succeeded", f"{status}\n{runner_logs(cluster)}"
+        assert_result(status)
+
+
+async def test_an_exec_probe_runs_inside_the_container_and_pid_1_ignores_sigterm_without_a_handler(cluster, kube):
+    """The readiness probe sees the pod's emptyDir and runs as the container's user; at the pod's deletion the
+    container's PID 1, which installed no SIGTERM handler, ignores SIGTERM and ends at SIGKILL after the grace period
+    (exit 137), as on a cluster."""
+    script = "import pathlib, time\ntime.sleep(1)\npathlib.Path('/tmp/ready').touch()\nprint('ready', flush=True)\ntime.sleep(120)\n"
+    probe = "import os, sys; sys.exit(0 if os.getuid() == 65532 and os.path.exists('/tmp/ready') else 1)"
+    await _plain_pod(
+        kube,
+        "probed",
+        {
+            "command": ["python", "-c", script],
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            "readinessProbe": {"exec": {"command": ["python", "-c", probe]}, "periodSeconds": 1},
+            "securityContext": {"readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+        },
+        {"runAsNonRoot": True, "runAsUser": 65532, "fsGroup": 65532},
+    )
+
+    async def ready() -> bool:
+        conditions = (await _pod_status(kube, "probed")).get("conditions") or []
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    await wait_for(ready, "the exec readiness probe to pass", timeout=90)
+    deleted_at = time.monotonic()
+    await kube.delete(namespaced_path("v1", "pods", kube.namespace, "probed"), grace_period_seconds=3)
+    runtime = await cluster.node.wait_finished(cluster.namespace, "probed", timeout=60)
+    waited = time.monotonic() - deleted_at
+    assert runtime.exit_code == 137, cluster.node.read_log(cluster.namespace, "probed")
+    assert waited >= 2.5, f"the container ended {waited:.1f} s after SIGTERM: PID 1 did not ignore it"

@@ -566,6 +566,7 @@ class PodRuntime:
             host=self.pod_ip,
             pid=running.pid,
             env=launch.env,
+            user=running.user if isinstance(running, RuncContainer) else None,
             on_started=on_started,
             on_ready=on_ready,
             on_failed=on_failed,

@@ -77,8 +77,11 @@ async def _tcp_socket(action: JsonObject, host: str, container: JsonObject, time
     return ProbeResult(True)
 
 
-async def _exec(action: JsonObject, pid: int, env: Mapping[str, str], timeout: float) -> ProbeResult:
-    """The command inside the container: its mount namespace (so it sees the pod's volumes) and its env."""
+async def _exec(
+    action: JsonObject, pid: int, env: Mapping[str, str], timeout: float, user: tuple[int, int] | None = None
+) -> ProbeResult:
+    """The command inside the container: its mount namespace (so it sees the pod's volumes) and its env, as the
+    container's user and group when it has its own (the runc runtime)."""
     command = [str(part) for part in action.get("command") or []]
     if not command:
         return ProbeResult(False, "exec probe has no command")
@@ -87,6 +90,7 @@ async def _exec(action: JsonObject, pid: int, env: Mapping[str, str], timeout: f
             "nsenter",
             f"--target={pid}",
             "--mount",
+            *([f"--setuid={user[0]}", f"--setgid={user[1]}"] if user else []),
             "--",
             *command,
             env=dict(env),
@@ -122,6 +126,7 @@ class ContainerProbes:
         host: str,
         pid: int,
         env: Mapping[str, str],
+        user: tuple[int, int] | None = None,
         on_started: Callable[[], None],
         on_ready: Callable[[bool], None],
         on_failed: Callable[[str, JsonObject], None],
@@ -130,6 +135,7 @@ class ContainerProbes:
         self._host = host
         self._pid = pid
         self._env = env
+        self._user = user
         self._on_started = on_started
         self._on_ready = on_ready
         self._on_failed = on_failed
@@ -147,8 +153,12 @@ class ContainerProbes:
         self._task = asyncio.create_task(self._run(), name=f"probes of {self._container.get('name')}")
 
     async def stop(self) -> None:
+        """Cancel the probes, again until they end: Python 3.11's ``wait_for`` swallows a cancellation that arrives
+        as the awaited command finishes (an exec probe's), and the probe loop would go on."""
         if self._task is not None:
-            self._task.cancel()
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.5)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -161,7 +171,7 @@ class ContainerProbes:
             if "tcpSocket" in probe:
                 return await _tcp_socket(probe["tcpSocket"], self._host, self._container, timeout)
             if "exec" in probe:
-                return await _exec(probe["exec"], self._pid, self._env, timeout)
+                return await _exec(probe["exec"], self._pid, self._env, timeout, self._user)
         except ValueError as error:
             return ProbeResult(False, str(error))
         kinds = sorted(set(probe) & {"grpc"}) or sorted(probe)

@@ -93,6 +93,8 @@ class RuncContainer:
     bundle: Path
     buildah_container: str
     pid: int = 0
+    user: tuple[int, int] | None = None
+    """The uid and gid its process runs as (exec probes run as them)."""
 
     @property
     def uri(self) -> str:
@@ -211,7 +213,7 @@ class RuncRuntime:
             await self.remove_rootfs(buildah_container)
             shutil.rmtree(bundle, ignore_errors=True)
             raise
-        started = RuncContainer(self, container_id, process, bundle, buildah_container)
+        started = RuncContainer(self, container_id, process, bundle, buildah_container, user=(user.uid, user.gid))
         started.pid = await self._init_pid(started)
         return started
 
