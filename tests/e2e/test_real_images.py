@@ -274,3 +274,26 @@ async def test_an_exec_probe_runs_inside_the_container_and_pid_1_ignores_sigterm
     waited = time.monotonic() - deleted_at
     assert runtime.exit_code == 137, cluster.node.read_log(cluster.namespace, "probed")
     assert waited >= 2.5, f"the container ended {waited:.1f} s after SIGTERM: PID 1 did not ignore it"
+
+
+async def test_an_image_the_node_does_not_hold_is_err_image_pull_then_image_pull_back_off(cluster, kube):
+    await kube.create(
+        namespaced_path("v1", "pods", kube.namespace),
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "unpulled", "namespace": kube.namespace},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "registry.example/absent:1"}]},
+        },
+    )
+    reasons: list[str] = []
+
+    async def backing_off() -> bool:
+        statuses = (await _pod_status(kube, "unpulled")).get("containerStatuses") or []
+        reason = (statuses[0]["state"].get("waiting") or {}).get("reason", "") if statuses else ""
+        if reason and reason not in reasons:
+            reasons.append(reason)
+        return reason == "ImagePullBackOff"
+
+    await wait_for(backing_off, "ImagePullBackOff", timeout=60)
+    assert reasons[-2:] == ["ErrImagePull", "ImagePullBackOff"], reasons

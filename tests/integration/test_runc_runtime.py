@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.nodeagent.containers import ContainerLaunch, Mount, apply_fs_group
+from tests.harness.nodeagent.containers import ContainerLaunch, ImagePullError, Mount, apply_fs_group
 from tests.harness.nodeagent.runc import STORAGE_DRIVER, RuncContainer, RuncRuntime, cgroup_limits_usable
 
 pytestmark = pytest.mark.integration
@@ -219,3 +219,13 @@ async def test_the_root_file_system_is_removed_when_the_container_ends(runtime, 
     assert container.buildah_container not in listed
     assert container.container_id not in listed
     assert not container.bundle.exists()
+
+
+async def test_an_image_is_found_by_its_name_or_its_repositorys_alias_and_a_missing_one_cannot_be_pulled(tmp_path):
+    aliased = RuncRuntime(tmp_path / "node", {"registry.example/team/python": IMAGE})
+    assert (await aliased.resolve_image(IMAGE))[0] == IMAGE
+    local, image = await aliased.resolve_image("registry.example/team/python:3.11@sha256:" + "0" * 64)
+    assert local == IMAGE
+    assert image.cmd == [PYTHON]
+    with pytest.raises(ImagePullError, match=r'Failed to pull image "registry.example/team/other:1"'):
+        await aliased.resolve_image("registry.example/team/other:1")
