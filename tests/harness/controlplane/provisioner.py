@@ -100,6 +100,7 @@ class LocalVolumeProvisioner:
         name = f"pvc-{metadata['uid']}"
         path = self.volumes_dir / name
         path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o777)  # as local-path provisioners make it: writable by a pod's non-root user without fsGroup
         return {
             "apiVersion": "v1",
             "kind": "PersistentVolume",
