@@ -21,7 +21,7 @@ from tests.harness.agentruns import agent_run, agentruns_path, runner_pods, wait
 from tests.harness.local_cluster import LocalCluster
 from tests.harness.model_server import research_script
 from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
-from tests.harness.nodeagent.runc import STORAGE_DRIVER, RuncContainer
+from tests.harness.nodeagent.runc import STORAGE_DRIVER, RuncContainer, local_image_names
 from tests.harness.testbed import CONTAINER_RUNTIME_ENV, LOCAL_IMAGES, KubeTestbed, container_runtime
 
 pytestmark = pytest.mark.e2e
@@ -100,7 +100,9 @@ async def test_a_run_succeeds_with_its_runner_from_the_real_image_under_the_rest
     assert terminated["containerID"].startswith("runc://")
 
 
-async def _plain_pod(kube: KubeClient, name: str, container: JsonObject, pod_security: JsonObject) -> None:
+async def _plain_pod(
+    kube: KubeClient, name: str, container: JsonObject, pod_security: JsonObject, image: str = RUNNER_IMAGE
+) -> None:
     await kube.create(
         namespaced_path("v1", "pods", kube.namespace),
         {
@@ -110,7 +112,7 @@ async def _plain_pod(kube: KubeClient, name: str, container: JsonObject, pod_sec
             "spec": {
                 "restartPolicy": "Never",
                 "securityContext": pod_security,
-                "containers": [{"name": "main", "image": RUNNER_IMAGE, **container}],
+                "containers": [{"name": "main", "image": image, **container}],
                 "volumes": [{"name": "tmp", "emptyDir": {}}],
             },
         },
@@ -128,17 +130,33 @@ async def test_run_as_non_root_with_user_0_is_refused_before_anything_runs(clust
         kube, "as-root", {"command": ["python", "-c", "print('ran')"]}, {"runAsNonRoot": True, "runAsUser": 0}
     )
 
-    async def refused() -> JsonObject | None:
-        statuses = (await _pod_status(kube, "as-root")).get("containerStatuses") or []
-        waiting = (statuses[0]["state"].get("waiting") or {}) if statuses else {}
-        return waiting if waiting.get("reason") == "CreateContainerConfigError" else None
-
-    waiting = await wait_for(refused, "CreateContainerConfigError", timeout=60)
+    waiting = await _refused(kube, "as-root")
     assert waiting["message"].startswith("container's runAsUser breaks non-root policy"), waiting
     await asyncio.sleep(2)  # kubelet keeps retrying; the container never starts
     status = await _pod_status(kube, "as-root")
     assert status["phase"] == "Pending"
     assert "ran" not in cluster.node.read_log(cluster.namespace, "as-root")
+
+
+async def _refused(kube: KubeClient, name: str) -> JsonObject:
+    async def waiting() -> JsonObject | None:
+        statuses = (await _pod_status(kube, name)).get("containerStatuses") or []
+        state = (statuses[0]["state"].get("waiting") or {}) if statuses else {}
+        return state if state.get("reason") == "CreateContainerConfigError" else None
+
+    return await wait_for(waiting, f"pod {name}: CreateContainerConfigError", timeout=60)
+
+
+async def test_run_as_non_root_refuses_an_image_whose_user_is_root(cluster, kube):
+    """The python base `make images` makes sets no USER: it runs as root, which runAsNonRoot refuses."""
+    bases = [name for name in local_image_names() if name.startswith("localhost/agentrun-base/python:")]
+    if not bases:
+        pytest.skip("no localhost/agentrun-base/python image: `make images` makes it")
+    command = {"command": ["/usr/bin/python3.11", "-c", "print('ran')"]}
+    await _plain_pod(kube, "root-image", command, {"runAsNonRoot": True}, image=bases[-1])
+    waiting = await _refused(kube, "root-image")
+    assert waiting["message"].startswith("container has runAsNonRoot and image will run as root (pod: "), waiting
+    assert "ran" not in cluster.node.read_log(cluster.namespace, "root-image")
 
 
 async def test_a_write_outside_the_volumes_fails_on_the_read_only_root(cluster, kube):

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from tests.harness.nodeagent.containers import ContainerLaunch, ImagePullError, Mount, apply_fs_group
-from tests.harness.nodeagent.runc import STORAGE_DRIVER, RuncContainer, RuncRuntime, cgroup_limits_usable
+from tests.harness.nodeagent.runc import (
+    STORAGE_DRIVER,
+    RuncContainer,
+    RuncRuntime,
+    cgroup_limits_usable,
+    local_image_names,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +37,7 @@ def _base_image() -> str:
         pytest.skip(
             f"the runc runtime needs root, runc and buildah (missing: {missing or 'root'})", allow_module_level=True
         )
-    listed = subprocess.run(
-        ["buildah", "--storage-driver", STORAGE_DRIVER, "images", "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    images = json.loads(listed.stdout or "[]") if listed.returncode == 0 else []
-    names = sorted(
-        name for image in images for name in image.get("names") or [] if name.startswith(f"{BASE_REPOSITORY}:")
-    )
+    names = [name for name in local_image_names() if name.startswith(f"{BASE_REPOSITORY}:")]
     if not names:
         pytest.skip(f"no {BASE_REPOSITORY} image: `make images` makes it", allow_module_level=True)
     return names[-1]

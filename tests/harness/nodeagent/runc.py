@@ -59,6 +59,16 @@ def check_runc() -> None:
         raise RuncUnavailableError("the runc runtime needs root")
 
 
+def local_image_names() -> list[str]:
+    """Every name of every image in buildah's store (empty when buildah is missing or fails)."""
+    try:
+        listed = subprocess.run(_buildah("images", "--json"), capture_output=True, text=True, check=False, timeout=60)
+    except OSError:
+        return []
+    images = json.loads(listed.stdout or "[]") if listed.returncode == 0 else []
+    return sorted(name for image in images or [] for name in image.get("names") or [])
+
+
 def cgroup_limits_usable() -> str:
     """Empty when memory and CPU limits can be set in cgroups here (runc sets them); else why not."""
     if (CGROUP_ROOT / "cgroup.controllers").exists():
