@@ -49,8 +49,13 @@ plugin: ## Build dist/kubectl-agentrun (one file), its krew archive and krew man
 	$(PYTHON) release/plugin.py --out dist
 
 # The images on the test control plane: the node agent runs every pod from its image under runc, its securityContext
-# enforced (tests/harness/nodeagent/README.md). Local names only: REGISTRY stays empty for this target.
+# enforced (tests/harness/nodeagent/README.md). Local names only: REGISTRY stays empty for these targets.
+RUNC_ENV = AGENTRUN_TEST_CONTAINER_RUNTIME=runc AGENTRUN_TEST_IMAGE_TAG=$(IMAGE_TAG)
+
 .PHONY: e2e-images
-e2e-images: install kube-binaries node-tools images ## Build the images, then run pods from them under runc on the test control plane (tests/e2e/test_real_images.py; root)
-	AGENTRUN_TEST_CONTAINER_RUNTIME=runc AGENTRUN_TEST_IMAGE_TAG=$(IMAGE_TAG) \
-		$(BIN)/pytest -p no:cacheprovider -v -s -rs tests/integration/test_runc_runtime.py tests/e2e/test_real_images.py
+e2e-images: install crd-validators mcp-servers kube-binaries node-tools browser krew images ## Build the images, then run the runc runtime's tests and the whole e2e suite with every pod from its image under runc (root)
+	$(RUNC_ENV) $(BIN)/pytest -p no:cacheprovider -rs tests/integration/test_runc_runtime.py tests/e2e
+
+.PHONY: demo-images
+demo-images: install kube-binaries node-tools images ## make demo with every pod (the operator's too) from its image under runc (root)
+	$(RUNC_ENV) $(PY) -m tests.harness.demo

@@ -1,6 +1,6 @@
 """The project's real images on the real control plane: the node agent runs each pod from its image under runc,
-with the pod's securityContext enforced (`make e2e-images`: builds the images, then runs this module with
-AGENTRUN_TEST_CONTAINER_RUNTIME=runc).
+with the pod's securityContext enforced (`make e2e-images`: builds the images, then runs the whole e2e suite, this
+module among it, with AGENTRUN_TEST_CONTAINER_RUNTIME=runc).
 
 The operator runs as a child process; the runner pods it makes run from ``localhost/agentrun-runner:dev`` with the
 operator's restricted securityContext (runAsNonRoot, uid 65532, read-only root, every capability dropped, no

@@ -40,7 +40,7 @@ from tests.harness.model_server import Script, stepwise_script
 from tests.harness.nodeagent import MountNamespaceUnavailableError, check_mount_namespaces
 from tests.harness.nodeagent.kube import JsonObject, KubeClient, namespaced_path
 from tests.harness.sse_client import dispatched_events
-from tests.harness.testbed import KubeTestbed
+from tests.harness.testbed import CONTAINER_RUNTIME_ENV, KubeTestbed, container_runtime
 
 RUN = "minimal"
 NAMESPACE = "default"
@@ -517,6 +517,10 @@ async def run_on(testbed: KubeTestbed, state_dir: Path, binary: Path, script: Sc
         id_range = f", ids {ids[0]}..{ids[-1]}" if ids else ""
         say(f"  restarts: {status.get('restarts', 0)}; stream events: {len(ids)}{id_range}")
         say(f"  emulated: the kubelet (the node agent){'' if cluster.model.real else ', the model'}")
+        if container_runtime() == "runc":
+            say("  containers: from their images (make images) under runc, their securityContext enforced")
+        else:
+            say(f"  containers: this checkout's code as local processes ({CONTAINER_RUNTIME_ENV}=runc runs the images)")
         say("  stopping the node's pods (the operator's too), the control plane and the model server")
     how = "after a SIGKILL, resumed from its checkpoint" if killed is not None else "(no kill: it ended first)"
     say(f"\nDemo finished in {time.monotonic() - started:.1f}s: {RUN} Succeeded {how}.")
