@@ -5,7 +5,8 @@ names its ``holderIdentity``, and the holder renews ``renewTime`` every ``retry 
 an update conditional on the resourceVersion read, so of two replicas racing for the Lease exactly one
 wins. A standby takes the Lease over once the record has not changed for ``leaseDurationSeconds`` as
 measured by its own clock (never by comparing clocks between machines), or at once when the holder
-released it. The leader steps down when it could not renew within the renew deadline, which is shorter
+released it: a standby watches the Lease, so a release wakes it without waiting for its next attempt (and
+it takes over before a replacement replica that is still starting). The leader steps down when it could not renew within the renew deadline, which is shorter
 than the lease duration: its work has stopped before any standby may take over.
 
 The operator passes two callbacks: ``on_lead`` (start supervising, serve permits) and ``on_follow``
@@ -111,9 +112,18 @@ class LeaderElector:
         # The last Lease record seen, and when (local clock) it last changed: expiry is judged by it.
         self._observed: tuple[str, str, str] | None = None
         self._observed_at = 0.0
+        # While following: the Lease watch, and the wake-up it gives when the holder lets the Lease go.
+        self._watcher: asyncio.Task[None] | None = None
+        self._released = asyncio.Event()
 
     async def run(self) -> None:
         """Until cancelled: try to acquire or renew every retry period; step down past the renew deadline."""
+        try:
+            await self._elect()
+        finally:
+            self._stop_watching()
+
+    async def _elect(self) -> None:
         settings = self.settings
         while True:
             now = self._clock()
@@ -138,7 +148,45 @@ class LeaderElector:
                 await self._lose(
                     "another replica holds the Lease" if held is False else "could not renew the Lease in time"
                 )
-            await asyncio.sleep(settings.retry_period_seconds)
+            await self._pause()
+
+    async def _pause(self) -> None:
+        """Until the next attempt: one retry period, cut short for a follower when the Lease is released."""
+        if self.leading:
+            self._stop_watching()
+            await asyncio.sleep(self.settings.retry_period_seconds)
+            return
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch_for_release(), name="lease watch")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), timeout=self.settings.retry_period_seconds)
+        self._released.clear()
+
+    async def _watch_for_release(self) -> None:
+        """Set ``_released`` whenever the Lease has no holder (or is deleted). A watch without a resourceVersion
+        starts with the Lease as it is, so a release during a gap between two watches is not missed."""
+        settings = self.settings
+        params = {"fieldSelector": f"metadata.name={settings.lease_name}"}
+        what = f"watch Lease {settings.namespace}/{settings.lease_name}"
+        last_error = ""
+        while True:
+            try:
+                async for event in self.kube.watch(self._path, params=params, timeout_seconds=300, what=what):
+                    spec = (event.get("object") or {}).get("spec") or {}
+                    if event.get("type") == "DELETED" or not spec.get("holderIdentity"):
+                        self._released.set()
+                last_error = ""
+            except ApiError as error:
+                # Not fatal: without the watch a standby still takes over, at its next attempt.
+                if str(error) != last_error:
+                    logger.warning("cannot watch the Lease (a release is noticed at the next attempt): %s", error)
+                last_error = str(error)
+                await asyncio.sleep(settings.retry_period_seconds)
+
+    def _stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
 
     async def release(self) -> None:
         """On a clean shutdown: stop leading and clear the holder, so a standby takes over at once."""

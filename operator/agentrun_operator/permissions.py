@@ -246,10 +246,10 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     Rule(
         "coordination.k8s.io",
         ("leases",),
-        ("get", "create", "update"),
+        ("get", "watch", "create", "update"),
         cluster_scoped=False,
         why="leader election between replicas: the Lease is read, created once, and renewed by its holder with "
-        "an update conditional on its resourceVersion",
+        "an update conditional on its resourceVersion; a standby watches it to take over the moment it is released",
         own_namespace=True,
     ),
     Rule(

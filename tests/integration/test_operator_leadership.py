@@ -27,12 +27,20 @@ pytestmark = pytest.mark.integration
 
 # Short Lease timing so a takeover takes seconds; the chart's defaults are 15 / 10 / 2.
 LEASE_SECONDS, RENEW_DEADLINE_SECONDS, RETRY_SECONDS = 3, 2, 0.5
+# A retry period far longer than the test: a standby that takes over within seconds was woken by its Lease watch.
+SLOW_TIMING = (90, 60, 30)
 
 
 class OperatorReplica:
     """`python -m agentrun_operator` as a process in the role of pod `pod`, with its output collected."""
 
-    def __init__(self, cluster: Cluster, pod: str) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        pod: str,
+        timing: tuple[float, float, float] = (LEASE_SECONDS, RENEW_DEADLINE_SECONDS, RETRY_SECONDS),
+    ) -> None:
+        lease_seconds, renew_deadline_seconds, retry_seconds = timing
         self.pod = pod
         self.namespace = cluster.namespace
         self.permit_port = free_port()
@@ -49,9 +57,9 @@ class OperatorReplica:
             "AGENTRUN_PERMIT_PORT": str(self.permit_port),
             "AGENTRUN_PERMIT_LEASE_SECONDS": "1",
             "AGENTRUN_LEADER_ELECTION_LEASE": lease_name(cluster),
-            "AGENTRUN_LEASE_DURATION_SECONDS": str(LEASE_SECONDS),
-            "AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS": str(RENEW_DEADLINE_SECONDS),
-            "AGENTRUN_LEASE_RETRY_PERIOD_SECONDS": str(RETRY_SECONDS),
+            "AGENTRUN_LEASE_DURATION_SECONDS": str(lease_seconds),
+            "AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS": str(renew_deadline_seconds),
+            "AGENTRUN_LEASE_RETRY_PERIOD_SECONDS": str(retry_seconds),
             # What the chart passes from the downward API: the Lease identity and the pod to label.
             "POD_NAME": pod,
             "POD_NAMESPACE": SYSTEM_NAMESPACE,
@@ -142,12 +150,16 @@ def labelled(cluster: Cluster, pod: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def two_replicas_one_leading(cluster: Cluster) -> AsyncIterator[tuple[OperatorReplica, OperatorReplica]]:
+async def two_replicas_one_leading(
+    cluster: Cluster, **timing: tuple[float, float, float]
+) -> AsyncIterator[tuple[OperatorReplica, OperatorReplica]]:
     """Two started replicas (with the API key Secret and their pods), one holding the Lease: (leader, standby).
     Both are stopped on the way out."""
     cluster.add_api_key_secret()
     suffix = cluster.namespace.rsplit("-", 1)[-1]
-    replicas = {name: OperatorReplica(cluster, name) for name in (f"operator-a-{suffix}", f"operator-b-{suffix}")}
+    replicas = {
+        name: OperatorReplica(cluster, name, **timing) for name in (f"operator-a-{suffix}", f"operator-b-{suffix}")
+    }
     for name in replicas:
         add_operator_pod(cluster, name)
     try:
@@ -228,7 +240,9 @@ async def test_the_standby_takes_over_within_the_lease_when_the_leader_is_killed
 
 
 async def test_a_stopping_leader_hands_over_at_once_and_unlabels_its_pod(cluster: Cluster) -> None:
-    async with two_replicas_one_leading(cluster) as (leader, standby):
+    # The standby's next attempt is a retry period (30 s) away: it takes over within seconds only when its watch
+    # of the Lease wakes it on the release, as it must to win over a replacement replica still starting.
+    async with two_replicas_one_leading(cluster, timing=SLOW_TIMING) as (leader, standby):
         await eventually(lambda: labelled(cluster, leader.pod), timeout=10, message="the leader's pod labelled")
 
         await leader.stop()  # SIGTERM: the operator releases the Lease on its way out
@@ -236,4 +250,5 @@ async def test_a_stopping_leader_hands_over_at_once_and_unlabels_its_pod(cluster
         released = lease(cluster)
         assert released is not None
         assert released["spec"].get("holderIdentity") in (None, "", standby.pod)
-        await eventually(lambda: holder(cluster) == standby.pod, timeout=LEASE_SECONDS, message="the standby leading")
+        await eventually(lambda: holder(cluster) == standby.pod, timeout=5, message="the standby leading")
+        await eventually(lambda: labelled(cluster, standby.pod), timeout=5, message="the standby's pod labelled")

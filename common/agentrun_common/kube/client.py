@@ -8,7 +8,7 @@ reviews and reads) as thin functions over ``KubeClient.request``.
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -129,20 +129,12 @@ class KubeClient:
         what: str,
         decode: bool,
     ) -> Any:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        headers = {"Accept": "application/json"}
+        headers = self._headers(what)
         data = None if body is None else json.dumps(body)
         if data is not None:
             headers["Content-Type"] = content_type
         try:
-            authorization = self.credentials.authorization()
-        except CredentialsError as error:
-            raise ApiError(UNREACHABLE, "NoCredentials", str(error), what=what) from None
-        if authorization:
-            headers["Authorization"] = authorization
-        try:
-            async with self._session.request(
+            async with self._started_session().request(
                 method,
                 self.credentials.server + path,
                 data=data,
@@ -173,6 +165,62 @@ class KubeClient:
             raise ApiError(UNREACHABLE, "Unreachable", f"{type(error).__name__}: {error}", what=what) from None
         except ValueError as error:
             raise ApiError(UNREACHABLE, "BadAnswer", f"the answer is not JSON: {error}", what=what) from None
+
+    async def watch(
+        self, path: str, *, params: Mapping[str, str] | None = None, timeout_seconds: int = 300, what: str = ""
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of one watch of the collection ``path`` as the server sends them, until the server ends the
+        watch after ``timeout_seconds``. Raises ``ApiError`` for an error answer and for an ERROR event (410 Gone:
+        the resourceVersion asked for is too old); not retried here: the caller watches again from a new read."""
+        what = what or f"watch {path}"
+        query = {**(params or {}), "watch": "1", "timeoutSeconds": str(timeout_seconds)}
+        # The session's total timeout would cut a long watch: only a silent connection is given up here.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total, sock_read=timeout_seconds + 30)
+        try:
+            async with self._started_session().get(
+                self.credentials.server + path,
+                params=query,
+                headers=self._headers(what),
+                ssl=self._ssl,
+                server_hostname=self.credentials.tls_server_name,
+                timeout=timeout,
+            ) as response:
+                if response.status >= 400:
+                    if response.status == 401:
+                        self._reload()  # the caller's next watch goes with the credentials read again
+                    raise _error(response.status, response.reason or "", await response.read(), response.headers, what)
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    event: dict[str, Any] = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise ApiError(
+                            int(status.get("code") or 500),
+                            str(status.get("reason") or "Error"),
+                            str(status.get("message") or ""),
+                            what=what,
+                        )
+                    yield event
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise ApiError(UNREACHABLE, "Unreachable", f"{type(error).__name__}: {error}", what=what) from None
+        except ValueError as error:
+            raise ApiError(UNREACHABLE, "BadAnswer", f"a watch event is not JSON: {error}", what=what) from None
+
+    def _started_session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made in the running loop, at first use
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    def _headers(self, what: str) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        try:
+            authorization = self.credentials.authorization()
+        except CredentialsError as error:
+            raise ApiError(UNREACHABLE, "NoCredentials", str(error), what=what) from None
+        if authorization:
+            headers["Authorization"] = authorization
+        return headers
 
 
 def _error(status: int, reason: str, raw: bytes, headers: Mapping[str, str], what: str) -> ApiError:
