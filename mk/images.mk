@@ -59,3 +59,13 @@ e2e-images: install crd-validators mcp-servers kube-binaries node-tools browser 
 .PHONY: demo-images
 demo-images: install kube-binaries node-tools images ## make demo with every pod (the operator's too) from its image under runc (root)
 	$(RUNC_ENV) $(PY) -m tests.harness.demo
+
+.PHONY: kubelet
+kubelet: ## Build the kubelet of the control plane's version, and install Debian's containerd and CNI plugins when missing
+	@command -v containerd >/dev/null && [ -x /usr/lib/cni/bridge ] \
+		|| { $(APT_INSTALL) --no-install-recommends containerd containernetworking-plugins; }
+	bash tests/kube/build.sh --kubelet
+
+.PHONY: e2e-kubelet
+e2e-kubelet: install kube-binaries node-tools kubelet images ## Run the images' pods on a real kubelet with containerd, a node of the test control plane beside the node agent (root)
+	AGENTRUN_TEST_KUBELET=1 $(BIN)/pytest -p no:cacheprovider -rs -s tests/integration/test_kubelet_node.py

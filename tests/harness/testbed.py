@@ -22,8 +22,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import yaml
@@ -32,6 +31,7 @@ from agentrun_api import approval
 from tests.harness.background import BackgroundLoop
 from tests.harness.controlplane import ControlPlane, write_kubeconfig
 from tests.harness.controlplane.provisioner import LocalVolumeProvisioner
+from tests.harness.lifecycle import StartStop
 from tests.harness.nodeagent.settings import InClusterApi, NodeSettings
 from tests.harness.nodeagent.threaded import NodeAgentThread
 from tests.harness.podnet.addresses import LoopbackAddresses, claim_range, plan_network, release_range
@@ -131,7 +131,7 @@ def namespace_name(prefix: str) -> str:
     return f"{stem}-{secrets.token_hex(3)}"
 
 
-class KubeTestbed:
+class KubeTestbed(StartStop):
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir.resolve()
         self.network_plan = plan_network()
@@ -145,19 +145,6 @@ class KubeTestbed:
         self._node: NodeAgentThread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.control_plane.start()

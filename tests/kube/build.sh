@@ -5,6 +5,7 @@
 #   tests/kube/build.sh            # the default minor (tests/kube/default-minor)
 #   KUBE_MINOR=1.34 tests/kube/build.sh
 #   tests/kube/build.sh --print-dir   # only print where the binaries of the selected minor live
+#   tests/kube/build.sh --kubelet     # the kubelet too, into <kube dir>/node (make kubelet; not needed by make test)
 #
 # The versions are pinned by the wrapper modules beside this script (k8s-<minor>/go.mod and go.sum,
 # etcd/go.mod and go.sum); tests/kube/pin.sh writes a new one. Binaries go to
@@ -65,4 +66,7 @@ build "$kube_module" "$kube_dir" "$(version_flags "$kube_version")" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler
+if [ "${1:-}" = "--kubelet" ]; then
+  build "$kube_module" "$kube_dir/node" "$(version_flags "$kube_version")" k8s.io/kubernetes/cmd/kubelet
+fi
 echo "$kube_dir $etcd_dir"

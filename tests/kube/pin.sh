@@ -31,5 +31,6 @@ mkdir -p "$out"
 rm -f "$out/go.sum"
 # At the release's own version: without one, `go get` would take the newest k8s.io/kubernetes.
 (cd "$out" && go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$version" \
-  "k8s.io/kubernetes/cmd/kube-controller-manager@$version" "k8s.io/kubernetes/cmd/kube-scheduler@$version")
+  "k8s.io/kubernetes/cmd/kube-controller-manager@$version" "k8s.io/kubernetes/cmd/kube-scheduler@$version" \
+  "k8s.io/kubernetes/cmd/kubelet@$version")
 echo "pinned Kubernetes $version in ${out#"$here"/}" >&2

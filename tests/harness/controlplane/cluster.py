@@ -19,14 +19,14 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import yaml
 
 from tests.harness.controlplane.binaries import KubeBinaries, find_binaries
 from tests.harness.controlplane.pki import CertificateAuthority, CertificatePair, write_service_account_keys
+from tests.harness.lifecycle import StartStop
 
 LOOPBACK = "127.0.0.1"
 # The default Service range; the testbed gives each session a random one, which its pod network routes
@@ -150,7 +150,7 @@ class Component:
         self.process = None
 
 
-class ControlPlane:
+class ControlPlane(StartStop):
     """etcd, kube-apiserver, kube-controller-manager and kube-scheduler with a fresh PKI in ``state_dir``.
 
     ``with ControlPlane(tmp) as cp:`` gives ``cp.url``, ``cp.ca_file``, ``cp.admin_kubeconfig`` and
@@ -177,19 +177,6 @@ class ControlPlane:
         self.url = f"https://{LOOPBACK}:{self.apiserver_port}"
 
     # -- lifecycle ------------------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -242,13 +229,16 @@ class ControlPlane:
     def _kubeconfig(self, user: str, client: CertificatePair) -> Path:
         return write_kubeconfig(self.state_dir / f"{user}.kubeconfig", self.url, self.ca_file, user=user, client=client)
 
-    def issue_node_credentials(self, node_name: str) -> tuple[Path, CertificatePair]:
+    def issue_node_credentials(
+        self, node_name: str, *, addresses: tuple[str, ...] = (LOOPBACK,)
+    ) -> tuple[Path, CertificatePair]:
         """A node's kubeconfig (system:node:<name> in system:nodes, as the Node authorizer expects) and the
-        serving certificate of its kubelet endpoint (logs), which the API server checks against the CA."""
+        serving certificate of its kubelet endpoint (logs) at ``addresses``, which the API server checks against
+        the CA."""
         client = self.ca.issue(
             f"node-{node_name}", f"system:node:{node_name}", organizations=("system:nodes",), client=True
         )
-        serving = self.ca.issue(f"node-{node_name}-serving", node_name, ip_addresses=(LOOPBACK,), server=True)
+        serving = self.ca.issue(f"node-{node_name}-serving", node_name, ip_addresses=addresses, server=True)
         return self._kubeconfig(f"node-{node_name}", client), serving
 
     def admin_kubeconfig_for(self, path: Path, namespace: str) -> Path:
