@@ -217,6 +217,8 @@ class KubeletNode(StartStop):
             "tlsPrivateKeyFile": str(serving.key),
             "resolvConf": "",
             "podCIDR": self.subnet,
+            # Only pods bound to it by name run here: the scheduler keeps the session's other pods on the node agent.
+            "registerWithTaints": [{"key": "agentrun.dev/kubelet-node", "effect": "NoSchedule"}],
             # The test machine's disk is shared: neither evict pods nor collect images on its fill level.
             "evictionHard": {},
             "imageGCHighThresholdPercent": 100,

@@ -134,6 +134,8 @@ def test_the_runner_image_runs_under_the_operators_restricted_security_context(
     print(f"\nrestricted runner pod: created -> terminated {time.monotonic() - created:.1f} s")
     assert state["terminated"]["exitCode"] == 0, state
     assert state["terminated"]["containerID"].startswith("containerd://")
+    taints = testbed.control_plane.admin.get(f"/api/v1/nodes/{node.name}").json()["spec"].get("taints")
+    assert taints == [{"key": "agentrun.dev/kubelet-node", "effect": "NoSchedule"}]
     # The image's user, a read-only root and no capability: as the node agent's runc runtime runs it.
     assert pod_log(testbed, namespace, "restricted").strip() == (
         "uid 65532 gid 65532 root Read-only file system CapEff 0000000000000000"
