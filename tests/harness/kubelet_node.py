@@ -92,6 +92,8 @@ class KubeletNode(StartStop):
         self._wait_ready()
 
     def stop(self) -> None:
+        if self.components and self.components[-1].name == "kubelet" and self.components[-1].running:
+            self._drain()
         if self.socket.exists():
             self._remove_containers()
         for component in reversed(self.components):
@@ -258,6 +260,27 @@ class KubeletNode(StartStop):
         component = Component(name, argv, self.state_dir / "logs" / f"{name}.log")
         component.start()
         self.components.append(component)
+
+    def _drain(self) -> None:
+        """Delete the node's pods and wait for the kubelet to stop their sandboxes: that tears their network
+        down (the CNI DEL: the veth pair and the network namespace), which killing the containers would not."""
+        admin = self.control_plane.admin
+        with contextlib.suppress(Exception):
+            listed = admin.get("/api/v1/pods", params={"fieldSelector": f"spec.nodeName={self.name}"})
+            for pod in listed.json().get("items", []):
+                meta = pod["metadata"]
+                admin.delete(
+                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", params={"gracePeriodSeconds": "0"}
+                )
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                tasks = self.ctr("tasks", "list").splitlines()[1:]
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                return
+            if not any(line.split()[-1] == "RUNNING" for line in tasks if line.split()):
+                return
+            time.sleep(0.5)
 
     def _remove_containers(self) -> None:
         """Every container's task killed and deleted: they outlive the kubelet and containerd otherwise."""

@@ -53,8 +53,15 @@ if reason := _why_not():
 BASE_IMAGE = sorted(name for name in local_image_names() if name.startswith(f"{BASE_REPOSITORY}:"))[-1]
 
 
+def network_namespaces() -> set[str]:
+    """The named network namespaces (`ip netns`), where containerd's CNI keeps each pod sandbox's."""
+    folder = Path("/var/run/netns")
+    return set(os.listdir(folder)) if folder.is_dir() else set()
+
+
 @pytest.fixture(scope="module")
 def node(testbed: KubeTestbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeletNode]:
+    namespaces_before = network_namespaces()
     started = time.monotonic()
     with KubeletNode(testbed.control_plane, tmp_path_factory.mktemp("kubelet-node")) as kubelet_node:
         print(f"\nkubelet node Ready in {time.monotonic() - started:.1f} s")
@@ -66,6 +73,8 @@ def node(testbed: KubeTestbed, tmp_path_factory: pytest.TempPathFactory) -> Iter
     assert shims.stdout == "", shims.stdout
     assert subprocess.run(["ip", "link", "show", kubelet_node.bridge], capture_output=True).returncode != 0
     assert str(kubelet_node.state_dir) not in Path("/proc/mounts").read_text()
+    # The pods' network went with them (the kubelet stopped their sandboxes: CNI DEL), none left to the host.
+    assert network_namespaces() <= namespaces_before, network_namespaces()
 
 
 def create_pod(testbed: KubeTestbed, namespace: str, node: KubeletNode, name: str, container: dict[str, Any]) -> None:
