@@ -170,12 +170,16 @@ class LeaderElector:
         what = f"watch Lease {settings.namespace}/{settings.lease_name}"
         last_error = ""
         while True:
+            started = self._clock()
             try:
                 async for event in self.kube.watch(self._path, params=params, timeout_seconds=300, what=what):
                     spec = (event.get("object") or {}).get("spec") or {}
                     if event.get("type") == "DELETED" or not spec.get("holderIdentity"):
                         self._released.set()
                 last_error = ""
+                if self._clock() - started < settings.retry_period_seconds:
+                    # Ended at once (a proxy closing it, say): watched again after a pause, not in a tight loop.
+                    await asyncio.sleep(settings.retry_period_seconds)
             except ApiError as error:
                 # Not fatal: without the watch a standby still takes over, at its next attempt.
                 if str(error) != last_error:
