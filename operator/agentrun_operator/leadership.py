@@ -6,8 +6,9 @@ an update conditional on the resourceVersion read, so of two replicas racing for
 wins. A standby takes the Lease over once the record has not changed for ``leaseDurationSeconds`` as
 measured by its own clock (never by comparing clocks between machines), or at once when the holder
 released it: a standby watches the Lease, so a release wakes it without waiting for its next attempt (and
-it takes over before a replacement replica that is still starting). The leader steps down when it could not renew within the renew deadline, which is shorter
-than the lease duration: its work has stopped before any standby may take over.
+it takes over before a replacement replica that is still starting). The leader steps down when it could not
+renew within the renew deadline, which is shorter than the lease duration: its work has stopped before any
+standby may take over.
 
 The operator passes two callbacks: ``on_lead`` (start supervising, serve permits) and ``on_follow``
 (stop both, and return once stopped). While leading, the replica labels its own pod (when it knows its
@@ -177,14 +178,13 @@ class LeaderElector:
                     if event.get("type") == "DELETED" or not spec.get("holderIdentity"):
                         self._released.set()
                 last_error = ""
-                if self._clock() - started < settings.retry_period_seconds:
-                    # Ended at once (a proxy closing it, say): watched again after a pause, not in a tight loop.
-                    await asyncio.sleep(settings.retry_period_seconds)
             except ApiError as error:
                 # Not fatal: without the watch a standby still takes over, at its next attempt.
                 if str(error) != last_error:
                     logger.warning("cannot watch the Lease (a release is noticed at the next attempt): %s", error)
                 last_error = str(error)
+            if self._clock() - started < settings.retry_period_seconds:
+                # Refused or ended at once (a proxy closing it, say): watched again after a pause, not in a tight loop.
                 await asyncio.sleep(settings.retry_period_seconds)
 
     def _stop_watching(self) -> None:

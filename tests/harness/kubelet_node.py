@@ -21,6 +21,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,11 @@ from typing import Any
 import yaml
 
 from tests.harness.controlplane import BinariesMissingError, ControlPlane
-from tests.harness.controlplane.binaries import BUILD_SCRIPT, REPO_ROOT
+from tests.harness.controlplane.binaries import REPO_ROOT, build_dirs
 from tests.harness.controlplane.cluster import Component
 from tests.harness.lifecycle import StartStop
 from tests.harness.local_cluster import free_port
-from tests.harness.nodeagent.runc import STORAGE_DRIVER
+from tests.harness.nodeagent.runc import buildah_argv
 from tests.harness.podnet.addresses import plan_network
 
 PAUSE_SOURCE = Path(__file__).with_name("pause.c")
@@ -51,10 +52,7 @@ class NodeBinaries:
 
 def find_node_binaries() -> NodeBinaries:
     """The kubelet `make kubelet` built and Debian's containerd, or an error saying what to run."""
-    printed = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--print-dir"], capture_output=True, text=True, check=True, timeout=120
-    ).stdout.split()
-    kubelet = Path(printed[0]) / "node" / "kubelet"
+    kubelet = build_dirs()[0] / "node" / "kubelet"
     containerd, ctr = shutil.which("containerd"), shutil.which("ctr")
     missing = [name for name, found in (("kubelet", kubelet.exists()), ("containerd", containerd)) if not found]
     missing += [f"CNI bridge plugin in {CNI_PLUGINS}"] if not (CNI_PLUGINS / "bridge").exists() else []
@@ -109,9 +107,8 @@ class KubeletNode(StartStop):
 
     def load_image(self, image: str) -> None:
         """Copy ``image`` from buildah's local storage into containerd's (the CRI namespace ``k8s.io``)."""
-        archive = self.state_dir / "images" / f"{abs(hash(image))}.tar"
-        archive.parent.mkdir(exist_ok=True)
-        _run(["buildah", "push", "-q", image, f"oci-archive:{archive}:{image}"])
+        archive = self.state_dir / "image.tar"
+        _run(buildah_argv("push", "-q", image, f"oci-archive:{archive}:{image}"))
         self.ctr("images", "import", str(archive))
         archive.unlink()
 
@@ -180,15 +177,13 @@ class KubeletNode(StartStop):
         build = self.state_dir / "pause"
         build.mkdir(exist_ok=True)
         _run(["gcc", "-static", "-O2", "-o", str(build / "pause"), str(PAUSE_SOURCE)])
-        container = _run(["buildah", "from", "scratch"]).strip()
+        container = _run(buildah_argv("from", "scratch")).strip()
         try:
-            _run(["buildah", "copy", container, str(build / "pause"), "/pause"])
-            _run(["buildah", "config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container])
-            _run(["buildah", "commit", "-q", container, PAUSE_IMAGE])
+            _run(buildah_argv("copy", container, str(build / "pause"), "/pause"))
+            _run(buildah_argv("config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container))
+            _run(buildah_argv("commit", "-q", container, PAUSE_IMAGE))
         finally:
-            subprocess.run(
-                ["buildah", "--storage-driver", STORAGE_DRIVER, "rm", container], capture_output=True, check=False
-            )
+            subprocess.run(buildah_argv("rm", container), capture_output=True, check=False)
         self.load_image(PAUSE_IMAGE)
 
     def _start_kubelet(self) -> None:
@@ -301,9 +296,7 @@ class KubeletNode(StartStop):
             subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
 
 
-def _run(argv: list[str]) -> str:
-    if argv[0] == "buildah":  # the storage `make images` fills
-        argv = ["buildah", "--storage-driver", STORAGE_DRIVER, *argv[1:]]
+def _run(argv: Sequence[str]) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300, cwd=REPO_ROOT)
     if done.returncode != 0:
         raise subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)

@@ -22,7 +22,7 @@ def _executables(folder: Path, *names: str) -> None:
 @pytest.fixture
 def build_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     kube_dir, etcd_dir = tmp_path / "kube", tmp_path / "etcd"
-    monkeypatch.setattr(binaries, "_build_dirs", lambda: (kube_dir, etcd_dir))
+    monkeypatch.setattr(binaries, "build_dirs", lambda: (kube_dir, etcd_dir))
     monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
     return kube_dir, etcd_dir
 
@@ -65,7 +65,7 @@ def test_missing_binaries_name_themselves_and_the_command_that_builds_them(build
 
 
 def test_the_build_script_prints_folders_keyed_by_the_pinned_versions() -> None:
-    kube_dir, etcd_dir = binaries._build_dirs()
+    kube_dir, etcd_dir = binaries.build_dirs()
     pinned_minor = (binaries.REPO_ROOT / "tests" / "kube" / "default-minor").read_text().strip()
     selected = os.environ.get("KUBE_MINOR", pinned_minor)
     assert kube_dir.parent == binaries.REPO_ROOT / ".tools" / "kube"

@@ -8,7 +8,7 @@ reviews and reads) as thin functions over ``KubeClient.request``.
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -133,7 +133,7 @@ class KubeClient:
         data = None if body is None else json.dumps(body)
         if data is not None:
             headers["Content-Type"] = content_type
-        try:
+        with _answer_errors(what):
             async with self._started_session().request(
                 method,
                 self.credentials.server + path,
@@ -154,17 +154,6 @@ class KubeClient:
                 if response.content_type != "application/json":
                     raise ValueError(f"Content-Type {response.content_type!r}")
                 return None
-        except aiohttp.ClientConnectorCertificateError as error:
-            raise ApiError(
-                UNREACHABLE,
-                CERTIFICATE_NOT_VERIFIED,
-                f"the API server's certificate does not verify against the CA bundle given ({error.certificate_error})",
-                what=what,
-            ) from None
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise ApiError(UNREACHABLE, "Unreachable", f"{type(error).__name__}: {error}", what=what) from None
-        except ValueError as error:
-            raise ApiError(UNREACHABLE, "BadAnswer", f"the answer is not JSON: {error}", what=what) from None
 
     async def watch(
         self, path: str, *, params: Mapping[str, str] | None = None, timeout_seconds: int = 300, what: str = ""
@@ -176,7 +165,7 @@ class KubeClient:
         query = {**(params or {}), "watch": "1", "timeoutSeconds": str(timeout_seconds)}
         # The session's total timeout would cut a long watch: only a silent connection is given up here.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total, sock_read=timeout_seconds + 30)
-        try:
+        with _answer_errors(what):
             async with self._started_session().get(
                 self.credentials.server + path,
                 params=query,
@@ -202,10 +191,6 @@ class KubeClient:
                             what=what,
                         )
                     yield event
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise ApiError(UNREACHABLE, "Unreachable", f"{type(error).__name__}: {error}", what=what) from None
-        except ValueError as error:
-            raise ApiError(UNREACHABLE, "BadAnswer", f"a watch event is not JSON: {error}", what=what) from None
 
     def _started_session(self) -> aiohttp.ClientSession:
         if self._session is None:  # made in the running loop, at first use
@@ -221,6 +206,24 @@ class KubeClient:
         if authorization:
             headers["Authorization"] = authorization
         return headers
+
+
+@contextlib.contextmanager
+def _answer_errors(what: str) -> Iterator[None]:
+    """The failures of a request or a watch on the way, as an ``ApiError`` naming ``what``."""
+    try:
+        yield
+    except aiohttp.ClientConnectorCertificateError as error:
+        raise ApiError(
+            UNREACHABLE,
+            CERTIFICATE_NOT_VERIFIED,
+            f"the API server's certificate does not verify against the CA bundle given ({error.certificate_error})",
+            what=what,
+        ) from None
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise ApiError(UNREACHABLE, "Unreachable", f"{type(error).__name__}: {error}", what=what) from None
+    except ValueError as error:
+        raise ApiError(UNREACHABLE, "BadAnswer", f"the answer is not JSON: {error}", what=what) from None
 
 
 def _error(status: int, reason: str, raw: bytes, headers: Mapping[str, str], what: str) -> ApiError:

@@ -23,7 +23,7 @@ class KubeBinaries:
     kube_scheduler: Path
 
 
-def _build_dirs() -> tuple[Path, Path]:
+def build_dirs() -> tuple[Path, Path]:
     """The folders tests/kube/build.sh writes for the selected minor (KUBE_MINOR), without building."""
     printed = subprocess.run(
         ["bash", str(BUILD_SCRIPT), "--print-dir"], capture_output=True, text=True, check=True, timeout=120
@@ -34,7 +34,7 @@ def _build_dirs() -> tuple[Path, Path]:
 def find_binaries() -> KubeBinaries:
     """The binaries of the selected Kubernetes minor. KUBEBUILDER_ASSETS, the convention of controller-runtime's
     envtest for a folder holding etcd and kube-apiserver, wins for those two when it is set."""
-    kube_dir, etcd_dir = _build_dirs()
+    kube_dir, etcd_dir = build_dirs()
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     assets_dir = Path(assets) if assets else None
     binaries = KubeBinaries(

@@ -46,7 +46,8 @@ async def _run(*argv: str) -> str:
     return out.decode().strip()
 
 
-def _buildah(*args: str) -> tuple[str, ...]:
+def buildah_argv(*args: str) -> tuple[str, ...]:
+    """A buildah command on the storage `make images` fills."""
     return ("buildah", "--storage-driver", STORAGE_DRIVER, *args)
 
 
@@ -62,7 +63,9 @@ def check_runc() -> None:
 def local_image_names() -> list[str]:
     """Every name of every image in buildah's store (empty when buildah is missing or fails)."""
     try:
-        listed = subprocess.run(_buildah("images", "--json"), capture_output=True, text=True, check=False, timeout=60)
+        listed = subprocess.run(
+            buildah_argv("images", "--json"), capture_output=True, text=True, check=False, timeout=60
+        )
     except OSError:
         return []
     images = json.loads(listed.stdout or "[]") if listed.returncode == 0 else []
@@ -164,7 +167,7 @@ class RuncRuntime:
             if name in self._configs:
                 return name, self._configs[name]
             try:
-                inspected = json.loads(await _run(*_buildah("inspect", "--type", "image", name)))
+                inspected = json.loads(await _run(*buildah_argv("inspect", "--type", "image", name)))
             except subprocess.CalledProcessError:
                 continue
             config = ImageConfig.from_oci(inspected.get("OCIv1", {}).get("config") or {})
@@ -178,7 +181,7 @@ class RuncRuntime:
     async def remove_rootfs(self, buildah_container: str) -> None:
         for args in (("umount", buildah_container), ("rm", buildah_container)):
             with contextlib.suppress(subprocess.CalledProcessError):
-                await _run(*_buildah(*args))
+                await _run(*buildah_argv(*args))
 
     async def start(self, launch: ContainerLaunch, pod: JsonObject, log: IO[bytes]) -> RuncContainer:
         """Create the container's root file system and bundle, and start it; raises OSError or CalledProcessError
@@ -188,11 +191,11 @@ class RuncRuntime:
         image = self._configs[launch.local_image]
         container_id = f"{pod['metadata']['name'][:40]}-{launch.name[:20]}-{secrets.token_hex(4)}"
         buildah_container = await _run(
-            *_buildah("from", "--quiet", "--pull-never", "--name", container_id, launch.local_image)
+            *buildah_argv("from", "--quiet", "--pull-never", "--name", container_id, launch.local_image)
         )
         bundle = self._bundles / container_id
         try:
-            rootfs = await _run(*_buildah("mount", buildah_container))
+            rootfs = await _run(*buildah_argv("mount", buildah_container))
             user = process_user(
                 pod,
                 container,
