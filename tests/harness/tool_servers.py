@@ -92,7 +92,7 @@ class RecordingMCPProxy(LoopbackServer):
         self.deliveries: collections.Counter[str] = collections.Counter()
         self.header_mismatches: list[tuple[str | None, str | None]] = []
         self.authorizations: set[str] = set()
-        self.in_flight: set[str] = set()
+        self.holding: set[str] = set()  # keys whose call is being held now: a kill then lands mid-call
         self.tools_of_key: dict[str, str] = {}
         self._held: set[tuple[str, str]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -126,28 +126,27 @@ class RecordingMCPProxy(LoopbackServer):
             tool = self.tools_of_key[key]
             run = key.split(":", 1)[0]
             hold = self.hold_first_call.get(tool)
-            self.in_flight.add(key)
             if hold and (run, tool) not in self._held:
                 self._held.add((run, tool))
-                await asyncio.sleep(hold)
-        try:
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-            async with self._session.request(request.method, self.upstream, headers=headers, data=body) as upstream:
-                response = web.StreamResponse(status=upstream.status)
-                for name, value in upstream.headers.items():
-                    if name.lower() not in _HOP_BY_HOP and name.lower() != "content-encoding":
-                        response.headers[name] = value
-                await response.prepare(request)
+                self.holding.add(key)
                 try:
-                    async for chunk in upstream.content.iter_any():
-                        await response.write(chunk)
-                    await response.write_eof()
-                except ConnectionResetError:
-                    pass  # the caller (a killed runner) is gone; the server has executed the call all the same
-                return response
-        finally:
-            if key is not None:
-                self.in_flight.discard(key)
+                    await asyncio.sleep(hold)
+                finally:
+                    self.holding.discard(key)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        async with self._session.request(request.method, self.upstream, headers=headers, data=body) as upstream:
+            response = web.StreamResponse(status=upstream.status)
+            for name, value in upstream.headers.items():
+                if name.lower() not in _HOP_BY_HOP and name.lower() != "content-encoding":
+                    response.headers[name] = value
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionResetError:
+                pass  # the caller (a killed runner) is gone; the server has executed the call all the same
+            return response
 
     def _record(self, request: web.Request, body: bytes) -> str | None:
         if request.method != "POST":
@@ -182,7 +181,7 @@ class TicketService(LoopbackServer):
         self.deliveries: collections.Counter[str] = collections.Counter()
         self.executions: collections.Counter[str] = collections.Counter()
         self.unauthorized = 0
-        self.in_flight: set[str] = set()
+        self.holding: set[str] = set()  # keys whose call is being held now: a kill then lands mid-call
         self._answers: dict[str, dict[str, Any]] = {}
         # A repeat that arrives while its first delivery is still being served waits for that answer.
         self._serving: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
@@ -208,18 +207,18 @@ class TicketService(LoopbackServer):
         fields = await request.json()
         queue = request.match_info["queue"]
         run = key.split(":", 1)[0]
-        self.in_flight.add(key)
-        try:
-            async with self._serving[key]:
-                return await self._open_once(fields, key, queue, run)
-        finally:
-            self.in_flight.discard(key)
+        async with self._serving[key]:
+            return await self._open_once(fields, key, queue, run)
 
     async def _open_once(self, fields: dict[str, Any], key: str, queue: str, run: str) -> web.Response:
         # Held before executing: a caller killed meanwhile has sent the whole request, which still executes.
         if self.hold_first_call and queue == self.hold_queue and run not in self._held:
             self._held.add(run)
-            await asyncio.sleep(self.hold_first_call)
+            self.holding.add(key)
+            try:
+                await asyncio.sleep(self.hold_first_call)
+            finally:
+                self.holding.discard(key)
         if key not in self._answers:
             self.executions[key] += 1
             self._answers[key] = {"ticket": f"{queue}/{fields.get('title', '')}", "opened": True}
