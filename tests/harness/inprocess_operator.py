@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar, cast
 import httpx
 import kopf
 import yaml
+from kopf._cogs.structs.credentials import Vault  # the type of kopf.operator's own ``vault`` argument
 
 import agentrun_operator.handlers  # noqa: F401 - registers the handlers with kopf's default registry
 from agentrun_api import constants, contract
@@ -101,16 +102,40 @@ class OperatorProcess:
     task: asyncio.Task[None]
     stop_flag: asyncio.Event
     memo: kopf.Memo
+    vault: Vault
 
     async def stop(self) -> None:
         self.stop_flag.set()
         await asyncio.wait_for(self.task, timeout=15)
 
     async def kill(self) -> None:
-        """Stop abruptly, as a killed pod would: no cleanup, no goodbye."""
+        """Stop abruptly, as a killed pod would: no cleanup handler runs, so the Lease is not released and no
+        status is written on the way out. What the process's exit would end ends too, silently: the operator's
+        own tasks (its supervisors would otherwise go on beside the next operator), servers and connections."""
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.task
+        memo = self.memo
+        for name in ("election", "mcp_listing"):
+            task: asyncio.Task[None] | None = getattr(memo, name, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if "runs" in memo:
+            await memo.runs.follow()  # what losing the Lease does: every supervisor stops, writing nothing more
+        closers = [self.vault.close()]
+        if "pool_status_writer" in memo:
+            closers.append(memo.pool_status_writer.close())
+        if "permit_server" in memo:
+            closers.append(memo.permit_server.close())
+        if "metrics_server" in memo:
+            closers.append(memo.metrics_server.cleanup())
+        if "agentrun" in memo:
+            closers += [memo.agentrun.kube.close(), memo.agentrun.http.close()]
+        for closing in closers:
+            with contextlib.suppress(Exception):
+                await closing
 
 
 class ShiftableClock:
@@ -141,6 +166,7 @@ async def start_operator(
     # the variable is restored once it has, so no later test talks with this test's credentials.
     previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(cluster.operator_kubeconfig)
+    vault = Vault()
     try:
         task = asyncio.create_task(
             kopf.operator(
@@ -149,6 +175,7 @@ async def start_operator(
                 namespaces=[cluster.namespace],
                 standalone=True,
                 memo=memo,
+                vault=vault,
                 stop_flag=stop_flag,
                 ready_flag=ready_flag,
             )
@@ -160,7 +187,7 @@ async def start_operator(
             os.environ.pop("KUBECONFIG", None)
         else:
             os.environ["KUBECONFIG"] = previous
-    return OperatorProcess(task=task, stop_flag=stop_flag, memo=memo)
+    return OperatorProcess(task=task, stop_flag=stop_flag, memo=memo, vault=vault)
 
 
 async def _logged_in(memo: kopf.Memo) -> None:
